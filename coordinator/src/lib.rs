@@ -1,0 +1,1 @@
+//! rewind-coordinator. Filled in by issue 3.

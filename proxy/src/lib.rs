@@ -1,0 +1,1 @@
+//! rewind-proxy: a MySQL-protocol proxy. Filled in by issue 2.

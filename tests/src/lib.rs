@@ -1,0 +1,1 @@
+//! Shared helpers for Rewind's integration tests.
