@@ -1,0 +1,244 @@
+//! The dirty-write check: may this item be undone without destroying someone else's write?
+//!
+//! Compares the current rows (read by [`crate::undo_sql::select_current`] under `FOR
+//! UPDATE`) with the item's images, in this order:
+//! 1. before == after → the statement changed nothing: [`CheckOutcome::Unchanged`].
+//! 2. current == after → nobody wrote since: [`CheckOutcome::Restore`].
+//! 3. current == before → already undone (a retried rollback): [`CheckOutcome::AlreadyRestored`].
+//! 4. anything else → [`CheckOutcome::DirtyWrite`]; nothing may be overwritten.
+//!
+//! Rows are matched by primary key, not position, and values compare type-aware
+//! ([`crate::value::Value`]'s equality: exact, floats by bits).
+//!
+//! `ON UPDATE CURRENT_TIMESTAMP` columns the statement did not assign are left out of every
+//! comparison. The server stamps them on any change, including an undo of a later branch
+//! on the same row, so comparing them made clean rollbacks look dirty in Seata (#3036,
+//! #7339). The cost: a third-party write that changes *only* such a column is not detected.
+//! Any write that changes another column still is.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::image::{Row, RowImage};
+use crate::record::UndoItem;
+
+/// What the rollback should do with one item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome")]
+pub enum CheckOutcome {
+    /// The statement changed nothing: skip the item.
+    Unchanged,
+    /// The rows are as the branch left them: run [`crate::undo_sql::undo_statements`].
+    Restore,
+    /// The rows already hold the before image: nothing to do.
+    AlreadyRestored,
+    /// Someone else changed the rows: do not undo, keep the locks, show an operator.
+    DirtyWrite(Box<DirtyWrite>),
+}
+
+/// A conflict, with everything an operator needs to decide side by side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirtyWrite {
+    pub before: RowImage,
+    pub after: RowImage,
+    pub current: RowImage,
+}
+
+/// Decides what to do with `item` given the `current` rows.
+pub fn check(item: &UndoItem, current: &RowImage) -> Result<CheckOutcome> {
+    let pk = &item.table.primary_key;
+    let ignored: Vec<&str> = item.implicit_timestamp_columns().collect();
+    if images_equal(&item.before, &item.after, pk, &ignored)? {
+        return Ok(CheckOutcome::Unchanged);
+    }
+    if images_equal(current, &item.after, pk, &ignored)? {
+        return Ok(CheckOutcome::Restore);
+    }
+    if images_equal(current, &item.before, pk, &ignored)? {
+        return Ok(CheckOutcome::AlreadyRestored);
+    }
+    Ok(CheckOutcome::DirtyWrite(Box::new(DirtyWrite {
+        before: item.before.clone(),
+        after: item.after.clone(),
+        current: current.clone(),
+    })))
+}
+
+/// Same set of keys, and for each key the same values in every compared column.
+fn images_equal(a: &RowImage, b: &RowImage, pk: &[String], ignored: &[&str]) -> Result<bool> {
+    if a.rows.len() != b.rows.len() {
+        return Ok(false);
+    }
+    for row in &a.rows {
+        let key = row.primary_key(pk)?;
+        match b.find(pk, &key)? {
+            Some(other) if rows_equal(row, other, ignored) => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+fn rows_equal(a: &Row, b: &Row, ignored: &[&str]) -> bool {
+    let compared = |row: &Row| {
+        row.cells
+            .iter()
+            .filter(|(c, _)| !ignored.contains(&c.as_str()))
+            .count()
+    };
+    // Same compared column set (counts plus every `a` column found in `b`), same values.
+    compared(a) == compared(b)
+        && a.cells
+            .iter()
+            .filter(|(c, _)| !ignored.contains(&c.as_str()))
+            .all(|(c, v)| b.get(c) == Some(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::TableName;
+    use crate::record::{SqlKind, TableSummary};
+    use crate::value::{ColumnType, TypeKind, TypedValue, Value};
+
+    fn row(id: i64, balance: &str, ts_micros: u32) -> Row {
+        Row::new(vec![
+            (
+                "id".into(),
+                TypedValue::new(ColumnType::new(TypeKind::Int), Value::Int(id)),
+            ),
+            (
+                "balance".into(),
+                TypedValue::new(
+                    ColumnType {
+                        kind: TypeKind::Decimal,
+                        unsigned: false,
+                        decimals: 2,
+                    },
+                    Value::Decimal(balance.into()),
+                ),
+            ),
+            (
+                "updated".into(),
+                TypedValue::new(
+                    ColumnType::new(TypeKind::Timestamp),
+                    Value::DateTime {
+                        year: 2026,
+                        month: 1,
+                        day: 1,
+                        hour: 0,
+                        minute: 0,
+                        second: 0,
+                        micros: ts_micros,
+                    },
+                ),
+            ),
+        ])
+    }
+
+    fn image(rows: Vec<Row>) -> RowImage {
+        RowImage::new(TableName::new("s", "account"), rows)
+    }
+
+    fn update_item(before: Vec<Row>, after: Vec<Row>) -> UndoItem {
+        UndoItem {
+            kind: SqlKind::Update,
+            table: TableSummary {
+                name: TableName::new("s", "account"),
+                primary_key: vec!["id".into()],
+                on_update_now: vec!["updated".into()],
+            },
+            set_columns: vec!["balance".into()],
+            before: image(before),
+            after: image(after),
+        }
+    }
+
+    #[test]
+    fn the_four_outcomes() {
+        let item = update_item(
+            vec![row(1, "10.00", 1), row(2, "5.00", 1)],
+            vec![row(1, "0.00", 2), row(2, "15.00", 2)],
+        );
+        // Current rows come back in any order.
+        let current = image(vec![row(2, "15.00", 2), row(1, "0.00", 2)]);
+        assert_eq!(check(&item, &current).unwrap(), CheckOutcome::Restore);
+
+        let restored = image(vec![row(1, "10.00", 1), row(2, "5.00", 1)]);
+        assert_eq!(
+            check(&item, &restored).unwrap(),
+            CheckOutcome::AlreadyRestored
+        );
+
+        let dirty = image(vec![row(1, "0.00", 2), row(2, "99.00", 3)]);
+        let CheckOutcome::DirtyWrite(conflict) = check(&item, &dirty).unwrap() else {
+            panic!("a third-party change must be dirty")
+        };
+        assert_eq!(conflict.current, dirty);
+        assert_eq!(conflict.before, item.before);
+        assert_eq!(conflict.after, item.after);
+
+        let noop = update_item(vec![row(1, "10.00", 1)], vec![row(1, "10.00", 1)]);
+        assert_eq!(
+            check(&noop, &image(vec![])).unwrap(),
+            CheckOutcome::Unchanged
+        );
+    }
+
+    #[test]
+    fn implicit_on_update_timestamp_does_not_look_dirty() {
+        let item = update_item(vec![row(1, "10.00", 1)], vec![row(1, "0.00", 2)]);
+        // A later branch's undo of the same row re-stamped the timestamp.
+        let current = image(vec![row(1, "0.00", 999)]);
+        assert_eq!(check(&item, &current).unwrap(), CheckOutcome::Restore);
+    }
+
+    #[test]
+    fn explicitly_set_timestamp_is_compared() {
+        let mut item = update_item(vec![row(1, "10.00", 1)], vec![row(1, "0.00", 2)]);
+        item.set_columns.push("updated".into());
+        let current = image(vec![row(1, "0.00", 999)]);
+        assert!(matches!(
+            check(&item, &current).unwrap(),
+            CheckOutcome::DirtyWrite(_)
+        ));
+    }
+
+    #[test]
+    fn missing_or_extra_rows_are_dirty() {
+        let item = update_item(vec![row(1, "10.00", 1)], vec![row(1, "0.00", 2)]);
+        assert!(matches!(
+            check(&item, &image(vec![])).unwrap(),
+            CheckOutcome::DirtyWrite(_)
+        ));
+        let other_key = image(vec![row(7, "0.00", 2)]);
+        assert!(matches!(
+            check(&item, &other_key).unwrap(),
+            CheckOutcome::DirtyWrite(_)
+        ));
+    }
+
+    #[test]
+    fn insert_and_delete_items() {
+        let mut ins = update_item(vec![], vec![row(1, "1.00", 1)]);
+        ins.kind = SqlKind::Insert;
+        ins.set_columns.clear();
+        assert_eq!(
+            check(&ins, &image(vec![row(1, "1.00", 1)])).unwrap(),
+            CheckOutcome::Restore
+        );
+        assert_eq!(
+            check(&ins, &image(vec![])).unwrap(),
+            CheckOutcome::AlreadyRestored
+        );
+
+        let mut del = update_item(vec![row(1, "1.00", 1)], vec![]);
+        del.kind = SqlKind::Delete;
+        del.set_columns.clear();
+        assert_eq!(check(&del, &image(vec![])).unwrap(), CheckOutcome::Restore);
+        assert!(matches!(
+            check(&del, &image(vec![row(1, "2.00", 1)])).unwrap(),
+            CheckOutcome::DirtyWrite(_)
+        ));
+    }
+}

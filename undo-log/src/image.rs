@@ -1,0 +1,392 @@
+//! Table metadata and row images.
+//!
+//! [`TableMeta`] is what undo needs to know about a table beyond the rows themselves: the
+//! primary key (to find a row again), the `ON UPDATE CURRENT_TIMESTAMP` columns (which the
+//! server changes behind the statement's back) and the auto-increment column (to derive the
+//! keys of inserted rows). It is read from information_schema and cached per table.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use mysql_async::prelude::Queryable;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::value::{ColumnType, TypeKind, TypedValue};
+
+/// A table's fully qualified name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct TableName {
+    pub schema: String,
+    pub table: String,
+}
+
+impl TableName {
+    pub fn new(schema: impl Into<String>, table: impl Into<String>) -> Self {
+        TableName {
+            schema: schema.into(),
+            table: table.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for TableName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.schema, self.table)
+    }
+}
+
+/// One column as information_schema describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ColumnMeta {
+    pub name: String,
+    pub ty: ColumnType,
+    /// `ON UPDATE CURRENT_TIMESTAMP`: the server rewrites it on every row change, so undo
+    /// must restore it explicitly and the dirty check must not compare it (AT_NOTES).
+    pub on_update_now: bool,
+    pub auto_increment: bool,
+    pub nullable: bool,
+}
+
+/// What undo needs to know about a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableMeta {
+    pub name: TableName,
+    /// In ordinal order.
+    pub columns: Vec<ColumnMeta>,
+    /// Primary-key column names in key order; never empty (tables without one are refused).
+    pub primary_key: Vec<String>,
+}
+
+impl TableMeta {
+    /// Reads a table's columns and primary key from information_schema.
+    ///
+    /// Fails with [`Error::NoPrimaryKey`] for tables without a primary key: AT mode cannot
+    /// find such rows again, so writes to them must be refused.
+    pub async fn load(conn: &mut mysql_async::Conn, schema: &str, table: &str) -> Result<Self> {
+        type ColumnRow = (
+            String,
+            String,
+            String,
+            Option<u64>,
+            Option<u64>,
+            Option<String>,
+            String,
+            String,
+        );
+        let rows: Vec<ColumnRow> = conn
+            .exec(
+                "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_SCALE, DATETIME_PRECISION, \
+                 CHARACTER_SET_NAME, EXTRA, IS_NULLABLE \
+                 FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (schema, table),
+            )
+            .await?;
+        if rows.is_empty() {
+            return Err(Error::UnknownTable {
+                schema: schema.into(),
+                table: table.into(),
+            });
+        }
+        let mut columns = Vec::with_capacity(rows.len());
+        for (name, data_type, column_type, scale, fsp, charset, extra, nullable) in rows {
+            let ty = column_type_from_schema(
+                &name,
+                &data_type,
+                &column_type,
+                scale.or(fsp).unwrap_or(0),
+                charset.is_some(),
+            )?;
+            let extra = extra.to_ascii_lowercase();
+            columns.push(ColumnMeta {
+                name,
+                ty,
+                on_update_now: extra.contains("on update current_timestamp"),
+                auto_increment: extra.contains("auto_increment"),
+                nullable: nullable.eq_ignore_ascii_case("YES"),
+            });
+        }
+        let primary_key: Vec<String> = conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND INDEX_NAME = 'PRIMARY' \
+                 ORDER BY SEQ_IN_INDEX",
+                (schema, table),
+            )
+            .await?;
+        if primary_key.is_empty() {
+            return Err(Error::NoPrimaryKey {
+                schema: schema.into(),
+                table: table.into(),
+            });
+        }
+        Ok(TableMeta {
+            name: TableName::new(schema, table),
+            columns,
+            primary_key,
+        })
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnMeta> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn on_update_now_columns(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .filter(|c| c.on_update_now)
+            .map(|c| c.name.as_str())
+    }
+
+    pub fn auto_increment_column(&self) -> Option<&ColumnMeta> {
+        self.columns.iter().find(|c| c.auto_increment)
+    }
+}
+
+/// Maps information_schema's description onto the same [`ColumnType`] a result set gives.
+fn column_type_from_schema(
+    name: &str,
+    data_type: &str,
+    column_type: &str,
+    decimals: u64,
+    has_charset: bool,
+) -> Result<ColumnType> {
+    let data_type = data_type.to_ascii_lowercase();
+    let kind = match data_type.as_str() {
+        "tinyint" | "smallint" | "mediumint" | "int" | "integer" | "bigint" => TypeKind::Int,
+        "year" => TypeKind::Year,
+        "float" => TypeKind::Float,
+        "double" | "real" | "double precision" => TypeKind::Double,
+        "decimal" | "numeric" => TypeKind::Decimal,
+        "date" => TypeKind::Date,
+        "datetime" => TypeKind::DateTime,
+        "timestamp" => TypeKind::Timestamp,
+        "time" => TypeKind::Time,
+        "json" => TypeKind::Json,
+        "bit" => TypeKind::Bit,
+        "enum" => TypeKind::Enum,
+        "set" => TypeKind::Set,
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" if has_charset => {
+            TypeKind::Text
+        }
+        "char" | "varchar" | "tinytext" | "text" | "mediumtext" | "longtext" | "binary"
+        | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "vector" => {
+            TypeKind::Binary
+        }
+        "geometry" | "point" | "linestring" | "polygon" | "multipoint" | "multilinestring"
+        | "multipolygon" | "geometrycollection" | "geomcollection" => TypeKind::Geometry,
+        _ => {
+            return Err(Error::UnsupportedType {
+                column: name.into(),
+                ty: column_type.into(),
+            })
+        }
+    };
+    let unsigned = matches!(kind, TypeKind::Int | TypeKind::Year)
+        && (kind == TypeKind::Year || column_type.to_ascii_lowercase().contains("unsigned"));
+    let decimals = match kind {
+        TypeKind::Decimal | TypeKind::DateTime | TypeKind::Timestamp | TypeKind::Time => {
+            u8::try_from(decimals).unwrap_or(u8::MAX)
+        }
+        _ => 0,
+    };
+    Ok(ColumnType {
+        kind,
+        unsigned,
+        decimals,
+    })
+}
+
+/// Table metadata per `schema.table`, loaded on first use.
+///
+/// DDL changes a table's shape; the proxy calls [`MetaCache::invalidate`] when it sees DDL
+/// for a table (a stale entry would build images with the wrong key).
+#[derive(Debug, Default)]
+pub struct MetaCache {
+    // A std Mutex is enough: it is never held across the `.await` of a load.
+    tables: Mutex<HashMap<TableName, Arc<TableMeta>>>,
+}
+
+impl MetaCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn get(&self, name: &TableName) -> Option<Arc<TableMeta>> {
+        self.lock().get(name).cloned()
+    }
+
+    /// The cached metadata, or loads it through `conn`. Two concurrent first uses may both
+    /// load; the results are identical, so the later insert is harmless.
+    pub async fn get_or_load(
+        &self,
+        conn: &mut mysql_async::Conn,
+        schema: &str,
+        table: &str,
+    ) -> Result<Arc<TableMeta>> {
+        let name = TableName::new(schema, table);
+        if let Some(meta) = self.get(&name) {
+            return Ok(meta);
+        }
+        let meta = Arc::new(TableMeta::load(conn, schema, table).await?);
+        self.lock().insert(name, meta.clone());
+        Ok(meta)
+    }
+
+    pub fn invalidate(&self, name: &TableName) {
+        self.lock().remove(name);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<TableMeta>>> {
+        // A panic while holding the lock cannot leave the map half-updated (single
+        // insert/remove calls), so a poisoned lock is still usable.
+        self.tables.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One row: column name → value, in the order the SELECT returned them.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Row {
+    pub cells: Vec<(String, TypedValue)>,
+}
+
+impl Row {
+    pub fn new(cells: Vec<(String, TypedValue)>) -> Self {
+        Row { cells }
+    }
+
+    /// Decodes a result-set row (text or binary protocol).
+    pub fn from_mysql(row: &mysql_async::Row) -> Result<Self> {
+        let columns = row.columns_ref();
+        let mut cells = Vec::with_capacity(columns.len());
+        for (i, col) in columns.iter().enumerate() {
+            let name = col.name_str().into_owned();
+            // `None` means the caller already took the value out of the row.
+            let value = row
+                .as_ref(i)
+                .ok_or_else(|| Error::MissingColumn(name.clone()))?;
+            let value = TypedValue::from_mysql(value, col)?;
+            cells.push((name, value));
+        }
+        Ok(Row { cells })
+    }
+
+    pub fn get(&self, column: &str) -> Option<&TypedValue> {
+        self.cells.iter().find(|(c, _)| c == column).map(|(_, v)| v)
+    }
+
+    pub fn column_names(&self) -> impl Iterator<Item = &str> {
+        self.cells.iter().map(|(c, _)| c.as_str())
+    }
+
+    /// The row's primary-key values in key order.
+    pub fn primary_key(&self, pk_columns: &[String]) -> Result<Vec<&TypedValue>> {
+        pk_columns
+            .iter()
+            .map(|c| {
+                let v = self.get(c).ok_or_else(|| Error::MissingColumn(c.clone()))?;
+                if v.is_null() {
+                    return Err(Error::NullPrimaryKey(c.clone()));
+                }
+                Ok(v)
+            })
+            .collect()
+    }
+}
+
+/// The rows of one table a statement touched, before or after it ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowImage {
+    pub table: TableName,
+    pub rows: Vec<Row>,
+}
+
+impl RowImage {
+    pub fn new(table: TableName, rows: Vec<Row>) -> Self {
+        RowImage { table, rows }
+    }
+
+    pub fn empty(table: TableName) -> Self {
+        RowImage {
+            table,
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn from_mysql(table: TableName, rows: &[mysql_async::Row]) -> Result<Self> {
+        let rows = rows.iter().map(Row::from_mysql).collect::<Result<_>>()?;
+        Ok(RowImage { table, rows })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rows.is_empty()
+    }
+
+    /// Finds the row with this primary key.
+    pub fn find(&self, pk_columns: &[String], key: &[&TypedValue]) -> Result<Option<&Row>> {
+        for row in &self.rows {
+            if row.primary_key(pk_columns)?.as_slice() == key {
+                return Ok(Some(row));
+            }
+        }
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Value;
+
+    fn tv(kind: TypeKind, v: Value) -> TypedValue {
+        TypedValue::new(ColumnType::new(kind), v)
+    }
+
+    #[test]
+    fn composite_and_binary_primary_keys() {
+        let uuid: Vec<u8> = (0u8..16).collect();
+        let row = Row::new(vec![
+            ("name".into(), tv(TypeKind::Text, Value::Text("ä b".into()))),
+            (
+                "id".into(),
+                tv(TypeKind::Binary, Value::Bytes(uuid.clone())),
+            ),
+            ("n".into(), tv(TypeKind::Int, Value::Int(1))),
+        ]);
+        let pk = vec!["id".to_string(), "name".to_string()];
+        let key = row.primary_key(&pk).unwrap();
+        assert_eq!(key[0].value, Value::Bytes(uuid));
+        assert_eq!(key[1].value, Value::Text("ä b".into()));
+        let image = RowImage::new(TableName::new("s", "t"), vec![row.clone()]);
+        assert_eq!(image.find(&pk, &key).unwrap(), Some(&row));
+        assert!(matches!(
+            row.primary_key(&["missing".into()]),
+            Err(Error::MissingColumn(_))
+        ));
+    }
+
+    #[test]
+    fn null_primary_key_is_an_error() {
+        let row = Row::new(vec![("id".into(), tv(TypeKind::Int, Value::Null))]);
+        assert!(matches!(
+            row.primary_key(&["id".into()]),
+            Err(Error::NullPrimaryKey(_))
+        ));
+    }
+
+    #[test]
+    fn schema_types_match_result_set_types() {
+        let t = column_type_from_schema("c", "bigint", "bigint(20) unsigned", 0, false).unwrap();
+        assert_eq!((t.kind, t.unsigned), (TypeKind::Int, true));
+        let t = column_type_from_schema("c", "decimal", "decimal(65,30)", 30, false).unwrap();
+        assert_eq!((t.kind, t.decimals), (TypeKind::Decimal, 30));
+        let t = column_type_from_schema("c", "varbinary", "varbinary(16)", 0, false).unwrap();
+        assert_eq!(t.kind, TypeKind::Binary);
+        let t = column_type_from_schema("c", "longtext", "longtext", 0, true).unwrap();
+        assert_eq!(t.kind, TypeKind::Text);
+        let t = column_type_from_schema("c", "timestamp", "timestamp(6)", 6, false).unwrap();
+        assert_eq!((t.kind, t.decimals), (TypeKind::Timestamp, 6));
+        assert!(column_type_from_schema("c", "frobnicate", "frobnicate", 0, false).is_err());
+    }
+}

@@ -1,0 +1,257 @@
+//! SQL that reads the current rows of an item and undoes it.
+//!
+//! Every value travels as a `?` parameter (binary protocol), never spliced into the text:
+//! that is what keeps DECIMAL, DATETIME(6), floats and blobs exact on the way back.
+//! Identifiers are backquoted with backquotes doubled, so any table or column name works.
+//!
+//! Rows are always addressed by primary key, one statement per row for the writes: an undo
+//! must touch exactly the rows the image recorded, nothing else.
+
+use crate::error::{Error, Result};
+use crate::image::{Row, TableName};
+use crate::record::{SqlKind, UndoItem};
+use crate::value::TypedValue;
+
+/// A parameterized statement, ready for `Conn::exec_drop(sql, params)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Statement {
+    pub sql: String,
+    pub params: Vec<mysql_async::Value>,
+}
+
+/// `` `name` `` with inner backquotes doubled.
+pub fn quote_ident(name: &str) -> String {
+    format!("`{}`", name.replace('`', "``"))
+}
+
+pub fn quote_table(name: &TableName) -> String {
+    format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.table))
+}
+
+/// `SELECT <image columns> FROM t WHERE <pk = row 1> OR … FOR UPDATE`: the current state of
+/// the rows the item touched, locked until the undo transaction ends so nobody changes them
+/// between the check and the undo. `None` when the item touched no rows.
+pub fn select_current(item: &UndoItem) -> Result<Option<Statement>> {
+    let image = item.key_image();
+    let Some(first) = image.rows.first() else {
+        return Ok(None);
+    };
+    let pk = &item.table.primary_key;
+    // Read what the images hold (plus the key), so current rows compare cell by cell.
+    let mut columns: Vec<&str> = pk.iter().map(String::as_str).collect();
+    for c in first.column_names() {
+        if !columns.contains(&c) {
+            columns.push(c);
+        }
+    }
+    let mut params = Vec::with_capacity(image.rows.len() * pk.len());
+    let mut predicates = Vec::with_capacity(image.rows.len());
+    for row in &image.rows {
+        let (predicate, mut values) = pk_predicate(pk, row)?;
+        predicates.push(format!("({predicate})"));
+        params.append(&mut values);
+    }
+    let sql = format!(
+        "SELECT {} FROM {} WHERE {} FOR UPDATE",
+        columns
+            .iter()
+            .map(|c| quote_ident(c))
+            .collect::<Vec<_>>()
+            .join(", "),
+        quote_table(&item.table.name),
+        predicates.join(" OR ")
+    );
+    Ok(Some(Statement { sql, params }))
+}
+
+/// The statements that undo `item`, one per row. Run them only after
+/// [`crate::check::check`] said [`crate::check::CheckOutcome::Restore`].
+pub fn undo_statements(item: &UndoItem) -> Result<Vec<Statement>> {
+    match item.kind {
+        SqlKind::Insert => item
+            .after
+            .rows
+            .iter()
+            .map(|row| delete_row(item, row))
+            .collect(),
+        SqlKind::Delete => item
+            .before
+            .rows
+            .iter()
+            .map(|row| insert_row(&item.table.name, row))
+            .collect(),
+        SqlKind::Update => {
+            let mut out = Vec::with_capacity(item.before.rows.len());
+            for row in &item.before.rows {
+                if let Some(stmt) = update_row(item, row)? {
+                    out.push(stmt);
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// `UPDATE t SET <changed cols> = <before values> WHERE <pk>`. The on-update timestamp
+/// columns are set explicitly to their before values too: otherwise the server would stamp
+/// "now" into them during the undo, and an earlier branch's rollback of the same row would
+/// then see a row that differs from its after image (a false dirty write).
+fn update_row(item: &UndoItem, before: &Row) -> Result<Option<Statement>> {
+    let pk = &item.table.primary_key;
+    let mut assignments = Vec::new();
+    let mut params = Vec::new();
+    let restored = item
+        .set_columns
+        .iter()
+        .chain(item.table.on_update_now.iter())
+        .filter(|c| !pk.contains(c));
+    let mut seen: Vec<&str> = Vec::new();
+    for column in restored {
+        if seen.contains(&column.as_str()) {
+            continue;
+        }
+        seen.push(column);
+        let Some(value) = before.get(column) else {
+            // An on-update column the image did not capture cannot be restored; a SET
+            // column must be there, or the undo would silently leave the change in place.
+            if item.set_columns.contains(column) {
+                return Err(Error::MissingColumn(column.clone()));
+            }
+            continue;
+        };
+        assignments.push(format!("{} = ?", quote_ident(column)));
+        params.push(value.to_mysql());
+    }
+    if assignments.is_empty() {
+        return Ok(None);
+    }
+    let (predicate, mut key) = pk_predicate(pk, before)?;
+    params.append(&mut key);
+    Ok(Some(Statement {
+        sql: format!(
+            "UPDATE {} SET {} WHERE {}",
+            quote_table(&item.table.name),
+            assignments.join(", "),
+            predicate
+        ),
+        params,
+    }))
+}
+
+fn delete_row(item: &UndoItem, after: &Row) -> Result<Statement> {
+    let (predicate, params) = pk_predicate(&item.table.primary_key, after)?;
+    Ok(Statement {
+        sql: format!(
+            "DELETE FROM {} WHERE {}",
+            quote_table(&item.table.name),
+            predicate
+        ),
+        params,
+    })
+}
+
+/// Every column explicitly, including auto-increment and on-update timestamp columns, so
+/// the row comes back exactly as it was rather than with server-generated values.
+fn insert_row(table: &TableName, before: &Row) -> Result<Statement> {
+    let columns: Vec<String> = before.column_names().map(quote_ident).collect();
+    let placeholders = vec!["?"; columns.len()].join(", ");
+    Ok(Statement {
+        sql: format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            quote_table(table),
+            columns.join(", "),
+            placeholders
+        ),
+        params: before.cells.iter().map(|(_, v)| v.to_mysql()).collect(),
+    })
+}
+
+/// `` `pk1` = ? AND `pk2` = ? `` with the row's key values.
+fn pk_predicate(pk: &[String], row: &Row) -> Result<(String, Vec<mysql_async::Value>)> {
+    let key: Vec<&TypedValue> = row.primary_key(pk)?;
+    let predicate = pk
+        .iter()
+        .map(|c| format!("{} = ?", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    Ok((predicate, key.iter().map(|v| v.to_mysql()).collect()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::record::tests::sample_item;
+    use mysql_async::Value as M;
+
+    #[test]
+    fn identifiers_are_quoted_with_doubled_backquotes() {
+        assert_eq!(quote_ident("a`b"), "`a``b`");
+        assert_eq!(quote_table(&TableName::new("s.x", "t`")), "`s.x`.`t```");
+    }
+
+    #[test]
+    fn update_restores_set_columns_and_on_update_timestamps_by_pk() {
+        let item = sample_item(SqlKind::Update, 3);
+        let stmts = undo_statements(&item).unwrap();
+        assert_eq!(stmts.len(), 2);
+        assert_eq!(
+            stmts[0].sql,
+            "UPDATE `shop`.`all``types` SET `s` = ?, `blob` = ?, `ts` = ? WHERE `id` = ?"
+        );
+        assert_eq!(stmts[0].params.len(), 4);
+        assert_eq!(stmts[0].params[3], M::Int(1));
+        assert_eq!(stmts[0].params[1], M::Bytes(vec![0, 7, 14]));
+        assert_eq!(stmts[0].params[2], M::Date(2038, 1, 19, 3, 14, 7, 1));
+    }
+
+    #[test]
+    fn insert_is_undone_by_delete_and_delete_by_insert_of_all_columns() {
+        let ins = sample_item(SqlKind::Insert, 0);
+        let stmts = undo_statements(&ins).unwrap();
+        assert_eq!(
+            stmts[1].sql,
+            "DELETE FROM `shop`.`all``types` WHERE `id` = ?"
+        );
+        assert_eq!(stmts[1].params, vec![M::Int(2)]);
+
+        let del = sample_item(SqlKind::Delete, 0);
+        let stmts = undo_statements(&del).unwrap();
+        let ncols = del.before.rows[0].cells.len();
+        assert!(stmts[0]
+            .sql
+            .starts_with("INSERT INTO `shop`.`all``types` (`id`, `i_min`,"));
+        assert_eq!(stmts[0].sql.matches('?').count(), ncols);
+        assert_eq!(stmts[0].params.len(), ncols);
+        assert_eq!(stmts[0].params[2], M::UInt(u64::MAX));
+        assert_eq!(stmts[0].params[ncols - 1], M::NULL);
+    }
+
+    #[test]
+    fn select_current_locks_every_row_by_composite_key() {
+        let mut item = sample_item(SqlKind::Delete, 0);
+        item.table.primary_key = vec!["id".into(), "s".into()];
+        let stmt = select_current(&item).unwrap().unwrap();
+        assert!(
+            stmt.sql.starts_with("SELECT `id`, `s`, `i_min`, "),
+            "{}",
+            stmt.sql
+        );
+        assert!(stmt.sql.ends_with(
+            "FROM `shop`.`all``types` WHERE (`id` = ? AND `s` = ?) OR (`id` = ? AND `s` = ?) FOR UPDATE"
+        ));
+        assert_eq!(stmt.params.len(), 4);
+
+        item.before.rows.clear();
+        assert_eq!(select_current(&item).unwrap(), None);
+    }
+
+    #[test]
+    fn update_without_before_value_of_a_set_column_is_an_error() {
+        let mut item = sample_item(SqlKind::Update, 0);
+        item.set_columns.push("gone".into());
+        assert!(matches!(
+            undo_statements(&item),
+            Err(Error::MissingColumn(c)) if c == "gone"
+        ));
+    }
+}
