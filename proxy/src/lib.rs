@@ -1,1 +1,169 @@
-//! rewind-proxy: a MySQL-protocol proxy. Filled in by issue 2.
+//! rewind-proxy: a MySQL-protocol server in front of one backend MySQL/MariaDB server.
+//! Every client session gets its own backend connection, so session state (current
+//! database, variables, transactions, temporary tables, prepared statements) behaves
+//! exactly as on the backend. Statements tagged with a leading `/*+ XID('...') */` comment
+//! will become AT-mode branches (a later issue); for now they pass through like the rest.
+//!
+//! # Layout
+//!
+//! Modules follow a client's bytes:
+//! - [`packet`]: framing (length + sequence id, 16 MB splits), a buffered writer flushed at
+//!   64 KB so results stream, and a bounds-checked cursor for client bytes.
+//! - [`handshake`]: HandshakeV10, capability negotiation, mysql_native_password check.
+//! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`.
+//! - [`wire`]: encoding of OK / EOF / ERR, column definitions and text/binary rows.
+//! - [`xid`]: the cheap leading-comment XID detector.
+//! - [`error`]: the one error enum and its one mapping to MySQL error packets.
+//! - [`config`]: configuration (TOML, defaults, validation).
+//!
+//! # Why not opensrv-mysql's command loop
+//!
+//! `opensrv_mysql::AsyncMysqlIntermediary::run` cannot be a faithful pass-through: it
+//! answers unknown or unparsed commands with OK, hard-codes `SELECT @@max_allowed_packet`,
+//! intercepts `USE`, rejects non-UTF-8 query bytes (BLOB literals) with a
+//! connection-killing error, lacks COM_RESET_CONNECTION / COM_STMT_RESET / COM_SET_OPTION /
+//! COM_CHANGE_USER / COM_STATISTICS, its handshake advertises neither
+//! CLIENT_MULTI_STATEMENTS / MULTI_RESULTS / PS_MULTI_RESULTS / TRANSACTIONS / FOUND_ROWS
+//! nor real status flags, and its `Column` has no charset, decimals, schema or original
+//! names. So the wire layer here is our own; opensrv still supplies `ErrorKind` (code +
+//! SQLSTATE) for every error the proxy raises itself.
+
+pub mod config;
+pub mod error;
+pub mod handshake;
+pub mod packet;
+pub mod session;
+pub mod wire;
+pub mod xid;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn, Instrument};
+
+pub use config::Config;
+pub use error::ProxyError;
+
+/// What every session reads; built once by [`run`].
+pub struct Shared {
+    pub config: Config,
+    /// Accepted (user, password) pairs.
+    pub logins: Vec<config::User>,
+    /// Backend pools by the client's CLIENT_FOUND_ROWS (index 0 = off, 1 = on): the flag
+    /// changes UPDATE's affected-rows count, so a backend connection must match its client.
+    pub pools: [mysql_async::Pool; 2],
+    /// Version string in our handshake (the backend's, when it could be read at start).
+    pub server_version: String,
+}
+
+/// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
+/// running statements finish (at most `shutdown_grace_secs`), and returns.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> Result<(), ProxyError> {
+    config
+        .validate()
+        .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
+    let pools = [pool(&config, false)?, pool(&config, true)?];
+    let server_version = backend_version(&pools[0]).await;
+    let shared = Arc::new(Shared {
+        logins: config.logins(),
+        pools,
+        server_version,
+        config,
+    });
+    // Taken before serving: the (max_connections + 1)th client gets error 1040.
+    let limit = Arc::new(Semaphore::new(shared.config.max_connections));
+    let tracker = TaskTracker::new();
+    let next_id = AtomicU32::new(1);
+    info!(addr = ?listener.local_addr().ok(), "rewind-proxy accepting");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let (stream, _) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, keep serving.
+                warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let span = tracing::info_span!("conn", conn_id);
+        match limit.clone().try_acquire_owned() {
+            Ok(permit) => {
+                let shared = shared.clone();
+                let shutdown = shutdown.clone();
+                tracker.spawn(
+                    async move {
+                        session::serve(stream, conn_id, shared, shutdown).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
+            Err(_) => {
+                tracker.spawn(reject_too_many(stream).instrument(span));
+            }
+        }
+    }
+    drop(listener);
+    tracker.close();
+    let grace = Duration::from_secs(shared.config.shutdown_grace_secs);
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        warn!("shutdown grace period over; closing remaining connections");
+    }
+    for p in shared.pools.iter() {
+        let _ = tokio::time::timeout(Duration::from_secs(2), p.clone().disconnect()).await;
+    }
+    info!("rewind-proxy stopped");
+    Ok(())
+}
+
+/// MySQL sends "Too many connections" in place of the greeting.
+async fn reject_too_many(stream: tokio::net::TcpStream) {
+    let mut ps = packet::PacketStream::new(stream, 1024);
+    ps.push(&wire::err_packet(&ProxyError::TooManyConnections));
+    ps.shutdown().await;
+}
+
+fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyError> {
+    let opts = mysql_async::Opts::from_url(&config.backend)
+        .map_err(|e| ProxyError::BackendUnavailable(e.to_string()))?;
+    let constraints = mysql_async::PoolConstraints::new(0, config.max_connections.max(1))
+        .ok_or_else(|| ProxyError::BackendUnavailable("bad pool size".into()))?;
+    let opts = mysql_async::OptsBuilder::from_opts(opts)
+        .client_found_rows(found_rows)
+        // Statements are the client's: never cached, closed when the client closes them.
+        .stmt_cache_size(0)
+        // Leave the backend's session defaults alone.
+        .wait_timeout(None)
+        .prefer_socket(false)
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                .with_reset_connection(true),
+        );
+    Ok(mysql_async::Pool::new(opts))
+}
+
+async fn backend_version(pool: &mysql_async::Pool) -> String {
+    let fallback = "8.0.35-rewind".to_string();
+    match tokio::time::timeout(Duration::from_secs(3), pool.get_conn()).await {
+        Ok(Ok(conn)) => {
+            let (a, b, c) = conn.server_version();
+            format!("{a}.{b}.{c}-rewind")
+        }
+        _ => fallback,
+    }
+}

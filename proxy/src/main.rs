@@ -1,1 +1,87 @@
-fn main() {}
+//! rewind-proxy binary: flags and config file → [`rewind_proxy::run`] until SIGTERM/Ctrl-C.
+
+use anyhow::Context;
+use clap::Parser;
+use rewind_proxy::Config;
+use tokio_util::sync::CancellationToken;
+
+/// Rewind's MySQL-protocol proxy. Flags override the config file, which overrides defaults.
+#[derive(Parser, Debug)]
+#[command(name = "rewind-proxy", version, about)]
+struct Cli {
+    /// TOML config file (unknown keys are rejected); see rewind-proxy.example.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+    /// MySQL listener address [default: 127.0.0.1:3307]
+    #[arg(long)]
+    listen: Option<String>,
+    /// Backend MySQL/MariaDB URL [default: mysql://root@127.0.0.1:3306]
+    #[arg(long)]
+    backend: Option<String>,
+    /// Coordinator address(es), comma-separated [default: http://127.0.0.1:8091]
+    #[arg(long)]
+    coordinator: Option<String>,
+    /// Schema holding undo_log on each backend [default: rewind]
+    #[arg(long)]
+    undo_schema: Option<String>,
+    /// Client sessions served at once [default: 1024]
+    #[arg(long)]
+    max_connections: Option<usize>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let mut config = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Config::from_toml(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("parsing {}", path.display()))?
+        }
+        None => Config::default(),
+    };
+    if let Some(v) = cli.listen {
+        config.listen = v;
+    }
+    if let Some(v) = cli.backend {
+        config.backend = v;
+    }
+    if let Some(v) = cli.coordinator {
+        config.coordinator = v;
+    }
+    if let Some(v) = cli.undo_schema {
+        config.undo_schema = v;
+    }
+    if let Some(v) = cli.max_connections {
+        config.max_connections = v;
+    }
+    config.validate().map_err(anyhow::Error::msg)?;
+
+    let listener = tokio::net::TcpListener::bind(&config.listen)
+        .await
+        .with_context(|| format!("binding {}", config.listen))?;
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => return,
+            };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+        tracing::info!("shutdown signal: draining");
+        trigger.cancel();
+    });
+    rewind_proxy::run(listener, config, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The proxy's one error type and its one mapping to the wire (`ProxyError::to_mysql`).
+//!
+//! Backend errors keep the backend's own code, SQLSTATE and message; every error the proxy
+//! raises itself is an opensrv [`ErrorKind`], which pairs the code with its SQLSTATE.
+
+use opensrv_mysql::ErrorKind;
+
+/// Everything that can go wrong while serving one client session.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The backend refused a statement: relayed verbatim.
+    #[error("backend error {code} ({state}): {message}")]
+    Backend {
+        code: u16,
+        state: String,
+        message: String,
+    },
+    /// No backend connection could be had (down, refused, timed out, or lost mid-statement).
+    #[error("backend unavailable: {0}")]
+    BackendUnavailable(String),
+    /// Wrong user or password.
+    #[error("Access denied for user '{user}'@'{host}' (using password: {using})")]
+    AccessDenied {
+        user: String,
+        host: String,
+        using: &'static str,
+    },
+    /// `max_connections` reached.
+    #[error("Too many connections")]
+    TooManyConnections,
+    /// The client sent bytes that are not a valid packet or command.
+    #[error("malformed packet: {0}")]
+    Malformed(&'static str),
+    /// Packet sequence ids out of order.
+    #[error("Got packets out of order")]
+    OutOfOrder,
+    /// A packet larger than the proxy's limit.
+    #[error("Got a packet bigger than 'max_allowed_packet' bytes")]
+    PacketTooLarge,
+    /// A command the proxy does not implement.
+    #[error("Unknown command {0:#04x}")]
+    UnknownCommand(u8),
+    /// A prepared statement id the client never got (or closed).
+    #[error("Unknown prepared statement handler ({0}) given to mysqld_stmt_execute")]
+    UnknownStatement(u32),
+    /// Something we chose not to support (yet), named.
+    #[error("This version of Rewind doesn't yet support '{0}'")]
+    Unsupported(&'static str),
+    /// The proxy is shutting down.
+    #[error("Server shutdown in progress")]
+    Shutdown,
+    /// Client socket failure: nothing can be sent any more.
+    #[error("client i/o: {0}")]
+    ClientIo(#[from] std::io::Error),
+}
+
+impl ProxyError {
+    /// The one mapping from a proxy error to a MySQL error packet's (code, SQLSTATE, message).
+    pub fn to_mysql(&self) -> (u16, [u8; 5], String) {
+        let own = |kind: ErrorKind, msg: String| (kind as u16, *kind.sqlstate(), msg);
+        match self {
+            ProxyError::Backend {
+                code,
+                state,
+                message,
+            } => {
+                let mut st = *b"HY000";
+                if state.len() == 5 {
+                    st.copy_from_slice(state.as_bytes());
+                }
+                (*code, st, message.clone())
+            }
+            ProxyError::BackendUnavailable(why) => own(
+                ErrorKind::ER_CONNECT_TO_FOREIGN_DATA_SOURCE,
+                format!(
+                    "Rewind proxy cannot reach its backend MySQL server ({why}); check that the backend is up and --backend is right, then retry"
+                ),
+            ),
+            e @ ProxyError::AccessDenied { .. } => own(ErrorKind::ER_ACCESS_DENIED_ERROR, e.to_string()),
+            e @ ProxyError::TooManyConnections => own(ErrorKind::ER_CON_COUNT_ERROR, e.to_string()),
+            e @ ProxyError::Malformed(_) => own(ErrorKind::ER_MALFORMED_PACKET, e.to_string()),
+            e @ ProxyError::OutOfOrder => own(ErrorKind::ER_NET_PACKETS_OUT_OF_ORDER, e.to_string()),
+            e @ ProxyError::PacketTooLarge => own(ErrorKind::ER_NET_PACKET_TOO_LARGE, e.to_string()),
+            e @ ProxyError::UnknownCommand(_) => own(ErrorKind::ER_UNKNOWN_COM_ERROR, e.to_string()),
+            e @ ProxyError::UnknownStatement(_) => own(ErrorKind::ER_UNKNOWN_STMT_HANDLER, e.to_string()),
+            e @ ProxyError::Unsupported(_) => own(ErrorKind::ER_NOT_SUPPORTED_YET, e.to_string()),
+            e @ ProxyError::Shutdown => own(ErrorKind::ER_SERVER_SHUTDOWN, e.to_string()),
+            e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
+        }
+    }
+
+    /// Whether the session can go on after this error was sent (backend/statement errors) or
+    /// must close (the stream is out of sync or gone).
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::BackendUnavailable(_)
+                | ProxyError::OutOfOrder
+                | ProxyError::PacketTooLarge
+                | ProxyError::ClientIo(_)
+                | ProxyError::Shutdown
+                | ProxyError::TooManyConnections
+                | ProxyError::AccessDenied { .. }
+        )
+    }
+}
+
+impl From<mysql_async::Error> for ProxyError {
+    fn from(e: mysql_async::Error) -> Self {
+        match e {
+            mysql_async::Error::Server(s) => ProxyError::Backend {
+                code: s.code,
+                state: s.state,
+                message: s.message,
+            },
+            other => ProxyError::BackendUnavailable(other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_errors_are_relayed_verbatim() {
+        let e = ProxyError::Backend {
+            code: 1146,
+            state: "42S02".into(),
+            message: "Table 'x.y' doesn't exist".into(),
+        };
+        assert_eq!(
+            e.to_mysql(),
+            (1146, *b"42S02", "Table 'x.y' doesn't exist".into())
+        );
+    }
+
+    #[test]
+    fn own_errors_pair_code_and_sqlstate() {
+        let (code, state, _) = ProxyError::AccessDenied {
+            user: "u".into(),
+            host: "h".into(),
+            using: "YES",
+        }
+        .to_mysql();
+        assert_eq!((code, &state), (1045, b"28000"));
+        assert_eq!(ProxyError::TooManyConnections.to_mysql().0, 1040);
+    }
+}

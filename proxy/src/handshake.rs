@@ -1,0 +1,194 @@
+//! Connection phase: HandshakeV10 with a fresh scramble, the client's HandshakeResponse41,
+//! an AuthSwitch to mysql_native_password when the client wanted another plugin, and the
+//! scramble check (mysql_common's `scramble_native`).
+
+use mysql_async::consts::{CapabilityFlags, StatusFlags};
+use rand::Rng;
+
+use crate::config::User;
+use crate::error::ProxyError;
+use crate::packet::{Cursor, PacketStream};
+
+const NATIVE: &[u8] = b"mysql_native_password";
+
+/// What the proxy offers. No SSL, no compression, no LOCAL INFILE, no session tracking (the
+/// proxy does not relay them); CLIENT_LONG_PASSWORD also tells MariaDB clients "this is a
+/// MySQL server", so they use no MariaDB-only extensions.
+pub fn server_capabilities() -> CapabilityFlags {
+    use CapabilityFlags as C;
+    C::CLIENT_LONG_PASSWORD
+        | C::CLIENT_FOUND_ROWS
+        | C::CLIENT_LONG_FLAG
+        | C::CLIENT_CONNECT_WITH_DB
+        | C::CLIENT_NO_SCHEMA
+        | C::CLIENT_ODBC
+        | C::CLIENT_IGNORE_SPACE
+        | C::CLIENT_PROTOCOL_41
+        | C::CLIENT_INTERACTIVE
+        | C::CLIENT_IGNORE_SIGPIPE
+        | C::CLIENT_TRANSACTIONS
+        | C::CLIENT_RESERVED
+        | C::CLIENT_SECURE_CONNECTION
+        | C::CLIENT_MULTI_STATEMENTS
+        | C::CLIENT_MULTI_RESULTS
+        | C::CLIENT_PS_MULTI_RESULTS
+        | C::CLIENT_PLUGIN_AUTH
+        | C::CLIENT_CONNECT_ATTRS
+        | C::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA
+        | C::CLIENT_DEPRECATE_EOF
+}
+
+/// The client as it introduced itself.
+#[derive(Debug)]
+pub struct ClientHello {
+    pub caps: CapabilityFlags,
+    pub charset: u8,
+    pub user: String,
+    pub database: Option<Vec<u8>>,
+}
+
+/// Runs the whole connection phase up to (not including) the final OK, which the session
+/// sends once it holds a backend connection.
+pub async fn accept(
+    ps: &mut PacketStream,
+    conn_id: u32,
+    server_version: &str,
+    logins: &[User],
+    peer_host: &str,
+) -> Result<ClientHello, ProxyError> {
+    let scramble = new_scramble();
+    ps.seq = 0;
+    ps.push(&handshake_v10(conn_id, server_version, &scramble));
+    ps.flush().await?;
+
+    let pkt = ps
+        .read_packet()
+        .await?
+        .ok_or(ProxyError::Malformed("connection closed during handshake"))?;
+    let mut c = Cursor::new(&pkt);
+    let client_caps = CapabilityFlags::from_bits_truncate(c.u32()?);
+    if !client_caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
+        return Err(ProxyError::Unsupported("pre-4.1 client protocol"));
+    }
+    let caps = client_caps & server_capabilities();
+    let _max_packet = c.u32()?;
+    let charset = c.u8()?;
+    c.take(23)?;
+    let user = String::from_utf8_lossy(c.nul_str()).into_owned();
+    let mut auth = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) {
+        c.lenenc_bytes()?.to_vec()
+    } else if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+        let n = c.u8()? as usize;
+        c.take(n)?.to_vec()
+    } else {
+        c.nul_str().to_vec()
+    };
+    let database = if caps.contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB) && !c.is_empty() {
+        Some(c.nul_str().to_vec()).filter(|d| !d.is_empty())
+    } else {
+        None
+    };
+    let plugin = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) && !c.is_empty() {
+        c.nul_str().to_vec()
+    } else {
+        NATIVE.to_vec()
+    };
+    // Connection attributes (if any) are accepted and ignored.
+
+    if plugin != NATIVE && caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) {
+        // Ask for mysql_native_password with the same scramble.
+        let mut sw = vec![0xFE];
+        sw.extend_from_slice(NATIVE);
+        sw.push(0);
+        sw.extend_from_slice(&scramble);
+        sw.push(0);
+        ps.push(&sw);
+        ps.flush().await?;
+        auth = ps.read_packet().await?.ok_or(ProxyError::Malformed(
+            "connection closed during auth switch",
+        ))?;
+    }
+
+    let ok = logins
+        .iter()
+        .any(|u| u.name == user && password_matches(&scramble, &u.password, &auth));
+    if !ok {
+        return Err(ProxyError::AccessDenied {
+            user,
+            host: peer_host.to_string(),
+            using: if auth.is_empty() { "NO" } else { "YES" },
+        });
+    }
+    Ok(ClientHello {
+        caps,
+        charset,
+        user,
+        database,
+    })
+}
+
+fn password_matches(scramble: &[u8; 20], password: &str, response: &[u8]) -> bool {
+    // Some clients terminate an empty response with a NUL.
+    let response = if response == [0] { &[][..] } else { response };
+    match mysql_common::scramble::scramble_native(scramble, password.as_bytes()) {
+        None => response.is_empty(),
+        Some(expected) => constant_time_eq(&expected, response),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn new_scramble() -> [u8; 20] {
+    let mut rng = rand::rng();
+    let mut s = [0u8; 20];
+    for b in &mut s {
+        // Printable, never NUL or '$', like MySQL's own.
+        *b = loop {
+            let c: u8 = rng.random_range(33..127);
+            if c != b'$' {
+                break c;
+            }
+        };
+    }
+    s
+}
+
+fn handshake_v10(conn_id: u32, version: &str, scramble: &[u8; 20]) -> Vec<u8> {
+    let caps = server_capabilities().bits();
+    let mut b = Vec::with_capacity(128);
+    b.push(10);
+    b.extend_from_slice(version.as_bytes());
+    b.push(0);
+    b.extend_from_slice(&conn_id.to_le_bytes());
+    b.extend_from_slice(&scramble[..8]);
+    b.push(0);
+    b.extend_from_slice(&(caps as u16).to_le_bytes());
+    b.push(45); // utf8mb4_general_ci
+    b.extend_from_slice(&StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits().to_le_bytes());
+    b.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    b.push(21);
+    b.extend_from_slice(&[0u8; 10]);
+    b.extend_from_slice(&scramble[8..]);
+    b.push(0);
+    b.extend_from_slice(NATIVE);
+    b.push(0);
+    b
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scramble_check() {
+        let s = new_scramble();
+        let good = mysql_common::scramble::scramble_native(&s, b"pw").unwrap();
+        assert!(password_matches(&s, "pw", &good));
+        assert!(!password_matches(&s, "other", &good));
+        assert!(password_matches(&s, "", &[]));
+        assert!(!password_matches(&s, "", &good));
+        assert!(!password_matches(&s, "pw", &[]));
+    }
+}

@@ -1,0 +1,239 @@
+//! MySQL packet framing on the client side: 3-byte length + sequence id, payloads of
+//! 16 MB - 1 split across packets, and an output buffer flushed at ~64 KB so that result
+//! rows are streamed, never collected.
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::error::ProxyError;
+
+/// Largest payload of one physical packet; a payload of exactly this size is continued.
+pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
+/// Flush threshold for the output buffer.
+const FLUSH_AT: usize = 64 * 1024;
+
+/// One client connection's framed stream.
+pub struct PacketStream {
+    reader: BufReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    /// Encoded packets not yet written; bounded by `FLUSH_AT` plus one row.
+    out: Vec<u8>,
+    /// Next sequence id, expected on read and used on write.
+    pub seq: u8,
+    /// Largest logical packet accepted from the client (max_allowed_packet).
+    max_packet: usize,
+}
+
+impl PacketStream {
+    pub fn new(stream: TcpStream, max_packet: usize) -> Self {
+        let _ = stream.set_nodelay(true);
+        let (r, w) = stream.into_split();
+        PacketStream {
+            reader: BufReader::with_capacity(16 * 1024, r),
+            writer: w,
+            out: Vec::with_capacity(4096),
+            seq: 0,
+            max_packet,
+        }
+    }
+
+    /// Reads one logical packet (joining split packets). `Ok(None)` on a clean EOF before
+    /// the first header byte.
+    pub async fn read_packet(&mut self) -> Result<Option<Vec<u8>>, ProxyError> {
+        let mut payload = Vec::new();
+        loop {
+            let mut header = [0u8; 4];
+            if payload.is_empty() {
+                // A clean close between commands is not an error.
+                match self.reader.read_exact(&mut header).await {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                self.reader.read_exact(&mut header).await?;
+            }
+            let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+            if header[3] != self.seq {
+                return Err(ProxyError::OutOfOrder);
+            }
+            self.seq = self.seq.wrapping_add(1);
+            if payload.len() + len > self.max_packet {
+                return Err(ProxyError::PacketTooLarge);
+            }
+            let start = payload.len();
+            payload.resize(start + len, 0);
+            self.reader.read_exact(&mut payload[start..]).await?;
+            if len < MAX_PAYLOAD {
+                return Ok(Some(payload));
+            }
+        }
+    }
+
+    /// Appends one logical packet to the output buffer, splitting it as needed.
+    pub fn push(&mut self, payload: &[u8]) {
+        let mut rest = payload;
+        loop {
+            let n = rest.len().min(MAX_PAYLOAD);
+            let len = (n as u32).to_le_bytes();
+            self.out
+                .extend_from_slice(&[len[0], len[1], len[2], self.seq]);
+            self.seq = self.seq.wrapping_add(1);
+            self.out.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+            if n < MAX_PAYLOAD {
+                return;
+            }
+        }
+    }
+
+    /// Writes the buffer out if it has grown past the flush threshold.
+    pub async fn maybe_flush(&mut self) -> Result<(), ProxyError> {
+        if self.out.len() >= FLUSH_AT {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    pub async fn flush(&mut self) -> Result<(), ProxyError> {
+        if !self.out.is_empty() {
+            self.writer.write_all(&self.out).await?;
+            self.out.clear();
+            if self.out.capacity() > 4 * FLUSH_AT {
+                // A huge row grew the buffer: give the memory back.
+                self.out.shrink_to(FLUSH_AT);
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.flush().await;
+        let _ = self.writer.shutdown().await;
+    }
+}
+
+/// Little helpers for building payloads.
+pub fn put_lenenc_int(buf: &mut Vec<u8>, v: u64) {
+    match v {
+        0..=250 => buf.push(v as u8),
+        251..=0xFFFF => {
+            buf.push(0xFC);
+            buf.extend_from_slice(&(v as u16).to_le_bytes());
+        }
+        0x1_0000..=0xFF_FFFF => {
+            buf.push(0xFD);
+            buf.extend_from_slice(&(v as u32).to_le_bytes()[..3]);
+        }
+        _ => {
+            buf.push(0xFE);
+            buf.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+}
+
+pub fn put_lenenc_bytes(buf: &mut Vec<u8>, b: &[u8]) {
+    put_lenenc_int(buf, b.len() as u64);
+    buf.extend_from_slice(b);
+}
+
+/// A cursor over client bytes that never panics: every read is checked.
+pub struct Cursor<'a> {
+    buf: &'a [u8],
+}
+
+impl<'a> Cursor<'a> {
+    pub fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf }
+    }
+    pub fn remaining(&self) -> &'a [u8] {
+        self.buf
+    }
+    pub fn is_empty(&self) -> bool {
+        self.buf.is_empty()
+    }
+    pub fn take(&mut self, n: usize) -> Result<&'a [u8], ProxyError> {
+        if self.buf.len() < n {
+            return Err(ProxyError::Malformed("truncated packet"));
+        }
+        let (a, b) = self.buf.split_at(n);
+        self.buf = b;
+        Ok(a)
+    }
+    pub fn u8(&mut self) -> Result<u8, ProxyError> {
+        Ok(self.take(1)?[0])
+    }
+    pub fn u16(&mut self) -> Result<u16, ProxyError> {
+        let b = self.take(2)?;
+        Ok(u16::from_le_bytes([b[0], b[1]]))
+    }
+    pub fn u32(&mut self) -> Result<u32, ProxyError> {
+        let b = self.take(4)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    pub fn lenenc_int(&mut self) -> Result<u64, ProxyError> {
+        Ok(match self.u8()? {
+            0xFC => u64::from(self.u16()?),
+            0xFD => {
+                let b = self.take(3)?;
+                u64::from(u32::from_le_bytes([b[0], b[1], b[2], 0]))
+            }
+            0xFE => {
+                let b = self.take(8)?;
+                let mut a = [0u8; 8];
+                a.copy_from_slice(b);
+                u64::from_le_bytes(a)
+            }
+            x => u64::from(x),
+        })
+    }
+    pub fn lenenc_bytes(&mut self) -> Result<&'a [u8], ProxyError> {
+        let n = self.lenenc_int()?;
+        let n = usize::try_from(n).map_err(|_| ProxyError::Malformed("length"))?;
+        self.take(n)
+    }
+    /// Bytes up to a NUL (consumed); the whole rest if there is none.
+    pub fn nul_str(&mut self) -> &'a [u8] {
+        match self.buf.iter().position(|&b| b == 0) {
+            Some(i) => {
+                let s = &self.buf[..i];
+                self.buf = &self.buf[i + 1..];
+                s
+            }
+            None => std::mem::take(&mut self.buf),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lenenc_roundtrip() {
+        for v in [
+            0u64,
+            250,
+            251,
+            65535,
+            65536,
+            0xFF_FFFF,
+            0x100_0000,
+            u64::MAX,
+        ] {
+            let mut b = Vec::new();
+            put_lenenc_int(&mut b, v);
+            assert_eq!(Cursor::new(&b).lenenc_int().unwrap(), v);
+        }
+    }
+
+    #[test]
+    fn cursor_never_panics_on_truncation() {
+        let mut c = Cursor::new(&[0xFE, 1, 2]);
+        assert!(c.lenenc_int().is_err());
+        let mut c = Cursor::new(&[]);
+        assert!(c.u32().is_err());
+        assert_eq!(Cursor::new(b"ab").nul_str(), b"ab");
+    }
+}

@@ -1,0 +1,476 @@
+//! One client session: after the handshake, take a backend connection from the pool
+//! matching the client's CLIENT_FOUND_ROWS, then relay commands one at a time until
+//! COM_QUIT, EOF, a fatal error or shutdown. Dropping the `Conn` returns it to the pool,
+//! which resets it (COM_RESET_CONNECTION) before anyone else gets it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::consts::{CapabilityFlags, ColumnFlags, ColumnType, StatusFlags};
+use mysql_async::prelude::{Protocol, Queryable};
+use mysql_async::{BinaryProtocol, Conn, Params, QueryResult, Statement, TextProtocol, Value};
+use mysql_common::io::ParseBuf;
+use mysql_common::value::{BinValue, ValueDeserializer};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::error::ProxyError;
+use crate::handshake;
+use crate::packet::{put_lenenc_int, Cursor, PacketStream};
+use crate::wire;
+use crate::xid;
+use crate::Shared;
+
+const COM_QUIT: u8 = 0x01;
+const COM_INIT_DB: u8 = 0x02;
+const COM_QUERY: u8 = 0x03;
+const COM_PING: u8 = 0x0e;
+const COM_STMT_PREPARE: u8 = 0x16;
+const COM_STMT_EXECUTE: u8 = 0x17;
+const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
+const COM_STMT_CLOSE: u8 = 0x19;
+const COM_STMT_RESET: u8 = 0x1a;
+const COM_SET_OPTION: u8 = 0x1b;
+const COM_RESET_CONNECTION: u8 = 0x1f;
+
+/// Largest client packet accepted (MySQL's max_allowed_packet upper bound is 1 GB; 64 MB
+/// keeps one session's worst case bounded).
+const MAX_CLIENT_PACKET: usize = 64 * 1024 * 1024;
+const DEFAULT_COLLATION: u8 = 45;
+
+/// A statement prepared on the backend for this client.
+struct Prepared {
+    stmt: Statement,
+    /// Parameter types from the last execute that bound them (new-params-bound flag).
+    types: Vec<(ColumnType, ColumnFlags)>,
+    /// COM_STMT_SEND_LONG_DATA chunks per parameter, consumed by the next execute.
+    long_data: HashMap<u16, Vec<u8>>,
+}
+
+struct Session {
+    ps: PacketStream,
+    conn: Conn,
+    /// Negotiated capabilities (client's ∩ ours): decide EOF vs OK terminators.
+    caps: CapabilityFlags,
+    stmts: HashMap<u32, Prepared>,
+    /// Last status flags seen from the backend, for packets the backend did not send us.
+    status: u16,
+}
+
+/// Serves one accepted TCP connection to completion. Never panics on client bytes.
+pub async fn serve(
+    stream: TcpStream,
+    conn_id: u32,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    let mut ps = PacketStream::new(stream, MAX_CLIENT_PACKET);
+    let timeout = Duration::from_secs(shared.config.connect_timeout_secs);
+
+    let hello = match tokio::time::timeout(
+        timeout,
+        handshake::accept(
+            &mut ps,
+            conn_id,
+            &shared.server_version,
+            &shared.logins,
+            &peer,
+        ),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            info!(error = %e, "handshake failed");
+            send_error_and_close(&mut ps, &e).await;
+            return;
+        }
+        Err(_) => {
+            send_error_and_close(&mut ps, &ProxyError::Malformed("handshake timed out")).await;
+            return;
+        }
+    };
+    debug!(user = %hello.user, "authenticated");
+
+    let found_rows = hello.caps.contains(CapabilityFlags::CLIENT_FOUND_ROWS);
+    let pool = &shared.pools[usize::from(found_rows)];
+    let conn = match tokio::time::timeout(timeout, pool.get_conn()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            let e = match ProxyError::from(e) {
+                // A backend refusing our login is still "backend unavailable" to the client.
+                ProxyError::Backend { message, .. } => ProxyError::BackendUnavailable(message),
+                other => other,
+            };
+            info!(error = %e, "no backend connection");
+            send_error_and_close(&mut ps, &e).await;
+            return;
+        }
+        Err(_) => {
+            let e = ProxyError::BackendUnavailable("timed out getting a connection".into());
+            send_error_and_close(&mut ps, &e).await;
+            return;
+        }
+    };
+    let mut s = Session {
+        ps,
+        conn,
+        caps: hello.caps,
+        stmts: HashMap::new(),
+        status: StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits(),
+    };
+    if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
+        send_error_and_close(&mut s.ps, &e).await;
+        return;
+    }
+    let ok = wire::Ok {
+        status: s.status,
+        ..wire::Ok::default()
+    };
+    s.ps.push(&wire::ok_packet(&ok));
+    if s.ps.flush().await.is_err() {
+        return;
+    }
+    s.run(shutdown).await;
+    s.ps.shutdown().await;
+    s.close_statements().await;
+    // Dropping `s.conn` hands it back to the pool, which resets it before reuse.
+}
+
+async fn send_error_and_close(ps: &mut PacketStream, e: &ProxyError) {
+    if !matches!(e, ProxyError::ClientIo(_)) {
+        ps.push(&wire::err_packet(e));
+    }
+    ps.shutdown().await;
+}
+
+impl Session {
+    /// Gives the backend session the client's charset and default database.
+    async fn initialise(&mut self, charset: u8, db: Option<&[u8]>) -> Result<(), ProxyError> {
+        if charset != DEFAULT_COLLATION {
+            let row: Option<(String, String)> = self
+                .conn
+                .query_first(format!(
+                    "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE ID = {charset}"
+                ))
+                .await?;
+            if let Some((cs, coll)) = row {
+                self.conn
+                    .query_drop(format!("SET NAMES {cs} COLLATE {coll}"))
+                    .await?;
+            }
+        }
+        if let Some(db) = db {
+            self.conn.query_drop(use_statement(db)).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(&mut self, shutdown: CancellationToken) {
+        loop {
+            self.ps.seq = 0;
+            let pkt = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    // Idle between commands: a running statement is never cut here.
+                    return;
+                }
+                r = self.ps.read_packet() => r,
+            };
+            let pkt = match pkt {
+                Ok(Some(p)) => p,
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(error = %e, "bad client packet");
+                    send_error_and_close(&mut self.ps, &e).await;
+                    return;
+                }
+            };
+            let Some((&cmd, body)) = pkt.split_first() else {
+                self.ps
+                    .push(&wire::err_packet(&ProxyError::Malformed("empty packet")));
+                if self.ps.flush().await.is_err() {
+                    return;
+                }
+                continue;
+            };
+            if cmd == COM_QUIT {
+                return;
+            }
+            let result = self.command(cmd, body).await;
+            if let Err(e) = result {
+                debug!(error = %e, "command failed");
+                if !matches!(e, ProxyError::ClientIo(_)) {
+                    self.ps.push(&wire::err_packet(&e));
+                }
+                if e.is_fatal() || self.conn.is_disconnected() {
+                    self.ps.shutdown().await;
+                    return;
+                }
+            }
+            if self.ps.flush().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    async fn command(&mut self, cmd: u8, body: &[u8]) -> Result<(), ProxyError> {
+        match cmd {
+            COM_QUERY => self.query(body).await,
+            COM_INIT_DB => {
+                self.conn.query_drop(use_statement(body)).await?;
+                self.push_ok();
+                Ok(())
+            }
+            COM_PING => {
+                self.conn.ping().await?;
+                self.push_ok();
+                Ok(())
+            }
+            COM_RESET_CONNECTION => {
+                self.close_statements().await;
+                self.conn.reset().await?;
+                self.push_ok();
+                Ok(())
+            }
+            COM_SET_OPTION => {
+                // MULTI_STATEMENTS on/off: the backend connection always allows them; the
+                // reply is an EOF packet, as MySQL sends.
+                let mut c = Cursor::new(body);
+                let _option = c.u16()?;
+                self.ps.push(&wire::legacy_eof(self.status, 0));
+                Ok(())
+            }
+            COM_STMT_PREPARE => self.prepare(body).await,
+            COM_STMT_EXECUTE => self.execute(body).await,
+            COM_STMT_SEND_LONG_DATA => {
+                // No reply, ever, by protocol.
+                let mut c = Cursor::new(body);
+                let (Ok(id), Ok(param)) = (c.u32(), c.u16()) else {
+                    return Ok(());
+                };
+                if let Some(p) = self.stmts.get_mut(&id) {
+                    p.long_data
+                        .entry(param)
+                        .or_default()
+                        .extend_from_slice(c.remaining());
+                }
+                Ok(())
+            }
+            COM_STMT_CLOSE => {
+                // No reply, ever, by protocol.
+                if let Ok(id) = Cursor::new(body).u32() {
+                    if let Some(p) = self.stmts.remove(&id) {
+                        self.conn.close(p.stmt).await?;
+                    }
+                }
+                Ok(())
+            }
+            COM_STMT_RESET => {
+                let id = Cursor::new(body).u32()?;
+                let p = self
+                    .stmts
+                    .get_mut(&id)
+                    .ok_or(ProxyError::UnknownStatement(id))?;
+                p.long_data.clear();
+                self.push_ok();
+                Ok(())
+            }
+            other => Err(ProxyError::UnknownCommand(other)),
+        }
+    }
+
+    fn push_ok(&mut self) {
+        let ok = wire::Ok::from_backend(&self.conn);
+        self.status = ok.status;
+        self.ps.push(&wire::ok_packet(&ok));
+    }
+
+    async fn query(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
+        if let Some(x) = xid::leading_xid(sql) {
+            // AT mode is a later issue: tagged statements pass through for now.
+            debug!(xid = %String::from_utf8_lossy(x), "tagged statement passed through");
+        }
+        drop(self.conn.query_iter(sql).await?);
+        self.relay::<TextProtocol>(false).await
+    }
+
+    async fn prepare(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
+        let stmt = self.conn.prep(sql).await?;
+        let id = stmt.id();
+        let params = stmt.params().to_vec();
+        let columns = stmt.columns();
+        let mut b = vec![0x00];
+        b.extend_from_slice(&id.to_le_bytes());
+        b.extend_from_slice(&(columns.len() as u16).to_le_bytes());
+        b.extend_from_slice(&(params.len() as u16).to_le_bytes());
+        b.push(0);
+        b.extend_from_slice(&0u16.to_le_bytes());
+        self.ps.push(&b);
+        for defs in [&params[..], &columns[..]] {
+            if !defs.is_empty() {
+                for c in defs {
+                    self.ps.push(&wire::column_def(c));
+                }
+                if !self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+                    self.ps.push(&wire::legacy_eof(self.status, 0));
+                }
+            }
+        }
+        self.stmts.insert(
+            id,
+            Prepared {
+                types: vec![
+                    (ColumnType::MYSQL_TYPE_VAR_STRING, ColumnFlags::empty());
+                    params.len()
+                ],
+                stmt,
+                long_data: HashMap::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn execute(&mut self, body: &[u8]) -> Result<(), ProxyError> {
+        let mut c = Cursor::new(body);
+        let id = c.u32()?;
+        let _flags = c.u8()?; // cursor requests are answered with a plain result set
+        let _iterations = c.u32()?;
+        let p = self
+            .stmts
+            .get_mut(&id)
+            .ok_or(ProxyError::UnknownStatement(id))?;
+        let n = p.types.len();
+        let mut values = Vec::with_capacity(n);
+        if n > 0 {
+            let bitmap = c.take(n.div_ceil(8))?;
+            if c.u8()? == 1 {
+                for t in p.types.iter_mut() {
+                    let ty = ColumnType::try_from(c.u8()?)
+                        .map_err(|_| ProxyError::Malformed("unknown parameter type"))?;
+                    let fl = if c.u8()? & 0x80 != 0 {
+                        ColumnFlags::UNSIGNED_FLAG
+                    } else {
+                        ColumnFlags::empty()
+                    };
+                    *t = (ty, fl);
+                }
+            }
+            let mut rest = ParseBuf(c.remaining());
+            for (i, &(ty, fl)) in p.types.iter().enumerate() {
+                let null = bitmap[i / 8] & (1 << (i % 8)) != 0;
+                if let Some(data) = p.long_data.remove(&(i as u16)) {
+                    values.push(Value::Bytes(data));
+                } else if null || ty == ColumnType::MYSQL_TYPE_NULL {
+                    values.push(Value::NULL);
+                } else {
+                    let v: ValueDeserializer<BinValue> = rest
+                        .parse((ty, fl))
+                        .map_err(|_| ProxyError::Malformed("bad parameter value"))?;
+                    values.push(v.0);
+                }
+            }
+        }
+        p.long_data.clear();
+        let stmt = p.stmt.clone();
+        let params = if values.is_empty() {
+            Params::Empty
+        } else {
+            Params::Positional(values)
+        };
+        drop(self.conn.exec_iter(&stmt, params).await?);
+        self.relay::<BinaryProtocol>(true).await
+    }
+
+    /// Relays every result set of the pending result, row by row, then its final OK/EOF.
+    /// Backend errors in later result sets end the response as MySQL would (ERR packet).
+    async fn relay<P: Protocol>(&mut self, binary: bool) -> Result<(), ProxyError> {
+        let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
+        let more_flag = StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
+        let mut row_buf = Vec::with_capacity(256);
+        loop {
+            let Some(columns) = QueryResult::<P>::new(&mut self.conn).columns() else {
+                // Nothing pending, or a pending error from a later statement.
+                QueryResult::<P>::new(&mut self.conn).next().await?;
+                return Ok(());
+            };
+            if columns.is_empty() {
+                self.push_ok();
+                QueryResult::<P>::new(&mut self.conn).next().await?;
+                continue;
+            }
+            let mut b = Vec::with_capacity(9);
+            put_lenenc_int(&mut b, columns.len() as u64);
+            self.ps.push(&b);
+            for c in columns.iter() {
+                self.ps.push(&wire::column_def(c));
+            }
+            if !deprecate_eof {
+                self.ps.push(&wire::legacy_eof(self.status, 0));
+            }
+            loop {
+                let row = QueryResult::<P>::new(&mut self.conn).next().await?;
+                let Some(row) = row else { break };
+                row_buf.clear();
+                if binary {
+                    wire::binary_row(&row, &columns, &mut row_buf);
+                } else {
+                    wire::text_row(&row, &mut row_buf);
+                }
+                self.ps.push(&row_buf);
+                self.ps.maybe_flush().await?;
+            }
+            // `next` has already read the following result's header, if any: a next set
+            // is pending, or an error is (which clears the last OK).
+            let more = QueryResult::<P>::new(&mut self.conn).columns().is_some()
+                || self.conn.last_ok_packet().is_none();
+            let (mut status, warnings) = match self.conn.last_ok_packet() {
+                Some(ok) if !more => (ok.status_flags().bits(), ok.warnings()),
+                Some(ok) => (ok.status_flags().bits(), 0),
+                None => (self.status, 0),
+            };
+            if more {
+                status |= more_flag;
+            } else {
+                status &= !more_flag;
+            }
+            self.status = status & !more_flag;
+            self.ps.push(&wire::eof_packet(self.caps, status, warnings));
+        }
+    }
+
+    async fn close_statements(&mut self) {
+        for (_, p) in self.stmts.drain() {
+            if self.conn.close(p.stmt).await.is_err() {
+                break;
+            }
+        }
+    }
+}
+
+/// `USE` for a database name given as raw bytes (backticks doubled).
+fn use_statement(db: &[u8]) -> Vec<u8> {
+    let mut q = b"USE `".to_vec();
+    for &b in db {
+        if b == b'`' {
+            q.push(b'`');
+        }
+        q.push(b);
+    }
+    q.push(b'`');
+    q
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn use_statement_quotes_backticks() {
+        assert_eq!(super::use_statement(b"a`b"), b"USE `a``b`".to_vec());
+    }
+}

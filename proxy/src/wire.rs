@@ -1,0 +1,190 @@
+//! Encoding of the server's response packets: OK, EOF, ERR, column definitions and rows in
+//! text and binary form, honouring the client's CLIENT_DEPRECATE_EOF.
+
+use mysql_async::consts::{CapabilityFlags, ColumnType, StatusFlags};
+use mysql_async::{Column, Value};
+
+use crate::error::ProxyError;
+use crate::packet::{put_lenenc_bytes, put_lenenc_int};
+
+/// What the backend's OK packet said, to be relayed field for field.
+#[derive(Debug, Clone, Default)]
+pub struct Ok {
+    pub affected_rows: u64,
+    pub last_insert_id: u64,
+    pub status: u16,
+    pub warnings: u16,
+    pub info: Vec<u8>,
+}
+
+impl Ok {
+    pub fn from_backend(conn: &mysql_async::Conn) -> Ok {
+        match conn.last_ok_packet() {
+            Some(p) => Ok {
+                affected_rows: p.affected_rows(),
+                last_insert_id: p.last_insert_id().unwrap_or(0),
+                status: p.status_flags().bits(),
+                warnings: p.warnings(),
+                info: p.info_ref().map(<[u8]>::to_vec).unwrap_or_default(),
+            },
+            None => Ok {
+                status: StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits(),
+                ..Ok::default()
+            },
+        }
+    }
+}
+
+pub fn ok_packet(ok: &Ok) -> Vec<u8> {
+    let mut b = Vec::with_capacity(16 + ok.info.len());
+    b.push(0x00);
+    put_lenenc_int(&mut b, ok.affected_rows);
+    put_lenenc_int(&mut b, ok.last_insert_id);
+    b.extend_from_slice(&ok.status.to_le_bytes());
+    b.extend_from_slice(&ok.warnings.to_le_bytes());
+    // Servers send the info length-encoded (net_store_data) and clients read it so, even
+    // without CLIENT_SESSION_TRACK.
+    if !ok.info.is_empty() {
+        put_lenenc_bytes(&mut b, &ok.info);
+    }
+    b
+}
+
+/// End of a result set (or of column definitions): an EOF packet, or with
+/// CLIENT_DEPRECATE_EOF an OK packet with the 0xFE header.
+pub fn eof_packet(caps: CapabilityFlags, status: u16, warnings: u16) -> Vec<u8> {
+    if caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF) {
+        let mut b = vec![0xFE, 0, 0];
+        b.extend_from_slice(&status.to_le_bytes());
+        b.extend_from_slice(&warnings.to_le_bytes());
+        b
+    } else {
+        legacy_eof(status, warnings)
+    }
+}
+
+/// A real EOF packet (column-definition terminators without DEPRECATE_EOF, COM_SET_OPTION).
+pub fn legacy_eof(status: u16, warnings: u16) -> Vec<u8> {
+    let mut b = vec![0xFE];
+    b.extend_from_slice(&warnings.to_le_bytes());
+    b.extend_from_slice(&status.to_le_bytes());
+    b
+}
+
+pub fn err_packet(e: &ProxyError) -> Vec<u8> {
+    let (code, state, msg) = e.to_mysql();
+    let mut b = Vec::with_capacity(9 + msg.len());
+    b.push(0xFF);
+    b.extend_from_slice(&code.to_le_bytes());
+    b.push(b'#');
+    b.extend_from_slice(&state);
+    b.extend_from_slice(msg.as_bytes());
+    b
+}
+
+/// Column definition (Protocol::ColumnDefinition41) with the backend's own metadata.
+pub fn column_def(c: &Column) -> Vec<u8> {
+    let mut b = Vec::with_capacity(64);
+    put_lenenc_bytes(&mut b, b"def");
+    put_lenenc_bytes(&mut b, c.schema_ref());
+    put_lenenc_bytes(&mut b, c.table_ref());
+    put_lenenc_bytes(&mut b, c.org_table_ref());
+    put_lenenc_bytes(&mut b, c.name_ref());
+    put_lenenc_bytes(&mut b, c.org_name_ref());
+    b.push(0x0C);
+    b.extend_from_slice(&c.character_set().to_le_bytes());
+    b.extend_from_slice(&c.column_length().to_le_bytes());
+    b.push(c.column_type() as u8);
+    b.extend_from_slice(&c.flags().bits().to_le_bytes());
+    b.push(c.decimals());
+    b.extend_from_slice(&[0, 0]);
+    b
+}
+
+/// A text-protocol row: the backend's bytes, untouched.
+pub fn text_row(row: &mysql_async::Row, out: &mut Vec<u8>) {
+    for i in 0..row.len() {
+        match row.as_ref(i) {
+            None | Some(Value::NULL) => out.push(0xFB),
+            Some(Value::Bytes(b)) => put_lenenc_bytes(out, b),
+            // The text protocol yields only bytes; anything else is re-rendered as MySQL would.
+            Some(v) => put_lenenc_bytes(out, v.as_sql(true).trim_matches('\'').as_bytes()),
+        }
+    }
+}
+
+/// A binary-protocol row: mysql_async's typed values re-encoded by column type, losslessly.
+pub fn binary_row(row: &mysql_async::Row, columns: &[Column], out: &mut Vec<u8>) {
+    let n = row.len();
+    out.push(0x00);
+    let bitmap_at = out.len();
+    out.resize(bitmap_at + (n + 7 + 2) / 8, 0);
+    for i in 0..n {
+        let v = row.as_ref(i);
+        let ty = columns.get(i).map(|c| c.column_type());
+        match v {
+            None | Some(Value::NULL) => {
+                let bit = i + 2;
+                out[bitmap_at + bit / 8] |= 1 << (bit % 8);
+            }
+            Some(Value::Int(x)) => put_int(out, ty, *x as u64),
+            Some(Value::UInt(x)) => put_int(out, ty, *x),
+            Some(Value::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
+            Some(Value::Double(d)) => {
+                if ty == Some(ColumnType::MYSQL_TYPE_FLOAT) {
+                    out.extend_from_slice(&(*d as f32).to_le_bytes())
+                } else {
+                    out.extend_from_slice(&d.to_le_bytes())
+                }
+            }
+            Some(v) => {
+                use mysql_common::proto::MySerialize;
+                v.serialize(out)
+            }
+        }
+    }
+}
+
+fn put_int(out: &mut Vec<u8>, ty: Option<ColumnType>, x: u64) {
+    use ColumnType::*;
+    match ty {
+        Some(MYSQL_TYPE_TINY) => out.push(x as u8),
+        Some(MYSQL_TYPE_SHORT) | Some(MYSQL_TYPE_YEAR) => {
+            out.extend_from_slice(&(x as u16).to_le_bytes())
+        }
+        Some(MYSQL_TYPE_LONG) | Some(MYSQL_TYPE_INT24) => {
+            out.extend_from_slice(&(x as u32).to_le_bytes())
+        }
+        _ => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ok_packet_layout() {
+        let b = ok_packet(&Ok {
+            affected_rows: 3,
+            last_insert_id: 300,
+            status: 0x0003,
+            warnings: 1,
+            info: b"Rows matched: 3".to_vec(),
+        });
+        assert_eq!(&b[..10], &[0x00, 3, 0xFC, 44, 1, 0x03, 0x00, 1, 0, 15]);
+        assert!(b.ends_with(b"Rows matched: 3"));
+    }
+
+    #[test]
+    fn eof_depends_on_deprecate_eof() {
+        assert_eq!(
+            eof_packet(CapabilityFlags::empty(), 2, 0),
+            vec![0xFE, 0, 0, 2, 0]
+        );
+        assert_eq!(
+            eof_packet(CapabilityFlags::CLIENT_DEPRECATE_EOF, 2, 0),
+            vec![0xFE, 0, 0, 2, 0, 0, 0]
+        );
+    }
+}
