@@ -1,1 +1,167 @@
-//! rewind-coordinator. Filled in by issue 3.
+//! rewind-coordinator: global sessions, branches, global row locks, timeouts and
+//! phase-two retries, durable across kill -9.
+//!
+//! # Layout
+//! The data path, in order:
+//! - [`grpc`] / [`http`]: the two front doors (rewind.v1 gRPC; the REST API of
+//!   DESIGN.md, /metrics, /healthz). They convert and submit commands, nothing more.
+//! - [`sequencer`]: group commit. One thread applies batches of commands to the state
+//!   machine and makes each batch durable with one fsync before answering.
+//! - [`session`]: the pure state machine (commands + time in, effects + records out).
+//!   [`locks`] is its lock table.
+//! - [`store`]: redb tables the records land in, reloaded on start.
+//! - [`phase_two`]: delivers the state machine's phase-two commands to the proxy
+//!   streams that announced the branch's resource.
+//! - [`config`], [`error`], [`metrics`]: the supporting cast.
+//!
+//! [`run`] wires it up on listeners the caller bound (tests use port 0).
+
+pub mod config;
+pub mod error;
+pub mod grpc;
+pub mod http;
+pub mod locks;
+pub mod metrics;
+pub mod phase_two;
+pub mod sequencer;
+pub mod session;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rewind_protocol::v1::{
+    resource_manager_server::ResourceManagerServer,
+    transaction_manager_server::TransactionManagerServer,
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use error::CoordinatorError;
+
+/// Runs the coordinator on the given listeners until `shutdown` is cancelled.
+pub async fn run(
+    config: Config,
+    grpc_listener: TcpListener,
+    http_listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    config
+        .validate()
+        .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
+    let (store, loaded) = store::Store::open(&config.data_dir)?;
+    tracing::info!(
+        active = loaded.active.len(),
+        conflicts = loaded.conflicts.len(),
+        "state loaded from {}",
+        config.data_dir.display()
+    );
+    let engine = session::Engine::restore(
+        config.engine(),
+        loaded.counters,
+        loaded.active,
+        loaded.conflicts,
+    );
+    let metrics = Arc::new(metrics::Metrics::default());
+    let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
+    let seq = sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics);
+    let attached = Arc::new(phase_two::Attached::default());
+    let core = grpc::Grpc {
+        seq: seq.clone(),
+        attached: attached.clone(),
+        rollback_wait: Duration::from_millis(config.rollback_wait_ms),
+        shutdown: shutdown.clone(),
+    };
+
+    let dispatcher = tokio::spawn(phase_two::dispatch(
+        effects_rx,
+        attached,
+        seq.clone(),
+        shutdown.clone(),
+    ));
+
+    // Time drives timeouts and retries: one tick command per interval. The first tick
+    // right away resumes phase two left unfinished by a previous run.
+    let ticker = {
+        let (seq, shutdown, every) = (
+            seq.clone(),
+            shutdown.clone(),
+            Duration::from_millis(config.tick_ms),
+        );
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = iv.tick() => seq.post(session::Command::Tick).await,
+                    _ = shutdown.cancelled() => return,
+                }
+            }
+        })
+    };
+
+    let pruner = {
+        let (store, shutdown) = (seq.store.clone(), shutdown.clone());
+        let (every, keep) = (
+            Duration::from_secs(config.prune_interval_secs),
+            config.finished_retention_secs * 1000,
+        );
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = iv.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let before = sequencer::now_ms().saturating_sub(keep);
+                let store = store.clone();
+                match tokio::task::spawn_blocking(move || store.prune(before)).await {
+                    Ok(Ok(n)) if n > 0 => {
+                        tracing::info!(pruned = n, "pruned finished transactions")
+                    }
+                    Ok(Err(e)) => tracing::warn!(%e, "pruning failed"),
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let grpc = {
+        let core = core.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .tcp_nodelay(true)
+                .add_service(TransactionManagerServer::new(core.clone()))
+                .add_service(ResourceManagerServer::new(core))
+                .serve_with_incoming_shutdown(
+                    tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
+                    shutdown.cancelled_owned(),
+                )
+                .await
+        })
+    };
+    let http = {
+        let app = http::router(core, config.http_body_limit_bytes);
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(http_listener, app)
+                .with_graceful_shutdown(shutdown.cancelled_owned())
+                .await
+        })
+    };
+
+    shutdown.cancelled().await;
+    tracing::info!("shutting down");
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let _ = tokio::time::timeout(grace, async {
+        let _ = grpc.await;
+        let _ = http.await;
+    })
+    .await;
+    ticker.abort();
+    pruner.abort();
+    dispatcher.abort();
+    Ok(())
+}

@@ -1,1 +1,83 @@
-fn main() {}
+//! The `rewind-coordinator` binary: flags > config file > defaults, then [`run`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use rewind_coordinator::{run, Config};
+use tokio_util::sync::CancellationToken;
+
+/// Rewind's transaction coordinator (single node).
+#[derive(Parser, Debug)]
+#[command(name = "rewind-coordinator", version, about)]
+struct Args {
+    /// gRPC listen address [default: 127.0.0.1:8091]
+    #[arg(long, env = "REWIND_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// HTTP listen address (REST API, /metrics, /healthz) [default: 127.0.0.1:7091]
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// Directory of the durable state [default: ./data/coordinator]
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// TOML config file (see rewind-coordinator.example.toml); flags override it
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let mut config = match &args.config {
+        Some(path) => Config::from_file(path)?,
+        None => Config::default(),
+    };
+    if let Some(a) = args.grpc_addr {
+        config.grpc_addr = a;
+    }
+    if let Some(a) = args.http_addr {
+        config.http_addr = a;
+    }
+    if let Some(d) = args.data_dir {
+        config.data_dir = d;
+    }
+    config.validate()?;
+
+    let grpc = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .with_context(|| format!("binding gRPC on {}", config.grpc_addr))?;
+    let http = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
+    tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, "rewind-coordinator listening");
+
+    let shutdown = CancellationToken::new();
+    let trigger = shutdown.clone();
+    tokio::spawn(async move {
+        let term = async {
+            #[cfg(unix)]
+            {
+                let mut s =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                        .expect("SIGTERM handler");
+                s.recv().await;
+            }
+            #[cfg(not(unix))]
+            std::future::pending::<()>().await;
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term => {}
+        }
+        trigger.cancel();
+    });
+    run(config, grpc, http, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! Configuration: one source of defaults ([`Config::default`]), a TOML file with
+//! unknown keys rejected, command-line flags on top, then [`Config::validate`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::session::EngineConfig;
+
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub grpc_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub finished_retention_secs: u64,
+    pub prune_interval_secs: u64,
+    pub tick_ms: u64,
+    pub phase_two_backoff_base_ms: u64,
+    pub phase_two_backoff_cap_ms: u64,
+    pub phase_two_command_timeout_ms: u64,
+    pub rollback_wait_ms: u64,
+    pub max_batch: usize,
+    pub http_body_limit_bytes: usize,
+    pub shutdown_grace_ms: u64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            grpc_addr: "127.0.0.1:8091".parse().expect("valid"),
+            http_addr: "127.0.0.1:7091".parse().expect("valid"),
+            data_dir: PathBuf::from("./data/coordinator"),
+            default_timeout_ms: 60_000,
+            max_timeout_ms: 24 * 3600 * 1000,
+            finished_retention_secs: 24 * 3600,
+            prune_interval_secs: 60,
+            tick_ms: 200,
+            phase_two_backoff_base_ms: 100,
+            phase_two_backoff_cap_ms: 30_000,
+            phase_two_command_timeout_ms: 10_000,
+            rollback_wait_ms: 10_000,
+            max_batch: 4096,
+            http_body_limit_bytes: 1 << 20,
+            shutdown_grace_ms: 5_000,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("parsing {path}: {source}")]
+    Parse {
+        path: PathBuf,
+        source: toml::de::Error,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    pub fn from_file(path: &std::path::Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.into(),
+            source,
+        })
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.default_timeout_ms == 0 || self.default_timeout_ms > self.max_timeout_ms {
+            return bad("default_timeout_ms must be > 0 and <= max_timeout_ms");
+        }
+        if self.tick_ms == 0 || self.tick_ms > 10_000 {
+            return bad("tick_ms must be in 1..=10000");
+        }
+        if self.phase_two_backoff_base_ms == 0
+            || self.phase_two_backoff_base_ms > self.phase_two_backoff_cap_ms
+        {
+            return bad("phase_two_backoff_base_ms must be > 0 and <= phase_two_backoff_cap_ms");
+        }
+        if self.phase_two_command_timeout_ms == 0 {
+            return bad("phase_two_command_timeout_ms must be > 0");
+        }
+        if self.max_batch == 0 {
+            return bad("max_batch must be > 0");
+        }
+        if self.http_body_limit_bytes < 1024 {
+            return bad("http_body_limit_bytes must be >= 1024");
+        }
+        if self.prune_interval_secs == 0 {
+            return bad("prune_interval_secs must be > 0");
+        }
+        if self.data_dir.as_os_str().is_empty() {
+            return bad("data_dir must not be empty");
+        }
+        Ok(())
+    }
+
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            default_timeout_ms: self.default_timeout_ms,
+            max_timeout_ms: self.max_timeout_ms,
+            backoff_base_ms: self.phase_two_backoff_base_ms,
+            backoff_cap_ms: self.phase_two_backoff_cap_ms,
+            command_timeout_ms: self.phase_two_command_timeout_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_file_parses_and_lists_every_key() {
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/rewind-coordinator.example.toml"
+        );
+        let c = Config::from_file(std::path::Path::new(path)).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c, Config::default(), "the example documents the defaults");
+        let text = std::fs::read_to_string(path).unwrap();
+        let table: toml::Table = toml::from_str(&text).unwrap();
+        for key in [
+            "grpc_addr",
+            "http_addr",
+            "data_dir",
+            "default_timeout_ms",
+            "max_timeout_ms",
+            "finished_retention_secs",
+            "prune_interval_secs",
+            "tick_ms",
+            "phase_two_backoff_base_ms",
+            "phase_two_backoff_cap_ms",
+            "phase_two_command_timeout_ms",
+            "rollback_wait_ms",
+            "max_batch",
+            "http_body_limit_bytes",
+            "shutdown_grace_ms",
+        ] {
+            assert!(table.contains_key(key), "example lacks {key}");
+        }
+        assert_eq!(table.len(), 15);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_rejected() {
+        assert!(toml::from_str::<Config>("grpc_adr = \"1.2.3.4:1\"").is_err());
+        let c: Config = toml::from_str("tick_ms = 0").unwrap();
+        assert!(c.validate().is_err());
+    }
+}

@@ -1,0 +1,103 @@
+//! The coordinator's one error type, and its two boundary mappings: to `tonic::Status`
+//! (gRPC) and to an HTTP status + JSON body (REST API). Nowhere else decides codes.
+
+use axum::http::StatusCode;
+
+use crate::session::{BranchId, Status, XidNum};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("global transaction {} not found", rewind_protocol::xid::format(*.0))]
+    NotFound(XidNum),
+    #[error("global transaction id {0:?} is not one this coordinator issues")]
+    BadXid(String),
+    #[error("branch {0} not found")]
+    BranchNotFound(BranchId),
+    #[error("conflict {0} not found")]
+    ConflictNotFound(u64),
+    #[error("conflict {0} is not open (already being resolved or resolved)")]
+    ConflictNotOpen(u64),
+    #[error("global transaction {} is {}: cannot {wanted} it", rewind_protocol::xid::format(*.xid), .status.name())]
+    AlreadyDecided {
+        xid: XidNum,
+        status: Status,
+        wanted: &'static str,
+    },
+    #[error("global transaction {} is {}, no longer accepting branches", rewind_protocol::xid::format(*.xid), .status.name())]
+    NotActive { xid: XidNum, status: Status },
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("request body larger than {0} bytes")]
+    TooLarge(usize),
+    #[error("storage failure: {0}")]
+    Storage(String),
+    #[error("coordinator is shutting down")]
+    ShuttingDown,
+}
+
+impl From<redb::Error> for CoordinatorError {
+    fn from(e: redb::Error) -> Self {
+        CoordinatorError::Storage(e.to_string())
+    }
+}
+
+impl CoordinatorError {
+    /// Stable machine-readable name, the `error` field of HTTP answers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CoordinatorError::NotFound(_) | CoordinatorError::BadXid(_) => "not_found",
+            CoordinatorError::BranchNotFound(_) => "branch_not_found",
+            CoordinatorError::ConflictNotFound(_) => "conflict_not_found",
+            CoordinatorError::ConflictNotOpen(_) => "conflict_not_open",
+            CoordinatorError::AlreadyDecided { .. } => "already_decided",
+            CoordinatorError::NotActive { .. } => "not_active",
+            CoordinatorError::InvalidArgument(_) => "invalid_argument",
+            CoordinatorError::TooLarge(_) => "payload_too_large",
+            CoordinatorError::Storage(_) => "storage",
+            CoordinatorError::ShuttingDown => "unavailable",
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            CoordinatorError::NotFound(_)
+            | CoordinatorError::BadXid(_)
+            | CoordinatorError::BranchNotFound(_)
+            | CoordinatorError::ConflictNotFound(_) => StatusCode::NOT_FOUND,
+            CoordinatorError::AlreadyDecided { .. }
+            | CoordinatorError::NotActive { .. }
+            | CoordinatorError::ConflictNotOpen(_) => StatusCode::CONFLICT,
+            CoordinatorError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
+            CoordinatorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            CoordinatorError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            CoordinatorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+impl From<CoordinatorError> for tonic::Status {
+    fn from(e: CoordinatorError) -> Self {
+        let msg = e.to_string();
+        match e {
+            CoordinatorError::NotFound(_)
+            | CoordinatorError::BadXid(_)
+            | CoordinatorError::BranchNotFound(_)
+            | CoordinatorError::ConflictNotFound(_) => tonic::Status::not_found(msg),
+            CoordinatorError::AlreadyDecided { .. }
+            | CoordinatorError::NotActive { .. }
+            | CoordinatorError::ConflictNotOpen(_) => tonic::Status::failed_precondition(msg),
+            CoordinatorError::InvalidArgument(_) | CoordinatorError::TooLarge(_) => {
+                tonic::Status::invalid_argument(msg)
+            }
+            CoordinatorError::Storage(_) => tonic::Status::internal(msg),
+            CoordinatorError::ShuttingDown => tonic::Status::unavailable(msg),
+        }
+    }
+}
+
+impl axum::response::IntoResponse for CoordinatorError {
+    fn into_response(self) -> axum::response::Response {
+        let body = serde_json::json!({"error": self.kind(), "message": self.to_string()});
+        (self.http_status(), axum::Json(body)).into_response()
+    }
+}

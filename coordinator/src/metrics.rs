@@ -1,0 +1,184 @@
+//! Prometheus text metrics, hand-rolled: a few atomics and fixed-bucket histograms.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use crate::session::{Engine, Stats, Status};
+
+const BUCKETS_S: [f64; 12] = [
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
+
+pub struct Histogram {
+    counts: [AtomicU64; 13],
+    sum_us: AtomicU64,
+}
+
+impl Histogram {
+    const fn new() -> Histogram {
+        Histogram {
+            counts: [const { AtomicU64::new(0) }; 13],
+            sum_us: AtomicU64::new(0),
+        }
+    }
+    pub fn observe(&self, d: Duration) {
+        let s = d.as_secs_f64();
+        let i = BUCKETS_S
+            .iter()
+            .position(|b| s <= *b)
+            .unwrap_or(BUCKETS_S.len());
+        self.counts[i].fetch_add(1, Relaxed);
+        self.sum_us.fetch_add(d.as_micros() as u64, Relaxed);
+    }
+    fn render(&self, out: &mut String, name: &str, label: &str) {
+        let mut cum = 0;
+        for (i, b) in BUCKETS_S.iter().enumerate() {
+            cum += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{label}le=\"{b}\"}} {cum}");
+        }
+        cum += self.counts[BUCKETS_S.len()].load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{label}le=\"+Inf\"}} {cum}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{{}}} {}",
+            label.trim_end_matches(','),
+            self.sum_us.load(Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{{}}} {cum}", label.trim_end_matches(','));
+    }
+}
+
+pub struct Metrics {
+    pub rpc: [Histogram; 5],
+    pub batch_fsync: Histogram,
+    batches: AtomicU64,
+    batched_requests: AtomicU64,
+    phase_two_retries: AtomicU64,
+    branches_registered: AtomicU64,
+    lock_conflicts: AtomicU64,
+    finished: [AtomicU64; 10],
+}
+
+/// Operations whose latency is recorded (index into `Metrics::rpc`).
+pub const OPS: [&str; 5] = ["begin", "register", "commit", "rollback", "report"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            rpc: [const { Histogram::new() }; 5],
+            batch_fsync: Histogram::new(),
+            batches: AtomicU64::new(0),
+            batched_requests: AtomicU64::new(0),
+            phase_two_retries: AtomicU64::new(0),
+            branches_registered: AtomicU64::new(0),
+            lock_conflicts: AtomicU64::new(0),
+            finished: [const { AtomicU64::new(0) }; 10],
+        }
+    }
+}
+
+impl Metrics {
+    pub fn record_batch(&self, requests: usize, fsync: Duration, stats: &Stats) {
+        self.batches.fetch_add(1, Relaxed);
+        self.batched_requests.fetch_add(requests as u64, Relaxed);
+        self.batch_fsync.observe(fsync);
+        self.phase_two_retries
+            .fetch_add(stats.phase_two_retries, Relaxed);
+        self.branches_registered
+            .fetch_add(stats.branches_registered, Relaxed);
+        self.lock_conflicts.fetch_add(stats.lock_conflicts, Relaxed);
+        for (i, n) in stats.finished.iter().enumerate() {
+            self.finished[i].fetch_add(*n, Relaxed);
+        }
+    }
+
+    pub fn render(&self, engine: &Engine) -> String {
+        let (active, branches) = engine.census();
+        let mut out = String::new();
+        out.push_str("# HELP rewind_transactions Unfinished global transactions by status.\n# TYPE rewind_transactions gauge\n");
+        for (i, st) in Status::ALL.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "rewind_transactions{{status=\"{}\"}} {}",
+                st.name(),
+                active[i]
+            );
+        }
+        out.push_str("# HELP rewind_transactions_finished_total Global transactions finished since start, by final status.\n# TYPE rewind_transactions_finished_total counter\n");
+        for (i, st) in Status::ALL.iter().enumerate().filter(|(_, s)| s.is_final()) {
+            let _ = writeln!(
+                out,
+                "rewind_transactions_finished_total{{status=\"{}\"}} {}",
+                st.name(),
+                self.finished[i].load(Relaxed)
+            );
+        }
+        let gauges = [
+            (
+                "rewind_branches",
+                "Branches of unfinished global transactions.",
+                branches,
+            ),
+            (
+                "rewind_locks_held",
+                "Global row locks held.",
+                engine.lock_count() as u64,
+            ),
+            (
+                "rewind_lock_table_bytes",
+                "Approximate memory of the lock table.",
+                engine.lock_bytes() as u64,
+            ),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        }
+        let counters = [
+            (
+                "rewind_branches_registered_total",
+                "Branches registered.",
+                &self.branches_registered,
+            ),
+            (
+                "rewind_lock_conflicts_total",
+                "Registrations refused for a lock conflict.",
+                &self.lock_conflicts,
+            ),
+            (
+                "rewind_phase_two_retries_total",
+                "Phase-two attempts that failed and were rescheduled.",
+                &self.phase_two_retries,
+            ),
+            (
+                "rewind_write_batches_total",
+                "Durable write batches (fsyncs).",
+                &self.batches,
+            ),
+            (
+                "rewind_write_batch_requests_total",
+                "Acknowledged requests written in those batches.",
+                &self.batched_requests,
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
+                v.load(Relaxed)
+            );
+        }
+        out.push_str("# HELP rewind_request_duration_seconds Latency of coordinator operations (durable).\n# TYPE rewind_request_duration_seconds histogram\n");
+        for (i, op) in OPS.iter().enumerate() {
+            self.rpc[i].render(
+                &mut out,
+                "rewind_request_duration_seconds",
+                &format!("op=\"{op}\","),
+            );
+        }
+        out.push_str("# HELP rewind_write_batch_seconds Time of one durable write transaction.\n# TYPE rewind_write_batch_seconds histogram\n");
+        self.batch_fsync
+            .render(&mut out, "rewind_write_batch_seconds", "");
+        out
+    }
+}

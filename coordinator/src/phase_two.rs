@@ -1,0 +1,153 @@
+//! Phase-two delivery: which proxy streams serve which resource, and the dispatcher
+//! that turns the state machine's [`Effect`]s into stream messages. A command that
+//! cannot be delivered (no proxy attached for the resource, or its queue is full) goes
+//! straight back to the state machine as a retryable failure, which schedules a retry
+//! with backoff; nothing is ever dropped.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rewind_protocol::v1::{
+    self, coordinator_message, BranchAction, BranchCommand, CoordinatorMessage, ResolveCommand,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::sequencer::Sequencer;
+use crate::session::{Action, Command, Effect, Outcome, ResolveAction};
+
+pub type StreamTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
+
+/// Attached proxy streams by resource id.
+#[derive(Default)]
+pub struct Attached {
+    next_conn: std::sync::atomic::AtomicU64,
+    by_resource: Mutex<HashMap<String, Vec<(u64, StreamTx)>>>,
+}
+
+impl Attached {
+    pub fn new_conn_id(&self) -> u64 {
+        self.next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    pub fn announce(&self, conn: u64, tx: &StreamTx, resources: &[String]) {
+        let mut map = self.by_resource.lock().expect("attached lock");
+        for r in resources {
+            let list = map.entry(r.clone()).or_default();
+            if !list.iter().any(|(c, _)| *c == conn) {
+                list.push((conn, tx.clone()));
+            }
+        }
+    }
+
+    pub fn detach(&self, conn: u64) {
+        let mut map = self.by_resource.lock().expect("attached lock");
+        map.retain(|_, list| {
+            list.retain(|(c, _)| *c != conn);
+            !list.is_empty()
+        });
+    }
+
+    /// Tries every stream serving `resource`; false if none took the message.
+    fn send(&self, resource: &str, msg: CoordinatorMessage) -> bool {
+        let map = self.by_resource.lock().expect("attached lock");
+        let Some(list) = map.get(resource) else {
+            return false;
+        };
+        let mut msg = Some(msg);
+        for (_, tx) in list {
+            match tx.try_send(Ok(msg.take().expect("present"))) {
+                Ok(()) => return true,
+                Err(mpsc::error::TrySendError::Full(Ok(m)))
+                | Err(mpsc::error::TrySendError::Closed(Ok(m))) => msg = Some(m),
+                Err(_) => return false,
+            }
+        }
+        false
+    }
+}
+
+/// Runs until the effect channel closes or shutdown.
+pub async fn dispatch(
+    mut effects: mpsc::UnboundedReceiver<Effect>,
+    attached: Arc<Attached>,
+    seq: Sequencer,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let eff = tokio::select! {
+            e = effects.recv() => match e { Some(e) => e, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        match eff {
+            Effect::SendBranch {
+                command_id,
+                xid,
+                branch_id,
+                resource_id,
+                action,
+            } => {
+                let msg = CoordinatorMessage {
+                    kind: Some(coordinator_message::Kind::BranchCommand(BranchCommand {
+                        command_id,
+                        xid: rewind_protocol::xid::format(xid),
+                        branch_id,
+                        resource_id: resource_id.clone(),
+                        action: match action {
+                            Action::Commit => BranchAction::Commit,
+                            Action::Rollback => BranchAction::Rollback,
+                        } as i32,
+                    })),
+                };
+                if !attached.send(&resource_id, msg) {
+                    seq.post(Command::BranchResult {
+                        xid,
+                        branch_id,
+                        command_id,
+                        outcome: Outcome::Retryable(format!(
+                            "no proxy attached for resource {resource_id:?}"
+                        )),
+                    })
+                    .await;
+                }
+            }
+            Effect::SendResolve {
+                command_id,
+                conflict,
+            } => {
+                let c = *conflict;
+                let msg = CoordinatorMessage {
+                    kind: Some(coordinator_message::Kind::ResolveCommand(ResolveCommand {
+                        command_id,
+                        conflict_id: c.conflict_id,
+                        xid: rewind_protocol::xid::format(c.xid),
+                        branch_id: c.branch_id,
+                        resource_id: c.resource_id.clone(),
+                        table: c.table,
+                        pk: c.pk,
+                        action: match c.action {
+                            ResolveAction::RestoreBefore => v1::ResolveAction::RestoreBefore,
+                            ResolveAction::KeepCurrent => v1::ResolveAction::KeepCurrent,
+                            ResolveAction::Retry => v1::ResolveAction::Unspecified,
+                        } as i32,
+                        before_json: c.before,
+                        after_json: c.after,
+                        current_json: c.current,
+                    })),
+                };
+                if !attached.send(&c.resource_id, msg) {
+                    seq.post(Command::ResolveResult {
+                        conflict_id: c.conflict_id,
+                        command_id,
+                        outcome: Outcome::Retryable(format!(
+                            "no proxy attached for resource {:?}; try again when one is",
+                            c.resource_id
+                        )),
+                    })
+                    .await;
+                }
+            }
+        }
+    }
+}

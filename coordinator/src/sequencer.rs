@@ -1,0 +1,158 @@
+//! Group commit. One thread owns the write path: it takes every pending command from
+//! the queue (up to a batch limit), applies them to the [`Engine`] in order, writes the
+//! resulting records in ONE redb transaction (one fsync), and only then answers the
+//! callers and hands the effects (phase-two sends) to the dispatcher. A command is
+//! therefore acknowledged only once durable, and many callers share one fsync.
+//!
+//! Readers take the engine mutex briefly and may see state a few microseconds before it
+//! is durable; that is conservative for locks and harmless for statuses.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::error::CoordinatorError;
+use crate::metrics::Metrics;
+use crate::session::{Command, Effect, Engine, Reply};
+use crate::store::Store;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+type ReplyTx = oneshot::Sender<Result<Reply, CoordinatorError>>;
+
+struct Request {
+    cmd: Command,
+    reply: Option<ReplyTx>,
+}
+
+/// Cheap handle to the write path and the shared read state.
+#[derive(Clone)]
+pub struct Sequencer {
+    tx: mpsc::Sender<Request>,
+    pub engine: Arc<Mutex<Engine>>,
+    pub store: Arc<Store>,
+    /// Bumped after every durable batch; waiters re-check their condition on change.
+    pub applied: watch::Receiver<u64>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Sequencer {
+    /// Starts the writer thread. It stops when every `Sequencer` clone is dropped.
+    pub fn start(
+        engine: Engine,
+        store: Store,
+        max_batch: usize,
+        effects: mpsc::UnboundedSender<Effect>,
+        metrics: Arc<Metrics>,
+    ) -> Sequencer {
+        let (tx, rx) = mpsc::channel(65_536);
+        let engine = Arc::new(Mutex::new(engine));
+        let store = Arc::new(store);
+        let (applied_tx, applied) = watch::channel(0);
+        let (e2, s2, m2) = (engine.clone(), store.clone(), metrics.clone());
+        std::thread::Builder::new()
+            .name("rewind-sequencer".into())
+            .spawn(move || writer_loop(rx, e2, s2, max_batch, effects, applied_tx, m2))
+            .expect("spawn sequencer thread");
+        Sequencer {
+            tx,
+            engine,
+            store,
+            applied,
+            metrics,
+        }
+    }
+
+    /// Applies a command durably and answers its result.
+    pub async fn submit(&self, cmd: Command) -> Result<Reply, CoordinatorError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request {
+                cmd,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| CoordinatorError::ShuttingDown)?;
+        rx.await.map_err(|_| CoordinatorError::ShuttingDown)?
+    }
+
+    /// Queues a command whose result nobody waits for (results from proxies, ticks).
+    pub async fn post(&self, cmd: Command) {
+        let _ = self.tx.send(Request { cmd, reply: None }).await;
+    }
+
+    /// Waits (bounded) until `done` holds on the engine, re-checking after each batch.
+    pub async fn wait_until(&self, timeout: Duration, mut done: impl FnMut(&Engine) -> bool) {
+        let mut applied = self.applied.clone();
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                if done(&self.engine.lock().expect("engine lock")) {
+                    return;
+                }
+                if applied.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+}
+
+fn writer_loop(
+    mut rx: mpsc::Receiver<Request>,
+    engine: Arc<Mutex<Engine>>,
+    store: Arc<Store>,
+    max_batch: usize,
+    effects: mpsc::UnboundedSender<Effect>,
+    applied: watch::Sender<u64>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    let mut seq = 0u64;
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let now = now_ms();
+        let mut replies = Vec::with_capacity(batch.len());
+        let (writes, out, stats) = {
+            let mut e = engine.lock().expect("engine lock");
+            for req in batch.drain(..) {
+                let res = e.apply(req.cmd, now);
+                if let Some(tx) = req.reply {
+                    replies.push((tx, res));
+                }
+            }
+            (e.take_writes(), e.take_effects(), e.take_stats())
+        };
+        let started = std::time::Instant::now();
+        if let Err(err) = store.write(&writes) {
+            // The in-memory state is now ahead of the disk. The only safe move is to
+            // stop and let a restart reload what is durable.
+            tracing::error!(%err, "durable write failed; stopping the coordinator");
+            for (tx, _) in replies {
+                let _ = tx.send(Err(CoordinatorError::Storage(err.to_string())));
+            }
+            std::process::exit(70);
+        }
+        metrics.record_batch(replies.len(), started.elapsed(), &stats);
+        for (tx, res) in replies {
+            let _ = tx.send(res);
+        }
+        for eff in out {
+            let _ = effects.send(eff);
+        }
+        seq += 1;
+        let _ = applied.send(seq);
+    }
+}

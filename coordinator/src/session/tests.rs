@@ -1,0 +1,697 @@
+//! State-machine tests with explicit time: every transition, timeout and retry path.
+
+use super::*;
+
+fn cfg() -> EngineConfig {
+    EngineConfig {
+        default_timeout_ms: 1_000,
+        max_timeout_ms: 10_000,
+        backoff_base_ms: 100,
+        backoff_cap_ms: 1_000,
+        command_timeout_ms: 500,
+    }
+}
+
+fn key(t: &str, pk: &str) -> KeyParts {
+    KeyParts {
+        table: t.into(),
+        pk: vec![pk.as_bytes().to_vec()],
+    }
+}
+
+struct T {
+    e: Engine,
+    now: u64,
+    reqs: u64,
+}
+
+impl T {
+    fn new() -> T {
+        T {
+            e: Engine::new(cfg()),
+            now: 10_000,
+            reqs: 0,
+        }
+    }
+    fn begin(&mut self) -> XidNum {
+        match self
+            .e
+            .apply(
+                Command::Begin {
+                    name: "t".into(),
+                    timeout_ms: 0,
+                },
+                self.now,
+            )
+            .unwrap()
+        {
+            Reply::Begun(x) => x,
+            r => panic!("{r:?}"),
+        }
+    }
+    fn register(&mut self, xid: XidNum, res: &str, keys: &[(&str, &str)]) -> Reply {
+        let keys = keys.iter().map(|(t, p)| key(t, p)).collect();
+        self.reqs += 1;
+        let req = format!("req-{}", self.reqs);
+        self.e
+            .apply(
+                Command::Register {
+                    xid,
+                    resource_id: res.into(),
+                    keys,
+                    request_id: req,
+                },
+                self.now,
+            )
+            .unwrap()
+    }
+    fn branch(&mut self, xid: XidNum, res: &str, keys: &[(&str, &str)]) -> BranchId {
+        match self.register(xid, res, keys) {
+            Reply::Registered(b) => b,
+            r => panic!("{r:?}"),
+        }
+    }
+    fn status(&self, xid: XidNum) -> Option<Status> {
+        self.e.status_of(xid)
+    }
+    /// Drains effects as (command_id, branch_id, action).
+    fn sends(&mut self) -> Vec<(u64, BranchId, Action)> {
+        self.e
+            .take_effects()
+            .into_iter()
+            .filter_map(|e| match e {
+                Effect::SendBranch {
+                    command_id,
+                    branch_id,
+                    action,
+                    ..
+                } => Some((command_id, branch_id, action)),
+                _ => None,
+            })
+            .collect()
+    }
+    fn result(&mut self, xid: XidNum, (cmd, b, _): (u64, BranchId, Action), outcome: Outcome) {
+        self.e
+            .apply(
+                Command::BranchResult {
+                    xid,
+                    branch_id: b,
+                    command_id: cmd,
+                    outcome,
+                },
+                self.now,
+            )
+            .unwrap();
+    }
+    fn tick(&mut self, advance: u64) {
+        self.now += advance;
+        self.e.apply(Command::Tick, self.now).unwrap();
+    }
+    fn finished_status(&mut self) -> Vec<Status> {
+        self.e
+            .take_writes()
+            .finished
+            .iter()
+            .map(|(_, _, b)| serde_json::from_slice::<SessionRecord>(b).unwrap().status)
+            .collect()
+    }
+}
+
+#[test]
+fn t10_begin_commit_without_branches_finishes_at_once() {
+    let mut t = T::new();
+    let x = t.begin();
+    assert_eq!(t.status(x), Some(Status::Begin));
+    let r = t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    assert_eq!(r, Reply::Status(Status::Committed));
+    assert_eq!(t.status(x), None, "finished sessions leave memory");
+    assert_eq!(t.finished_status(), vec![Status::Committed]);
+}
+
+#[test]
+fn t11_commit_releases_locks_at_once_then_branches_commit_in_parallel() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "1"), ("t", "2")]);
+    t.branch(x, "db2", &[("u", "1")]);
+    assert_eq!(t.e.lock_count(), 3);
+    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    assert_eq!(t.status(x), Some(Status::Committing));
+    assert_eq!(
+        t.e.lock_count(),
+        0,
+        "commit releases locks before undo deletion"
+    );
+    let sends = t.sends();
+    assert_eq!(sends.len(), 2);
+    assert!(sends.iter().all(|s| s.2 == Action::Commit));
+    t.result(x, sends[0], Outcome::Done);
+    assert_eq!(t.status(x), Some(Status::Committing));
+    t.result(x, sends[1], Outcome::Done);
+    assert_eq!(t.status(x), None);
+    assert_eq!(t.finished_status(), vec![Status::Committed]);
+}
+
+#[test]
+fn t12_rollback_runs_in_reverse_registration_order_releasing_locks_per_branch() {
+    let mut t = T::new();
+    let x = t.begin();
+    let b1 = t.branch(x, "db1", &[("t", "1")]);
+    let b2 = t.branch(x, "db1", &[("t", "2")]);
+    let b3 = t.branch(x, "db2", &[("t", "3")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    assert_eq!(t.status(x), Some(Status::RollingBack));
+    let mut order = Vec::new();
+    for expected_locks in [2, 1, 0] {
+        let s = t.sends();
+        assert_eq!(s.len(), 1, "one branch at a time");
+        assert_eq!(s[0].2, Action::Rollback);
+        order.push(s[0].1);
+        t.result(x, s[0], Outcome::Done);
+        assert_eq!(t.e.lock_count(), expected_locks);
+    }
+    assert_eq!(order, vec![b3, b2, b1]);
+    assert_eq!(t.finished_status(), vec![Status::RolledBack]);
+}
+
+#[test]
+fn t13_commit_after_rollback_and_reverse_are_refused_repeats_are_idempotent() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "1")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    let err = t.e.apply(Command::Commit { xid: x }, t.now).unwrap_err();
+    assert!(
+        matches!(err, CoordinatorError::AlreadyDecided { .. }),
+        "{err}"
+    );
+    assert_eq!(
+        t.e.apply(Command::Rollback { xid: x }, t.now).unwrap(),
+        Reply::Status(Status::RollingBack)
+    );
+
+    let y = t.begin();
+    t.branch(y, "db1", &[("t", "9")]);
+    t.e.apply(Command::Commit { xid: y }, t.now).unwrap();
+    assert!(t.e.apply(Command::Rollback { xid: y }, t.now).is_err());
+    assert_eq!(
+        t.e.apply(Command::Commit { xid: y }, t.now).unwrap(),
+        Reply::Status(Status::Committing)
+    );
+}
+
+#[test]
+fn t20_lock_conflict_is_all_or_nothing_and_says_if_holder_rolls_back() {
+    let mut t = T::new();
+    let a = t.begin();
+    let b = t.begin();
+    t.branch(a, "db1", &[("t", "1")]);
+    match t.register(b, "db1", &[("t", "2"), ("t", "1")]) {
+        Reply::LockConflict {
+            holder,
+            holder_rolling_back,
+            key,
+        } => {
+            assert_eq!(holder, a);
+            assert!(!holder_rolling_back);
+            assert_eq!(key.1, self::key("t", "1"));
+        }
+        r => panic!("{r:?}"),
+    }
+    assert_eq!(
+        t.e.lock_count(),
+        1,
+        "nothing of the refused branch was taken"
+    );
+    t.e.apply(Command::Rollback { xid: a }, t.now).unwrap();
+    match t.register(b, "db1", &[("t", "1")]) {
+        Reply::LockConflict {
+            holder_rolling_back,
+            ..
+        } => assert!(holder_rolling_back),
+        r => panic!("{r:?}"),
+    }
+    // Different resource, same table and pk: no conflict.
+    t.branch(b, "db2", &[("t", "1")]);
+}
+
+#[test]
+fn t21_register_is_idempotent_by_request_id_and_refused_when_not_begin() {
+    let mut t = T::new();
+    let x = t.begin();
+    let cmd = |x| Command::Register {
+        xid: x,
+        resource_id: "db1".into(),
+        keys: vec![key("t", "1")],
+        request_id: "r1".into(),
+    };
+    let first = t.e.apply(cmd(x), t.now).unwrap();
+    let again = t.e.apply(cmd(x), t.now).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(t.e.lock_count(), 1);
+    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    // The retry of an already registered branch still answers its id...
+    assert_eq!(t.e.apply(cmd(x), t.now).unwrap(), first);
+    // ...but a new branch is refused.
+    let new = Command::Register {
+        xid: x,
+        resource_id: "db1".into(),
+        keys: vec![],
+        request_id: "r2".into(),
+    };
+    assert!(matches!(
+        t.e.apply(new, t.now),
+        Err(CoordinatorError::NotActive { .. })
+    ));
+}
+
+#[test]
+fn t22_empty_keys_and_ids_are_invalid() {
+    let mut t = T::new();
+    let x = t.begin();
+    for (res, k, req) in [
+        (
+            "db",
+            KeyParts {
+                table: "".into(),
+                pk: vec![b"1".to_vec()],
+            },
+            "r",
+        ),
+        (
+            "db",
+            KeyParts {
+                table: "t".into(),
+                pk: vec![],
+            },
+            "r",
+        ),
+        ("", key("t", "1"), "r"),
+        ("db", key("t", "1"), ""),
+    ] {
+        let r = t.e.apply(
+            Command::Register {
+                xid: x,
+                resource_id: res.into(),
+                keys: vec![k],
+                request_id: req.into(),
+            },
+            t.now,
+        );
+        assert!(
+            matches!(r, Err(CoordinatorError::InvalidArgument(_))),
+            "{r:?}"
+        );
+    }
+    assert!(matches!(
+        t.e.apply(Command::Commit { xid: 999 }, t.now),
+        Err(CoordinatorError::NotFound(999))
+    ));
+}
+
+#[test]
+fn t30_timeout_rolls_back_and_ends_timeout_rolled_back() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "1")]);
+    t.tick(999);
+    assert_eq!(t.status(x), Some(Status::Begin));
+    t.tick(1);
+    assert_eq!(t.status(x), Some(Status::TimeoutRollingBack));
+    let s = t.sends();
+    assert_eq!(s.len(), 1);
+    // Late commit after the timeout decision is refused.
+    assert!(t.e.apply(Command::Commit { xid: x }, t.now).is_err());
+    t.result(x, s[0], Outcome::Done);
+    assert_eq!(t.finished_status(), vec![Status::TimeoutRolledBack]);
+}
+
+#[test]
+fn t31_timeout_is_capped_by_max() {
+    let mut t = T::new();
+    let x = match t
+        .e
+        .apply(
+            Command::Begin {
+                name: String::new(),
+                timeout_ms: u64::MAX,
+            },
+            t.now,
+        )
+        .unwrap()
+    {
+        Reply::Begun(x) => x,
+        r => panic!("{r:?}"),
+    };
+    t.tick(9_999);
+    assert_eq!(t.status(x), Some(Status::Begin));
+    t.tick(1);
+    // No branches: the timeout rollback has nothing to undo.
+    assert_eq!(t.status(x), None);
+    assert_eq!(t.finished_status(), vec![Status::TimeoutRolledBack]);
+}
+
+#[test]
+fn t40_retryable_commit_failure_backs_off_with_jitter_and_never_gives_up() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "1")]);
+    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    let mut s = t.sends();
+    let mut delays = Vec::new();
+    for _ in 0..12 {
+        t.result(x, s[0], Outcome::Retryable("backend down".into()));
+        assert_eq!(t.status(x), Some(Status::CommitRetrying));
+        // Step time until it is resent; the delay is within [cap/2, cap].
+        let start = t.now;
+        loop {
+            t.tick(10);
+            s = t.sends();
+            if !s.is_empty() {
+                break;
+            }
+            assert!(t.now - start <= 1_000 + 10, "never later than the cap");
+        }
+        delays.push(t.now - start);
+    }
+    assert!(delays[0] >= 50 && delays[0] <= 110, "{delays:?}");
+    assert!(
+        delays.iter().skip(6).all(|d| *d >= 500),
+        "capped, not shrinking: {delays:?}"
+    );
+    t.result(x, s[0], Outcome::Done);
+    assert_eq!(t.finished_status(), vec![Status::Committed]);
+}
+
+#[test]
+fn t41_lost_answer_is_resent_after_command_timeout_and_stale_results_ignored() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "1")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    let first = t.sends()[0];
+    t.tick(499);
+    assert!(t.sends().is_empty());
+    t.tick(1);
+    assert_eq!(t.status(x), Some(Status::RollbackRetrying));
+    t.tick(200);
+    let second = t.sends();
+    assert_eq!(second.len(), 1);
+    assert_ne!(second[0].0, first.0);
+    // A stale failure for the old command does not disturb the new one.
+    t.result(x, first, Outcome::Retryable("late".into()));
+    assert!(t.sends().is_empty());
+    t.result(x, second[0], Outcome::Done);
+    assert_eq!(t.finished_status(), vec![Status::RolledBack]);
+}
+
+#[test]
+fn t42_resource_available_resends_at_once() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "1")]);
+    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    let s = t.sends();
+    t.result(x, s[0], Outcome::Retryable("no proxy attached".into()));
+    assert!(t.sends().is_empty());
+    t.e.apply(
+        Command::ResourceAvailable {
+            resource_id: "db1".into(),
+        },
+        t.now,
+    )
+    .unwrap();
+    assert_eq!(t.sends().len(), 1);
+}
+
+fn dirty() -> Outcome {
+    Outcome::DirtyWrite(vec![DirtyRow {
+        table: "t".into(),
+        pk: vec![b"2".to_vec()],
+        before: r#"{"v":1}"#.into(),
+        after: r#"{"v":2}"#.into(),
+        current: r#"{"v":3}"#.into(),
+    }])
+}
+
+#[test]
+fn t50_dirty_write_keeps_locks_records_conflict_and_stops() {
+    let mut t = T::new();
+    let x = t.begin();
+    let b1 = t.branch(x, "db1", &[("t", "1")]);
+    let b2 = t.branch(x, "db1", &[("t", "2")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    let s = t.sends();
+    assert_eq!(s[0].1, b2);
+    t.result(x, s[0], dirty());
+    assert_eq!(t.status(x), Some(Status::RollbackFailed));
+    assert_eq!(
+        t.e.lock_count(),
+        2,
+        "the conflicted branch and the ones before it keep their locks"
+    );
+    let c: Vec<_> = t.e.conflicts().cloned().collect();
+    assert_eq!(c.len(), 1);
+    assert_eq!(
+        (c[0].xid, c[0].branch_id, c[0].table.as_str()),
+        (x, b2, "t")
+    );
+    assert_eq!(c[0].state, ConflictState::Open);
+    // Ticks do not retry a failed rollback by themselves.
+    t.tick(60_000);
+    assert!(t.sends().is_empty());
+    assert_eq!(t.status(x), Some(Status::RollbackFailed));
+    let _ = b1;
+}
+
+#[test]
+fn t51_resolve_restore_before_then_rollback_resumes() {
+    let mut t = T::new();
+    let x = t.begin();
+    let b1 = t.branch(x, "db1", &[("t", "1")]);
+    let _b2 = t.branch(x, "db1", &[("t", "2")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    let s = t.sends();
+    t.result(x, s[0], dirty());
+    let id = t.e.conflicts().next().unwrap().id;
+    t.e.apply(
+        Command::Resolve {
+            conflict_id: id,
+            action: ResolveAction::RestoreBefore,
+        },
+        t.now,
+    )
+    .unwrap();
+    let cmd = match t.e.take_effects().pop() {
+        Some(Effect::SendResolve {
+            command_id,
+            conflict,
+        }) => {
+            assert_eq!(conflict.action, ResolveAction::RestoreBefore);
+            assert_eq!(conflict.current, r#"{"v":3}"#);
+            command_id
+        }
+        e => panic!("{e:?}"),
+    };
+    // A second resolve while the first is in flight is refused.
+    assert!(t
+        .e
+        .apply(
+            Command::Resolve {
+                conflict_id: id,
+                action: ResolveAction::Retry
+            },
+            t.now
+        )
+        .is_err());
+    // The proxy failed once: conflict reopens with the message.
+    t.e.apply(
+        Command::ResolveResult {
+            conflict_id: id,
+            command_id: cmd,
+            outcome: Outcome::Retryable("db down".into()),
+        },
+        t.now,
+    )
+    .unwrap();
+    assert_eq!(t.e.conflict(id).unwrap().state, ConflictState::Open);
+    assert_eq!(
+        t.e.conflict(id).unwrap().last_error.as_deref(),
+        Some("db down")
+    );
+    t.e.apply(
+        Command::Resolve {
+            conflict_id: id,
+            action: ResolveAction::RestoreBefore,
+        },
+        t.now,
+    )
+    .unwrap();
+    let Some(Effect::SendResolve { command_id, .. }) = t.e.take_effects().pop() else {
+        panic!()
+    };
+    t.e.apply(
+        Command::ResolveResult {
+            conflict_id: id,
+            command_id,
+            outcome: Outcome::Done,
+        },
+        t.now,
+    )
+    .unwrap();
+    assert_eq!(
+        t.e.conflict(id).unwrap().state,
+        ConflictState::Resolved {
+            action: ResolveAction::RestoreBefore
+        }
+    );
+    assert_eq!(t.status(x), Some(Status::RollbackRetrying));
+    let s = t.sends();
+    t.result(x, s[0], Outcome::Done);
+    let s = t.sends();
+    assert_eq!(s[0].1, b1);
+    t.result(x, s[0], Outcome::Done);
+    assert_eq!(t.finished_status(), vec![Status::RolledBack]);
+    assert_eq!(t.e.lock_count(), 0);
+}
+
+#[test]
+fn t52_resolve_retry_that_is_dirty_again_supersedes() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "2")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    let s = t.sends();
+    t.result(x, s[0], dirty());
+    let id = t.e.conflicts().next().unwrap().id;
+    t.e.apply(
+        Command::Resolve {
+            conflict_id: id,
+            action: ResolveAction::Retry,
+        },
+        t.now,
+    )
+    .unwrap();
+    let s = t.sends();
+    assert_eq!(s.len(), 1);
+    t.result(x, s[0], dirty());
+    assert_eq!(t.status(x), Some(Status::RollbackFailed));
+    let states: Vec<_> = t.e.conflicts().map(|c| c.state.clone()).collect();
+    assert_eq!(
+        states,
+        vec![
+            ConflictState::Resolved {
+                action: ResolveAction::Retry
+            },
+            ConflictState::Open
+        ]
+    );
+}
+
+#[test]
+fn t60_restore_rederives_locks_and_resumes_phase_two() {
+    let mut t = T::new();
+    let a = t.begin();
+    t.branch(a, "db1", &[("t", "1"), ("t", "2")]);
+    let b = t.begin();
+    t.branch(b, "db1", &[("t", "3")]);
+    t.e.apply(Command::Commit { xid: b }, t.now).unwrap();
+    let c = t.begin();
+    t.branch(c, "db1", &[("t", "4")]);
+    t.branch(c, "db2", &[("t", "4")]);
+    t.e.apply(Command::Rollback { xid: c }, t.now).unwrap();
+    let s = t.sends();
+    let s = s.into_iter().find(|s| s.2 == Action::Rollback).unwrap();
+    t.result(c, s, Outcome::Done);
+    let w = t.e.take_writes();
+    let active: Vec<SessionRecord> = w
+        .active
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    let counters = w.counters.unwrap();
+    let mut r = T {
+        e: Engine::restore(cfg(), counters, active, vec![]),
+        now: t.now,
+        reqs: 100,
+    };
+    assert_eq!(r.status(a), Some(Status::Begin));
+    assert_eq!(r.status(b), Some(Status::Committing));
+    assert_eq!(r.status(c), Some(Status::RollingBack));
+    // a holds 2, b none (committed), c only its first branch (second was undone).
+    assert_eq!(r.e.lock_count(), 3);
+    r.tick(1);
+    let s = r.sends();
+    assert_eq!(s.len(), 2, "b's commit and c's next rollback resume: {s:?}");
+    // Ids keep growing across restarts.
+    assert!(r.begin() > c);
+}
+
+#[test]
+fn t61_query_locks_is_exact_and_skips_own() {
+    let mut t = T::new();
+    let a = t.begin();
+    t.branch(a, "db1", &[("t", "1")]);
+    let q = |k: KeyParts| vec![("db1".to_string(), k)];
+    assert_eq!(
+        t.e.query_locks(&q(key("t", "1")), None),
+        vec![(0, a, false)]
+    );
+    assert!(t.e.query_locks(&q(key("t", "1")), Some(a)).is_empty());
+    assert!(t.e.query_locks(&q(key("t", "10")), None).is_empty());
+    assert!(t.e.query_locks(&q(key("t2", "1")), None).is_empty());
+    assert!(t
+        .e
+        .query_locks(&[("db9".into(), key("t", "1"))], None)
+        .is_empty());
+}
+
+#[test]
+fn t62_phase_one_report_updates_branch_and_failed_branches_need_no_commit() {
+    let mut t = T::new();
+    let x = t.begin();
+    let b1 = t.branch(x, "db1", &[("t", "1")]);
+    let b2 = t.branch(x, "db1", &[("t", "2")]);
+    t.e.apply(
+        Command::Report {
+            xid: x,
+            branch_id: b1,
+            committed: true,
+        },
+        t.now,
+    )
+    .unwrap();
+    t.e.apply(
+        Command::Report {
+            xid: x,
+            branch_id: b2,
+            committed: false,
+        },
+        t.now,
+    )
+    .unwrap();
+    let rec = t.e.record(x).unwrap();
+    assert_eq!(rec.branches[0].status, BranchStatus::PhaseOneDone);
+    assert_eq!(rec.branches[1].status, BranchStatus::PhaseOneFailed);
+    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    let s = t.sends();
+    assert_eq!(s.len(), 1);
+    t.result(x, s[0], Outcome::Done);
+    assert_eq!(t.finished_status(), vec![Status::Committed]);
+}
+
+#[test]
+fn t63_backoff_is_capped_and_jittered() {
+    let c = cfg();
+    for attempts in 0..40 {
+        for seed in 0..50 {
+            let d = backoff(&c, seed, attempts);
+            assert!(d <= c.backoff_cap_ms, "{d}");
+            let exp =
+                (c.backoff_base_ms << attempts.saturating_sub(1).min(20)).min(c.backoff_cap_ms);
+            assert!(d >= exp / 2);
+        }
+    }
+    let spread: HashSet<u64> = (0..50).map(|s| backoff(&c, s, 5)).collect();
+    assert!(spread.len() > 10, "jitter spreads retries");
+}
