@@ -22,8 +22,11 @@
 //! - [`undo_sql`]: the parameterized SQL that reads the current rows and undoes an item.
 //! - [`check`]: the dirty-write check that decides between restore, skip and conflict.
 //! - [`lock_key`]: global lock keys with a canonical, unambiguous string encoding.
+//! - [`analyze`]: from a DML statement's text to its table, SET columns, before-image
+//!   `SELECT … FOR UPDATE` and key-restricted rewrite; refuses shapes AT cannot undo.
 //! - [`error`]: the crate's error type.
 
+pub mod analyze;
 pub mod check;
 pub mod error;
 pub mod image;
@@ -32,6 +35,7 @@ pub mod record;
 pub mod undo_sql;
 pub mod value;
 
+pub use analyze::{analyze, Dml};
 pub use check::{check, CheckOutcome, DirtyWrite};
 pub use error::{Error, Result};
 pub use image::{ColumnMeta, MetaCache, Row, RowImage, TableMeta, TableName};

@@ -7,8 +7,8 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params};
 use rewind_undo_log::undo_sql::{select_current, undo_statements};
 use rewind_undo_log::{
-    check, CheckOutcome, Error, LockKey, MetaCache, RowImage, SqlKind, TableName, TableSummary,
-    UndoItem, UndoRecord,
+    analyze, check, CheckOutcome, Dml, Error, LockKey, MetaCache, RowImage, SqlKind, TableName,
+    TableSummary, UndoItem, UndoRecord,
 };
 
 const TABLE: &str = "all`types";
@@ -127,20 +127,40 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
 
     let original = checksum(&mut conn).await?;
 
-    // Phase one: before image, the statement, after image by key, the record.
+    // Phase one, as the proxy will run it for a prepared UPDATE: analyze, lock and read the
+    // before image with the statement's own predicate, write only the locked keys.
+    let sql = "UPDATE `all``types` SET c_varchar = ?, c_dec = 1, c_blob = 'x', c_float = 2, \
+               c_double = 3 WHERE id > ? ORDER BY id LIMIT 5";
+    let params = [
+        mysql_async::Value::from("changed"),
+        mysql_async::Value::from(1),
+    ];
+    let Dml::Update(plan) = analyze(sql)? else {
+        panic!("an UPDATE")
+    };
+    assert_eq!(plan.set_params, 1);
     conn.query_drop("BEGIN").await?;
+    let before_sql = plan.before_image_sql(&meta)?;
     let before = binary_image(
         &mut conn,
         db,
-        "SELECT * FROM `all``types` WHERE id > 1 FOR UPDATE",
-        Params::Empty,
+        &before_sql,
+        Params::from(params[plan.set_params..].to_vec()),
     )
     .await?;
-    conn.query_drop(
-        "UPDATE `all``types` SET c_varchar = 'changed', c_dec = 1, c_blob = 'x', c_float = 2, \
-         c_double = 3 WHERE id > 1",
+    assert_eq!(before.rows.len(), 2);
+    let mut write_params = params[..plan.set_params].to_vec();
+    for row in &before.rows {
+        for value in row.primary_key(&meta.primary_key)? {
+            write_params.push(value.to_mysql());
+        }
+    }
+    conn.exec_drop(
+        plan.by_keys_sql(&meta, before.rows.len()),
+        Params::from(write_params),
     )
     .await?;
+    assert_eq!(conn.affected_rows(), 2);
     let after = binary_image(
         &mut conn,
         db,
@@ -157,9 +177,7 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
     let item = UndoItem {
         kind: SqlKind::Update,
         table: TableSummary::from(meta.as_ref()),
-        set_columns: ["c_varchar", "c_dec", "c_blob", "c_float", "c_double"]
-            .map(String::from)
-            .to_vec(),
+        set_columns: plan.set_columns.clone(),
         before,
         after,
     };

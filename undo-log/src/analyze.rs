@@ -1,0 +1,567 @@
+//! From a DML statement's text to what phase one needs: which table, which columns it
+//! sets, the `SELECT … FOR UPDATE` that reads its before image, and the same write narrowed
+//! to the locked keys. Shapes AT mode cannot undo safely are refused with
+//! [`Error::Refused`] naming the construct (the proxy answers 1235 with that text).
+//!
+//! The before-image SELECT reuses the statement's own predicate, ORDER BY and LIMIT
+//! *verbatim*, so it locks exactly the rows the statement would touch at that moment.
+//! Under READ COMMITTED a row inserted after that SELECT could still match the original
+//! predicate (Seata #3611, #4727); [`UpdatePlan::by_keys_sql`] and
+//! [`DeletePlan::by_keys_sql`] give the write restricted to the locked primary keys, so
+//! no row changes without an undo record.
+//!
+//! Parameters: the statement may be a prepared one with `?` placeholders. In an UPDATE the
+//! SET clause's placeholders come first; [`UpdatePlan::set_params`] says how many, and the
+//! before-image SELECT takes the remaining parameters in order.
+//!
+//! Literals are parsed without unescaping so that re-printed predicates keep their exact
+//! original spelling (`'a\\b'` must not turn into `'a\b'`).
+
+use sqlparser::ast::{
+    self, AssignmentTarget, FromTable, ObjectName, SetExpr, Statement, TableFactor, TableWithJoins,
+};
+use sqlparser::dialect::MySqlDialect;
+use sqlparser::parser::{Parser, ParserOptions};
+use sqlparser::tokenizer::{Token, Tokenizer};
+
+use crate::error::{Error, Result};
+use crate::image::TableMeta;
+use crate::undo_sql::quote_ident;
+
+/// A table as the statement names it; `schema` is `None` when the statement relies on the
+/// session's current database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableRef {
+    pub schema: Option<String>,
+    pub table: String,
+}
+
+/// A DML statement AT mode can undo.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dml {
+    Update(UpdatePlan),
+    Delete(DeletePlan),
+    Insert(InsertPlan),
+}
+
+/// A single-table UPDATE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpdatePlan {
+    pub table: TableRef,
+    /// Columns the SET clause assigns, in order (becomes [`crate::UndoItem::set_columns`]).
+    pub set_columns: Vec<String>,
+    /// Number of `?` placeholders inside the SET clause.
+    pub set_params: usize,
+    /// The table factor as written (with alias), re-printed.
+    relation: String,
+    assignments: String,
+    /// ` WHERE … ORDER BY … LIMIT …` as written, possibly empty.
+    filter: String,
+}
+
+/// A single-table DELETE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeletePlan {
+    pub table: TableRef,
+    relation: String,
+    filter: String,
+}
+
+/// A plain `INSERT INTO t [(cols)] VALUES (…), …` (or `INSERT … SET`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct InsertPlan {
+    pub table: TableRef,
+    /// Explicit column list; empty means "all columns in table order".
+    pub columns: Vec<String>,
+    /// Number of rows in VALUES: the after image must find exactly that many.
+    pub rows: usize,
+}
+
+/// Parses one DML statement and classifies it.
+pub fn analyze(sql: &str) -> Result<Dml> {
+    let dialect = MySqlDialect {};
+    let mut statements = Parser::new(&dialect)
+        .with_options(ParserOptions::new().with_unescape(false))
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    if statements.len() != 1 {
+        return Err(Error::Refused(format!(
+            "{} statements in one query; send DML one statement at a time",
+            statements.len()
+        )));
+    }
+    match statements.remove(0) {
+        Statement::Update(update) => analyze_update(update),
+        Statement::Delete(delete) => analyze_delete(delete),
+        Statement::Insert(insert) => analyze_insert(insert),
+        other => Err(Error::Refused(format!(
+            "statement is not INSERT, UPDATE or DELETE: {}",
+            first_words(&other.to_string())
+        ))),
+    }
+}
+
+fn analyze_update(u: ast::Update) -> Result<Dml> {
+    if u.from.is_some() || !u.table.joins.is_empty() {
+        return Err(Error::Refused(
+            "multi-table UPDATE (UPDATE … JOIN or UPDATE … FROM)".into(),
+        ));
+    }
+    if u.returning.is_some() || u.output.is_some() {
+        return Err(Error::Refused("UPDATE … RETURNING".into()));
+    }
+    let table = single_table(&u.table, "UPDATE")?;
+    let mut set_columns = Vec::with_capacity(u.assignments.len());
+    for a in &u.assignments {
+        match &a.target {
+            AssignmentTarget::ColumnName(name) => {
+                let column = last_ident(name)?;
+                if !set_columns.contains(&column) {
+                    set_columns.push(column);
+                }
+            }
+            AssignmentTarget::Tuple(_) => {
+                return Err(Error::Refused("tuple assignment in UPDATE … SET".into()))
+            }
+        }
+    }
+    let assignments = u
+        .assignments
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Dml::Update(UpdatePlan {
+        table,
+        set_columns,
+        set_params: count_placeholders(&assignments)?,
+        relation: u.table.relation.to_string(),
+        assignments,
+        filter: filter(u.selection.as_ref(), &u.order_by, u.limit.as_ref()),
+    }))
+}
+
+fn analyze_delete(d: ast::Delete) -> Result<Dml> {
+    let from = match &d.from {
+        FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
+    };
+    if !d.tables.is_empty() || d.using.is_some() || from.len() != 1 || !from[0].joins.is_empty() {
+        return Err(Error::Refused(
+            "multi-table DELETE (DELETE t FROM … JOIN, or USING)".into(),
+        ));
+    }
+    if d.returning.is_some() || d.output.is_some() {
+        return Err(Error::Refused("DELETE … RETURNING".into()));
+    }
+    Ok(Dml::Delete(DeletePlan {
+        table: single_table(&from[0], "DELETE")?,
+        relation: from[0].relation.to_string(),
+        filter: filter(d.selection.as_ref(), &d.order_by, d.limit.as_ref()),
+    }))
+}
+
+fn analyze_insert(i: ast::Insert) -> Result<Dml> {
+    if i.replace_into {
+        return Err(Error::Refused(
+            "REPLACE (deletes conflicting rows without a before image)".into(),
+        ));
+    }
+    if i.ignore {
+        return Err(Error::Refused(
+            "INSERT IGNORE (which rows landed is unknown)".into(),
+        ));
+    }
+    if let Some(on) = &i.on {
+        let construct = match on {
+            ast::OnInsert::DuplicateKeyUpdate(_) => "INSERT … ON DUPLICATE KEY UPDATE",
+            _ => "INSERT … ON CONFLICT",
+        };
+        return Err(Error::Refused(construct.into()));
+    }
+    if i.returning.is_some() || i.output.is_some() {
+        return Err(Error::Refused("INSERT … RETURNING".into()));
+    }
+    let name = match &i.table {
+        ast::TableObject::TableName(name) => name,
+        _ => return Err(Error::Refused("INSERT into a table function".into())),
+    };
+    let table = table_ref(name)?;
+    let (columns, rows) = match (&i.source, i.assignments.is_empty()) {
+        (None, false) => {
+            let mut columns = Vec::new();
+            for a in &i.assignments {
+                match &a.target {
+                    AssignmentTarget::ColumnName(n) => columns.push(last_ident(n)?),
+                    AssignmentTarget::Tuple(_) => {
+                        return Err(Error::Refused("tuple assignment in INSERT … SET".into()))
+                    }
+                }
+            }
+            (columns, 1)
+        }
+        (Some(query), true) => {
+            let rows = match query.body.as_ref() {
+                SetExpr::Values(values) if query.with.is_none() => values.rows.len(),
+                _ => return Err(Error::Refused("INSERT … SELECT".into())),
+            };
+            let columns = i
+                .columns
+                .iter()
+                .map(last_ident)
+                .collect::<Result<Vec<_>>>()?;
+            (columns, rows)
+        }
+        _ => return Err(Error::Refused("INSERT without VALUES".into())),
+    };
+    Ok(Dml::Insert(InsertPlan {
+        table,
+        columns,
+        rows,
+    }))
+}
+
+impl UpdatePlan {
+    /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
+    /// Refuses an UPDATE that assigns a primary-key column: the undo finds rows by key, and
+    /// a changed key would make the after image unreachable.
+    pub fn before_image_sql(&self, meta: &TableMeta) -> Result<String> {
+        if let Some(pk) = self.set_columns.iter().find(|c| {
+            meta.primary_key
+                .iter()
+                .any(|p| p.eq_ignore_ascii_case(c.as_str()))
+        }) {
+            return Err(Error::Refused(format!(
+                "UPDATE of primary-key column `{pk}`"
+            )));
+        }
+        for column in &self.set_columns {
+            if !meta
+                .columns
+                .iter()
+                .any(|c| c.name.eq_ignore_ascii_case(column))
+            {
+                return Err(Error::MissingColumn(column.clone()));
+            }
+        }
+        Ok(select_sql(meta, &self.relation, &self.filter))
+    }
+
+    /// The same UPDATE restricted to `rows` primary keys:
+    /// `UPDATE <table> SET <same assignments> WHERE (<pk> = ? AND …) OR …`. Parameters:
+    /// the first [`Self::set_params`] of the original statement, then each locked row's key.
+    pub fn by_keys_sql(&self, meta: &TableMeta, rows: usize) -> String {
+        format!(
+            "UPDATE {} SET {} WHERE {}",
+            self.relation,
+            self.assignments,
+            keys_predicate(meta, rows)
+        )
+    }
+}
+
+impl DeletePlan {
+    /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
+    /// Takes all of the statement's parameters.
+    pub fn before_image_sql(&self, meta: &TableMeta) -> String {
+        select_sql(meta, &self.relation, &self.filter)
+    }
+
+    /// `DELETE FROM <table> WHERE (<pk> = ? AND …) OR …`; parameters: each row's key.
+    pub fn by_keys_sql(&self, meta: &TableMeta, rows: usize) -> String {
+        format!(
+            "DELETE FROM {} WHERE {}",
+            self.relation,
+            keys_predicate(meta, rows)
+        )
+    }
+}
+
+fn select_sql(meta: &TableMeta, relation: &str, filter: &str) -> String {
+    let mut columns: Vec<&str> = meta.primary_key.iter().map(String::as_str).collect();
+    for c in &meta.columns {
+        if !columns.contains(&c.name.as_str()) {
+            columns.push(&c.name);
+        }
+    }
+    let columns = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("SELECT {columns} FROM {relation}{filter} FOR UPDATE")
+}
+
+/// `(pk1 = ? AND pk2 = ?) OR …` for `rows` keys; `FALSE` for none, so an empty lock set
+/// writes nothing rather than everything.
+fn keys_predicate(meta: &TableMeta, rows: usize) -> String {
+    if rows == 0 {
+        return "FALSE".into();
+    }
+    let one = meta
+        .primary_key
+        .iter()
+        .map(|c| format!("{} = ?", quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    vec![format!("({one})"); rows].join(" OR ")
+}
+
+fn filter(
+    selection: Option<&ast::Expr>,
+    order_by: &[ast::OrderByExpr],
+    limit: Option<&ast::Expr>,
+) -> String {
+    let mut out = String::new();
+    if let Some(selection) = selection {
+        out.push_str(&format!(" WHERE {selection}"));
+    }
+    if !order_by.is_empty() {
+        let order = order_by
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        out.push_str(&format!(" ORDER BY {order}"));
+    }
+    if let Some(limit) = limit {
+        out.push_str(&format!(" LIMIT {limit}"));
+    }
+    out
+}
+
+fn single_table(t: &TableWithJoins, verb: &str) -> Result<TableRef> {
+    match &t.relation {
+        TableFactor::Table {
+            name, args: None, ..
+        } => table_ref(name),
+        _ => Err(Error::Refused(format!(
+            "{verb} of something that is not a plain table"
+        ))),
+    }
+}
+
+fn table_ref(name: &ObjectName) -> Result<TableRef> {
+    let parts = name
+        .0
+        .iter()
+        .map(|p| {
+            p.as_ident()
+                .map(ident_name)
+                .ok_or_else(|| Error::Refused(format!("computed table name {name}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match parts.as_slice() {
+        [table] => Ok(TableRef {
+            schema: None,
+            table: table.clone(),
+        }),
+        [schema, table] => Ok(TableRef {
+            schema: Some(schema.clone()),
+            table: table.clone(),
+        }),
+        _ => Err(Error::Refused(format!("table name {name}"))),
+    }
+}
+
+/// `t.col` and `col` both name `col`: there is only one table.
+fn last_ident(name: &ObjectName) -> Result<String> {
+    name.0
+        .last()
+        .and_then(|p| p.as_ident())
+        .map(ident_name)
+        .ok_or_else(|| Error::Refused(format!("column name {name}")))
+}
+
+/// The identifier's name. Parsing without unescaping leaves a quoted identifier's doubled
+/// quotes in place (`` `a``b` `` keeps `` a``b ``), so undo that here.
+fn ident_name(ident: &ast::Ident) -> String {
+    match ident.quote_style {
+        Some(q) => {
+            let doubled: String = [q, q].iter().collect();
+            ident.value.replace(&doubled, &q.to_string())
+        }
+        None => ident.value.clone(),
+    }
+}
+
+fn count_placeholders(sql: &str) -> Result<usize> {
+    let tokens = Tokenizer::new(&MySqlDialect {}, sql)
+        .with_unescape(false)
+        .tokenize()
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    Ok(tokens
+        .iter()
+        .filter(|t| matches!(t, Token::Placeholder(_)))
+        .count())
+}
+
+fn first_words(sql: &str) -> String {
+    sql.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{ColumnMeta, TableName};
+    use crate::value::{ColumnType, TypeKind};
+
+    fn meta() -> TableMeta {
+        let col = |name: &str| ColumnMeta {
+            name: name.into(),
+            ty: ColumnType::new(TypeKind::Int),
+            on_update_now: false,
+            auto_increment: false,
+            nullable: true,
+        };
+        TableMeta {
+            name: TableName::new("shop", "account"),
+            columns: vec![col("a"), col("id"), col("balance"), col("region")],
+            primary_key: vec!["region".into(), "id".into()],
+        }
+    }
+
+    fn update(sql: &str) -> UpdatePlan {
+        match analyze(sql).unwrap() {
+            Dml::Update(u) => u,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refused(sql: &str) -> String {
+        match analyze(sql) {
+            Err(Error::Refused(why)) => why,
+            other => panic!("{sql}: expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn update_before_image_keeps_predicate_order_and_limit() {
+        let u = update(
+            "/*+ XID('x') */ UPDATE shop.account SET balance = balance - ?, a = 'x?y' \
+             WHERE id = ? AND name = 'a\\\\b' ORDER BY id DESC LIMIT 10",
+        );
+        assert_eq!(
+            u.table,
+            TableRef {
+                schema: Some("shop".into()),
+                table: "account".into()
+            }
+        );
+        assert_eq!(u.set_columns, ["balance", "a"]);
+        assert_eq!(
+            u.set_params, 1,
+            "the ? inside a string literal is no parameter"
+        );
+        assert_eq!(
+            u.before_image_sql(&meta()).unwrap(),
+            "SELECT `region`, `id`, `a`, `balance` FROM shop.account \
+             WHERE id = ? AND name = 'a\\\\b' ORDER BY id DESC LIMIT 10 FOR UPDATE"
+        );
+        assert_eq!(
+            u.by_keys_sql(&meta(), 2),
+            "UPDATE shop.account SET balance = balance - ?, a = 'x?y' \
+             WHERE (`region` = ? AND `id` = ?) OR (`region` = ? AND `id` = ?)"
+        );
+    }
+
+    #[test]
+    fn update_with_alias_and_backquotes() {
+        let u = update("UPDATE `acc``t` AS t SET t.balance = 0 WHERE t.id IN (1, 2)");
+        assert_eq!(u.table.table, "acc`t");
+        assert_eq!(u.set_columns, ["balance"]);
+        assert_eq!(
+            u.before_image_sql(&meta()).unwrap(),
+            "SELECT `region`, `id`, `a`, `balance` FROM `acc``t` AS t \
+             WHERE t.id IN (1, 2) FOR UPDATE"
+        );
+    }
+
+    /// Re-printed predicates must mean exactly what the client wrote; where sqlparser
+    /// normalizes spelling, the second form is an equivalent MySQL spelling.
+    #[test]
+    fn literals_are_reprinted_faithfully() {
+        for (predicate, printed) in [
+            ("n = 'it''s'", None),
+            (r"n = 'it\'s'", None),
+            (r#"n = "dq""x""#, None),
+            (r"n = 'tab\there\n'", None),
+            ("n = _utf8mb4 'é' COLLATE utf8mb4_bin", None),
+            ("n = X'00FF' AND k = B'101'", None),
+            ("m = 0x00ff", Some("m = X'00ff'")),
+            (r"n LIKE 'a\_%' ESCAPE '\\'", None),
+            ("d = DATE '2024-01-01' AND f = 1.50e3 AND g = -0.0", None),
+        ] {
+            let u = update(&format!("UPDATE account SET a = 1 WHERE {predicate}"));
+            assert_eq!(
+                u.before_image_sql(&meta()).unwrap(),
+                format!(
+                    "SELECT `region`, `id`, `a`, `balance` FROM account WHERE {} FOR UPDATE",
+                    printed.unwrap_or(predicate)
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn primary_key_update_is_refused() {
+        let u = update("UPDATE account SET ID = 5 WHERE id = 4");
+        assert!(matches!(
+            u.before_image_sql(&meta()),
+            Err(Error::Refused(why)) if why.contains("primary-key column `ID`")
+        ));
+    }
+
+    #[test]
+    fn delete_before_image_and_by_keys() {
+        let Dml::Delete(d) = analyze("DELETE FROM account WHERE balance < 0 LIMIT 5").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            d.before_image_sql(&meta()),
+            "SELECT `region`, `id`, `a`, `balance` FROM account WHERE balance < 0 LIMIT 5 FOR UPDATE"
+        );
+        assert_eq!(
+            d.by_keys_sql(&meta(), 1),
+            "DELETE FROM account WHERE (`region` = ? AND `id` = ?)"
+        );
+        assert_eq!(d.by_keys_sql(&meta(), 0), "DELETE FROM account WHERE FALSE");
+    }
+
+    #[test]
+    fn insert_values_are_counted() {
+        let Dml::Insert(i) = analyze("INSERT INTO t (a, b) VALUES (1, 2), (3, ?)").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (i.columns.as_slice(), i.rows),
+            (&["a".to_string(), "b".into()][..], 2)
+        );
+        let Dml::Insert(i) = analyze("INSERT INTO s.t SET a = 1, b = 2").unwrap() else {
+            panic!()
+        };
+        assert_eq!((i.columns.len(), i.rows), (2, 1));
+    }
+
+    #[test]
+    fn refused_shapes_name_the_construct() {
+        assert!(refused("INSERT INTO t SELECT * FROM u").contains("INSERT … SELECT"));
+        assert!(
+            refused("INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 1")
+                .contains("ON DUPLICATE KEY UPDATE")
+        );
+        assert!(refused("REPLACE INTO t VALUES (1)").contains("REPLACE"));
+        assert!(refused("INSERT IGNORE INTO t VALUES (1)").contains("INSERT IGNORE"));
+        assert!(
+            refused("DELETE t1 FROM t1 JOIN t2 ON t1.id = t2.id").contains("multi-table DELETE")
+        );
+        assert!(refused("DELETE FROM t1 USING t1, t2 WHERE t1.id = t2.id")
+            .contains("multi-table DELETE"));
+        assert!(refused("UPDATE t1 JOIN t2 ON t1.id = t2.id SET t1.a = 1")
+            .contains("multi-table UPDATE"));
+        assert!(refused("UPDATE t SET a = 1; DELETE FROM t").contains("2 statements"));
+        assert!(refused("SELECT 1").contains("not INSERT, UPDATE or DELETE"));
+        assert!(matches!(analyze("UPDATE SET"), Err(Error::Parse(_))));
+    }
+}
