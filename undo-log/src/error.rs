@@ -9,8 +9,9 @@ use crate::value::TypeKind;
 /// Everything that can go wrong while building images, encoding records or generating SQL.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A value the server sent does not parse as the column's type says it should.
-    #[error("column `{column}` ({kind:?}): cannot decode value {got}")]
+    /// A value the server sent does not parse as the column's type says it should. `got`
+    /// describes the value's shape only, never its content.
+    #[error("column `{column}` ({kind:?}): cannot decode {got}")]
     Decode {
         column: String,
         kind: TypeKind,

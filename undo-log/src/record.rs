@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::image::{RowImage, TableMeta, TableName};
+use crate::lock_key::LockKey;
 
 const MAGIC: &[u8; 3] = b"RWU";
 /// Bump when the payload changes incompatibly; [`UndoRecord::decode`] refuses unknown ones.
@@ -104,6 +105,25 @@ impl UndoRecord {
     /// Items in the order a rollback must apply them: last statement first.
     pub fn rollback_order(&self) -> impl Iterator<Item = &UndoItem> {
         self.items.iter().rev()
+    }
+
+    /// The global lock keys of every row the record would undo, sorted and without
+    /// duplicates (a row touched by two statements is locked once; a stable order lets the
+    /// coordinator take them without lock-order surprises).
+    pub fn lock_keys(&self) -> Result<Vec<LockKey>> {
+        let mut keys = Vec::new();
+        for item in &self.items {
+            for row in &item.key_image().rows {
+                keys.push(LockKey::for_row(
+                    &item.table.name,
+                    &item.table.primary_key,
+                    row,
+                )?);
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
     }
 
     pub fn encode(&self) -> Result<Vec<u8>> {
@@ -372,6 +392,24 @@ pub(crate) mod tests {
         .encode()
         .unwrap();
         assert!(UndoRecord::decode(&full[..full.len() / 2]).is_err());
+    }
+
+    #[test]
+    fn lock_keys_cover_every_row_once() {
+        let record = UndoRecord {
+            items: vec![
+                sample_item(SqlKind::Update, 0),
+                sample_item(SqlKind::Delete, 0),
+                sample_item(SqlKind::Insert, 0),
+            ],
+        };
+        let keys: Vec<String> = record
+            .lock_keys()
+            .unwrap()
+            .iter()
+            .map(LockKey::encode)
+            .collect();
+        assert_eq!(keys, ["shop.all%60types:1", "shop.all%60types:2"]);
     }
 
     #[test]

@@ -65,7 +65,10 @@ pub fn select_current(item: &UndoItem) -> Result<Option<Statement>> {
 }
 
 /// The statements that undo `item`, one per row. Run them only after
-/// [`crate::check::check`] said [`crate::check::CheckOutcome::Restore`].
+/// [`crate::check::check`] said [`crate::check::CheckOutcome::Restore`], in the same
+/// transaction that holds the `FOR UPDATE` locks of [`select_current`]. Each must affect
+/// exactly one row; anything else means the rows changed under the check and the undo
+/// transaction must be rolled back.
 pub fn undo_statements(item: &UndoItem) -> Result<Vec<Statement>> {
     match item.kind {
         SqlKind::Insert => item

@@ -92,6 +92,10 @@ async fn run_check_and_undo(conn: &mut Conn, db: &str, item: &UndoItem) -> Resul
     if outcome == CheckOutcome::Restore {
         for stmt in undo_statements(item)? {
             conn.exec_drop(stmt.sql, Params::from(stmt.params)).await?;
+            ensure!(
+                conn.affected_rows() == 1,
+                "an undo statement must hit exactly one row"
+            );
         }
     }
     Ok(outcome)
