@@ -412,6 +412,7 @@ mod tests {
             ty: ColumnType::new(TypeKind::Int),
             on_update_now: false,
             auto_increment: false,
+            generated: false,
             nullable: true,
         };
         TableMeta {

@@ -147,6 +147,7 @@ mod tests {
                 name: TableName::new("s", "account"),
                 primary_key: vec!["id".into()],
                 on_update_now: vec!["updated".into()],
+                generated: vec![],
             },
             set_columns: vec!["balance".into()],
             before: image(before),

@@ -45,6 +45,10 @@ pub struct ColumnMeta {
     /// must restore it explicitly and the dirty check must not compare it (AT_NOTES).
     pub on_update_now: bool,
     pub auto_increment: bool,
+    /// A generated (VIRTUAL or STORED) column: the server computes it and refuses explicit
+    /// values, so undo never writes it (it is still compared).
+    #[serde(default)]
+    pub generated: bool,
     pub nullable: bool,
 }
 
@@ -73,11 +77,12 @@ impl TableMeta {
             Option<String>,
             String,
             String,
+            String,
         );
         let rows: Vec<ColumnRow> = conn
             .exec(
                 "SELECT COLUMN_NAME, DATA_TYPE, COLUMN_TYPE, NUMERIC_SCALE, DATETIME_PRECISION, \
-                 CHARACTER_SET_NAME, EXTRA, IS_NULLABLE \
+                 CHARACTER_SET_NAME, EXTRA, IS_NULLABLE, IS_GENERATED \
                  FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
                 (schema, table),
@@ -90,7 +95,8 @@ impl TableMeta {
             });
         }
         let mut columns = Vec::with_capacity(rows.len());
-        for (name, data_type, column_type, scale, fsp, charset, extra, nullable) in rows {
+        for (name, data_type, column_type, scale, fsp, charset, extra, nullable, generated) in rows
+        {
             let ty = column_type_from_schema(
                 &name,
                 &data_type,
@@ -104,6 +110,8 @@ impl TableMeta {
                 ty,
                 on_update_now: extra.contains("on update current_timestamp"),
                 auto_increment: extra.contains("auto_increment"),
+                // Not EXTRA: MySQL 8 writes DEFAULT_GENERATED there for expression defaults.
+                generated: generated.eq_ignore_ascii_case("ALWAYS"),
                 nullable: nullable.eq_ignore_ascii_case("YES"),
             });
         }
@@ -136,6 +144,13 @@ impl TableMeta {
         self.columns
             .iter()
             .filter(|c| c.on_update_now)
+            .map(|c| c.name.as_str())
+    }
+
+    pub fn generated_columns(&self) -> impl Iterator<Item = &str> {
+        self.columns
+            .iter()
+            .filter(|c| c.generated)
             .map(|c| c.name.as_str())
     }
 

@@ -50,6 +50,9 @@ pub struct TableSummary {
     /// `ON UPDATE CURRENT_TIMESTAMP` columns.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub on_update_now: Vec<String>,
+    /// Generated columns: never written back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub generated: Vec<String>,
 }
 
 impl From<&TableMeta> for TableSummary {
@@ -58,6 +61,7 @@ impl From<&TableMeta> for TableSummary {
             name: meta.name.clone(),
             primary_key: meta.primary_key.clone(),
             on_update_now: meta.on_update_now_columns().map(str::to_owned).collect(),
+            generated: meta.generated_columns().map(str::to_owned).collect(),
         }
     }
 }
@@ -324,6 +328,7 @@ pub(crate) mod tests {
                 name,
                 primary_key: vec!["id".into()],
                 on_update_now: vec!["ts".into()],
+                generated: vec![],
             },
             set_columns: if kind == SqlKind::Update {
                 vec!["s".into(), "blob".into()]

@@ -12,6 +12,13 @@ use crate::image::{Row, TableName};
 use crate::record::{SqlKind, UndoItem};
 use crate::value::TypedValue;
 
+/// Session settings for the connection that reads images and runs undo SQL:
+/// - `time_zone`: TIMESTAMP values are stored and restored as UTC (see [`crate::value`]).
+/// - `NO_AUTO_VALUE_ON_ZERO`: re-inserting a deleted row whose auto-increment key is 0
+///   must restore 0, not draw a new key.
+pub const UNDO_SESSION_SETUP: &str =
+    "SET time_zone = '+00:00', sql_mode = CONCAT(@@sql_mode, ',NO_AUTO_VALUE_ON_ZERO')";
+
 /// A parameterized statement, ready for `Conn::exec_drop(sql, params)`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Statement {
@@ -81,7 +88,7 @@ pub fn undo_statements(item: &UndoItem) -> Result<Vec<Statement>> {
             .before
             .rows
             .iter()
-            .map(|row| insert_row(&item.table.name, row))
+            .map(|row| insert_row(item, row))
             .collect(),
         SqlKind::Update => {
             let mut out = Vec::with_capacity(item.before.rows.len());
@@ -153,19 +160,26 @@ fn delete_row(item: &UndoItem, after: &Row) -> Result<Statement> {
     })
 }
 
-/// Every column explicitly, including auto-increment and on-update timestamp columns, so
-/// the row comes back exactly as it was rather than with server-generated values.
-fn insert_row(table: &TableName, before: &Row) -> Result<Statement> {
-    let columns: Vec<String> = before.column_names().map(quote_ident).collect();
+/// Every stored column explicitly, including auto-increment and on-update timestamp
+/// columns, so the row comes back exactly as it was rather than with server-generated
+/// values. Generated columns are left out: the server refuses values for them and
+/// recomputes them from the restored columns.
+fn insert_row(item: &UndoItem, before: &Row) -> Result<Statement> {
+    let cells: Vec<_> = before
+        .cells
+        .iter()
+        .filter(|(c, _)| !item.table.generated.contains(c))
+        .collect();
+    let columns: Vec<String> = cells.iter().map(|(c, _)| quote_ident(c)).collect();
     let placeholders = vec!["?"; columns.len()].join(", ");
     Ok(Statement {
         sql: format!(
             "INSERT INTO {} ({}) VALUES ({})",
-            quote_table(table),
+            quote_table(&item.table.name),
             columns.join(", "),
             placeholders
         ),
-        params: before.cells.iter().map(|(_, v)| v.to_mysql()).collect(),
+        params: cells.iter().map(|(_, v)| v.to_mysql()).collect(),
     })
 }
 
@@ -217,15 +231,16 @@ mod tests {
         );
         assert_eq!(stmts[1].params, vec![M::Int(2)]);
 
-        let del = sample_item(SqlKind::Delete, 0);
+        let mut del = sample_item(SqlKind::Delete, 0);
+        del.table.generated.push("i_min".into());
         let stmts = undo_statements(&del).unwrap();
-        let ncols = del.before.rows[0].cells.len();
+        let ncols = del.before.rows[0].cells.len() - 1;
         assert!(stmts[0]
             .sql
-            .starts_with("INSERT INTO `shop`.`all``types` (`id`, `i_min`,"));
+            .starts_with("INSERT INTO `shop`.`all``types` (`id`, `u_max`,"));
         assert_eq!(stmts[0].sql.matches('?').count(), ncols);
         assert_eq!(stmts[0].params.len(), ncols);
-        assert_eq!(stmts[0].params[2], M::UInt(u64::MAX));
+        assert_eq!(stmts[0].params[1], M::UInt(u64::MAX));
         assert_eq!(stmts[0].params[ncols - 1], M::NULL);
     }
 

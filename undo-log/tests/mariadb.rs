@@ -5,10 +5,10 @@
 use anyhow::{ensure, Context, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params};
-use rewind_undo_log::undo_sql::{select_current, undo_statements};
+use rewind_undo_log::undo_sql::{quote_ident, select_current, undo_statements, UNDO_SESSION_SETUP};
 use rewind_undo_log::{
-    analyze, check, CheckOutcome, Dml, Error, LockKey, MetaCache, RowImage, SqlKind, TableName,
-    TableSummary, UndoItem, UndoRecord,
+    analyze, check, CheckOutcome, Dml, Error, LockKey, MetaCache, RowImage, SqlKind, TableMeta,
+    TableName, TableSummary, UndoItem, UndoRecord, Value,
 };
 
 const TABLE: &str = "all`types";
@@ -27,6 +27,7 @@ const CREATE: &str = "CREATE TABLE `all``types` (
     c_char CHAR(10), c_varchar VARCHAR(100), c_text TEXT,
     c_binary BINARY(16), c_varbinary VARBINARY(50), c_blob LONGBLOB,
     c_json JSON, c_bit BIT(10), c_enum ENUM('a','b'), c_set SET('x','y'), c_null INT NULL,
+    c_gen INT AS (c_tiny + 1) VIRTUAL, c_hidden INT INVISIBLE DEFAULT 7,
     PRIMARY KEY (id, code)
 )";
 
@@ -38,20 +39,20 @@ const INSERT: &str = "INSERT INTO `all``types` VALUES (
     '2038-01-19 03:14:07.000001', '1000-01-01', '-838:59:59.000000', 2155,
     'abc', 'emoji 😀 nul \\0 quote \\' end', REPEAT('é', 1000),
     X'000102030405060708090A0B0C0D0E0F', X'00', REPEAT(X'00FF', 100000),
-    '{\"a\": [1, 2.5, \"x\"], \"b\": null}', b'1010101010', 'b', 'x,y', NULL)";
+    '{\"a\": [1, 2.5, \"x\"], \"b\": null}', b'1010101010', 'b', 'x,y', NULL, DEFAULT)";
 
 /// Every column but c_float: MariaDB rounds FLOAT in the text protocol.
 const NON_FLOAT: &str = "id, code, c_tiny, c_utiny, c_medium, c_big, c_ubig, c_double, c_dec, \
     c_dt, c_ts, c_date, c_time, c_year, c_char, c_varchar, c_text, c_binary, c_varbinary, \
-    c_blob, c_json, c_bit, c_enum, c_set, c_null";
+    c_blob, c_json, c_bit, c_enum, c_set, c_null, c_gen, c_hidden";
 
 async fn setup(db: &str) -> Result<Conn> {
     let mut conn = Conn::from_url("mysql://root@127.0.0.1:3306")
         .await
         .context("MariaDB at 127.0.0.1:3306 (scripts/ensure-mariadb.sh)")?;
     // TIMESTAMP images are UTC: the proxy reads and undoes with this session zone.
-    conn.query_drop("SET time_zone = '+00:00', NAMES utf8mb4")
-        .await?;
+    conn.query_drop(UNDO_SESSION_SETUP).await?;
+    conn.query_drop("SET NAMES utf8mb4").await?;
     conn.query_drop(format!("DROP DATABASE IF EXISTS {db}"))
         .await?;
     conn.query_drop(format!("CREATE DATABASE {db}")).await?;
@@ -59,7 +60,8 @@ async fn setup(db: &str) -> Result<Conn> {
     conn.query_drop(CREATE).await?;
     conn.query_drop(INSERT).await?;
     conn.query_drop(
-        "INSERT INTO `all``types` (id, code, c_varchar, c_blob) VALUES (2, 'k2', 'two', 'b')",
+        "INSERT INTO `all``types` (id, code, c_varchar, c_blob, c_hidden) \
+         VALUES (2, 'k2', 'two', 'b', 9)",
     )
     .await?;
     Ok(conn)
@@ -69,6 +71,12 @@ async fn teardown(mut conn: Conn, db: &str) -> Result<()> {
     conn.query_drop(format!("DROP DATABASE {db}")).await?;
     conn.disconnect().await?;
     Ok(())
+}
+
+/// Every column, invisible ones included (`SELECT *` would skip them).
+fn all_columns(meta: &TableMeta) -> String {
+    let names: Vec<String> = meta.columns.iter().map(|c| quote_ident(&c.name)).collect();
+    names.join(", ")
 }
 
 /// The server's checksum of the stored rows: equal means byte-identical data.
@@ -112,6 +120,8 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
     assert_eq!(meta.primary_key, ["id", "code"]);
     assert_eq!(meta.on_update_now_columns().collect::<Vec<_>>(), ["c_ts"]);
     assert!(cache.get(&name).is_some());
+    assert_eq!(meta.generated_columns().collect::<Vec<_>>(), ["c_gen"]);
+    let cols = all_columns(&meta);
 
     // Text and binary protocol give equal images (FLOAT aside, which text refuses).
     let by_key = format!("SELECT {NON_FLOAT} FROM `all``types` WHERE id = 18446744073709551615");
@@ -168,7 +178,7 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
     let after = binary_image(
         &mut conn,
         db,
-        "SELECT * FROM `all``types` WHERE id > 1",
+        &format!("SELECT {cols} FROM `all``types` WHERE id > 1"),
         Params::Empty,
     )
     .await?;
@@ -205,7 +215,7 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
     let restored = binary_image(
         &mut conn,
         db,
-        "SELECT * FROM `all``types` WHERE id > 1",
+        &format!("SELECT {cols} FROM `all``types` WHERE id > 1"),
         Params::Empty,
     )
     .await?;
@@ -230,11 +240,19 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
     let meta = MetaCache::new().get_or_load(&mut conn, db, TABLE).await?;
     let summary = TableSummary::from(meta.as_ref());
     let original = checksum(&mut conn).await?;
-    let all_rows = "SELECT * FROM `all``types` ORDER BY id";
+    let cols = all_columns(&meta);
 
-    // DELETE of every row, undone by INSERT of every column.
-    let before = binary_image(&mut conn, db, all_rows, Params::Empty).await?;
-    conn.query_drop("DELETE FROM `all``types`").await?;
+    // DELETE of every row, undone by INSERT of every stored column.
+    let delete_sql = "DELETE FROM `all``types` ORDER BY id";
+    let Dml::Delete(plan) = analyze(delete_sql)? else {
+        panic!("a DELETE")
+    };
+    let before = binary_image(&mut conn, db, &plan.before_image_sql(&meta), Params::Empty).await?;
+    assert_eq!(
+        before.rows[0].get("c_hidden").map(|v| &v.value),
+        Some(&Value::Int(9))
+    );
+    conn.query_drop(delete_sql).await?;
     let delete = UndoItem {
         kind: SqlKind::Delete,
         table: summary.clone(),
@@ -266,7 +284,7 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
     let after = binary_image(
         &mut conn,
         db,
-        "SELECT * FROM `all``types` WHERE id > 2 AND id < 5",
+        &format!("SELECT {cols} FROM `all``types` WHERE id > 2 AND id < 5"),
         Params::Empty,
     )
     .await?;
@@ -288,11 +306,11 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
     );
 
     // UPDATE, then a third party writes the same row: dirty, and nothing is overwritten.
-    let by_key = "SELECT * FROM `all``types` WHERE id = 2";
-    let before = binary_image(&mut conn, db, by_key, Params::Empty).await?;
+    let by_key = format!("SELECT {cols} FROM `all``types` WHERE id = 2");
+    let before = binary_image(&mut conn, db, &by_key, Params::Empty).await?;
     conn.query_drop("UPDATE `all``types` SET c_varchar = 'ours' WHERE id = 2")
         .await?;
-    let after = binary_image(&mut conn, db, by_key, Params::Empty).await?;
+    let after = binary_image(&mut conn, db, &by_key, Params::Empty).await?;
     conn.query_drop("UPDATE `all``types` SET c_varchar = 'theirs' WHERE id = 2")
         .await?;
     let third_party = checksum(&mut conn).await?;
@@ -309,7 +327,7 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
     };
     assert_eq!(
         conflict.current.rows[0].get("c_varchar").unwrap().value,
-        rewind_undo_log::Value::Text("theirs".into())
+        Value::Text("theirs".into())
     );
     assert_eq!(
         checksum(&mut conn).await?,
