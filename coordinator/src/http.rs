@@ -144,7 +144,7 @@ async fn begin(
         .begin(b.name.unwrap_or_default(), b.timeout_ms.unwrap_or(0))
         .await?;
     Ok((
-        StatusCode::CREATED,
+        StatusCode::OK,
         Json(json!({"xid": rewind_protocol::xid::format(xid), "status": "begin"})),
     ))
 }

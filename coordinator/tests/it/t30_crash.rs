@@ -1,0 +1,235 @@
+//! kill -9 under load, restart, check that nothing acknowledged was lost, and that
+//! unfinished phase two completes once a proxy attaches again.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rand::Rng;
+use rewind_protocol::v1::{GlobalRequest, QueryLocksRequest};
+use rewind_protocol::{GlobalStatus, LockKey};
+
+use crate::support::{assert_eventually, Coordinator, FakeProxy, TempDir};
+use crate::{key, register};
+
+#[derive(Default)]
+struct Ledger {
+    begun: Vec<String>,
+    /// Keys of acknowledged registrations.
+    registered: Vec<(String, LockKey)>,
+    committed: HashSet<String>,
+    rolled_back: HashSet<String>,
+}
+
+fn snapshot(ledger: &Mutex<Ledger>) -> Ledger {
+    let l = ledger.lock().unwrap();
+    Ledger {
+        begun: l.begun.clone(),
+        registered: l.registered.clone(),
+        committed: l.committed.clone(),
+        rolled_back: l.rolled_back.clone(),
+    }
+}
+
+async fn status_of(c: &Coordinator, xid: &str) -> Result<GlobalStatus, tonic::Status> {
+    let mut tm = c.tm().await;
+    let s = tm
+        .status(GlobalRequest { xid: xid.into() })
+        .await?
+        .into_inner()
+        .status;
+    Ok(GlobalStatus::try_from(s).unwrap())
+}
+
+async fn verify(c: &Coordinator, ledger: &Ledger) {
+    let mut tm = c.tm().await;
+    let mut open = HashSet::new();
+    for xid in &ledger.begun {
+        let s = tm
+            .status(GlobalRequest { xid: xid.clone() })
+            .await
+            .unwrap_or_else(|e| panic!("acknowledged begin {xid} lost: {e}"))
+            .into_inner()
+            .status;
+        let s = GlobalStatus::try_from(s).unwrap();
+        if ledger.committed.contains(xid) {
+            assert!(
+                matches!(
+                    s,
+                    GlobalStatus::Committing
+                        | GlobalStatus::CommitRetrying
+                        | GlobalStatus::Committed
+                ),
+                "acknowledged commit of {xid} is now {s:?}"
+            );
+        }
+        if ledger.rolled_back.contains(xid) {
+            assert!(
+                matches!(
+                    s,
+                    GlobalStatus::RollingBack
+                        | GlobalStatus::RollbackRetrying
+                        | GlobalStatus::RolledBack
+                ),
+                "acknowledged rollback of {xid} is now {s:?}"
+            );
+        }
+        if s == GlobalStatus::Begin {
+            open.insert(xid.clone());
+        }
+    }
+    let mut rm = c.rm().await;
+    let keys: Vec<(String, LockKey)> = ledger
+        .registered
+        .iter()
+        .filter(|(x, _)| open.contains(x))
+        .cloned()
+        .collect();
+    for chunk in keys.chunks(500) {
+        let held = rm
+            .query_locks(QueryLocksRequest {
+                keys: chunk.iter().map(|(_, k)| k.clone()).collect(),
+                xid: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .held;
+        assert_eq!(
+            held.len(),
+            chunk.len(),
+            "locks of unfinished transactions must survive a restart"
+        );
+        for (h, (xid, _)) in held.iter().zip(chunk) {
+            assert_eq!(&h.xid, xid);
+        }
+    }
+}
+
+async fn worker(
+    c_grpc: std::net::SocketAddr,
+    id: usize,
+    ledger: Arc<Mutex<Ledger>>,
+    stop: Arc<AtomicBool>,
+) {
+    let url = format!("http://{c_grpc}");
+    let Ok(mut tm) = rewind_protocol::TransactionManagerClient::connect(url.clone()).await else {
+        return;
+    };
+    let Ok(mut rm) = rewind_protocol::ResourceManagerClient::connect(url).await else {
+        return;
+    };
+    let mut n = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let Ok(r) = tm
+            .begin(rewind_protocol::v1::BeginRequest {
+                name: String::new(),
+                timeout_ms: 600_000,
+            })
+            .await
+        else {
+            return;
+        };
+        let xid = r.into_inner().xid;
+        ledger.lock().unwrap().begun.push(xid.clone());
+        for (b, res) in ["db1", "db2"].iter().enumerate() {
+            let mut k = key(
+                "t",
+                &[
+                    id.to_string().as_bytes(),
+                    n.to_string().as_bytes(),
+                    b.to_string().as_bytes(),
+                ],
+            );
+            k.resource_id = res.to_string();
+            match register(&mut rm, &xid, res, vec![k.clone()]).await {
+                Ok(Ok(_)) => ledger.lock().unwrap().registered.push((xid.clone(), k)),
+                _ => return,
+            }
+        }
+        let choice = rand::rng().random_range(0..10);
+        let req = GlobalRequest { xid: xid.clone() };
+        if choice < 5 {
+            if tm.commit(req).await.is_err() {
+                return;
+            }
+            ledger.lock().unwrap().committed.insert(xid);
+        } else if choice < 9 {
+            if tm.rollback(req).await.is_err() {
+                return;
+            }
+            ledger.lock().unwrap().rolled_back.insert(xid);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_kill_9_under_load_loses_nothing_acknowledged() {
+    let dir = TempDir::new("crash");
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    for round in 0..4 {
+        let mut c = Coordinator::start(&dir, &[]).await;
+        let snapshot = snapshot(&ledger);
+        verify(&c, &snapshot).await;
+        // Round 0 runs without a proxy (phase two piles up); later rounds with one.
+        let proxy = if round > 0 {
+            Some(FakeProxy::attach(&c, &["db1", "db2"]).await)
+        } else {
+            None
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let workers: Vec<_> = (0..12)
+            .map(|i| {
+                tokio::spawn(worker(
+                    c.grpc,
+                    round * 100 + i,
+                    ledger.clone(),
+                    stop.clone(),
+                ))
+            })
+            .collect();
+        let pause = rand::rng().random_range(300..1200);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        c.kill();
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            let _ = w.await;
+        }
+        drop(proxy);
+    }
+    let c = Coordinator::start(&dir, &[]).await;
+    let snapshot = snapshot(&ledger);
+    eprintln!(
+        "ledger: {} begun, {} committed, {} rolled back",
+        snapshot.begun.len(),
+        snapshot.committed.len(),
+        snapshot.rolled_back.len()
+    );
+    assert!(
+        snapshot.committed.len() > 10 && snapshot.rolled_back.len() > 10,
+        "load ran"
+    );
+    verify(&c, &snapshot).await;
+    // Half-finished phase two completes once a proxy attaches.
+    let _p = FakeProxy::attach(&c, &["db1", "db2"]).await;
+    assert_eventually(
+        "every acknowledged decision finishes",
+        Duration::from_secs(60),
+        || async {
+            for xid in snapshot.committed.iter() {
+                if status_of(&c, xid).await.ok() != Some(GlobalStatus::Committed) {
+                    return false;
+                }
+            }
+            for xid in snapshot.rolled_back.iter() {
+                if status_of(&c, xid).await.ok() != Some(GlobalStatus::RolledBack) {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+}
