@@ -71,10 +71,24 @@ pub struct DeletePlan {
 #[derive(Debug, Clone, PartialEq)]
 pub struct InsertPlan {
     pub table: TableRef,
-    /// Explicit column list; empty means "all columns in table order".
+    /// Explicit column list; empty means "all visible columns in table order".
     pub columns: Vec<String>,
     /// Number of rows in VALUES: the after image must find exactly that many.
     pub rows: usize,
+    /// What each row gives each listed column, enough to derive primary keys.
+    cells: Vec<Vec<Cell>>,
+}
+
+/// What an INSERT row gives one column, as far as deriving its key needs.
+#[derive(Debug, Clone, PartialEq)]
+enum Cell {
+    /// The n-th `?` of the statement.
+    Param(usize),
+    Literal(mysql_async::Value),
+    /// `DEFAULT`: the column's default (for auto-increment, see [`AutoIncrement`]).
+    Default,
+    /// Any other expression: the value is known only to the server.
+    Computed,
 }
 
 /// Parses one DML statement and classifies it.
@@ -187,9 +201,11 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
         _ => return Err(Error::Refused("INSERT into a table function".into())),
     };
     let table = table_ref(name)?;
-    let (columns, rows) = match (&i.source, i.assignments.is_empty()) {
+    let mut next_param = 0;
+    let (columns, cells) = match (&i.source, i.assignments.is_empty()) {
         (None, false) => {
             let mut columns = Vec::new();
+            let mut row = Vec::new();
             for a in &i.assignments {
                 match &a.target {
                     AssignmentTarget::ColumnName(n) => columns.push(last_ident(n)?),
@@ -197,12 +213,13 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
                         return Err(Error::Refused("tuple assignment in INSERT … SET".into()))
                     }
                 }
+                row.push(cell(&a.value, &mut next_param)?);
             }
-            (columns, 1)
+            (columns, vec![row])
         }
         (Some(query), true) => {
-            let rows = match query.body.as_ref() {
-                SetExpr::Values(values) if query.with.is_none() => values.rows.len(),
+            let values = match query.body.as_ref() {
+                SetExpr::Values(values) if query.with.is_none() => values,
                 _ => return Err(Error::Refused("INSERT … SELECT".into())),
             };
             let columns = i
@@ -210,15 +227,83 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
                 .iter()
                 .map(last_ident)
                 .collect::<Result<Vec<_>>>()?;
-            (columns, rows)
+            let mut cells = Vec::with_capacity(values.rows.len());
+            for row in &values.rows {
+                let row = row
+                    .content
+                    .iter()
+                    .map(|e| cell(e, &mut next_param))
+                    .collect::<Result<Vec<_>>>()?;
+                cells.push(row);
+            }
+            (columns, cells)
         }
         _ => return Err(Error::Refused("INSERT without VALUES".into())),
     };
     Ok(Dml::Insert(InsertPlan {
         table,
         columns,
-        rows,
+        rows: cells.len(),
+        cells,
     }))
+}
+
+/// Classifies one VALUES expression, advancing the placeholder counter past it.
+fn cell(expr: &ast::Expr, next_param: &mut usize) -> Result<Cell> {
+    use ast::{Expr, UnaryOperator, Value as V};
+    let literal = |v: &V, negative: bool| -> Option<Cell> {
+        let sign = if negative { "-" } else { "" };
+        match v {
+            V::Number(n, false) => {
+                let n = format!("{sign}{n}");
+                Some(Cell::Literal(if let Ok(i) = n.parse::<i64>() {
+                    mysql_async::Value::Int(i)
+                } else if let Ok(u) = n.parse::<u64>() {
+                    mysql_async::Value::UInt(u)
+                } else {
+                    mysql_async::Value::Bytes(n.into_bytes())
+                }))
+            }
+            // Parsed without unescaping: a backslash escape would have to be decoded the
+            // way the server does; leave such keys to the server (Computed).
+            V::SingleQuotedString(s) | V::DoubleQuotedString(s)
+                if !negative && !s.contains('\\') =>
+            {
+                let quote = if matches!(v, V::SingleQuotedString(_)) {
+                    "'"
+                } else {
+                    "\""
+                };
+                Some(Cell::Literal(mysql_async::Value::Bytes(
+                    s.replace(&quote.repeat(2), quote).into_bytes(),
+                )))
+            }
+            V::Null if !negative => Some(Cell::Literal(mysql_async::Value::NULL)),
+            _ => None,
+        }
+    };
+    let found = match expr {
+        Expr::Value(v) if matches!(v.value, V::Placeholder(_)) => {
+            *next_param += 1;
+            return Ok(Cell::Param(*next_param - 1));
+        }
+        Expr::Value(v) => literal(&v.value, false),
+        Expr::UnaryOp {
+            op: UnaryOperator::Minus,
+            expr: inner,
+        } => match inner.as_ref() {
+            Expr::Value(v) => literal(&v.value, true),
+            _ => None,
+        },
+        Expr::Identifier(id)
+            if id.quote_style.is_none() && id.value.eq_ignore_ascii_case("DEFAULT") =>
+        {
+            Some(Cell::Default)
+        }
+        _ => None,
+    };
+    *next_param += count_placeholders(&expr.to_string())?;
+    Ok(found.unwrap_or(Cell::Computed))
 }
 
 impl UpdatePlan {
@@ -257,6 +342,150 @@ impl UpdatePlan {
             self.assignments,
             keys_predicate(meta, rows)
         )
+    }
+}
+
+/// What the server reported about auto-increment for one INSERT, and the session setting
+/// that decides what `DEFAULT` and `0` mean for an auto-increment column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AutoIncrement {
+    /// The OK packet's last insert id: the first value the statement generated (0: none).
+    pub last_insert_id: u64,
+    /// `@@auto_increment_increment` of the session.
+    pub increment: u64,
+    /// `@@sql_mode` contains NO_AUTO_VALUE_ON_ZERO: then `0` and `DEFAULT` store 0
+    /// instead of generating (MariaDB evaluates `DEFAULT` of such a column to 0).
+    pub no_auto_value_on_zero: bool,
+}
+
+impl InsertPlan {
+    /// The primary key of every inserted row, in VALUES order, as parameters for
+    /// [`Self::after_image_sql`].
+    ///
+    /// Keys come from the statement (literals, `?` parameters) or, for an auto-increment
+    /// key the server generates (omitted or `NULL`; `DEFAULT` and `0` unless
+    /// NO_AUTO_VALUE_ON_ZERO), from the last insert id plus the increment per generated
+    /// row: InnoDB reserves one consecutive block for an insert whose row count is known.
+    /// Refused: keys the server computes (expressions, non-auto defaults) and a statement
+    /// that mixes explicit and generated auto-increment keys (an explicit key moves the
+    /// counter mid-statement). The caller must check that the after image finds exactly
+    /// [`Self::rows`] rows and abort the local transaction otherwise.
+    pub fn row_keys(
+        &self,
+        meta: &TableMeta,
+        params: &[mysql_async::Value],
+        auto_increment: AutoIncrement,
+    ) -> Result<Vec<Vec<mysql_async::Value>>> {
+        let listed: Vec<&str> = if self.columns.is_empty() {
+            meta.columns
+                .iter()
+                .filter(|c| !c.invisible)
+                .map(|c| c.name.as_str())
+                .collect()
+        } else {
+            self.columns.iter().map(String::as_str).collect()
+        };
+        if let Some(row) = self.cells.iter().find(|r| r.len() != listed.len()) {
+            return Err(Error::Refused(format!(
+                "INSERT row with {} values for {} columns",
+                row.len(),
+                listed.len()
+            )));
+        }
+        let auto = meta.auto_increment_column().map(|c| c.name.as_str());
+        let zero_is_value = auto_increment.no_auto_value_on_zero;
+        let mut generated = 0u64;
+        let mut explicit_auto = false;
+        let mut keys = Vec::with_capacity(self.cells.len());
+        for row in &self.cells {
+            let mut key = Vec::with_capacity(meta.primary_key.len());
+            for pk in &meta.primary_key {
+                let is_auto = auto.is_some_and(|a| a.eq_ignore_ascii_case(pk));
+                let position = listed.iter().position(|c| c.eq_ignore_ascii_case(pk));
+                // `None`: the server picks (omitted, NULL, or DEFAULT/0 as sql_mode says).
+                let given =
+                    match position.map(|p| &row[p]) {
+                        None => None,
+                        Some(Cell::Default) if is_auto && zero_is_value => {
+                            Some(mysql_async::Value::UInt(0))
+                        }
+                        Some(Cell::Default) => None,
+                        Some(Cell::Param(i)) => Some(params.get(*i).cloned().ok_or_else(|| {
+                            Error::Refused(format!("missing parameter {}", i + 1))
+                        })?),
+                        Some(Cell::Literal(v)) => Some(v.clone()),
+                        Some(Cell::Computed) => {
+                            return Err(Error::Refused(format!(
+                                "primary-key column `{pk}` set by an expression \
+                             (use a literal or a parameter)"
+                            )))
+                        }
+                    };
+                let given = match given {
+                    Some(mysql_async::Value::NULL) => None,
+                    Some(v) if is_auto && !zero_is_value && is_zero(&v) => None,
+                    other => other,
+                };
+                let value = match given {
+                    None if is_auto => {
+                        if auto_increment.last_insert_id == 0 {
+                            return Err(Error::Refused(
+                                "generated auto-increment key without a last insert id".into(),
+                            ));
+                        }
+                        let id = auto_increment
+                            .increment
+                            .checked_mul(generated)
+                            .and_then(|step| auto_increment.last_insert_id.checked_add(step))
+                            .ok_or_else(|| Error::Refused("auto-increment overflow".into()))?;
+                        generated += 1;
+                        mysql_async::Value::UInt(id)
+                    }
+                    None => {
+                        return Err(Error::Refused(format!(
+                            "primary-key column `{pk}` left to its default"
+                        )))
+                    }
+                    Some(v) => {
+                        explicit_auto |= is_auto;
+                        v
+                    }
+                };
+                key.push(value);
+            }
+            keys.push(key);
+        }
+        if explicit_auto && generated > 0 {
+            return Err(Error::Refused(
+                "INSERT mixing explicit and generated auto-increment keys".into(),
+            ));
+        }
+        Ok(keys)
+    }
+
+    /// `SELECT <pk>, <all other columns> FROM <table> WHERE (<pk> = ? AND …) OR …` for
+    /// `rows` keys from [`Self::row_keys`].
+    pub fn after_image_sql(&self, meta: &TableMeta, rows: usize) -> String {
+        let relation = match &self.table.schema {
+            Some(schema) => format!("{}.{}", quote_ident(schema), quote_ident(&self.table.table)),
+            None => quote_ident(&self.table.table),
+        };
+        let mut sql = select_sql(
+            meta,
+            &relation,
+            &format!(" WHERE {}", keys_predicate(meta, rows)),
+        );
+        // The rows are this transaction's own fresh inserts; no lock to take.
+        sql.truncate(sql.len() - " FOR UPDATE".len());
+        sql
+    }
+}
+
+fn is_zero(v: &mysql_async::Value) -> bool {
+    match v {
+        mysql_async::Value::Int(0) | mysql_async::Value::UInt(0) => true,
+        mysql_async::Value::Bytes(b) => b.iter().all(|c| *c == b'0') && !b.is_empty(),
+        _ => false,
     }
 }
 
@@ -413,6 +642,7 @@ mod tests {
             on_update_now: false,
             auto_increment: false,
             generated: false,
+            invisible: false,
             nullable: true,
         };
         TableMeta {
@@ -543,6 +773,123 @@ mod tests {
             panic!()
         };
         assert_eq!((i.columns.len(), i.rows), (2, 1));
+    }
+
+    fn auto_meta() -> TableMeta {
+        let mut m = meta();
+        m.primary_key = vec!["id".into()];
+        m.columns[1].auto_increment = true;
+        m.columns[3].invisible = true;
+        m
+    }
+
+    fn ai(last_insert_id: u64, increment: u64) -> AutoIncrement {
+        AutoIncrement {
+            last_insert_id,
+            increment,
+            no_auto_value_on_zero: false,
+        }
+    }
+
+    #[test]
+    fn default_and_zero_follow_no_auto_value_on_zero() {
+        use mysql_async::Value as M;
+        let i = insert("INSERT INTO t (id, a) VALUES (0, 1), (DEFAULT, 2), (NULL, 3)");
+        assert_eq!(
+            i.row_keys(&auto_meta(), &[], ai(8, 1)).unwrap(),
+            [vec![M::UInt(8)], vec![M::UInt(9)], vec![M::UInt(10)]]
+        );
+        let strict = AutoIncrement {
+            no_auto_value_on_zero: true,
+            ..ai(8, 1)
+        };
+        // 0 and DEFAULT are stored as 0 there, so this statement mixes explicit and
+        // generated keys.
+        assert!(matches!(
+            i.row_keys(&auto_meta(), &[], strict),
+            Err(Error::Refused(why)) if why.contains("mixing")
+        ));
+        let zero = insert("INSERT INTO t (id, a) VALUES (DEFAULT, 1)");
+        assert_eq!(
+            zero.row_keys(&auto_meta(), &[], strict).unwrap(),
+            [vec![M::UInt(0)]]
+        );
+    }
+
+    fn insert(sql: &str) -> InsertPlan {
+        match analyze(sql).unwrap() {
+            Dml::Insert(i) => i,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn insert_keys_from_literals_parameters_and_auto_increment() {
+        use mysql_async::Value as M;
+        // Composite key from a literal and a parameter; the ? inside the string is text.
+        let i = insert(
+            "INSERT INTO t (a, region, id, balance) VALUES ('?', 'it''s', ?, ?), (1, 'x', -5, 2)",
+        );
+        let keys = i
+            .row_keys(&meta(), &[M::from(7), M::from(9)], ai(0, 1))
+            .unwrap();
+        assert_eq!(
+            keys,
+            [
+                vec![M::Bytes(b"it's".to_vec()), M::Int(7)],
+                vec![M::Bytes(b"x".to_vec()), M::Int(-5)]
+            ]
+        );
+        assert_eq!(
+            i.after_image_sql(&meta(), 2),
+            "SELECT `region`, `id`, `a`, `balance` FROM `t` \
+             WHERE (`region` = ? AND `id` = ?) OR (`region` = ? AND `id` = ?)"
+        );
+
+        // Every form of "let the server pick" on an auto-increment key, multi-row.
+        for sql in [
+            "INSERT INTO t (a) VALUES (1), (2), (3)",
+            "INSERT INTO t (id, a) VALUES (NULL, 1), (DEFAULT, 2), (?, 3)",
+            "INSERT INTO t VALUES (1, NULL, 2), (1, NULL, 2), (1, NULL, 2)",
+        ] {
+            let keys = insert(sql)
+                .row_keys(&auto_meta(), &[M::NULL], ai(100, 5))
+                .unwrap();
+            assert_eq!(
+                keys,
+                [vec![M::UInt(100)], vec![M::UInt(105)], vec![M::UInt(110)]],
+                "{sql}"
+            );
+        }
+        let i = insert("INSERT INTO s.t SET id = 18446744073709551615, a = 1");
+        assert_eq!(
+            i.row_keys(&auto_meta(), &[], ai(0, 1)).unwrap(),
+            [vec![M::UInt(u64::MAX)]]
+        );
+    }
+
+    #[test]
+    fn insert_keys_the_server_computes_are_refused() {
+        let refused_keys = |sql: &str, m: &TableMeta| match insert(sql).row_keys(m, &[], ai(1, 1)) {
+            Err(Error::Refused(why)) => why,
+            other => panic!("{sql}: {other:?}"),
+        };
+        assert!(refused_keys(
+            "INSERT INTO t (id, a) VALUES (UUID_SHORT(), 1)",
+            &auto_meta()
+        )
+        .contains("expression"));
+        assert!(
+            refused_keys("INSERT INTO t (id) VALUES (5), (NULL)", &auto_meta()).contains("mixing")
+        );
+        assert!(refused_keys("INSERT INTO t (a) VALUES (1)", &meta()).contains("default"));
+        assert!(
+            refused_keys(r"INSERT INTO t (id) VALUES ('a\'b')", &auto_meta())
+                .contains("expression")
+        );
+        assert!(
+            refused_keys("INSERT INTO t (id, a) VALUES (1)", &auto_meta()).contains("1 values")
+        );
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub struct ColumnMeta {
     /// values, so undo never writes it (it is still compared).
     #[serde(default)]
     pub generated: bool,
+    /// INVISIBLE: left out of `SELECT *` and of an INSERT without a column list.
+    #[serde(default)]
+    pub invisible: bool,
     pub nullable: bool,
 }
 
@@ -112,6 +115,7 @@ impl TableMeta {
                 auto_increment: extra.contains("auto_increment"),
                 // Not EXTRA: MySQL 8 writes DEFAULT_GENERATED there for expression defaults.
                 generated: generated.eq_ignore_ascii_case("ALWAYS"),
+                invisible: extra.contains("invisible"),
                 nullable: nullable.eq_ignore_ascii_case("YES"),
             });
         }

@@ -5,6 +5,7 @@
 use anyhow::{ensure, Context, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params};
+use rewind_undo_log::analyze::AutoIncrement;
 use rewind_undo_log::undo_sql::{quote_ident, select_current, undo_statements, UNDO_SESSION_SETUP};
 use rewind_undo_log::{
     analyze, check, CheckOutcome, Dml, Error, LockKey, MetaCache, RowImage, SqlKind, TableMeta,
@@ -334,6 +335,54 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
         third_party,
         "dirty row was touched"
     );
+
+    // Multi-row INSERT with generated keys and a step of 3: every row is in the after image
+    // (dbpack recorded only the first), and the undo deletes exactly those rows.
+    conn.query_drop(
+        "CREATE TABLE ai (id BIGINT UNSIGNED AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10)); \
+         INSERT INTO ai (v) VALUES ('keep'); SET SESSION auto_increment_increment = 3",
+    )
+    .await?;
+    let ai = MetaCache::new().get_or_load(&mut conn, db, "ai").await?;
+    let sql = "INSERT INTO ai (id, v) VALUES (NULL, ?), (NULL, 'b'), (NULL, 'c')";
+    let Dml::Insert(plan) = analyze(sql)? else {
+        panic!("an INSERT")
+    };
+    let params = vec![mysql_async::Value::from("a")];
+    conn.exec_drop(sql, Params::from(params.clone())).await?;
+    let first = conn.last_insert_id().context("generated id")?;
+    // The session runs with NO_AUTO_VALUE_ON_ZERO (UNDO_SESSION_SETUP), where DEFAULT
+    // would store 0 rather than generate a key.
+    let auto_increment = AutoIncrement {
+        last_insert_id: first,
+        increment: 3,
+        no_auto_value_on_zero: true,
+    };
+    let keys = plan.row_keys(&ai, &params, auto_increment)?;
+    let after: Vec<mysql_async::Row> = conn
+        .exec(
+            plan.after_image_sql(&ai, keys.len()),
+            Params::from(keys.concat()),
+        )
+        .await?;
+    assert_eq!(
+        after.len(),
+        plan.rows,
+        "after image must hold every inserted row"
+    );
+    let insert = UndoItem {
+        kind: SqlKind::Insert,
+        table: TableSummary::from(ai.as_ref()),
+        set_columns: vec![],
+        before: RowImage::empty(TableName::new(db, "ai")),
+        after: RowImage::from_mysql(TableName::new(db, "ai"), &after)?,
+    };
+    assert_eq!(
+        run_check_and_undo(&mut conn, db, &insert).await?,
+        CheckOutcome::Restore
+    );
+    let left: Vec<String> = conn.query("SELECT v FROM ai").await?;
+    assert_eq!(left, ["keep"]);
 
     teardown(conn, db).await
 }
