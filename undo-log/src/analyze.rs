@@ -307,28 +307,33 @@ fn cell(expr: &ast::Expr, next_param: &mut usize) -> Result<Cell> {
 }
 
 impl UpdatePlan {
-    /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
-    /// Refuses an UPDATE that assigns a primary-key column: the undo finds rows by key, and
-    /// a changed key would make the after image unreachable.
-    pub fn before_image_sql(&self, meta: &TableMeta) -> Result<String> {
-        if let Some(pk) = self.set_columns.iter().find(|c| {
-            meta.primary_key
-                .iter()
-                .any(|p| p.eq_ignore_ascii_case(c.as_str()))
-        }) {
-            return Err(Error::Refused(format!(
-                "UPDATE of primary-key column `{pk}`"
-            )));
-        }
+    /// The SET columns spelled as the table spells them (column names are case-insensitive
+    /// in MySQL, image rows are keyed by the table's spelling): what
+    /// [`crate::UndoItem::set_columns`] must hold. Refuses an UPDATE that assigns a
+    /// primary-key column: the undo finds rows by key, and a changed key would make the
+    /// after image unreachable.
+    pub fn set_columns_in(&self, meta: &TableMeta) -> Result<Vec<String>> {
+        let mut out = Vec::with_capacity(self.set_columns.len());
         for column in &self.set_columns {
-            if !meta
+            if let Some(pk) = meta.primary_key.iter().find(|p| same_name(p, column)) {
+                return Err(Error::Refused(format!(
+                    "UPDATE of primary-key column `{pk}`"
+                )));
+            }
+            let known = meta
                 .columns
                 .iter()
-                .any(|c| c.name.eq_ignore_ascii_case(column))
-            {
-                return Err(Error::MissingColumn(column.clone()));
-            }
+                .find(|c| same_name(&c.name, column))
+                .ok_or_else(|| Error::MissingColumn(column.clone()))?;
+            out.push(known.name.clone());
         }
+        Ok(out)
+    }
+
+    /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
+    /// Refuses what [`Self::set_columns_in`] refuses.
+    pub fn before_image_sql(&self, meta: &TableMeta) -> Result<String> {
+        self.set_columns_in(meta)?;
         Ok(select_sql(meta, &self.relation, &self.filter))
     }
 
@@ -400,8 +405,8 @@ impl InsertPlan {
         for row in &self.cells {
             let mut key = Vec::with_capacity(meta.primary_key.len());
             for pk in &meta.primary_key {
-                let is_auto = auto.is_some_and(|a| a.eq_ignore_ascii_case(pk));
-                let position = listed.iter().position(|c| c.eq_ignore_ascii_case(pk));
+                let is_auto = auto.is_some_and(|a| same_name(a, pk));
+                let position = listed.iter().position(|c| same_name(c, pk));
                 // `None`: the server picks (omitted, NULL, or DEFAULT/0 as sql_mode says).
                 let given =
                     match position.map(|p| &row[p]) {
@@ -614,6 +619,11 @@ fn ident_name(ident: &ast::Ident) -> String {
     }
 }
 
+/// MySQL compares column names case-insensitively.
+fn same_name(a: &str, b: &str) -> bool {
+    a == b || a.to_lowercase() == b.to_lowercase()
+}
+
 fn count_placeholders(sql: &str) -> Result<usize> {
     let tokens = Tokenizer::new(&MySqlDialect {}, sql)
         .with_unescape(false)
@@ -739,8 +749,12 @@ mod tests {
         let u = update("UPDATE account SET ID = 5 WHERE id = 4");
         assert!(matches!(
             u.before_image_sql(&meta()),
-            Err(Error::Refused(why)) if why.contains("primary-key column `ID`")
+            Err(Error::Refused(why)) if why.contains("primary-key column `id`")
         ));
+        let u = update("UPDATE account SET BALANCE = 5, Région = 1 WHERE id = 4");
+        assert!(matches!(u.set_columns_in(&meta()), Err(Error::MissingColumn(c)) if c == "Région"));
+        let u = update("UPDATE account SET BALANCE = 5, A = 1 WHERE id = 4");
+        assert_eq!(u.set_columns_in(&meta()).unwrap(), ["balance", "a"]);
     }
 
     #[test]

@@ -192,7 +192,7 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
     let item = UndoItem {
         kind: SqlKind::Update,
         table: TableSummary::from(meta.as_ref()),
-        set_columns: plan.set_columns.clone(),
+        set_columns: plan.set_columns_in(&meta)?,
         before,
         after,
     };
