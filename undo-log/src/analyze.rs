@@ -339,7 +339,9 @@ impl UpdatePlan {
 
     /// The same UPDATE restricted to `rows` primary keys:
     /// `UPDATE <table> SET <same assignments> WHERE (<pk> = ? AND …) OR …`. Parameters:
-    /// the first [`Self::set_params`] of the original statement, then each locked row's key.
+    /// the first [`Self::set_params`] of the original statement, then each locked row's key
+    /// (at most [`crate::undo_sql::MAX_STATEMENT_PARAMS`] in all: the caller splits larger
+    /// key sets into several statements).
     pub fn by_keys_sql(&self, meta: &TableMeta, rows: usize) -> String {
         format!(
             "UPDATE {} SET {} WHERE {}",

@@ -35,13 +35,18 @@ pub fn quote_table(name: &TableName) -> String {
     format!("{}.{}", quote_ident(&name.schema), quote_ident(&name.table))
 }
 
+/// The most `?` placeholders one prepared statement may carry (a u16 in the protocol).
+pub const MAX_STATEMENT_PARAMS: usize = 65_535;
+
 /// `SELECT <image columns> FROM t WHERE <pk = row 1> OR … FOR UPDATE`: the current state of
 /// the rows the item touched, locked until the undo transaction ends so nobody changes them
-/// between the check and the undo. `None` when the item touched no rows.
-pub fn select_current(item: &UndoItem) -> Result<Option<Statement>> {
+/// between the check and the undo. Split into several statements when the keys exceed
+/// [`MAX_STATEMENT_PARAMS`]; the caller concatenates their rows into one current image.
+/// Empty when the item touched no rows.
+pub fn select_current(item: &UndoItem) -> Result<Vec<Statement>> {
     let image = item.key_image();
     let Some(first) = image.rows.first() else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let pk = &item.table.primary_key;
     // Read what the images hold (plus the key), so current rows compare cell by cell.
@@ -51,24 +56,29 @@ pub fn select_current(item: &UndoItem) -> Result<Option<Statement>> {
             columns.push(c);
         }
     }
-    let mut params = Vec::with_capacity(image.rows.len() * pk.len());
-    let mut predicates = Vec::with_capacity(image.rows.len());
-    for row in &image.rows {
-        let (predicate, mut values) = pk_predicate(pk, row)?;
-        predicates.push(format!("({predicate})"));
-        params.append(&mut values);
+    let columns = columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let rows_per_statement = (MAX_STATEMENT_PARAMS / pk.len().max(1)).max(1);
+    let mut out = Vec::new();
+    for chunk in image.rows.chunks(rows_per_statement) {
+        let mut params = Vec::with_capacity(chunk.len() * pk.len());
+        let mut predicates = Vec::with_capacity(chunk.len());
+        for row in chunk {
+            let (predicate, mut values) = pk_predicate(pk, row)?;
+            predicates.push(format!("({predicate})"));
+            params.append(&mut values);
+        }
+        let sql = format!(
+            "SELECT {columns} FROM {} WHERE {} FOR UPDATE",
+            quote_table(&item.table.name),
+            predicates.join(" OR ")
+        );
+        out.push(Statement { sql, params });
     }
-    let sql = format!(
-        "SELECT {} FROM {} WHERE {} FOR UPDATE",
-        columns
-            .iter()
-            .map(|c| quote_ident(c))
-            .collect::<Vec<_>>()
-            .join(", "),
-        quote_table(&item.table.name),
-        predicates.join(" OR ")
-    );
-    Ok(Some(Statement { sql, params }))
+    Ok(out)
 }
 
 /// The statements that undo `item`, one per row. Run them only after
@@ -248,7 +258,9 @@ mod tests {
     fn select_current_locks_every_row_by_composite_key() {
         let mut item = sample_item(SqlKind::Delete, 0);
         item.table.primary_key = vec!["id".into(), "s".into()];
-        let stmt = select_current(&item).unwrap().unwrap();
+        let stmts = select_current(&item).unwrap();
+        assert_eq!(stmts.len(), 1);
+        let stmt = &stmts[0];
         assert!(
             stmt.sql.starts_with("SELECT `id`, `s`, `i_min`, "),
             "{}",
@@ -259,8 +271,19 @@ mod tests {
         ));
         assert_eq!(stmt.params.len(), 4);
 
+        let many = item.before.rows[0].clone();
+        item.before.rows = vec![many; 40_000];
+        let stmts = select_current(&item).unwrap();
+        assert_eq!(
+            stmts.len(),
+            2,
+            "80,000 key values in statements of at most 65,535"
+        );
+        assert!(stmts.iter().all(|s| s.params.len() <= MAX_STATEMENT_PARAMS));
+        assert_eq!(stmts.iter().map(|s| s.params.len()).sum::<usize>(), 80_000);
+
         item.before.rows.clear();
-        assert_eq!(select_current(&item).unwrap(), None);
+        assert!(select_current(&item).unwrap().is_empty());
     }
 
     #[test]

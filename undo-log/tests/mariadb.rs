@@ -95,8 +95,11 @@ async fn binary_image(conn: &mut Conn, db: &str, sql: &str, params: Params) -> R
 }
 
 async fn run_check_and_undo(conn: &mut Conn, db: &str, item: &UndoItem) -> Result<CheckOutcome> {
-    let select = select_current(item)?.context("item has rows")?;
-    let current = binary_image(conn, db, &select.sql, select.params.into()).await?;
+    let mut current = RowImage::empty(item.table.name.clone());
+    for select in select_current(item)? {
+        let part = binary_image(conn, db, &select.sql, select.params.into()).await?;
+        current.rows.extend(part.rows);
+    }
     let outcome = check(item, &current)?;
     if outcome == CheckOutcome::Restore {
         for stmt in undo_statements(item)? {
