@@ -1,0 +1,240 @@
+//! Load generator for `bench/coordinator`: global transactions of begin → 2 branch
+//! registrations (3 lock keys each) → commit, from N concurrent clients against a
+//! running coordinator (durability on), with a fake proxy answering phase two. Then
+//! holds many locks and reports memory per held lock.
+//!
+//! usage: coordinator_bench <grpc addr> <http addr> <coordinator pid> [clients] [seconds]
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rewind_protocol::v1::{
+    branch_result, coordinator_message, proxy_message, Announce, BeginRequest, BranchResult, Done,
+    GlobalRequest, LockKey, ProxyMessage, RegisterBranchRequest,
+};
+use rewind_protocol::{ResourceManagerClient, TransactionManagerClient};
+use tokio_stream::StreamExt;
+use tonic::transport::{Channel, Endpoint};
+
+fn rss_kb(pid: &str) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+async fn metric(http: &str, name: &str) -> f64 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn key(res: &str, parts: &[u64]) -> LockKey {
+    LockKey {
+        resource_id: res.into(),
+        table: "orders".into(),
+        pk: parts.iter().map(|p| p.to_string().into_bytes()).collect(),
+    }
+}
+
+async fn fake_proxy(channel: Channel) {
+    let mut rm = ResourceManagerClient::new(channel);
+    let (tx, rx) = tokio::sync::mpsc::channel(65_536);
+    tx.send(ProxyMessage {
+        kind: Some(proxy_message::Kind::Announce(Announce {
+            proxy_id: "bench".into(),
+            resource_ids: vec!["db1".into(), "db2".into()],
+        })),
+    })
+    .await
+    .unwrap();
+    let mut inbound = rm
+        .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::spawn(async move {
+        while let Some(Ok(m)) = inbound.next().await {
+            if let Some(coordinator_message::Kind::BranchCommand(c)) = m.kind {
+                let r = BranchResult {
+                    command_id: c.command_id,
+                    xid: c.xid,
+                    branch_id: c.branch_id,
+                    outcome: Some(branch_result::Outcome::Done(Done {})),
+                };
+                if tx
+                    .send(ProxyMessage {
+                        kind: Some(proxy_message::Kind::BranchResult(r)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    });
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (grpc, http, pid) = (args[1].clone(), args[2].clone(), args[3].clone());
+    let clients: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(64);
+    let secs: u64 = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(15);
+    let endpoint = Endpoint::from_shared(format!("http://{grpc}"))
+        .unwrap()
+        .tcp_nodelay(true);
+    let channels: Vec<Channel> = {
+        let mut v = Vec::new();
+        for _ in 0..8 {
+            v.push(endpoint.connect().await.unwrap());
+        }
+        v
+    };
+    fake_proxy(channels[0].clone()).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let warmup = Duration::from_secs(2);
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let ch = channels[c % channels.len()].clone();
+        let (stop, done, errors) = (stop.clone(), done.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut tm = TransactionManagerClient::new(ch.clone());
+            let mut rm = ResourceManagerClient::new(ch);
+            let mut lat = Vec::with_capacity(100_000);
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let t0 = Instant::now();
+                let ok: Result<(), tonic::Status> = async {
+                    let xid = tm
+                        .begin(BeginRequest {
+                            name: String::new(),
+                            timeout_ms: 60_000,
+                        })
+                        .await?
+                        .into_inner()
+                        .xid;
+                    for (b, res) in ["db1", "db2"].iter().enumerate() {
+                        let keys = (0..3)
+                            .map(|k| key(res, &[c as u64, n, b as u64 * 3 + k]))
+                            .collect();
+                        rm.register_branch(RegisterBranchRequest {
+                            xid: xid.clone(),
+                            resource_id: res.to_string(),
+                            lock_keys: keys,
+                            request_id: format!("{c}-{n}-{b}"),
+                        })
+                        .await?;
+                    }
+                    tm.commit(GlobalRequest { xid }).await?;
+                    Ok(())
+                }
+                .await;
+                match ok {
+                    Ok(()) if t0 >= start + warmup => {
+                        lat.push(t0.elapsed().as_micros() as u64);
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(()) => {}
+                    Err(_) => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(warmup + Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await.unwrap());
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "clients: {clients}, measured: {secs} s after {} s warm-up, durability: fsync per batch",
+        warmup.as_secs()
+    );
+    println!(
+        "global transactions/s: {:.0}  (each: begin + 2 registers x 3 keys + commit)",
+        n as f64 / secs as f64
+    );
+    println!(
+        "latency per global tx: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        pct(0.50) as f64 / 1e3,
+        pct(0.99) as f64 / 1e3,
+        pct(1.0) as f64 / 1e3
+    );
+    println!("errors: {}", errors.load(Ordering::Relaxed));
+    let batches = metric(&http, "rewind_write_batches_total").await;
+    let reqs = metric(&http, "rewind_write_batch_requests_total").await;
+    println!(
+        "durable batches: {batches:.0}, acknowledged requests per batch: {:.1}",
+        reqs / batches.max(1.0)
+    );
+
+    // Memory per held lock: hold N locks in open transactions, compare.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss0 = rss_kb(&pid);
+    let locks0 = metric(&http, "rewind_locks_held").await;
+    let bytes0 = metric(&http, "rewind_lock_table_bytes").await;
+    let mut tm = TransactionManagerClient::new(channels[1].clone());
+    let mut rm = ResourceManagerClient::new(channels[1].clone());
+    let per_branch = 2_000u64;
+    let branches = 100u64;
+    for b in 0..branches {
+        let xid = tm
+            .begin(BeginRequest {
+                name: "hold".into(),
+                timeout_ms: 600_000,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .xid;
+        let keys = (0..per_branch)
+            .map(|k| key("db1", &[1_000_000 + b, k]))
+            .collect();
+        rm.register_branch(RegisterBranchRequest {
+            xid,
+            resource_id: "db1".into(),
+            lock_keys: keys,
+            request_id: format!("hold-{b}"),
+        })
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let held = metric(&http, "rewind_locks_held").await - locks0;
+    let bytes = metric(&http, "rewind_lock_table_bytes").await - bytes0;
+    let rss1 = rss_kb(&pid);
+    println!(
+        "held locks: {held:.0} (pk = 2 numeric columns); lock table: {:.0} bytes/lock; process RSS growth: {:.0} bytes/lock (includes the branch's own copy of its keys)",
+        bytes / held.max(1.0),
+        (rss1.saturating_sub(rss0) * 1024) as f64 / held.max(1.0)
+    );
+}
