@@ -16,7 +16,7 @@
 //! #7339). The cost: a third-party write that changes *only* such a column is not detected.
 //! Any write that changes another column still is.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -45,6 +45,22 @@ pub struct DirtyWrite {
     pub before: RowImage,
     pub after: RowImage,
     pub current: RowImage,
+    /// Just the rows someone else changed, so a console need not diff whole images.
+    pub rows: Vec<RowConflict>,
+}
+
+/// One row whose current state is not what the branch left.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RowConflict {
+    /// The primary-key values, rendered for people.
+    pub key: Vec<String>,
+    /// `None`: the row did not exist at that point.
+    pub before: Option<Row>,
+    pub after: Option<Row>,
+    pub current: Option<Row>,
+    /// Columns whose current value differs from the after image (all of them when the row
+    /// appeared or vanished).
+    pub columns: Vec<String>,
 }
 
 /// Decides what to do with `item` given the `current` rows.
@@ -61,10 +77,61 @@ pub fn check(item: &UndoItem, current: &RowImage) -> Result<CheckOutcome> {
         return Ok(CheckOutcome::AlreadyRestored);
     }
     Ok(CheckOutcome::DirtyWrite(Box::new(DirtyWrite {
+        rows: row_conflicts(item, current, &ignored)?,
         before: item.before.clone(),
         after: item.after.clone(),
         current: current.clone(),
     })))
+}
+
+type KeyIndex<'a> = HashMap<Vec<Vec<u8>>, &'a Row>;
+
+fn index<'a>(image: &'a RowImage, pk: &[String]) -> Result<KeyIndex<'a>> {
+    image.rows.iter().map(|r| Ok((key_of(r, pk)?, r))).collect()
+}
+
+/// The rows where `current` differs from the after image, in after-image order, then rows
+/// that appeared.
+fn row_conflicts(
+    item: &UndoItem,
+    current: &RowImage,
+    ignored: &[&str],
+) -> Result<Vec<RowConflict>> {
+    let pk = &item.table.primary_key;
+    let before = index(&item.before, pk)?;
+    let after = index(&item.after, pk)?;
+    let now = index(current, pk)?;
+    let mut out = Vec::new();
+    let mut seen = HashSet::new();
+    for row in item.after.rows.iter().chain(current.rows.iter()) {
+        let key = key_of(row, pk)?;
+        if !seen.insert(key.clone()) {
+            continue;
+        }
+        let (a, c) = (after.get(&key).copied(), now.get(&key).copied());
+        let columns: Vec<String> = match (a, c) {
+            (Some(a), Some(c)) if rows_equal(a, c, ignored) => continue,
+            (Some(a), Some(c)) => a
+                .cells
+                .iter()
+                .filter(|(name, v)| !ignored.contains(&name.as_str()) && c.get(name) != Some(v))
+                .map(|(name, _)| name.clone())
+                .collect(),
+            _ => row.column_names().map(str::to_owned).collect(),
+        };
+        out.push(RowConflict {
+            key: row
+                .primary_key(pk)?
+                .iter()
+                .map(|v| v.value.to_string())
+                .collect(),
+            before: before.get(&key).map(|r| (*r).clone()),
+            after: a.cloned(),
+            current: c.cloned(),
+            columns,
+        });
+    }
+    Ok(out)
 }
 
 /// Same set of keys, and for each key the same values in every compared column.
@@ -73,10 +140,7 @@ fn images_equal(a: &RowImage, b: &RowImage, pk: &[String], ignored: &[&str]) -> 
         return Ok(false);
     }
     // Indexed by key so a statement that touched many rows is not checked in O(n²).
-    let mut by_key = HashMap::with_capacity(b.rows.len());
-    for row in &b.rows {
-        by_key.insert(key_of(row, pk)?, row);
-    }
+    let by_key = index(b, pk)?;
     for row in &a.rows {
         match by_key.get(&key_of(row, pk)?) {
             Some(other) if rows_equal(row, other, ignored) => {}
@@ -192,6 +256,12 @@ mod tests {
             panic!("a third-party change must be dirty")
         };
         assert_eq!(conflict.current, dirty);
+        // Only row 2 changed, and only its balance counts (the timestamp is implicit).
+        assert_eq!(conflict.rows.len(), 1);
+        assert_eq!(conflict.rows[0].key, ["2"]);
+        assert_eq!(conflict.rows[0].columns, ["balance"]);
+        assert_eq!(conflict.rows[0].before.as_ref(), Some(&row(2, "5.00", 1)));
+        assert_eq!(conflict.rows[0].current.as_ref(), Some(&row(2, "99.00", 3)));
         assert_eq!(conflict.before, item.before);
         assert_eq!(conflict.after, item.after);
 
@@ -229,10 +299,13 @@ mod tests {
             CheckOutcome::DirtyWrite(_)
         ));
         let other_key = image(vec![row(7, "0.00", 2)]);
-        assert!(matches!(
-            check(&item, &other_key).unwrap(),
-            CheckOutcome::DirtyWrite(_)
-        ));
+        let CheckOutcome::DirtyWrite(conflict) = check(&item, &other_key).unwrap() else {
+            panic!("a vanished row must be dirty")
+        };
+        let keys: Vec<_> = conflict.rows.iter().map(|r| r.key[0].as_str()).collect();
+        assert_eq!(keys, ["1", "7"]);
+        assert!(conflict.rows[0].current.is_none() && conflict.rows[1].after.is_none());
+        assert_eq!(conflict.rows[1].columns, ["id", "balance", "updated"]);
     }
 
     #[test]

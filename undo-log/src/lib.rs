@@ -36,7 +36,7 @@ pub mod undo_sql;
 pub mod value;
 
 pub use analyze::{analyze, Dml};
-pub use check::{check, CheckOutcome, DirtyWrite};
+pub use check::{check, CheckOutcome, DirtyWrite, RowConflict};
 pub use error::{Error, Result};
 pub use image::{ColumnMeta, MetaCache, Row, RowImage, TableMeta, TableName};
 pub use lock_key::LockKey;

@@ -333,6 +333,12 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
         conflict.current.rows[0].get("c_varchar").unwrap().value,
         Value::Text("theirs".into())
     );
+    assert_eq!(conflict.rows.len(), 1);
+    assert_eq!(
+        conflict.rows[0].columns,
+        ["c_varchar"],
+        "c_ts is implicit, not a conflict"
+    );
     assert_eq!(
         checksum(&mut conn).await?,
         third_party,
