@@ -2,11 +2,18 @@
 //! Rewind's AT mode.
 //!
 //! The proxy drives this crate; it does no I/O of its own except loading table metadata.
-//! In phase one the proxy reads a before image, runs the client's statement, reads an after
-//! image, and stores the resulting [`UndoRecord`] in the backend's `undo_log` table in the
-//! same local transaction. In phase two (rollback) it decodes the record, reads the current
-//! rows with the `SELECT … FOR UPDATE` from [`undo_sql`], asks [`check`] whether the rows
+//! In phase one the proxy [analyzes](fn@analyze) a DML statement, reads the before image with the
+//! SELECT it derives, runs the write restricted to the locked keys, reads the after image,
+//! and stores the resulting [`UndoRecord`] (and registers its [`LockKey`]s) in the same
+//! local transaction. In phase two (rollback) it decodes the record, reads the current
+//! rows with the `SELECT … FOR UPDATE` from [`undo_sql`], asks [`check`](fn@check) whether the rows
 //! are still as the branch left them, and only then runs the undo statements.
+//!
+//! Images must be read with the binary protocol (prepared statements) on a session set up
+//! with [`undo_sql::UNDO_SESSION_SETUP`] (UTC time zone); [`value`] says why.
+//!
+//! Tests: `cargo test -p rewind-undo-log`; `tests/mariadb.rs` needs MariaDB on
+//! 127.0.0.1:3306 (`scripts/ensure-mariadb.sh`).
 //!
 //! Everything here exists to close the data-loss holes listed in `AT_NOTES.md`: values are
 //! stored losslessly with their MySQL type, comparisons are type-aware, on-update timestamp
@@ -20,9 +27,9 @@
 //! - [`record`]: undo items (kind, table summary, before and after image) and the versioned,
 //!   compressed byte format of a branch's [`UndoRecord`].
 //! - [`undo_sql`]: the parameterized SQL that reads the current rows and undoes an item.
-//! - [`check`]: the dirty-write check that decides between restore, skip and conflict.
+//! - [`check`](mod@check): the dirty-write check that decides between restore, skip and conflict.
 //! - [`lock_key`]: global lock keys with a canonical, unambiguous string encoding.
-//! - [`analyze`]: from a DML statement's text to its table, SET columns, before-image
+//! - [`analyze`](mod@analyze): from a DML statement's text to its table, SET columns, before-image
 //!   `SELECT … FOR UPDATE` and key-restricted rewrite; refuses shapes AT cannot undo.
 //! - [`error`]: the crate's error type.
 

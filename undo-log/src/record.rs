@@ -25,9 +25,11 @@ const CODEC_JSON: u8 = 0;
 const CODEC_LZ4_JSON: u8 = 1;
 /// Below this, compression costs more CPU than the bytes it saves are worth.
 pub const COMPRESS_THRESHOLD: usize = 4096;
-/// LONGBLOB holds 4 GiB; a record claiming more than this is corrupt, and trusting its size
-/// prefix would let one bad row exhaust memory.
-const MAX_DECODED_LEN: usize = 1 << 30;
+/// The largest record payload (uncompressed JSON) either side accepts. Decode must not
+/// trust a size prefix without a bound (one bad row could exhaust memory), and encode
+/// refuses what decode would refuse, so phase one fails instead of writing an undo record
+/// nobody can read back.
+pub const MAX_RECORD_LEN: usize = 1 << 30;
 
 /// Which kind of DML produced an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -132,6 +134,12 @@ impl UndoRecord {
 
     pub fn encode(&self) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(self).map_err(|e| Error::Codec(e.to_string()))?;
+        if json.len() > MAX_RECORD_LEN {
+            return Err(Error::Codec(format!(
+                "record of {} bytes exceeds the {MAX_RECORD_LEN}-byte limit",
+                json.len()
+            )));
+        }
         let mut out = Vec::with_capacity(5 + json.len().min(COMPRESS_THRESHOLD));
         out.extend_from_slice(MAGIC);
         out.push(FORMAT_VERSION);
@@ -162,7 +170,7 @@ impl UndoRecord {
                     .get(..4)
                     .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
                     .ok_or_else(|| Error::Codec("truncated compressed payload".into()))?;
-                if size > MAX_DECODED_LEN {
+                if size > MAX_RECORD_LEN {
                     return Err(Error::Codec(format!("claims {size} bytes uncompressed")));
                 }
                 std::borrow::Cow::Owned(
