@@ -567,9 +567,11 @@ impl Engine {
                         .iter_mut()
                         .filter(|b| b.resource_id == resource_id)
                     {
-                        if b.p2.in_flight.is_none() {
-                            b.p2.next_at = now;
-                        }
+                        // Commands in flight went to a stream that may be gone: send
+                        // them again now rather than after the command timeout (they
+                        // are idempotent; answers to the old ones still count).
+                        b.p2.in_flight = None;
+                        b.p2.next_at = now;
                     }
                     self.drive(xid, now);
                 }

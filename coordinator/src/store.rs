@@ -178,3 +178,82 @@ impl Store {
         Ok(n)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(xid: XidNum, status: Status) -> SessionRecord {
+        SessionRecord {
+            xid,
+            name: String::new(),
+            status,
+            timed_out: false,
+            created_ms: 0,
+            deadline_ms: 0,
+            updated_ms: 0,
+            finished_ms: Some(xid * 10),
+            branches: vec![],
+        }
+    }
+
+    #[test]
+    fn finished_sessions_listed_newest_first_and_pruned_by_age() {
+        let dir = std::env::temp_dir().join(format!(
+            "rewind-store-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let (store, loaded) = Store::open(&dir).unwrap();
+        assert!(loaded.active.is_empty());
+        let mut w = Writes::default();
+        for x in 1..=5 {
+            w.active
+                .push((x, serde_json::to_vec(&rec(x, Status::Begin)).unwrap()));
+        }
+        w.counters = Some(Counters {
+            next_xid: 6,
+            next_branch: 1,
+            next_conflict: 1,
+        });
+        store.write(&w).unwrap();
+        let mut w = Writes::default();
+        for x in 1..=4 {
+            let st = if x % 2 == 0 {
+                Status::Committed
+            } else {
+                Status::RolledBack
+            };
+            w.finished
+                .push((x, x * 10, serde_json::to_vec(&rec(x, st)).unwrap()));
+        }
+        store.write(&w).unwrap();
+        drop(store);
+        let (store, loaded) = Store::open(&dir).unwrap();
+        assert_eq!(
+            loaded.active.len(),
+            1,
+            "finished ones left the active table"
+        );
+        assert_eq!(loaded.counters.next_xid, 6);
+        let all: Vec<_> = store
+            .list_finished(None, 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.xid)
+            .collect();
+        assert_eq!(all, vec![4, 3, 2, 1]);
+        let committed: Vec<_> = store
+            .list_finished(Some(Status::Committed), 10)
+            .unwrap()
+            .iter()
+            .map(|r| r.xid)
+            .collect();
+        assert_eq!(committed, vec![4, 2]);
+        assert_eq!(store.prune(25).unwrap(), 2);
+        assert!(store.finished(1).unwrap().is_none());
+        assert!(store.finished(3).unwrap().is_some());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

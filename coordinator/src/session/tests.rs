@@ -421,7 +421,92 @@ fn t42_resource_available_resends_at_once() {
         t.now,
     )
     .unwrap();
+    let resent = t.sends();
+    assert_eq!(resent.len(), 1);
+    // A proxy re-attaching while a command is in flight gets it again at once; the
+    // answer to the older command still counts.
+    t.e.apply(
+        Command::ResourceAvailable {
+            resource_id: "db1".into(),
+        },
+        t.now,
+    )
+    .unwrap();
     assert_eq!(t.sends().len(), 1);
+    t.result(x, resent[0], Outcome::Done);
+    assert_eq!(t.finished_status(), vec![Status::Committed]);
+}
+
+#[test]
+fn t53_keep_current_and_restart_reopens_in_flight_resolve() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.branch(x, "db1", &[("t", "2")]);
+    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    let s = t.sends();
+    t.result(x, s[0], dirty());
+    let id = t.e.conflicts().next().unwrap().id;
+    t.e.apply(
+        Command::Resolve {
+            conflict_id: id,
+            action: ResolveAction::KeepCurrent,
+        },
+        t.now,
+    )
+    .unwrap();
+    let w = t.e.take_writes();
+    let active: Vec<SessionRecord> = w
+        .active
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    let conflicts: Vec<Conflict> = w
+        .conflicts
+        .iter()
+        .map(|(_, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    assert!(matches!(
+        conflicts[0].state,
+        ConflictState::Resolving { .. }
+    ));
+    // Restart: the resolve's answer can never come, so the conflict is open again and
+    // the transaction still holds its lock, rollback_failed.
+    let mut r = T {
+        e: Engine::restore(cfg(), w.counters.unwrap(), active, conflicts),
+        now: t.now,
+        reqs: 100,
+    };
+    assert_eq!(r.e.conflict(id).unwrap().state, ConflictState::Open);
+    assert_eq!(r.status(x), Some(Status::RollbackFailed));
+    assert_eq!(r.e.lock_count(), 1);
+    r.e.apply(
+        Command::Resolve {
+            conflict_id: id,
+            action: ResolveAction::KeepCurrent,
+        },
+        r.now,
+    )
+    .unwrap();
+    let Some(Effect::SendResolve {
+        command_id,
+        conflict,
+    }) = r.e.take_effects().pop()
+    else {
+        panic!()
+    };
+    assert_eq!(conflict.action, ResolveAction::KeepCurrent);
+    r.e.apply(
+        Command::ResolveResult {
+            conflict_id: id,
+            command_id,
+            outcome: Outcome::Done,
+        },
+        r.now,
+    )
+    .unwrap();
+    let s = r.sends();
+    r.result(x, s[0], Outcome::Done);
+    assert_eq!(r.finished_status(), vec![Status::RolledBack]);
 }
 
 fn dirty() -> Outcome {
