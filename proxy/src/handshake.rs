@@ -127,6 +127,45 @@ pub async fn accept(
     })
 }
 
+/// Sends an AuthSwitchRequest to mysql_native_password and returns the client's answer.
+pub async fn auth_switch(
+    ps: &mut PacketStream,
+    scramble: &[u8; 20],
+) -> Result<Vec<u8>, ProxyError> {
+    let mut sw = vec![0xFE];
+    sw.extend_from_slice(NATIVE);
+    sw.push(0);
+    sw.extend_from_slice(scramble);
+    sw.push(0);
+    ps.push(&sw);
+    ps.flush().await?;
+    ps.read_packet().await?.ok_or(ProxyError::Malformed(
+        "connection closed during auth switch",
+    ))
+}
+
+/// Accepts `user` if its scrambled password matches one of the configured logins.
+pub fn check_login(
+    logins: &[User],
+    user: &str,
+    scramble: &[u8; 20],
+    auth: &[u8],
+    peer_host: &str,
+) -> Result<(), ProxyError> {
+    let ok = logins
+        .iter()
+        .any(|u| u.name == user && password_matches(scramble, &u.password, auth));
+    if ok {
+        Ok(())
+    } else {
+        Err(ProxyError::AccessDenied {
+            user: user.to_string(),
+            host: peer_host.to_string(),
+            using: if auth.is_empty() { "NO" } else { "YES" },
+        })
+    }
+}
+
 fn password_matches(scramble: &[u8; 20], password: &str, response: &[u8]) -> bool {
     // Some clients terminate an empty response with a NUL.
     let response = if response == [0] { &[][..] } else { response };
@@ -140,7 +179,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-fn new_scramble() -> [u8; 20] {
+pub fn new_scramble() -> [u8; 20] {
     let mut rng = rand::rng();
     let mut s = [0u8; 20];
     for b in &mut s {

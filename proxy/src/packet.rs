@@ -12,6 +12,9 @@ use crate::error::ProxyError;
 pub const MAX_PAYLOAD: usize = 0xFF_FFFF;
 /// Flush threshold for the output buffer.
 const FLUSH_AT: usize = 64 * 1024;
+/// Once a packet has started, the rest must arrive within this (MySQL's net_read_timeout),
+/// so a client that stalls mid-packet cannot hold a session forever.
+const MID_PACKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One client connection's framed stream.
 pub struct PacketStream {
@@ -41,16 +44,30 @@ impl PacketStream {
     /// Reads one logical packet (joining split packets). `Ok(None)` on a clean EOF before
     /// the first header byte.
     pub async fn read_packet(&mut self) -> Result<Option<Vec<u8>>, ProxyError> {
+        let mut first = [0u8; 1];
+        match self.reader.read_exact(&mut first).await {
+            Ok(_) => {}
+            // A clean close between commands is not an error.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        match tokio::time::timeout(MID_PACKET_TIMEOUT, self.read_rest(first[0])).await {
+            Ok(r) => r.map(Some),
+            Err(_) => Err(ProxyError::Malformed(
+                "client stalled in the middle of a packet",
+            )),
+        }
+    }
+
+    async fn read_rest(&mut self, first: u8) -> Result<Vec<u8>, ProxyError> {
         let mut payload = Vec::new();
+        let mut started = false;
         loop {
             let mut header = [0u8; 4];
-            if payload.is_empty() {
-                // A clean close between commands is not an error.
-                match self.reader.read_exact(&mut header).await {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-                    Err(e) => return Err(e.into()),
-                }
+            if !started {
+                header[0] = first;
+                started = true;
+                self.reader.read_exact(&mut header[1..]).await?;
             } else {
                 self.reader.read_exact(&mut header).await?;
             }
@@ -66,7 +83,7 @@ impl PacketStream {
             payload.resize(start + len, 0);
             self.reader.read_exact(&mut payload[start..]).await?;
             if len < MAX_PAYLOAD {
-                return Ok(Some(payload));
+                return Ok(payload);
             }
         }
     }

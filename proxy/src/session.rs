@@ -26,6 +26,8 @@ use crate::Shared;
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
 const COM_QUERY: u8 = 0x03;
+const COM_STATISTICS: u8 = 0x09;
+const COM_CHANGE_USER: u8 = 0x11;
 const COM_PING: u8 = 0x0e;
 const COM_STMT_PREPARE: u8 = 0x16;
 const COM_STMT_EXECUTE: u8 = 0x17;
@@ -57,6 +59,9 @@ struct Session {
     stmts: HashMap<u32, Prepared>,
     /// Last status flags seen from the backend, for packets the backend did not send us.
     status: u16,
+    /// For COM_CHANGE_USER: the accepted logins and the client's host for error messages.
+    shared: Arc<Shared>,
+    peer: String,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -124,6 +129,8 @@ pub async fn serve(
         caps: hello.caps,
         stmts: HashMap::new(),
         status: StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits(),
+        shared: shared.clone(),
+        peer,
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -233,6 +240,13 @@ impl Session {
                 self.push_ok();
                 Ok(())
             }
+            COM_CHANGE_USER => self.change_user(body).await,
+            COM_STATISTICS => {
+                // The reply is a bare string, as mysqladmin status / the CLI's `status` expect.
+                let text = self.statistics().await?;
+                self.ps.push(text.as_bytes());
+                Ok(())
+            }
             COM_RESET_CONNECTION => {
                 self.close_statements().await;
                 self.conn.reset().await?;
@@ -284,6 +298,68 @@ impl Session {
             }
             other => Err(ProxyError::UnknownCommand(other)),
         }
+    }
+
+    /// COM_CHANGE_USER: re-authenticate (always through an AuthSwitch with a fresh
+    /// scramble), then give the backend session a clean slate like MySQL does (reset,
+    /// then the requested database and charset).
+    async fn change_user(&mut self, body: &[u8]) -> Result<(), ProxyError> {
+        let mut c = Cursor::new(body);
+        let user = String::from_utf8_lossy(c.nul_str()).into_owned();
+        if self
+            .caps
+            .contains(CapabilityFlags::CLIENT_SECURE_CONNECTION)
+        {
+            let n = c.u8()? as usize;
+            c.take(n)?;
+        } else {
+            c.nul_str();
+        }
+        let db = Some(c.nul_str().to_vec()).filter(|d| !d.is_empty());
+        let charset = if c.remaining().len() >= 2 {
+            Some(c.u16()?)
+        } else {
+            None
+        };
+        let scramble = handshake::new_scramble();
+        let auth = handshake::auth_switch(&mut self.ps, &scramble).await?;
+        handshake::check_login(&self.shared.logins, &user, &scramble, &auth, &self.peer)?;
+        self.close_statements().await;
+        self.conn.reset().await?;
+        let charset = charset
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(DEFAULT_COLLATION);
+        self.initialise(charset, db.as_deref()).await?;
+        self.push_ok();
+        Ok(())
+    }
+
+    /// The backend's own COM_STATISTICS numbers, in MySQL's format.
+    async fn statistics(&mut self) -> Result<String, ProxyError> {
+        let rows: Vec<(String, String)> = self
+            .conn
+            .query(
+                "SHOW GLOBAL STATUS WHERE Variable_name IN ('Uptime', 'Threads_connected', \
+                 'Questions', 'Slow_queries', 'Opened_tables', 'Open_tables')",
+            )
+            .await?;
+        let get = |name: &str| {
+            rows.iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(name))
+                .and_then(|(_, v)| v.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let uptime = get("Uptime").max(1);
+        let questions = get("Questions");
+        Ok(format!(
+            "Uptime: {uptime}  Threads: {}  Questions: {questions}  Slow queries: {}  Opens: {}  Open tables: {}  Queries per second avg: {}.{:03}",
+            get("Threads_connected"),
+            get("Slow_queries"),
+            get("Opened_tables"),
+            get("Open_tables"),
+            questions / uptime,
+            (questions % uptime) * 1000 / uptime
+        ))
     }
 
     fn push_ok(&mut self) {

@@ -392,6 +392,17 @@ mod t20_session {
         let v: Option<i64> = a.query_first("SELECT @leftover").await.unwrap().unwrap();
         assert_eq!(v, None);
         a.query_drop("SET @leftover = 8").await.unwrap();
+        // COM_CHANGE_USER: re-authenticates and starts a clean session, like MySQL.
+        a.change_user(mysql_async::ChangeUserOpts::default().with_db_name(Some(db.into())))
+            .await
+            .unwrap();
+        let (v, cur): (Option<i64>, String) = a
+            .query_first("SELECT @leftover, DATABASE()")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((v, cur.as_str()), (None, db));
+        a.query_drop("SET @leftover = 9").await.unwrap();
         a.disconnect().await.unwrap();
         // The next sessions (likely on the same backend connection) see nothing of it.
         for _ in 0..3 {
@@ -611,6 +622,14 @@ mod t40_bad_input {
         let mut s = raw_login(proxy.addr).await;
         s.write_all(&frame(0, &[0x99, 1, 2, 3])).await.unwrap();
         assert_eq!(expect_err_or_close(&mut s).await, Some(1047));
+        // COM_STATISTICS answers with the backend's numbers as a bare string.
+        s.write_all(&frame(0, &[0x09])).await.unwrap();
+        let stats = read_packet(&mut s).await.unwrap();
+        assert!(
+            stats.starts_with(b"Uptime: "),
+            "{}",
+            String::from_utf8_lossy(&stats)
+        );
         s.write_all(&frame(0, b"\x03SELECT 1")).await.unwrap();
         let first = read_packet(&mut s).await.unwrap();
         assert_eq!(first, vec![1], "one column");
@@ -760,5 +779,101 @@ mod t50_real_clients {
         let b: Row = d.query_first(sql).await.unwrap().unwrap();
         assert_eq!(a.unwrap(), b.unwrap());
         proxy.stop().await;
+    }
+}
+
+mod t60_binary {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    const BIN: &str = env!("CARGO_BIN_EXE_rewind-proxy");
+
+    #[test]
+    fn help_lists_the_design_flags() {
+        let out = Command::new(BIN).arg("--help").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        for flag in [
+            "--listen",
+            "--backend",
+            "--coordinator",
+            "--undo-schema",
+            "--config",
+            "--max-connections",
+        ] {
+            assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
+        }
+    }
+
+    #[test]
+    fn unknown_config_keys_are_rejected_at_start() {
+        let dir = std::env::temp_dir().join(format!("rwp_cfg_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("bad.toml");
+        std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax_conections = 3\n").unwrap();
+        let out = Command::new(BIN)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(String::from_utf8_lossy(&out.stderr).contains("max_conections"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_drains_running_statements_then_exits() {
+        // A free port: bind, note, drop; the binary binds it next.
+        let port = TcpListener::bind("127.0.0.1:0")
+            .await
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = std::env::temp_dir().join(format!("rwp_term_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("proxy.toml");
+        // The flag overrides the file's listen address.
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:1\"\nshutdown_grace_secs = 10\n",
+        )
+        .unwrap();
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(&file)
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let opts = OptsBuilder::default()
+            .ip_or_hostname("127.0.0.1")
+            .tcp_port(port)
+            .user(Some("root"))
+            .prefer_socket(false);
+        let mut conn = None;
+        for _ in 0..100 {
+            if let Ok(c) = Conn::new(opts.clone()).await {
+                conn = Some(c);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let mut conn = conn.expect("proxy binary came up");
+        let running = tokio::spawn(async move {
+            let r: Option<i64> = conn.query_first("SELECT SLEEP(1.5)").await.unwrap();
+            r
+        });
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let killed = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        assert_eq!(running.await.unwrap(), Some(0), "statement finished");
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+            .await
+            .unwrap();
+        assert!(status.success(), "{status:?}");
     }
 }
