@@ -5,6 +5,7 @@ mod support;
 mod t10_http_input;
 mod t20_phase_two;
 mod t30_crash;
+mod t40_lifecycle;
 
 use rewind_protocol::v1::{register_branch_response, BeginRequest, LockKey, RegisterBranchRequest};
 use rewind_protocol::{ResourceManagerClient, TransactionManagerClient};

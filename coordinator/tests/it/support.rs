@@ -92,6 +92,21 @@ impl Coordinator {
         let _ = self.child.wait();
     }
 
+    /// SIGTERM, then waits for the exit; returns the exit code.
+    pub fn terminate(&mut self, within: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < within {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
     pub async fn tm(&self) -> TransactionManagerClient<Channel> {
         TransactionManagerClient::connect(format!("http://{}", self.grpc))
             .await
