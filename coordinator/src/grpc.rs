@@ -222,6 +222,7 @@ impl ResourceManager for Grpc {
         let t = Instant::now();
         let r = req.into_inner();
         let xid = parse_xid(&r.xid)?;
+        let r_xid = r.xid.clone();
         let keys = r
             .lock_keys
             .into_iter()
@@ -248,6 +249,7 @@ impl ResourceManager for Grpc {
         self.seq.metrics.rpc[1].observe(t.elapsed());
         let outcome = match reply {
             Reply::Registered(id) => {
+                tracing::debug!(xid = %r_xid, branch_id = id, "branch registered");
                 register_branch_response::Outcome::Registered(v1::Registered { branch_id: id })
             }
             Reply::LockConflict {

@@ -100,7 +100,10 @@ pub async fn dispatch(
                         } as i32,
                     })),
                 };
-                if !attached.send(&resource_id, msg) {
+                let sent = attached.send(&resource_id, msg);
+                let span = tracing::debug_span!("phase_two", xid = %rewind_protocol::xid::format(xid), branch_id);
+                span.in_scope(|| tracing::debug!(?action, %resource_id, sent, "phase-two command"));
+                if !sent {
                     seq.post(Command::BranchResult {
                         xid,
                         branch_id,
