@@ -113,9 +113,23 @@ impl From<mysql_async::Error> for ProxyError {
                 state: s.state,
                 message: s.message,
             },
+            // The query is bigger than the backend's max_allowed_packet: mysql_async refuses
+            // it before sending, as the server would (and, like the server, the session ends).
+            mysql_async::Error::Io(mysql_async::IoError::Io(ref io)) if is_packet_too_large(io) => {
+                ProxyError::PacketTooLarge
+            }
             other => ProxyError::BackendUnavailable(other.to_string()),
         }
     }
+}
+
+fn is_packet_too_large(e: &std::io::Error) -> bool {
+    use mysql_common::proto::codec::error::PacketCodecError;
+    matches!(
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<PacketCodecError>()),
+        Some(PacketCodecError::PacketTooLarge)
+    )
 }
 
 #[cfg(test)]

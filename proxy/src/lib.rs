@@ -40,6 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mysql_async::prelude::Queryable;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -57,7 +58,7 @@ pub struct Shared {
     /// Backend pools by the client's CLIENT_FOUND_ROWS (index 0 = off, 1 = on): the flag
     /// changes UPDATE's affected-rows count, so a backend connection must match its client.
     pub pools: [mysql_async::Pool; 2],
-    /// Version string in our handshake (the backend's, when it could be read at start).
+    /// Version string in our handshake: the backend's, when it could be read at start.
     pub server_version: String,
 }
 
@@ -157,13 +158,18 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
     Ok(mysql_async::Pool::new(opts))
 }
 
+/// The backend's own version string, as its handshake would show it (MariaDB 10+ prefixes
+/// "5.5.5-" so that MySQL drivers do not take it for MySQL 10), so drivers that pick
+/// features by version (Connector/J, PDO) behave as they would direct.
 async fn backend_version(pool: &mysql_async::Pool) -> String {
-    let fallback = "8.0.35-rewind".to_string();
-    match tokio::time::timeout(Duration::from_secs(3), pool.get_conn()).await {
-        Ok(Ok(conn)) => {
-            let (a, b, c) = conn.server_version();
-            format!("{a}.{b}.{c}-rewind")
-        }
-        _ => fallback,
+    let read = async {
+        let mut conn = pool.get_conn().await?;
+        let v: Option<String> = conn.query_first("SELECT VERSION()").await?;
+        Ok::<_, mysql_async::Error>((conn.server_version(), v.unwrap_or_default()))
+    };
+    match tokio::time::timeout(Duration::from_secs(3), read).await {
+        Ok(Ok(((major, _, _), v))) if v.contains("MariaDB") && major >= 10 => format!("5.5.5-{v}"),
+        Ok(Ok((_, v))) if !v.is_empty() => v,
+        _ => "8.0.35-rewind".to_string(),
     }
 }

@@ -227,6 +227,45 @@ impl<'a> Cursor<'a> {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn payloads_over_16mb_are_split_and_joined() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let payload: Vec<u8> = (0..MAX_PAYLOAD * 2 + 5).map(|i| (i % 251) as u8).collect();
+        let sent = payload.clone();
+        let writer = tokio::spawn(async move {
+            let mut w = PacketStream::new(TcpStream::connect(addr).await.unwrap(), 1 << 26);
+            w.push(&sent);
+            w.push(&[0xAB; MAX_PAYLOAD]); // exactly 16 MB - 1: needs an empty trailer
+            w.flush().await.unwrap();
+            w.shutdown().await;
+        });
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut r = PacketStream::new(sock, 1 << 26);
+        assert_eq!(r.read_packet().await.unwrap().unwrap(), payload);
+        assert_eq!(r.seq, 3);
+        assert_eq!(r.read_packet().await.unwrap().unwrap().len(), MAX_PAYLOAD);
+        assert!(r.read_packet().await.unwrap().is_none());
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn out_of_order_and_oversized_packets_are_errors() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut r = PacketStream::new(sock, 10);
+        c.write_all(&[1, 0, 0, 5, 0x03]).await.unwrap();
+        assert!(matches!(r.read_packet().await, Err(ProxyError::OutOfOrder)));
+        r.seq = 0;
+        c.write_all(&[11, 0, 0, 0]).await.unwrap();
+        assert!(matches!(
+            r.read_packet().await,
+            Err(ProxyError::PacketTooLarge)
+        ));
+    }
+
     #[test]
     fn lenenc_roundtrip() {
         for v in [
