@@ -28,6 +28,25 @@
 //! names. So the wire layer here is our own; opensrv still supplies `ErrorKind` (code +
 //! SQLSTATE) for every error the proxy raises itself.
 
+//! # Known deviations from talking to the backend directly
+//!
+//! - The connection id in our handshake is the proxy's session number, not the backend
+//!   thread id (the backend connection is chosen after the client's CLIENT_FOUND_ROWS is
+//!   known); `KILL` needs `CONNECTION_ID()`.
+//! - mysql_async always opens backend connections with CLIENT_MULTI_STATEMENTS, so a client
+//!   that did not ask for multi-statements (or turned them off with COM_SET_OPTION) can
+//!   still send them.
+//! - Cursor requests in COM_STMT_EXECUTE get a plain result set; COM_STMT_FETCH,
+//!   COM_FIELD_LIST, COM_PROCESS_KILL, COM_BINLOG_DUMP and other rare commands get 1047.
+//! - Execute parameters reach the backend re-typed by mysql_async (integers as LONGLONG,
+//!   strings as VAR_STRING): same values, the prepare's warning count is reported as 0.
+//! - For clients without CLIENT_DEPRECATE_EOF, the EOF after column definitions carries the
+//!   previous statement's status flags; a result set followed by more results reports 0
+//!   warnings in its terminator.
+//! - No TLS, compression or LOAD DATA LOCAL INFILE (not advertised).
+//! - Backend unreachable is 1429 (ER_CONNECT_TO_FOREIGN_DATA_SOURCE): opensrv's `ErrorKind`
+//!   has no client-side 2003/2013 codes.
+
 pub mod config;
 pub mod error;
 pub mod handshake;
@@ -153,7 +172,11 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(constraints)
-                .with_reset_connection(true),
+                // COM_RESET_CONNECTION before a connection serves another client.
+                .with_reset_connection(true)
+                // Give idle backend connections back to the server after a minute.
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                .with_ttl_check_interval(Duration::from_secs(30)),
         );
     Ok(mysql_async::Pool::new(opts))
 }

@@ -403,10 +403,22 @@ mod t20_session {
             .unwrap();
         assert_eq!((v, cur.as_str()), (None, db));
         a.query_drop("SET @leftover = 9").await.unwrap();
+        let a_id: u64 = a
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .unwrap()
+            .unwrap();
         a.disconnect().await.unwrap();
-        // The next sessions (likely on the same backend connection) see nothing of it.
+        // The next sessions see nothing of it, though they get the same backend connection.
+        let mut reused = false;
         for _ in 0..3 {
             let mut b = proxy.conn(db).await;
+            let b_id: u64 = b
+                .query_first("SELECT CONNECTION_ID()")
+                .await
+                .unwrap()
+                .unwrap();
+            reused |= a_id == b_id;
             let (v, mode): (Option<i64>, String) = b
                 .query_first("SELECT @leftover, @@sql_mode")
                 .await
@@ -417,6 +429,7 @@ mod t20_session {
             assert!(b.query_drop("SELECT * FROM tmp").await.is_err());
             b.disconnect().await.unwrap();
         }
+        assert!(reused, "the pool handed the backend connection on");
         proxy.stop().await;
     }
 
