@@ -146,8 +146,8 @@ pub async fn serve(
     }
     s.run(shutdown).await;
     s.ps.shutdown().await;
-    s.close_statements().await;
-    // Dropping `s.conn` hands it back to the pool, which resets it before reuse.
+    // Dropping `s.conn` hands it back to the pool, whose COM_RESET_CONNECTION also closes
+    // the client's prepared statements on the backend.
 }
 
 async fn send_error_and_close(ps: &mut PacketStream, e: &ProxyError) {
@@ -248,7 +248,8 @@ impl Session {
                 Ok(())
             }
             COM_RESET_CONNECTION => {
-                self.close_statements().await;
+                // The reset closes every prepared statement on the backend.
+                self.stmts.clear();
                 self.conn.reset().await?;
                 self.push_ok();
                 Ok(())
@@ -281,7 +282,11 @@ impl Session {
                 // No reply, ever, by protocol.
                 if let Ok(id) = Cursor::new(body).u32() {
                     if let Some(p) = self.stmts.remove(&id) {
-                        self.conn.close(p.stmt).await?;
+                        // Never answered, even on failure; a lost backend shows on the
+                        // next command.
+                        if let Err(e) = self.conn.close(p.stmt).await {
+                            debug!(error = %e, "closing a statement failed");
+                        }
                     }
                 }
                 Ok(())
@@ -324,7 +329,7 @@ impl Session {
         let scramble = handshake::new_scramble();
         let auth = handshake::auth_switch(&mut self.ps, &scramble).await?;
         handshake::check_login(&self.shared.logins, &user, &scramble, &auth, &self.peer)?;
-        self.close_statements().await;
+        self.stmts.clear();
         self.conn.reset().await?;
         let charset = charset
             .and_then(|c| u8::try_from(c).ok())
@@ -364,7 +369,7 @@ impl Session {
 
     fn push_ok(&mut self) {
         let ok = wire::Ok::from_backend(&self.conn);
-        self.status = ok.status;
+        self.status = ok.status & !StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
         self.ps.push(&wire::ok_packet(&ok));
     }
 
@@ -518,14 +523,6 @@ impl Session {
             }
             self.status = status & !more_flag;
             self.ps.push(&wire::eof_packet(self.caps, status, warnings));
-        }
-    }
-
-    async fn close_statements(&mut self) {
-        for (_, p) in self.stmts.drain() {
-            if self.conn.close(p.stmt).await.is_err() {
-                break;
-            }
         }
     }
 }
