@@ -79,6 +79,9 @@ pub struct Shared {
     pub pools: [mysql_async::Pool; 2],
     /// Version string in our handshake: the backend's, when it could be read at start.
     pub server_version: String,
+    /// Collation id → (charset, collation) names, learnt from the backend on first use, so
+    /// a client connecting with a non-default charset costs one `SET NAMES`, not a lookup.
+    pub collations: std::sync::Mutex<std::collections::HashMap<u8, (String, String)>>,
 }
 
 /// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
@@ -98,6 +101,7 @@ pub async fn run(
         pools,
         server_version,
         config,
+        collations: Default::default(),
     });
     // Taken before serving: the (max_connections + 1)th client gets error 1040.
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));

@@ -161,13 +161,29 @@ impl Session {
     /// Gives the backend session the client's charset and default database.
     async fn initialise(&mut self, charset: u8, db: Option<&[u8]>) -> Result<(), ProxyError> {
         if charset != DEFAULT_COLLATION {
-            let row: Option<(String, String)> = self
-                .conn
-                .query_first(format!(
-                    "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE ID = {charset}"
-                ))
-                .await?;
-            if let Some((cs, coll)) = row {
+            // Collation ids are per server: ask once, then remember.
+            let cached = self
+                .shared
+                .collations
+                .lock()
+                .ok()
+                .and_then(|m| m.get(&charset).cloned());
+            let names = match cached {
+                Some(n) => Some(n),
+                None => {
+                    let row: Option<(String, String)> = self
+                        .conn
+                        .query_first(format!(
+                            "SELECT CHARACTER_SET_NAME, COLLATION_NAME FROM information_schema.COLLATIONS WHERE ID = {charset}"
+                        ))
+                        .await?;
+                    if let (Some(n), Ok(mut m)) = (&row, self.shared.collations.lock()) {
+                        m.insert(charset, n.clone());
+                    }
+                    row
+                }
+            };
+            if let Some((cs, coll)) = names {
                 self.conn
                     .query_drop(format!("SET NAMES {cs} COLLATE {coll}"))
                     .await?;

@@ -794,13 +794,17 @@ mod t50_real_clients {
     use std::process::Command;
 
     fn mariadb_cli(port: u16, db: &str, sql: &str) -> (bool, String, String) {
+        mariadb_cli_cs(port, db, sql, "utf8mb4")
+    }
+
+    fn mariadb_cli_cs(port: u16, db: &str, sql: &str, charset: &str) -> (bool, String, String) {
         let out = Command::new("mariadb")
             .args([
                 "-h127.0.0.1",
                 &format!("-P{port}"),
                 "-uroot",
                 "--skip-auto-rehash",
-                "--default-character-set=utf8mb4",
+                &format!("--default-character-set={charset}"),
                 "--batch",
                 "--column-type-info",
                 db,
@@ -839,6 +843,20 @@ mod t50_real_clients {
             .unwrap();
         assert!(!bad.0);
         assert!(bad.2.contains("ERROR 1146 (42S02)"), "{}", bad.2);
+        // A client with another connection charset gets it on the backend session.
+        let sql =
+            "SELECT @@character_set_client, @@collation_connection, @@character_set_results, \
+                   HEX(CONVERT(_latin1 X'E9' USING utf8mb4)), 'caf\u{e9}'";
+        for cs in ["latin1", "utf8mb3", "binary"] {
+            let via = tokio::task::spawn_blocking(move || mariadb_cli_cs(port, db, sql, cs))
+                .await
+                .unwrap();
+            let direct = tokio::task::spawn_blocking(move || mariadb_cli_cs(3306, db, sql, cs))
+                .await
+                .unwrap();
+            assert!(via.0, "{cs}: {}", via.2);
+            assert_eq!(via, direct, "{cs}");
+        }
         proxy.stop().await;
     }
 
