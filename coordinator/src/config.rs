@@ -24,6 +24,7 @@ pub struct Config {
     pub phase_two_command_timeout_ms: u64,
     pub rollback_wait_ms: u64,
     pub max_batch: usize,
+    pub wal_bytes: u64,
     pub http_body_limit_bytes: usize,
     pub shutdown_grace_ms: u64,
 }
@@ -44,6 +45,7 @@ impl Default for Config {
             phase_two_command_timeout_ms: 10_000,
             rollback_wait_ms: 10_000,
             max_batch: 4096,
+            wal_bytes: 32 << 20,
             http_body_limit_bytes: 1 << 20,
             shutdown_grace_ms: 5_000,
         }
@@ -97,6 +99,9 @@ impl Config {
         if self.max_batch == 0 {
             return bad("max_batch must be > 0");
         }
+        if self.wal_bytes < 4096 || self.wal_bytes > (1 << 32) {
+            return bad("wal_bytes must be in 4096..=4294967296");
+        }
         if self.http_body_limit_bytes < 1024 {
             return bad("http_body_limit_bytes must be >= 1024");
         }
@@ -149,12 +154,13 @@ mod tests {
             "phase_two_command_timeout_ms",
             "rollback_wait_ms",
             "max_batch",
+            "wal_bytes",
             "http_body_limit_bytes",
             "shutdown_grace_ms",
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 15);
+        assert_eq!(table.len(), 16);
     }
 
     #[test]

@@ -9,7 +9,8 @@
 //!   machine and makes each batch durable with one fsync before answering.
 //! - [`session`]: the pure state machine (commands + time in, effects + records out).
 //!   [`locks`] is its lock table.
-//! - [`store`]: redb tables the records land in, reloaded on start.
+//! - [`store`]: redb tables the records land in, reloaded on start, behind the
+//!   [`wal`] that makes each batch durable with one cheap `fdatasync`.
 //! - [`phase_two`]: delivers the state machine's phase-two commands to the proxy
 //!   streams that announced the branch's resource.
 //! - [`config`], [`error`], [`metrics`]: the supporting cast.
@@ -26,6 +27,7 @@ pub mod phase_two;
 pub mod sequencer;
 pub mod session;
 pub mod store;
+pub mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +52,7 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
-    let (store, loaded) = store::Store::open(&config.data_dir)?;
+    let (store, loaded) = store::Store::open(&config.data_dir, config.wal_bytes)?;
     tracing::info!(
         active = loaded.active.len(),
         conflicts = loaded.conflicts.len(),

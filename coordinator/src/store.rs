@@ -1,7 +1,8 @@
-//! Durable state on redb. One write transaction (one fsync) per batch of commands, made
-//! by the sequencer thread only. Tables hold materialized records, not a log: the
-//! state machine's commands are the replication unit, these tables are what applying
-//! them leaves behind.
+//! Durable state: redb tables behind a write-ahead log ([`crate::wal`]). Each batch of
+//! the sequencer is one log record (one `fdatasync`) and one non-durable redb
+//! transaction; redb is committed durably at checkpoints, when the log is full. Tables
+//! hold materialized records: the state machine's commands are the replication unit,
+//! these tables are what applying them leaves behind.
 //!
 //! - `active`: xid → unfinished session (with branches and lock keys); locks are
 //!   re-derived from it on start.
@@ -11,11 +12,15 @@
 //! - `meta`: id counters, so XIDs and branch ids are never reused.
 
 use std::path::Path;
+use std::sync::Mutex;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{
+    Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
+};
 
 use crate::error::CoordinatorError;
 use crate::session::{Conflict, Counters, SessionRecord, Status, Writes, XidNum};
+use crate::wal::Wal;
 
 const ACTIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("active");
 const FINISHED: TableDefinition<u64, &[u8]> = TableDefinition::new("finished");
@@ -25,6 +30,13 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 pub struct Store {
     db: Database,
+    log: Mutex<Log>,
+}
+
+struct Log {
+    wal: Wal,
+    /// Sequence number of the last batch written.
+    lsn: u64,
 }
 
 pub struct Loaded {
@@ -42,7 +54,7 @@ fn storage<E: Into<redb::Error>>(e: E) -> CoordinatorError {
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> Result<(Store, Loaded), CoordinatorError> {
+    pub fn open(dir: &Path, wal_bytes: u64) -> Result<(Store, Loaded), CoordinatorError> {
         std::fs::create_dir_all(dir)
             .map_err(|e| CoordinatorError::Storage(format!("creating {}: {e}", dir.display())))?;
         let db = Database::create(dir.join("coordinator.redb")).map_err(storage)?;
@@ -55,7 +67,39 @@ impl Store {
             txn.open_table(META).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
-        let store = Store { db };
+        let checkpoint = {
+            let txn = db.begin_read().map_err(storage)?;
+            let meta = txn.open_table(META).map_err(storage)?;
+            let v = meta.get("checkpoint_lsn").map_err(storage)?;
+            v.map(|v| u64::from_le_bytes(v.value().try_into().unwrap_or([0; 8])))
+                .unwrap_or(0)
+        };
+        let wal_path = dir.join("coordinator.wal");
+        let (mut wal, records) = Wal::open(&wal_path, wal_bytes, checkpoint).map_err(|e| {
+            CoordinatorError::Storage(format!("write-ahead log {}: {e}", wal_path.display()))
+        })?;
+        let mut lsn = checkpoint;
+        if let Some((last, _)) = records.last() {
+            // Replay what was acknowledged after the last checkpoint, then checkpoint.
+            tracing::info!(
+                records = records.len(),
+                from = checkpoint + 1,
+                to = last,
+                "replaying write-ahead log"
+            );
+            let txn = db.begin_write().map_err(storage)?;
+            for (_, payload) in &records {
+                apply(&txn, &decode_writes(payload)?)?;
+            }
+            lsn = *last;
+            set_checkpoint(&txn, lsn)?;
+            txn.commit().map_err(storage)?;
+        }
+        wal.restart();
+        let store = Store {
+            db,
+            log: Mutex::new(Log { wal, lsn }),
+        };
         let loaded = store.load()?;
         Ok((store, loaded))
     }
@@ -94,34 +138,30 @@ impl Store {
         })
     }
 
-    /// Makes a batch durable (returns after fsync).
+    /// Makes a batch durable (returns after its log record is on disk).
     pub fn write(&self, w: &Writes) -> Result<(), CoordinatorError> {
+        let payload = encode_writes(w);
+        let mut log = self.log.lock().expect("log lock");
+        let lsn = log.lsn + 1;
         let txn = self.db.begin_write().map_err(storage)?;
-        {
-            let mut active = txn.open_table(ACTIVE).map_err(storage)?;
-            for (xid, bytes) in &w.active {
-                active.insert(*xid, bytes.as_slice()).map_err(storage)?;
-            }
-            let mut finished = txn.open_table(FINISHED).map_err(storage)?;
-            let mut by_time = txn.open_table(FINISHED_BY_TIME).map_err(storage)?;
-            for (xid, at, bytes) in &w.finished {
-                active.remove(*xid).map_err(storage)?;
-                finished.insert(*xid, bytes.as_slice()).map_err(storage)?;
-                by_time.insert((*at, *xid), ()).map_err(storage)?;
-            }
-            let mut conflicts = txn.open_table(CONFLICTS).map_err(storage)?;
-            for (id, bytes) in &w.conflicts {
-                conflicts.insert(*id, bytes.as_slice()).map_err(storage)?;
-            }
-            if let Some(c) = &w.counters {
-                let bytes = serde_json::to_vec(c).expect("counters serialize");
-                txn.open_table(META)
-                    .map_err(storage)?
-                    .insert("counters", bytes.as_slice())
-                    .map_err(storage)?;
-            }
+        if log.wal.fits(payload.len()) {
+            log.wal.append(lsn, &payload).map_err(|e| {
+                CoordinatorError::Storage(format!("appending to {}: {e}", log.wal.path().display()))
+            })?;
+            let mut txn = txn;
+            txn.set_durability(Durability::None)
+                .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
+            apply(&txn, w)?;
+            txn.commit().map_err(storage)?;
+        } else {
+            // Log full: this batch goes straight into a durable redb commit, which is
+            // also the checkpoint of everything logged so far.
+            apply(&txn, w)?;
+            set_checkpoint(&txn, lsn)?;
+            txn.commit().map_err(storage)?;
+            log.wal.restart();
         }
-        txn.commit().map_err(storage)?;
+        log.lsn = lsn;
         Ok(())
     }
 
@@ -158,7 +198,12 @@ impl Store {
 
     /// Deletes finished sessions that finished before `before_ms`; returns how many.
     pub fn prune(&self, before_ms: u64) -> Result<usize, CoordinatorError> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        // Not logged: a prune lost in a crash is simply done again by the next one.
+        // Serialized with `write` so a checkpoint never races it.
+        let _log = self.log.lock().expect("log lock");
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
         let mut n = 0;
         {
             let mut by_time = txn.open_table(FINISHED_BY_TIME).map_err(storage)?;
@@ -177,6 +222,129 @@ impl Store {
         txn.commit().map_err(storage)?;
         Ok(n)
     }
+}
+
+fn set_checkpoint(txn: &WriteTransaction, lsn: u64) -> Result<(), CoordinatorError> {
+    txn.open_table(META)
+        .map_err(storage)?
+        .insert("checkpoint_lsn", lsn.to_le_bytes().as_slice())
+        .map_err(storage)?;
+    Ok(())
+}
+
+/// Applies a batch's records to the tables (idempotent: replay may repeat a batch).
+fn apply(txn: &WriteTransaction, w: &Writes) -> Result<(), CoordinatorError> {
+    let mut active = txn.open_table(ACTIVE).map_err(storage)?;
+    for (xid, bytes) in &w.active {
+        active.insert(*xid, bytes.as_slice()).map_err(storage)?;
+    }
+    let mut finished = txn.open_table(FINISHED).map_err(storage)?;
+    let mut by_time = txn.open_table(FINISHED_BY_TIME).map_err(storage)?;
+    for (xid, at, bytes) in &w.finished {
+        active.remove(*xid).map_err(storage)?;
+        finished.insert(*xid, bytes.as_slice()).map_err(storage)?;
+        by_time.insert((*at, *xid), ()).map_err(storage)?;
+    }
+    let mut conflicts = txn.open_table(CONFLICTS).map_err(storage)?;
+    for (id, bytes) in &w.conflicts {
+        conflicts.insert(*id, bytes.as_slice()).map_err(storage)?;
+    }
+    if let Some(c) = &w.counters {
+        let bytes = serde_json::to_vec(c).expect("counters serialize");
+        txn.open_table(META)
+            .map_err(storage)?
+            .insert("counters", bytes.as_slice())
+            .map_err(storage)?;
+    }
+    Ok(())
+}
+
+fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+    out.extend_from_slice(b);
+}
+
+/// The log record of a batch: counts, fixed-width integers, length-prefixed records.
+fn encode_writes(w: &Writes) -> Vec<u8> {
+    let size: usize = w.active.iter().map(|a| a.1.len() + 12).sum::<usize>()
+        + w.finished.iter().map(|f| f.2.len() + 20).sum::<usize>()
+        + w.conflicts.iter().map(|c| c.1.len() + 12).sum::<usize>()
+        + 40;
+    let mut out = Vec::with_capacity(size);
+    out.extend_from_slice(&(w.active.len() as u32).to_le_bytes());
+    for (xid, b) in &w.active {
+        out.extend_from_slice(&xid.to_le_bytes());
+        put_bytes(&mut out, b);
+    }
+    out.extend_from_slice(&(w.finished.len() as u32).to_le_bytes());
+    for (xid, at, b) in &w.finished {
+        out.extend_from_slice(&xid.to_le_bytes());
+        out.extend_from_slice(&at.to_le_bytes());
+        put_bytes(&mut out, b);
+    }
+    out.extend_from_slice(&(w.conflicts.len() as u32).to_le_bytes());
+    for (id, b) in &w.conflicts {
+        out.extend_from_slice(&id.to_le_bytes());
+        put_bytes(&mut out, b);
+    }
+    match &w.counters {
+        Some(c) => {
+            out.push(1);
+            for v in [c.next_xid, c.next_branch, c.next_conflict] {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        None => out.push(0),
+    }
+    out
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], CoordinatorError> {
+        if self.0.len() < n {
+            return Err(CoordinatorError::Storage("truncated log record".into()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u32(&mut self) -> Result<u32, CoordinatorError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, CoordinatorError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
+    }
+    fn bytes(&mut self) -> Result<Vec<u8>, CoordinatorError> {
+        let n = self.u32()? as usize;
+        Ok(self.take(n)?.to_vec())
+    }
+}
+
+fn decode_writes(data: &[u8]) -> Result<Writes, CoordinatorError> {
+    let mut r = Reader(data);
+    let mut w = Writes::default();
+    for _ in 0..r.u32()? {
+        let xid = r.u64()?;
+        w.active.push((xid, r.bytes()?));
+    }
+    for _ in 0..r.u32()? {
+        let (xid, at) = (r.u64()?, r.u64()?);
+        w.finished.push((xid, at, r.bytes()?));
+    }
+    for _ in 0..r.u32()? {
+        let id = r.u64()?;
+        w.conflicts.push((id, r.bytes()?));
+    }
+    if r.take(1)? == [1] {
+        w.counters = Some(Counters {
+            next_xid: r.u64()?,
+            next_branch: r.u64()?,
+            next_conflict: r.u64()?,
+        });
+    }
+    Ok(w)
 }
 
 #[cfg(test)]
@@ -204,7 +372,8 @@ mod tests {
             std::process::id(),
             rand::random::<u64>()
         ));
-        let (store, loaded) = Store::open(&dir).unwrap();
+        // A tiny log: the second batch does not fit and becomes a checkpoint.
+        let (store, loaded) = Store::open(&dir, 1200).unwrap();
         assert!(loaded.active.is_empty());
         let mut w = Writes::default();
         for x in 1..=5 {
@@ -229,7 +398,7 @@ mod tests {
         }
         store.write(&w).unwrap();
         drop(store);
-        let (store, loaded) = Store::open(&dir).unwrap();
+        let (store, loaded) = Store::open(&dir, 1200).unwrap();
         assert_eq!(
             loaded.active.len(),
             1,

@@ -170,7 +170,12 @@ async fn t30_kill_9_under_load_loses_nothing_acknowledged() {
     let dir = TempDir::new("crash");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     for round in 0..4 {
-        let mut c = Coordinator::start(&dir, &[]).await;
+        // Alternate a tiny write-ahead log (a checkpoint every few batches, and a log
+        // resized across restarts) with the default one.
+        let cfg = dir.0.join(format!("round{round}.toml"));
+        let wal = if round % 2 == 0 { 65_536 } else { 32 << 20 };
+        std::fs::write(&cfg, format!("wal_bytes = {wal}\n")).unwrap();
+        let mut c = Coordinator::start(&dir, &["--config", cfg.to_str().unwrap()]).await;
         let snapshot = snapshot(&ledger);
         verify(&c, &snapshot).await;
         // Round 0 runs without a proxy (phase two piles up); later rounds with one.
