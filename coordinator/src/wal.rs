@@ -18,6 +18,9 @@ use std::path::{Path, PathBuf};
 
 const HEADER: usize = 20;
 
+/// Intact records found on open: (sequence number, payload), in order.
+pub type Replay = Vec<(u64, Vec<u8>)>;
+
 pub struct Wal {
     file: File,
     size: u64,
@@ -68,7 +71,7 @@ impl Wal {
     /// Opens (or creates, zero-filled) the log and returns it with its intact records
     /// of sequence number above `after`, in order. The caller checkpoints them and then
     /// calls [`Wal::restart`].
-    pub fn open(path: &Path, size: u64, after: u64) -> std::io::Result<(Wal, Vec<(u64, Vec<u8>)>)> {
+    pub fn open(path: &Path, size: u64, after: u64) -> std::io::Result<(Wal, Replay)> {
         let mut records = Vec::new();
         let file = match OpenOptions::new().read(true).write(true).open(path) {
             Ok(f) => {
