@@ -45,7 +45,7 @@ impl Default for Config {
             phase_two_command_timeout_ms: 10_000,
             rollback_wait_ms: 10_000,
             max_batch: 4096,
-            wal_bytes: 32 << 20,
+            wal_bytes: 4 << 20,
             http_body_limit_bytes: 1 << 20,
             shutdown_grace_ms: 5_000,
         }

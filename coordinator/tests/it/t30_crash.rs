@@ -173,7 +173,7 @@ async fn t30_kill_9_under_load_loses_nothing_acknowledged() {
         // Alternate a tiny write-ahead log (a checkpoint every few batches, and a log
         // resized across restarts) with the default one.
         let cfg = dir.0.join(format!("round{round}.toml"));
-        let wal = if round % 2 == 0 { 65_536 } else { 32 << 20 };
+        let wal = if round % 2 == 0 { 65_536 } else { 4 << 20 };
         std::fs::write(&cfg, format!("wal_bytes = {wal}\n")).unwrap();
         let mut c = Coordinator::start(&dir, &["--config", cfg.to_str().unwrap()]).await;
         let snapshot = snapshot(&ledger);
