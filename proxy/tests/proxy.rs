@@ -939,7 +939,7 @@ mod t60_binary {
 
     /// Starts the binary on `port` and waits until it serves.
     async fn spawn_binary(port: u16, extra: &[&str]) -> std::process::Child {
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("--listen")
             .arg(format!("127.0.0.1:{port}"))
             .args(extra)
@@ -953,6 +953,8 @@ mod t60_binary {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("proxy binary did not come up");
     }
 
