@@ -30,9 +30,9 @@
 
 //! # Known deviations from talking to the backend directly
 //!
-//! - The connection id in our handshake is the proxy's session number, not the backend
-//!   thread id (the backend connection is chosen after the client's CLIENT_FOUND_ROWS is
-//!   known); `KILL` needs `CONNECTION_ID()`.
+//! - The connection id in our handshake is the proxy's session number (from 2^31 up, so it
+//!   never names a backend thread), not the backend thread id: the backend connection is
+//!   chosen after the client's CLIENT_FOUND_ROWS is known. `KILL` needs `CONNECTION_ID()`.
 //! - mysql_async always opens backend connections with CLIENT_MULTI_STATEMENTS, so a client
 //!   that did not ask for multi-statements (or turned them off with COM_SET_OPTION) can
 //!   still send them.
@@ -68,6 +68,9 @@ use tracing::{info, warn, Instrument};
 
 pub use config::Config;
 pub use error::ProxyError;
+
+/// First session id announced in handshakes (see `run`).
+const SESSION_ID_BASE: u32 = 0x8000_0000;
 
 /// What every session reads; built once by [`run`].
 pub struct Shared {
@@ -106,7 +109,10 @@ pub async fn run(
     // Taken before serving: the (max_connections + 1)th client gets error 1040.
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
-    let next_id = AtomicU32::new(1);
+    // Session ids live far above the backend's thread ids: a client that sends
+    // `KILL QUERY <handshake id>` (the mariadb CLI on Ctrl-C) gets "Unknown thread id"
+    // instead of killing someone else's statement on the backend.
+    let next_id = AtomicU32::new(SESSION_ID_BASE);
     info!(addr = ?listener.local_addr().ok(), "rewind-proxy accepting");
     loop {
         let accepted = tokio::select! {
@@ -122,7 +128,7 @@ pub async fn run(
                 continue;
             }
         };
-        let conn_id = next_id.fetch_add(1, Ordering::Relaxed);
+        let conn_id = next_id.fetch_add(1, Ordering::Relaxed) | SESSION_ID_BASE;
         let span = tracing::info_span!("conn", conn_id);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {

@@ -619,6 +619,20 @@ mod t40_bad_input {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn handshake_id_never_names_a_backend_thread() {
+        let proxy = Proxy::start().await;
+        let mut a = proxy.conn("test").await;
+        let announced = a.id();
+        assert!(announced >= 0x8000_0000, "{announced:#x}");
+        let mut b = proxy.conn("test").await;
+        let e = server_error(b.query_drop(format!("KILL QUERY {announced}")).await).await;
+        assert_eq!(e.0, 1094, "unknown thread id: {e:?}");
+        let one: i64 = a.query_first("SELECT 1").await.unwrap().unwrap();
+        assert_eq!(one, 1);
+        proxy.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn long_data_and_split_packets_by_hand() {
         let proxy = Proxy::start().await;
         let mut s = raw_login(proxy.addr).await;
