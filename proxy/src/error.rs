@@ -118,6 +118,11 @@ impl From<mysql_async::Error> for ProxyError {
             mysql_async::Error::Io(mysql_async::IoError::Io(ref io)) if is_packet_too_large(io) => {
                 ProxyError::PacketTooLarge
             }
+            // The backend asked for a local file: the proxy never offers LOCAL INFILE, and
+            // the backend connection now waits for file data, so the session ends.
+            mysql_async::Error::Driver(mysql_async::DriverError::LocalInfile(_)) => {
+                ProxyError::Unsupported("LOAD DATA LOCAL INFILE")
+            }
             other => ProxyError::BackendUnavailable(other.to_string()),
         }
     }

@@ -824,6 +824,34 @@ mod t50_real_clients {
             .unwrap();
         assert!(!bad.0);
         assert!(bad.2.contains("ERROR 1146 (42S02)"), "{}", bad.2);
+        // LOAD DATA LOCAL is refused with a clear error, not a hang or a misleading one.
+        let csv = std::env::temp_dir().join(format!("rwp_cli_{}.csv", std::process::id()));
+        std::fs::write(&csv, "1,a\n").unwrap();
+        let sql = format!(
+            "CREATE TEMPORARY TABLE li (a INT, b TEXT); LOAD DATA LOCAL INFILE '{}' INTO TABLE li FIELDS TERMINATED BY ','",
+            csv.display()
+        );
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new("mariadb")
+                .args([
+                    "-h127.0.0.1",
+                    &format!("-P{port}"),
+                    "-uroot",
+                    "--local-infile=1",
+                    db,
+                    "-e",
+                ])
+                .arg(sql)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("ERROR 1235 (42000)") && err.contains("LOAD DATA LOCAL INFILE"),
+            "{err}"
+        );
         // A client with another connection charset gets it on the backend session.
         let sql =
             "SELECT @@character_set_client, @@collation_connection, @@character_set_results, \
