@@ -95,7 +95,9 @@ impl Store {
             set_checkpoint(&txn, lsn)?;
             txn.commit().map_err(storage)?;
         }
-        wal.restart();
+        wal.restart_after_recovery().map_err(|e| {
+            CoordinatorError::Storage(format!("write-ahead log {}: {e}", wal_path.display()))
+        })?;
         let store = Store {
             db,
             log: Mutex::new(Log { wal, lsn }),
@@ -212,6 +214,8 @@ impl Store {
                 .range((0, 0)..(before_ms, 0))
                 .map_err(storage)?
                 .filter_map(|r| r.ok().map(|(k, _)| k.value()))
+                // Bounded: the sequencer waits while this runs; the rest goes next time.
+                .take(10_000)
                 .collect();
             for (at, xid) in old {
                 by_time.remove((at, xid)).map_err(storage)?;

@@ -101,12 +101,7 @@ impl Wal {
                     }
                     off += HEADER as u64 + n;
                 }
-                if len != size {
-                    drop(f);
-                    zero_fill(path, size)?
-                } else {
-                    f
-                }
+                f
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => zero_fill(path, size)?,
             Err(e) => return Err(e),
@@ -120,6 +115,17 @@ impl Wal {
             },
             records,
         ))
+    }
+
+    /// After the caller checkpointed the replayed records: starts writing from offset 0,
+    /// first re-creating the file if its size is not the configured one (only now, so
+    /// a crash before the checkpoint still finds the old records).
+    pub fn restart_after_recovery(&mut self) -> std::io::Result<()> {
+        if self.file.metadata()?.len() != self.size {
+            self.file = zero_fill(&self.path, self.size)?;
+        }
+        self.offset = 0;
+        Ok(())
     }
 
     /// Whether a record of `len` payload bytes fits before the end.
@@ -172,16 +178,20 @@ mod tests {
         let off = w.offset - 3;
         w.file.write_all_at(b"XYZ", off).unwrap();
         drop(w);
-        let (mut w, recs) = Wal::open(&path, 4096, 2).unwrap();
+        // Reopened with another size: records are still read, the resize waits.
+        let (mut w, recs) = Wal::open(&path, 8192, 2).unwrap();
         assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4096);
+        w.restart_after_recovery().unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 8192);
         assert_eq!(recs[0].1, b"record 3");
         // Checkpoint at 4, restart from offset 0: old records are at or below it.
         w.restart();
         w.append(5, b"new five").unwrap();
         drop(w);
-        let (w, recs) = Wal::open(&path, 4096, 4).unwrap();
+        let (w, recs) = Wal::open(&path, 8192, 4).unwrap();
         assert_eq!(recs, vec![(5, b"new five".to_vec())]);
-        assert!(!w.fits(4096));
+        assert!(!w.fits(8192));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
