@@ -46,6 +46,9 @@ pub enum ProxyError {
     /// Something we chose not to support (yet), named.
     #[error("This version of Rewind doesn't yet support '{0}'")]
     Unsupported(&'static str),
+    /// A second statement from a client that did not enable multi-statements.
+    #[error("You have an error in your SQL syntax: multi-statements are not enabled for this connection (CLIENT_MULTI_STATEMENTS); check the manual for the right syntax to use near '{0}'")]
+    StackedStatement(String),
     /// The proxy is shutting down.
     #[error("Server shutdown in progress")]
     Shutdown,
@@ -85,6 +88,7 @@ impl ProxyError {
             e @ ProxyError::UnknownStatement(_) => own(ErrorKind::ER_UNKNOWN_STMT_HANDLER, e.to_string()),
             e @ ProxyError::Unsupported(_) => own(ErrorKind::ER_NOT_SUPPORTED_YET, e.to_string()),
             e @ ProxyError::Shutdown => own(ErrorKind::ER_SERVER_SHUTDOWN, e.to_string()),
+            e @ ProxyError::StackedStatement(_) => own(ErrorKind::ER_PARSE_ERROR, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
         }
     }

@@ -13,6 +13,7 @@
 //! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`.
 //! - [`wire`]: encoding of OK / EOF / ERR, column definitions and text/binary rows.
 //! - [`xid`]: the cheap leading-comment XID detector.
+//! - [`stacked`]: the cheap second-statement detector for clients without multi-statements.
 //! - [`error`]: the one error enum and its one mapping to MySQL error packets.
 //! - [`config`]: configuration (TOML, defaults, validation).
 //!
@@ -33,9 +34,10 @@
 //! - The connection id in our handshake is the proxy's session number (from 2^31 up, so it
 //!   never names a backend thread), not the backend thread id: the backend connection is
 //!   chosen after the client's CLIENT_FOUND_ROWS is known. `KILL` needs `CONNECTION_ID()`.
-//! - mysql_async always opens backend connections with CLIENT_MULTI_STATEMENTS, so a client
-//!   that did not ask for multi-statements (or turned them off with COM_SET_OPTION) can
-//!   still send them.
+//! - mysql_async always opens backend connections with CLIENT_MULTI_STATEMENTS; for a client
+//!   without multi-statements, [`stacked`] refuses a second statement with 1064 itself
+//!   (its message differs from the server's; under ANSI_QUOTES a backslash inside a
+//!   double-quoted identifier is taken as an escape).
 //! - Cursor requests in COM_STMT_EXECUTE get a plain result set; COM_STMT_FETCH,
 //!   COM_FIELD_LIST, COM_PROCESS_KILL, COM_BINLOG_DUMP and other rare commands get 1047.
 //! - Execute parameters reach the backend re-typed by mysql_async (integers as LONGLONG,
@@ -52,6 +54,7 @@ pub mod error;
 pub mod handshake;
 pub mod packet;
 pub mod session;
+pub mod stacked;
 pub mod wire;
 pub mod xid;
 

@@ -19,6 +19,7 @@ use tracing::{debug, info};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
+use crate::stacked;
 use crate::wire;
 use crate::xid;
 use crate::Shared;
@@ -36,6 +37,8 @@ const COM_STMT_CLOSE: u8 = 0x19;
 const COM_STMT_RESET: u8 = 0x1a;
 const COM_SET_OPTION: u8 = 0x1b;
 const COM_RESET_CONNECTION: u8 = 0x1f;
+const MYSQL_OPTION_MULTI_STATEMENTS_ON: u16 = 0;
+const MYSQL_OPTION_MULTI_STATEMENTS_OFF: u16 = 1;
 
 /// Largest client packet accepted (MySQL's max_allowed_packet upper bound is 1 GB; 64 MB
 /// keeps one session's worst case bounded).
@@ -59,6 +62,8 @@ struct Session {
     stmts: HashMap<u32, Prepared>,
     /// Last status flags seen from the backend, for packets the backend did not send us.
     status: u16,
+    /// Multi-statements allowed: CLIENT_MULTI_STATEMENTS, then COM_SET_OPTION.
+    multi_statements: bool,
     /// For COM_CHANGE_USER: the accepted logins and the client's host for error messages.
     shared: Arc<Shared>,
     peer: String,
@@ -129,6 +134,9 @@ pub async fn serve(
         caps: hello.caps,
         stmts: HashMap::new(),
         status: StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits(),
+        multi_statements: hello
+            .caps
+            .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
         shared: shared.clone(),
         peer,
     };
@@ -271,10 +279,13 @@ impl Session {
                 Ok(())
             }
             COM_SET_OPTION => {
-                // MULTI_STATEMENTS on/off: the backend connection always allows them; the
-                // reply is an EOF packet, as MySQL sends.
-                let mut c = Cursor::new(body);
-                let _option = c.u16()?;
+                // MULTI_STATEMENTS on/off: enforced here (the backend connection always
+                // allows them); the reply is an EOF packet, as MySQL sends.
+                match Cursor::new(body).u16()? {
+                    MYSQL_OPTION_MULTI_STATEMENTS_ON => self.multi_statements = true,
+                    MYSQL_OPTION_MULTI_STATEMENTS_OFF => self.multi_statements = false,
+                    _ => return Err(ProxyError::Malformed("unknown COM_SET_OPTION option")),
+                }
                 self.ps.push(&wire::legacy_eof(self.status, 0));
                 Ok(())
             }
@@ -393,6 +404,13 @@ impl Session {
         if let Some(x) = xid::leading_xid(sql) {
             // AT mode is a later issue: tagged statements pass through for now.
             debug!(xid = %String::from_utf8_lossy(x), "tagged statement passed through");
+        }
+        if !self.multi_statements {
+            let backslash =
+                self.status & StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES.bits() == 0;
+            if let Some(at) = stacked::second_statement(sql, backslash) {
+                return Err(ProxyError::StackedStatement(near(&sql[at..])));
+            }
         }
         drop(self.conn.query_iter(sql).await?);
         self.relay::<TextProtocol>(false).await
@@ -541,6 +559,12 @@ impl Session {
             self.ps.push(&wire::eof_packet(self.caps, status, warnings));
         }
     }
+}
+
+/// The start of the refused text, as MySQL quotes it in syntax errors.
+fn near(rest: &[u8]) -> String {
+    let rest = String::from_utf8_lossy(rest);
+    rest.trim_start().chars().take(80).collect()
 }
 
 /// `USE` for a database name given as raw bytes (backticks doubled).

@@ -633,6 +633,38 @@ mod t40_bad_input {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn stacked_statements_need_multi_statements() {
+        let proxy = Proxy::start().await;
+        let mut s = raw_login(proxy.addr).await; // without CLIENT_MULTI_STATEMENTS
+        s.write_all(&frame(0, b"\x03SELECT 1; DROP DATABASE rwp_never"))
+            .await
+            .unwrap();
+        assert_eq!(expect_err_or_close(&mut s).await, Some(1064));
+        // A trailing semicolon is fine, as on MySQL.
+        s.write_all(&frame(0, b"\x03SELECT ';' ; ")).await.unwrap();
+        assert_eq!(read_packet(&mut s).await.unwrap(), vec![1]);
+        for _ in 0..4 {
+            read_packet(&mut s).await.unwrap(); // column, EOF, row, EOF
+        }
+        // COM_SET_OPTION(MULTI_STATEMENTS_ON) answers EOF and allows them.
+        s.write_all(&frame(0, &[0x1b, 0, 0])).await.unwrap();
+        assert_eq!(read_packet(&mut s).await.unwrap()[0], 0xFE);
+        s.write_all(&frame(0, b"\x03SELECT 1; SELECT 2"))
+            .await
+            .unwrap();
+        let mut eofs = Vec::new();
+        while eofs.len() < 4 {
+            let p = read_packet(&mut s).await.unwrap();
+            if p[0] == 0xFE {
+                eofs.push(u16::from_le_bytes([p[3], p[4]]));
+            }
+        }
+        assert!(eofs[1] & 0x0008 != 0, "first set says more results follow");
+        assert!(eofs[3] & 0x0008 == 0, "the last does not");
+        proxy.stop().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn long_data_and_split_packets_by_hand() {
         let proxy = Proxy::start().await;
         let mut s = raw_login(proxy.addr).await;
