@@ -17,6 +17,8 @@ pub fn second_statement(sql: &[u8], backslash_escapes: bool) -> Option<usize> {
             q @ (b'\'' | b'"' | b'`') => i = skip_quoted(sql, i, q, backslash_escapes && q != b'`'),
             b'#' => i = skip_line(sql, i),
             b'-' if is_dash_comment(sql, i) => i = skip_line(sql, i),
+            // Executable comments (`/*! ... */`, `/*M! ... */`) are code to the server.
+            b'/' if is_executable_comment(&sql[i..]) => i += 3,
             b'/' if sql.get(i + 1) == Some(&b'*') => i = skip_block(sql, i),
             b';' => {
                 let start = i + 1;
@@ -26,6 +28,10 @@ pub fn second_statement(sql: &[u8], backslash_escapes: bool) -> Option<usize> {
         }
     }
     None
+}
+
+fn is_executable_comment(at: &[u8]) -> bool {
+    at.starts_with(b"/*!") || at.starts_with(b"/*M!")
 }
 
 fn skip_quoted(sql: &[u8], mut i: usize, q: u8, backslash: bool) -> usize {
@@ -75,6 +81,7 @@ fn rest_has_statement(rest: &[u8]) -> bool {
             b if b.is_ascii_whitespace() || b == b';' => i += 1,
             b'#' => i = skip_line(rest, i),
             b'-' if is_dash_comment(rest, i) => i = skip_line(rest, i),
+            b'/' if is_executable_comment(&rest[i..]) => return true,
             b'/' if rest.get(i + 1) == Some(&b'*') => i = skip_block(rest, i),
             _ => return true,
         }
@@ -92,6 +99,9 @@ mod tests {
         assert_eq!(s(b"SELECT 'a\\'; DROP TABLE t; -- '", false), Some(12));
         assert!(s(b"SELECT 1;DROP TABLE t", true).is_some());
         assert!(s(b"SELECT 1 /* c */ ; /* d */ DELETE FROM t", true).is_some());
+        assert!(s(b"SELECT 1 /*! ; DROP TABLE t */", true).is_some());
+        assert!(s(b"SELECT 1 /*M!100000 ; DROP TABLE t */", true).is_some());
+        assert!(s(b"SELECT 1; /*!40101 SET x = 1 */", true).is_some());
     }
 
     #[test]
