@@ -664,6 +664,114 @@ mod t40_bad_input {
         proxy.stop().await;
     }
 
+    /// Execute parameters as libmysql/libmariadb send them, one of every wire type.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn execute_params_of_every_wire_type_by_hand() {
+        let db = "rwp_wire_params";
+        fresh_db(db).await;
+        let mut d = direct(db).await;
+        d.query_drop(
+            "CREATE TABLE t (ti TINYINT UNSIGNED, si SMALLINT, i INT, bu BIGINT UNSIGNED, \
+             f FLOAT, d DOUBLE, dt DATE, dtm DATETIME(6), tm TIME(6), de DECIMAL(10,3), \
+             vc VARCHAR(10), bl BLOB, n INT, yr YEAR)",
+        )
+        .await
+        .unwrap();
+        let proxy = Proxy::start().await;
+        let mut s = raw_login(proxy.addr).await;
+        let mut prep = vec![0x16];
+        prep.extend_from_slice(
+            format!("INSERT INTO {db}.t VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)").as_bytes(),
+        );
+        s.write_all(&frame(0, &prep)).await.unwrap();
+        let head = read_packet(&mut s).await.unwrap();
+        assert_eq!(head[0], 0, "prepare OK: {}", String::from_utf8_lossy(&head));
+        let id = [head[1], head[2], head[3], head[4]];
+        for _ in 0..15 {
+            read_packet(&mut s).await.unwrap(); // 14 params + EOF
+        }
+        let mut ex = vec![0x17];
+        ex.extend_from_slice(&id);
+        ex.push(0);
+        ex.extend_from_slice(&1u32.to_le_bytes());
+        ex.extend_from_slice(&[0, 0b0001_0000]); // param 12 is NULL
+        ex.push(1);
+        for (ty, unsigned) in [
+            (0x01, true),  // TINY
+            (0x02, false), // SHORT
+            (0x03, false), // LONG
+            (0x08, true),  // LONGLONG
+            (0x04, false), // FLOAT
+            (0x05, false), // DOUBLE
+            (0x0a, false), // DATE
+            (0x0c, false), // DATETIME
+            (0x0b, false), // TIME
+            (0xf6, false), // NEWDECIMAL
+            (0xfd, false), // VAR_STRING
+            (0xfc, false), // BLOB
+            (0x06, false), // NULL
+            (0x0d, false), // YEAR
+        ] {
+            ex.extend_from_slice(&[ty, if unsigned { 0x80 } else { 0 }]);
+        }
+        ex.push(255);
+        ex.extend_from_slice(&(-32768i16).to_le_bytes());
+        ex.extend_from_slice(&i32::MIN.to_le_bytes());
+        ex.extend_from_slice(&u64::MAX.to_le_bytes());
+        ex.extend_from_slice(&1.5f32.to_le_bytes());
+        ex.extend_from_slice(&(-2.25f64).to_le_bytes());
+        ex.extend_from_slice(&[4, 0xE8, 0x07, 2, 29]);
+        ex.extend_from_slice(&[11, 0xE8, 0x07, 2, 29, 23, 59, 59]);
+        ex.extend_from_slice(&123_456u32.to_le_bytes());
+        ex.extend_from_slice(&[12, 1, 1, 0, 0, 0, 2, 3, 4, 5, 0, 0, 0]);
+        ex.extend_from_slice(b"\x08-123.456");
+        ex.extend_from_slice("\x04😀".as_bytes());
+        ex.extend_from_slice(&[3, 0, 255, 0]);
+        ex.extend_from_slice(&2155u16.to_le_bytes());
+        s.write_all(&frame(0, &ex)).await.unwrap();
+        let ok = read_packet(&mut s).await.unwrap();
+        assert_eq!(
+            ok[..2],
+            [0, 1],
+            "one row inserted: {}",
+            String::from_utf8_lossy(&ok)
+        );
+        let row: Row = d
+            .query_first("SELECT ti, si, i, bu, f, d, dt, dtm, tm, de, vc, HEX(bl), n, yr FROM t")
+            .await
+            .unwrap()
+            .unwrap();
+        let text: Vec<Option<String>> = row
+            .unwrap()
+            .into_iter()
+            .map(|v| match v {
+                Value::NULL => None,
+                Value::Bytes(b) => Some(String::from_utf8(b).unwrap()),
+                other => Some(format!("{other:?}")),
+            })
+            .collect();
+        let want = [
+            "255",
+            "-32768",
+            "-2147483648",
+            "18446744073709551615",
+            "1.5",
+            "-2.25",
+            "2024-02-29",
+            "2024-02-29 23:59:59.123456",
+            "-26:03:04.000005",
+            "-123.456",
+            "😀",
+            "00FF00",
+        ];
+        for (i, w) in want.iter().enumerate() {
+            assert_eq!(text[i].as_deref(), Some(*w), "column {i}");
+        }
+        assert_eq!(text[12], None);
+        assert_eq!(text[13].as_deref(), Some("2155"));
+        proxy.stop().await;
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn long_data_and_split_packets_by_hand() {
         let proxy = Proxy::start().await;
