@@ -28,7 +28,7 @@
 //! nor real status flags, and its `Column` has no charset, decimals, schema or original
 //! names. So the wire layer here is our own; opensrv still supplies `ErrorKind` (code +
 //! SQLSTATE) for every error the proxy raises itself.
-
+//!
 //! # Known deviations from talking to the backend directly
 //!
 //! - The connection id in our handshake is the proxy's session number (from 2^31 up, so it
@@ -48,6 +48,13 @@
 //! - No TLS, compression or LOAD DATA LOCAL INFILE (not advertised).
 //! - Backend unreachable is 1429 (ER_CONNECT_TO_FOREIGN_DATA_SOURCE): opensrv's `ErrorKind`
 //!   has no client-side 2003/2013 codes.
+//!
+//! # Tests and benchmark
+//!
+//! `cargo test -p rewind-proxy` (unit tests inline; `tests/proxy.rs` starts the proxy
+//! in-process and drives it with mysql_async, the `mariadb` CLI, sysbench and raw sockets
+//! against MariaDB at 127.0.0.1:3306). `bench/passthrough` measures throughput, p95 and
+//! CPU per query against direct, and RSS with 1,000 idle clients.
 
 pub mod config;
 pub mod error;
