@@ -173,7 +173,9 @@ pub async fn run(
 /// MySQL sends "Too many connections" in place of the greeting.
 async fn reject_too_many(stream: tokio::net::TcpStream) {
     let mut ps = packet::PacketStream::new(stream, 1024);
-    ps.push(&wire::err_packet(&ProxyError::TooManyConnections));
+    ps.push(&wire::err_packet_before_handshake(
+        &ProxyError::TooManyConnections,
+    ));
     ps.shutdown().await;
 }
 

@@ -82,6 +82,17 @@ pub fn err_packet(e: &ProxyError) -> Vec<u8> {
     b
 }
 
+/// An ERR packet sent before the client said it speaks protocol 4.1 (in place of the
+/// greeting): no SQLSTATE marker, as MySQL sends it.
+pub fn err_packet_before_handshake(e: &ProxyError) -> Vec<u8> {
+    let (code, _, msg) = e.to_mysql();
+    let mut b = Vec::with_capacity(3 + msg.len());
+    b.push(0xFF);
+    b.extend_from_slice(&code.to_le_bytes());
+    b.extend_from_slice(msg.as_bytes());
+    b
+}
+
 /// Column definition (Protocol::ColumnDefinition41) with the backend's own metadata.
 pub fn column_def(c: &Column) -> Vec<u8> {
     let mut b = Vec::with_capacity(64);

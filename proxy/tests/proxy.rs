@@ -505,7 +505,7 @@ mod t30_limits {
         let a = proxy.conn("test").await;
         let b = proxy.conn("test").await;
         let e = server_error(Conn::new(proxy.opts("test")).await).await;
-        assert_eq!(e.0, 1040, "{e:?}");
+        assert_eq!((e.0, e.2.as_str()), (1040, "Too many connections"), "{e:?}");
         drop(a);
         drop(b);
         proxy.stop().await;
