@@ -26,6 +26,16 @@ fn rss_kb(pid: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU seconds (user + system) a process used so far (clock ticks at 100 Hz).
+fn cpu_secs(pid: &str) -> f64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = s.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 async fn metric(http: &str, name: &str) -> f64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(http).await.unwrap();
@@ -162,7 +172,10 @@ async fn main() {
             lat
         }));
     }
-    tokio::time::sleep(warmup + Duration::from_secs(secs)).await;
+    tokio::time::sleep(warmup).await;
+    let cpu0 = (cpu_secs(&pid), cpu_secs("self"));
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    let cpu1 = (cpu_secs(&pid), cpu_secs("self"));
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     for t in tasks {
@@ -190,6 +203,11 @@ async fn main() {
         pct(1.0) as f64 / 1e3
     );
     println!("errors: {}", errors.load(Ordering::Relaxed));
+    println!(
+        "CPU per global tx: coordinator {:.0} us, load generator {:.0} us (2 cores shared by both)",
+        (cpu1.0 - cpu0.0) * 1e6 / n.max(1) as f64,
+        (cpu1.1 - cpu0.1) * 1e6 / n.max(1) as f64
+    );
     let batches = metric(&http, "rewind_write_batches_total").await;
     let reqs = metric(&http, "rewind_write_batch_requests_total").await;
     println!(

@@ -1,8 +1,10 @@
 //! Durable state: redb tables behind a write-ahead log ([`crate::wal`]). Each batch of
-//! the sequencer is one log record (one `fdatasync`) and one non-durable redb
-//! transaction; redb is committed durably at checkpoints, when the log is full. Tables
-//! hold materialized records: the state machine's commands are the replication unit,
-//! these tables are what applying them leaves behind.
+//! the sequencer is one log record (one `fdatasync`) merged into an in-memory overlay
+//! ([`Pending`]) that reads consult first; when the log is full, the overlay is written
+//! to redb in one durable commit (a checkpoint) and the log starts over. A session that
+//! begins and finishes between checkpoints thus costs redb only its final record.
+//! Tables hold materialized records: the state machine's commands are the replication
+//! unit, these tables are what applying them leaves behind.
 //!
 //! - `active`: xid → unfinished session (with branches and lock keys); locks are
 //!   re-derived from it on start.
@@ -11,6 +13,7 @@
 //! - `conflicts`: id → dirty-write conflict (kept for audit).
 //! - `meta`: id counters, so XIDs and branch ids are never reused.
 
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Mutex;
 
@@ -31,6 +34,36 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 pub struct Store {
     db: Database,
     log: Mutex<Log>,
+    /// Logged but not yet checkpointed. Lock order: `log`, then `pending`.
+    pending: Mutex<Pending>,
+}
+
+/// Net effect of the batches logged since the last checkpoint.
+#[derive(Default)]
+struct Pending {
+    /// `None`: delete (the session finished).
+    active: HashMap<XidNum, Option<Vec<u8>>>,
+    finished: BTreeMap<XidNum, (u64, Vec<u8>)>,
+    conflicts: HashMap<u64, Vec<u8>>,
+    counters: Option<Counters>,
+}
+
+impl Pending {
+    fn merge(&mut self, w: &Writes) {
+        for (xid, b) in &w.active {
+            self.active.insert(*xid, Some(b.clone()));
+        }
+        for (xid, at, b) in &w.finished {
+            self.active.insert(*xid, None);
+            self.finished.insert(*xid, (*at, b.clone()));
+        }
+        for (id, b) in &w.conflicts {
+            self.conflicts.insert(*id, b.clone());
+        }
+        if w.counters.is_some() {
+            self.counters = w.counters;
+        }
+    }
 }
 
 struct Log {
@@ -87,10 +120,12 @@ impl Store {
                 to = last,
                 "replaying write-ahead log"
             );
-            let txn = db.begin_write().map_err(storage)?;
+            let mut replay = Pending::default();
             for (_, payload) in &records {
-                apply(&txn, &decode_writes(payload)?)?;
+                replay.merge(&decode_writes(payload)?);
             }
+            let txn = db.begin_write().map_err(storage)?;
+            apply(&txn, &replay)?;
             lsn = *last;
             set_checkpoint(&txn, lsn)?;
             txn.commit().map_err(storage)?;
@@ -99,6 +134,7 @@ impl Store {
             CoordinatorError::Storage(format!("write-ahead log {}: {e}", wal_path.display()))
         })?;
         let store = Store {
+            pending: Mutex::new(Pending::default()),
             db,
             log: Mutex::new(Log { wal, lsn }),
         };
@@ -145,22 +181,22 @@ impl Store {
         let payload = encode_writes(w);
         let mut log = self.log.lock().expect("log lock");
         let lsn = log.lsn + 1;
-        let txn = self.db.begin_write().map_err(storage)?;
         if log.wal.fits(payload.len()) {
             log.wal.append(lsn, &payload).map_err(|e| {
                 CoordinatorError::Storage(format!("appending to {}: {e}", log.wal.path().display()))
             })?;
-            let mut txn = txn;
-            txn.set_durability(Durability::None)
-                .map_err(|e| CoordinatorError::Storage(e.to_string()))?;
-            apply(&txn, w)?;
-            txn.commit().map_err(storage)?;
+            self.pending.lock().expect("pending lock").merge(w);
         } else {
-            // Log full: this batch goes straight into a durable redb commit, which is
-            // also the checkpoint of everything logged so far.
-            apply(&txn, w)?;
+            // Log full: checkpoint everything logged so far plus this batch in one
+            // durable redb commit. Readers wait on `pending` meanwhile, so they never
+            // see a record vanish from the overlay before it is in redb.
+            let mut pending = self.pending.lock().expect("pending lock");
+            pending.merge(w);
+            let txn = self.db.begin_write().map_err(storage)?;
+            apply(&txn, &pending)?;
             set_checkpoint(&txn, lsn)?;
             txn.commit().map_err(storage)?;
+            *pending = Pending::default();
             log.wal.restart();
         }
         log.lsn = lsn;
@@ -168,6 +204,15 @@ impl Store {
     }
 
     pub fn finished(&self, xid: XidNum) -> Result<Option<SessionRecord>, CoordinatorError> {
+        if let Some((_, b)) = self
+            .pending
+            .lock()
+            .expect("pending lock")
+            .finished
+            .get(&xid)
+        {
+            return Ok(Some(serde_json::from_slice(b).map_err(corrupt)?));
+        }
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FINISHED).map_err(storage)?;
         match table.get(xid).map_err(storage)? {
@@ -182,10 +227,26 @@ impl Store {
         status: Option<Status>,
         limit: usize,
     ) -> Result<Vec<SessionRecord>, CoordinatorError> {
+        let mut out = Vec::new();
+        {
+            let pending = self.pending.lock().expect("pending lock");
+            for (_, b) in pending.finished.values().rev() {
+                if out.len() >= limit {
+                    break;
+                }
+                let rec: SessionRecord = serde_json::from_slice(b).map_err(corrupt)?;
+                if status.is_none_or(|s| s == rec.status) {
+                    out.push(rec);
+                }
+            }
+        }
+        let from_overlay = out.len();
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FINISHED).map_err(storage)?;
-        let mut out = Vec::new();
         for row in table.iter().map_err(storage)?.rev() {
+            if out.len() >= limit + from_overlay {
+                break;
+            }
             if out.len() >= limit {
                 break;
             }
@@ -195,6 +256,9 @@ impl Store {
                 out.push(rec);
             }
         }
+        out.sort_by_key(|r| std::cmp::Reverse(r.xid));
+        out.dedup_by_key(|r| r.xid);
+        out.truncate(limit);
         Ok(out)
     }
 
@@ -236,24 +300,26 @@ fn set_checkpoint(txn: &WriteTransaction, lsn: u64) -> Result<(), CoordinatorErr
     Ok(())
 }
 
-/// Applies a batch's records to the tables (idempotent: replay may repeat a batch).
-fn apply(txn: &WriteTransaction, w: &Writes) -> Result<(), CoordinatorError> {
+/// Writes the net effect of logged batches into the tables (idempotent).
+fn apply(txn: &WriteTransaction, p: &Pending) -> Result<(), CoordinatorError> {
     let mut active = txn.open_table(ACTIVE).map_err(storage)?;
-    for (xid, bytes) in &w.active {
-        active.insert(*xid, bytes.as_slice()).map_err(storage)?;
+    for (xid, v) in &p.active {
+        match v {
+            Some(bytes) => active.insert(*xid, bytes.as_slice()).map_err(storage)?,
+            None => active.remove(*xid).map_err(storage)?,
+        };
     }
     let mut finished = txn.open_table(FINISHED).map_err(storage)?;
     let mut by_time = txn.open_table(FINISHED_BY_TIME).map_err(storage)?;
-    for (xid, at, bytes) in &w.finished {
-        active.remove(*xid).map_err(storage)?;
+    for (xid, (at, bytes)) in &p.finished {
         finished.insert(*xid, bytes.as_slice()).map_err(storage)?;
         by_time.insert((*at, *xid), ()).map_err(storage)?;
     }
     let mut conflicts = txn.open_table(CONFLICTS).map_err(storage)?;
-    for (id, bytes) in &w.conflicts {
+    for (id, bytes) in &p.conflicts {
         conflicts.insert(*id, bytes.as_slice()).map_err(storage)?;
     }
-    if let Some(c) = &w.counters {
+    if let Some(c) = &p.counters {
         let bytes = serde_json::to_vec(c).expect("counters serialize");
         txn.open_table(META)
             .map_err(storage)?
@@ -426,6 +492,54 @@ mod tests {
         assert_eq!(store.prune(25).unwrap(), 2);
         assert!(store.finished(1).unwrap().is_none());
         assert!(store.finished(3).unwrap().is_some());
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn overlay_answers_reads_and_replays_after_reopen() {
+        let dir = std::env::temp_dir().join(format!(
+            "rewind-store-ov-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let (store, _) = Store::open(&dir, 1 << 20).unwrap();
+        let mut w = Writes::default();
+        w.active
+            .push((1, serde_json::to_vec(&rec(1, Status::Begin)).unwrap()));
+        w.active
+            .push((2, serde_json::to_vec(&rec(2, Status::Begin)).unwrap()));
+        w.counters = Some(Counters {
+            next_xid: 3,
+            next_branch: 1,
+            next_conflict: 1,
+        });
+        store.write(&w).unwrap();
+        let mut w = Writes::default();
+        w.finished.push((
+            1,
+            10,
+            serde_json::to_vec(&rec(1, Status::Committed)).unwrap(),
+        ));
+        store.write(&w).unwrap();
+        // Not in redb yet: answered from the overlay.
+        assert_eq!(
+            store.finished(1).unwrap().unwrap().status,
+            Status::Committed
+        );
+        assert_eq!(store.list_finished(None, 10).unwrap().len(), 1);
+        // "Crash": reopen from the log alone.
+        drop(store);
+        let (store, loaded) = Store::open(&dir, 1 << 20).unwrap();
+        assert_eq!(
+            loaded.active.iter().map(|r| r.xid).collect::<Vec<_>>(),
+            vec![2]
+        );
+        assert_eq!(loaded.counters.next_xid, 3);
+        assert_eq!(
+            store.finished(1).unwrap().unwrap().status,
+            Status::Committed
+        );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
