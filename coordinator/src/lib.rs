@@ -43,6 +43,9 @@ pub use config::Config;
 pub use error::CoordinatorError;
 
 /// Runs the coordinator on the given listeners until `shutdown` is cancelled.
+///
+/// If the durable store fails mid-run, the process exits (status 70): memory would be
+/// ahead of the disk, and a restart reloads exactly what was acknowledged.
 pub async fn run(
     config: Config,
     grpc_listener: TcpListener,

@@ -1,8 +1,9 @@
 //! Group commit. One thread owns the write path: it takes every pending command from
-//! the queue (up to a batch limit), applies them to the [`Engine`] in order, writes the
-//! resulting records in ONE redb transaction (one fsync), and only then answers the
-//! callers and hands the effects (phase-two sends) to the dispatcher. A command is
-//! therefore acknowledged only once durable, and many callers share one fsync.
+//! the queue (up to a batch limit), applies them to the [`Engine`] in order, makes the
+//! resulting records durable as ONE write-ahead-log record (one `fdatasync`, see
+//! [`crate::store`]), and only then answers the callers and hands the effects
+//! (phase-two sends) to the dispatcher. A command is therefore acknowledged only once
+//! durable, and many callers share one sync.
 //!
 //! Readers take the engine mutex briefly and may see state a few microseconds before it
 //! is durable; that is conservative for locks and harmless for statuses.
