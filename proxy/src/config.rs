@@ -12,10 +12,28 @@ pub struct Config {
     /// Backend MySQL/MariaDB URL; its user+password are the only accepted login when
     /// `users` is empty.
     pub backend: String,
-    /// Coordinator address(es), comma-separated. Stored for AT mode (a later issue).
+    /// Coordinator gRPC address(es), comma-separated for a cluster.
     pub coordinator: String,
-    /// Schema holding `undo_log` on each backend. Stored for AT mode (a later issue).
+    /// Schema holding `undo_log` on the backend; created on start.
     pub undo_schema: String,
+    /// Name of the backend as a resource in the coordinator. Every proxy in front of the
+    /// same backend must use the same one (any of them can then run phase two for a
+    /// branch); empty means `host:port` of `backend`.
+    pub resource_id: String,
+    /// Global-lock retries at a branch's COMMIT (and for locking reads and isolated
+    /// writes): this many further tries, this many milliseconds apart, then error 1205.
+    pub lock_retry_interval_ms: u64,
+    pub lock_retry_count: u32,
+    /// One coordinator call's deadline, and how long a call keeps retrying (following the
+    /// leader, skipping dead nodes) before the client gets an error.
+    pub coordinator_timeout_ms: u64,
+    pub coordinator_retry_ms: u64,
+    /// Backend connections the proxy keeps for phase two (undo, undo-record deletes).
+    pub phase_two_connections: usize,
+    /// Undo housekeeping: every this many seconds, look at undo records older than
+    /// `undo_retention_secs` and delete those whose global transaction has finished.
+    pub undo_housekeeping_secs: u64,
+    pub undo_retention_secs: u64,
     /// Client sessions served at once; the next one gets error 1040.
     pub max_connections: usize,
     /// Seconds running statements get to finish after SIGTERM before connections are cut.
@@ -42,6 +60,14 @@ impl Default for Config {
             backend: "mysql://root@127.0.0.1:3306".into(),
             coordinator: "http://127.0.0.1:8091".into(),
             undo_schema: "rewind".into(),
+            resource_id: String::new(),
+            lock_retry_interval_ms: 10,
+            lock_retry_count: 30,
+            coordinator_timeout_ms: 2_000,
+            coordinator_retry_ms: 5_000,
+            phase_two_connections: 8,
+            undo_housekeeping_secs: 300,
+            undo_retention_secs: 3_600,
             max_connections: 1024,
             shutdown_grace_secs: 30,
             connect_timeout_secs: 10,
@@ -66,7 +92,27 @@ impl Config {
         if self.undo_schema.is_empty() {
             return Err("undo_schema must not be empty".into());
         }
+        if self.coordinator.split(',').all(|c| c.trim().is_empty()) {
+            return Err("coordinator must name at least one address".into());
+        }
+        if self.coordinator_timeout_ms == 0 || self.phase_two_connections == 0 {
+            return Err("coordinator_timeout_ms and phase_two_connections must be positive".into());
+        }
+        if self.undo_housekeeping_secs == 0 {
+            return Err("undo_housekeeping_secs must be positive".into());
+        }
         Ok(())
+    }
+
+    /// The resource id this proxy registers branches under.
+    pub fn resource(&self) -> String {
+        if !self.resource_id.is_empty() {
+            return self.resource_id.clone();
+        }
+        match mysql_async::Opts::from_url(&self.backend) {
+            Ok(o) => format!("{}:{}", o.ip_or_hostname(), o.tcp_port()),
+            Err(_) => self.backend.clone(),
+        }
     }
 
     /// The accepted (user, password) pairs after applying the "backend URL user" rule.

@@ -49,6 +49,32 @@ pub enum ProxyError {
     /// A second statement from a client that did not enable multi-statements.
     #[error("You have an error in your SQL syntax: multi-statements are not enabled for this connection (CLIENT_MULTI_STATEMENTS); check the manual for the right syntax to use near '{0}'")]
     StackedStatement(String),
+    /// AT mode cannot undo this statement exactly, so it was not run; the local
+    /// transaction is as the client had it.
+    #[error("Rewind cannot run this in a global transaction: {0}. Nothing was applied and the local transaction is unchanged; run it outside the global transaction or rewrite it")]
+    AtRefused(String),
+    /// The tagged XID is malformed, unknown or no longer accepting work.
+    #[error("XAER_NOTA: Unknown XID: {0}")]
+    UnknownXid(String),
+    /// A statement tagged with one XID inside a local transaction bound to another.
+    #[error("XAER_INVAL: this local transaction belongs to global transaction {bound}; a statement tagged {tagged} cannot join it (COMMIT or ROLLBACK first)")]
+    XidMismatch { bound: String, tagged: String },
+    /// A global lock stayed held by another global transaction.
+    #[error("Lock wait timeout exceeded; try restarting transaction ({0})")]
+    GlobalLockTimeout(String),
+    /// Phase one could not finish (or its undo could not be recorded), so the proxy rolled
+    /// the local transaction back: nothing of it was committed.
+    #[error("XA_RBROLLBACK: Transaction branch was rolled back: {0}")]
+    BranchRolledBack(String),
+    /// The coordinator did not answer; nothing was applied.
+    #[error("Rewind proxy cannot reach the coordinator ({0}); nothing was applied, retry when it is back")]
+    CoordinatorUnavailable(String),
+    /// An unqualified table name with no current database.
+    #[error("No database selected")]
+    NoDatabase,
+    /// The table a statement names does not exist.
+    #[error("Table '{0}' doesn't exist")]
+    NoSuchTable(String),
     /// The proxy is shutting down.
     #[error("Server shutdown in progress")]
     Shutdown,
@@ -89,6 +115,14 @@ impl ProxyError {
             e @ ProxyError::Unsupported(_) => own(ErrorKind::ER_NOT_SUPPORTED_YET, e.to_string()),
             e @ ProxyError::Shutdown => own(ErrorKind::ER_SERVER_SHUTDOWN, e.to_string()),
             e @ ProxyError::StackedStatement(_) => own(ErrorKind::ER_PARSE_ERROR, e.to_string()),
+            e @ ProxyError::AtRefused(_) => own(ErrorKind::ER_NOT_SUPPORTED_YET, e.to_string()),
+            e @ ProxyError::UnknownXid(_) => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
+            e @ ProxyError::XidMismatch { .. } => own(ErrorKind::ER_XAER_INVAL, e.to_string()),
+            e @ ProxyError::GlobalLockTimeout(_) => own(ErrorKind::ER_LOCK_WAIT_TIMEOUT, e.to_string()),
+            e @ ProxyError::BranchRolledBack(_) => own(ErrorKind::ER_XA_RBROLLBACK, e.to_string()),
+            e @ ProxyError::CoordinatorUnavailable(_) => own(ErrorKind::ER_CONNECT_TO_FOREIGN_DATA_SOURCE, e.to_string()),
+            e @ ProxyError::NoDatabase => own(ErrorKind::ER_NO_DB_ERROR, e.to_string()),
+            e @ ProxyError::NoSuchTable(_) => own(ErrorKind::ER_NO_SUCH_TABLE, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
         }
     }

@@ -56,12 +56,17 @@
 //! against MariaDB at 127.0.0.1:3306). `bench/passthrough` measures throughput, p95 and
 //! CPU per query against direct, and RSS with 1,000 idle clients.
 
+pub mod classify;
 pub mod config;
+pub mod coordinator;
 pub mod error;
 pub mod handshake;
 pub mod packet;
+pub mod phase_one;
+pub mod phase_two;
 pub mod session;
 pub mod stacked;
+pub mod undo_table;
 pub mod wire;
 pub mod xid;
 
@@ -95,6 +100,14 @@ pub struct Shared {
     /// Collation id → (charset, collation) names, learnt from the backend on first use, so
     /// a client connecting with a non-default charset costs one `SET NAMES`, not a lookup.
     pub collations: std::sync::Mutex<std::collections::HashMap<u8, (String, String)>>,
+    /// The coordinator (or cluster), reached only for tagged work.
+    pub coordinator: Arc<coordinator::Coordinators>,
+    /// This backend's resource id (see [`Config::resource`]).
+    pub resource_id: String,
+    /// Table metadata for images, shared by all sessions.
+    pub metas: rewind_undo_log::MetaCache,
+    /// Statements on the undo_log table.
+    pub undo: undo_table::UndoTable,
 }
 
 /// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
@@ -109,13 +122,26 @@ pub async fn run(
         .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
     let pools = [pool(&config, false)?, pool(&config, true)?];
     let server_version = backend_version(&pools[0]).await;
+    let coordinator = coordinator::Coordinators::new(
+        &config.coordinator,
+        Duration::from_millis(config.coordinator_timeout_ms),
+        Duration::from_millis(config.coordinator_retry_ms),
+    )
+    .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
     let shared = Arc::new(Shared {
         logins: config.logins(),
         pools,
         server_version,
+        coordinator: Arc::new(coordinator),
+        resource_id: config.resource(),
+        metas: rewind_undo_log::MetaCache::new(),
+        undo: undo_table::UndoTable::new(&config.undo_schema),
         config,
         collations: Default::default(),
     });
+    // Phase two (undo on rollback, record deletes on commit) and undo housekeeping run
+    // beside the sessions and stop with them.
+    let phase_two = tokio::spawn(phase_two::run(shared.clone(), shutdown.clone()));
     // Taken before serving: the (max_connections + 1)th client gets error 1040.
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
@@ -163,6 +189,7 @@ pub async fn run(
     if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
         warn!("shutdown grace period over; closing remaining connections");
     }
+    let _ = tokio::time::timeout(Duration::from_secs(5), phase_two).await;
     for p in shared.pools.iter() {
         let _ = tokio::time::timeout(Duration::from_secs(2), p.clone().disconnect()).await;
     }

@@ -27,6 +27,10 @@ struct Cli {
     /// Client sessions served at once [default: 1024]
     #[arg(long)]
     max_connections: Option<usize>,
+    /// The backend's resource id in the coordinator, shared by every proxy in front of it
+    /// [default: host:port of --backend]
+    #[arg(long)]
+    resource_id: Option<String>,
 }
 
 #[tokio::main]
@@ -61,6 +65,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.max_connections {
         config.max_connections = v;
+    }
+    if let Some(v) = cli.resource_id {
+        config.resource_id = v;
     }
     config.validate().map_err(anyhow::Error::msg)?;
 

@@ -306,6 +306,200 @@ fn cell(expr: &ast::Expr, next_param: &mut usize) -> Result<Cell> {
     Ok(found.unwrap_or(Cell::Computed))
 }
 
+/// Whether a `WITH …` statement only reads: a common table expression can also lead into
+/// an INSERT, UPDATE or DELETE (MySQL 8), which must not pass as a read.
+pub fn is_read_query(sql: &str) -> Result<bool> {
+    let dialect = MySqlDialect {};
+    let statements = Parser::new(&dialect)
+        .with_options(ParserOptions::new().with_unescape(false))
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    Ok(statements.iter().all(|st| match st {
+        Statement::Query(q) => !matches!(
+            q.body.as_ref(),
+            SetExpr::Insert(_) | SetExpr::Update(_) | SetExpr::Delete(_) | SetExpr::Merge(_)
+        ),
+        _ => false,
+    }) && !statements.is_empty())
+}
+
+/// A locking read (`SELECT … FOR UPDATE`) inside a global transaction: which tables it
+/// reads and how to learn the primary keys of the rows it locks, so the proxy can wait for
+/// other global transactions' locks on exactly those rows (global read-committed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LockingSelect {
+    /// Every table of the FROM clause with the name its columns are qualified by.
+    pub tables: Vec<(TableRef, String)>,
+    /// ` FROM …` as written.
+    from: String,
+    /// ` WHERE … [ORDER BY … LIMIT …]`: ORDER BY and LIMIT are kept only when they select
+    /// among the same rows the keys SELECT returns (no grouping, DISTINCT or function in
+    /// the select list); otherwise the keys SELECT covers every row the WHERE matches, a
+    /// superset, which may only make the proxy wait more, never less.
+    filter: String,
+}
+
+/// `Ok(None)` when `sql` is not a `SELECT … FOR UPDATE`; refuses locking reads whose rows
+/// cannot be named by primary key (derived tables, table functions).
+pub fn analyze_locking_select(sql: &str) -> Result<Option<LockingSelect>> {
+    let dialect = MySqlDialect {};
+    let mut statements = Parser::new(&dialect)
+        .with_options(ParserOptions::new().with_unescape(false))
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    if statements.len() != 1 {
+        return Ok(None);
+    }
+    let Statement::Query(query) = statements.remove(0) else {
+        return Ok(None);
+    };
+    if !query
+        .locks
+        .iter()
+        .any(|l| l.lock_type == ast::LockType::Update)
+    {
+        return Ok(None);
+    }
+    let SetExpr::Select(select) = query.body.as_ref() else {
+        return Err(Error::Refused(
+            "SELECT … FOR UPDATE over a UNION or other set operation".into(),
+        ));
+    };
+    let mut tables = Vec::new();
+    let mut factors = Vec::new();
+    for twj in &select.from {
+        factors.push(&twj.relation);
+        factors.extend(twj.joins.iter().map(|j| &j.relation));
+    }
+    for factor in factors {
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
+                let table = table_ref(name)?;
+                let qualifier = match alias {
+                    Some(a) => quote_ident(&ident_name(&a.name)),
+                    None => name.to_string(),
+                };
+                tables.push((table, qualifier));
+            }
+            _ => {
+                return Err(Error::Refused(
+                    "SELECT … FOR UPDATE over a derived table or table function".into(),
+                ))
+            }
+        }
+    }
+    if tables.is_empty() {
+        return Ok(None);
+    }
+    let from = format!(
+        " FROM {}",
+        select
+            .from
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let grouped = !matches!(select.group_by, ast::GroupByExpr::Expressions(ref e, _) if e.is_empty())
+        || select.having.is_some()
+        || select.distinct.is_some()
+        || select
+            .projection
+            .iter()
+            .any(|item| item.to_string().contains('('));
+    let mut filter = String::new();
+    if let Some(selection) = &select.selection {
+        filter.push_str(&format!(" WHERE {selection}"));
+    }
+    if !grouped {
+        if let Some(order_by) = &query.order_by {
+            filter.push_str(&format!(" {order_by}"));
+        }
+        if let Some(limit) = &query.limit_clause {
+            filter.push_str(&format!("{limit}"));
+        }
+    }
+    Ok(Some(LockingSelect {
+        tables,
+        from,
+        filter,
+    }))
+}
+
+impl LockingSelect {
+    /// `SELECT <each table's primary key> FROM … WHERE … FOR UPDATE`; `metas` in the order
+    /// of [`Self::tables`]. Takes the statement's parameters.
+    pub fn keys_sql(&self, metas: &[std::sync::Arc<TableMeta>]) -> String {
+        let mut columns = Vec::new();
+        for ((_, qualifier), meta) in self.tables.iter().zip(metas) {
+            for pk in &meta.primary_key {
+                let col = format!("{qualifier}.{}", quote_ident(pk));
+                let is_ts = meta
+                    .column(pk)
+                    .is_some_and(|c| c.ty.kind == crate::value::TypeKind::Timestamp);
+                columns.push(if is_ts {
+                    format!("UNIX_TIMESTAMP({col})")
+                } else {
+                    col
+                });
+            }
+        }
+        format!(
+            "SELECT {} {}{} FOR UPDATE",
+            columns.join(", "),
+            self.from.trim_start(),
+            self.filter
+        )
+    }
+
+    /// The lock keys of the rows [`Self::keys_sql`] returned (outer-joined NULL keys are
+    /// skipped), sorted and deduplicated.
+    pub fn keys(
+        &self,
+        metas: &[std::sync::Arc<TableMeta>],
+        rows: &[mysql_async::Row],
+    ) -> Result<Vec<crate::LockKey>> {
+        let mut keys = Vec::new();
+        for row in rows {
+            let columns = row.columns_ref();
+            let mut at = 0;
+            for meta in metas {
+                let mut parts = Vec::with_capacity(meta.primary_key.len());
+                let mut null = false;
+                for pk in &meta.primary_key {
+                    let (value, col) = row
+                        .as_ref(at)
+                        .zip(columns.get(at))
+                        .ok_or_else(|| Error::MissingColumn(pk.clone()))?;
+                    at += 1;
+                    let mut v = crate::TypedValue::from_mysql(value, col)?;
+                    if let Some(c) = meta
+                        .column(pk)
+                        .filter(|c| c.ty.kind == crate::value::TypeKind::Timestamp)
+                    {
+                        v = crate::TypedValue::timestamp_from_epoch(c.ty.clone(), &v.value, pk)?;
+                    }
+                    null |= v.is_null();
+                    parts.push(v.key_bytes());
+                }
+                if !null {
+                    keys.push(crate::LockKey::new(&meta.name, parts)?);
+                }
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok(keys)
+    }
+}
+
 impl UpdatePlan {
     /// The SET columns spelled as the table spells them (column names are case-insensitive
     /// in MySQL, image rows are keyed by the table's spelling): what
@@ -514,18 +708,22 @@ impl DeletePlan {
 }
 
 fn select_sql(meta: &TableMeta, relation: &str, filter: &str) -> String {
-    let mut columns: Vec<&str> = meta.primary_key.iter().map(String::as_str).collect();
-    for c in &meta.columns {
-        if !columns.contains(&c.name.as_str()) {
-            columns.push(&c.name);
-        }
-    }
-    let columns = columns
-        .iter()
-        .map(|c| quote_ident(c))
-        .collect::<Vec<_>>()
-        .join(", ");
-    format!("SELECT {columns} FROM {relation}{filter} FOR UPDATE")
+    format!(
+        "SELECT {} FROM {relation}{filter} FOR UPDATE",
+        meta.image_columns(None)
+    )
+}
+
+/// `SELECT <image columns> FROM <schema>.<table> WHERE (<pk> = ? AND …) OR …` for `rows`
+/// keys: the after image of rows the branch already holds locked (parameters: each row's
+/// key, as [`crate::Row::primary_key`] gives it). Read with [`crate::RowImage::from_image`].
+pub fn rows_by_keys_sql(meta: &TableMeta, rows: usize) -> String {
+    format!(
+        "SELECT {} FROM {} WHERE {}",
+        meta.image_columns(None),
+        crate::undo_sql::quote_table(&meta.name),
+        keys_predicate(meta, rows)
+    )
 }
 
 /// `(pk1 = ? AND pk2 = ?) OR …` for `rows` keys; `FALSE` for none, so an empty lock set
@@ -661,6 +859,10 @@ mod tests {
             name: TableName::new("shop", "account"),
             columns: vec![col("a"), col("id"), col("balance"), col("region")],
             primary_key: vec!["region".into(), "id".into()],
+            unique_keys: Vec::new(),
+            engine: "InnoDB".into(),
+            triggers: Vec::new(),
+            cascades: Vec::new(),
         }
     }
 
@@ -906,6 +1108,43 @@ mod tests {
         assert!(
             refused_keys("INSERT INTO t (id, a) VALUES (1)", &auto_meta()).contains("1 values")
         );
+    }
+
+    #[test]
+    fn locking_select_keys_sql() {
+        let m = std::sync::Arc::new(meta());
+        let l = analyze_locking_select(
+            "/*+ XID('rw-1') */ SELECT balance FROM shop.account WHERE id = ? ORDER BY id LIMIT 3 FOR UPDATE",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(l.tables.len(), 1);
+        assert_eq!(
+            l.keys_sql(std::slice::from_ref(&m)),
+            "SELECT shop.account.`region`, shop.account.`id` FROM shop.account \
+             WHERE id = ? ORDER BY id LIMIT 3 FOR UPDATE"
+        );
+        let l = analyze_locking_select(
+            "SELECT COUNT(*) FROM account a JOIN account AS b ON a.id = b.a WHERE a.id > 1 LIMIT 1 FOR UPDATE",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            l.keys_sql(&[m.clone(), m.clone()]),
+            "SELECT `a`.`region`, `a`.`id`, `b`.`region`, `b`.`id` \
+             FROM account a JOIN account AS b ON a.id = b.a WHERE a.id > 1 FOR UPDATE",
+            "an aggregate's LIMIT does not limit the locked rows"
+        );
+        assert!(analyze_locking_select("SELECT 1 FROM t").unwrap().is_none());
+        assert!(is_read_query("WITH c AS (SELECT 1 AS a) SELECT a FROM c").unwrap());
+        assert!(!is_read_query("WITH c AS (SELECT 1 AS a) UPDATE t SET b = 1").unwrap_or(false));
+        assert!(analyze_locking_select("UPDATE t SET a = 1")
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            analyze_locking_select("SELECT * FROM (SELECT 1) AS d FOR UPDATE"),
+            Err(Error::Refused(_))
+        ));
     }
 
     #[test]

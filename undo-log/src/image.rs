@@ -63,6 +63,34 @@ pub struct TableMeta {
     pub columns: Vec<ColumnMeta>,
     /// Primary-key column names in key order; never empty (tables without one are refused).
     pub primary_key: Vec<String>,
+    /// Other UNIQUE indexes, each its columns in index order: INSERT … ON DUPLICATE KEY
+    /// UPDATE can hit an existing row through any of them.
+    #[serde(default)]
+    pub unique_keys: Vec<Vec<String>>,
+    /// Storage engine. Only transactional engines can hold a branch: a write to MyISAM
+    /// survives the local rollback that must undo it.
+    #[serde(default)]
+    pub engine: String,
+    /// Triggers on the table: they write rows the images never see.
+    #[serde(default)]
+    pub triggers: Vec<String>,
+    /// Foreign keys of other tables that reference this one and change child rows
+    /// themselves (CASCADE, SET NULL, SET DEFAULT): those child changes would have no undo.
+    #[serde(default)]
+    pub cascades: Vec<Cascade>,
+}
+
+/// A foreign key referencing a table, with the actions that rewrite child rows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cascade {
+    /// `schema.table.constraint` of the child's foreign key.
+    pub constraint: String,
+    /// The referenced columns of this (the parent) table.
+    pub columns: Vec<String>,
+    /// ON DELETE rewrites children.
+    pub on_delete: bool,
+    /// ON UPDATE rewrites children.
+    pub on_update: bool,
 }
 
 impl TableMeta {
@@ -71,6 +99,34 @@ impl TableMeta {
     /// Fails with [`Error::NoPrimaryKey`] for tables without a primary key: AT mode cannot
     /// find such rows again, so writes to them must be refused.
     pub async fn load(conn: &mut mysql_async::Conn, schema: &str, table: &str) -> Result<Self> {
+        // The stored spelling: with lower_case_table_names the statement's spelling may
+        // differ, and lock keys must name a table one way only.
+        let found: Vec<(String, String, Option<String>, String)> = conn
+            .exec(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, ENGINE, TABLE_TYPE FROM information_schema.TABLES \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (schema, table),
+            )
+            .await?;
+        let Some((schema, table, engine, table_type)) = found
+            .iter()
+            .find(|(s, t, ..)| s == schema && t == table)
+            .or(found.first())
+            .cloned()
+        else {
+            return Err(Error::UnknownTable {
+                schema: schema.into(),
+                table: table.into(),
+            });
+        };
+        let (schema, table) = (schema.as_str(), table.as_str());
+        if table_type == "VIEW" {
+            return Err(Error::Refused(format!(
+                "writing through view `{schema}`.`{table}` (write to its base table, whose \
+                 primary key the images need)"
+            )));
+        }
+        let engine = engine.unwrap_or_default();
         type ColumnRow = (
             String,
             String,
@@ -133,11 +189,144 @@ impl TableMeta {
                 table: table.into(),
             });
         }
+        let mut unique_keys: Vec<(String, Vec<String>)> = Vec::new();
+        let index_columns: Vec<(String, String)> = conn
+            .exec(
+                "SELECT INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
+                 AND INDEX_NAME <> 'PRIMARY' ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (schema, table),
+            )
+            .await?;
+        for (index, column) in index_columns {
+            match unique_keys.last_mut() {
+                Some((name, cols)) if *name == index => cols.push(column),
+                _ => unique_keys.push((index, vec![column])),
+            }
+        }
+        let triggers: Vec<String> = conn
+            .exec(
+                "SELECT TRIGGER_NAME FROM information_schema.TRIGGERS \
+                 WHERE EVENT_OBJECT_SCHEMA = ? AND EVENT_OBJECT_TABLE = ? ORDER BY TRIGGER_NAME",
+                (schema, table),
+            )
+            .await?;
+        let fk_columns: Vec<(String, String, String, String, String, String)> = conn
+            .exec(
+                "SELECT k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.REFERENCED_COLUMN_NAME, \
+                 r.UPDATE_RULE, r.DELETE_RULE \
+                 FROM information_schema.KEY_COLUMN_USAGE k \
+                 JOIN information_schema.REFERENTIAL_CONSTRAINTS r \
+                 ON r.CONSTRAINT_SCHEMA = k.CONSTRAINT_SCHEMA \
+                 AND r.CONSTRAINT_NAME = k.CONSTRAINT_NAME AND r.TABLE_NAME = k.TABLE_NAME \
+                 WHERE k.REFERENCED_TABLE_SCHEMA = ? AND k.REFERENCED_TABLE_NAME = ? \
+                 ORDER BY k.TABLE_SCHEMA, k.TABLE_NAME, k.CONSTRAINT_NAME, k.POSITION_IN_UNIQUE_CONSTRAINT",
+                (schema, table),
+            )
+            .await?;
+        let rewrites = |rule: &str| !matches!(rule, "RESTRICT" | "NO ACTION");
+        let mut cascades: Vec<Cascade> = Vec::new();
+        for (child_schema, child, name, column, on_update, on_delete) in fk_columns {
+            let (on_update, on_delete) = (rewrites(&on_update), rewrites(&on_delete));
+            if !on_update && !on_delete {
+                continue;
+            }
+            let constraint = format!("{child_schema}.{child}.{name}");
+            match cascades.last_mut() {
+                Some(c) if c.constraint == constraint => c.columns.push(column),
+                _ => cascades.push(Cascade {
+                    constraint,
+                    columns: vec![column],
+                    on_delete,
+                    on_update,
+                }),
+            }
+        }
         Ok(TableMeta {
             name: TableName::new(schema, table),
             columns,
             primary_key,
+            unique_keys: unique_keys.into_iter().map(|(_, cols)| cols).collect(),
+            engine,
+            triggers,
+            cascades,
         })
+    }
+
+    /// Why a statement of `kind` that assigns `set_columns` (UPDATE only) may not run on
+    /// this table inside a global transaction, or `None` when it may. Every reason is a
+    /// write the images would not capture, so the undo could not be exact.
+    pub fn refusal(&self, kind: crate::record::SqlKind, set_columns: &[String]) -> Option<String> {
+        use crate::record::SqlKind;
+        if !self.engine.eq_ignore_ascii_case("InnoDB") {
+            let engine = if self.engine.is_empty() {
+                "unknown"
+            } else {
+                &self.engine
+            };
+            return Some(format!(
+                "table {} uses the {engine} storage engine (not transactional: its writes \
+                 cannot be rolled back with the local transaction)",
+                self.name
+            ));
+        }
+        if let Some(trigger) = self.triggers.first() {
+            return Some(format!(
+                "table {} has trigger `{trigger}` (its writes would have no undo record)",
+                self.name
+            ));
+        }
+        for c in &self.cascades {
+            let hits = match kind {
+                SqlKind::Delete => c.on_delete,
+                SqlKind::Update => {
+                    c.on_update && c.columns.iter().any(|col| set_columns.contains(col))
+                }
+                SqlKind::Insert => false,
+            };
+            if hits {
+                return Some(format!(
+                    "table {} is referenced by foreign key `{}` with ON {} CASCADE/SET NULL/SET \
+                     DEFAULT (the child rows it rewrites would have no undo record)",
+                    self.name,
+                    c.constraint,
+                    if kind == SqlKind::Delete {
+                        "DELETE"
+                    } else {
+                        "UPDATE"
+                    }
+                ));
+            }
+        }
+        None
+    }
+
+    /// The select list of an image: the primary key first, then every other column, each
+    /// qualified by `qualifier` when given (`t`.`c`). TIMESTAMP columns are read as
+    /// `UNIX_TIMESTAMP(c) AS c`: the value then does not depend on the session time zone
+    /// of the client connection the image is read on ([`Row::from_image`] converts back).
+    pub fn image_columns(&self, qualifier: Option<&str>) -> String {
+        let mut names: Vec<&str> = self.primary_key.iter().map(String::as_str).collect();
+        for c in &self.columns {
+            if !names.contains(&c.name.as_str()) {
+                names.push(&c.name);
+            }
+        }
+        let prefix = qualifier.map(|q| format!("{q}.")).unwrap_or_default();
+        names
+            .iter()
+            .map(|name| {
+                let quoted = crate::undo_sql::quote_ident(name);
+                match self.column(name) {
+                    Some(c) if c.ty.kind == TypeKind::Timestamp => {
+                        format!("UNIX_TIMESTAMP({prefix}{quoted}) AS {quoted}")
+                    }
+                    _ if qualifier.is_some() => format!("{prefix}{quoted} AS {quoted}"),
+                    _ => format!("{prefix}{quoted}"),
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     pub fn column(&self, name: &str) -> Option<&ColumnMeta> {
@@ -291,6 +480,32 @@ impl Row {
         Ok(Row { cells })
     }
 
+    /// Decodes a row read by a phase-one image SELECT (see [`TableMeta::image_columns`]):
+    /// TIMESTAMP columns arrive as `UNIX_TIMESTAMP(col)` and become UTC values.
+    pub fn from_image(row: &mysql_async::Row, meta: &TableMeta) -> Result<Self> {
+        let mut out = Row::from_mysql(row)?;
+        for (name, value) in out.cells.iter_mut() {
+            if let Some(col) = meta
+                .column(name)
+                .filter(|c| c.ty.kind == TypeKind::Timestamp)
+            {
+                if value.ty.kind != TypeKind::Timestamp {
+                    *value = TypedValue::timestamp_from_epoch(col.ty.clone(), &value.value, name)?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The row as a JSON object (column → [`TypedValue::to_json`]), in column order.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::with_capacity(self.cells.len());
+        for (name, value) in &self.cells {
+            map.insert(name.clone(), value.to_json());
+        }
+        serde_json::Value::Object(map)
+    }
+
     pub fn get(&self, column: &str) -> Option<&TypedValue> {
         self.cells.iter().find(|(c, _)| c == column).map(|(_, v)| v)
     }
@@ -336,6 +551,18 @@ impl RowImage {
     pub fn from_mysql(table: TableName, rows: &[mysql_async::Row]) -> Result<Self> {
         let rows = rows.iter().map(Row::from_mysql).collect::<Result<_>>()?;
         Ok(RowImage { table, rows })
+    }
+
+    /// Rows of a phase-one image SELECT; see [`Row::from_image`].
+    pub fn from_image(meta: &TableMeta, rows: &[mysql_async::Row]) -> Result<Self> {
+        let rows = rows
+            .iter()
+            .map(|r| Row::from_image(r, meta))
+            .collect::<Result<_>>()?;
+        Ok(RowImage {
+            table: meta.name.clone(),
+            rows,
+        })
     }
 
     pub fn is_empty(&self) -> bool {

@@ -97,6 +97,33 @@ impl std::fmt::Display for LockKey {
     }
 }
 
+/// The table of a [`LockKey::table_id`] as `schema.table` for people (lossy only for
+/// names that are not UTF-8, which MySQL does not allow); the input itself when it is not
+/// in canonical form.
+pub fn unescape_table(table_id: &str) -> String {
+    let parsed = table_id.split_once('.').and_then(|(schema, table)| {
+        let schema = unescape(schema)?;
+        let table = unescape(table)?;
+        Some(TableName::new(
+            String::from_utf8_lossy(&schema),
+            String::from_utf8_lossy(&table),
+        ))
+    });
+    match parsed {
+        Some(name) => name.to_string(),
+        None => table_id.to_string(),
+    }
+}
+
+/// The [`TableName`] of a [`LockKey::table_id`], if it is one.
+pub fn table_name(table_id: &str) -> Option<TableName> {
+    let (schema, table) = table_id.split_once('.')?;
+    Some(TableName::new(
+        String::from_utf8(unescape(schema)?).ok()?,
+        String::from_utf8(unescape(table)?).ok()?,
+    ))
+}
+
 fn is_plain(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_' || b == b'-'
 }

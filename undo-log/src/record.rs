@@ -132,6 +132,54 @@ impl UndoRecord {
         Ok(keys)
     }
 
+    /// Where one row (by table and lock-key bytes) appears: its image in the first item
+    /// that touched it (for its key and columns) and its state before the branch (the
+    /// first item's before image; `None` when the branch inserted it). `None` when no item
+    /// holds the row (already settled).
+    pub fn row_history(
+        &self,
+        table: &crate::TableName,
+        pk: &[Vec<u8>],
+    ) -> Result<Option<(&UndoItem, &crate::Row, Option<&crate::Row>)>> {
+        for item in &self.items {
+            if &item.table.name != table {
+                continue;
+            }
+            for image in [&item.before, &item.after] {
+                for row in &image.rows {
+                    if row_key(row, &item.table.primary_key)? == pk {
+                        let before = find_by_key(&item.before, &item.table.primary_key, pk)?;
+                        return Ok(Some((item, row, before)));
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// Takes one row out of every item, as settled by an operator: the retried rollback
+    /// leaves it alone. Items left with no rows go. Returns whether anything was removed.
+    pub fn settle_row(&mut self, table: &crate::TableName, pk: &[Vec<u8>]) -> Result<bool> {
+        let mut removed = false;
+        for item in self.items.iter_mut().filter(|i| &i.table.name == table) {
+            let key_cols = item.table.primary_key.clone();
+            for image in [&mut item.before, &mut item.after] {
+                let n = image.rows.len();
+                let mut keep = Vec::with_capacity(n);
+                for row in image.rows.drain(..) {
+                    if row_key(&row, &key_cols)? != pk {
+                        keep.push(row);
+                    }
+                }
+                removed |= keep.len() != n;
+                image.rows = keep;
+            }
+        }
+        self.items
+            .retain(|i| !(i.before.rows.is_empty() && i.after.rows.is_empty()));
+        Ok(removed)
+    }
+
     pub fn encode(&self) -> Result<Vec<u8>> {
         let json = serde_json::to_vec(self).map_err(|e| Error::Codec(e.to_string()))?;
         if json.len() > MAX_RECORD_LEN {
@@ -182,6 +230,24 @@ impl UndoRecord {
         };
         serde_json::from_slice(&json).map_err(|e| Error::Codec(e.to_string()))
     }
+}
+
+/// A row's lock-key bytes.
+pub fn row_key(row: &crate::Row, pk: &[String]) -> Result<Vec<Vec<u8>>> {
+    Ok(row.primary_key(pk)?.iter().map(|v| v.key_bytes()).collect())
+}
+
+fn find_by_key<'a>(
+    image: &'a RowImage,
+    pk_cols: &[String],
+    pk: &[Vec<u8>],
+) -> Result<Option<&'a crate::Row>> {
+    for row in &image.rows {
+        if row_key(row, pk_cols)? == pk {
+            return Ok(Some(row));
+        }
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

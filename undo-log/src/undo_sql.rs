@@ -9,7 +9,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::{Row, TableName};
-use crate::record::{SqlKind, UndoItem};
+use crate::record::{SqlKind, TableSummary, UndoItem};
 use crate::value::TypedValue;
 
 /// Session settings for the connection that reads images and runs undo SQL:
@@ -190,6 +190,73 @@ fn insert_row(item: &UndoItem, before: &Row) -> Result<Statement> {
             placeholders
         ),
         params: cells.iter().map(|(_, v)| v.to_mysql()).collect(),
+    })
+}
+
+/// Puts one row back to `target` (its state before the branch; `None`: it did not exist),
+/// for an operator's "restore before image" after a dirty write. `current` is the row as
+/// it is now, read under `FOR UPDATE` by the caller; `key` is any image of the row (for its
+/// primary key). Every non-generated column of `target` is written, since a third party
+/// may have changed any of them. `None` when there is nothing to do.
+pub fn overwrite_row(
+    table: &TableSummary,
+    key: &Row,
+    target: Option<&Row>,
+    current: Option<&Row>,
+) -> Result<Option<Statement>> {
+    let pk = &table.primary_key;
+    let (predicate, key_params) = pk_predicate(pk, key)?;
+    Ok(match (target, current) {
+        (None, None) => None,
+        (None, Some(_)) => Some(Statement {
+            sql: format!("DELETE FROM {} WHERE {predicate}", quote_table(&table.name)),
+            params: key_params,
+        }),
+        (Some(target), None) => {
+            let cells: Vec<_> = target
+                .cells
+                .iter()
+                .filter(|(c, _)| !table.generated.contains(c))
+                .collect();
+            Some(Statement {
+                sql: format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    quote_table(&table.name),
+                    cells
+                        .iter()
+                        .map(|(c, _)| quote_ident(c))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    vec!["?"; cells.len()].join(", ")
+                ),
+                params: cells.iter().map(|(_, v)| v.to_mysql()).collect(),
+            })
+        }
+        (Some(target), Some(_)) => {
+            let cells: Vec<_> = target
+                .cells
+                .iter()
+                .filter(|(c, _)| !table.generated.contains(c) && !pk.contains(c))
+                .collect();
+            if cells.is_empty() {
+                return Ok(None);
+            }
+            let mut params: Vec<mysql_async::Value> =
+                cells.iter().map(|(_, v)| v.to_mysql()).collect();
+            params.extend(key_params);
+            Some(Statement {
+                sql: format!(
+                    "UPDATE {} SET {} WHERE {predicate}",
+                    quote_table(&table.name),
+                    cells
+                        .iter()
+                        .map(|(c, _)| format!("{} = ?", quote_ident(c)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                params,
+            })
+        }
     })
 }
 

@@ -342,6 +342,124 @@ impl TypedValue {
     }
 }
 
+impl TypedValue {
+    /// A TIMESTAMP read as `UNIX_TIMESTAMP(col)` (an integer, or a decimal with the
+    /// column's fractional digits), turned into the UTC value a `time_zone = '+00:00'`
+    /// session reads for the same column. Phase one reads TIMESTAMP columns this way on the
+    /// client's own connection, whose time zone is the client's business and may have DST
+    /// gaps and folds that a local time cannot round-trip through. `0` is the zero date.
+    pub fn timestamp_from_epoch(ty: ColumnType, epoch: &Value, column: &str) -> Result<Self> {
+        let bad = || Error::Decode {
+            column: column.to_owned(),
+            kind: TypeKind::Timestamp,
+            got: format!("epoch {}", shape(epoch)),
+        };
+        let (secs, micros) = match epoch {
+            Value::Null => return Ok(TypedValue::new(ty, Value::Null)),
+            Value::Int(i) => (u64::try_from(*i).map_err(|_| bad())?, 0),
+            Value::UInt(u) => (*u, 0),
+            Value::Decimal(s) => {
+                let (whole, frac) = s.split_once('.').unwrap_or((s, ""));
+                let secs = whole.parse::<u64>().map_err(|_| bad())?;
+                let micros = if frac.is_empty() {
+                    0
+                } else {
+                    micros(frac).ok_or_else(bad)?
+                };
+                (secs, micros)
+            }
+            _ => return Err(bad()),
+        };
+        if secs == 0 && micros == 0 {
+            return Ok(TypedValue::new(
+                ty,
+                Value::DateTime {
+                    year: 0,
+                    month: 0,
+                    day: 0,
+                    hour: 0,
+                    minute: 0,
+                    second: 0,
+                    micros: 0,
+                },
+            ));
+        }
+        let days = i64::try_from(secs / 86_400).map_err(|_| bad())?;
+        let rem = secs % 86_400;
+        let (year, month, day) = civil_from_days(days);
+        Ok(TypedValue::new(
+            ty,
+            Value::DateTime {
+                year: u16::try_from(year).map_err(|_| bad())?,
+                month,
+                day,
+                hour: (rem / 3600) as u8,
+                minute: (rem % 3600 / 60) as u8,
+                second: (rem % 60) as u8,
+                micros,
+            },
+        ))
+    }
+
+    /// The value as JSON for people (the console's side-by-side images): numbers that fit
+    /// stay numbers, DECIMAL and temporal values are strings as MySQL prints them, text is
+    /// text, bytes are text when they are UTF-8 and `{"hex": …}` otherwise. Within one
+    /// column type the rendering is injective, so comparing renderings of the same row's
+    /// cells compares the stored values.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as J;
+        match &self.value {
+            Value::Null => J::Null,
+            Value::Int(i) => J::from(*i),
+            Value::UInt(u) => J::from(*u),
+            // Bits as well: `-0` and NaN payloads must stay distinguishable.
+            Value::Float(f) => {
+                serde_json::json!({"float": f.to_string(), "bits": format!("{:08x}", f.to_bits())})
+            }
+            Value::Double(d) => {
+                serde_json::json!({"double": d.to_string(), "bits": format!("{:016x}", d.to_bits())})
+            }
+            Value::Text(s) => J::String(s.clone()),
+            Value::Bytes(b) => match std::str::from_utf8(b) {
+                Ok(s) if self.ty.kind != TypeKind::Bit && self.ty.kind != TypeKind::Geometry => {
+                    J::String(s.to_owned())
+                }
+                _ => {
+                    serde_json::json!({"hex": b.iter().map(|x| format!("{x:02x}")).collect::<String>()})
+                }
+            },
+            other => J::String(other.to_string()),
+        }
+    }
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01 (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u8, u8) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// A value's shape for error messages (never its content).
+fn shape(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "NULL",
+        Value::Int(_) | Value::UInt(_) => "integer",
+        Value::Float(_) | Value::Double(_) => "float",
+        Value::Decimal(_) => "decimal",
+        Value::Date { .. } | Value::DateTime { .. } | Value::Time { .. } => "temporal",
+        Value::Text(_) => "text",
+        Value::Bytes(_) => "bytes",
+    }
+}
+
 /// A readable rendering for operators and lock keys. Temporal values always print six
 /// fractional digits so the rendering does not depend on the column's precision.
 impl fmt::Display for Value {

@@ -94,6 +94,17 @@ async fn binary_image(conn: &mut Conn, db: &str, sql: &str, params: Params) -> R
     Ok(RowImage::from_mysql(TableName::new(db, TABLE), &rows)?)
 }
 
+/// Reads a phase-one image (TIMESTAMP columns as UNIX_TIMESTAMP), as the proxy does.
+async fn phase_one_image(
+    conn: &mut Conn,
+    meta: &TableMeta,
+    sql: &str,
+    params: Params,
+) -> Result<RowImage> {
+    let rows: Vec<mysql_async::Row> = conn.exec(sql, params).await?;
+    Ok(RowImage::from_image(meta, &rows)?)
+}
+
 async fn run_check_and_undo(conn: &mut Conn, db: &str, item: &UndoItem) -> Result<CheckOutcome> {
     let mut current = RowImage::empty(item.table.name.clone());
     for select in select_current(item)? {
@@ -159,9 +170,9 @@ async fn t10_every_type_both_protocols_and_update_undo_is_byte_identical() -> Re
     assert_eq!(plan.set_params, 1);
     conn.query_drop("BEGIN").await?;
     let before_sql = plan.before_image_sql(&meta)?;
-    let before = binary_image(
+    let before = phase_one_image(
         &mut conn,
-        db,
+        &meta,
         &before_sql,
         Params::from(params[plan.set_params..].to_vec()),
     )
@@ -251,7 +262,13 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
     let Dml::Delete(plan) = analyze(delete_sql)? else {
         panic!("a DELETE")
     };
-    let before = binary_image(&mut conn, db, &plan.before_image_sql(&meta), Params::Empty).await?;
+    let before = phase_one_image(
+        &mut conn,
+        &meta,
+        &plan.before_image_sql(&meta),
+        Params::Empty,
+    )
+    .await?;
     assert_eq!(
         before.rows[0].get("c_hidden").map(|v| &v.value),
         Some(&Value::Int(9))
@@ -384,7 +401,7 @@ async fn t20_insert_and_delete_undo_and_dirty_write() -> Result<()> {
         table: TableSummary::from(ai.as_ref()),
         set_columns: vec![],
         before: RowImage::empty(TableName::new(db, "ai")),
-        after: RowImage::from_mysql(TableName::new(db, "ai"), &after)?,
+        after: RowImage::from_image(&ai, &after)?,
     };
     assert_eq!(
         run_check_and_undo(&mut conn, db, &insert).await?,

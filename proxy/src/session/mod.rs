@@ -16,13 +16,17 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::classify::{self, Kind};
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
+use crate::phase_one::{Branch, StmtCache};
 use crate::stacked;
 use crate::wire;
 use crate::xid;
 use crate::Shared;
+
+mod at;
 
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
@@ -52,6 +56,14 @@ struct Prepared {
     types: Vec<(ColumnType, ColumnFlags)>,
     /// COM_STMT_SEND_LONG_DATA chunks per parameter, consumed by the next execute.
     long_data: HashMap<u16, Vec<u8>>,
+    /// XID tag in the prepared text: every execute is part of that global transaction.
+    tag: Option<String>,
+    /// First-keyword class of the text, and the text itself when it is UTF-8: for the AT
+    /// path when an execute is tagged or runs inside a bound local transaction.
+    kind: Kind,
+    sql: Option<Arc<str>>,
+    /// The DML analysis, done on the first execute that needs it.
+    plan: Option<Arc<rewind_undo_log::Dml>>,
 }
 
 struct Session {
@@ -67,6 +79,15 @@ struct Session {
     /// For COM_CHANGE_USER: the accepted logins and the client's host for error messages.
     shared: Arc<Shared>,
     peer: String,
+    /// The global transaction the current local transaction is bound to (AT mode).
+    branch: Option<Branch>,
+    /// Statements the proxy itself prepared on this backend connection (image reads).
+    internal: StmtCache,
+    /// The session's current database when known; `None`: ask the backend when needed.
+    db: Option<Option<String>>,
+    /// Set while relaying the result of a statement the proxy wrapped in its own
+    /// transaction: the client, in autocommit, must not see the in-transaction flag.
+    hide_in_trans: bool,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -139,6 +160,10 @@ pub async fn serve(
             .contains(CapabilityFlags::CLIENT_MULTI_STATEMENTS),
         shared: shared.clone(),
         peer,
+        branch: None,
+        internal: StmtCache::default(),
+        db: None,
+        hide_in_trans: false,
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -200,6 +225,7 @@ impl Session {
         if let Some(db) = db {
             self.conn.query_drop(use_statement(db)).await?;
         }
+        self.db = Some(db.map(|d| String::from_utf8_lossy(d).into_owned()));
         Ok(())
     }
 
@@ -255,7 +281,9 @@ impl Session {
         match cmd {
             COM_QUERY => self.query(body).await,
             COM_INIT_DB => {
+                self.db = None;
                 self.conn.query_drop(use_statement(body)).await?;
+                self.db = Some(Some(String::from_utf8_lossy(body).into_owned()));
                 self.push_ok();
                 Ok(())
             }
@@ -272,8 +300,12 @@ impl Session {
                 Ok(())
             }
             COM_RESET_CONNECTION => {
-                // The reset closes every prepared statement on the backend.
+                // The reset closes every prepared statement on the backend and rolls back
+                // an open transaction (a bound one was never registered: nothing to tell).
                 self.stmts.clear();
+                self.internal.clear();
+                self.branch = None;
+                self.db = None;
                 self.conn.reset().await?;
                 self.push_ok();
                 Ok(())
@@ -357,6 +389,9 @@ impl Session {
         let auth = handshake::auth_switch(&mut self.ps, &scramble).await?;
         handshake::check_login(&self.shared.logins, &user, &scramble, &auth, &self.peer)?;
         self.stmts.clear();
+        self.internal.clear();
+        self.branch = None;
+        self.db = None;
         self.conn.reset().await?;
         let charset = charset
             .and_then(|c| u8::try_from(c).ok())
@@ -401,9 +436,13 @@ impl Session {
     }
 
     async fn query(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
-        if let Some(x) = xid::leading_xid(sql) {
-            // AT mode is a later issue: tagged statements pass through for now.
-            debug!(xid = %String::from_utf8_lossy(x), "tagged statement passed through");
+        let tag = xid::leading_xid(sql);
+        if tag.is_some() || self.branch.is_some() {
+            let tag = tag.map(|t| String::from_utf8_lossy(t).into_owned());
+            return self.at_query(sql, tag).await;
+        }
+        if self.db.is_some() && classify::may_change_database(sql) {
+            self.db = None;
         }
         if !self.multi_statements {
             let backslash =
@@ -447,6 +486,10 @@ impl Session {
                 ],
                 stmt,
                 long_data: HashMap::new(),
+                tag: xid::leading_xid(sql).map(|t| String::from_utf8_lossy(t).into_owned()),
+                kind: classify::classify(sql),
+                sql: std::str::from_utf8(sql).ok().map(Arc::from),
+                plan: None,
             },
         );
         Ok(())
@@ -493,6 +536,9 @@ impl Session {
             }
         }
         p.long_data.clear();
+        if p.tag.is_some() || self.branch.is_some() {
+            return self.at_execute(id, values).await;
+        }
         let stmt = p.stmt.clone();
         let params = if values.is_empty() {
             Params::Empty
@@ -554,6 +600,9 @@ impl Session {
                 status |= more_flag;
             } else {
                 status &= !more_flag;
+            }
+            if self.hide_in_trans {
+                status &= !StatusFlags::SERVER_STATUS_IN_TRANS.bits();
             }
             self.status = status & !more_flag;
             self.ps.push(&wire::eof_packet(self.caps, status, warnings));

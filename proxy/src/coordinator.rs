@@ -1,0 +1,340 @@
+//! The proxy's client of the coordinator: one coordinator or a Raft cluster of them.
+//!
+//! Every call goes to the node believed to lead. A node that is not the leader answers
+//! `UNAVAILABLE` with the leader's gRPC URL in the `rewind-leader` metadata; the client
+//! switches there and retries. A node that cannot be reached is skipped for the next one
+//! in the configured list. Retries stop after `retry_for`, so a caller holding a client's
+//! local transaction open waits a bounded time. Only idempotent calls are retried: status
+//! and lock queries are reads, RegisterBranch carries a request id the coordinator
+//! deduplicates by, and ReportBranch is idempotent by nature.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rewind_protocol::v1::{
+    self, register_branch_response, resource_manager_client::ResourceManagerClient,
+    transaction_manager_client::TransactionManagerClient,
+};
+use rewind_protocol::GlobalStatus;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Response, Status};
+
+/// Metadata key a non-leader puts its leader's gRPC URL in.
+pub const LEADER_METADATA: &str = "rewind-leader";
+
+/// Why a coordinator call failed, in the terms the proxy acts on.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// Unknown global transaction (never issued, or pruned long after it finished).
+    #[error("{0}")]
+    NotFound(String),
+    /// The global transaction exists but no longer takes branches (decided or finished).
+    #[error("{0}")]
+    NotActive(String),
+    /// The coordinator refused the request itself.
+    #[error("{0}")]
+    Invalid(String),
+    /// No coordinator answered in time.
+    #[error("coordinator unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Outcome of a branch registration.
+#[derive(Debug, Clone)]
+pub enum Registration {
+    Registered(u64),
+    Conflict {
+        key: v1::LockKey,
+        holder: String,
+        holder_rolling_back: bool,
+    },
+}
+
+pub struct Coordinators {
+    /// Configured gRPC URLs, in order of preference.
+    urls: Vec<String>,
+    /// Channels by URL, leader hints included; a std Mutex, never held across `.await`.
+    channels: Mutex<HashMap<String, Channel>>,
+    /// The URL believed to lead.
+    current: Mutex<String>,
+    /// One attempt's deadline.
+    call_timeout: Duration,
+    /// How long a call keeps retrying an unreachable or leaderless cluster.
+    retry_for: Duration,
+}
+
+impl Coordinators {
+    /// `list`: comma-separated gRPC URLs (`http://host:port`). Connections are lazy: the
+    /// proxy starts and serves untagged traffic with no coordinator up.
+    pub fn new(list: &str, call_timeout: Duration, retry_for: Duration) -> Result<Self, String> {
+        let urls: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(normalize)
+            .collect();
+        if urls.is_empty() {
+            return Err("no coordinator address given".into());
+        }
+        let mut channels = HashMap::new();
+        for u in &urls {
+            channels.insert(u.clone(), channel(u, call_timeout)?);
+        }
+        Ok(Coordinators {
+            current: Mutex::new(urls[0].clone()),
+            urls,
+            channels: Mutex::new(channels),
+            call_timeout,
+            retry_for,
+        })
+    }
+
+    /// The leader's channel as far as we know, and its URL.
+    pub fn current(&self) -> (String, Channel) {
+        let url = lock(&self.current).clone();
+        let mut channels = lock(&self.channels);
+        if let Some(ch) = channels.get(&url) {
+            return (url, ch.clone());
+        }
+        // A leader hint that failed to parse never becomes current, so this is a
+        // configured URL whose channel was built at start.
+        let ch = channel(&url, self.call_timeout).unwrap_or_else(|_| {
+            channels
+                .values()
+                .next()
+                .cloned()
+                .expect("at least one channel")
+        });
+        channels.insert(url.clone(), ch.clone());
+        (url, ch)
+    }
+
+    /// After a failure on `failed`: follow the leader hint in `status`, or move to the next
+    /// configured URL.
+    pub fn fail_over(&self, failed: &str, status: Option<&Status>) {
+        let hint = status
+            .and_then(|s| s.metadata().get(LEADER_METADATA))
+            .and_then(|v| v.to_str().ok())
+            .map(normalize)
+            .filter(|h| !h.is_empty() && h != failed);
+        let mut current = lock(&self.current);
+        if *current != failed {
+            return; // someone else already moved on
+        }
+        if let Some(hint) = hint {
+            let mut channels = lock(&self.channels);
+            if !channels.contains_key(&hint) {
+                match channel(&hint, self.call_timeout) {
+                    Ok(ch) => {
+                        channels.insert(hint.clone(), ch);
+                    }
+                    Err(_) => return self.rotate(&mut current),
+                }
+            }
+            *current = hint;
+            return;
+        }
+        self.rotate(&mut current);
+    }
+
+    fn rotate(&self, current: &mut String) {
+        let at = self
+            .urls
+            .iter()
+            .position(|u| u == current)
+            .map_or(0, |i| i + 1);
+        *current = self.urls[at % self.urls.len()].clone();
+    }
+
+    /// Runs `f` against the leader, following leader hints and skipping dead nodes until it
+    /// answers or `retry_for` has passed.
+    async fn call<T, F, Fut>(&self, what: &'static str, f: F) -> Result<T, CallError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<Response<T>, Status>>,
+    {
+        let deadline = Instant::now() + self.retry_for;
+        let mut attempt = 0u32;
+        loop {
+            let (url, ch) = self.current();
+            let failure = match tokio::time::timeout(self.call_timeout, f(ch)).await {
+                Ok(Ok(r)) => return Ok(r.into_inner()),
+                Ok(Err(s)) => match s.code() {
+                    Code::NotFound => return Err(CallError::NotFound(s.message().into())),
+                    Code::FailedPrecondition => {
+                        return Err(CallError::NotActive(s.message().into()))
+                    }
+                    Code::InvalidArgument | Code::OutOfRange => {
+                        return Err(CallError::Invalid(s.message().into()))
+                    }
+                    _ => {
+                        let msg = format!("{what} at {url}: {}", s.message());
+                        self.fail_over(&url, Some(&s));
+                        msg
+                    }
+                },
+                Err(_) => {
+                    self.fail_over(&url, None);
+                    format!("{what} at {url}: no answer within {:?}", self.call_timeout)
+                }
+            };
+            attempt += 1;
+            let pause = backoff(attempt);
+            if Instant::now() + pause > deadline {
+                return Err(CallError::Unavailable(failure));
+            }
+            tracing::debug!(%failure, attempt, "coordinator call failed; retrying");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    pub async fn status(&self, xid: &str) -> Result<GlobalStatus, CallError> {
+        let r = self
+            .call("status", |ch| {
+                let xid = xid.to_string();
+                async move {
+                    TransactionManagerClient::new(ch)
+                        .status(v1::GlobalRequest { xid })
+                        .await
+                }
+            })
+            .await?;
+        Ok(GlobalStatus::try_from(r.status).unwrap_or(GlobalStatus::Unspecified))
+    }
+
+    pub async fn register(
+        &self,
+        xid: &str,
+        resource_id: &str,
+        keys: &[v1::LockKey],
+        request_id: &str,
+    ) -> Result<Registration, CallError> {
+        let r = self
+            .call("register branch", |ch| {
+                let req = v1::RegisterBranchRequest {
+                    xid: xid.to_string(),
+                    resource_id: resource_id.to_string(),
+                    lock_keys: keys.to_vec(),
+                    request_id: request_id.to_string(),
+                };
+                async move { ResourceManagerClient::new(ch).register_branch(req).await }
+            })
+            .await?;
+        match r.outcome {
+            Some(register_branch_response::Outcome::Registered(b)) => {
+                Ok(Registration::Registered(b.branch_id))
+            }
+            Some(register_branch_response::Outcome::Conflict(c)) => Ok(Registration::Conflict {
+                key: c.key.unwrap_or_default(),
+                holder: c.holder_xid,
+                holder_rolling_back: c.holder_rolling_back,
+            }),
+            None => Err(CallError::Invalid(
+                "registration answer without outcome".into(),
+            )),
+        }
+    }
+
+    pub async fn report(
+        &self,
+        xid: &str,
+        branch_id: u64,
+        committed: bool,
+    ) -> Result<(), CallError> {
+        self.call("report branch", |ch| {
+            let req = v1::ReportBranchRequest {
+                xid: xid.to_string(),
+                branch_id,
+                committed,
+            };
+            async move { ResourceManagerClient::new(ch).report_branch(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Which of `keys` other global transactions hold (`xid`'s own locks excluded).
+    pub async fn query_locks(
+        &self,
+        keys: &[v1::LockKey],
+        xid: Option<&str>,
+    ) -> Result<Vec<v1::LockHolder>, CallError> {
+        let r = self
+            .call("query locks", |ch| {
+                let req = v1::QueryLocksRequest {
+                    keys: keys.to_vec(),
+                    xid: xid.unwrap_or_default().to_string(),
+                };
+                async move { ResourceManagerClient::new(ch).query_locks(req).await }
+            })
+            .await?;
+        Ok(r.held)
+    }
+}
+
+/// `host:port` becomes `http://host:port`; a trailing `/` is dropped.
+fn normalize(url: &str) -> String {
+    let url = url.trim().trim_end_matches('/');
+    if url.contains("://") {
+        url.to_string()
+    } else {
+        format!("http://{url}")
+    }
+}
+
+fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
+    Ok(Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("coordinator URL {url:?}: {e}"))?
+        .connect_timeout(timeout)
+        .tcp_nodelay(true)
+        .connect_lazy())
+}
+
+/// Jittered exponential backoff: 20 ms, 40 ms, … capped at 500 ms, each in [½, 1]×.
+pub fn backoff(attempt: u32) -> Duration {
+    let cap = 20u64.saturating_mul(1 << attempt.min(5)).min(500);
+    Duration::from_millis(rand::rng().random_range(cap / 2..=cap))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Values behind these locks are replaced whole; a panic elsewhere cannot leave them
+    // half-written.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn urls_are_normalized_and_rotated() {
+        let c = Coordinators::new(
+            "127.0.0.1:1, http://127.0.0.1:2/",
+            Duration::from_secs(1),
+            Duration::from_secs(1),
+        )
+        .unwrap();
+        assert_eq!(c.urls, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
+        assert_eq!(c.current().0, "http://127.0.0.1:1");
+        c.fail_over("http://127.0.0.1:1", None);
+        assert_eq!(c.current().0, "http://127.0.0.1:2");
+        // A stale failure report from a caller that used the old leader changes nothing.
+        c.fail_over("http://127.0.0.1:1", None);
+        assert_eq!(c.current().0, "http://127.0.0.1:2");
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert(LEADER_METADATA, "127.0.0.1:3".parse().unwrap());
+        c.fail_over("http://127.0.0.1:2", Some(&s));
+        assert_eq!(c.current().0, "http://127.0.0.1:3");
+        c.fail_over("http://127.0.0.1:3", None);
+        assert_eq!(
+            c.current().0,
+            "http://127.0.0.1:1",
+            "a hint outside the list rotates back"
+        );
+        assert!(Coordinators::new(" , ", Duration::ZERO, Duration::ZERO).is_err());
+    }
+}

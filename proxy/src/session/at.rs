@@ -1,0 +1,473 @@
+//! The AT path of a session: statements that carry an XID tag, and every statement of a
+//! local transaction bound to a global one.
+//!
+//! Binding follows DESIGN.md: a tag binds the XID to the connection's current local
+//! transaction (explicit BEGIN, or `autocommit = 0`) until its COMMIT or ROLLBACK; in
+//! autocommit a tagged DML statement is a branch by itself, which the proxy wraps in its
+//! own transaction and commits. Inside a bound transaction only statements whose effects
+//! the proxy can see and undo run: DML (with images), reads, savepoints, SET (except
+//! `autocommit`), USE. Everything that would commit implicitly or write out of sight is
+//! refused with 1235 before it reaches the backend.
+
+use mysql_async::consts::StatusFlags;
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinaryProtocol, Params, Statement, TextProtocol, Value};
+use rewind_protocol::GlobalStatus;
+use rewind_undo_log::analyze;
+
+use super::Session;
+use crate::classify::{self, Kind};
+use crate::coordinator::CallError;
+use crate::error::ProxyError;
+use crate::phase_one::{self, Branch, Failure, Original};
+use crate::stacked;
+use crate::wire;
+
+/// The statement being run on the AT path.
+#[derive(Clone)]
+enum Stmt<'a> {
+    /// COM_QUERY text.
+    Text(&'a [u8]),
+    /// COM_STMT_EXECUTE of the client's statement `id`.
+    Prepared {
+        id: u32,
+        stmt: Statement,
+        sql: Option<std::sync::Arc<str>>,
+    },
+}
+
+impl Stmt<'_> {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Stmt::Text(b) => b,
+            Stmt::Prepared { sql, .. } => sql.as_deref().map(str::as_bytes).unwrap_or_default(),
+        }
+    }
+
+    fn text(&self) -> Result<&str, ProxyError> {
+        match self {
+            Stmt::Text(b) => std::str::from_utf8(b).ok(),
+            Stmt::Prepared { sql, .. } => sql.as_deref(),
+        }
+        .ok_or_else(|| {
+            ProxyError::AtRefused(
+                "a statement whose text is not UTF-8 (the proxy must parse it to record its undo)"
+                    .into(),
+            )
+        })
+    }
+}
+
+impl Session {
+    pub(super) async fn at_query(
+        &mut self,
+        sql: &[u8],
+        tag: Option<String>,
+    ) -> Result<(), ProxyError> {
+        let backslash = self.status & StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES.bits() == 0;
+        if stacked::second_statement(sql, backslash).is_some() {
+            return Err(ProxyError::AtRefused(
+                "several statements in one query (send them one at a time)".into(),
+            ));
+        }
+        let kind = classify::classify(sql);
+        let r = self
+            .at_statement(kind, tag, Stmt::Text(sql), Vec::new())
+            .await;
+        self.settle_binding(r).await
+    }
+
+    pub(super) async fn at_execute(
+        &mut self,
+        id: u32,
+        values: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        let p = self
+            .stmts
+            .get(&id)
+            .ok_or(ProxyError::UnknownStatement(id))?;
+        let (kind, tag) = (p.kind.clone(), p.tag.clone());
+        let stmt = Stmt::Prepared {
+            id,
+            stmt: p.stmt.clone(),
+            sql: p.sql.clone(),
+        };
+        let r = self.at_statement(kind, tag, stmt, values).await;
+        self.settle_binding(r).await
+    }
+
+    /// After an AT statement: when the local transaction ended without the proxy's own
+    /// COMMIT or ROLLBACK handling (the backend rolled it back on a deadlock or lock wait
+    /// timeout), the binding ends too; the backend's rollback already undid its writes.
+    async fn settle_binding(&mut self, r: Result<(), ProxyError>) -> Result<(), ProxyError> {
+        if self.branch.is_none() {
+            return r;
+        }
+        if r.is_err() && !self.conn.is_disconnected() {
+            // Error packets carry no status flags: ask with a statement that does nothing.
+            if self.conn.query_drop("DO 0").await.is_ok() {
+                self.status = wire::Ok::from_backend(&self.conn).status;
+            }
+        }
+        if self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() == 0 {
+            if let Some(b) = self.branch.take() {
+                if r.is_ok() && !b.items.is_empty() {
+                    tracing::warn!(xid = %b.xid, "local transaction ended without COMMIT; branch dropped");
+                } else {
+                    tracing::debug!(xid = %b.xid, "local transaction ended; binding dropped");
+                }
+            }
+        }
+        r
+    }
+
+    fn in_transaction(&self) -> bool {
+        self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0
+            || self.status & StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits() == 0
+    }
+
+    async fn at_statement(
+        &mut self,
+        kind: Kind,
+        tag: Option<String>,
+        stmt: Stmt<'_>,
+        params: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        if let (Some(b), Some(t)) = (&self.branch, &tag) {
+            if &b.xid != t {
+                return Err(ProxyError::XidMismatch {
+                    bound: b.xid.clone(),
+                    tagged: t.clone(),
+                });
+            }
+        }
+        let bound = self.branch.is_some();
+        match kind {
+            Kind::Commit => match self.branch.take() {
+                Some(b) if !b.items.is_empty() => {
+                    let ok =
+                        phase_one::commit(&mut self.conn, &self.shared, b, stmt.bytes()).await?;
+                    self.push_ok_packet(ok);
+                    Ok(())
+                }
+                // Nothing written: nothing to register.
+                _ => self.pass(stmt, params).await,
+            },
+            Kind::Rollback => {
+                // Nothing was registered before COMMIT, so nothing to tell the coordinator.
+                self.branch = None;
+                self.pass(stmt, params).await
+            }
+            Kind::Savepoint(name) => {
+                self.pass(stmt, params).await?;
+                if let Some(b) = &mut self.branch {
+                    b.savepoint(&name);
+                }
+                Ok(())
+            }
+            Kind::RollbackTo(name) => {
+                self.pass(stmt, params).await?;
+                if let Some(b) = &mut self.branch {
+                    b.rollback_to(&name);
+                }
+                Ok(())
+            }
+            Kind::ReleaseSavepoint(name) => {
+                self.pass(stmt, params).await?;
+                if let Some(b) = &mut self.branch {
+                    b.release(&name);
+                }
+                Ok(())
+            }
+            Kind::Begin if bound => Err(ProxyError::AtRefused(
+                "START TRANSACTION inside a local transaction that belongs to a global one \
+                 (it would commit that transaction implicitly; COMMIT or ROLLBACK first)"
+                    .into(),
+            )),
+            Kind::Begin => {
+                if let Some(t) = &tag {
+                    self.check_xid(t).await?;
+                }
+                self.pass(stmt, params).await?;
+                if let Some(t) = tag {
+                    self.branch = Some(Branch::new(t, false));
+                }
+                Ok(())
+            }
+            Kind::Set if classify::mentions_autocommit(stmt.bytes()) => Err(ProxyError::AtRefused(
+                "SET autocommit inside a global transaction (switching it on commits the \
+                     local transaction implicitly)"
+                    .into(),
+            )),
+            Kind::Select if classify::mentions_for_update(stmt.bytes()) => {
+                self.locking_read(tag, stmt, params).await
+            }
+            Kind::With => {
+                if analyze::is_read_query(stmt.text()?).unwrap_or(false) {
+                    self.read(tag, stmt, params).await
+                } else {
+                    Err(ProxyError::AtRefused(
+                        "WITH … INSERT/UPDATE/DELETE (write without the common table \
+                         expression)"
+                            .into(),
+                    ))
+                }
+            }
+            Kind::Use => {
+                self.db = None;
+                self.read(tag, stmt, params).await
+            }
+            Kind::Select | Kind::ReadOnly | Kind::Set => self.read(tag, stmt, params).await,
+            Kind::Insert | Kind::Update | Kind::Delete | Kind::Replace => {
+                self.dml(tag, stmt, params).await
+            }
+            Kind::Other(word) => Err(ProxyError::AtRefused(format!(
+                "`{}` statements in a global transaction (they commit implicitly or write \
+                 where the proxy cannot record an undo)",
+                if word.is_empty() { "empty" } else { &word }
+            ))),
+        }
+    }
+
+    /// A statement that writes nothing: it runs as is. A tag on it binds the current
+    /// local transaction, if one is open.
+    async fn read(
+        &mut self,
+        tag: Option<String>,
+        stmt: Stmt<'_>,
+        params: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        if let Some(t) = tag {
+            if self.branch.is_none() && self.in_transaction() {
+                self.check_xid(&t).await?;
+                self.branch = Some(Branch::new(t, false));
+            }
+        }
+        self.pass(stmt, params).await
+    }
+
+    /// Runs the client's statement and relays its results unchanged.
+    async fn pass(&mut self, stmt: Stmt<'_>, params: Vec<Value>) -> Result<(), ProxyError> {
+        match stmt {
+            Stmt::Text(sql) => {
+                drop(self.conn.query_iter(sql).await?);
+                self.relay::<TextProtocol>(false).await
+            }
+            Stmt::Prepared { stmt, .. } => {
+                let params = if params.is_empty() {
+                    Params::Empty
+                } else {
+                    Params::Positional(params)
+                };
+                drop(self.conn.exec_iter(&stmt, params).await?);
+                self.relay::<BinaryProtocol>(true).await
+            }
+        }
+    }
+
+    /// Unknown, malformed or finished XIDs are refused before anything runs.
+    async fn check_xid(&self, xid: &str) -> Result<(), ProxyError> {
+        if rewind_protocol::xid::parse(xid).is_none() {
+            return Err(ProxyError::UnknownXid(format!(
+                "{xid:?} is not a global transaction id (begin one with the coordinator's \
+                 POST /api/v1/transactions)"
+            )));
+        }
+        match self.shared.coordinator.status(xid).await {
+            Ok(GlobalStatus::Begin) => Ok(()),
+            Ok(st) => Err(ProxyError::UnknownXid(format!(
+                "global transaction {xid} is {}; it takes no more work",
+                st.api_name()
+            ))),
+            Err(CallError::NotFound(_)) => Err(ProxyError::UnknownXid(format!(
+                "global transaction {xid} does not exist"
+            ))),
+            Err(e) => Err(ProxyError::CoordinatorUnavailable(e.to_string())),
+        }
+    }
+
+    /// The current database for unqualified table names.
+    async fn current_db(&mut self) -> Result<Option<String>, ProxyError> {
+        if let Some(db) = &self.db {
+            return Ok(db.clone());
+        }
+        let db: Option<Option<String>> = self.conn.query_first("SELECT DATABASE()").await?;
+        let db = db.flatten();
+        self.db = Some(db.clone());
+        Ok(db)
+    }
+
+    fn push_ok_packet(&mut self, ok: wire::Ok) {
+        self.status = ok.status & !StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
+        self.ps.push(&wire::ok_packet(&ok));
+    }
+
+    /// The DML plan of a statement: parsed once per prepared statement.
+    fn plan(
+        &mut self,
+        stmt: &Stmt<'_>,
+    ) -> Result<std::sync::Arc<rewind_undo_log::Dml>, ProxyError> {
+        if let Stmt::Prepared { id, .. } = stmt {
+            if let Some(plan) = self.stmts.get(id).and_then(|p| p.plan.clone()) {
+                return Ok(plan);
+            }
+        }
+        let plan = std::sync::Arc::new(
+            rewind_undo_log::analyze(stmt.text()?).map_err(|e| phase_one::refused(e, "?"))?,
+        );
+        if let Stmt::Prepared { id, .. } = stmt {
+            if let Some(p) = self.stmts.get_mut(id) {
+                p.plan = Some(plan.clone());
+            }
+        }
+        Ok(plan)
+    }
+
+    async fn dml(
+        &mut self,
+        tag: Option<String>,
+        stmt: Stmt<'_>,
+        params: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        // Refusals of the statement's shape come first: nothing has started yet.
+        let plan = self.plan(&stmt)?;
+        if self.branch.is_none() {
+            let xid = tag.expect("an unbound statement reaches the AT path only when tagged");
+            self.check_xid(&xid).await?;
+            let implicit = !self.in_transaction();
+            if implicit {
+                self.conn.query_drop("START TRANSACTION").await?;
+            }
+            self.branch = Some(Branch::new(xid, implicit));
+        }
+        let implicit = self.branch.as_ref().is_some_and(|b| b.implicit);
+        let db = match self.current_db().await {
+            Ok(db) => db,
+            Err(e) => return Err(self.end_implicit(implicit, e).await),
+        };
+        let original = match &stmt {
+            Stmt::Text(sql) => Original::Text(sql),
+            Stmt::Prepared { stmt, .. } => Original::Prepared(stmt),
+        };
+        let run = phase_one::run_dml(
+            &mut self.conn,
+            &mut self.internal,
+            &self.shared,
+            db.as_deref(),
+            &plan,
+            original,
+            params,
+        )
+        .await;
+        match run {
+            Ok((item, mut ok)) => {
+                let branch = self.branch.as_mut().expect("bound above");
+                if let Some(item) = item {
+                    branch.items.push(item);
+                }
+                if implicit {
+                    let branch = self.branch.take().expect("bound above");
+                    let committed = if branch.items.is_empty() {
+                        self.conn.query_drop("COMMIT").await?;
+                        wire::Ok::from_backend(&self.conn)
+                    } else {
+                        phase_one::commit(&mut self.conn, &self.shared, branch, b"COMMIT").await?
+                    };
+                    ok.status = committed.status;
+                }
+                self.push_ok_packet(ok);
+                Ok(())
+            }
+            Err(Failure::Clean(e)) => Err(self.end_implicit(implicit, e).await),
+            Err(Failure::Poisoned(e)) => {
+                self.branch = None;
+                let e = match e {
+                    ProxyError::BranchRolledBack(why) => {
+                        phase_one::abort(&mut self.conn, why).await
+                    }
+                    other => phase_one::abort(&mut self.conn, other.to_string()).await,
+                };
+                Err(e)
+            }
+        }
+    }
+
+    /// A statement of an implicit (proxy-opened) branch failed cleanly: close the
+    /// transaction the proxy opened, so the client is back in plain autocommit.
+    async fn end_implicit(&mut self, implicit: bool, e: ProxyError) -> ProxyError {
+        if implicit {
+            self.branch = None;
+            if let Err(r) = self.conn.query_drop("ROLLBACK").await {
+                tracing::warn!(error = %r, "closing the proxy's own transaction failed");
+            }
+            self.status = wire::Ok::from_backend(&self.conn).status;
+        }
+        e
+    }
+
+    /// `SELECT … FOR UPDATE` in a global transaction: waits until no other global
+    /// transaction holds a lock on the rows it locks, then runs as written. In autocommit
+    /// the proxy wraps it in its own transaction so the rows stay locked between the check
+    /// and the read.
+    async fn locking_read(
+        &mut self,
+        tag: Option<String>,
+        stmt: Stmt<'_>,
+        params: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        let select = match analyze::analyze_locking_select(stmt.text()?) {
+            Ok(Some(s)) => s,
+            Ok(None) => return self.read(tag, stmt, params).await,
+            Err(e) => return Err(phase_one::refused(e, "SELECT … FOR UPDATE")),
+        };
+        if let Some(t) = &tag {
+            if self.branch.is_none() {
+                self.check_xid(t).await?;
+            }
+        }
+        if self.branch.is_none() && self.in_transaction() {
+            if let Some(t) = tag.clone() {
+                self.branch = Some(Branch::new(t, false));
+            }
+        }
+        let xid = self.branch.as_ref().map(|b| b.xid.clone()).or(tag);
+        let wrap = !self.in_transaction();
+        if wrap {
+            self.conn.query_drop("START TRANSACTION").await?;
+        }
+        let db = match self.current_db().await {
+            Ok(db) => db,
+            Err(e) => return Err(self.close_wrap(wrap, e).await),
+        };
+        let waited = phase_one::wait_for_locked_rows(
+            &mut self.conn,
+            &mut self.internal,
+            &self.shared,
+            db.as_deref(),
+            &select,
+            params.clone(),
+            xid.as_deref(),
+        )
+        .await;
+        if let Err(e) = waited {
+            return Err(self.close_wrap(wrap, e).await);
+        }
+        self.hide_in_trans = wrap;
+        let r = self.pass(stmt, params).await;
+        self.hide_in_trans = false;
+        if wrap {
+            self.conn.query_drop("COMMIT").await?;
+            self.status = wire::Ok::from_backend(&self.conn).status;
+        }
+        r
+    }
+
+    async fn close_wrap(&mut self, wrap: bool, e: ProxyError) -> ProxyError {
+        if wrap {
+            if let Err(r) = self.conn.query_drop("ROLLBACK").await {
+                tracing::warn!(error = %r, "closing the proxy's own transaction failed");
+            }
+        }
+        e
+    }
+}
