@@ -19,7 +19,7 @@ use crate::error::CoordinatorError;
 use crate::locks::KeyParts;
 use crate::phase_two::Attached;
 use crate::sequencer::Sequencer;
-use crate::session::{Command, DirtyRow, Outcome, Reply, Status, XidNum};
+use crate::session::{Command, DirtyRow, Outcome, Reply, SessionRecord, Status, XidNum};
 
 #[derive(Clone)]
 pub struct Grpc {
@@ -42,14 +42,50 @@ fn status_reply(r: Reply) -> Status {
 
 impl Grpc {
     /// Status from memory, else from the finished store.
-    pub fn status(&self, xid: XidNum) -> Result<Status, CoordinatorError> {
+    pub async fn status(&self, xid: XidNum) -> Result<Status, CoordinatorError> {
         if let Some(s) = self.seq.engine.lock().expect("engine lock").status_of(xid) {
             return Ok(s);
         }
-        match self.seq.store.finished(xid)? {
-            Some(rec) => Ok(rec.status),
-            None => Err(CoordinatorError::NotFound(xid)),
+        Ok(self.finished(xid).await?.status)
+    }
+
+    /// The record of an active transaction from memory, else of a finished one from the
+    /// store.
+    pub async fn record(&self, xid: XidNum) -> Result<SessionRecord, CoordinatorError> {
+        if let Some(r) = self.seq.engine.lock().expect("engine lock").record(xid) {
+            return Ok(r);
         }
+        self.finished(xid).await
+    }
+
+    /// A finished transaction's record. The engine drops a session from memory when it
+    /// finishes, and its final record reaches the store only with the batch's durable
+    /// write: in between, a transaction that was issued is in neither place, so wait for
+    /// that batch instead of answering "not found".
+    async fn finished(&self, xid: XidNum) -> Result<SessionRecord, CoordinatorError> {
+        let mut applied = self.seq.applied.clone();
+        // Batches from now on count, not the ones before.
+        applied.borrow_and_update();
+        if let Some(rec) = self.seq.store.finished(xid)? {
+            return Ok(rec);
+        }
+        let issued = {
+            let engine = self.seq.engine.lock().expect("engine lock");
+            if let Some(rec) = engine.record(xid) {
+                return Ok(rec);
+            }
+            engine.issued(xid)
+        };
+        if issued {
+            let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
+            if let Some(rec) = self.seq.engine.lock().expect("engine lock").record(xid) {
+                return Ok(rec);
+            }
+            if let Some(rec) = self.seq.store.finished(xid)? {
+                return Ok(rec);
+            }
+        }
+        Err(CoordinatorError::NotFound(xid))
     }
 
     pub async fn begin(&self, name: String, timeout_ms: u64) -> Result<XidNum, CoordinatorError> {
@@ -69,7 +105,7 @@ impl Grpc {
         let t = Instant::now();
         let r = match self.seq.submit(Command::Commit { xid }).await {
             Ok(r) => status_reply(r),
-            Err(CoordinatorError::NotFound(_)) => match self.status(xid)? {
+            Err(CoordinatorError::NotFound(_)) => match self.status(xid).await? {
                 s if s.is_committing() => s,
                 s => {
                     return Err(CoordinatorError::AlreadyDecided {
@@ -91,7 +127,7 @@ impl Grpc {
         match self.seq.submit(Command::Rollback { xid }).await {
             Ok(_) => {}
             Err(CoordinatorError::NotFound(_)) => {
-                return match self.status(xid)? {
+                return match self.status(xid).await? {
                     s if s.is_rolling_back() => Ok(s),
                     s => Err(CoordinatorError::AlreadyDecided {
                         xid,
@@ -107,7 +143,7 @@ impl Grpc {
                 e.status_of(xid).is_none_or(|s| s.rollback_settled())
             })
             .await;
-        let s = self.status(xid)?;
+        let s = self.status(xid).await?;
         self.seq.metrics.rpc[3].observe(t.elapsed());
         Ok(s)
     }
@@ -205,7 +241,7 @@ impl TransactionManager for Grpc {
         req: Request<v1::GlobalRequest>,
     ) -> Result<Response<v1::GlobalResponse>, GrpcStatus> {
         let xid_s = req.into_inner().xid;
-        let st = Grpc::status(self, parse_xid(&xid_s)?)?;
+        let st = Grpc::status(self, parse_xid(&xid_s)?).await?;
         Ok(Response::new(v1::GlobalResponse {
             xid: xid_s,
             status: st.to_proto() as i32,
@@ -241,7 +277,7 @@ impl ResourceManager for Grpc {
         let reply = match reply {
             Err(CoordinatorError::NotFound(_)) => {
                 // Finished transactions are not in memory: say what they are.
-                let st = self.status(xid)?;
+                let st = self.status(xid).await?;
                 return Err(CoordinatorError::NotActive { xid, status: st }.into());
             }
             other => other?,
@@ -288,7 +324,7 @@ impl ResourceManager for Grpc {
         {
             Ok(_) => {}
             // A late report for a finished transaction changes nothing.
-            Err(CoordinatorError::NotFound(_)) if self.status(xid).is_ok() => {}
+            Err(CoordinatorError::NotFound(_)) if self.status(xid).await.is_ok() => {}
             Err(e) => return Err(e.into()),
         }
         self.seq.metrics.rpc[4].observe(t.elapsed());

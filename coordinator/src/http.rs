@@ -186,17 +186,7 @@ async fn list(State(app): State<App>, Query(q): Query<ListQuery>) -> ApiResult {
 }
 
 async fn show(State(app): State<App>, Path(xid): Path<String>) -> ApiResult {
-    let n = parse_xid(&xid)?;
-    let rec = app.core.seq.engine.lock().expect("engine lock").record(n);
-    let rec = match rec {
-        Some(r) => r,
-        None => app
-            .core
-            .seq
-            .store
-            .finished(n)?
-            .ok_or(CoordinatorError::NotFound(n))?,
-    };
+    let rec = app.core.record(parse_xid(&xid)?).await?;
     Ok(Json(session_json(&rec)))
 }
 

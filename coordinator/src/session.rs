@@ -782,6 +782,11 @@ impl Engine {
         self.sessions.get(&xid).map(|s| s.status)
     }
 
+    /// Whether `xid` was ever begun here (it may have finished and left memory).
+    pub fn issued(&self, xid: XidNum) -> bool {
+        xid > 0 && xid < self.counters.next_xid
+    }
+
     /// Sends whatever phase-two work is due for `xid`, and finishes it when all is done.
     fn drive(&mut self, xid: XidNum, now: u64) {
         let Some(s) = self.sessions.get_mut(&xid) else {

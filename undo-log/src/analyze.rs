@@ -279,6 +279,12 @@ fn cell(expr: &ast::Expr, next_param: &mut usize) -> Result<Cell> {
                 )))
             }
             V::Null if !negative => Some(Cell::Literal(mysql_async::Value::NULL)),
+            // X'00FF': the bytes themselves (an odd digit count is the server's error).
+            V::HexStringLiteral(h) if !negative && h.len() % 2 == 0 => (0..h.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+                .collect::<Option<Vec<u8>>>()
+                .map(|b| Cell::Literal(mysql_async::Value::Bytes(b))),
             _ => None,
         }
     };
@@ -1079,6 +1085,11 @@ mod tests {
                 "{sql}"
             );
         }
+        let i = insert("INSERT INTO t (id, a) VALUES (X'00ff', 1)");
+        assert_eq!(
+            i.row_keys(&auto_meta(), &[], ai(0, 1)).unwrap(),
+            [vec![M::Bytes(vec![0, 255])]]
+        );
         let i = insert("INSERT INTO s.t SET id = 18446744073709551615, a = 1");
         assert_eq!(
             i.row_keys(&auto_meta(), &[], ai(0, 1)).unwrap(),

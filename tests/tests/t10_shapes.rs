@@ -1,0 +1,437 @@
+//! Every supported SQL shape, through a real proxy and coordinator, in text and binary
+//! protocol: a global rollback leaves every table byte-identical to before (server
+//! checksums), and a global commit leaves the same data as running the statements
+//! directly. Every refused shape is refused with 1235 and nothing applied.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value};
+use rewind_tests::*;
+
+/// Tables every shape runs against.
+const SETUP: &[&str] = &[
+    "CREATE TABLE acc (id INT PRIMARY KEY, bal DECIMAL(12,2) NOT NULL, n INT NOT NULL DEFAULT 0, note VARCHAR(20))",
+    "INSERT INTO acc VALUES (1, 10.00, 1, 'n1'), (2, 20.50, 2, 'n2'), (3, 30.00, 3, NULL), (4, 40.25, 4, 'x4'), (5, 50.00, 5, 'n5')",
+    "CREATE TABLE seq (id BIGINT AUTO_INCREMENT PRIMARY KEY, v VARCHAR(10) NOT NULL DEFAULT 'd')",
+    "INSERT INTO seq (v) VALUES ('a'), ('b')",
+    "CREATE TABLE pair (region CHAR(2), id INT, qty INT, PRIMARY KEY (region, id))",
+    "INSERT INTO pair VALUES ('eu', 1, 5), ('us', 1, 6), ('eu', 2, 7)",
+    "CREATE TABLE named (code VARCHAR(40) PRIMARY KEY, label TEXT) DEFAULT CHARSET utf8mb4 COLLATE utf8mb4_general_ci",
+    "INSERT INTO named VALUES ('alpha', 'A'), ('Beta', 'B'), ('γάμμα', 'Γ')",
+    "CREATE TABLE blobs (uuid BINARY(16) PRIMARY KEY, body BLOB)",
+    "INSERT INTO blobs VALUES (UNHEX('00112233445566778899AABBCCDDEEFF'), X'00FF00'), (UNHEX('FFEEDDCCBBAA99887766554433221100'), NULL)",
+];
+const TABLES: &[&str] = &["acc", "seq", "pair", "named", "blobs"];
+
+/// One statement of a shape: text, or prepared with parameters.
+#[derive(Clone)]
+enum St {
+    Q(&'static str),
+    P(&'static str, Vec<Value>),
+}
+
+struct Shape {
+    name: &'static str,
+    steps: Vec<St>,
+}
+
+fn shapes() -> Vec<Shape> {
+    use St::*;
+    let s = |name, steps| Shape { name, steps };
+    vec![
+        s("update by pk", vec![Q("UPDATE acc SET bal = bal + 5 WHERE id = 1")]),
+        s("update range", vec![Q("UPDATE acc SET bal = bal * 2 WHERE id BETWEEN 2 AND 4")]),
+        s("update IN", vec![Q("UPDATE acc SET note = 'x' WHERE id IN (1, 3, 5)")]),
+        s("update non-key predicate", vec![Q("UPDATE acc SET bal = 0 WHERE note LIKE 'n%' AND bal > 15")]),
+        s("update expressions", vec![Q("UPDATE acc SET n = n + 1, bal = bal - 1.25, note = CONCAT(note, '!') WHERE id = 2")]),
+        s("update order by limit", vec![Q("UPDATE acc SET n = n + 10 ORDER BY bal DESC, id LIMIT 2")]),
+        s("update matching nothing", vec![Q("UPDATE acc SET n = 0 WHERE id > 100")]),
+        s("update qualified, backquoted, aliased", vec![Q("UPDATE `DB`.`acc` AS `a` SET `a`.`bal` = 1 WHERE `a`.`id` = 3")]),
+        s("update composite key", vec![Q("UPDATE pair SET qty = qty + 1 WHERE id = 1")]),
+        s("update varchar key, case-insensitive match", vec![Q("UPDATE named SET label = 'b' WHERE code = 'BETA'")]),
+        s("update binary(16) key", vec![Q("UPDATE blobs SET body = X'DEADBEEF' WHERE uuid = UNHEX('00112233445566778899AABBCCDDEEFF')")]),
+        s("delete by pk", vec![Q("DELETE FROM acc WHERE id = 2")]),
+        s("delete range", vec![Q("DELETE FROM acc WHERE id >= 4")]),
+        s("delete IN", vec![Q("DELETE FROM acc WHERE id IN (1, 5)")]),
+        s("delete non-key", vec![Q("DELETE FROM acc WHERE note IS NULL OR bal > 45")]),
+        s("delete order by limit", vec![Q("DELETE FROM acc ORDER BY bal LIMIT 2")]),
+        s("delete qualified backquoted", vec![Q("DELETE FROM `DB`.`pair` WHERE `region` = 'eu'")]),
+        s("delete binary key", vec![Q("DELETE FROM blobs WHERE uuid = UNHEX('FFEEDDCCBBAA99887766554433221100')")]),
+        s("insert one row", vec![Q("INSERT INTO acc (id, bal) VALUES (6, 60)")]),
+        s("insert multi-row", vec![Q("INSERT INTO acc (id, bal, note) VALUES (7, 1, 'a'), (8, 2, 'b'), (9, 3, NULL)")]),
+        s("insert without column list", vec![Q("INSERT INTO acc VALUES (10, 5.5, 1, 'all')")]),
+        s("insert auto-increment", vec![Q("INSERT INTO seq (v) VALUES ('c')")]),
+        s("insert auto-increment multi-row, DEFAULT and NULL", vec![Q("INSERT INTO seq (id, v) VALUES (NULL, 'c'), (DEFAULT, 'd'), (0, DEFAULT)")]),
+        s("insert auto-increment with increment 3", vec![Q("SET SESSION auto_increment_increment = 3"), Q("INSERT INTO seq (v) VALUES ('x'), ('y'), ('z')")]),
+        s("insert SET form", vec![Q("INSERT INTO pair SET region = 'as', id = 9, qty = 1")]),
+        s("insert composite, varchar and binary keys", vec![
+            Q("INSERT INTO pair VALUES ('us', 2, 1)"),
+            Q("INSERT INTO named VALUES ('δέλτα', 'Δ')"),
+            Q("INSERT INTO blobs VALUES (X'0102030405060708090A0B0C0D0E0F10', X'00')"),
+        ]),
+        s("several statements on the same rows", vec![
+            Q("UPDATE acc SET bal = bal - 10 WHERE id = 1"),
+            Q("UPDATE acc SET bal = bal + 10 WHERE id = 2"),
+            Q("UPDATE acc SET bal = bal - 1 WHERE id IN (1, 2)"),
+            Q("INSERT INTO acc (id, bal) VALUES (11, 0)"),
+            Q("UPDATE acc SET bal = 11 WHERE id = 11"),
+            Q("DELETE FROM acc WHERE id = 11"),
+            Q("DELETE FROM acc WHERE id = 3"),
+        ]),
+        s("savepoint rolled back inside the branch", vec![
+            Q("UPDATE acc SET bal = 1 WHERE id = 1"),
+            Q("SAVEPOINT s1"),
+            Q("UPDATE acc SET bal = 2 WHERE id = 2"),
+            Q("ROLLBACK TO SAVEPOINT s1"),
+            Q("UPDATE acc SET bal = 3 WHERE id = 3"),
+        ]),
+        s("prepared update", vec![P("UPDATE acc SET bal = bal + ?, note = ? WHERE id BETWEEN ? AND ?", vec![Value::from("1.50"), Value::from("p"), Value::from(2), Value::from(4)])]),
+        s("prepared delete", vec![P("DELETE FROM acc WHERE note = ? OR id = ?", vec![Value::from("n1"), Value::from(4)])]),
+        s("prepared insert multi-row", vec![P("INSERT INTO acc (id, bal, note) VALUES (?, ?, ?), (?, ?, NULL)", vec![Value::from(20), Value::from("7.25"), Value::NULL, Value::from(21), Value::from(8)])]),
+        s("prepared insert auto-increment", vec![P("INSERT INTO seq (id, v) VALUES (?, ?), (?, ?)", vec![Value::NULL, Value::from("p"), Value::NULL, Value::from("q")])]),
+        s("prepared binary key", vec![P("UPDATE blobs SET body = ? WHERE uuid = ?", vec![Value::Bytes(vec![0, 1, 2, 0xff]), Value::Bytes(hex16("00112233445566778899AABBCCDDEEFF"))])]),
+    ]
+}
+
+fn hex16(s: &str) -> Vec<u8> {
+    (0..16)
+        .map(|i| u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+fn sql_for(sql: &str, db: &str) -> String {
+    sql.replace("`DB`", &format!("`{db}`"))
+}
+
+async fn setup(db: &str) {
+    fresh_db(db).await;
+    let mut c = direct(db).await;
+    for s in SETUP {
+        c.query_drop(*s).await.unwrap();
+    }
+    c.disconnect().await.unwrap();
+}
+
+async fn run(conn: &mut Conn, steps: &[St], db: &str, xid: Option<&str>) {
+    for (i, step) in steps.iter().enumerate() {
+        let tag = match (xid, i) {
+            (Some(x), 0) => format!("/*+ XID('{x}') */ "),
+            _ => String::new(),
+        };
+        match step {
+            St::Q(sql) => conn
+                .query_drop(format!("{tag}{}", sql_for(sql, db)))
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+            St::P(sql, params) => conn
+                .exec_drop(format!("{tag}{}", sql_for(sql, db)), params.clone())
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}")),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t10_every_shape_rolls_back_byte_identical_and_commits_like_direct() {
+    let dir = TempDir::new("shapes");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    for (i, shape) in shapes().into_iter().enumerate() {
+        let (rb, cm, dr) = (
+            format!("rwt_shape_{i}_rb"),
+            format!("rwt_shape_{i}_cm"),
+            format!("rwt_shape_{i}_dr"),
+        );
+        for db in [&rb, &cm, &dr] {
+            setup(db).await;
+        }
+        let original = checksums(&rb, TABLES).await;
+
+        // Rollback: explicit local transaction, first statement tagged.
+        let xid = coord.begin(60_000).await;
+        let mut c = proxy.conn(&rb).await;
+        c.query_drop("BEGIN").await.unwrap();
+        run(&mut c, &shape.steps, &rb, Some(&xid)).await;
+        c.query_drop("COMMIT").await.unwrap();
+        c.disconnect().await.unwrap();
+        let changed = checksums(&rb, TABLES).await != original;
+        assert_eq!(
+            undo_rows(Some(&xid)).await.0,
+            u64::from(changed),
+            "{}: an undo record exactly when rows changed",
+            shape.name
+        );
+        assert_eq!(coord.rollback(&xid).await, "rolled_back", "{}", shape.name);
+        assert_eq!(
+            checksums(&rb, TABLES).await,
+            original,
+            "{}: rollback is not byte-identical",
+            shape.name
+        );
+        assert_eq!(undo_rows(Some(&xid)).await, (0, 0), "{}", shape.name);
+        assert!(coord.locks().await.is_empty(), "{}: locks left", shape.name);
+
+        // Commit: the same statements, then the same statements directly.
+        let xid = coord.begin(60_000).await;
+        let mut c = proxy.conn(&cm).await;
+        c.query_drop("BEGIN").await.unwrap();
+        run(&mut c, &shape.steps, &cm, Some(&xid)).await;
+        c.query_drop("COMMIT").await.unwrap();
+        c.disconnect().await.unwrap();
+        let st = coord.commit(&xid).await;
+        assert!(
+            st == "committed" || st == "committing",
+            "{}: {st}",
+            shape.name
+        );
+        coord
+            .wait_status(&xid, "committed", Duration::from_secs(10))
+            .await;
+        let mut d = direct(&dr).await;
+        d.query_drop("BEGIN").await.unwrap();
+        run(&mut d, &shape.steps, &dr, None).await;
+        d.query_drop("COMMIT").await.unwrap();
+        d.disconnect().await.unwrap();
+        assert_eq!(
+            checksums(&cm, TABLES)
+                .await
+                .iter()
+                .map(|c| c.1)
+                .collect::<Vec<_>>(),
+            checksums(&dr, TABLES)
+                .await
+                .iter()
+                .map(|c| c.1)
+                .collect::<Vec<_>>(),
+            "{}: commit differs from running the statements directly",
+            shape.name
+        );
+        eventually(
+            "undo records of a commit are deleted",
+            Duration::from_secs(10),
+            || async { undo_rows(Some(&xid)).await == (0, 0) },
+        )
+        .await;
+        for db in [&rb, &cm, &dr] {
+            direct("mysql")
+                .await
+                .query_drop(format!("DROP DATABASE `{db}`"))
+                .await
+                .unwrap();
+        }
+    }
+    assert!(coord.locks().await.is_empty());
+}
+
+/// In autocommit, a tagged statement is a branch by itself: registered, undone, and the
+/// client sees the statement's own OK (affected rows, last insert id) in autocommit state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t11_autocommit_statement_is_its_own_branch() {
+    let dir = TempDir::new("autocommit");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_autocommit";
+    setup(db).await;
+    let original = checksums(db, TABLES).await;
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE acc SET bal = bal + 1 WHERE id <= 3"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(c.affected_rows(), 3);
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ INSERT INTO seq (v) VALUES ('n'), ('m')"
+    ))
+    .await
+    .unwrap();
+    let first = c.last_insert_id().expect("last insert id");
+    assert_eq!(c.affected_rows(), 2);
+    let in_trans: Option<(i64, i64)> = c
+        .query_first("SELECT @@autocommit, @@in_transaction")
+        .await
+        .unwrap();
+    assert_eq!(
+        in_trans,
+        Some((1, 0)),
+        "the proxy's own transaction is closed"
+    );
+    let ids: Vec<i64> = c
+        .query("SELECT id FROM seq WHERE v IN ('n', 'm') ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(ids, [first as i64, first as i64 + 1]);
+    c.disconnect().await.unwrap();
+    let tx = coord.transaction(&xid).await;
+    assert_eq!(tx["branches"].as_array().map(Vec::len), Some(2), "{tx}");
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(checksums(db, TABLES).await, original);
+}
+
+/// Everything AT mode cannot undo exactly is refused with 1235 naming the construct,
+/// before anything is applied, and the client's local transaction goes on as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t12_refused_shapes_apply_nothing() {
+    let dir = TempDir::new("refused");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_refused";
+    setup(db).await;
+    let mut d = direct(db).await;
+    for s in [
+        "CREATE TABLE nopk (a INT, b INT)",
+        "INSERT INTO nopk VALUES (1, 1)",
+        "CREATE TABLE myisam (id INT PRIMARY KEY, v INT) ENGINE=MyISAM",
+        "INSERT INTO myisam VALUES (1, 1)",
+        "CREATE TABLE audited (id INT PRIMARY KEY, v INT)",
+        "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
+        "CREATE TRIGGER audited_upd AFTER UPDATE ON audited FOR EACH ROW INSERT INTO audit_log (what) VALUES (NEW.v)",
+        "INSERT INTO audited VALUES (1, 1)",
+        "CREATE TABLE parent (id INT PRIMARY KEY) ENGINE=InnoDB",
+        "CREATE TABLE child (id INT PRIMARY KEY, pid INT, FOREIGN KEY (pid) REFERENCES parent (id) ON DELETE CASCADE) ENGINE=InnoDB",
+        "INSERT INTO parent VALUES (1)",
+        "INSERT INTO child VALUES (1, 1)",
+        "CREATE VIEW acc_view AS SELECT id, bal FROM acc",
+    ] {
+        d.query_drop(s).await.unwrap();
+    }
+    let all = [
+        "acc",
+        "seq",
+        "pair",
+        "named",
+        "blobs",
+        "nopk",
+        "myisam",
+        "audited",
+        "audit_log",
+        "parent",
+        "child",
+    ];
+    let cases: &[(&str, &str)] = &[
+        ("UPDATE acc SET id = 9 WHERE id = 1", "primary-key column"),
+        (
+            "INSERT INTO acc SELECT id + 100, bal, n, note FROM acc",
+            "INSERT … SELECT",
+        ),
+        ("UPDATE nopk SET b = 2", "no primary key"),
+        ("REPLACE INTO acc VALUES (1, 1, 1, 'r')", "REPLACE"),
+        (
+            "INSERT IGNORE INTO acc (id, bal) VALUES (1, 1)",
+            "INSERT IGNORE",
+        ),
+        (
+            "DELETE a FROM acc a JOIN pair p ON a.id = p.id",
+            "multi-table DELETE",
+        ),
+        ("UPDATE myisam SET v = 2", "MyISAM"),
+        ("UPDATE audited SET v = 2", "trigger"),
+        ("DELETE FROM parent WHERE id = 1", "foreign key"),
+        ("UPDATE acc_view SET bal = 0", "view"),
+        ("CREATE TABLE t2 (id INT PRIMARY KEY)", "CREATE"),
+        ("CALL nothing()", "CALL"),
+        ("LOCK TABLES acc WRITE", "LOCK"),
+        ("SET autocommit = 1", "autocommit"),
+        ("START TRANSACTION", "START TRANSACTION"),
+        ("UPDATE acc SET bal = 1; DELETE FROM acc", "one at a time"),
+        (
+            "INSERT INTO seq (id, v) VALUES (UUID_SHORT(), 'u')",
+            "expression",
+        ),
+    ];
+    let before = checksums(db, &all).await;
+    for (sql, named) in cases {
+        let xid = coord.begin(60_000).await;
+        let mut c = proxy.conn(db).await;
+        c.query_drop("BEGIN").await.unwrap();
+        // A statement that works, so "nothing applied" also means "nothing lost".
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE acc SET n = n + 1 WHERE id = 5"
+        ))
+        .await
+        .unwrap();
+        let (code, msg) = server_error(c.query_drop(*sql).await).unwrap();
+        assert_eq!(code, 1235, "{sql}: {msg}");
+        assert!(msg.contains(named), "{sql}: {msg:?} should name {named:?}");
+        // The transaction goes on: the earlier statement is still there and commits.
+        let n: Option<i64> = c
+            .query_first("SELECT n FROM acc WHERE id = 5")
+            .await
+            .unwrap();
+        assert_eq!(n, Some(6), "{sql}");
+        c.query_drop("COMMIT").await.unwrap();
+        c.disconnect().await.unwrap();
+        assert_eq!(coord.rollback(&xid).await, "rolled_back");
+        assert_eq!(checksums(db, &all).await, before, "{sql} applied something");
+    }
+    // Refused in autocommit too, with nothing left open.
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(db).await;
+    let (code, _) = server_error(
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE acc SET id = 7 WHERE id = 1"
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(code, 1235);
+    let open: Option<i64> = c.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(open, Some(0));
+    assert_eq!(checksums(db, &all).await, before);
+}
+
+/// XID errors: malformed, unknown and finished XIDs get 1397 with nothing applied; a
+/// second XID inside a bound transaction gets 1398.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_xid_errors() {
+    let dir = TempDir::new("xids");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_xids";
+    setup(db).await;
+    let before = checksums(db, TABLES).await;
+    let finished = coord.begin(60_000).await;
+    coord.rollback(&finished).await;
+    let mut c = proxy.conn(db).await;
+    for xid in ["nonsense", "rw-999999", finished.as_str()] {
+        let (code, msg) = server_error(
+            c.query_drop(format!("/*+ XID('{xid}') */ UPDATE acc SET bal = 0"))
+                .await,
+        )
+        .unwrap();
+        assert_eq!(code, 1397, "{xid}: {msg}");
+    }
+    assert_eq!(checksums(db, TABLES).await, before);
+    let (a, b) = (coord.begin(60_000).await, coord.begin(60_000).await);
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{a}') */ UPDATE acc SET bal = 0 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    let (code, msg) = server_error(
+        c.query_drop(format!(
+            "/*+ XID('{b}') */ UPDATE acc SET bal = 0 WHERE id = 2"
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(code, 1398, "{msg}");
+    assert!(msg.contains(&a), "{msg}");
+    c.query_drop("ROLLBACK").await.unwrap();
+    // A global transaction that ends while its branch is still open: the branch's COMMIT
+    // is refused (1397) and the local transaction rolled back.
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{b}') */ UPDATE acc SET bal = 0 WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(coord.rollback(&b).await, "rolled_back");
+    let (code, msg) = server_error(c.query_drop("COMMIT").await).unwrap();
+    assert_eq!(code, 1397, "{msg}");
+    assert!(msg.contains("rolled back"), "{msg}");
+    assert_eq!(checksums(db, TABLES).await, before);
+}
