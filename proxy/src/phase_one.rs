@@ -20,7 +20,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Statement, Value};
 use rewind_protocol::v1;
 use rewind_undo_log::analyze::{
-    self, AutoIncrement, DeletePlan, InsertPlan, LockingSelect, UpdatePlan,
+    self, AutoIncrement, DeletePlan, InsertPlan, JoinUpdatePlan, LockingSelect, UpdatePlan,
 };
 use rewind_undo_log::undo_sql::MAX_STATEMENT_PARAMS;
 use rewind_undo_log::{
@@ -242,8 +242,9 @@ fn keys_of(meta: &TableMeta, image: &RowImage) -> Result<Vec<Vec<Value>>, UndoEr
 }
 
 /// Runs one DML statement with its images. `params` are the statement's parameters (empty
-/// for the text protocol). Returns the undo item (none when no row was touched) and the OK
-/// the client gets.
+/// for the text protocol). Returns the undo items (none when no row was touched; one per
+/// written table, or an update and an insert item for ON DUPLICATE KEY UPDATE) and the
+/// OK the client gets.
 pub async fn run_dml(
     conn: &mut Conn,
     stmts: &mut StmtCache,
@@ -252,12 +253,241 @@ pub async fn run_dml(
     dml: &Dml,
     original: Original<'_>,
     params: Vec<Value>,
-) -> Result<(Option<UndoItem>, wire::Ok), Failure> {
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
     match dml {
-        Dml::Update(plan) => update(conn, stmts, shared, db, plan, params).await,
-        Dml::Delete(plan) => delete(conn, stmts, shared, db, plan, params).await,
-        Dml::Insert(plan) => insert(conn, stmts, shared, db, plan, original, params).await,
+        Dml::Update(plan) => update(conn, stmts, shared, db, plan, params)
+            .await
+            .map(|(item, ok)| (item.into_iter().collect(), ok)),
+        Dml::UpdateJoin(plan) => update_join(conn, stmts, shared, db, plan, params).await,
+        Dml::Delete(plan) => delete(conn, stmts, shared, db, plan, params)
+            .await
+            .map(|(item, ok)| (item.into_iter().collect(), ok)),
+        Dml::Insert(plan) if plan.on_duplicate.is_some() => {
+            upsert(conn, stmts, shared, db, plan, original, params).await
+        }
+        Dml::Insert(plan) => insert(conn, stmts, shared, db, plan, original, params)
+            .await
+            .map(|(item, ok)| (item.into_iter().collect(), ok)),
     }
+}
+
+/// `UPDATE t1 JOIN t2 … SET …`: one before image per written table (the join's own
+/// `FOR UPDATE` locks every joined row), the UPDATE with its condition narrowed to those
+/// keys, then one after image per written table.
+async fn update_join(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    plan: &JoinUpdatePlan,
+    params: Vec<Value>,
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+    let mut metas = Vec::with_capacity(plan.tables.len());
+    for t in &plan.tables {
+        metas.push(
+            meta(conn, shared, &t.table, db)
+                .await
+                .map_err(Failure::Clean)?,
+        );
+    }
+    let written = plan
+        .written(&metas)
+        .map_err(|e| Failure::Clean(refused(e, "multi-table UPDATE")))?;
+    for (t, cols) in &written {
+        if let Some(why) = metas[*t].refusal(SqlKind::Update, cols) {
+            return Err(Failure::Clean(ProxyError::AtRefused(why)));
+        }
+    }
+    if params.len() < plan.from_params + plan.set_params {
+        return Err(Failure::Clean(ProxyError::Malformed(
+            "missing statement parameters",
+        )));
+    }
+    // The SELECT has the ON and WHERE parameters, not the SET clause's.
+    let mut image_params = params[..plan.from_params].to_vec();
+    image_params.extend_from_slice(&params[plan.from_params + plan.set_params..]);
+    let mut befores = Vec::with_capacity(written.len());
+    for (t, _) in &written {
+        let meta = &metas[*t];
+        let name = meta.name.to_string();
+        let found = rows(
+            conn,
+            stmts,
+            &plan.before_image_sql(*t, meta),
+            image_params.clone(),
+        )
+        .await?;
+        let mut image =
+            RowImage::from_image(meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
+        dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
+        befores.push(image);
+    }
+    let mut keyed = Vec::with_capacity(written.len());
+    let mut write_params = params;
+    for ((t, _), before) in written.iter().zip(&befores) {
+        let meta = &metas[*t];
+        let keys = keys_of(meta, before).map_err(|e| Failure::Clean(refused(e, "UPDATE")))?;
+        keyed.push((*t, meta.as_ref(), keys.len()));
+        write_params.extend(keys.concat());
+    }
+    if write_params.len() > MAX_STATEMENT_PARAMS {
+        return Err(Failure::Clean(ProxyError::AtRefused(
+            "multi-table UPDATE of more rows than one statement can name by key (split it)".into(),
+        )));
+    }
+    let ok = write(conn, stmts, &plan.by_keys_sql(&keyed), write_params).await?;
+    let mut items = Vec::with_capacity(written.len());
+    for ((t, set_columns), before) in written.into_iter().zip(befores) {
+        let meta = &metas[t];
+        let keys = keys_of(meta, &before).map_err(|e| Failure::Poisoned(refused(e, "UPDATE")))?;
+        let after = image_by_keys(conn, stmts, meta, &keys)
+            .await
+            .map_err(Failure::Poisoned)?;
+        if after.rows.len() != before.rows.len() {
+            return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+                "UPDATE on {}: {} rows locked but {} found after the write",
+                meta.name,
+                before.rows.len(),
+                after.rows.len()
+            ))));
+        }
+        if !before.is_empty() {
+            items.push(UndoItem {
+                kind: SqlKind::Update,
+                table: TableSummary::from(&**meta),
+                set_columns,
+                before,
+                after,
+            });
+        }
+    }
+    Ok((items, ok))
+}
+
+/// Keeps the first row per primary key (a join repeats a row once per partner).
+fn dedup_by_key(meta: &TableMeta, image: &mut RowImage) -> Result<(), UndoError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = Vec::with_capacity(image.rows.len());
+    for row in image.rows.drain(..) {
+        if seen.insert(rewind_undo_log::record::row_key(&row, &meta.primary_key)?) {
+            keep.push(row);
+        }
+    }
+    image.rows = keep;
+    Ok(())
+}
+
+/// `INSERT … ON DUPLICATE KEY UPDATE`: lock and image every row any VALUES row can collide
+/// with (by primary key or unique key), run the statement, read the same keys again: rows
+/// that existed are an UPDATE item, the others an INSERT item.
+async fn upsert(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    plan: &InsertPlan,
+    original: Original<'_>,
+    params: Vec<Value>,
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+    let meta = meta(conn, shared, &plan.table, db)
+        .await
+        .map_err(Failure::Clean)?;
+    let name = meta.name.to_string();
+    let set_columns = plan
+        .on_duplicate_columns_in(&meta)
+        .map_err(|e| Failure::Clean(refused(e, &name)))?;
+    if let Some(why) = meta
+        .refusal(SqlKind::Insert, &[])
+        .or_else(|| meta.refusal(SqlKind::Update, &set_columns))
+    {
+        return Err(Failure::Clean(ProxyError::AtRefused(why)));
+    }
+    let no_auto_value_on_zero = if meta.auto_increment_column().is_some() {
+        let mode: Option<String> = conn.query_first("SELECT @@sql_mode").await?;
+        mode.unwrap_or_default()
+            .to_ascii_uppercase()
+            .contains("NO_AUTO_VALUE_ON_ZERO")
+    } else {
+        false
+    };
+    let keys = plan
+        .conflict_keys(&meta, &params, no_auto_value_on_zero)
+        .map_err(|e| Failure::Clean(refused(e, &name)))?;
+    if keys.is_empty() {
+        // Generated keys and no unique key: nothing can collide, a plain INSERT.
+        return insert(conn, stmts, shared, db, plan, original, params)
+            .await
+            .map(|(item, ok)| (item.into_iter().collect(), ok));
+    }
+    let (locking, key_params) = plan
+        .conflict_image_sql(&meta, &keys, true)
+        .map_err(|e| Failure::Clean(refused(e, &name)))?;
+    let found = rows(conn, stmts, &locking, key_params.clone()).await?;
+    let before =
+        RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
+    match original {
+        Original::Text(sql) => conn.query_drop(sql).await?,
+        Original::Prepared(stmt) => conn.exec_drop(stmt, params_of(params)).await?,
+    }
+    let ok = wire::Ok::from_backend(conn);
+    let poisoned = |why: String| {
+        Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+            "the rows INSERT … ON DUPLICATE KEY UPDATE wrote into {name} could not be identified ({why})"
+        )))
+    };
+    let (reading, _) = plan
+        .conflict_image_sql(&meta, &keys, false)
+        .map_err(|e| poisoned(e.to_string()))?;
+    let found = rows(conn, stmts, &reading, key_params)
+        .await
+        .map_err(|e| poisoned(e.to_string()))?;
+    let after = RowImage::from_image(&meta, &found).map_err(|e| poisoned(e.to_string()))?;
+    let pk = &meta.primary_key;
+    let key_of = |r: &rewind_undo_log::Row| rewind_undo_log::record::row_key(r, pk);
+    let before_keys = before
+        .rows
+        .iter()
+        .map(key_of)
+        .collect::<Result<std::collections::HashSet<_>, _>>()
+        .map_err(|e| poisoned(e.to_string()))?;
+    let mut updated = RowImage::empty(meta.name.clone());
+    let mut inserted = RowImage::empty(meta.name.clone());
+    for row in after.rows {
+        if before_keys.contains(&key_of(&row).map_err(|e| poisoned(e.to_string()))?) {
+            updated.rows.push(row);
+        } else {
+            inserted.rows.push(row);
+        }
+    }
+    if updated.rows.len() != before.rows.len() || inserted.rows.len() > plan.rows {
+        return Err(poisoned(format!(
+            "{} rows existed, {} found again, {} new for {} VALUES rows",
+            before.rows.len(),
+            updated.rows.len(),
+            inserted.rows.len(),
+            plan.rows
+        )));
+    }
+    let mut items = Vec::with_capacity(2);
+    if !before.is_empty() {
+        items.push(UndoItem {
+            kind: SqlKind::Update,
+            table: TableSummary::from(&*meta),
+            set_columns,
+            before,
+            after: updated,
+        });
+    }
+    if !inserted.is_empty() {
+        items.push(UndoItem {
+            kind: SqlKind::Insert,
+            table: TableSummary::from(&*meta),
+            set_columns: Vec::new(),
+            before: RowImage::empty(meta.name.clone()),
+            after: inserted,
+        });
+    }
+    Ok((items, ok))
 }
 
 async fn update(

@@ -21,8 +21,10 @@ const SETUP: &[&str] = &[
     "INSERT INTO named VALUES ('alpha', 'A'), ('Beta', 'B'), ('γάμμα', 'Γ')",
     "CREATE TABLE blobs (uuid BINARY(16) PRIMARY KEY, body BLOB)",
     "INSERT INTO blobs VALUES (UNHEX('00112233445566778899AABBCCDDEEFF'), X'00FF00'), (UNHEX('FFEEDDCCBBAA99887766554433221100'), NULL)",
+    "CREATE TABLE counter (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL UNIQUE, hits INT NOT NULL DEFAULT 0)",
+    "INSERT INTO counter (name, hits) VALUES ('home', 5), ('about', 1)",
 ];
-const TABLES: &[&str] = &["acc", "seq", "pair", "named", "blobs"];
+const TABLES: &[&str] = &["acc", "seq", "pair", "named", "blobs", "counter"];
 
 /// One statement of a shape: text, or prepared with parameters.
 #[derive(Clone)]
@@ -86,6 +88,13 @@ fn shapes() -> Vec<Shape> {
             Q("ROLLBACK TO SAVEPOINT s1"),
             Q("UPDATE acc SET bal = 3 WHERE id = 3"),
         ]),
+        s("insert on duplicate key update: existing and new rows by unique key", vec![Q("INSERT INTO counter (name, hits) VALUES ('home', 1), ('blog', 1) ON DUPLICATE KEY UPDATE hits = hits + VALUES(hits)")]),
+        s("insert on duplicate key update by primary key", vec![Q("INSERT INTO acc (id, bal) VALUES (1, 99), (12, 5) ON DUPLICATE KEY UPDATE bal = bal + 1, note = 'dup'")]),
+        s("insert on duplicate key update hitting a row inserted by the same statement", vec![Q("INSERT INTO counter (name, hits) VALUES ('new', 1), ('new', 2) ON DUPLICATE KEY UPDATE hits = hits + 10")]),
+        s("update join, both tables written", vec![Q("UPDATE acc a JOIN pair p ON p.id = a.id SET a.bal = a.bal + p.qty, p.qty = p.qty * 2 WHERE a.id <= 2")]),
+        s("update join, one table written", vec![Q("UPDATE `DB`.acc AS a INNER JOIN seq s ON s.id = a.id SET a.note = s.v")]),
+        s("prepared insert on duplicate key update", vec![P("INSERT INTO counter (name, hits) VALUES (?, ?) ON DUPLICATE KEY UPDATE hits = hits + ?", vec![Value::from("about"), Value::from(3), Value::from(3)])]),
+        s("prepared update join with parameters in ON, SET and WHERE", vec![P("UPDATE acc AS a JOIN seq s ON s.id = a.id + ? SET a.note = CONCAT(s.v, ?) WHERE a.bal > ?", vec![Value::from(0), Value::from("-j"), Value::from(5)])]),
         s("prepared update", vec![P("UPDATE acc SET bal = bal + ?, note = ? WHERE id BETWEEN ? AND ?", vec![Value::from("1.50"), Value::from("p"), Value::from(2), Value::from(4)])]),
         s("prepared delete", vec![P("DELETE FROM acc WHERE note = ? OR id = ?", vec![Value::from("n1"), Value::from(4)])]),
         s("prepared insert multi-row", vec![P("INSERT INTO acc (id, bal, note) VALUES (?, ?, ?), (?, ?, NULL)", vec![Value::from(20), Value::from("7.25"), Value::NULL, Value::from(21), Value::from(8)])]),

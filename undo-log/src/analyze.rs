@@ -40,8 +40,38 @@ pub struct TableRef {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Dml {
     Update(UpdatePlan),
+    /// `UPDATE t1 JOIN t2 ON … SET …`: one image per table the SET clause writes.
+    UpdateJoin(JoinUpdatePlan),
     Delete(DeletePlan),
     Insert(InsertPlan),
+}
+
+/// A multi-table UPDATE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinUpdatePlan {
+    /// Every table of the join, in FROM order.
+    pub tables: Vec<JoinTable>,
+    /// The table references with their joins, as written.
+    from: String,
+    assignments: String,
+    /// Each assignment's target: (qualifier as written, column).
+    targets: Vec<(Option<String>, String)>,
+    /// The WHERE condition as written.
+    selection: Option<String>,
+    /// Placeholders in the join's ON conditions, which come before the SET clause's.
+    pub from_params: usize,
+    /// Placeholders in the SET clause.
+    pub set_params: usize,
+}
+
+/// One table of a join.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinTable {
+    pub table: TableRef,
+    /// How columns of this table are qualified in SQL (`alias` or the name as written).
+    qualifier: String,
+    /// The bare alias or table name a SET target's qualifier names.
+    name: String,
 }
 
 /// A single-table UPDATE.
@@ -77,6 +107,9 @@ pub struct InsertPlan {
     pub rows: usize,
     /// What each row gives each listed column, enough to derive primary keys.
     cells: Vec<Vec<Cell>>,
+    /// `ON DUPLICATE KEY UPDATE`: the columns it assigns (a row that hits an existing
+    /// key updates that row instead of inserting).
+    pub on_duplicate: Option<Vec<String>>,
 }
 
 /// What an INSERT row gives one column, as far as deriving its key needs.
@@ -117,13 +150,14 @@ pub fn analyze(sql: &str) -> Result<Dml> {
 }
 
 fn analyze_update(u: ast::Update) -> Result<Dml> {
-    if u.from.is_some() || !u.table.joins.is_empty() {
-        return Err(Error::Refused(
-            "multi-table UPDATE (UPDATE … JOIN or UPDATE … FROM)".into(),
-        ));
+    if u.from.is_some() {
+        return Err(Error::Refused("UPDATE … FROM".into()));
     }
     if u.returning.is_some() || u.output.is_some() {
         return Err(Error::Refused("UPDATE … RETURNING".into()));
+    }
+    if !u.table.joins.is_empty() {
+        return analyze_update_join(u);
     }
     let table = single_table(&u.table, "UPDATE")?;
     let mut set_columns = Vec::with_capacity(u.assignments.len());
@@ -156,6 +190,173 @@ fn analyze_update(u: ast::Update) -> Result<Dml> {
     }))
 }
 
+fn analyze_update_join(u: ast::Update) -> Result<Dml> {
+    if !u.order_by.is_empty() || u.limit.is_some() {
+        return Err(Error::Refused(
+            "multi-table UPDATE with ORDER BY or LIMIT".into(),
+        ));
+    }
+    let mut tables = Vec::new();
+    for factor in
+        std::iter::once(&u.table.relation).chain(u.table.joins.iter().map(|j| &j.relation))
+    {
+        match factor {
+            TableFactor::Table {
+                name,
+                alias,
+                args: None,
+                ..
+            } => {
+                let table = table_ref(name)?;
+                let (qualifier, bare) = match alias {
+                    Some(a) => (quote_ident(&ident_name(&a.name)), ident_name(&a.name)),
+                    None => (name.to_string(), table.table.clone()),
+                };
+                tables.push(JoinTable {
+                    table,
+                    qualifier,
+                    name: bare,
+                });
+            }
+            _ => {
+                return Err(Error::Refused(
+                    "multi-table UPDATE over a derived table or table function".into(),
+                ))
+            }
+        }
+    }
+    let mut targets = Vec::with_capacity(u.assignments.len());
+    for a in &u.assignments {
+        match &a.target {
+            AssignmentTarget::ColumnName(name) => {
+                let column = last_ident(name)?;
+                let parts = &name.0;
+                let qualifier = (parts.len() >= 2)
+                    .then(|| parts[parts.len() - 2].as_ident().map(ident_name))
+                    .flatten();
+                targets.push((qualifier, column));
+            }
+            AssignmentTarget::Tuple(_) => {
+                return Err(Error::Refused("tuple assignment in UPDATE … SET".into()))
+            }
+        }
+    }
+    let from = u.table.to_string();
+    let assignments = u
+        .assignments
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    Ok(Dml::UpdateJoin(JoinUpdatePlan {
+        tables,
+        from_params: count_placeholders(&from)?,
+        set_params: count_placeholders(&assignments)?,
+        from,
+        assignments,
+        targets,
+        selection: u.selection.as_ref().map(ToString::to_string),
+    }))
+}
+
+impl JoinUpdatePlan {
+    /// The tables the SET clause writes: their index in [`Self::tables`] and the columns
+    /// assigned, spelled as each table spells them. `metas` follow [`Self::tables`].
+    /// Refuses primary-key assignments and targets that name no single table.
+    pub fn written(
+        &self,
+        metas: &[std::sync::Arc<TableMeta>],
+    ) -> Result<Vec<(usize, Vec<String>)>> {
+        let mut out: Vec<(usize, Vec<String>)> = Vec::new();
+        for (qualifier, column) in &self.targets {
+            let candidates: Vec<usize> = match qualifier {
+                Some(q) => {
+                    let exact: Vec<usize> = (0..self.tables.len())
+                        .filter(|&i| self.tables[i].name == *q)
+                        .collect();
+                    if exact.is_empty() {
+                        (0..self.tables.len())
+                            .filter(|&i| self.tables[i].name.eq_ignore_ascii_case(q))
+                            .collect()
+                    } else {
+                        exact
+                    }
+                }
+                None => (0..self.tables.len())
+                    .filter(|&i| metas[i].columns.iter().any(|c| same_name(&c.name, column)))
+                    .collect(),
+            };
+            let [t] = candidates.as_slice() else {
+                return Err(Error::Refused(format!(
+                    "multi-table UPDATE whose SET target `{column}` names no single table"
+                )));
+            };
+            let meta = &metas[*t];
+            if let Some(pk) = meta.primary_key.iter().find(|p| same_name(p, column)) {
+                return Err(Error::Refused(format!(
+                    "UPDATE of primary-key column `{pk}`"
+                )));
+            }
+            let spelled = meta
+                .columns
+                .iter()
+                .find(|c| same_name(&c.name, column))
+                .map(|c| c.name.clone())
+                .ok_or_else(|| Error::MissingColumn(column.clone()))?;
+            match out.iter_mut().find(|(i, _)| i == t) {
+                Some((_, cols)) if !cols.contains(&spelled) => cols.push(spelled),
+                Some(_) => {}
+                None => out.push((*t, vec![spelled])),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `SELECT <table t's image columns> FROM <the join> WHERE … FOR UPDATE`: locks every
+    /// joined row. Parameters: the ON clauses' then the WHERE clause's (the statement's
+    /// parameters without the SET clause's). A row joined several times comes back several
+    /// times; the caller keeps one per key.
+    pub fn before_image_sql(&self, t: usize, meta: &TableMeta) -> String {
+        format!(
+            "SELECT {} FROM {}{} FOR UPDATE",
+            meta.image_columns(Some(&self.tables[t].qualifier)),
+            self.from,
+            self.selection
+                .as_ref()
+                .map(|w| format!(" WHERE {w}"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// The same UPDATE with its condition narrowed to the locked keys of every written
+    /// table: `… WHERE (<condition>) AND ((t.pk = ?) OR …) AND …`. Parameters: all of the
+    /// statement's, then each written table's keys in `keyed` order.
+    pub fn by_keys_sql(&self, keyed: &[(usize, &TableMeta, usize)]) -> String {
+        let mut parts = vec![format!("({})", self.selection.as_deref().unwrap_or("TRUE"))];
+        for (t, meta, rows) in keyed {
+            let q = &self.tables[*t].qualifier;
+            let predicate = if *rows == 0 {
+                "FALSE".to_string()
+            } else {
+                let one = meta
+                    .primary_key
+                    .iter()
+                    .map(|c| format!("{q}.{} = ?", quote_ident(c)))
+                    .collect::<Vec<_>>()
+                    .join(" AND ");
+                vec![format!("({one})"); *rows].join(" OR ")
+            };
+            parts.push(format!("({predicate})"));
+        }
+        format!(
+            "UPDATE {} SET {} WHERE {}",
+            self.from,
+            self.assignments,
+            parts.join(" AND ")
+        )
+    }
+}
+
 fn analyze_delete(d: ast::Delete) -> Result<Dml> {
     let from = match &d.from {
         FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
@@ -186,13 +387,29 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
             "INSERT IGNORE (which rows landed is unknown)".into(),
         ));
     }
-    if let Some(on) = &i.on {
-        let construct = match on {
-            ast::OnInsert::DuplicateKeyUpdate(_) => "INSERT … ON DUPLICATE KEY UPDATE",
-            _ => "INSERT … ON CONFLICT",
-        };
-        return Err(Error::Refused(construct.into()));
-    }
+    let on_duplicate = match &i.on {
+        None => None,
+        Some(ast::OnInsert::DuplicateKeyUpdate(assignments)) => {
+            let mut columns = Vec::with_capacity(assignments.len());
+            for a in assignments {
+                match &a.target {
+                    AssignmentTarget::ColumnName(name) => {
+                        let c = last_ident(name)?;
+                        if !columns.contains(&c) {
+                            columns.push(c);
+                        }
+                    }
+                    AssignmentTarget::Tuple(_) => {
+                        return Err(Error::Refused(
+                            "tuple assignment in ON DUPLICATE KEY UPDATE".into(),
+                        ))
+                    }
+                }
+            }
+            Some(columns)
+        }
+        Some(_) => return Err(Error::Refused("INSERT … ON CONFLICT".into())),
+    };
     if i.returning.is_some() || i.output.is_some() {
         return Err(Error::Refused("INSERT … RETURNING".into()));
     }
@@ -245,6 +462,7 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
         columns,
         rows: cells.len(),
         cells,
+        on_duplicate,
     }))
 }
 
@@ -583,22 +801,7 @@ impl InsertPlan {
         params: &[mysql_async::Value],
         auto_increment: AutoIncrement,
     ) -> Result<Vec<Vec<mysql_async::Value>>> {
-        let listed: Vec<&str> = if self.columns.is_empty() {
-            meta.columns
-                .iter()
-                .filter(|c| !c.invisible)
-                .map(|c| c.name.as_str())
-                .collect()
-        } else {
-            self.columns.iter().map(String::as_str).collect()
-        };
-        if let Some(row) = self.cells.iter().find(|r| r.len() != listed.len()) {
-            return Err(Error::Refused(format!(
-                "INSERT row with {} values for {} columns",
-                row.len(),
-                listed.len()
-            )));
-        }
+        let listed = self.listed(meta)?;
         let auto = meta.auto_increment_column().map(|c| c.name.as_str());
         let zero_is_value = auto_increment.no_auto_value_on_zero;
         let mut generated = 0u64;
@@ -685,6 +888,192 @@ impl InsertPlan {
         // The rows are this transaction's own fresh inserts; no lock to take.
         sql.truncate(sql.len() - " FOR UPDATE".len());
         sql
+    }
+}
+
+/// A key an `INSERT … ON DUPLICATE KEY UPDATE` row may hit: the key's columns and the
+/// row's values for them.
+pub type ConflictKey = (Vec<String>, Vec<mysql_async::Value>);
+
+impl InsertPlan {
+    /// The ON DUPLICATE KEY UPDATE columns spelled as the table spells them. Refuses an
+    /// assignment to a primary-key or unique-key column: the rows are found again by those
+    /// keys, before and after.
+    pub fn on_duplicate_columns_in(&self, meta: &TableMeta) -> Result<Vec<String>> {
+        let Some(cols) = &self.on_duplicate else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(cols.len());
+        for column in cols {
+            let known = meta
+                .columns
+                .iter()
+                .find(|c| same_name(&c.name, column))
+                .ok_or_else(|| Error::MissingColumn(column.clone()))?;
+            let keyed = meta
+                .primary_key
+                .iter()
+                .chain(meta.unique_keys.iter().flatten())
+                .any(|k| same_name(k, &known.name));
+            if keyed {
+                return Err(Error::Refused(format!(
+                    "ON DUPLICATE KEY UPDATE of key column `{}`",
+                    known.name
+                )));
+            }
+            out.push(known.name.clone());
+        }
+        Ok(out)
+    }
+
+    /// For INSERT … ON DUPLICATE KEY UPDATE: every key each VALUES row can collide on —
+    /// its primary key when the statement gives it, and each unique key whose values it
+    /// gives (a NULL part never collides). Refused: key values the server computes or
+    /// defaults, and a row with a generated primary key and no other key to find it by
+    /// (with ON DUPLICATE KEY UPDATE the last insert id does not say which rows were new).
+    /// Empty when no row can collide (generated keys, no unique key): a plain INSERT.
+    pub fn conflict_keys(
+        &self,
+        meta: &TableMeta,
+        params: &[mysql_async::Value],
+        no_auto_value_on_zero: bool,
+    ) -> Result<Vec<ConflictKey>> {
+        let listed = self.listed(meta)?;
+        let auto = meta.auto_increment_column().map(|c| c.name.as_str());
+        let mut out: Vec<ConflictKey> = Vec::new();
+        let mut keys: Vec<&Vec<String>> = vec![&meta.primary_key];
+        keys.extend(meta.unique_keys.iter());
+        let mut any_key = false;
+        let mut missing = 0;
+        for row in &self.cells {
+            let mut found = false;
+            for columns in keys.iter() {
+                let mut values = Vec::with_capacity(columns.len());
+                let mut usable = true;
+                for column in columns.iter() {
+                    let is_auto = auto.is_some_and(|a| same_name(a, column));
+                    let given = match listed
+                        .iter()
+                        .position(|c| same_name(c, column))
+                        .map(|p| &row[p])
+                    {
+                        Some(Cell::Param(i)) => Some(params.get(*i).cloned().ok_or_else(|| {
+                            Error::Refused(format!("missing parameter {}", i + 1))
+                        })?),
+                        Some(Cell::Literal(v)) => Some(v.clone()),
+                        Some(Cell::Default) if is_auto && no_auto_value_on_zero => {
+                            Some(mysql_async::Value::UInt(0))
+                        }
+                        Some(Cell::Default) | None if is_auto => None,
+                        Some(Cell::Computed) => {
+                            return Err(Error::Refused(format!(
+                                "key column `{column}` set by an expression in INSERT … ON \
+                                 DUPLICATE KEY UPDATE (use a literal or a parameter)"
+                            )))
+                        }
+                        Some(Cell::Default) | None => {
+                            return Err(Error::Refused(format!(
+                                "key column `{column}` left to its default in INSERT … ON \
+                                 DUPLICATE KEY UPDATE"
+                            )))
+                        }
+                    };
+                    match given {
+                        Some(v) if is_auto && !no_auto_value_on_zero && is_zero(&v) => {
+                            usable = false
+                        }
+                        Some(mysql_async::Value::NULL) | None => usable = false,
+                        Some(v) => values.push(v),
+                    }
+                }
+                // An unusable key (generated or NULL) cannot collide; the row must then be
+                // found by another one.
+                if usable {
+                    found = true;
+                    out.push(((*columns).clone(), values));
+                }
+            }
+            any_key |= found;
+            missing += usize::from(!found);
+        }
+        if missing == self.cells.len() && meta.unique_keys.is_empty() {
+            // Generated keys and nothing else unique: no row can collide.
+            return Ok(Vec::new());
+        }
+        if missing > 0 || !any_key {
+            return Err(Error::Refused(
+                "INSERT … ON DUPLICATE KEY UPDATE row with a generated primary key and no \
+                 unique key value to find it by"
+                    .into(),
+            ));
+        }
+        out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
+        out.dedup();
+        Ok(out)
+    }
+
+    /// `SELECT <image columns> FROM t WHERE (<key 1> = ?) OR … [FOR UPDATE]` over
+    /// [`Self::conflict_keys`]: the rows the statement can update (before) and, read again
+    /// afterwards without the lock, every row it updated or inserted.
+    pub fn conflict_image_sql(
+        &self,
+        meta: &TableMeta,
+        keys: &[ConflictKey],
+        lock: bool,
+    ) -> Result<(String, Vec<mysql_async::Value>)> {
+        let params: Vec<mysql_async::Value> = keys.iter().flat_map(|(_, v)| v.clone()).collect();
+        if params.len() > crate::undo_sql::MAX_STATEMENT_PARAMS {
+            return Err(Error::Refused(
+                "INSERT … ON DUPLICATE KEY UPDATE with more key values than one statement \
+                 can carry (split it)"
+                    .into(),
+            ));
+        }
+        let predicate = if keys.is_empty() {
+            "FALSE".to_string()
+        } else {
+            keys.iter()
+                .map(|(cols, _)| {
+                    let one = cols
+                        .iter()
+                        .map(|c| format!("{} = ?", quote_ident(c)))
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
+                    format!("({one})")
+                })
+                .collect::<Vec<_>>()
+                .join(" OR ")
+        };
+        Ok((
+            format!(
+                "SELECT {} FROM {} WHERE {predicate}{}",
+                meta.image_columns(None),
+                crate::undo_sql::quote_table(&meta.name),
+                if lock { " FOR UPDATE" } else { "" }
+            ),
+            params,
+        ))
+    }
+
+    /// The columns each VALUES row lists, in order.
+    fn listed<'a>(&'a self, meta: &'a TableMeta) -> Result<Vec<&'a str>> {
+        let listed: Vec<&str> = if self.columns.is_empty() {
+            meta.columns
+                .iter()
+                .filter(|c| !c.invisible)
+                .map(|c| c.name.as_str())
+                .collect()
+        } else {
+            self.columns.iter().map(String::as_str).collect()
+        };
+        if let Some(row) = self.cells.iter().find(|r| r.len() != listed.len()) {
+            return Err(Error::Refused(format!(
+                "INSERT row with {} values for {} columns",
+                row.len(),
+                listed.len()
+            )));
+        }
+        Ok(listed)
     }
 }
 
@@ -1159,12 +1548,100 @@ mod tests {
     }
 
     #[test]
+    fn update_join_images_and_key_narrowing() {
+        let Dml::UpdateJoin(j) = analyze(
+            "UPDATE shop.account AS a JOIN account b ON b.id = a.id + ? \
+             SET a.balance = a.balance - ?, b.a = 'x' WHERE a.region = ?",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!((j.from_params, j.set_params), (1, 1));
+        let m = std::sync::Arc::new(meta());
+        let metas = [m.clone(), m.clone()];
+        assert_eq!(
+            j.written(&metas).unwrap(),
+            [(0, vec!["balance".to_string()]), (1, vec!["a".to_string()])]
+        );
+        assert_eq!(
+            j.before_image_sql(1, &m),
+            "SELECT `b`.`region` AS `region`, `b`.`id` AS `id`, `b`.`a` AS `a`, `b`.`balance` AS `balance` \
+             FROM shop.account AS a JOIN account b ON b.id = a.id + ? WHERE a.region = ? FOR UPDATE"
+        );
+        assert_eq!(
+            j.by_keys_sql(&[(0, &m, 1), (1, &m, 0)]),
+            "UPDATE shop.account AS a JOIN account b ON b.id = a.id + ? \
+             SET a.balance = a.balance - ?, b.a = 'x' WHERE (a.region = ?) \
+             AND ((`a`.`region` = ? AND `a`.`id` = ?)) AND (FALSE)"
+        );
+        let Dml::UpdateJoin(j) =
+            analyze("UPDATE account a JOIN account b ON a.id = b.id SET a.id = 1").unwrap()
+        else {
+            panic!()
+        };
+        assert!(matches!(j.written(&metas), Err(Error::Refused(w)) if w.contains("primary-key")));
+        let Dml::UpdateJoin(j) =
+            analyze("UPDATE account a JOIN account b ON a.id = b.id SET balance = 1").unwrap()
+        else {
+            panic!()
+        };
+        assert!(
+            matches!(j.written(&metas), Err(Error::Refused(w)) if w.contains("no single table"))
+        );
+    }
+
+    #[test]
+    fn on_duplicate_key_update_conflict_keys() {
+        use mysql_async::Value as M;
+        let mut m = auto_meta();
+        m.unique_keys = vec![vec!["a".into()]];
+        let i = insert(
+            "INSERT INTO t (id, a, balance) VALUES (NULL, 'x', 1), (7, ?, 2) \
+             ON DUPLICATE KEY UPDATE balance = balance + VALUES(balance)",
+        );
+        assert_eq!(i.on_duplicate_columns_in(&m).unwrap(), ["balance"]);
+        let keys = i.conflict_keys(&m, &[M::from("y")], false).unwrap();
+        assert_eq!(
+            keys,
+            [
+                (vec!["a".to_string()], vec![M::Bytes(b"x".to_vec())]),
+                (vec!["a".to_string()], vec![M::Bytes(b"y".to_vec())]),
+                (vec!["id".to_string()], vec![M::Int(7)]),
+            ]
+        );
+        let (sql, params) = i.conflict_image_sql(&m, &keys, true).unwrap();
+        assert_eq!(
+            sql,
+            "SELECT `id`, `a`, `balance`, `region` FROM `shop`.`account` \
+             WHERE (`a` = ?) OR (`a` = ?) OR (`id` = ?) FOR UPDATE"
+        );
+        assert_eq!(params.len(), 3);
+        // Key columns may not be assigned, nor computed, nor found by nothing.
+        let i = insert("INSERT INTO t (id, a) VALUES (1, 'x') ON DUPLICATE KEY UPDATE a = 'z'");
+        assert!(
+            matches!(i.on_duplicate_columns_in(&m), Err(Error::Refused(w)) if w.contains("`a`"))
+        );
+        let i =
+            insert("INSERT INTO t (id, a) VALUES (1, UUID()) ON DUPLICATE KEY UPDATE balance = 1");
+        assert!(
+            matches!(i.conflict_keys(&m, &[], false), Err(Error::Refused(w)) if w.contains("expression"))
+        );
+        let i =
+            insert("INSERT INTO t (id, a) VALUES (NULL, NULL) ON DUPLICATE KEY UPDATE balance = 1");
+        assert!(
+            matches!(i.conflict_keys(&m, &[], false), Err(Error::Refused(w)) if w.contains("generated"))
+        );
+        // No unique key and a generated primary key: it can never collide.
+        let i = insert("INSERT INTO t (a) VALUES (1) ON DUPLICATE KEY UPDATE balance = 1");
+        assert!(i
+            .conflict_keys(&auto_meta(), &[], false)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
     fn refused_shapes_name_the_construct() {
         assert!(refused("INSERT INTO t SELECT * FROM u").contains("INSERT … SELECT"));
-        assert!(
-            refused("INSERT INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 1")
-                .contains("ON DUPLICATE KEY UPDATE")
-        );
         assert!(refused("REPLACE INTO t VALUES (1)").contains("REPLACE"));
         assert!(refused("INSERT IGNORE INTO t VALUES (1)").contains("INSERT IGNORE"));
         assert!(
@@ -1172,8 +1649,6 @@ mod tests {
         );
         assert!(refused("DELETE FROM t1 USING t1, t2 WHERE t1.id = t2.id")
             .contains("multi-table DELETE"));
-        assert!(refused("UPDATE t1 JOIN t2 ON t1.id = t2.id SET t1.a = 1")
-            .contains("multi-table UPDATE"));
         assert!(refused("UPDATE t SET a = 1; DELETE FROM t").contains("2 statements"));
         assert!(refused("SELECT 1").contains("not INSERT, UPDATE or DELETE"));
         assert!(matches!(analyze("UPDATE SET"), Err(Error::Parse(_))));

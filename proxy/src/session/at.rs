@@ -360,11 +360,9 @@ impl Session {
         )
         .await;
         match run {
-            Ok((item, mut ok)) => {
+            Ok((items, mut ok)) => {
                 let branch = self.branch.as_mut().expect("bound above");
-                if let Some(item) = item {
-                    branch.items.push(item);
-                }
+                branch.items.extend(items);
                 if implicit {
                     let branch = self.branch.take().expect("bound above");
                     let committed = if branch.items.is_empty() {
