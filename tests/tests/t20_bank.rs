@@ -1,0 +1,260 @@
+//! The bank: accounts in two schemas behind two proxy processes (two resources), 16
+//! workers making transfers as global transactions; a share rolled back, a share left to
+//! time out. Afterwards every account holds exactly its opening balance plus the transfers
+//! whose global transaction committed (so the total is unchanged), no undo record and no
+//! global lock is left, and every transaction ended in a final status.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use rand::Rng;
+use rewind_tests::*;
+
+const ACCOUNTS: i64 = 12;
+const WORKERS: usize = 16;
+const TRANSFERS_PER_WORKER: usize = 12;
+const OPENING: i64 = 100_000; // cents
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Plan {
+    Commit,
+    Rollback,
+    TimeOut,
+}
+
+struct Transfer {
+    xid: String,
+    from: i64,
+    to: i64,
+    cents: i64,
+}
+
+async fn setup(db: &str) {
+    fresh_db(db).await;
+    let mut c = direct(db).await;
+    c.query_drop("CREATE TABLE account (id INT PRIMARY KEY, balance DECIMAL(14,2) NOT NULL, updated TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6))")
+        .await
+        .unwrap();
+    for id in 1..=ACCOUNTS {
+        c.exec_drop(
+            "INSERT INTO account (id, balance) VALUES (?, ?)",
+            (id, format!("{}.{:02}", OPENING / 100, OPENING % 100)),
+        )
+        .await
+        .unwrap();
+    }
+    c.disconnect().await.unwrap();
+}
+
+async fn balances(db: &str) -> HashMap<i64, i64> {
+    let mut c = direct(db).await;
+    let rows: Vec<(i64, String)> = c
+        .query("SELECT id, CAST(balance * 100 AS SIGNED) FROM account")
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    rows.into_iter()
+        .map(|(id, cents)| (id, cents.parse().unwrap()))
+        .collect()
+}
+
+/// One local branch: BEGIN; tagged UPDATE; COMMIT. `false` when the proxy refused it
+/// (a global lock stayed held: 1205), which leaves nothing behind.
+async fn branch(
+    conn: &mut mysql_async::Conn,
+    xid: &str,
+    id: i64,
+    delta: i64,
+) -> Result<(), (u16, String)> {
+    let sql = format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance + ? WHERE id = ?");
+    let amount = format!(
+        "{}{}.{:02}",
+        if delta < 0 { "-" } else { "" },
+        delta.abs() / 100,
+        delta.abs() % 100
+    );
+    conn.query_drop("BEGIN").await.map_err(err)?;
+    if let Err(e) = conn.exec_drop(sql, (amount, id)).await {
+        let _ = conn.query_drop("ROLLBACK").await;
+        return Err(err(e));
+    }
+    conn.query_drop("COMMIT").await.map_err(err)
+}
+
+fn err(e: mysql_async::Error) -> (u16, String) {
+    match e {
+        mysql_async::Error::Server(s) => (s.code, s.message),
+        other => (0, other.to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_concurrent_transfers_keep_every_balance_exact() {
+    let dir = TempDir::new("bank");
+    let coord = Arc::new(Coordinator::start(&dir, &["--config", &write_config(&dir)]).await);
+    let a = Proxy::start(
+        &dir,
+        "proxy-a",
+        &coord.grpc_url(),
+        &["--resource-id", "bank-a"],
+    )
+    .await;
+    let b = Proxy::start(
+        &dir,
+        "proxy-b",
+        &coord.grpc_url(),
+        &["--resource-id", "bank-b"],
+    )
+    .await;
+    setup("rwt_bank_a").await;
+    setup("rwt_bank_b").await;
+    let (pa, pb) = (a.opts("rwt_bank_a"), b.opts("rwt_bank_b"));
+
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (coord, pa, pb) = (coord.clone(), pa.clone(), pb.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ca = mysql_async::Conn::new(pa).await.unwrap();
+            let mut cb = mysql_async::Conn::new(pb).await.unwrap();
+            let mut done = Vec::new();
+            for i in 0..TRANSFERS_PER_WORKER {
+                let (from, to, cents, plan, a_to_b) = {
+                    let mut rng = rand::rng();
+                    let roll = rng.random_range(0..100);
+                    (
+                        rng.random_range(1..=ACCOUNTS),
+                        rng.random_range(1..=ACCOUNTS),
+                        rng.random_range(1..5_000),
+                        if roll < 65 {
+                            Plan::Commit
+                        } else if roll < 88 {
+                            Plan::Rollback
+                        } else {
+                            Plan::TimeOut
+                        },
+                        (w + i) % 2 == 0,
+                    )
+                };
+                let timeout = if plan == Plan::TimeOut { 1_500 } else { 60_000 };
+                let xid = coord.begin(timeout).await;
+                // Debit one side, credit the other; either branch may be refused.
+                let (first, second) = if a_to_b {
+                    (
+                        branch(&mut ca, &xid, from, -cents).await,
+                        branch(&mut cb, &xid, to, cents).await,
+                    )
+                } else {
+                    (
+                        branch(&mut cb, &xid, from, -cents).await,
+                        branch(&mut ca, &xid, to, cents).await,
+                    )
+                };
+                let ok = first.is_ok() && second.is_ok();
+                for r in [&first, &second] {
+                    if let Err((code, msg)) = r {
+                        assert!(
+                            matches!(code, 1205 | 1213 | 1402),
+                            "unexpected refusal {code}: {msg}"
+                        );
+                    }
+                }
+                match plan {
+                    Plan::Commit if ok => {
+                        coord.commit(&xid).await;
+                    }
+                    Plan::TimeOut => {}
+                    _ => {
+                        coord.rollback(&xid).await;
+                    }
+                }
+                let (from_side, to_side) = if a_to_b { ("a", "b") } else { ("b", "a") };
+                done.push((
+                    Transfer {
+                        xid,
+                        from,
+                        to,
+                        cents,
+                    },
+                    from_side,
+                    to_side,
+                ));
+            }
+            done
+        }));
+    }
+    let mut transfers = Vec::new();
+    for w in workers {
+        transfers.extend(w.await.unwrap());
+    }
+
+    // Every transaction reaches a final status (time-outs included).
+    let mut expected_a: HashMap<i64, i64> = (1..=ACCOUNTS).map(|i| (i, OPENING)).collect();
+    let mut expected_b = expected_a.clone();
+    let mut committed = 0;
+    for (t, from_side, to_side) in &transfers {
+        eventually(
+            &format!("{} finishes", t.xid),
+            Duration::from_secs(30),
+            || async {
+                matches!(
+                    coord.status(&t.xid).await.as_str(),
+                    "committed" | "rolled_back" | "timeout_rolled_back"
+                )
+            },
+        )
+        .await;
+        if coord.status(&t.xid).await == "committed" {
+            committed += 1;
+            let side = |s: &str| if s == "a" { 0 } else { 1 };
+            for (acct, delta, s) in [
+                (t.from, -t.cents, side(from_side)),
+                (t.to, t.cents, side(to_side)),
+            ] {
+                let m = if s == 0 {
+                    &mut expected_a
+                } else {
+                    &mut expected_b
+                };
+                *m.get_mut(&acct).unwrap() += delta;
+            }
+        }
+    }
+    assert!(committed > 0, "some transfers must commit");
+    assert_eq!(balances("rwt_bank_a").await, expected_a, "side a");
+    assert_eq!(balances("rwt_bank_b").await, expected_b, "side b");
+    let total: i64 = balances("rwt_bank_a")
+        .await
+        .values()
+        .chain(balances("rwt_bank_b").await.values())
+        .sum();
+    assert_eq!(total, 2 * ACCOUNTS * OPENING);
+    eventually("no undo record left", Duration::from_secs(20), || async {
+        let mut left = 0;
+        for (t, ..) in &transfers {
+            left += undo_rows(Some(&t.xid)).await.0;
+        }
+        left == 0
+    })
+    .await;
+    assert!(coord.locks().await.is_empty(), "global locks left");
+    let mut by_status: HashMap<String, usize> = HashMap::new();
+    for (t, ..) in &transfers {
+        *by_status.entry(coord.status(&t.xid).await).or_default() += 1;
+    }
+    eprintln!("bank outcomes: {by_status:?}");
+    for status in ["committed", "rolled_back", "timeout_rolled_back"] {
+        assert!(
+            by_status.get(status).copied().unwrap_or(0) > 0,
+            "no {status} transfer"
+        );
+    }
+}
+
+/// A fast tick so time-outs are noticed quickly.
+fn write_config(dir: &TempDir) -> String {
+    let path = dir.0.join("coordinator.toml");
+    std::fs::write(&path, "tick_ms = 50\nphase_two_backoff_base_ms = 20\n").unwrap();
+    path.display().to_string()
+}
