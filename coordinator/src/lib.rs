@@ -62,12 +62,17 @@ pub async fn run(
         "state loaded from {}",
         config.data_dir.display()
     );
-    let engine = session::Engine::restore(
-        config.engine(),
-        loaded.counters,
-        loaded.active,
-        loaded.conflicts,
-    );
+    let mut counters = loaded.counters;
+    if counters.next_xid == 0 {
+        // A fresh data directory. XIDs name undo records and markers in every backend,
+        // which outlive this directory if it is ever lost or a second coordinator shares
+        // a backend: starting from 1 again would collide with them (a new branch failing
+        // on an old marker). A random base keeps XIDs unique in practice; the counter
+        // is persisted with the first transaction.
+        counters.next_xid = session::random_xid_base();
+    }
+    let engine =
+        session::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);
     let metrics = Arc::new(metrics::Metrics::default());
     let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let seq = sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics);

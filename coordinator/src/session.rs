@@ -383,6 +383,13 @@ pub struct Engine {
     stats: Stats,
 }
 
+/// The first XID number of a new coordinator data directory: uniform below 2^52 (so
+/// it stays exact in JavaScript numbers), leaving 2^40 numbers of room above it. Two
+/// directories' ranges overlap only if their bases fall within the numbers they use.
+pub fn random_xid_base() -> u64 {
+    1 + rand::random::<u64>() % ((1u64 << 52) - (1u64 << 40))
+}
+
 fn backoff(cfg: &EngineConfig, seed: u64, attempts: u32) -> u64 {
     let exp = cfg
         .backoff_base_ms

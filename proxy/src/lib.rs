@@ -60,6 +60,7 @@ pub mod classify;
 pub mod config;
 pub mod coordinator;
 pub mod error;
+pub mod failpoint;
 pub mod handshake;
 pub mod packet;
 pub mod phase_one;

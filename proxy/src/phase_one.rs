@@ -888,6 +888,7 @@ pub async fn commit(
         }
     };
     tracing::debug!(%xid, branch_id, locks = keys.len(), "branch registered");
+    crate::failpoint::hit("after-register").await;
     let inserted = conn
         .exec_drop(shared.undo.insert(), (branch_id, xid.as_str(), info))
         .await;
@@ -902,6 +903,7 @@ pub async fn commit(
         report(shared, &xid, branch_id, false);
         return Err(err);
     }
+    crate::failpoint::hit("before-local-commit").await;
     if let Err(e) = conn.query_drop(commit_sql).await {
         // A server error means the COMMIT did not happen; a lost connection leaves it
         // unknown, and the coordinator's rollback finds the record or leaves a marker.
@@ -910,6 +912,7 @@ pub async fn commit(
         }
         return Err(e.into());
     }
+    crate::failpoint::hit("after-local-commit").await;
     report(shared, &xid, branch_id, true);
     Ok(wire::Ok::from_backend(conn))
 }

@@ -451,7 +451,9 @@ async fn rollback_once(
     }
     conn.exec_drop(shared.undo.delete_one(), (xid, branch_id))
         .await?;
+    crate::failpoint::hit("rollback-before-commit").await;
     conn.query_drop("COMMIT").await?;
+    crate::failpoint::hit("rollback-after-commit").await;
     Ok(Some(Outcome::Done))
 }
 

@@ -76,6 +76,15 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(program: &Path, args: &[String], log: PathBuf) -> Process {
+        Self::spawn_env(program, args, &[], log)
+    }
+
+    pub fn spawn_env(
+        program: &Path,
+        args: &[String],
+        env: &[(String, String)],
+        log: PathBuf,
+    ) -> Process {
         let out = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -86,6 +95,7 @@ impl Process {
             .args(args)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(out)
             .stderr(err)
             .stdin(Stdio::null())
@@ -125,6 +135,17 @@ impl Process {
         let _ = c.kill();
         let _ = c.wait();
         None
+    }
+
+    /// Whether the process has ended (and is reaped).
+    pub fn exited(&mut self) -> bool {
+        match self.child.as_mut().map(|c| c.try_wait()) {
+            Some(Ok(Some(_))) | None => {
+                self.child = None;
+                true
+            }
+            _ => false,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -391,6 +412,17 @@ impl Proxy {
     /// Starts a proxy in front of the test MariaDB and waits until it serves and has
     /// attached to the coordinator for phase two.
     pub async fn start(dir: &TempDir, name: &str, coordinators: &str, extra: &[&str]) -> Proxy {
+        Self::start_with(dir, name, coordinators, extra, "").await
+    }
+
+    /// As [`Proxy::start`], with `REWIND_FAILPOINTS` set to `failpoints`.
+    pub async fn start_with(
+        dir: &TempDir,
+        name: &str,
+        coordinators: &str,
+        extra: &[&str],
+        failpoints: &str,
+    ) -> Proxy {
         let addr = free_addr();
         let mut args = vec![
             "--listen".to_string(),
@@ -402,7 +434,7 @@ impl Proxy {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.0.join(format!("{name}.log"));
-        let process = Self::launch(addr, &args, &log).await;
+        let process = Self::launch(addr, &args, &log, failpoints).await;
         Proxy {
             process,
             addr,
@@ -411,12 +443,13 @@ impl Proxy {
         }
     }
 
-    async fn launch(addr: SocketAddr, args: &[String], log: &Path) -> Process {
+    async fn launch(addr: SocketAddr, args: &[String], log: &Path, failpoints: &str) -> Process {
         let attached_before = std::fs::read_to_string(log)
             .unwrap_or_default()
             .matches("attached to the coordinator")
             .count();
-        let process = Process::spawn(&binary("rewind-proxy"), args, log.to_path_buf());
+        let env = [("REWIND_FAILPOINTS".to_string(), failpoints.to_string())];
+        let process = Process::spawn_env(&binary("rewind-proxy"), args, &env, log.to_path_buf());
         eventually(
             "the proxy serves and attaches",
             Duration::from_secs(30),
@@ -436,10 +469,25 @@ impl Proxy {
         self.process.kill();
     }
 
-    /// Starts again after a kill, same port and arguments.
+    /// Starts again after a kill, same port and arguments, without failpoints.
     pub async fn restart(&mut self) {
         self.process.kill();
-        self.process = Self::launch(self.addr, &self.args, &self.log).await;
+        self.process = Self::launch(self.addr, &self.args, &self.log, "").await;
+    }
+
+    /// Waits until the process has exited (a failpoint aborted it).
+    pub async fn wait_exit(&mut self, within: Duration) {
+        let start = Instant::now();
+        loop {
+            if self.process.exited() {
+                return;
+            }
+            assert!(
+                start.elapsed() < within,
+                "the proxy did not exit within {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn opts(&self, db: &str) -> OptsBuilder {
