@@ -1,0 +1,142 @@
+//! Type fidelity: a global rollback over rows holding every MySQL column type with edge
+//! values (max unsigned, DECIMAL(65,30), microseconds, negative zero, NUL bytes, emoji,
+//! JSON, BIT, SET, ENUM, generated and invisible columns, on-update timestamps) restores
+//! them byte for byte, in text and binary protocol, whatever time zone the client's
+//! session runs in.
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Value;
+use rewind_tests::*;
+
+const CREATE: &str = "CREATE TABLE t (
+    id BIGINT UNSIGNED NOT NULL,
+    code VARBINARY(16) NOT NULL,
+    c_tiny TINYINT, c_utiny TINYINT UNSIGNED, c_medium MEDIUMINT,
+    c_big BIGINT, c_ubig BIGINT UNSIGNED,
+    c_float FLOAT, c_double DOUBLE, c_dec DECIMAL(65,30),
+    c_dt DATETIME(6),
+    c_ts TIMESTAMP(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+    c_ts0 TIMESTAMP NULL DEFAULT NULL,
+    c_date DATE, c_time TIME(6), c_year YEAR,
+    c_char CHAR(10), c_varchar VARCHAR(100), c_text TEXT,
+    c_binary BINARY(16), c_varbinary VARBINARY(50), c_blob LONGBLOB,
+    c_json JSON, c_bit BIT(10), c_enum ENUM('a','b'), c_set SET('x','y'), c_null INT NULL,
+    c_gen INT AS (c_tiny + 1) VIRTUAL, c_hidden INT INVISIBLE DEFAULT 7,
+    PRIMARY KEY (id, code)
+) DEFAULT CHARSET utf8mb4";
+
+const ROWS: &[&str] = &[
+    "INSERT INTO t (id, code, c_tiny, c_utiny, c_medium, c_big, c_ubig, c_float, c_double, c_dec, c_dt, c_ts, c_ts0, c_date, c_time, c_year, c_char, c_varchar, c_text, c_binary, c_varbinary, c_blob, c_json, c_bit, c_enum, c_set, c_null, c_hidden) VALUES (
+        18446744073709551615, X'00FF00', -128, 255, -8388608,
+        -9223372036854775808, 18446744073709551615,
+        1.2345678, -0e0, '-99999999999999999999999999999999999.999999999999999999999999999999',
+        '9999-12-31 23:59:59.999999',
+        '2038-01-19 03:14:07.000001', '2024-03-31 02:30:00', '1000-01-01', '-838:59:59.000000', 2155,
+        'abc', 'emoji 😀 nul \\0 quote \\' end', REPEAT('é', 1000),
+        X'000102030405060708090A0B0C0D0E0F', X'00', REPEAT(X'00FF', 50000),
+        '{\"a\": [1, 2.5, \"x\"], \"b\": null}', b'1010101010', 'b', 'x,y', NULL, 9)",
+    "INSERT INTO t (id, code, c_tiny, c_double, c_dec, c_ts, c_varchar, c_blob) VALUES (0, '', 0, 1.7976931348623157e308, 0.000000000000000000000000000001, '1970-01-01 00:00:01', '', '')",
+    "INSERT INTO t (id, code, c_float, c_double, c_dt, c_date, c_time, c_year) VALUES (2, 'k2', -3.40282e38, 5e-324, '1000-01-01 00:00:00.000000', '9999-12-31', '838:59:59.999999', 1901)",
+];
+
+async fn setup(db: &str) {
+    fresh_db(db).await;
+    let mut c = direct(db).await;
+    c.query_drop(CREATE).await.unwrap();
+    for r in ROWS {
+        c.query_drop(*r).await.unwrap();
+    }
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_rollback_restores_every_type_exactly() {
+    let dir = TempDir::new("types");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_types";
+    setup(db).await;
+    let original = checksums(db, &["t"]).await;
+    let rows_before = dump(db, "t").await;
+
+    // The client's session is not UTC, so TIMESTAMPs travel shifted on its connection.
+    for zone in ["+05:30", "-11:00", "SYSTEM"] {
+        // Text protocol: every column rewritten, then deleted and re-inserted rows.
+        let xid = coord.begin(60_000).await;
+        let mut c = proxy.conn(db).await;
+        c.query_drop(format!("SET time_zone = '{zone}'"))
+            .await
+            .unwrap();
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE t SET c_tiny = 1, c_utiny = 0, c_medium = 1, c_big = 1, \
+             c_ubig = 0, c_float = 0.5, c_double = 0, c_dec = 1, c_dt = NOW(6), c_ts = NOW(6), \
+             c_ts0 = '2030-06-01 12:00:00', c_date = CURDATE(), c_time = '00:00:01', c_year = 2000, \
+             c_char = 'z', c_varchar = 'v', c_text = 't', c_binary = X'01', c_varbinary = X'02', \
+             c_blob = X'03', c_json = '[]', c_bit = b'1', c_enum = 'a', c_set = '', c_null = 5, \
+             c_hidden = 1"
+        ))
+        .await
+        .unwrap();
+        c.query_drop("DELETE FROM t WHERE id = 2").await.unwrap();
+        c.query_drop("INSERT INTO t (id, code, c_ts) VALUES (5, X'05', '2001-02-03 04:05:06.7')")
+            .await
+            .unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+        c.disconnect().await.unwrap();
+        assert_ne!(checksums(db, &["t"]).await, original);
+        assert_eq!(coord.rollback(&xid).await, "rolled_back");
+        assert_eq!(
+            checksums(db, &["t"]).await,
+            original,
+            "text protocol, zone {zone}"
+        );
+        assert_eq!(dump(db, "t").await, rows_before);
+
+        // Binary protocol: parameters of every type.
+        let xid = coord.begin(60_000).await;
+        let mut c = proxy.conn(db).await;
+        c.query_drop(format!("SET time_zone = '{zone}'"))
+            .await
+            .unwrap();
+        c.query_drop("BEGIN").await.unwrap();
+        c.exec_drop(
+            format!(
+                "/*+ XID('{xid}') */ UPDATE t SET c_big = ?, c_ubig = ?, c_float = ?, c_double = ?, \
+                 c_dec = ?, c_dt = ?, c_ts = ?, c_time = ?, c_varchar = ?, c_blob = ?, c_json = ? \
+                 WHERE id >= ?"
+            ),
+            vec![
+                Value::Int(i64::MIN + 1),
+                Value::UInt(u64::MAX - 1),
+                Value::Float(-0.0),
+                Value::Double(f64::MIN_POSITIVE),
+                Value::from("12345678901234567890.123456789012345678901234567890"),
+                Value::Date(2020, 2, 29, 23, 59, 59, 999_999),
+                Value::Date(2037, 12, 31, 23, 59, 59, 1),
+                Value::Time(true, 1, 2, 3, 4, 5),
+                Value::from("ümlaut 😀"),
+                Value::Bytes(vec![0, 0, 255, 0]),
+                Value::from("{\"k\": 1}"),
+                Value::UInt(0),
+            ],
+        )
+        .await
+        .unwrap();
+        c.exec_drop(
+            "DELETE FROM t WHERE id = ? AND code = ?",
+            (Value::UInt(u64::MAX), Value::Bytes(vec![0, 255, 0])),
+        )
+        .await
+        .unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+        c.disconnect().await.unwrap();
+        assert_eq!(coord.rollback(&xid).await, "rolled_back");
+        assert_eq!(
+            checksums(db, &["t"]).await,
+            original,
+            "binary protocol, zone {zone}"
+        );
+        assert_eq!(dump(db, "t").await, rows_before);
+    }
+}
