@@ -23,6 +23,7 @@ pub struct Config {
     pub phase_two_backoff_cap_ms: u64,
     pub phase_two_command_timeout_ms: u64,
     pub rollback_wait_ms: u64,
+    pub write_isolation_wait_ms: u64,
     pub max_batch: usize,
     pub wal_bytes: u64,
     pub http_body_limit_bytes: usize,
@@ -44,6 +45,7 @@ impl Default for Config {
             phase_two_backoff_cap_ms: 30_000,
             phase_two_command_timeout_ms: 10_000,
             rollback_wait_ms: 10_000,
+            write_isolation_wait_ms: 1_000,
             max_batch: 4096,
             wal_bytes: 4 << 20,
             http_body_limit_bytes: 1 << 20,
@@ -153,6 +155,7 @@ mod tests {
             "phase_two_backoff_cap_ms",
             "phase_two_command_timeout_ms",
             "rollback_wait_ms",
+            "write_isolation_wait_ms",
             "max_batch",
             "wal_bytes",
             "http_body_limit_bytes",
@@ -160,7 +163,7 @@ mod tests {
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 16);
+        assert_eq!(table.len(), 17);
     }
 
     #[test]

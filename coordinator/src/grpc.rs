@@ -16,6 +16,7 @@ use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 use tracing::Instrument;
 
 use crate::error::CoordinatorError;
+use crate::isolation::Isolation;
 use crate::locks::KeyParts;
 use crate::phase_two::Attached;
 use crate::sequencer::Sequencer;
@@ -25,7 +26,11 @@ use crate::session::{Command, DirtyRow, Outcome, Reply, SessionRecord, Status, X
 pub struct Grpc {
     pub seq: Sequencer,
     pub attached: Arc<Attached>,
+    /// Which tables each attached proxy checks writes without an XID on.
+    pub isolation: Arc<Isolation>,
     pub rollback_wait: Duration,
+    /// How long a registration waits for proxies to confirm a newly locked table.
+    pub isolation_wait: Duration,
     pub shutdown: CancellationToken,
 }
 
@@ -264,6 +269,37 @@ impl ResourceManager for Grpc {
             .into_iter()
             .map(|k| key_from_proto(Some(&r.resource_id), k).map(|(_, k)| k))
             .collect::<Result<Vec<_>, _>>()?;
+        // Write isolation: every proxy of the resource must check untagged writes to these
+        // tables before the branch may lock rows in them.
+        let tables: std::collections::BTreeSet<String> =
+            keys.iter().map(|k| k.table.clone()).collect();
+        let _in_use = match self
+            .isolation
+            .confirm(&r.resource_id, &tables, self.isolation_wait)
+            .await
+        {
+            Ok(guard) => guard,
+            Err(not) => {
+                let key = keys
+                    .iter()
+                    .find(|k| k.table == not.table)
+                    .cloned()
+                    .expect("the table comes from the keys");
+                tracing::info!(xid = %r.xid, table = %not.table, "a proxy did not confirm write isolation in time");
+                return Ok(Response::new(v1::RegisterBranchResponse {
+                    outcome: Some(register_branch_response::Outcome::Conflict(
+                        v1::LockConflict {
+                            key: Some(key_to_proto(r.resource_id.clone(), key)),
+                            holder_xid: String::new(),
+                            // Often a deadlock: a write without an XID waits for this
+                            // branch's row lock, and the branch waits for that write. The
+                            // branch gives way at once.
+                            holder_rolling_back: true,
+                        },
+                    )),
+                }));
+            }
+        };
         let reply = self
             .seq
             .submit(Command::Register {
@@ -335,6 +371,7 @@ impl ResourceManager for Grpc {
         &self,
         req: Request<v1::QueryLocksRequest>,
     ) -> Result<Response<v1::QueryLocksResponse>, GrpcStatus> {
+        let t = Instant::now();
         let r = req.into_inner();
         let asking = if r.xid.is_empty() {
             None
@@ -360,6 +397,7 @@ impl ResourceManager for Grpc {
                 rolling_back,
             })
             .collect();
+        self.seq.metrics.rpc[5].observe(t.elapsed());
         Ok(Response::new(v1::QueryLocksResponse { held }))
     }
 
@@ -385,6 +423,10 @@ impl ResourceManager for Grpc {
                         Some(proxy_message::Kind::Announce(a)) => {
                             tracing::info!(proxy = %a.proxy_id, resources = ?a.resource_ids, "proxy attached");
                             this.attached.announce(conn, &tx, &a.resource_ids);
+                            let locked = this.seq.engine.lock().expect("engine lock").locked_tables();
+                            this.isolation.attach(conn, &tx, &a.resource_ids, |r| {
+                                locked.get(r).cloned().unwrap_or_default()
+                            });
                             for r in a.resource_ids {
                                 this.seq.post(Command::ResourceAvailable { resource_id: r }).await;
                             }
@@ -412,10 +454,14 @@ impl ResourceManager for Grpc {
                                 .post(Command::ResolveResult { conflict_id: r.conflict_id, command_id: r.command_id, outcome })
                                 .await;
                         }
+                        Some(proxy_message::Kind::TableLocksAck(a)) => {
+                            this.isolation.ack(conn, &a.resource_id, a.epoch);
+                        }
                         None => {}
                     }
                 }
                 this.attached.detach(conn);
+                this.isolation.detach(conn);
                 tracing::info!("proxy detached");
             }
             .instrument(tracing::info_span!("attach", conn)),

@@ -21,6 +21,7 @@ pub mod config;
 pub mod error;
 pub mod grpc;
 pub mod http;
+pub mod isolation;
 pub mod locks;
 pub mod metrics;
 pub mod phase_two;
@@ -77,11 +78,30 @@ pub async fn run(
     let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let seq = sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics);
     let attached = Arc::new(phase_two::Attached::default());
+    let isolation = Arc::new(isolation::Isolation::default());
     let core = grpc::Grpc {
         seq: seq.clone(),
         attached: attached.clone(),
+        isolation: isolation.clone(),
         rollback_wait: Duration::from_millis(config.rollback_wait_ms),
+        isolation_wait: Duration::from_millis(config.write_isolation_wait_ms),
         shutdown: shutdown.clone(),
+    };
+
+    // Tables whose last lock went leave the proxies' write-isolation sets.
+    let isolation_pruner = {
+        let (seq, shutdown) = (seq.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            let mut iv = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = iv.tick() => {}
+                    _ = shutdown.cancelled() => return,
+                }
+                let locked = seq.engine.lock().expect("engine lock").locked_tables();
+                isolation.prune(|r| locked.get(r).cloned().unwrap_or_default());
+            }
+        })
     };
 
     let dispatcher = tokio::spawn(phase_two::dispatch(
@@ -172,6 +192,7 @@ pub async fn run(
     .await;
     ticker.abort();
     pruner.abort();
+    isolation_pruner.abort();
     dispatcher.abort();
     Ok(())
 }

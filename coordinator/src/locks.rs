@@ -180,6 +180,25 @@ impl LockTable {
         self.held.is_empty()
     }
 
+    /// The tables holding at least one lock, per resource.
+    pub fn tables(&self) -> HashMap<String, std::collections::HashSet<String>> {
+        let mut ids: HashMap<u32, std::collections::HashSet<u32>> = HashMap::new();
+        for k in self.held.keys() {
+            ids.entry(k.resource).or_default().insert(k.table);
+        }
+        ids.into_iter()
+            .map(|(r, tables)| {
+                (
+                    self.names[r as usize].to_string(),
+                    tables
+                        .into_iter()
+                        .map(|t| self.names[t as usize].to_string())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = (&CompactKey, &Holder)> {
         self.held.iter()
     }

@@ -50,7 +50,7 @@ impl Histogram {
 }
 
 pub struct Metrics {
-    pub rpc: [Histogram; 5],
+    pub rpc: [Histogram; 6],
     pub batch_fsync: Histogram,
     batches: AtomicU64,
     batched_requests: AtomicU64,
@@ -61,12 +61,19 @@ pub struct Metrics {
 }
 
 /// Operations whose latency is recorded (index into `Metrics::rpc`).
-pub const OPS: [&str; 5] = ["begin", "register", "commit", "rollback", "report"];
+pub const OPS: [&str; 6] = [
+    "begin",
+    "register",
+    "commit",
+    "rollback",
+    "report",
+    "query_locks",
+];
 
 impl Default for Metrics {
     fn default() -> Self {
         Metrics {
-            rpc: [const { Histogram::new() }; 5],
+            rpc: [const { Histogram::new() }; 6],
             batch_fsync: Histogram::new(),
             batches: AtomicU64::new(0),
             batched_requests: AtomicU64::new(0),

@@ -1197,6 +1197,11 @@ impl Engine {
         self.conflicts.get(&id)
     }
 
+    /// Tables holding global locks, per resource (write isolation).
+    pub fn locked_tables(&self) -> HashMap<String, HashSet<String>> {
+        self.locks.tables()
+    }
+
     pub fn lock_count(&self) -> usize {
         self.locks.len()
     }

@@ -42,6 +42,20 @@ pub struct Config {
     pub connect_timeout_secs: u64,
     /// Accepted client logins. Empty: exactly the backend URL's user and password.
     pub users: Vec<User>,
+    /// Whether UPDATE and DELETE statements without an XID wait for the global locks of
+    /// the rows they touch (on tables that hold any) instead of overwriting them.
+    pub write_isolation: WriteIsolation,
+}
+
+/// See [`Config::write_isolation`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteIsolation {
+    /// Every UPDATE/DELETE through the proxy respects global locks.
+    #[default]
+    All,
+    /// Writes without an XID are never checked (Seata's behaviour without @GlobalLock).
+    Off,
 }
 
 /// One accepted client login.
@@ -72,6 +86,7 @@ impl Default for Config {
             shutdown_grace_secs: 30,
             connect_timeout_secs: 10,
             users: Vec::new(),
+            write_isolation: WriteIsolation::All,
         }
     }
 }

@@ -62,6 +62,7 @@ pub mod coordinator;
 pub mod error;
 pub mod failpoint;
 pub mod handshake;
+pub mod isolation;
 pub mod packet;
 pub mod phase_one;
 pub mod phase_two;
@@ -109,6 +110,8 @@ pub struct Shared {
     pub metas: rewind_undo_log::MetaCache,
     /// Statements on the undo_log table.
     pub undo: undo_table::UndoTable,
+    /// Tables of this resource holding global locks, and the writes in flight to others.
+    pub isolation: Arc<isolation::Isolation>,
 }
 
 /// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
@@ -137,6 +140,7 @@ pub async fn run(
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
         undo: undo_table::UndoTable::new(&config.undo_schema),
+        isolation: Arc::default(),
         config,
         collations: Default::default(),
     });

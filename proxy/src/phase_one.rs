@@ -759,8 +759,142 @@ pub async fn wait_for_locked_rows(
     let keys = select
         .keys(&metas, &found)
         .map_err(|e| refused(e, "SELECT … FOR UPDATE"))?;
-    let keys: Vec<v1::LockKey> = keys.into_iter().map(proto_key).collect();
+    let keys: Vec<v1::LockKey> = keys.into_iter().map(|k| proto_key(shared, k)).collect();
     wait_until_unlocked(shared, &keys, xid).await
+}
+
+/// Write isolation's slow path: an UPDATE or DELETE without an XID on a table holding
+/// global locks. Locks its rows locally (the statement's own predicate under `FOR
+/// UPDATE`), waits until no global transaction holds any of them, then writes exactly
+/// those rows (the key-restricted form, as in phase one). No undo is recorded: the write
+/// belongs to no global transaction.
+pub async fn isolated_write(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    dml: &Dml,
+    mut params: Vec<Value>,
+) -> Result<wire::Ok, Failure> {
+    let (metas, image_sqls, image_params, write_params_lead) = match dml {
+        Dml::Update(plan) => {
+            let meta = meta(conn, shared, &plan.table, db)
+                .await
+                .map_err(Failure::Clean)?;
+            if params.len() < plan.set_params {
+                return Err(Failure::Clean(ProxyError::Malformed(
+                    "missing statement parameters",
+                )));
+            }
+            let where_params = params.split_off(plan.set_params);
+            let sql = plan.rows_sql(&meta);
+            (vec![meta], vec![sql], where_params, params)
+        }
+        Dml::Delete(plan) => {
+            let meta = meta(conn, shared, &plan.table, db)
+                .await
+                .map_err(Failure::Clean)?;
+            let sql = plan.before_image_sql(&meta);
+            (vec![meta], vec![sql], params, Vec::new())
+        }
+        Dml::UpdateJoin(plan) => {
+            let mut metas = Vec::with_capacity(plan.tables.len());
+            for t in &plan.tables {
+                metas.push(
+                    meta(conn, shared, &t.table, db)
+                        .await
+                        .map_err(Failure::Clean)?,
+                );
+            }
+            if params.len() < plan.from_params + plan.set_params {
+                return Err(Failure::Clean(ProxyError::Malformed(
+                    "missing statement parameters",
+                )));
+            }
+            let mut image_params = params[..plan.from_params].to_vec();
+            image_params.extend_from_slice(&params[plan.from_params + plan.set_params..]);
+            let sqls = (0..metas.len())
+                .map(|t| plan.before_image_sql(t, &metas[t]))
+                .collect();
+            (metas, sqls, image_params, params)
+        }
+        Dml::Insert(_) => {
+            return Err(Failure::Clean(ProxyError::AtRefused(
+                "INSERT is not subject to write isolation".into(),
+            )))
+        }
+    };
+    let mut keys_by_table = Vec::with_capacity(metas.len());
+    let mut lock_keys = Vec::new();
+    for (meta, sql) in metas.iter().zip(&image_sqls) {
+        let name = meta.name.to_string();
+        let found = rows(conn, stmts, sql, image_params.clone()).await?;
+        let mut image =
+            RowImage::from_image(meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
+        dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
+        for row in &image.rows {
+            let k = rewind_undo_log::LockKey::for_row(&meta.name, &meta.primary_key, row)
+                .map_err(|e| Failure::Clean(refused(e, &name)))?;
+            lock_keys.push(proto_key(shared, k));
+        }
+        keys_by_table.push(keys_of(meta, &image).map_err(|e| Failure::Clean(refused(e, &name)))?);
+    }
+    wait_until_unlocked(shared, &lock_keys, None)
+        .await
+        .map_err(Failure::Clean)?;
+    match dml {
+        Dml::Update(plan) => {
+            let meta = &metas[0];
+            let per = ((MAX_STATEMENT_PARAMS
+                - write_params_lead.len().min(MAX_STATEMENT_PARAMS - 1))
+                / meta.primary_key.len().max(1))
+            .max(1);
+            write_in_chunks(
+                conn,
+                stmts,
+                &keys_by_table[0],
+                per,
+                |n| plan.by_keys_sql(meta, n),
+                &write_params_lead,
+            )
+            .await
+        }
+        Dml::Delete(plan) => {
+            let meta = &metas[0];
+            let per = (MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)).max(1);
+            write_in_chunks(
+                conn,
+                stmts,
+                &keys_by_table[0],
+                per,
+                |n| plan.by_keys_sql(meta, n),
+                &[],
+            )
+            .await
+        }
+        Dml::UpdateJoin(plan) => {
+            let keyed: Vec<(usize, &TableMeta, usize)> = metas
+                .iter()
+                .enumerate()
+                .map(|(t, m)| (t, m.as_ref(), keys_by_table[t].len()))
+                .collect();
+            let mut write_params = write_params_lead;
+            for keys in &keys_by_table {
+                write_params.extend(keys.concat());
+            }
+            if write_params.len() > MAX_STATEMENT_PARAMS {
+                return Err(Failure::Clean(ProxyError::AtRefused(
+                    "a multi-table UPDATE of more rows than one statement can name by key, on \
+                     tables holding global locks (split it)"
+                        .into(),
+                )));
+            }
+            write(conn, stmts, &plan.by_keys_sql(&keyed), write_params)
+                .await
+                .map_err(|e| Failure::Clean(e.into()))
+        }
+        Dml::Insert(_) => unreachable!("refused above"),
+    }
 }
 
 /// Polls the coordinator until none of `keys` is held by another global transaction:
@@ -805,9 +939,10 @@ pub async fn wait_until_unlocked(
     unreachable!("the loop returns on its last attempt")
 }
 
-pub fn proto_key(k: rewind_undo_log::LockKey) -> v1::LockKey {
+/// A lock key of this proxy's resource, on the wire.
+pub fn proto_key(shared: &Shared, k: rewind_undo_log::LockKey) -> v1::LockKey {
     v1::LockKey {
-        resource_id: String::new(),
+        resource_id: shared.resource_id.clone(),
         table: k.schema_table,
         pk: k.pk,
     }
@@ -844,7 +979,7 @@ pub async fn commit(
         Ok(x) => x,
         Err(e) => return Err(abort(conn, format!("the undo record cannot be written: {e}")).await),
     };
-    let keys: Vec<v1::LockKey> = keys.into_iter().map(proto_key).collect();
+    let keys: Vec<v1::LockKey> = keys.into_iter().map(|k| proto_key(shared, k)).collect();
     let request_id = format!("{:032x}", rand::random::<u128>());
     let interval = Duration::from_millis(shared.config.lock_retry_interval_ms);
     let mut attempt = 0;
@@ -861,15 +996,23 @@ pub async fn commit(
                 holder_rolling_back,
             }) => {
                 if holder_rolling_back || attempt >= shared.config.lock_retry_count {
-                    let why = format!(
-                        "global lock on {} held by global transaction {holder}{}",
-                        describe_key(Some(&key)),
-                        if holder_rolling_back {
-                            " which is rolling back"
-                        } else {
-                            ""
-                        }
-                    );
+                    let why = if holder.is_empty() {
+                        format!(
+                            "writes without an XID to {} were still running through a \
+                             proxy (possibly waiting for this transaction's own rows)",
+                            describe_key(Some(&key))
+                        )
+                    } else {
+                        format!(
+                            "global lock on {} held by global transaction {holder}{}",
+                            describe_key(Some(&key)),
+                            if holder_rolling_back {
+                                " which is rolling back"
+                            } else {
+                                ""
+                            }
+                        )
+                    };
                     rollback(conn).await;
                     return Err(ProxyError::GlobalLockTimeout(format!(
                         "{why}; the local transaction was rolled back"

@@ -181,8 +181,14 @@ async fn attach(
                 return true;
             }
         };
-        let Ok(permit) = workers.clone().acquire_owned().await else {
-            return true;
+        // Table-lock sets are applied at once, in stream order; phase-two work waits for
+        // a worker.
+        let permit = match &msg.kind {
+            Some(coordinator_message::Kind::TableLocks(_)) | None => None,
+            Some(_) => match workers.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return true,
+            },
         };
         let (shared, pool, tx, commits) =
             (shared.clone(), pool.clone(), tx.clone(), commits.clone());
@@ -219,6 +225,27 @@ async fn attach(
                     }
                     .instrument(span),
                 );
+            }
+            Some(coordinator_message::Kind::TableLocks(t)) => {
+                // Applied in stream order, here; confirmed once older writes to newly
+                // locked tables are done (see `isolation`).
+                tracing::debug!(epoch = t.epoch, tables = ?t.tables, "write-isolation set");
+                let added = shared.isolation.update(t.tables);
+                let drain = shared.config.write_isolation == crate::config::WriteIsolation::All;
+                tokio::spawn(async move {
+                    if drain {
+                        shared.isolation.drain(&added).await;
+                    }
+                    let ack = v1::TableLocksAck {
+                        epoch: t.epoch,
+                        resource_id: t.resource_id,
+                    };
+                    let _ = tx
+                        .send(v1::ProxyMessage {
+                            kind: Some(proxy_message::Kind::TableLocksAck(ack)),
+                        })
+                        .await;
+                });
             }
             Some(coordinator_message::Kind::ResolveCommand(cmd)) => {
                 let span = tracing::info_span!("resolve", xid = %cmd.xid, branch_id = cmd.branch_id, conflict = cmd.conflict_id);

@@ -154,8 +154,10 @@ async fn t20_concurrent_transfers_keep_every_balance_exact() {
                 let ok = first.is_ok() && second.is_ok();
                 for r in [&first, &second] {
                     if let Err((code, msg)) = r {
+                        // Lock waits give up (1205); a transaction left to time out may
+                        // do so before its second branch (1397).
                         assert!(
-                            matches!(code, 1205 | 1213 | 1402),
+                            *code == 1205 || (*code == 1397 && plan == Plan::TimeOut),
                             "unexpected refusal {code}: {msg}"
                         );
                     }

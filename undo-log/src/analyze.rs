@@ -530,6 +530,63 @@ fn cell(expr: &ast::Expr, next_param: &mut usize) -> Result<Cell> {
     Ok(found.unwrap_or(Cell::Computed))
 }
 
+/// The tables the UPDATE and DELETE statements of `sql` (one or several statements) may
+/// write: every table they name outside subqueries (joined tables included, so possibly
+/// more than are written). For write isolation of statements without an XID; INSERT and
+/// other statements are not listed. Refuses derived tables and table functions as write
+/// targets, whose rows cannot be named.
+pub fn written_tables(sql: &str) -> Result<Vec<TableRef>> {
+    let dialect = MySqlDialect {};
+    let statements = Parser::new(&dialect)
+        .with_options(ParserOptions::new().with_unescape(false))
+        .try_with_sql(sql)
+        .and_then(|mut p| p.parse_statements())
+        .map_err(|e| Error::Parse(e.to_string()))?;
+    let mut out: Vec<TableRef> = Vec::new();
+    let add_twj = |twj: &TableWithJoins, out: &mut Vec<TableRef>| -> Result<()> {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            match factor {
+                TableFactor::Table {
+                    name, args: None, ..
+                } => out.push(table_ref(name)?),
+                _ => {
+                    return Err(Error::Refused(
+                        "a write over a derived table or table function".into(),
+                    ))
+                }
+            }
+        }
+        Ok(())
+    };
+    for st in &statements {
+        match st {
+            Statement::Update(u) => {
+                add_twj(&u.table, &mut out)?;
+                if let Some(
+                    ast::UpdateTableFromKind::BeforeSet(f) | ast::UpdateTableFromKind::AfterSet(f),
+                ) = &u.from
+                {
+                    for twj in f {
+                        add_twj(twj, &mut out)?;
+                    }
+                }
+            }
+            Statement::Delete(d) => {
+                for name in &d.tables {
+                    out.push(table_ref(name)?);
+                }
+                let (FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f)) = &d.from;
+                for twj in f.iter().chain(d.using.iter().flatten()) {
+                    add_twj(twj, &mut out)?;
+                }
+            }
+            _ => {}
+        }
+    }
+    out.dedup();
+    Ok(out)
+}
+
 /// Whether a `WITH …` statement only reads: a common table expression can also lead into
 /// an INSERT, UPDATE or DELETE (MySQL 8), which must not pass as a read.
 pub fn is_read_query(sql: &str) -> Result<bool> {
@@ -752,7 +809,13 @@ impl UpdatePlan {
     /// Refuses what [`Self::set_columns_in`] refuses.
     pub fn before_image_sql(&self, meta: &TableMeta) -> Result<String> {
         self.set_columns_in(meta)?;
-        Ok(select_sql(meta, &self.relation, &self.filter))
+        Ok(self.rows_sql(meta))
+    }
+
+    /// The same SELECT without the refusals that only matter for an undo (for write
+    /// isolation of UPDATEs without an XID, which need the rows' keys, not an image).
+    pub fn rows_sql(&self, meta: &TableMeta) -> String {
+        select_sql(meta, &self.relation, &self.filter)
     }
 
     /// The same UPDATE restricted to `rows` primary keys:
@@ -1637,6 +1700,24 @@ mod tests {
             .conflict_keys(&auto_meta(), &[], false)
             .unwrap()
             .is_empty());
+    }
+
+    #[test]
+    fn written_tables_of_untagged_writes() {
+        let t = |s: &str, tb: &str| TableRef {
+            schema: (!s.is_empty()).then(|| s.to_string()),
+            table: tb.into(),
+        };
+        assert_eq!(
+            written_tables("UPDATE a JOIN s.b ON a.id = b.id SET a.x = 1; DELETE FROM c WHERE id IN (SELECT id FROM d); SELECT 1; INSERT INTO e VALUES (1)").unwrap(),
+            [t("", "a"), t("s", "b"), t("", "c")]
+        );
+        assert_eq!(
+            written_tables("DELETE x FROM x JOIN y USING (id)").unwrap(),
+            [t("", "x"), t("", "y")]
+        );
+        assert!(written_tables("SELECT 1").unwrap().is_empty());
+        assert!(written_tables("UPDATE (SELECT 1) AS d SET a = 1").is_err());
     }
 
     #[test]

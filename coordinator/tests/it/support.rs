@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use rewind_protocol::v1::{
     branch_result, coordinator_message, proxy_message, resolve_result, Announce, BranchAction,
     BranchResult, CoordinatorMessage, DirtyRow, DirtyWrite, Done, ProxyMessage, ResolveResult,
+    TableLocksAck,
 };
 use rewind_protocol::{ResourceManagerClient, TransactionManagerClient};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -273,6 +274,13 @@ impl FakeProxy {
                             command_id: cmd.command_id,
                             conflict_id: cmd.conflict_id,
                             outcome: Some(resolve_result::Outcome::Done(Done {})),
+                        })
+                    }
+                    // Confirms write-isolation sets at once: it sends no writes.
+                    Some(coordinator_message::Kind::TableLocks(t)) => {
+                        proxy_message::Kind::TableLocksAck(TableLocksAck {
+                            epoch: t.epoch,
+                            resource_id: t.resource_id,
                         })
                     }
                     None => continue,

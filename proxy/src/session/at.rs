@@ -19,13 +19,14 @@ use super::Session;
 use crate::classify::{self, Kind};
 use crate::coordinator::CallError;
 use crate::error::ProxyError;
+use crate::isolation::{Admission, Ticket};
 use crate::phase_one::{self, Branch, Failure, Original};
 use crate::stacked;
 use crate::wire;
 
 /// The statement being run on the AT path.
 #[derive(Clone)]
-enum Stmt<'a> {
+pub(super) enum Stmt<'a> {
     /// COM_QUERY text.
     Text(&'a [u8]),
     /// COM_STMT_EXECUTE of the client's statement `id`.
@@ -58,7 +59,120 @@ impl Stmt<'_> {
     }
 }
 
+/// Where a statement without an XID goes (write isolation).
+pub(super) enum Route {
+    /// Straight to the backend, holding the ticket (if any) until it is done.
+    Fast(Option<Ticket>),
+    /// An UPDATE/DELETE on a table holding global locks: wait for its rows' locks first.
+    Isolated,
+}
+
 impl Session {
+    /// Write isolation for a statement outside any global transaction. Reads and INSERTs
+    /// go straight through; UPDATE/DELETE (and multi-statement or WITH queries, which may
+    /// hold one) too while no table of the resource holds a global lock — without being
+    /// parsed. Otherwise the statement's tables are looked up: writes to locked tables
+    /// take the slow path, others go straight through.
+    pub(super) async fn route_untagged(
+        &mut self,
+        stmt: &Stmt<'_>,
+        kind: &Kind,
+        multi: bool,
+    ) -> Result<Route, ProxyError> {
+        if !(multi || matches!(kind, Kind::Update | Kind::Delete | Kind::With)) {
+            return Ok(Route::Fast(None));
+        }
+        let iso = self.shared.isolation.clone();
+        if let Admission::Fast(t) = iso.admit_unparsed() {
+            return Ok(Route::Fast(Some(t)));
+        }
+        let text = stmt.text().map_err(|_| {
+            ProxyError::AtRefused(
+                "a write whose text is not UTF-8 while global locks are held on this backend \
+                 (the proxy must parse it to check them)"
+                    .into(),
+            )
+        })?;
+        let refs = analyze::written_tables(text).map_err(|e| {
+            ProxyError::AtRefused(format!(
+                "a write the proxy cannot check against the global locks held on this \
+                 backend ({e}); retry once they are released"
+            ))
+        })?;
+        let db = if refs.iter().any(|r| r.schema.is_none()) {
+            self.current_db().await?
+        } else {
+            None
+        };
+        let mut tables = Vec::with_capacity(refs.len());
+        for r in &refs {
+            match phase_one::meta(&mut self.conn, &self.shared, r, db.as_deref()).await {
+                Ok(meta) => tables.push(rewind_undo_log::LockKey::table_id(&meta.name)),
+                // The backend reports a missing table itself; tables AT refuses (views,
+                // no primary key) never hold global locks.
+                Err(
+                    ProxyError::NoSuchTable(_) | ProxyError::NoDatabase | ProxyError::AtRefused(_),
+                ) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        match iso.admit(&tables) {
+            Admission::Fast(t) => Ok(Route::Fast(Some(t))),
+            Admission::Locked if !multi && matches!(kind, Kind::Update | Kind::Delete) => {
+                Ok(Route::Isolated)
+            }
+            _ => Err(ProxyError::AtRefused(
+                "a multi-statement or WITH query writing a table that holds global locks (the \
+                 proxy can wait for the locks of single UPDATE and DELETE statements only)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The slow path of write isolation (see `phase_one::isolated_write`). In autocommit
+    /// the proxy opens and commits its own transaction around it.
+    pub(super) async fn isolated(
+        &mut self,
+        stmt: Stmt<'_>,
+        params: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        let plan = self.plan(&stmt).map_err(|e| match e {
+            ProxyError::AtRefused(why) => ProxyError::AtRefused(format!(
+                "{why}, on a table that holds global locks (the proxy cannot check this \
+                 statement's rows against them)"
+            )),
+            other => other,
+        })?;
+        let wrap = !self.in_transaction();
+        if wrap {
+            self.conn.query_drop("START TRANSACTION").await?;
+        }
+        let db = match self.current_db().await {
+            Ok(db) => db,
+            Err(e) => return Err(self.close_wrap(wrap, e).await),
+        };
+        let r = phase_one::isolated_write(
+            &mut self.conn,
+            &mut self.internal,
+            &self.shared,
+            db.as_deref(),
+            &plan,
+            params,
+        )
+        .await;
+        match r {
+            Ok(mut ok) => {
+                if wrap {
+                    self.conn.query_drop("COMMIT").await?;
+                    ok.status = wire::Ok::from_backend(&self.conn).status;
+                }
+                self.push_ok_packet(ok);
+                Ok(())
+            }
+            Err(Failure::Clean(e) | Failure::Poisoned(e)) => Err(self.close_wrap(wrap, e).await),
+        }
+    }
+
     pub(super) async fn at_query(
         &mut self,
         sql: &[u8],

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::classify::{self, Kind};
+use crate::config::WriteIsolation;
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
@@ -444,15 +445,36 @@ impl Session {
         if self.db.is_some() && classify::may_change_database(sql) {
             self.db = None;
         }
-        if !self.multi_statements {
+        let isolate = self.shared.config.write_isolation == WriteIsolation::All;
+        let second = if !self.multi_statements || isolate {
             let backslash =
                 self.status & StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES.bits() == 0;
-            if let Some(at) = stacked::second_statement(sql, backslash) {
-                return Err(ProxyError::StackedStatement(near(&sql[at..])));
-            }
+            stacked::second_statement(sql, backslash)
+        } else {
+            None
+        };
+        if let (Some(at), false) = (second, self.multi_statements) {
+            return Err(ProxyError::StackedStatement(near(&sql[at..])));
         }
+        let ticket = if isolate {
+            match self
+                .route_untagged(
+                    &at::Stmt::Text(sql),
+                    &classify::classify(sql),
+                    second.is_some(),
+                )
+                .await?
+            {
+                at::Route::Fast(t) => t,
+                at::Route::Isolated => return self.isolated(at::Stmt::Text(sql), Vec::new()).await,
+            }
+        } else {
+            None
+        };
         drop(self.conn.query_iter(sql).await?);
-        self.relay::<TextProtocol>(false).await
+        let r = self.relay::<TextProtocol>(false).await;
+        drop(ticket);
+        r
     }
 
     async fn prepare(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
@@ -540,13 +562,29 @@ impl Session {
             return self.at_execute(id, values).await;
         }
         let stmt = p.stmt.clone();
+        let ticket = if self.shared.config.write_isolation == WriteIsolation::All {
+            let (kind, sql) = (p.kind.clone(), p.sql.clone());
+            let st = at::Stmt::Prepared {
+                id,
+                stmt: stmt.clone(),
+                sql,
+            };
+            match self.route_untagged(&st, &kind, false).await? {
+                at::Route::Fast(t) => t,
+                at::Route::Isolated => return self.isolated(st, values).await,
+            }
+        } else {
+            None
+        };
         let params = if values.is_empty() {
             Params::Empty
         } else {
             Params::Positional(values)
         };
         drop(self.conn.exec_iter(&stmt, params).await?);
-        self.relay::<BinaryProtocol>(true).await
+        let r = self.relay::<BinaryProtocol>(true).await;
+        drop(ticket);
+        r
     }
 
     /// Relays every result set of the pending result, row by row, then its final OK/EOF.
