@@ -983,13 +983,14 @@ pub async fn commit(
     let request_id = format!("{:032x}", rand::random::<u128>());
     let interval = Duration::from_millis(shared.config.lock_retry_interval_ms);
     let mut attempt = 0;
-    let branch_id = loop {
+    let (branch_id, registered_at) = loop {
+        let registering = std::time::Instant::now();
         let r = shared
             .coordinator
             .register(&xid, &shared.resource_id, &keys, &request_id)
             .await;
         match r {
-            Ok(Registration::Registered(id)) => break id,
+            Ok(Registration::Registered(id)) => break (id, registering),
             Ok(Registration::Conflict {
                 key,
                 holder,
@@ -1032,6 +1033,19 @@ pub async fn commit(
     };
     tracing::debug!(%xid, branch_id, locks = keys.len(), "branch registered");
     crate::failpoint::hit("after-register").await;
+    // A rollback that finds no undo record leaves a marker, which housekeeping removes
+    // `undo_retention_secs` after the transaction finished. A phase one stalled since its
+    // registration for a good part of that time must not insert its record any more (it
+    // could land after the marker is gone): it gives up instead.
+    if registered_at.elapsed() > Duration::from_secs(shared.config.undo_retention_secs) / 2 {
+        let err = abort(
+            conn,
+            "phase one stalled between registering the branch and writing its undo record".into(),
+        )
+        .await;
+        report(shared, &xid, branch_id, false);
+        return Err(err);
+    }
     let inserted = conn
         .exec_drop(shared.undo.insert(), (branch_id, xid.as_str(), info))
         .await;

@@ -655,7 +655,9 @@ async fn resolve_in(
 /// of a committed transaction (its phase-two delete was lost, or its phase one committed
 /// after the global commit), and markers of finished or forgotten transactions. A normal
 /// record of a transaction that is not committed is never deleted: it is the only way
-/// back to the data's previous state.
+/// back to the data's previous state. A marker must outlive any phase one that could
+/// still try to write its record: the retention bounds that (phase one gives up when it
+/// stalled half as long, see `phase_one::commit`).
 async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: CancellationToken) {
     let every = Duration::from_secs(shared.config.undo_housekeeping_secs);
     loop {
@@ -664,15 +666,15 @@ async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: CancellationTok
             _ = shutdown.cancelled() => return,
         }
         match sweep(&shared, &pool).await {
-            Ok(0) => {}
-            Ok(n) => info!(deleted = n, "undo housekeeping"),
+            Ok((0, 0)) => {}
+            Ok((deleted, kept)) => info!(deleted, kept, "undo housekeeping"),
             Err(e) => debug!(error = %e, "undo housekeeping skipped"),
         }
     }
 }
 
-/// One housekeeping pass; the number of records deleted.
-pub async fn sweep(shared: &Shared, pool: &Pool) -> Result<usize, String> {
+/// One housekeeping pass over old records: how many were deleted and how many kept.
+pub async fn sweep(shared: &Shared, pool: &Pool) -> Result<(usize, usize), String> {
     let mut conn = pool.get_conn().await.map_err(|e| e.to_string())?;
     let old: Vec<(String, u64, i32)> = conn
         .exec(
@@ -682,6 +684,7 @@ pub async fn sweep(shared: &Shared, pool: &Pool) -> Result<usize, String> {
         .await
         .map_err(|e| e.to_string())?;
     let mut deleted = 0;
+    let examined = old.len();
     for (xid, branch_id, status) in old {
         let fate = shared.coordinator.status(&xid).await;
         let delete = match (&fate, status) {
@@ -709,5 +712,5 @@ pub async fn sweep(shared: &Shared, pool: &Pool) -> Result<usize, String> {
             deleted += conn.affected_rows() as usize;
         }
     }
-    Ok(deleted)
+    Ok((deleted, examined - deleted))
 }
