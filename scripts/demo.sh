@@ -45,31 +45,52 @@ target/release/rewind-proxy --listen "$PROXY_ADDR" --backend mysql://root@127.0.
 pids+=($!)
 wait_port "$PROXY_ADDR" rewind-proxy
 
-sql() { mariadb --protocol=TCP -h"${PROXY_ADDR%:*}" -P"${PROXY_ADDR##*:}" -uroot --table "$@"; }
+# --comments: the mariadb client strips comments by default, and the XID travels in one.
+sql() { mariadb --comments --protocol=TCP -h"${PROXY_ADDR%:*}" -P"${PROXY_ADDR##*:}" -uroot --table "$@"; }
+api() { curl -fsS -X POST "http://$HTTP_ADDR/api/v1/transactions$1" -H 'content-type: application/json' ${2:+-d "$2"}; }
+xid_of() { sed -n 's/.*"xid":"\([^"]*\)".*/\1/p'; }
 
-echo "== a session through the proxy"
-sql test <<'SQL'
-CREATE TABLE IF NOT EXISTS rewind_demo_account (id INT PRIMARY KEY, owner VARCHAR(40), balance DECIMAL(12,2));
-REPLACE INTO rewind_demo_account VALUES (1, 'alice', 100.00), (2, 'bob', 50.00);
-BEGIN;
-UPDATE rewind_demo_account SET balance = balance - 10 WHERE id = 1;
-UPDATE rewind_demo_account SET balance = balance + 10 WHERE id = 2;
-COMMIT;
-SELECT id, owner, balance, @@autocommit AS autocommit FROM rewind_demo_account ORDER BY id;
+echo "== two services' databases, through the proxy"
+sql <<'SQL'
+CREATE DATABASE IF NOT EXISTS rewind_demo_bank;
+CREATE DATABASE IF NOT EXISTS rewind_demo_shop;
+CREATE TABLE IF NOT EXISTS rewind_demo_bank.account (id INT PRIMARY KEY, owner VARCHAR(40), balance DECIMAL(12,2));
+CREATE TABLE IF NOT EXISTS rewind_demo_shop.orders (id INT PRIMARY KEY, item VARCHAR(40), paid DECIMAL(12,2));
+REPLACE INTO rewind_demo_bank.account VALUES (1, 'alice', 100.00);
+DELETE FROM rewind_demo_shop.orders;
+SELECT 'bank' AS db, id, owner, balance FROM rewind_demo_bank.account;
 SQL
 
-echo "== a global transaction on the coordinator"
-xid_json=$(curl -fsS -X POST "http://$HTTP_ADDR/api/v1/transactions" \
-    -H 'content-type: application/json' -d '{"name":"demo","timeout_ms":60000}')
-echo "begin:  $xid_json"
-xid=$(printf '%s' "$xid_json" | sed -n 's/.*"xid":"\([^"]*\)".*/\1/p')
-echo "commit: $(curl -fsS -X POST "http://$HTTP_ADDR/api/v1/transactions/$xid/commit")"
-echo "status: $(curl -fsS "http://$HTTP_ADDR/api/v1/transactions/$xid")"
+show() {
+    sql -e "SELECT 'bank' AS db, balance FROM rewind_demo_bank.account WHERE id = 1; SELECT 'shop' AS db, COUNT(*) AS orders FROM rewind_demo_shop.orders"
+}
+
+# One global transaction spanning both databases, tagged with its XID.
+order() {
+    local xid=$1 n=$2
+    sql rewind_demo_bank -e "BEGIN; /*+ XID('$xid') */ UPDATE account SET balance = balance - 30 WHERE id = 1; COMMIT;"
+    sql rewind_demo_shop -e "/*+ XID('$xid') */ INSERT INTO orders VALUES ($n, 'book', 30.00);"
+}
+
+echo "== a global transaction that is rolled back: both local commits are undone"
+xid=$(api "" '{"name":"demo order","timeout_ms":60000}' | xid_of)
+echo "begin:    $xid"
+order "$xid" 1
+show
+echo "rollback: $(api "/$xid/rollback")"
+show
+
+echo "== the same order, committed"
+xid=$(api "" '{"name":"demo order","timeout_ms":60000}' | xid_of)
+order "$xid" 2
+echo "commit:   $(api "/$xid/commit")"
+show
+echo "status:   $(curl -fsS "http://$HTTP_ADDR/api/v1/transactions/$xid")"
 
 if [ "${REWIND_DEMO_ONCE:-0}" = 1 ]; then
     echo "== done"
     exit 0
 fi
-echo "== Rewind is running: connect with  mariadb -h${PROXY_ADDR%:*} -P${PROXY_ADDR##*:} -uroot test"
+echo "== Rewind is running: connect with  mariadb --comments -h${PROXY_ADDR%:*} -P${PROXY_ADDR##*:} -uroot test"
 echo "   coordinator API on http://$HTTP_ADDR  (Ctrl-C stops both)"
 wait

@@ -16,14 +16,14 @@ pub enum Kind {
     Update,
     Delete,
     Replace,
-    /// COMMIT [WORK] [AND [NO] CHAIN] [[NO] RELEASE]
+    /// `COMMIT [WORK] [AND [NO] CHAIN] [[NO] RELEASE]`
     Commit,
-    /// ROLLBACK [WORK] … without TO.
+    /// `ROLLBACK [WORK]` … without `TO`.
     Rollback,
     RollbackTo(String),
     Savepoint(String),
     ReleaseSavepoint(String),
-    /// BEGIN [WORK] / START TRANSACTION …
+    /// `BEGIN [WORK]` / `START TRANSACTION …`
     Begin,
     Set,
     Use,

@@ -1,8 +1,10 @@
-//! rewind-proxy: a MySQL-protocol server in front of one backend MySQL/MariaDB server.
-//! Every client session gets its own backend connection, so session state (current
-//! database, variables, transactions, temporary tables, prepared statements) behaves
-//! exactly as on the backend. Statements tagged with a leading `/*+ XID('...') */` comment
-//! will become AT-mode branches (a later issue); for now they pass through like the rest.
+//! rewind-proxy: a MySQL-protocol server in front of one backend MySQL/MariaDB server,
+//! and the place where Rewind's AT mode runs. Every client session gets its own backend
+//! connection, so session state (current database, variables, transactions, temporary
+//! tables, prepared statements) behaves exactly as on the backend. Statements tagged with
+//! a leading `/*+ XID('...') */` comment, and every statement of a local transaction such
+//! a tag bound, take the AT path: images, undo record, global locks; everything else passes
+//! straight through (write isolation aside: UPDATE/DELETE on tables holding global locks).
 //!
 //! # Layout
 //!
@@ -10,10 +12,18 @@
 //! - [`packet`]: framing (length + sequence id, 16 MB splits), a buffered writer flushed at
 //!   64 KB so results stream, and a bounds-checked cursor for client bytes.
 //! - [`handshake`]: HandshakeV10, capability negotiation, mysql_native_password check.
-//! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`.
+//! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`;
+//!   `session::at` is the AT path (binding, refusals, commit) and write isolation's routing.
 //! - [`wire`]: encoding of OK / EOF / ERR, column definitions and text/binary rows.
-//! - [`xid`]: the cheap leading-comment XID detector.
+//! - [`xid`]: the cheap leading-comment XID detector; [`classify`]: first-keyword classes.
 //! - [`stacked`]: the cheap second-statement detector for clients without multi-statements.
+//! - [`phase_one`]: images, key-restricted writes, the branch's commit protocol (register
+//!   with the coordinator, write the undo record, commit), locking reads, isolated writes.
+//! - [`phase_two`]: the Attach stream: branch commit/rollback with the dirty-write check,
+//!   operator resolutions, write-isolation sets, undo housekeeping.
+//! - [`isolation`]: which tables hold global locks, and the fast-path writes in flight.
+//! - [`coordinator`]: the gRPC client that follows the cluster's leader.
+//! - [`undo_table`]: the `undo_log` table's DDL and statements; [`failpoint`]: test hooks.
 //! - [`error`]: the one error enum and its one mapping to MySQL error packets.
 //! - [`config`]: configuration (TOML, defaults, validation).
 //!
@@ -48,6 +58,11 @@
 //! - No TLS, compression or LOAD DATA LOCAL INFILE (not advertised).
 //! - Backend unreachable is 1429 (ER_CONNECT_TO_FOREIGN_DATA_SOURCE): opensrv's `ErrorKind`
 //!   has no client-side 2003/2013 codes.
+//! - On the AT path the proxy runs its own statements on the client's connection (image
+//!   reads, the key-restricted write, the undo record): `ROW_COUNT()` and `FOUND_ROWS()`
+//!   right after an AT statement describe the proxy's last read, and after a tagged
+//!   autocommit statement `SHOW WARNINGS` shows those of the proxy's COMMIT (the OK packet
+//!   itself carries the statement's own affected rows, last insert id and warning count).
 //!
 //! # Tests and benchmark
 //!

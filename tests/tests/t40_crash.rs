@@ -234,3 +234,27 @@ async fn t43_late_phase_one_fails_on_the_marker() {
     assert!(msg.contains("already rolled back"), "{msg}");
     assert_eq!(checksums(db, TABLES).await, original);
 }
+
+/// Phase two needs no proxy in particular: a branch written through one proxy is rolled
+/// back by another proxy of the same backend once the first is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t44_another_proxy_of_the_backend_finishes_phase_two() {
+    let dir = TempDir::new("other-proxy");
+    let db = "rwt_other_proxy";
+    setup(db).await;
+    let original = checksums(db, TABLES).await;
+    let coord = Coordinator::start(&dir, &["--config", &config(&dir)]).await;
+    let mut first = Proxy::start(&dir, "first", &coord.grpc_url(), &["--resource-id", "shared-db"]).await;
+    let xid = coord.begin(600_000).await;
+    let mut c = first.conn(db).await;
+    c.query_drop(format!("/*+ XID('{xid}') */ DELETE FROM stock WHERE id > 150"))
+        .await
+        .unwrap();
+    c.disconnect().await.unwrap();
+    first.kill();
+    let st = coord.rollback(&xid).await;
+    assert_ne!(st, "rolled_back", "nobody can undo it yet");
+    let _second = Proxy::start(&dir, "second", &coord.grpc_url(), &["--resource-id", "shared-db"]).await;
+    coord.wait_status(&xid, "rolled_back", Duration::from_secs(20)).await;
+    assert_eq!(checksums(db, TABLES).await, original);
+}

@@ -1,0 +1,170 @@
+//! Load generator for `bench/at`: money transfers (one UPDATE in each of two schemas)
+//! through the proxy, by N concurrent clients, first as plain local transactions, then as
+//! global transactions (begin and commit over gRPC, each UPDATE tagged with the XID in
+//! its own local transaction), and for reference the same local transactions straight
+//! against MariaDB. Prints throughput, p50 and p99 of each and the ratios.
+//!
+//! usage: at_bench <proxy host:port> <mariadb host:port> <coordinator grpc URL> <clients> <seconds> <accounts>
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+use rand::Rng;
+use rewind_protocol::v1::{BeginRequest, GlobalRequest};
+use rewind_protocol::TransactionManagerClient;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Direct,
+    Local,
+    Global,
+}
+
+struct Run {
+    transfers: usize,
+    errors: usize,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+fn opts(addr: &str, db: &str) -> OptsBuilder {
+    let (host, port) = addr.rsplit_once(':').expect("host:port");
+    OptsBuilder::default()
+        .ip_or_hostname(host)
+        .tcp_port(port.parse().expect("port"))
+        .user(Some("root"))
+        .db_name(Some(db))
+        .prefer_socket(false)
+        .stmt_cache_size(16)
+}
+
+/// One local transaction updating one account.
+async fn local(c: &mut Conn, xid: Option<&str>, id: i64, cents: i64) -> mysql_async::Result<()> {
+    let sql = match xid {
+        Some(x) => format!("/*+ XID('{x}') */ UPDATE account SET balance = balance + ? WHERE id = ?"),
+        None => "UPDATE account SET balance = balance + ? WHERE id = ?".to_string(),
+    };
+    let sign = if cents < 0 { "-" } else { "" };
+    let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
+    c.query_drop("BEGIN").await?;
+    c.exec_drop(sql, (amount, id)).await?;
+    c.query_drop("COMMIT").await
+}
+
+async fn client(
+    mode: Mode,
+    target: String,
+    grpc: String,
+    accounts: i64,
+    stop: Arc<AtomicBool>,
+) -> (usize, usize, Vec<Duration>) {
+    let mut a = Conn::new(opts(&target, "rwb_at_a")).await.expect("connect a");
+    let mut b = Conn::new(opts(&target, "rwb_at_b")).await.expect("connect b");
+    let mut tm = TransactionManagerClient::connect(grpc).await.expect("coordinator");
+    let (mut done, mut errors, mut lat) = (0, 0, Vec::new());
+    while !stop.load(Ordering::Relaxed) {
+        let (from, to, cents) = {
+            let mut r = rand::rng();
+            (r.random_range(1..=accounts), r.random_range(1..=accounts), r.random_range(1..10_000))
+        };
+        let t = Instant::now();
+        let ok = match mode {
+            Mode::Direct | Mode::Local => {
+                local(&mut a, None, from, -cents).await.is_ok()
+                    && local(&mut b, None, to, cents).await.is_ok()
+            }
+            Mode::Global => {
+                let xid = tm
+                    .begin(BeginRequest { name: "bench".into(), timeout_ms: 30_000 })
+                    .await
+                    .expect("begin")
+                    .into_inner()
+                    .xid;
+                let ok = local(&mut a, Some(&xid), from, -cents).await.is_ok()
+                    && local(&mut b, Some(&xid), to, cents).await.is_ok();
+                let req = GlobalRequest { xid };
+                if ok {
+                    tm.commit(req).await.is_ok()
+                } else {
+                    let _ = tm.rollback(req).await;
+                    false
+                }
+            }
+        };
+        if ok {
+            done += 1;
+            lat.push(t.elapsed());
+        } else {
+            errors += 1;
+        }
+    }
+    (done, errors, lat)
+}
+
+async fn run(mode: Mode, target: &str, grpc: &str, clients: usize, secs: u64, accounts: i64) -> Run {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        tasks.push(tokio::spawn(client(mode, target.to_string(), grpc.to_string(), accounts, stop.clone())));
+    }
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs(secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut r = Run { transfers: 0, errors: 0, latencies: Vec::new(), elapsed: Duration::ZERO };
+    for t in tasks {
+        let (d, e, l) = t.await.expect("client");
+        r.transfers += d;
+        r.errors += e;
+        r.latencies.extend(l);
+    }
+    r.elapsed = started.elapsed();
+    r.latencies.sort();
+    r
+}
+
+fn pct(l: &[Duration], p: f64) -> f64 {
+    if l.is_empty() {
+        return 0.0;
+    }
+    l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() != 7 {
+        eprintln!("usage: at_bench <proxy host:port> <mariadb host:port> <coordinator grpc URL> <clients> <seconds> <accounts>");
+        std::process::exit(2);
+    }
+    let (proxy, direct, grpc) = (&args[1], &args[2], &args[3]);
+    let clients: usize = args[4].parse().expect("clients");
+    let secs: u64 = args[5].parse().expect("seconds");
+    let accounts: i64 = args[6].parse().expect("accounts");
+    let mut results = Vec::new();
+    for (name, mode, target) in [
+        ("direct MariaDB, local", Mode::Direct, direct),
+        ("proxy, local (no XID)", Mode::Local, proxy),
+        ("proxy, global (AT)", Mode::Global, proxy),
+    ] {
+        // A short warm-up per mode (connections, prepared statements, table metadata).
+        run(mode, target, grpc, clients, 2, accounts).await;
+        let r = run(mode, target, grpc, clients, secs, accounts).await;
+        let tps = r.transfers as f64 / r.elapsed.as_secs_f64();
+        println!(
+            "{name:<24} transfers/s {tps:>8.1}   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
+            pct(&r.latencies, 0.50),
+            pct(&r.latencies, 0.99),
+            r.errors
+        );
+        results.push(tps);
+    }
+    println!(
+        "ratio global/local (through the proxy): {:.3}   (target >= 0.5)",
+        results[2] / results[1]
+    );
+    println!("ratio global/direct MariaDB:          {:.3}", results[2] / results[0]);
+    println!("ratio local through proxy/direct:     {:.3}", results[1] / results[0]);
+}
