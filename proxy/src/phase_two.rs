@@ -92,6 +92,9 @@ fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error> {
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
         ])
         .prefer_socket(false)
+        // An undo UPDATE must count the row it matched even when the row already holds
+        // those values (the statement left it unchanged): affected rows = found rows.
+        .client_found_rows(true)
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(constraints)

@@ -49,6 +49,7 @@ fn shapes() -> Vec<Shape> {
         s("update expressions", vec![Q("UPDATE acc SET n = n + 1, bal = bal - 1.25, note = CONCAT(note, '!') WHERE id = 2")]),
         s("update order by limit", vec![Q("UPDATE acc SET n = n + 10 ORDER BY bal DESC, id LIMIT 2")]),
         s("update matching nothing", vec![Q("UPDATE acc SET n = 0 WHERE id > 100")]),
+        s("update leaving some matched rows unchanged", vec![Q("UPDATE acc SET n = 3 WHERE id IN (2, 3, 4)")]),
         s("update qualified, backquoted, aliased", vec![Q("UPDATE `DB`.`acc` AS `a` SET `a`.`bal` = 1 WHERE `a`.`id` = 3")]),
         s("update composite key", vec![Q("UPDATE pair SET qty = qty + 1 WHERE id = 1")]),
         s("update varchar key, case-insensitive match", vec![Q("UPDATE named SET label = 'b' WHERE code = 'BETA'")]),
