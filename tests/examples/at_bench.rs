@@ -44,7 +44,9 @@ fn opts(addr: &str, db: &str) -> OptsBuilder {
 /// One local transaction updating one account.
 async fn local(c: &mut Conn, xid: Option<&str>, id: i64, cents: i64) -> mysql_async::Result<()> {
     let sql = match xid {
-        Some(x) => format!("/*+ XID('{x}') */ UPDATE account SET balance = balance + ? WHERE id = ?"),
+        Some(x) => {
+            format!("/*+ XID('{x}') */ UPDATE account SET balance = balance + ? WHERE id = ?")
+        }
         None => "UPDATE account SET balance = balance + ? WHERE id = ?".to_string(),
     };
     let sign = if cents < 0 { "-" } else { "" };
@@ -61,14 +63,24 @@ async fn client(
     accounts: i64,
     stop: Arc<AtomicBool>,
 ) -> (usize, usize, Vec<Duration>) {
-    let mut a = Conn::new(opts(&target, "rwb_at_a")).await.expect("connect a");
-    let mut b = Conn::new(opts(&target, "rwb_at_b")).await.expect("connect b");
-    let mut tm = TransactionManagerClient::connect(grpc).await.expect("coordinator");
+    let mut a = Conn::new(opts(&target, "rwb_at_a"))
+        .await
+        .expect("connect a");
+    let mut b = Conn::new(opts(&target, "rwb_at_b"))
+        .await
+        .expect("connect b");
+    let mut tm = TransactionManagerClient::connect(grpc)
+        .await
+        .expect("coordinator");
     let (mut done, mut errors, mut lat) = (0, 0, Vec::new());
     while !stop.load(Ordering::Relaxed) {
         let (from, to, cents) = {
             let mut r = rand::rng();
-            (r.random_range(1..=accounts), r.random_range(1..=accounts), r.random_range(1..10_000))
+            (
+                r.random_range(1..=accounts),
+                r.random_range(1..=accounts),
+                r.random_range(1..10_000),
+            )
         };
         let t = Instant::now();
         let ok = match mode {
@@ -78,7 +90,10 @@ async fn client(
             }
             Mode::Global => {
                 let xid = tm
-                    .begin(BeginRequest { name: "bench".into(), timeout_ms: 30_000 })
+                    .begin(BeginRequest {
+                        name: "bench".into(),
+                        timeout_ms: 30_000,
+                    })
                     .await
                     .expect("begin")
                     .into_inner()
@@ -104,16 +119,34 @@ async fn client(
     (done, errors, lat)
 }
 
-async fn run(mode: Mode, target: &str, grpc: &str, clients: usize, secs: u64, accounts: i64) -> Run {
+async fn run(
+    mode: Mode,
+    target: &str,
+    grpc: &str,
+    clients: usize,
+    secs: u64,
+    accounts: i64,
+) -> Run {
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        tasks.push(tokio::spawn(client(mode, target.to_string(), grpc.to_string(), accounts, stop.clone())));
+        tasks.push(tokio::spawn(client(
+            mode,
+            target.to_string(),
+            grpc.to_string(),
+            accounts,
+            stop.clone(),
+        )));
     }
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
-    let mut r = Run { transfers: 0, errors: 0, latencies: Vec::new(), elapsed: Duration::ZERO };
+    let mut r = Run {
+        transfers: 0,
+        errors: 0,
+        latencies: Vec::new(),
+        elapsed: Duration::ZERO,
+    };
     for t in tasks {
         let (d, e, l) = t.await.expect("client");
         r.transfers += d;
@@ -165,6 +198,12 @@ async fn main() {
         "ratio global/local (through the proxy): {:.3}   (target >= 0.5)",
         results[2] / results[1]
     );
-    println!("ratio global/direct MariaDB:          {:.3}", results[2] / results[0]);
-    println!("ratio local through proxy/direct:     {:.3}", results[1] / results[0]);
+    println!(
+        "ratio global/direct MariaDB:          {:.3}",
+        results[2] / results[0]
+    );
+    println!(
+        "ratio local through proxy/direct:     {:.3}",
+        results[1] / results[0]
+    );
 }

@@ -23,8 +23,10 @@ const SETUP: &[&str] = &[
     "INSERT INTO blobs VALUES (UNHEX('00112233445566778899AABBCCDDEEFF'), X'00FF00'), (UNHEX('FFEEDDCCBBAA99887766554433221100'), NULL)",
     "CREATE TABLE counter (id INT AUTO_INCREMENT PRIMARY KEY, name VARCHAR(20) NOT NULL UNIQUE, hits INT NOT NULL DEFAULT 0)",
     "INSERT INTO counter (name, hits) VALUES ('home', 5), ('about', 1)",
+    "CREATE TABLE ranked (id INT PRIMARY KEY, pos INT NOT NULL UNIQUE)",
+    "INSERT INTO ranked VALUES (1, 1), (2, 2), (3, 3)",
 ];
-const TABLES: &[&str] = &["acc", "seq", "pair", "named", "blobs", "counter"];
+const TABLES: &[&str] = &["acc", "seq", "pair", "named", "blobs", "counter", "ranked"];
 
 /// One statement of a shape: text, or prepared with parameters.
 #[derive(Clone)]
@@ -48,6 +50,7 @@ fn shapes() -> Vec<Shape> {
         s("update non-key predicate", vec![Q("UPDATE acc SET bal = 0 WHERE note LIKE 'n%' AND bal > 15")]),
         s("update expressions", vec![Q("UPDATE acc SET n = n + 1, bal = bal - 1.25, note = CONCAT(note, '!') WHERE id = 2")]),
         s("update order by limit", vec![Q("UPDATE acc SET n = n + 10 ORDER BY bal DESC, id LIMIT 2")]),
+        s("update in order, to keep a unique column free of collisions", vec![Q("UPDATE ranked SET pos = pos + 1 ORDER BY pos DESC")]),
         s("update matching nothing", vec![Q("UPDATE acc SET n = 0 WHERE id > 100")]),
         s("update leaving some matched rows unchanged", vec![Q("UPDATE acc SET n = 3 WHERE id IN (2, 3, 4)")]),
         s("update qualified, backquoted, aliased", vec![Q("UPDATE `DB`.`acc` AS `a` SET `a`.`bal` = 1 WHERE `a`.`id` = 3")]),

@@ -244,17 +244,33 @@ async fn t44_another_proxy_of_the_backend_finishes_phase_two() {
     setup(db).await;
     let original = checksums(db, TABLES).await;
     let coord = Coordinator::start(&dir, &["--config", &config(&dir)]).await;
-    let mut first = Proxy::start(&dir, "first", &coord.grpc_url(), &["--resource-id", "shared-db"]).await;
+    let mut first = Proxy::start(
+        &dir,
+        "first",
+        &coord.grpc_url(),
+        &["--resource-id", "shared-db"],
+    )
+    .await;
     let xid = coord.begin(600_000).await;
     let mut c = first.conn(db).await;
-    c.query_drop(format!("/*+ XID('{xid}') */ DELETE FROM stock WHERE id > 150"))
-        .await
-        .unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ DELETE FROM stock WHERE id > 150"
+    ))
+    .await
+    .unwrap();
     c.disconnect().await.unwrap();
     first.kill();
     let st = coord.rollback(&xid).await;
     assert_ne!(st, "rolled_back", "nobody can undo it yet");
-    let _second = Proxy::start(&dir, "second", &coord.grpc_url(), &["--resource-id", "shared-db"]).await;
-    coord.wait_status(&xid, "rolled_back", Duration::from_secs(20)).await;
+    let _second = Proxy::start(
+        &dir,
+        "second",
+        &coord.grpc_url(),
+        &["--resource-id", "shared-db"],
+    )
+    .await;
+    coord
+        .wait_status(&xid, "rolled_back", Duration::from_secs(20))
+        .await;
     assert_eq!(checksums(db, TABLES).await, original);
 }

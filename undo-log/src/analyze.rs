@@ -87,6 +87,9 @@ pub struct UpdatePlan {
     assignments: String,
     /// ` WHERE … ORDER BY … LIMIT …` as written, possibly empty.
     filter: String,
+    /// ` ORDER BY …` alone: the key-restricted write keeps the order rows are written in
+    /// (`SET pos = pos + 1 ORDER BY pos DESC` avoids unique-key collisions that way).
+    order: String,
 }
 
 /// A single-table DELETE.
@@ -95,6 +98,8 @@ pub struct DeletePlan {
     pub table: TableRef,
     relation: String,
     filter: String,
+    /// See [`UpdatePlan`]'s `order`.
+    order: String,
 }
 
 /// A plain `INSERT INTO t [(cols)] VALUES (…), …` (or `INSERT … SET`).
@@ -187,6 +192,7 @@ fn analyze_update(u: ast::Update) -> Result<Dml> {
         relation: u.table.relation.to_string(),
         assignments,
         filter: filter(u.selection.as_ref(), &u.order_by, u.limit.as_ref()),
+        order: filter(None, &u.order_by, None),
     }))
 }
 
@@ -373,6 +379,7 @@ fn analyze_delete(d: ast::Delete) -> Result<Dml> {
         table: single_table(&from[0], "DELETE")?,
         relation: from[0].relation.to_string(),
         filter: filter(d.selection.as_ref(), &d.order_by, d.limit.as_ref()),
+        order: filter(None, &d.order_by, None),
     }))
 }
 
@@ -825,10 +832,11 @@ impl UpdatePlan {
     /// key sets into several statements).
     pub fn by_keys_sql(&self, meta: &TableMeta, rows: usize) -> String {
         format!(
-            "UPDATE {} SET {} WHERE {}",
+            "UPDATE {} SET {} WHERE {}{}",
             self.relation,
             self.assignments,
-            keys_predicate(meta, rows)
+            keys_predicate(meta, rows),
+            self.order
         )
     }
 }
@@ -1158,9 +1166,10 @@ impl DeletePlan {
     /// `DELETE FROM <table> WHERE (<pk> = ? AND …) OR …`; parameters: each row's key.
     pub fn by_keys_sql(&self, meta: &TableMeta, rows: usize) -> String {
         format!(
-            "DELETE FROM {} WHERE {}",
+            "DELETE FROM {} WHERE {}{}",
             self.relation,
-            keys_predicate(meta, rows)
+            keys_predicate(meta, rows),
+            self.order
         )
     }
 }
@@ -1364,7 +1373,7 @@ mod tests {
         assert_eq!(
             u.by_keys_sql(&meta(), 2),
             "UPDATE shop.account SET balance = balance - ?, a = 'x?y' \
-             WHERE (`region` = ? AND `id` = ?) OR (`region` = ? AND `id` = ?)"
+             WHERE (`region` = ? AND `id` = ?) OR (`region` = ? AND `id` = ?) ORDER BY id DESC"
         );
     }
 

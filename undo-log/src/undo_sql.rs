@@ -81,7 +81,10 @@ pub fn select_current(item: &UndoItem) -> Result<Vec<Statement>> {
     Ok(out)
 }
 
-/// The statements that undo `item`, one per row. Run them only after
+/// The statements that undo `item`, one per row, in the reverse of the order the
+/// statement wrote them (its images follow the statement's own ORDER BY): a write
+/// ordered to keep a unique column free of collisions is undone without collisions too,
+/// and re-inserted rows come back parents before children. Run them only after
 /// [`crate::check::check`] said [`crate::check::CheckOutcome::Restore`], in the same
 /// transaction that holds the `FOR UPDATE` locks of [`select_current`]. Each must affect
 /// exactly one row; anything else means the rows changed under the check and the undo
@@ -92,17 +95,19 @@ pub fn undo_statements(item: &UndoItem) -> Result<Vec<Statement>> {
             .after
             .rows
             .iter()
+            .rev()
             .map(|row| delete_row(item, row))
             .collect(),
         SqlKind::Delete => item
             .before
             .rows
             .iter()
+            .rev()
             .map(|row| insert_row(item, row))
             .collect(),
         SqlKind::Update => {
             let mut out = Vec::with_capacity(item.before.rows.len());
-            for row in &item.before.rows {
+            for row in item.before.rows.iter().rev() {
                 if let Some(stmt) = update_row(item, row)? {
                     out.push(stmt);
                 }
@@ -288,14 +293,17 @@ mod tests {
         let item = sample_item(SqlKind::Update, 3);
         let stmts = undo_statements(&item).unwrap();
         assert_eq!(stmts.len(), 2);
+        // Rows in reverse: the image's first row is undone last.
+        let first = &stmts[1];
         assert_eq!(
-            stmts[0].sql,
+            first.sql,
             "UPDATE `shop`.`all``types` SET `s` = ?, `blob` = ?, `ts` = ? WHERE `id` = ?"
         );
-        assert_eq!(stmts[0].params.len(), 4);
-        assert_eq!(stmts[0].params[3], M::Int(1));
-        assert_eq!(stmts[0].params[1], M::Bytes(vec![0, 7, 14]));
-        assert_eq!(stmts[0].params[2], M::Date(2038, 1, 19, 3, 14, 7, 1));
+        assert_eq!(first.params.len(), 4);
+        assert_eq!(first.params[3], M::Int(1));
+        assert_eq!(first.params[1], M::Bytes(vec![0, 7, 14]));
+        assert_eq!(first.params[2], M::Date(2038, 1, 19, 3, 14, 7, 1));
+        assert_eq!(stmts[0].params[3], M::Int(2));
     }
 
     #[test]
@@ -303,22 +311,27 @@ mod tests {
         let ins = sample_item(SqlKind::Insert, 0);
         let stmts = undo_statements(&ins).unwrap();
         assert_eq!(
-            stmts[1].sql,
+            stmts[0].sql,
             "DELETE FROM `shop`.`all``types` WHERE `id` = ?"
         );
-        assert_eq!(stmts[1].params, vec![M::Int(2)]);
+        assert_eq!(
+            stmts[0].params,
+            vec![M::Int(2)],
+            "last inserted, first deleted"
+        );
 
         let mut del = sample_item(SqlKind::Delete, 0);
         del.table.generated.push("i_min".into());
         let stmts = undo_statements(&del).unwrap();
         let ncols = del.before.rows[0].cells.len() - 1;
-        assert!(stmts[0]
+        let first = stmts.last().unwrap();
+        assert!(first
             .sql
             .starts_with("INSERT INTO `shop`.`all``types` (`id`, `u_max`,"));
-        assert_eq!(stmts[0].sql.matches('?').count(), ncols);
-        assert_eq!(stmts[0].params.len(), ncols);
-        assert_eq!(stmts[0].params[1], M::UInt(u64::MAX));
-        assert_eq!(stmts[0].params[ncols - 1], M::NULL);
+        assert_eq!(first.sql.matches('?').count(), ncols);
+        assert_eq!(first.params.len(), ncols);
+        assert_eq!(first.params[1], M::UInt(u64::MAX));
+        assert_eq!(first.params[ncols - 1], M::NULL);
     }
 
     #[test]
