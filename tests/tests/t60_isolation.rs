@@ -169,11 +169,17 @@ async fn t60_untagged_writes_respect_global_locks() {
     .await
     .unwrap();
     let opts = patient.opts(DB);
+    let polls = query_locks_calls(&coord).await;
     let waiting = tokio::spawn(async move {
         let mut p = mysql_async::Conn::new(opts).await.unwrap();
         p.query_drop("UPDATE acc SET bal = 7 WHERE id = 3").await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually(
+        "the write is waiting for the lock",
+        Duration::from_secs(10),
+        || async { query_locks_calls(&coord).await > polls + 1 },
+    )
+    .await;
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
     let (code, msg) = server_error(waiting.await.unwrap()).unwrap();
     assert_eq!(code, 1205, "{msg}");
@@ -202,7 +208,12 @@ async fn t60_untagged_writes_respect_global_locks() {
         let mut p = mysql_async::Conn::new(opts).await.unwrap();
         p.query_drop("UPDATE fresh SET v = 2 WHERE id = 1").await
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the write waits in MariaDB for the branch's row lock", Duration::from_secs(10), || async {
+        // (PROCESSLIST, not INNODB_TRX: the latter is a cache refreshed only when not
+        // read for 0.1 s, which polling never lets happen.)
+        value("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'UPDATE fresh SET v = 2 WHERE id = 1'").await > 0
+    })
+    .await;
     let (code, msg) = server_error(g.query_drop("COMMIT").await).unwrap();
     assert_eq!(code, 1205, "{msg}");
     assert!(msg.contains("without an XID"), "{msg}");

@@ -297,18 +297,7 @@ impl JoinUpdatePlan {
                     "multi-table UPDATE whose SET target `{column}` names no single table"
                 )));
             };
-            let meta = &metas[*t];
-            if let Some(pk) = meta.primary_key.iter().find(|p| same_name(p, column)) {
-                return Err(Error::Refused(format!(
-                    "UPDATE of primary-key column `{pk}`"
-                )));
-            }
-            let spelled = meta
-                .columns
-                .iter()
-                .find(|c| same_name(&c.name, column))
-                .map(|c| c.name.clone())
-                .ok_or_else(|| Error::MissingColumn(column.clone()))?;
+            let spelled = assignable(&metas[*t], column)?;
             match out.iter_mut().find(|(i, _)| i == t) {
                 Some((_, cols)) if !cols.contains(&spelled) => cols.push(spelled),
                 Some(_) => {}
@@ -795,21 +784,10 @@ impl UpdatePlan {
     /// primary-key column: the undo finds rows by key, and a changed key would make the
     /// after image unreachable.
     pub fn set_columns_in(&self, meta: &TableMeta) -> Result<Vec<String>> {
-        let mut out = Vec::with_capacity(self.set_columns.len());
-        for column in &self.set_columns {
-            if let Some(pk) = meta.primary_key.iter().find(|p| same_name(p, column)) {
-                return Err(Error::Refused(format!(
-                    "UPDATE of primary-key column `{pk}`"
-                )));
-            }
-            let known = meta
-                .columns
-                .iter()
-                .find(|c| same_name(&c.name, column))
-                .ok_or_else(|| Error::MissingColumn(column.clone()))?;
-            out.push(known.name.clone());
-        }
-        Ok(out)
+        self.set_columns
+            .iter()
+            .map(|column| assignable(meta, column))
+            .collect()
     }
 
     /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
@@ -1284,6 +1262,21 @@ fn ident_name(ident: &ast::Ident) -> String {
         }
         None => ident.value.clone(),
     }
+}
+
+/// The table's spelling of a column an UPDATE assigns. Refuses a primary-key column: the
+/// undo finds rows by key, and a changed key would make the after image unreachable.
+fn assignable(meta: &TableMeta, column: &str) -> Result<String> {
+    if let Some(pk) = meta.primary_key.iter().find(|p| same_name(p, column)) {
+        return Err(Error::Refused(format!(
+            "UPDATE of primary-key column `{pk}`"
+        )));
+    }
+    meta.columns
+        .iter()
+        .find(|c| same_name(&c.name, column))
+        .map(|c| c.name.clone())
+        .ok_or_else(|| Error::MissingColumn(column.to_string()))
 }
 
 /// MySQL compares column names case-insensitively.

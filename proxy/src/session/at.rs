@@ -143,14 +143,7 @@ impl Session {
             )),
             other => other,
         })?;
-        let wrap = !self.in_transaction();
-        if wrap {
-            self.conn.query_drop("START TRANSACTION").await?;
-        }
-        let db = match self.current_db().await {
-            Ok(db) => db,
-            Err(e) => return Err(self.close_wrap(wrap, e).await),
-        };
+        let (wrap, db) = self.begin_own().await?;
         let r = phase_one::isolated_write(
             &mut self.conn,
             &mut self.internal,
@@ -504,17 +497,13 @@ impl Session {
         }
     }
 
-    /// A statement of an implicit (proxy-opened) branch failed cleanly: close the
-    /// transaction the proxy opened, so the client is back in plain autocommit.
+    /// A statement of an implicit (proxy-opened) branch failed cleanly: the branch ends
+    /// with the transaction the proxy opened.
     async fn end_implicit(&mut self, implicit: bool, e: ProxyError) -> ProxyError {
         if implicit {
             self.branch = None;
-            if let Err(r) = self.conn.query_drop("ROLLBACK").await {
-                tracing::warn!(error = %r, "closing the proxy's own transaction failed");
-            }
-            self.status = wire::Ok::from_backend(&self.conn).status;
         }
-        e
+        self.close_wrap(implicit, e).await
     }
 
     /// `SELECT … FOR UPDATE` in a global transaction: waits until no other global
@@ -543,14 +532,7 @@ impl Session {
             }
         }
         let xid = self.branch.as_ref().map(|b| b.xid.clone()).or(tag);
-        let wrap = !self.in_transaction();
-        if wrap {
-            self.conn.query_drop("START TRANSACTION").await?;
-        }
-        let db = match self.current_db().await {
-            Ok(db) => db,
-            Err(e) => return Err(self.close_wrap(wrap, e).await),
-        };
+        let (wrap, db) = self.begin_own().await?;
         let waited = phase_one::wait_for_locked_rows(
             &mut self.conn,
             &mut self.internal,
@@ -574,11 +556,28 @@ impl Session {
         r
     }
 
+    /// For a statement the client sent in autocommit: opens the proxy's own transaction
+    /// around it (so rows stay locked between check and write). Returns whether it did,
+    /// and the current database.
+    async fn begin_own(&mut self) -> Result<(bool, Option<String>), ProxyError> {
+        let wrap = !self.in_transaction();
+        if wrap {
+            self.conn.query_drop("START TRANSACTION").await?;
+        }
+        match self.current_db().await {
+            Ok(db) => Ok((wrap, db)),
+            Err(e) => Err(self.close_wrap(wrap, e).await),
+        }
+    }
+
+    /// After a failure: rolls back the proxy's own transaction, if it opened one, so the
+    /// client is back in plain autocommit; returns the error.
     async fn close_wrap(&mut self, wrap: bool, e: ProxyError) -> ProxyError {
         if wrap {
             if let Err(r) = self.conn.query_drop("ROLLBACK").await {
                 tracing::warn!(error = %r, "closing the proxy's own transaction failed");
             }
+            self.status = wire::Ok::from_backend(&self.conn).status;
         }
         e
     }
