@@ -448,3 +448,53 @@ async fn t13_xid_errors() {
     assert!(msg.contains("rolled back"), "{msg}");
     assert_eq!(checksums(db, TABLES).await, before);
 }
+
+/// The coordinator is gone when a branch commits: the proxy rolls the local transaction
+/// back and says so (never a silent commit without undo record and locks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t14_coordinator_down_at_commit_rolls_back() {
+    let dir = TempDir::new("coordinator-down");
+    let mut coord = Coordinator::start(&dir, &[]).await;
+    let cfg = dir.0.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "coordinator_timeout_ms = 300\ncoordinator_retry_ms = 1000\n",
+    )
+    .unwrap();
+    let proxy = Proxy::start(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--config", &cfg.display().to_string()],
+    )
+    .await;
+    let db = "rwt_coordinator_down";
+    setup(db).await;
+    let before = checksums(db, TABLES).await;
+    let xid = coord.begin(600_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!("/*+ XID('{xid}') */ UPDATE acc SET bal = 0"))
+        .await
+        .unwrap();
+    coord.process.kill();
+    let (code, msg) = server_error(c.query_drop("COMMIT").await).unwrap();
+    assert_eq!(code, 1402, "{msg}");
+    assert!(msg.contains("rolled back"), "{msg}");
+    let open: Option<i64> = c.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(open, Some(0));
+    assert_eq!(checksums(db, TABLES).await, before, "nothing committed");
+    // A tagged statement while it is down: refused before anything runs.
+    let (code, msg) = server_error(
+        c.query_drop(format!("/*+ XID('{xid}') */ UPDATE acc SET bal = 1"))
+            .await,
+    )
+    .unwrap();
+    assert_eq!(code, 1429, "{msg}");
+    assert!(msg.contains("coordinator"), "{msg}");
+    assert_eq!(checksums(db, TABLES).await, before);
+    // Untagged traffic does not need it.
+    c.query_drop("UPDATE acc SET n = n + 1 WHERE id = 1")
+        .await
+        .unwrap();
+}
