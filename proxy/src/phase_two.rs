@@ -166,6 +166,11 @@ async fn attach(
         }
     };
     info!(%url, resource = %shared.resource_id, "attached to the coordinator");
+    // The coordinator takes the ack of epoch N as confirming the set of N, and drops
+    // older epochs still pending. So acks go out in epoch order: each waits for the
+    // previous one, whose drain (of tables added earlier, still in the later set) may
+    // still be waiting for a running write.
+    let mut last_ack: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let msg = tokio::select! {
             m = inbound.message() => m,
@@ -235,9 +240,13 @@ async fn attach(
                 tracing::debug!(epoch = t.epoch, tables = ?t.tables, "write-isolation set");
                 let added = shared.isolation.update(t.tables);
                 let drain = shared.config.write_isolation == crate::config::WriteIsolation::All;
-                tokio::spawn(async move {
+                let previous = last_ack.take();
+                last_ack = Some(tokio::spawn(async move {
                     if drain {
                         shared.isolation.drain(&added).await;
+                    }
+                    if let Some(p) = previous {
+                        let _ = p.await;
                     }
                     let ack = v1::TableLocksAck {
                         epoch: t.epoch,
@@ -248,7 +257,7 @@ async fn attach(
                             kind: Some(proxy_message::Kind::TableLocksAck(ack)),
                         })
                         .await;
-                });
+                }));
             }
             Some(coordinator_message::Kind::ResolveCommand(cmd)) => {
                 let span = tracing::info_span!("resolve", xid = %cmd.xid, branch_id = cmd.branch_id, conflict = cmd.conflict_id);
