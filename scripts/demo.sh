@@ -92,5 +92,7 @@ if [ "${REWIND_DEMO_ONCE:-0}" = 1 ]; then
     exit 0
 fi
 echo "== Rewind is running: connect with  mariadb --comments -h${PROXY_ADDR%:*} -P${PROXY_ADDR##*:} -uroot test"
-echo "   coordinator API on http://$HTTP_ADDR  (Ctrl-C stops both)"
+echo "   coordinator API on http://$HTTP_ADDR"
+echo "   admin console on   http://$HTTP_ADDR/  (operator \"admin\", secret in $DATA_DIR/operator-token)"
+echo "   Ctrl-C stops both"
 wait

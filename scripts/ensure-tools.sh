@@ -1,16 +1,41 @@
 #!/usr/bin/env bash
-# Installs the client tools the test suite drives through the proxy (sysbench,
-# the mariadb command-line client) when they are missing. Debian/Ubuntu only.
+# Installs the client tools Rewind's scripts drive when they are missing: sysbench
+# and the mariadb command-line client; with --browser also Node.js, Chromium and the
+# admin console test's npm package (playwright-core, pinned by
+# tests/console/package-lock.json). Debian/Ubuntu.
+#
+#   scripts/ensure-tools.sh             # demo, benchmarks
+#   scripts/ensure-tools.sh --browser   # the test suite
 set -euo pipefail
+cd "$(dirname "$0")/.."
+browser=0
+[ "${1:-}" = --browser ] && browser=1
 missing=()
 command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
-[ ${#missing[@]} -eq 0 ] && exit 0
-if ! command -v apt-get >/dev/null 2>&1; then
-    echo "ensure-tools: please install: ${missing[*]}" >&2
-    exit 1
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+if [ $browser = 1 ]; then
+    command -v node >/dev/null 2>&1 || missing+=(nodejs)
+    command -v npm >/dev/null 2>&1 || missing+=(npm)
+    command -v chromium >/dev/null 2>&1 || [ -n "${REWIND_CHROMIUM:-}" ] || missing+=(chromium)
 fi
-as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
-echo "ensure-tools: installing ${missing[*]}" >&2
-as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+if [ ${#missing[@]} -gt 0 ]; then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "ensure-tools: please install: ${missing[*]}" >&2
+        exit 1
+    fi
+    as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+    echo "ensure-tools: installing ${missing[*]}" >&2
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+[ $browser = 1 ] || exit 0
+# The browser test's driver library, exactly as locked (no browser download: it drives
+# the system Chromium).
+lock=tests/console/package-lock.json
+stamp=tests/console/node_modules/.lock-installed
+if [ ! -f "$stamp" ] || ! cmp -s "$lock" "$stamp"; then
+    echo "ensure-tools: npm ci in tests/console" >&2
+    PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --prefix tests/console --no-audit --no-fund --loglevel=error
+    cp "$lock" "$stamp"
+fi

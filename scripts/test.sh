@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/ensure-mariadb.sh
-scripts/ensure-tools.sh
+scripts/ensure-tools.sh --browser
 # One build of every binary and test target; the integration tests start the
 # binaries from this same target directory.
 cargo build --workspace --all-targets --locked

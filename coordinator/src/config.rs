@@ -28,6 +28,24 @@ pub struct Config {
     pub wal_bytes: u64,
     pub http_body_limit_bytes: usize,
     pub shutdown_grace_ms: u64,
+    /// Operator name → secret (token or password) for the console and operator API.
+    /// Empty: one is generated for `admin` in `data_dir/operator-token`.
+    pub operators: std::collections::BTreeMap<String, String>,
+    /// How long a console login lasts.
+    pub operator_session_secs: u64,
+    /// Who may call the API: `operator` (default) asks the operator credential for
+    /// operator actions (conflict resolution), the audit log and membership, and leaves
+    /// the application calls and reads of DESIGN.md open (begin, commit, rollback,
+    /// status, list, locks, conflicts); `all` asks it for every /api/v1 call.
+    pub api_auth: ApiAuth,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiAuth {
+    #[default]
+    Operator,
+    All,
 }
 
 impl Default for Config {
@@ -50,6 +68,9 @@ impl Default for Config {
             wal_bytes: 4 << 20,
             http_body_limit_bytes: 1 << 20,
             shutdown_grace_ms: 5_000,
+            operators: Default::default(),
+            operator_session_secs: 8 * 3600,
+            api_auth: ApiAuth::Operator,
         }
     }
 }
@@ -113,6 +134,19 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir must not be empty");
         }
+        if self.operator_session_secs == 0 {
+            return bad("operator_session_secs must be > 0");
+        }
+        for (name, secret) in &self.operators {
+            if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
+                return bad("operator names must be 1..=64 printable characters");
+            }
+            if secret.len() < 12 {
+                return Err(ConfigError::Invalid(format!(
+                    "operator {name:?}: the secret must be at least 12 characters"
+                )));
+            }
+        }
         Ok(())
     }
 
@@ -160,10 +194,13 @@ mod tests {
             "wal_bytes",
             "http_body_limit_bytes",
             "shutdown_grace_ms",
+            "operators",
+            "operator_session_secs",
+            "api_auth",
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 17);
+        assert_eq!(table.len(), 20);
     }
 
     #[test]

@@ -33,6 +33,10 @@ pub enum CoordinatorError {
     Storage(String),
     #[error("coordinator is shutting down")]
     ShuttingDown,
+    #[error("unauthorized: {0}")]
+    Unauthorized(String),
+    #[error("forbidden: {0}")]
+    Forbidden(String),
 }
 
 impl From<redb::Error> for CoordinatorError {
@@ -55,6 +59,8 @@ impl CoordinatorError {
             CoordinatorError::TooLarge(_) => "payload_too_large",
             CoordinatorError::Storage(_) => "storage",
             CoordinatorError::ShuttingDown => "unavailable",
+            CoordinatorError::Unauthorized(_) => "unauthorized",
+            CoordinatorError::Forbidden(_) => "forbidden",
         }
     }
 
@@ -71,6 +77,8 @@ impl CoordinatorError {
             CoordinatorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             CoordinatorError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
             CoordinatorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            CoordinatorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            CoordinatorError::Forbidden(_) => StatusCode::FORBIDDEN,
         }
     }
 }
@@ -91,6 +99,8 @@ impl From<CoordinatorError> for tonic::Status {
             }
             CoordinatorError::Storage(_) => tonic::Status::internal(msg),
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(msg),
+            CoordinatorError::Unauthorized(_) => tonic::Status::unauthenticated(msg),
+            CoordinatorError::Forbidden(_) => tonic::Status::permission_denied(msg),
         }
     }
 }

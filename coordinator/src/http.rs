@@ -1,32 +1,51 @@
-//! REST API of DESIGN.md, /metrics and /healthz. Bodies are read as bytes (bounded by
-//! the body limit) and parsed here, so malformed or oversized input always gets the
-//! same JSON error shape.
+//! REST API of DESIGN.md, the admin console, /metrics and /healthz. Bodies are read as
+//! bytes (bounded by the body limit) and parsed here, so malformed or oversized input
+//! always gets the same JSON error shape.
+//!
+//! Access ([`crate::auth`]): the console's data and every operator action need the
+//! operator credential; the application calls stay open unless `api_auth = "all"`.
+//! Every operator action lands in the audit log (through the state machine) with its
+//! result, failures included.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::auth::{Auth, Operator, COOKIE};
+use crate::config::ApiAuth;
 use crate::error::CoordinatorError;
 use crate::grpc::{parse_xid, Grpc};
 use crate::locks::KeyParts;
-use crate::session::{Command, Conflict, ResolveAction, SessionRecord, Status};
+use crate::session::{
+    AuditEntry, Command, Conflict, ConflictState, ResolveAction, SessionRecord, Status,
+};
 
 #[derive(Clone)]
 struct App {
     core: Grpc,
     body_limit: usize,
+    auth: Arc<Auth>,
+    api_auth: ApiAuth,
 }
 
-pub fn router(core: Grpc, body_limit: usize) -> Router {
+pub fn router(core: Grpc, body_limit: usize, auth: Arc<Auth>, api_auth: ApiAuth) -> Router {
     Router::new()
+        .route("/", get(console_page))
+        .route("/console.js", get(console_js))
+        .route("/console.css", get(console_css))
+        .route("/api/v1/login", post(login))
+        .route("/api/v1/logout", post(logout))
+        .route("/api/v1/session", get(session))
+        .route("/api/v1/audit", get(audit))
         .route("/api/v1/transactions", post(begin).get(list))
         .route("/api/v1/transactions/{xid}", get(show))
         .route("/api/v1/transactions/{xid}/commit", post(commit))
@@ -46,7 +65,195 @@ pub fn router(core: Grpc, body_limit: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
-        .with_state(App { core, body_limit })
+        .with_state(App {
+            core,
+            body_limit,
+            auth,
+            api_auth,
+        })
+}
+
+// ---- access --------------------------------------------------------------------------
+
+/// The operator behind the request (required).
+fn operator(app: &App, h: &HeaderMap, mutating: bool) -> Result<Operator, CoordinatorError> {
+    app.auth.check(h, mutating)
+}
+
+/// Application calls: open unless `api_auth = "all"`. Answers the operator when the
+/// call is an operator action to audit: a credential presented although the call is
+/// open, or a console session. (With `all`, applications send their Bearer token on
+/// every call; that traffic is not an operator action.)
+fn application(
+    app: &App,
+    h: &HeaderMap,
+    mutating: bool,
+) -> Result<Option<Operator>, CoordinatorError> {
+    let bearer = h.contains_key(header::AUTHORIZATION);
+    let console = mutating && h.contains_key("x-csrf-token");
+    match app.api_auth {
+        ApiAuth::All => {
+            let who = operator(app, h, mutating)?;
+            Ok((!bearer).then_some(who))
+        }
+        ApiAuth::Operator if bearer || console => operator(app, h, mutating).map(Some),
+        ApiAuth::Operator => Ok(None),
+    }
+}
+
+async fn record_audit(app: &App, who: &Operator, action: &str, target: &str, result: &str) {
+    let cmd = Command::Audit {
+        who: who.name.clone(),
+        action: action.to_string(),
+        target: target.to_string(),
+        result: result.to_string(),
+    };
+    if let Err(e) = app.core.seq.submit(cmd).await {
+        tracing::error!(%e, operator = %who.name, action, target, "audit entry not recorded");
+    }
+}
+
+fn result_text<T>(r: &Result<T, CoordinatorError>) -> String {
+    match r {
+        Ok(_) => "ok".into(),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
+// ---- console -------------------------------------------------------------------------
+
+/// Headers every console asset carries: no framing (the confirmations must not be
+/// clickjacked), no inline script, nothing cached.
+fn console_asset(content_type: &'static str, body: &'static str) -> Response {
+    let mut r = body.into_response();
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    h.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    h.insert(
+        "content-security-policy",
+        HeaderValue::from_static(
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+             connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+        ),
+    );
+    r
+}
+
+async fn console_page() -> Response {
+    console_asset(
+        "text/html; charset=utf-8",
+        include_str!("console/index.html"),
+    )
+}
+
+async fn console_js() -> Response {
+    console_asset(
+        "text/javascript; charset=utf-8",
+        include_str!("console/console.js"),
+    )
+}
+
+async fn console_css() -> Response {
+    console_asset(
+        "text/css; charset=utf-8",
+        include_str!("console/console.css"),
+    )
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    name: Option<String>,
+    secret: Option<String>,
+}
+
+async fn login(
+    State(app): State<App>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, CoordinatorError> {
+    let b: LoginBody = parse_body(&app, body)?;
+    let (name, secret) = (b.name.unwrap_or_default(), b.secret.unwrap_or_default());
+    let Some(l) = app.auth.login(&name, &secret) else {
+        // Slow guessing down; say nothing about which part was wrong.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        tracing::warn!(operator = %name.chars().take(64).collect::<String>(), "console login refused");
+        return Err(CoordinatorError::Unauthorized(
+            "wrong operator name or secret".into(),
+        ));
+    };
+    let who = Operator { name: name.clone() };
+    record_audit(&app, &who, "login", "console", "ok").await;
+    let mut r = Json(json!({"operator": name, "csrf": l.csrf})).into_response();
+    let cookie = format!(
+        "{COOKIE}={}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}",
+        l.cookie_value, l.max_age_secs
+    );
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&cookie).expect("cookie is ASCII"),
+    );
+    Ok(r)
+}
+
+async fn logout(State(app): State<App>, h: HeaderMap) -> Result<Response, CoordinatorError> {
+    let who = operator(&app, &h, true)?;
+    app.auth.logout(&h);
+    record_audit(&app, &who, "logout", "console", "ok").await;
+    let mut r = Json(json!({"operator": who.name, "logged_out": true})).into_response();
+    r.headers_mut().insert(
+        header::SET_COOKIE,
+        HeaderValue::from_str(&format!(
+            "{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0"
+        ))
+        .expect("ASCII"),
+    );
+    Ok(r)
+}
+
+/// Who the console is logged in as (and the CSRF token again, for a reloaded page).
+async fn session(State(app): State<App>, h: HeaderMap) -> ApiResult {
+    let who = operator(&app, &h, false)?;
+    Ok(Json(json!({
+        "operator": who.name,
+        "csrf": app.auth.csrf_of(&h),
+        "api_auth": match app.api_auth { ApiAuth::Operator => "operator", ApiAuth::All => "all" },
+    })))
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    before: Option<u64>,
+    limit: Option<usize>,
+}
+
+fn audit_json(a: &AuditEntry) -> Value {
+    json!({
+        "id": a.id,
+        "at_ms": a.at_ms,
+        "who": a.who,
+        "action": a.action,
+        "target": a.target,
+        "result": a.result,
+    })
+}
+
+async fn audit(State(app): State<App>, h: HeaderMap, Query(q): Query<AuditQuery>) -> ApiResult {
+    operator(&app, &h, false)?;
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let entries = app
+        .core
+        .seq
+        .engine
+        .lock()
+        .expect("engine lock")
+        .audit(q.before, limit);
+    Ok(Json(Value::Array(entries.iter().map(audit_json).collect())))
 }
 
 type ApiResult = Result<Json<Value>, CoordinatorError>;
@@ -90,16 +297,25 @@ fn session_json(s: &SessionRecord) -> Value {
         "xid": rewind_protocol::xid::format(s.xid),
         "name": s.name,
         "status": s.status.name(),
+        "timed_out": s.timed_out,
+        "timeout_ms": s.deadline_ms.saturating_sub(s.created_ms),
         "created_ms": s.created_ms,
         "deadline_ms": s.deadline_ms,
         "updated_ms": s.updated_ms,
         "finished_ms": s.finished_ms,
+        "history": s.history.iter().map(|h| json!({
+            "status": h.status.name(),
+            "at_ms": h.at_ms,
+        })).collect::<Vec<_>>(),
         "branches": s.branches.iter().map(|b| json!({
             "branch_id": b.branch_id,
             "resource_id": b.resource_id,
             "status": b.status,
             "lock_keys": b.lock_keys.iter().map(key_json).collect::<Vec<_>>(),
             "locks_held": b.locks_held,
+            "registered_ms": b.registered_ms,
+            "phase_two_attempts": b.phase_two_attempts,
+            "last_error": b.last_error,
         })).collect::<Vec<_>>(),
     })
 }
@@ -136,8 +352,10 @@ struct BeginBody {
 
 async fn begin(
     State(app): State<App>,
+    h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<impl IntoResponse, CoordinatorError> {
+    application(&app, &h, true)?;
     let b: BeginBody = parse_body(&app, body)?;
     let xid = app
         .core
@@ -153,9 +371,29 @@ async fn begin(
 struct ListQuery {
     status: Option<String>,
     limit: Option<usize>,
+    /// Page cursor: only transactions with a smaller xid (older).
+    before: Option<String>,
+    /// Search: an exact xid, or text found in the xid or the name.
+    q: Option<String>,
 }
 
-async fn list(State(app): State<App>, Query(q): Query<ListQuery>) -> ApiResult {
+async fn list(State(app): State<App>, h: HeaderMap, Query(q): Query<ListQuery>) -> ApiResult {
+    application(&app, &h, false)?;
+    let before = match q.before.as_deref() {
+        None | Some("") => None,
+        Some(x) => Some(parse_xid(x).map_err(|_| {
+            CoordinatorError::InvalidArgument(format!("before={x:?} is not an xid"))
+        })?),
+    };
+    let search = q.q.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    if let Some(x) = search.and_then(rewind_protocol::xid::parse) {
+        // An exact xid: that transaction or nothing.
+        return Ok(Json(match app.core.record(x).await {
+            Ok(r) => Value::Array(vec![session_json(&r)]),
+            Err(CoordinatorError::NotFound(_)) => Value::Array(vec![]),
+            Err(e) => return Err(e),
+        }));
+    }
     let status =
         match q.status.as_deref() {
             None | Some("") => None,
@@ -164,63 +402,146 @@ async fn list(State(app): State<App>, Query(q): Query<ListQuery>) -> ApiResult {
             })?),
         };
     let limit = q.limit.unwrap_or(100).min(10_000);
-    let mut out = app
+    let matches = |r: &SessionRecord| {
+        search.is_none_or(|s| {
+            let s = s.to_lowercase();
+            r.name.to_lowercase().contains(&s) || rewind_protocol::xid::format(r.xid).contains(&s)
+        })
+    };
+    let mut out: Vec<SessionRecord> = app
         .core
         .seq
         .engine
         .lock()
         .expect("engine lock")
-        .records(status);
+        .records(status)
+        .into_iter()
+        .filter(|r| before.is_none_or(|b| r.xid < b) && matches(r))
+        .collect();
     out.sort_by_key(|r| std::cmp::Reverse(r.xid));
     out.truncate(limit);
     if out.len() < limit && status.is_none_or(|s| s.is_final()) {
-        let rest = app
-            .core
-            .seq
-            .store
-            .list_finished(status, limit - out.len())?;
-        out.extend(rest);
+        // Finished ones, newest first. A search looks through a bounded window (the
+        // newest 10,000 from the cursor on) rather than the whole history.
+        let want = if search.is_some() {
+            10_000
+        } else {
+            limit - out.len()
+        };
+        let rest = app.core.seq.store.list_finished(status, before, want)?;
+        out.extend(rest.into_iter().filter(|r| matches(r)));
         out.sort_by_key(|r| std::cmp::Reverse(r.xid));
+        out.dedup_by_key(|r| r.xid);
+        out.truncate(limit);
     }
     Ok(Json(Value::Array(out.iter().map(session_json).collect())))
 }
 
-async fn show(State(app): State<App>, Path(xid): Path<String>) -> ApiResult {
+async fn show(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>) -> ApiResult {
+    application(&app, &h, false)?;
     let rec = app.core.record(parse_xid(&xid)?).await?;
     Ok(Json(session_json(&rec)))
 }
 
-async fn commit(State(app): State<App>, Path(xid): Path<String>) -> ApiResult {
-    let st = app.core.commit(parse_xid(&xid)?).await?;
-    Ok(Json(json!({"xid": xid, "status": st.name()})))
+async fn decide(app: &App, h: &HeaderMap, xid: &str, commit: bool) -> ApiResult {
+    let who = application(app, h, true)?;
+    let r = async {
+        let x = parse_xid(xid)?;
+        if commit {
+            app.core.commit(x).await
+        } else {
+            app.core.rollback(x).await
+        }
+    }
+    .await;
+    if let Some(who) = who {
+        let action = if commit { "commit" } else { "rollback" };
+        let result = match &r {
+            Ok(st) => format!("ok: {}", st.name()),
+            Err(_) => result_text(&r),
+        };
+        record_audit(app, &who, action, &format!("transaction {xid}"), &result).await;
+    }
+    Ok(Json(json!({"xid": xid, "status": r?.name()})))
 }
 
-async fn rollback(State(app): State<App>, Path(xid): Path<String>) -> ApiResult {
-    let st = app.core.rollback(parse_xid(&xid)?).await?;
-    Ok(Json(json!({"xid": xid, "status": st.name()})))
+async fn commit(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>) -> ApiResult {
+    decide(&app, &h, &xid, true).await
 }
 
-async fn locks(State(app): State<App>) -> ApiResult {
-    let held = app
+async fn rollback(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>) -> ApiResult {
+    decide(&app, &h, &xid, false).await
+}
+
+#[derive(Deserialize)]
+struct LocksQuery {
+    limit: Option<usize>,
+}
+
+/// Held locks, by holder; `X-Total-Count` says how many there are when `limit` cut.
+async fn locks(
+    State(app): State<App>,
+    h: HeaderMap,
+    Query(q): Query<LocksQuery>,
+) -> Result<Response, CoordinatorError> {
+    application(&app, &h, false)?;
+    let (held, total) = app
         .core
         .seq
         .engine
         .lock()
         .expect("engine lock")
-        .held_locks();
-    Ok(Json(Value::Array(
+        .held_locks_detail(q.limit.unwrap_or(usize::MAX));
+    let body = Value::Array(
         held.into_iter()
-            .map(|(r, k, xid)| {
-                json!({"resource_id": r, "table": k.table, "pk": pk_json(&k.pk), "xid": rewind_protocol::xid::format(xid)})
+            .map(|l| {
+                json!({
+                    "resource_id": l.resource_id,
+                    "table": l.key.table,
+                    "pk": pk_json(&l.key.pk),
+                    "xid": rewind_protocol::xid::format(l.xid),
+                    "branch_id": l.branch_id,
+                    "since_ms": l.since_ms,
+                    "status": l.status.name(),
+                })
             })
             .collect(),
-    )))
+    );
+    let mut r = Json(body).into_response();
+    r.headers_mut()
+        .insert("x-total-count", HeaderValue::from(total as u64));
+    Ok(r)
 }
 
-async fn conflicts(State(app): State<App>) -> ApiResult {
+#[derive(Deserialize)]
+struct ConflictsQuery {
+    /// `open` (waiting for an operator) or any state name.
+    state: Option<String>,
+    xid: Option<String>,
+}
+
+async fn conflicts(
+    State(app): State<App>,
+    h: HeaderMap,
+    Query(q): Query<ConflictsQuery>,
+) -> ApiResult {
+    application(&app, &h, false)?;
+    let xid = match q.xid.as_deref() {
+        None | Some("") => None,
+        Some(x) => Some(parse_xid(x)?),
+    };
     let e = app.core.seq.engine.lock().expect("engine lock");
     Ok(Json(Value::Array(
-        e.conflicts().map(conflict_json).collect(),
+        e.conflicts()
+            .rev()
+            .filter(|c| xid.is_none_or(|x| c.xid == x))
+            .map(conflict_json)
+            .filter(|c| {
+                q.state
+                    .as_deref()
+                    .is_none_or(|s| s.is_empty() || c["state"] == s)
+            })
+            .collect(),
     )))
 }
 
@@ -232,9 +553,11 @@ struct ResolveBody {
 
 async fn resolve(
     State(app): State<App>,
+    h: HeaderMap,
     Path(id): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult {
+    let who = operator(&app, &h, true)?;
     let id: u64 = id.parse().map_err(|_| {
         CoordinatorError::InvalidArgument(format!("conflict id {id:?} is not a number"))
     })?;
@@ -244,26 +567,78 @@ async fn resolve(
             "body must be {\"action\": \"restore_before\"|\"keep_current\"|\"retry\"}".into(),
         )
     })?;
-    app.core
+    let action_name = serde_json::to_value(action)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let target = match app
+        .core
+        .seq
+        .engine
+        .lock()
+        .expect("engine lock")
+        .conflict(id)
+    {
+        Some(c) => format!(
+            "conflict {id} ({} {} {})",
+            rewind_protocol::xid::format(c.xid),
+            c.table,
+            pk_json(&c.pk)
+        ),
+        None => format!("conflict {id}"),
+    };
+    let submitted = app
+        .core
         .seq
         .submit(Command::Resolve {
             conflict_id: id,
             action,
         })
-        .await?;
+        .await;
+    if submitted.is_err() {
+        let result = result_text(&submitted);
+        record_audit(
+            &app,
+            &who,
+            &format!("resolve {action_name}"),
+            &target,
+            &result,
+        )
+        .await;
+        submitted?;
+    }
     // Answer once the proxy acted (or failed), bounded.
     app.core
         .seq
         .wait_until(app.core.rollback_wait.min(Duration::from_secs(30)), |e| {
             e.conflict(id)
-                .is_none_or(|c| !matches!(c.state, crate::session::ConflictState::Resolving { .. }))
+                .is_none_or(|c| !matches!(c.state, ConflictState::Resolving { .. }))
         })
         .await;
-    let e = app.core.seq.engine.lock().expect("engine lock");
-    let c = e
-        .conflict(id)
-        .ok_or(CoordinatorError::ConflictNotFound(id))?;
-    Ok(Json(conflict_json(c)))
+    let (body, result) = {
+        let e = app.core.seq.engine.lock().expect("engine lock");
+        let c = e
+            .conflict(id)
+            .ok_or(CoordinatorError::ConflictNotFound(id))?;
+        let result = match (&c.state, &c.last_error) {
+            (ConflictState::Resolved { .. }, _) => "ok: resolved".to_string(),
+            (ConflictState::Resolving { .. }, _) => {
+                "pending: the proxy has not answered yet".to_string()
+            }
+            (ConflictState::Open, Some(err)) => format!("refused: {err}"),
+            (st, _) => format!("{st:?}"),
+        };
+        (conflict_json(c), result)
+    };
+    record_audit(
+        &app,
+        &who,
+        &format!("resolve {action_name}"),
+        &target,
+        &result,
+    )
+    .await;
+    Ok(Json(body))
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {

@@ -4,7 +4,8 @@
 //! # Layout
 //! The data path, in order:
 //! - [`grpc`] / [`http`]: the two front doors (rewind.v1 gRPC; the REST API of
-//!   DESIGN.md, /metrics, /healthz). They convert and submit commands, nothing more.
+//!   DESIGN.md, the admin console, /metrics, /healthz). They convert and submit
+//!   commands, nothing more; [`auth`] says who the operator is.
 //! - [`sequencer`]: group commit. One thread applies batches of commands to the state
 //!   machine and makes each batch durable with one fsync before answering.
 //! - [`session`]: the pure state machine (commands + time in, effects + records out).
@@ -17,6 +18,7 @@
 //!
 //! [`run`] wires it up on listeners the caller bound (tests use port 0).
 
+pub mod auth;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -57,6 +59,23 @@ pub async fn run(
         .validate()
         .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
     let (store, loaded) = store::Store::open(&config.data_dir, config.wal_bytes)?;
+    let auth = Arc::new(auth::Auth::load(
+        &config.operators,
+        &config.data_dir,
+        config.operator_session_secs,
+    )?);
+    match &auth.generated {
+        Some(path) => tracing::info!(
+            "admin console: http://{}/ ; operator \"{}\", secret in {} (readable by this user only)",
+            config.http_addr,
+            auth::GENERATED_OPERATOR,
+            path.display()
+        ),
+        None => tracing::info!(
+            "admin console: http://{}/ ; operators from the configuration",
+            config.http_addr
+        ),
+    }
     tracing::info!(
         active = loaded.active.len(),
         conflicts = loaded.conflicts.len(),
@@ -72,8 +91,9 @@ pub async fn run(
         // is persisted with the first transaction.
         counters.next_xid = session::random_xid_base();
     }
-    let engine =
+    let mut engine =
         session::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);
+    engine.restore_audit(loaded.audit);
     let metrics = Arc::new(metrics::Metrics::default());
     let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
     let seq = sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics);
@@ -173,7 +193,7 @@ pub async fn run(
         })
     };
     let http = {
-        let app = http::router(core, config.http_body_limit_bytes);
+        let app = http::router(core, config.http_body_limit_bytes, auth, config.api_auth);
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             axum::serve(http_listener, app)

@@ -137,6 +137,13 @@ struct Branch {
     keys: Vec<CompactKey>,
     /// Whether `keys` are currently in the lock table.
     locks_held: bool,
+    /// When the branch registered (and took its locks).
+    registered_ms: u64,
+    /// Phase-two commands sent for this branch, over its whole life (for operators;
+    /// `p2.attempts` is the volatile backoff counter).
+    sends: u32,
+    /// The last phase-two failure the proxy reported (or the lack of an answer).
+    last_error: Option<String>,
     p2: PhaseTwo,
 }
 
@@ -150,9 +157,65 @@ struct Session {
     created_ms: u64,
     deadline_ms: u64,
     updated_ms: u64,
+    /// Status changes, oldest first (bounded, see [`Session::set_status`]).
+    history: Vec<StatusChange>,
     /// Ordered by id, which is the registration sequence.
     branches: Vec<Branch>,
 }
+
+/// How many status changes a session keeps: the first (its begin) and the latest
+/// others. A conflict resolved and found dirty again many times flips between
+/// `rollback_failed` and `rollback_retrying`; the record must stay small.
+const HISTORY_LIMIT: usize = 32;
+
+impl Session {
+    fn set_status(&mut self, status: Status, now: u64) {
+        self.status = status;
+        self.updated_ms = now;
+        if self.history.len() >= HISTORY_LIMIT {
+            self.history.remove(1);
+        }
+        self.history.push(StatusChange { status, at_ms: now });
+    }
+}
+
+/// A held global lock as operators see it.
+#[derive(Clone, Debug)]
+pub struct HeldLock {
+    pub resource_id: String,
+    pub key: KeyParts,
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub since_ms: u64,
+    pub status: Status,
+}
+
+/// One entry of a session's timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: Status,
+    pub at_ms: u64,
+}
+
+/// An operator's action, as the audit log keeps it. Entries go through the state
+/// machine like any decision (durable, and replicated in a cluster), so the log says
+/// the same on every node and survives restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub at_ms: u64,
+    /// The operator's name.
+    pub who: String,
+    /// What was done, e.g. `resolve restore_before`, `login`.
+    pub action: String,
+    /// What it was done to, e.g. `conflict 12`, `transaction rw-…`.
+    pub target: String,
+    /// `ok` or the error, in words.
+    pub result: String,
+}
+
+/// Audit entries the engine keeps in memory (the store keeps all of them).
+pub const AUDIT_IN_MEMORY: usize = 10_000;
 
 /// The durable (and API) form of a session.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -165,6 +228,9 @@ pub struct SessionRecord {
     pub deadline_ms: u64,
     pub updated_ms: u64,
     pub finished_ms: Option<u64>,
+    /// Status timeline (absent in records written before it existed).
+    #[serde(default)]
+    pub history: Vec<StatusChange>,
     pub branches: Vec<BranchRecord>,
 }
 
@@ -176,6 +242,13 @@ pub struct BranchRecord {
     pub request_id: String,
     pub lock_keys: Vec<KeyParts>,
     pub locks_held: bool,
+    #[serde(default)]
+    pub registered_ms: u64,
+    /// Phase-two commands sent so far.
+    #[serde(default)]
+    pub phase_two_attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -287,6 +360,13 @@ pub enum Command {
     },
     /// Time passed: timeouts, retries, lost answers.
     Tick,
+    /// An operator did something (see [`AuditEntry`]); the engine stamps id and time.
+    Audit {
+        who: String,
+        action: String,
+        target: String,
+        result: String,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -300,6 +380,7 @@ pub enum Reply {
     },
     Status(Status),
     Conflict(u64),
+    Audited(u64),
     Ack,
 }
 
@@ -339,6 +420,7 @@ pub struct Writes {
     pub active: Vec<(XidNum, Vec<u8>)>,
     pub finished: Vec<(XidNum, u64, Vec<u8>)>,
     pub conflicts: Vec<(u64, Vec<u8>)>,
+    pub audit: Vec<(u64, Vec<u8>)>,
     pub counters: Option<Counters>,
 }
 
@@ -347,6 +429,8 @@ pub struct Counters {
     pub next_xid: u64,
     pub next_branch: u64,
     pub next_conflict: u64,
+    #[serde(default)]
+    pub next_audit: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -373,6 +457,9 @@ pub struct Engine {
     sessions: HashMap<XidNum, Session>,
     locks: LockTable,
     conflicts: BTreeMap<u64, Conflict>,
+    /// The latest [`AUDIT_IN_MEMORY`] operator actions, oldest first.
+    audit: std::collections::VecDeque<AuditEntry>,
+    new_audit: Vec<u64>,
     counters: Counters,
     next_command: u64,
     dirty: HashSet<XidNum>,
@@ -416,10 +503,13 @@ impl Engine {
             sessions: HashMap::new(),
             locks: LockTable::default(),
             conflicts: BTreeMap::new(),
+            audit: std::collections::VecDeque::new(),
+            new_audit: Vec::new(),
             counters: Counters {
                 next_xid: 1,
                 next_branch: 1,
                 next_conflict: 1,
+                next_audit: 1,
             },
             next_command: 1,
             dirty: HashSet::new(),
@@ -443,6 +533,7 @@ impl Engine {
             next_xid: counters.next_xid.max(1),
             next_branch: counters.next_branch.max(1),
             next_conflict: counters.next_conflict.max(1),
+            next_audit: counters.next_audit.max(1),
         };
         for rec in active {
             let mut branches = Vec::with_capacity(rec.branches.len());
@@ -463,6 +554,9 @@ impl Engine {
                     request_id: b.request_id,
                     keys,
                     locks_held: b.locks_held,
+                    registered_ms: b.registered_ms,
+                    sends: b.phase_two_attempts,
+                    last_error: b.last_error,
                     p2: PhaseTwo::default(),
                 });
             }
@@ -478,6 +572,7 @@ impl Engine {
                     created_ms: rec.created_ms,
                     deadline_ms: rec.deadline_ms,
                     updated_ms: rec.updated_ms,
+                    history: rec.history,
                     branches,
                 },
             );
@@ -492,6 +587,28 @@ impl Engine {
             e.conflicts.insert(c.id, c);
         }
         e
+    }
+
+    /// Puts back the audit log's latest entries (oldest first) after a restart.
+    pub fn restore_audit(&mut self, entries: impl IntoIterator<Item = AuditEntry>) {
+        for a in entries {
+            self.counters.next_audit = self.counters.next_audit.max(a.id + 1);
+            self.audit.push_back(a);
+            if self.audit.len() > AUDIT_IN_MEMORY {
+                self.audit.pop_front();
+            }
+        }
+    }
+
+    /// The audit log, newest first, from entry `before` (exclusive) on.
+    pub fn audit(&self, before: Option<u64>, limit: usize) -> Vec<AuditEntry> {
+        self.audit
+            .iter()
+            .rev()
+            .filter(|a| before.is_none_or(|b| a.id < b))
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     pub fn take_effects(&mut self) -> Vec<Effect> {
@@ -515,6 +632,17 @@ impl Engine {
         for id in self.dirty_conflicts.drain() {
             if let Some(c) = self.conflicts.get(&id) {
                 w.conflicts.push((id, encode(c)));
+            }
+        }
+        if !self.new_audit.is_empty() {
+            let first = self.audit.front().map_or(0, |a| a.id);
+            for id in self.new_audit.drain(..) {
+                if let Some(a) = id
+                    .checked_sub(first)
+                    .and_then(|i| self.audit.get(i as usize))
+                {
+                    w.audit.push((id, encode(a)));
+                }
             }
         }
         if std::mem::take(&mut self.counters_dirty) {
@@ -588,6 +716,29 @@ impl Engine {
                 self.tick(now);
                 Ok(Reply::Ack)
             }
+            Command::Audit {
+                who,
+                action,
+                target,
+                result,
+            } => {
+                let id = self.counters.next_audit;
+                self.counters.next_audit += 1;
+                self.counters_dirty = true;
+                self.audit.push_back(AuditEntry {
+                    id,
+                    at_ms: now,
+                    who,
+                    action,
+                    target,
+                    result,
+                });
+                if self.audit.len() > AUDIT_IN_MEMORY {
+                    self.audit.pop_front();
+                }
+                self.new_audit.push(id);
+                Ok(Reply::Audited(id))
+            }
         }
     }
 
@@ -611,6 +762,10 @@ impl Engine {
                 created_ms: now,
                 deadline_ms: now.saturating_add(timeout),
                 updated_ms: now,
+                history: vec![StatusChange {
+                    status: Status::Begin,
+                    at_ms: now,
+                }],
                 branches: Vec::new(),
             },
         );
@@ -691,6 +846,9 @@ impl Engine {
             request_id,
             keys: compact,
             locks_held: true,
+            registered_ms: now,
+            sends: 0,
+            last_error: None,
             p2: PhaseTwo::default(),
         });
         s.updated_ms = now;
@@ -743,8 +901,7 @@ impl Engine {
                 })
             }
         }
-        s.status = Status::Committing;
-        s.updated_ms = now;
+        s.set_status(Status::Committing, now);
         // Commit releases every lock at once: the data is final, only undo records remain.
         for b in s.branches.iter_mut() {
             if b.locks_held {
@@ -775,8 +932,7 @@ impl Engine {
                 })
             }
         }
-        s.status = Status::RollingBack;
-        s.updated_ms = now;
+        s.set_status(Status::RollingBack, now);
         self.dirty.insert(xid);
         self.drive(xid, now);
         Ok(Reply::Status(
@@ -816,6 +972,7 @@ impl Engine {
                         let cmd = self.next_command;
                         self.next_command += 1;
                         b.p2.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
+                        b.sends = b.sends.saturating_add(1);
                         sends.push((cmd, b.id, b.resource_id.clone(), Action::Commit));
                     }
                 }
@@ -839,8 +996,7 @@ impl Engine {
                         })
                     }
                     Some(b) if b.status == BranchStatus::Conflict => {
-                        s.status = Status::RollbackFailed;
-                        s.updated_ms = now;
+                        s.set_status(Status::RollbackFailed, now);
                         self.dirty.insert(xid);
                     }
                     Some(b) => {
@@ -848,6 +1004,7 @@ impl Engine {
                             let cmd = self.next_command;
                             self.next_command += 1;
                             b.p2.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
+                            b.sends = b.sends.saturating_add(1);
                             sends.push((cmd, b.id, b.resource_id.clone(), Action::Rollback));
                         }
                     }
@@ -866,8 +1023,7 @@ impl Engine {
         }
         if let Some(st) = final_status {
             let mut s = self.sessions.remove(&xid).expect("present");
-            s.status = st;
-            s.updated_ms = now;
+            s.set_status(st, now);
             for b in s.branches.iter_mut() {
                 if b.locks_held {
                     self.locks.release_all(xid, &b.keys);
@@ -919,9 +1075,12 @@ impl Engine {
                 }
                 b.p2 = PhaseTwo::default();
                 b.status = BranchStatus::Conflict;
+                b.last_error = Some(format!(
+                    "dirty write: {} row(s) changed by someone else since the branch wrote them",
+                    rows.len()
+                ));
                 let resource_id = b.resource_id.clone();
-                s.status = Status::RollbackFailed;
-                s.updated_ms = now;
+                s.set_status(Status::RollbackFailed, now);
                 self.dirty.insert(xid);
                 for c in self.conflicts.values_mut() {
                     if c.branch_id == branch_id && c.state == ConflictState::Open {
@@ -969,6 +1128,8 @@ impl Engine {
                 b.p2.in_flight = None;
                 b.p2.next_at = now + backoff(&self.cfg, branch_id, b.p2.attempts);
                 tracing::info!(xid, branch_id, attempts = b.p2.attempts, %msg, "phase two will be retried");
+                b.last_error = Some(msg);
+                self.dirty.insert(xid);
                 let retrying = match s.status {
                     Status::Committing => Some(Status::CommitRetrying),
                     Status::RollingBack | Status::TimeoutRollingBack => {
@@ -977,9 +1138,7 @@ impl Engine {
                     _ => None,
                 };
                 if let Some(st) = retrying {
-                    s.status = st;
-                    s.updated_ms = now;
-                    self.dirty.insert(xid);
+                    s.set_status(st, now);
                 }
             }
         }
@@ -991,9 +1150,8 @@ impl Engine {
         for s in self.sessions.values_mut() {
             match s.status {
                 Status::Begin if now >= s.deadline_ms => {
-                    s.status = Status::TimeoutRollingBack;
+                    s.set_status(Status::TimeoutRollingBack, now);
                     s.timed_out = true;
-                    s.updated_ms = now;
                     self.dirty.insert(s.xid);
                     tracing::info!(xid = s.xid, "global transaction timed out; rolling back");
                     due.push((s.xid, None));
@@ -1130,7 +1288,7 @@ impl Engine {
             }
         }
         if s.status == Status::RollbackFailed {
-            s.status = Status::RollbackRetrying;
+            s.set_status(Status::RollbackRetrying, now);
         }
         s.updated_ms = now;
         self.dirty.insert(xid);
@@ -1164,6 +1322,35 @@ impl Engine {
             .collect()
     }
 
+    /// Held locks with their holder branch and since when, ordered by holder xid and
+    /// branch (for the console); at most `limit`, and the total.
+    pub fn held_locks_detail(&self, limit: usize) -> (Vec<HeldLock>, usize) {
+        let mut xids: Vec<&Session> = self.sessions.values().collect();
+        xids.sort_unstable_by_key(|s| s.xid);
+        let mut out = Vec::new();
+        let mut total = 0;
+        for s in xids {
+            for b in s.branches.iter().filter(|b| b.locks_held) {
+                total += b.keys.len();
+                for k in &b.keys {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (resource_id, key) = self.locks.expand(k);
+                    out.push(HeldLock {
+                        resource_id,
+                        key,
+                        xid: s.xid,
+                        branch_id: b.id,
+                        since_ms: b.registered_ms,
+                        status: s.status,
+                    });
+                }
+            }
+        }
+        (out, total)
+    }
+
     /// Exact lookup of keys; entries held by `asking` are skipped.
     pub fn query_locks(
         &self,
@@ -1189,7 +1376,7 @@ impl Engine {
         out
     }
 
-    pub fn conflicts(&self) -> impl Iterator<Item = &Conflict> {
+    pub fn conflicts(&self) -> impl DoubleEndedIterator<Item = &Conflict> {
         self.conflicts.values()
     }
 
@@ -1232,6 +1419,7 @@ fn record_of(locks: &LockTable, s: &Session, finished_ms: Option<u64>) -> Sessio
         deadline_ms: s.deadline_ms,
         updated_ms: s.updated_ms,
         finished_ms,
+        history: s.history.clone(),
         branches: s
             .branches
             .iter()
@@ -1242,6 +1430,9 @@ fn record_of(locks: &LockTable, s: &Session, finished_ms: Option<u64>) -> Sessio
                 request_id: b.request_id.clone(),
                 lock_keys: b.keys.iter().map(|k| locks.expand(k).1).collect(),
                 locks_held: b.locks_held,
+                registered_ms: b.registered_ms,
+                phase_two_attempts: b.sends,
+                last_error: b.last_error.clone(),
             })
             .collect(),
     }

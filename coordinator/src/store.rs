@@ -11,6 +11,7 @@
 //! - `finished`: xid → finished session, kept for the retention period;
 //!   `finished_by_time`: (finished_ms, xid) makes pruning a range scan.
 //! - `conflicts`: id → dirty-write conflict (kept for audit).
+//! - `audit`: id → operator action (kept; operator actions are few).
 //! - `meta`: id counters, so XIDs and branch ids are never reused.
 
 use std::collections::{BTreeMap, HashMap};
@@ -22,7 +23,9 @@ use redb::{
 };
 
 use crate::error::CoordinatorError;
-use crate::session::{Conflict, Counters, SessionRecord, Status, Writes, XidNum};
+use crate::session::{
+    AuditEntry, Conflict, Counters, SessionRecord, Status, Writes, XidNum, AUDIT_IN_MEMORY,
+};
 use crate::wal::Wal;
 
 const ACTIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("active");
@@ -30,6 +33,7 @@ const FINISHED: TableDefinition<u64, &[u8]> = TableDefinition::new("finished");
 const FINISHED_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("finished_by_time");
 const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
 
 pub struct Store {
     db: Database,
@@ -45,6 +49,7 @@ struct Pending {
     active: HashMap<XidNum, Option<Vec<u8>>>,
     finished: BTreeMap<XidNum, (u64, Vec<u8>)>,
     conflicts: HashMap<u64, Vec<u8>>,
+    audit: BTreeMap<u64, Vec<u8>>,
     counters: Option<Counters>,
 }
 
@@ -59,6 +64,9 @@ impl Pending {
         }
         for (id, b) in &w.conflicts {
             self.conflicts.insert(*id, b.clone());
+        }
+        for (id, b) in &w.audit {
+            self.audit.insert(*id, b.clone());
         }
         if w.counters.is_some() {
             self.counters = w.counters;
@@ -76,6 +84,8 @@ pub struct Loaded {
     pub counters: Counters,
     pub active: Vec<SessionRecord>,
     pub conflicts: Vec<Conflict>,
+    /// The latest audit entries, oldest first.
+    pub audit: Vec<AuditEntry>,
 }
 
 fn corrupt(e: serde_json::Error) -> CoordinatorError {
@@ -98,6 +108,7 @@ impl Store {
             txn.open_table(FINISHED_BY_TIME).map_err(storage)?;
             txn.open_table(CONFLICTS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
+            txn.open_table(AUDIT).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let checkpoint = {
@@ -169,10 +180,24 @@ impl Store {
             let (_, v) = row.map_err(storage)?;
             conflicts.push(serde_json::from_slice(v.value()).map_err(corrupt)?);
         }
+        let mut audit = Vec::new();
+        for row in txn
+            .open_table(AUDIT)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+            .rev()
+            .take(AUDIT_IN_MEMORY)
+        {
+            let (_, v) = row.map_err(storage)?;
+            audit.push(serde_json::from_slice(v.value()).map_err(corrupt)?);
+        }
+        audit.reverse();
         Ok(Loaded {
             counters,
             active,
             conflicts,
+            audit,
         })
     }
 
@@ -221,16 +246,19 @@ impl Store {
         }
     }
 
-    /// Finished sessions, newest first, optionally of one status.
+    /// Finished sessions, newest first, optionally of one status and older than
+    /// `before` (a page cursor).
     pub fn list_finished(
         &self,
         status: Option<Status>,
+        before: Option<XidNum>,
         limit: usize,
     ) -> Result<Vec<SessionRecord>, CoordinatorError> {
+        let before = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
         {
             let pending = self.pending.lock().expect("pending lock");
-            for (_, b) in pending.finished.values().rev() {
+            for (_, b) in pending.finished.range(..before).map(|(_, v)| v).rev() {
                 if out.len() >= limit {
                     break;
                 }
@@ -243,7 +271,7 @@ impl Store {
         let from_overlay = out.len();
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(FINISHED).map_err(storage)?;
-        for row in table.iter().map_err(storage)?.rev() {
+        for row in table.range(..before).map_err(storage)?.rev() {
             if out.len() >= limit + from_overlay {
                 break;
             }
@@ -319,6 +347,10 @@ fn apply(txn: &WriteTransaction, p: &Pending) -> Result<(), CoordinatorError> {
     for (id, bytes) in &p.conflicts {
         conflicts.insert(*id, bytes.as_slice()).map_err(storage)?;
     }
+    let mut audit = txn.open_table(AUDIT).map_err(storage)?;
+    for (id, bytes) in &p.audit {
+        audit.insert(*id, bytes.as_slice()).map_err(storage)?;
+    }
     if let Some(c) = &p.counters {
         let bytes = serde_json::to_vec(c).expect("counters serialize");
         txn.open_table(META)
@@ -339,7 +371,8 @@ fn encode_writes(w: &Writes) -> Vec<u8> {
     let size: usize = w.active.iter().map(|a| a.1.len() + 12).sum::<usize>()
         + w.finished.iter().map(|f| f.2.len() + 20).sum::<usize>()
         + w.conflicts.iter().map(|c| c.1.len() + 12).sum::<usize>()
-        + 40;
+        + w.audit.iter().map(|c| c.1.len() + 12).sum::<usize>()
+        + 48;
     let mut out = Vec::with_capacity(size);
     out.extend_from_slice(&(w.active.len() as u32).to_le_bytes());
     for (xid, b) in &w.active {
@@ -357,14 +390,23 @@ fn encode_writes(w: &Writes) -> Vec<u8> {
         out.extend_from_slice(&id.to_le_bytes());
         put_bytes(&mut out, b);
     }
+    // Tag 1 (three counters) is what records written before the audit log carry.
     match &w.counters {
         Some(c) => {
-            out.push(1);
-            for v in [c.next_xid, c.next_branch, c.next_conflict] {
+            out.push(2);
+            for v in [c.next_xid, c.next_branch, c.next_conflict, c.next_audit] {
                 out.extend_from_slice(&v.to_le_bytes());
             }
         }
         None => out.push(0),
+    }
+    // Optional trailing section (absent in older records): audit entries.
+    if !w.audit.is_empty() {
+        out.extend_from_slice(&(w.audit.len() as u32).to_le_bytes());
+        for (id, b) in &w.audit {
+            out.extend_from_slice(&id.to_le_bytes());
+            put_bytes(&mut out, b);
+        }
     }
     out
 }
@@ -407,12 +449,28 @@ fn decode_writes(data: &[u8]) -> Result<Writes, CoordinatorError> {
         let id = r.u64()?;
         w.conflicts.push((id, r.bytes()?));
     }
-    if r.take(1)? == [1] {
-        w.counters = Some(Counters {
-            next_xid: r.u64()?,
-            next_branch: r.u64()?,
-            next_conflict: r.u64()?,
-        });
+    match r.take(1)? {
+        [0] => {}
+        [tag @ (1 | 2)] => {
+            let tag = *tag;
+            w.counters = Some(Counters {
+                next_xid: r.u64()?,
+                next_branch: r.u64()?,
+                next_conflict: r.u64()?,
+                next_audit: if tag == 2 { r.u64()? } else { 0 },
+            });
+        }
+        other => {
+            return Err(CoordinatorError::Storage(format!(
+                "log record with unknown counters tag {other:?}"
+            )))
+        }
+    }
+    if !r.0.is_empty() {
+        for _ in 0..r.u32()? {
+            let id = r.u64()?;
+            w.audit.push((id, r.bytes()?));
+        }
     }
     Ok(w)
 }
@@ -431,6 +489,7 @@ mod tests {
             deadline_ms: 0,
             updated_ms: 0,
             finished_ms: Some(xid * 10),
+            history: vec![],
             branches: vec![],
         }
     }
@@ -454,6 +513,7 @@ mod tests {
             next_xid: 6,
             next_branch: 1,
             next_conflict: 1,
+            next_audit: 1,
         });
         store.write(&w).unwrap();
         let mut w = Writes::default();
@@ -476,14 +536,14 @@ mod tests {
         );
         assert_eq!(loaded.counters.next_xid, 6);
         let all: Vec<_> = store
-            .list_finished(None, 10)
+            .list_finished(None, None, 10)
             .unwrap()
             .iter()
             .map(|r| r.xid)
             .collect();
         assert_eq!(all, vec![4, 3, 2, 1]);
         let committed: Vec<_> = store
-            .list_finished(Some(Status::Committed), 10)
+            .list_finished(Some(Status::Committed), None, 10)
             .unwrap()
             .iter()
             .map(|r| r.xid)
@@ -513,6 +573,7 @@ mod tests {
             next_xid: 3,
             next_branch: 1,
             next_conflict: 1,
+            next_audit: 1,
         });
         store.write(&w).unwrap();
         let mut w = Writes::default();
@@ -521,13 +582,22 @@ mod tests {
             10,
             serde_json::to_vec(&rec(1, Status::Committed)).unwrap(),
         ));
+        let entry = AuditEntry {
+            id: 1,
+            at_ms: 5,
+            who: "alice".into(),
+            action: "resolve keep_current".into(),
+            target: "conflict 3".into(),
+            result: "ok".into(),
+        };
+        w.audit.push((1, serde_json::to_vec(&entry).unwrap()));
         store.write(&w).unwrap();
         // Not in redb yet: answered from the overlay.
         assert_eq!(
             store.finished(1).unwrap().unwrap().status,
             Status::Committed
         );
-        assert_eq!(store.list_finished(None, 10).unwrap().len(), 1);
+        assert_eq!(store.list_finished(None, None, 10).unwrap().len(), 1);
         // "Crash": reopen from the log alone.
         drop(store);
         let (store, loaded) = Store::open(&dir, 1 << 20).unwrap();
@@ -536,6 +606,11 @@ mod tests {
             vec![2]
         );
         assert_eq!(loaded.counters.next_xid, 3);
+        assert_eq!(
+            loaded.audit,
+            vec![entry],
+            "audit entries replay from the log"
+        );
         assert_eq!(
             store.finished(1).unwrap().unwrap().status,
             Status::Committed

@@ -93,7 +93,11 @@ impl Process {
         let err = out.try_clone().expect("log file");
         let child = Command::new(program)
             .args(args)
-            .env("RUST_LOG", "info")
+            // REWIND_IT_LOG=debug (or any filter) to see more in the kept logs.
+            .env(
+                "RUST_LOG",
+                std::env::var("REWIND_IT_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env("NO_COLOR", "1")
             .envs(env.iter().map(|(k, v)| (k, v)))
             .stdout(out)
@@ -193,11 +197,25 @@ pub async fn http(
     path: &str,
     body: Option<&Json>,
 ) -> Result<(u16, Json)> {
+    http_as(addr, method, path, body, None).await
+}
+
+/// [`http`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn http_as(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&Json>,
+    bearer: Option<&str>,
+) -> Result<(u16, Json)> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
     let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
     let req = format!(
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+         Content-Type: application/json\r\n{auth}Content-Length: {}\r\n\r\n{body}",
         body.len()
     );
     s.write_all(req.as_bytes()).await?;
@@ -380,23 +398,44 @@ impl Coordinator {
             .unwrap_or_default()
     }
 
-    pub async fn conflicts(&self) -> Vec<Json> {
-        self.get("/api/v1/conflicts")
+    /// The operator secret the coordinator generated in its data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("operator-token"))
+            .expect("the generated operator token")
+            .trim()
+            .to_string()
+    }
+
+    /// An operator API call (with the generated credential).
+    pub async fn operator(&self, method: &str, path: &str, body: Option<&Json>) -> (u16, Json) {
+        http_as(self.http, method, path, body, Some(&self.token()))
             .await
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+            .expect("operator call")
+    }
+
+    /// `GET /api/v1/conflicts`: open to applications and scripts (DESIGN.md), no credential.
+    pub async fn conflicts(&self) -> Vec<Json> {
+        let (code, body) = http(self.http, "GET", "/api/v1/conflicts", None)
+            .await
+            .expect("GET /api/v1/conflicts");
+        assert_eq!(code, 200, "GET /api/v1/conflicts: {body}");
+        body.as_array().cloned().unwrap_or_default()
     }
 
     pub async fn resolve(&self, id: u64, action: &str) -> (u16, Json) {
-        http(
-            self.http,
+        self.operator(
             "POST",
             &format!("/api/v1/conflicts/{id}/resolve"),
             Some(&serde_json::json!({"action": action})),
         )
         .await
-        .expect("resolve")
+    }
+
+    /// The audit log, newest first.
+    pub async fn audit(&self) -> Vec<Json> {
+        let (code, body) = self.operator("GET", "/api/v1/audit?limit=1000", None).await;
+        assert_eq!(code, 200, "GET /api/v1/audit: {body}");
+        body.as_array().cloned().unwrap_or_default()
     }
 }
 

@@ -46,6 +46,7 @@ pub struct Coordinator {
     child: Child,
     pub grpc: SocketAddr,
     pub http: SocketAddr,
+    pub data: PathBuf,
 }
 
 impl Coordinator {
@@ -72,7 +73,12 @@ impl Coordinator {
             .stderr(log)
             .spawn()
             .unwrap();
-        let c = Coordinator { child, grpc, http };
+        let c = Coordinator {
+            child,
+            grpc,
+            http,
+            data: dir.0.join("data"),
+        };
         assert_eventually(
             "coordinator answers /healthz",
             Duration::from_secs(20),
@@ -120,13 +126,43 @@ impl Coordinator {
             .unwrap()
     }
 
+    /// The operator secret the coordinator generated in its data directory.
+    pub fn token(&self) -> String {
+        std::fs::read_to_string(self.data.join("operator-token"))
+            .expect("generated operator token")
+            .trim()
+            .to_string()
+    }
+
     pub async fn http(
         &self,
         method: &str,
         path: &str,
         body: Option<&[u8]>,
     ) -> (u16, serde_json::Value) {
-        let (status, body) = http_req(self.http, method, path, body)
+        self.http_with(method, path, body, &[]).await
+    }
+
+    /// An operator call: with `Authorization: Bearer <generated token>`.
+    pub async fn operator(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, serde_json::Value) {
+        let auth = format!("Bearer {}", self.token());
+        self.http_with(method, path, body, &[("Authorization", auth.as_str())])
+            .await
+    }
+
+    pub async fn http_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+        headers: &[(&str, &str)],
+    ) -> (u16, serde_json::Value) {
+        let (status, body) = http_req_with(self.http, method, path, body, headers)
             .await
             .expect("http answer");
         let v = serde_json::from_slice(&body).unwrap_or(serde_json::Value::String(
@@ -149,13 +185,40 @@ pub async fn http_req(
     path: &str,
     body: Option<&[u8]>,
 ) -> Option<(u16, Vec<u8>)> {
+    http_req_with(addr, method, path, body, &[]).await
+}
+
+pub async fn http_req_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Option<(u16, Vec<u8>)> {
+    http_full(addr, method, path, body, headers)
+        .await
+        .map(|(st, _, b)| (st, b))
+}
+
+/// Status, response head (lower-cased) and body.
+pub async fn http_full(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&[u8]>,
+    headers: &[(&str, &str)],
+) -> Option<(u16, String, Vec<u8>)> {
     let mut s = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(addr))
         .await
         .ok()?
         .ok()?;
     let body = body.unwrap_or(b"");
+    let extra: String = headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}\r\n"))
+        .collect();
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).await.ok()?;
@@ -174,7 +237,7 @@ pub async fn http_req(
     if headers.contains("transfer-encoding: chunked") {
         body = dechunk(&body);
     }
-    Some((status, body))
+    Some((status, headers, body))
 }
 
 fn dechunk(mut b: &[u8]) -> Vec<u8> {

@@ -203,7 +203,7 @@ async fn t10_rest_api_and_bad_input() {
         400
     );
 
-    // Conflicts API input.
+    // Conflicts API input: reading is open (DESIGN.md), resolving is an operator action.
     let (st, v) = c.http("GET", "/api/v1/conflicts", None).await;
     assert_eq!((st, v), (200, serde_json::json!([])));
     assert_eq!(
@@ -214,10 +214,22 @@ async fn t10_rest_api_and_bad_input() {
         )
         .await
         .0,
+        401
+    );
+    let (st, v) = c.operator("GET", "/api/v1/conflicts", None).await;
+    assert_eq!((st, v), (200, serde_json::json!([])));
+    assert_eq!(
+        c.operator(
+            "POST",
+            "/api/v1/conflicts/77/resolve",
+            Some(br#"{"action":"retry"}"#)
+        )
+        .await
+        .0,
         404
     );
     assert_eq!(
-        c.http(
+        c.operator(
             "POST",
             "/api/v1/conflicts/77/resolve",
             Some(br#"{"action":"nuke"}"#)
@@ -227,7 +239,7 @@ async fn t10_rest_api_and_bad_input() {
         400
     );
     assert_eq!(
-        c.http(
+        c.operator(
             "POST",
             "/api/v1/conflicts/x/resolve",
             Some(br#"{"action":"retry"}"#)

@@ -91,7 +91,7 @@ async fn t21_dirty_write_conflict_resolved_by_operator() {
     // Locks stay held; the conflict shows before/after/current.
     let (_, locks) = c.http("GET", "/api/v1/locks", None).await;
     assert_eq!(locks.as_array().unwrap().len(), 2, "{locks}");
-    let (_, conflicts) = c.http("GET", "/api/v1/conflicts", None).await;
+    let (_, conflicts) = c.operator("GET", "/api/v1/conflicts", None).await;
     let conflict = &conflicts[0];
     assert_eq!(conflict["xid"], xid.as_str());
     assert_eq!(conflict["state"], "open");
@@ -103,7 +103,7 @@ async fn t21_dirty_write_conflict_resolved_by_operator() {
     // resumes (now answered Done) and finishes.
     *proxy.rollback.lock().unwrap() = RollbackAnswer::Done;
     let (st, v) = c
-        .http(
+        .operator(
             "POST",
             &format!("/api/v1/conflicts/{id}/resolve"),
             Some(br#"{"action":"restore_before"}"#),
@@ -125,7 +125,7 @@ async fn t21_dirty_write_conflict_resolved_by_operator() {
     assert_eq!(locks, serde_json::json!([]));
     // A second resolve of the same conflict is refused.
     let (st, _) = c
-        .http(
+        .operator(
             "POST",
             &format!("/api/v1/conflicts/{id}/resolve"),
             Some(br#"{"action":"retry"}"#),

@@ -1,0 +1,484 @@
+// Rewind admin console: plain browser JavaScript, no build step, no dependencies.
+// Every value from the server is put on the page as text (never as HTML).
+"use strict";
+
+const STATUSES = ["begin", "committing", "committed", "rolling_back", "rolled_back",
+  "timeout_rolling_back", "timeout_rolled_back", "commit_retrying", "rollback_retrying",
+  "rollback_failed"];
+const PAGE = 50;
+const REFRESH_MS = 2000;
+
+const state = {
+  operator: null,
+  csrf: null,
+  view: "transactions",
+  txCursor: [],        // stack of `before` cursors of the pages shown so far
+  txSelected: null,
+  txLast: [],
+  auditBefore: null,
+  timer: null,
+  busy: false,
+};
+
+// ---- tiny DOM helpers ----------------------------------------------------------------
+
+const $ = (id) => document.getElementById(id);
+
+function h(tag, attrs, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (v === null || v === undefined || v === false) continue;
+    if (k === "class") el.className = v;
+    else if (k === "onclick") el.addEventListener("click", v);
+    else if (k === "dataset") Object.assign(el.dataset, v);
+    else el.setAttribute(k, v === true ? "" : String(v));
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+function fill(el, ...children) {
+  el.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined));
+}
+
+function when(ms) {
+  if (!ms) return "";
+  const d = new Date(ms);
+  return d.toLocaleString(undefined, { hour12: false }) + "." + String(d.getMilliseconds()).padStart(3, "0");
+}
+
+function ago(ms) {
+  if (!ms) return "";
+  let s = Math.max(0, Math.round((Date.now() - ms) / 1000));
+  const parts = [];
+  for (const [n, u] of [[86400, "d"], [3600, "h"], [60, "m"], [1, "s"]]) {
+    if (s >= n || (u === "s" && parts.length === 0)) {
+      parts.push(Math.floor(s / n) + u);
+      s %= n;
+    }
+    if (parts.length === 2) break;
+  }
+  return parts.join(" ") + " ago";
+}
+
+function statusTag(st) {
+  return h("span", { class: "status " + st }, String(st).replace(/_/g, " "));
+}
+
+function pkText(pk) {
+  return (pk || []).map((p) => (typeof p === "string" ? p : "0x" + (p.hex || ""))).join(", ");
+}
+
+function valueText(v) {
+  if (v === null) return "NULL";
+  if (typeof v === "string") return v;
+  return JSON.stringify(v);
+}
+
+// ---- API -----------------------------------------------------------------------------
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super((body && body.message) || "HTTP " + status);
+    this.status = status;
+    this.body = body;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (method !== "GET" && state.csrf) headers["X-CSRF-Token"] = state.csrf;
+  const res = await fetch(path, {
+    method,
+    headers,
+    credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let data = null;
+  try { data = await res.json(); } catch (_) { /* not JSON */ }
+  if (res.status === 401) {
+    showLogin();
+    throw new ApiError(401, data);
+  }
+  if (!res.ok) throw new ApiError(res.status, data);
+  return { data, res };
+}
+
+function banner(msg) {
+  const b = $("banner");
+  b.textContent = msg || "";
+  b.hidden = !msg;
+}
+
+// ---- login ---------------------------------------------------------------------------
+
+function showLogin() {
+  state.operator = null;
+  state.csrf = null;
+  stopTimer();
+  $("nav").hidden = true;
+  $("who").hidden = true;
+  document.querySelectorAll(".view").forEach((v) => (v.hidden = true));
+  $("login").hidden = false;
+}
+
+function showApp() {
+  $("login").hidden = true;
+  $("nav").hidden = false;
+  $("who").hidden = false;
+  $("operator").textContent = state.operator;
+  show(state.view);
+}
+
+async function login(ev) {
+  ev.preventDefault();
+  const f = ev.target;
+  const err = $("login-error");
+  err.hidden = true;
+  try {
+    const res = await fetch("/api/v1/login", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      credentials: "same-origin",
+      body: JSON.stringify({ name: f.name.value, secret: f.secret.value }),
+    });
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      err.textContent = res.status === 401 ? "Wrong operator name or secret." : (data.message || "Login failed.");
+      err.hidden = false;
+      return;
+    }
+    f.secret.value = "";
+    state.operator = data.operator;
+    state.csrf = data.csrf;
+    showApp();
+  } catch (e) {
+    err.textContent = "The coordinator did not answer: " + e.message;
+    err.hidden = false;
+  }
+}
+
+async function logout() {
+  try { await api("POST", "/api/v1/logout"); } catch (_) { /* already gone */ }
+  showLogin();
+}
+
+// ---- views ---------------------------------------------------------------------------
+
+function show(view) {
+  state.view = view;
+  document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.view === view));
+  document.querySelectorAll(".view").forEach((v) => (v.hidden = v.id !== "view-" + view));
+  if (view === "audit") state.auditBefore = null;
+  refresh();
+  startTimer();
+}
+
+function startTimer() {
+  stopTimer();
+  if ($("live").checked) state.timer = setInterval(() => refresh(true), REFRESH_MS);
+}
+
+function stopTimer() {
+  if (state.timer) clearInterval(state.timer);
+  state.timer = null;
+}
+
+async function refresh(background) {
+  if (!state.operator || state.busy) return;
+  if (background && $("confirm").open) return; // never move things under an open question
+  state.busy = true;
+  try {
+    await Promise.all([
+      ({ transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, audit: loadAudit })[state.view](),
+      loadOpenCount(),
+    ]);
+    $("updated").textContent = "updated " + new Date().toLocaleTimeString(undefined, { hour12: false });
+    banner(null);
+  } catch (e) {
+    if (e.status !== 401) banner("Could not refresh: " + e.message);
+  } finally {
+    state.busy = false;
+  }
+}
+
+async function loadOpenCount() {
+  const { data } = await api("GET", "/api/v1/conflicts?state=open");
+  const n = data.length;
+  const b = $("open-count");
+  b.textContent = n;
+  b.hidden = n === 0;
+}
+
+// Transactions ---------------------------------------------------------------------------
+
+async function loadTransactions() {
+  const p = new URLSearchParams({ limit: PAGE });
+  const st = $("tx-status").value;
+  const q = $("tx-search").value.trim();
+  if (st) p.set("status", st);
+  if (q) p.set("q", q);
+  const before = state.txCursor[state.txCursor.length - 1];
+  if (before) p.set("before", before);
+  const { data } = await api("GET", "/api/v1/transactions?" + p);
+  state.txLast = data;
+  fill($("tx-rows"), data.map((t) => h("tr", {
+    class: "clickable" + (t.xid === state.txSelected ? " selected" : ""),
+    dataset: { xid: t.xid },
+    onclick: () => { state.txSelected = t.xid; loadTransactions(); },
+  },
+  h("td", { class: "mono" }, t.xid),
+  h("td", {}, t.name),
+  h("td", {}, statusTag(t.status)),
+  h("td", {}, t.branches.length),
+  h("td", {}, when(t.created_ms)),
+  h("td", {}, ago(t.updated_ms)))));
+  $("tx-empty").hidden = data.length > 0;
+  $("tx-newer").disabled = state.txCursor.length === 0;
+  $("tx-older").disabled = data.length < PAGE;
+  if (state.txSelected) await loadDetail(state.txSelected);
+}
+
+async function loadDetail(xid) {
+  let t;
+  try {
+    t = (await api("GET", "/api/v1/transactions/" + encodeURIComponent(xid))).data;
+  } catch (e) {
+    if (e.status === 404) {
+      fill($("tx-detail"), h("p", { class: "muted" }, xid + " is no longer kept (finished transactions are pruned after the retention period)."));
+      return;
+    }
+    throw e;
+  }
+  const conflicts = (await api("GET", "/api/v1/conflicts?xid=" + encodeURIComponent(xid))).data;
+  const open = conflicts.filter((c) => c.state === "open").length;
+  fill($("tx-detail"),
+    h("h2", {}, h("span", { class: "mono" }, t.xid), " ", statusTag(t.status)),
+    h("dl", {},
+      h("dt", {}, "Name"), h("dd", {}, t.name || "—"),
+      h("dt", {}, "Timeout"), h("dd", {}, (t.timeout_ms / 1000) + " s" + (t.timed_out ? " (timed out)" : "")),
+      h("dt", {}, "Started"), h("dd", {}, when(t.created_ms)),
+      h("dt", {}, "Deadline"), h("dd", {}, when(t.deadline_ms)),
+      t.finished_ms ? [h("dt", {}, "Finished"), h("dd", {}, when(t.finished_ms))] : null,
+      h("dt", {}, "Conflicts"), h("dd", {}, conflicts.length === 0 ? "none" :
+        h("a", { href: "#", onclick: (e) => { e.preventDefault(); show("conflicts"); } },
+          `${conflicts.length} (${open} open)`))),
+    h("h3", {}, "Timeline"),
+    h("ol", { class: "timeline", "data-testid": "tx-timeline" }, (t.history || []).map((c) =>
+      h("li", {}, statusTag(c.status), " ", when(c.at_ms)))),
+    h("h3", {}, "Branches"),
+    t.branches.length === 0 ? h("p", { class: "muted" }, "No branch registered.") :
+      h("table", { class: "grid" },
+        h("thead", {}, h("tr", {}, ["Branch", "Resource", "Status", "Lock keys", "Registered", "Phase-two attempts", "Last error"].map((x) => h("th", {}, x)))),
+        h("tbody", {}, t.branches.map((b) => h("tr", {},
+          h("td", {}, b.branch_id),
+          h("td", { class: "mono" }, b.resource_id),
+          h("td", {}, statusTag(b.status)),
+          h("td", {}, h("details", {},
+            h("summary", {}, `${b.lock_keys.length} key(s)` + (b.locks_held ? ", held" : ", released")),
+            h("ul", {}, b.lock_keys.slice(0, 200).map((k) => h("li", { class: "mono wrap" }, `${k.table} [${pkText(k.pk)}]`))),
+            b.lock_keys.length > 200 ? h("p", { class: "muted" }, `… and ${b.lock_keys.length - 200} more`) : null)),
+          h("td", {}, when(b.registered_ms)),
+          h("td", {}, b.phase_two_attempts),
+          h("td", { class: b.last_error ? "result-bad" : "muted" }, b.last_error || "—")))))
+  );
+}
+
+// Conflicts ------------------------------------------------------------------------------
+
+const ACTIONS = {
+  restore_before: {
+    label: "Restore before image",
+    title: "Restore the before image?",
+    explain: (c) => [
+      h("p", {}, "Writes the ", h("b", {}, "Before"), ` values back into ${c.table} [${pkText(c.pk)}], `,
+        "replacing what is there now (the ", h("b", {}, "Current"), " column): the other writer's change to this row is lost."),
+      h("p", {}, "Safe against races: if the row changed again since this conflict was recorded, the proxy refuses and writes nothing; you will see the new current row."),
+      h("p", {}, `Then the rollback of ${c.xid} continues.`),
+    ],
+    danger: true,
+  },
+  keep_current: {
+    label: "Keep current data",
+    title: "Keep the current data?",
+    explain: (c) => [
+      h("p", {}, `Leaves ${c.table} [${pkText(c.pk)}] exactly as it is now (the `, h("b", {}, "Current"), " column). ",
+        "Nothing is written to this row; the global transaction's change to it is not undone."),
+      h("p", {}, `Then the rollback of ${c.xid} continues for its other rows.`),
+    ],
+    danger: false,
+  },
+  retry: {
+    label: "Retry the rollback",
+    title: "Retry the rollback?",
+    explain: (c) => [
+      h("p", {}, `Runs the rollback of ${c.xid}'s branch again, unchanged. Use it after the row was repaired by hand `,
+        "so that it equals the ", h("b", {}, "After"), " image again: the rollback then restores the before image."),
+      h("p", {}, "If the row still differs, nothing is overwritten and a new conflict is shown."),
+    ],
+    danger: false,
+  },
+};
+
+function imageTable(c) {
+  const cols = [];
+  for (const img of [c.before, c.after, c.current]) {
+    if (img && typeof img === "object") for (const k of Object.keys(img)) if (!cols.includes(k)) cols.push(k);
+  }
+  const cell = (img, col, cls) => {
+    if (img === null || img === undefined) return h("td", { class: "none" }, "(no row)");
+    if (!(col in img)) return h("td", { class: "none" }, "—");
+    return h("td", { class: "mono wrap " + cls }, valueText(img[col]));
+  };
+  const same = (a, b, col) => {
+    const av = a && typeof a === "object" ? a[col] : undefined;
+    const bv = b && typeof b === "object" ? b[col] : undefined;
+    return (a === null) === (b === null) && JSON.stringify(av) === JSON.stringify(bv);
+  };
+  return h("table", { class: "grid images", "data-testid": "cf-images" },
+    h("thead", {}, h("tr", {},
+      h("th", { class: "col" }, "Column"),
+      h("th", {}, "Before (as it was)"),
+      h("th", {}, "After (what the transaction wrote)"),
+      h("th", {}, "Current (in the database now)"))),
+    h("tbody", {}, cols.map((col) => h("tr", {},
+      h("th", { class: "col mono" }, col),
+      cell(c.before, col, ""),
+      cell(c.after, col, same(c.before, c.after, col) ? "" : "chg"),
+      cell(c.current, col, same(c.after, c.current, col) ? "" : "dirty")))));
+}
+
+function conflictCard(c) {
+  const open = c.state === "open";
+  return h("div", { class: "card" + (open ? " open" : ""), "data-testid": "conflict", dataset: { id: c.id, xid: c.xid } },
+    h("h3", {}, `Conflict #${c.id}`, statusTag(c.state),
+      h("span", { class: "mono" }, `${c.table} [${pkText(c.pk)}]`),
+      h("span", { class: "muted" }, `transaction ${c.xid} · branch ${c.branch_id} · resource ${c.resource_id} · updated ${ago(c.updated_ms)}`),
+      c.action ? h("span", { class: "muted" }, "settled by: " + c.action.replace(/_/g, " ")) : null),
+    c.last_error ? h("p", { class: "error", "data-testid": "cf-error" }, "Last attempt refused: " + c.last_error) : null,
+    imageTable(c),
+    h("p", { class: "legend" }, h("span", { class: "chg" }, "changed by the transaction"), " ",
+      h("span", { class: "dirty" }, "changed by someone else since (the dirty write)")),
+    open ? h("div", { class: "actions" }, Object.entries(ACTIONS).map(([key, a]) =>
+      h("button", {
+        class: a.danger ? "danger" : "primary",
+        "data-testid": "action-" + key,
+        onclick: () => confirmResolve(c, key),
+      }, a.label))) : null);
+}
+
+async function loadConflicts() {
+  const all = $("cf-all").checked;
+  const { data } = await api("GET", "/api/v1/conflicts" + (all ? "" : "?state=open"));
+  fill($("cf-list"), data.map(conflictCard));
+  $("cf-empty").hidden = data.length > 0;
+}
+
+function ask(title, body, okLabel, danger) {
+  const d = $("confirm");
+  $("confirm-title").textContent = title;
+  fill($("confirm-body"), body);
+  const ok = $("confirm-ok");
+  ok.textContent = okLabel;
+  ok.className = danger ? "danger" : "primary";
+  d.returnValue = "";
+  return new Promise((resolve) => {
+    d.addEventListener("close", () => resolve(d.returnValue === "ok"), { once: true });
+    d.showModal();
+  });
+}
+
+async function confirmResolve(c, key) {
+  const a = ACTIONS[key];
+  const yes = await ask(a.title, a.explain(c), a.label, a.danger);
+  if (!yes) return;
+  try {
+    const { data } = await api("POST", `/api/v1/conflicts/${c.id}/resolve`, { action: key });
+    if (data.state === "open" && data.last_error) banner(`Conflict #${c.id}: refused — ${data.last_error}`);
+    else banner(null);
+  } catch (e) {
+    banner(`Conflict #${c.id}: ${e.message}`);
+  }
+  await refresh();
+}
+
+// Locks ----------------------------------------------------------------------------------
+
+async function loadLocks() {
+  const { data, res } = await api("GET", "/api/v1/locks?limit=1000");
+  const total = Number(res.headers.get("x-total-count") || data.length);
+  $("lk-summary").textContent = total === 0 ? "No global locks held." :
+    `${total} global lock(s) held` + (total > data.length ? `; the first ${data.length} shown.` : ".");
+  fill($("lk-rows"), data.map((l) => h("tr", {},
+    h("td", { class: "mono" }, l.resource_id),
+    h("td", { class: "mono" }, l.table),
+    h("td", { class: "mono wrap" }, pkText(l.pk)),
+    h("td", { class: "mono" }, h("a", { href: "#", onclick: (e) => { e.preventDefault(); openTx(l.xid); } }, l.xid)),
+    h("td", {}, l.branch_id),
+    h("td", {}, statusTag(l.status)),
+    h("td", { title: when(l.since_ms) }, ago(l.since_ms)))));
+}
+
+function openTx(xid) {
+  state.txSelected = xid;
+  $("tx-search").value = xid;
+  state.txCursor = [];
+  show("transactions");
+}
+
+// Audit ----------------------------------------------------------------------------------
+
+async function loadAudit(more) {
+  const p = new URLSearchParams({ limit: 100 });
+  if (more && state.auditBefore) p.set("before", state.auditBefore);
+  const { data } = await api("GET", "/api/v1/audit?" + p);
+  const rows = data.map((a) => h("tr", {},
+    h("td", {}, a.id),
+    h("td", {}, when(a.at_ms)),
+    h("td", {}, a.who),
+    h("td", {}, a.action),
+    h("td", { class: "mono wrap" }, a.target),
+    h("td", { class: a.result.startsWith("ok") ? "result-ok" : "result-bad" }, a.result)));
+  if (more) $("audit-rows").append(...rows);
+  else fill($("audit-rows"), rows);
+  if (data.length) state.auditBefore = data[data.length - 1].id;
+  $("audit-more").disabled = data.length < 100;
+}
+
+// ---- wiring --------------------------------------------------------------------------
+
+async function start() {
+  fill($("tx-status"), h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s }, s.replace(/_/g, " "))));
+  $("login-form").addEventListener("submit", login);
+  $("logout").addEventListener("click", logout);
+  document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => show(b.dataset.view)));
+  $("live").addEventListener("change", startTimer);
+  $("tx-status").addEventListener("change", () => { state.txCursor = []; refresh(); });
+  let typing;
+  $("tx-search").addEventListener("input", () => {
+    clearTimeout(typing);
+    typing = setTimeout(() => { state.txCursor = []; refresh(); }, 300);
+  });
+  $("tx-older").addEventListener("click", () => {
+    const last = state.txLast[state.txLast.length - 1];
+    if (last) { state.txCursor.push(last.xid); refresh(); }
+  });
+  $("tx-newer").addEventListener("click", () => { state.txCursor.pop(); refresh(); });
+  $("cf-all").addEventListener("change", () => refresh());
+  $("audit-more").addEventListener("click", () => loadAudit(true));
+  // A reloaded page keeps its session (the cookie) and gets its CSRF token back.
+  try {
+    const { data } = await api("GET", "/api/v1/session");
+    state.operator = data.operator;
+    state.csrf = data.csrf;
+    showApp();
+  } catch (_) {
+    showLogin();
+  }
+}
+
+document.addEventListener("DOMContentLoaded", start);
