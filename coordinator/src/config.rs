@@ -38,6 +38,73 @@ pub struct Config {
     /// the application calls and reads of DESIGN.md open (begin, commit, rollback,
     /// status, list, locks, conflicts); `all` asks it for every /api/v1 call.
     pub api_auth: ApiAuth,
+    /// Cluster mode (Raft): absent for a single node.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// A coordinator cluster: this node's id and every member's addresses.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's id (one of `members`).
+    pub node_id: u64,
+    /// Every voting member at the cluster's first start (later changes go through the
+    /// admin API and the Raft log; this list only seeds an empty cluster).
+    pub members: Vec<ClusterMember>,
+    /// Leader heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// A follower that hears no leader for a random time in this range stands for
+    /// election.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+    /// Log entries between snapshots (then the log before the snapshot is purged).
+    pub snapshot_every_entries: u64,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterMember {
+    pub id: u64,
+    /// gRPC address (proxies, Raft between members).
+    pub grpc: String,
+    /// HTTP address (API, console), for leader hints.
+    pub http: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            node_id: 0,
+            members: Vec::new(),
+            heartbeat_ms: 100,
+            election_timeout_min_ms: 500,
+            election_timeout_max_ms: 1000,
+            snapshot_every_entries: 20_000,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// `--peers 1=GRPC/HTTP,2=GRPC/HTTP,…` (the flag form of `members`).
+    pub fn parse_members(s: &str) -> Result<Vec<ClusterMember>, ConfigError> {
+        let bad = || {
+            ConfigError::Invalid(format!(
+                "--peers {s:?}: want ID=GRPC_ADDR/HTTP_ADDR, comma-separated"
+            ))
+        };
+        s.split(',')
+            .filter(|p| !p.trim().is_empty())
+            .map(|p| {
+                let (id, addrs) = p.trim().split_once('=').ok_or_else(bad)?;
+                let (grpc, http) = addrs.split_once('/').ok_or_else(bad)?;
+                Ok(ClusterMember {
+                    id: id.trim().parse().map_err(|_| bad())?,
+                    grpc: grpc.trim().to_string(),
+                    http: http.trim().to_string(),
+                })
+            })
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, Default)]
@@ -71,6 +138,7 @@ impl Default for Config {
             operators: Default::default(),
             operator_session_secs: 8 * 3600,
             api_auth: ApiAuth::Operator,
+            cluster: None,
         }
     }
 }
@@ -136,6 +204,29 @@ impl Config {
         }
         if self.operator_session_secs == 0 {
             return bad("operator_session_secs must be > 0");
+        }
+        if let Some(c) = &self.cluster {
+            if !c.members.iter().any(|m| m.id == c.node_id) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.node_id {} is not one of cluster.members",
+                    c.node_id
+                )));
+            }
+            let mut ids: Vec<u64> = c.members.iter().map(|m| m.id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            if ids.len() != c.members.len() || ids.contains(&0) {
+                return bad("cluster.members: ids must be unique and > 0");
+            }
+            if c.heartbeat_ms == 0
+                || c.election_timeout_min_ms <= c.heartbeat_ms * 2
+                || c.election_timeout_max_ms <= c.election_timeout_min_ms
+            {
+                return bad("cluster: want 0 < 2 x heartbeat_ms < election_timeout_min_ms < election_timeout_max_ms");
+            }
+            if c.snapshot_every_entries < 100 {
+                return bad("cluster.snapshot_every_entries must be >= 100");
+            }
         }
         for (name, secret) in &self.operators {
             if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {

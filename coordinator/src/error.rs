@@ -37,6 +37,16 @@ pub enum CoordinatorError {
     Unauthorized(String),
     #[error("forbidden: {0}")]
     Forbidden(String),
+    /// Cluster mode: this node does not lead; the leader's addresses when known.
+    #[error("this coordinator is not the cluster leader{}", match .grpc { Some(g) => format!(" (leader: gRPC {g}, HTTP {})", .http.as_deref().unwrap_or("?")), None => " (no leader elected yet: retry)".into() })]
+    NotLeader {
+        grpc: Option<String>,
+        http: Option<String>,
+    },
+    /// Cluster mode: the request may or may not have been applied (the leader lost its
+    /// quorum or stepped down after proposing it). Read the transaction's status.
+    #[error("outcome undetermined: {0}")]
+    Undetermined(String),
 }
 
 impl From<redb::Error> for CoordinatorError {
@@ -61,6 +71,8 @@ impl CoordinatorError {
             CoordinatorError::ShuttingDown => "unavailable",
             CoordinatorError::Unauthorized(_) => "unauthorized",
             CoordinatorError::Forbidden(_) => "forbidden",
+            CoordinatorError::NotLeader { .. } => "not_leader",
+            CoordinatorError::Undetermined(_) => "undetermined",
         }
     }
 
@@ -79,6 +91,9 @@ impl CoordinatorError {
             CoordinatorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             CoordinatorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             CoordinatorError::Forbidden(_) => StatusCode::FORBIDDEN,
+            CoordinatorError::NotLeader { .. } | CoordinatorError::Undetermined(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 }
@@ -101,13 +116,26 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::ShuttingDown => tonic::Status::unavailable(msg),
             CoordinatorError::Unauthorized(_) => tonic::Status::unauthenticated(msg),
             CoordinatorError::Forbidden(_) => tonic::Status::permission_denied(msg),
+            CoordinatorError::NotLeader { grpc, .. } => {
+                // Clients follow `rewind-leader` (see the proxy's coordinator client).
+                let mut s = tonic::Status::unavailable(msg);
+                if let Some(v) = grpc.and_then(|g| g.parse().ok()) {
+                    s.metadata_mut().insert(crate::LEADER_METADATA, v);
+                }
+                s
+            }
+            CoordinatorError::Undetermined(_) => tonic::Status::unknown(msg),
         }
     }
 }
 
 impl axum::response::IntoResponse for CoordinatorError {
     fn into_response(self) -> axum::response::Response {
-        let body = serde_json::json!({"error": self.kind(), "message": self.to_string()});
+        let mut body = serde_json::json!({"error": self.kind(), "message": self.to_string()});
+        if let CoordinatorError::NotLeader { grpc, http } = &self {
+            body["leader_grpc"] = serde_json::json!(grpc);
+            body["leader_http"] = serde_json::json!(http);
+        }
         (self.http_status(), axum::Json(body)).into_response()
     }
 }

@@ -48,6 +48,7 @@ fn status_reply(r: Reply) -> Status {
 impl Grpc {
     /// Status from memory, else from the finished store.
     pub async fn status(&self, xid: XidNum) -> Result<Status, CoordinatorError> {
+        self.seq.linearizable().await?;
         if let Some(s) = self.seq.engine.lock().expect("engine lock").status_of(xid) {
             return Ok(s);
         }
@@ -57,6 +58,7 @@ impl Grpc {
     /// The record of an active transaction from memory, else of a finished one from the
     /// store.
     pub async fn record(&self, xid: XidNum) -> Result<SessionRecord, CoordinatorError> {
+        self.seq.linearizable().await?;
         if let Some(r) = self.seq.engine.lock().expect("engine lock").record(xid) {
             return Ok(r);
         }
@@ -372,6 +374,8 @@ impl ResourceManager for Grpc {
         req: Request<v1::QueryLocksRequest>,
     ) -> Result<Response<v1::QueryLocksResponse>, GrpcStatus> {
         let t = Instant::now();
+        // A lock check must never be answered from a deposed leader's memory.
+        self.seq.linearizable().await?;
         let r = req.into_inner();
         let asking = if r.xid.is_empty() {
             None

@@ -53,11 +53,14 @@ pub fn router(core: Grpc, body_limit: usize, auth: Arc<Auth>, api_auth: ApiAuth)
         .route("/api/v1/locks", get(locks))
         .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/conflicts/{id}/resolve", post(resolve))
-        .route("/metrics", get(metrics))
+        .route("/api/v1/cluster", get(cluster_info))
+        .route("/api/v1/cluster/members", post(cluster_add))
         .route(
-            "/healthz",
-            get(|| async { Json(json!({"status": "serving", "role": "standalone"})) }),
+            "/api/v1/cluster/members/{id}",
+            axum::routing::delete(cluster_remove),
         )
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,
@@ -65,6 +68,10 @@ pub fn router(core: Grpc, body_limit: usize, auth: Arc<Auth>, api_auth: ApiAuth)
             )
         })
         .layer(DefaultBodyLimit::max(body_limit))
+        .layer(axum::middleware::from_fn_with_state(
+            core.clone(),
+            leader_gate,
+        ))
         .with_state(App {
             core,
             body_limit,
@@ -256,6 +263,106 @@ async fn audit(State(app): State<App>, h: HeaderMap, Query(q): Query<AuditQuery>
     Ok(Json(Value::Array(entries.iter().map(audit_json).collect())))
 }
 
+// ---- cluster ------------------------------------------------------------------------
+
+/// In cluster mode only the leader serves the API (others answer 503 `not_leader` with
+/// the leader's addresses); the console's files, /healthz, /metrics and the cluster
+/// view are served by every member.
+async fn leader_gate(
+    State(core): State<Grpc>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let path = req.uri().path();
+    let open = !path.starts_with("/api/v1/") || path == "/api/v1/cluster";
+    if !open {
+        if let Err(e) = core.seq.leader_only() {
+            return e.into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn healthz(State(app): State<App>) -> Json<Value> {
+    Json(match &app.core.seq.cluster {
+        None => json!({"status": "serving", "role": "standalone"}),
+        Some(c) => {
+            let mut v = c.describe();
+            v["status"] = json!("serving");
+            v
+        }
+    })
+}
+
+fn cluster_of(app: &App) -> Result<&crate::cluster::Cluster, CoordinatorError> {
+    app.core.seq.cluster.as_deref().ok_or_else(|| {
+        CoordinatorError::InvalidArgument(
+            "this coordinator runs as a single node (no [cluster] configured)".into(),
+        )
+    })
+}
+
+async fn cluster_info(State(app): State<App>) -> ApiResult {
+    Ok(Json(cluster_of(&app)?.describe()))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AddMember {
+    node_id: u64,
+    grpc: String,
+    http: String,
+}
+
+/// Adds a member (as a learner until it caught up, then a voter). Operator only.
+async fn cluster_add(
+    State(app): State<App>,
+    h: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let who = operator(&app, &h, true)?;
+    let b: AddMember = parse_body(&app, body)?;
+    if b.node_id == 0 || b.grpc.parse::<std::net::SocketAddr>().is_err() {
+        return Err(CoordinatorError::InvalidArgument(
+            "want {\"node_id\": N > 0, \"grpc\": \"HOST:PORT\", \"http\": \"HOST:PORT\"}".into(),
+        ));
+    }
+    let c = cluster_of(&app)?;
+    let r = c
+        .add_member(
+            b.node_id,
+            crate::cluster::Member {
+                grpc: b.grpc.clone(),
+                http: b.http.clone(),
+            },
+        )
+        .await;
+    let target = format!("node {} (gRPC {}, HTTP {})", b.node_id, b.grpc, b.http);
+    record_audit(&app, &who, "cluster add member", &target, &result_text(&r)).await;
+    r?;
+    Ok(Json(c.describe()))
+}
+
+/// Removes a member from the cluster. Operator only.
+async fn cluster_remove(State(app): State<App>, h: HeaderMap, Path(id): Path<String>) -> ApiResult {
+    let who = operator(&app, &h, true)?;
+    let id: u64 = id.parse().map_err(|_| {
+        CoordinatorError::InvalidArgument(format!("node id {id:?} is not a number"))
+    })?;
+    let c = cluster_of(&app)?;
+    let r = c.remove_member(id).await;
+    record_audit(
+        &app,
+        &who,
+        "cluster remove member",
+        &format!("node {id}"),
+        &result_text(&r),
+    )
+    .await;
+    r?;
+    Ok(Json(c.describe()))
+}
+
 type ApiResult = Result<Json<Value>, CoordinatorError>;
 
 fn parse_body<T: for<'de> Deserialize<'de> + Default>(
@@ -379,6 +486,7 @@ struct ListQuery {
 
 async fn list(State(app): State<App>, h: HeaderMap, Query(q): Query<ListQuery>) -> ApiResult {
     application(&app, &h, false)?;
+    app.core.seq.linearizable().await?;
     let before = match q.before.as_deref() {
         None | Some("") => None,
         Some(x) => Some(parse_xid(x).map_err(|_| {
@@ -485,6 +593,7 @@ async fn locks(
     Query(q): Query<LocksQuery>,
 ) -> Result<Response, CoordinatorError> {
     application(&app, &h, false)?;
+    app.core.seq.linearizable().await?;
     let (held, total) = app
         .core
         .seq
@@ -526,6 +635,7 @@ async fn conflicts(
     Query(q): Query<ConflictsQuery>,
 ) -> ApiResult {
     application(&app, &h, false)?;
+    app.core.seq.linearizable().await?;
     let xid = match q.xid.as_deref() {
         None | Some("") => None,
         Some(x) => Some(parse_xid(x)?),

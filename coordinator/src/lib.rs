@@ -19,6 +19,7 @@
 //! [`run`] wires it up on listeners the caller bound (tests use port 0).
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod grpc;
@@ -36,13 +37,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rewind_protocol::v1::{
-    resource_manager_server::ResourceManagerServer,
+    raft_server::RaftServer, resource_manager_server::ResourceManagerServer,
     transaction_manager_server::TransactionManagerServer,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 pub use config::Config;
+
+/// gRPC metadata key in which a non-leader names the leader's gRPC address (the
+/// proxy's coordinator client follows it).
+pub const LEADER_METADATA: &str = "rewind-leader";
 pub use error::CoordinatorError;
 
 /// Runs the coordinator on the given listeners until `shutdown` is cancelled.
@@ -82,21 +87,51 @@ pub async fn run(
         "state loaded from {}",
         config.data_dir.display()
     );
-    let mut counters = loaded.counters;
-    if counters.next_xid == 0 {
-        // A fresh data directory. XIDs name undo records and markers in every backend,
-        // which outlive this directory if it is ever lost or a second coordinator shares
-        // a backend: starting from 1 again would collide with them (a new branch failing
-        // on an old marker). A random base keeps XIDs unique in practice; the counter
-        // is persisted with the first transaction.
-        counters.next_xid = session::random_xid_base();
-    }
-    let mut engine =
-        session::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);
-    engine.restore_audit(loaded.audit);
     let metrics = Arc::new(metrics::Metrics::default());
     let (effects_tx, effects_rx) = tokio::sync::mpsc::unbounded_channel();
-    let seq = sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics);
+    let seq = match &config.cluster {
+        None => {
+            let mut counters = loaded.counters;
+            if counters.next_xid == 0 {
+                // A fresh data directory. XIDs name undo records and markers in every
+                // backend, which outlive this directory if it is ever lost or a second
+                // coordinator shares a backend: starting from 1 again would collide with
+                // them (a new branch failing on an old marker). A random base keeps XIDs
+                // unique in practice; the counter is persisted with the first transaction.
+                counters.next_xid = session::random_xid_base();
+            }
+            let mut engine = session::Engine::restore(
+                config.engine(),
+                counters,
+                loaded.active,
+                loaded.conflicts,
+            );
+            engine.restore_audit(loaded.audit);
+            sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics)
+        }
+        Some(c) => {
+            // The XID base comes through the log (see `cluster::Batch`).
+            let o = cluster::open(
+                c,
+                &config.data_dir,
+                config.engine(),
+                store,
+                loaded,
+                effects_tx,
+                metrics.clone(),
+            )
+            .await?;
+            tracing::info!(node = c.node_id, members = c.members.len(), "cluster mode");
+            sequencer::Sequencer::start_replicated(
+                o.cluster,
+                o.engine,
+                o.store,
+                o.applied,
+                config.max_batch,
+                metrics,
+            )
+        }
+    };
     let attached = Arc::new(phase_two::Attached::default());
     let isolation = Arc::new(isolation::Isolation::default());
     let core = grpc::Grpc {
@@ -181,10 +216,29 @@ pub async fn run(
         let core = core.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
+            // In cluster mode only the leader serves applications and proxies; the
+            // interceptor answers the others `unavailable` with the leader's address.
+            let gate = {
+                let seq = core.seq.clone();
+                move |req: tonic::Request<()>| match seq.leader_only() {
+                    Ok(()) => Ok(req),
+                    Err(e) => Err(tonic::Status::from(e)),
+                }
+            };
+            let raft = core.seq.cluster.as_ref().map(|c| {
+                RaftServer::new(cluster::network::RaftService {
+                    raft: c.raft.clone(),
+                })
+                .max_decoding_message_size(usize::MAX)
+            });
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
-                .add_service(TransactionManagerServer::new(core.clone()))
-                .add_service(ResourceManagerServer::new(core))
+                .add_service(TransactionManagerServer::with_interceptor(
+                    core.clone(),
+                    gate.clone(),
+                ))
+                .add_service(ResourceManagerServer::with_interceptor(core, gate))
+                .add_optional_service(raft)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),
                     shutdown.cancelled_owned(),
@@ -210,6 +264,9 @@ pub async fn run(
         let _ = http.await;
     })
     .await;
+    if let Some(c) = &seq.cluster {
+        let _ = tokio::time::timeout(Duration::from_secs(2), c.raft.shutdown()).await;
+    }
     ticker.abort();
     pruner.abort();
     isolation_pruner.abort();

@@ -8,7 +8,7 @@ use clap::Parser;
 use rewind_coordinator::{run, Config};
 use tokio_util::sync::CancellationToken;
 
-/// Rewind's transaction coordinator (single node).
+/// Rewind's transaction coordinator (single node, or a member of a Raft cluster).
 #[derive(Parser, Debug)]
 #[command(name = "rewind-coordinator", version, about)]
 struct Args {
@@ -24,6 +24,13 @@ struct Args {
     /// TOML config file (see rewind-coordinator.example.toml); flags override it
     #[arg(long)]
     config: Option<PathBuf>,
+    /// Cluster mode: this node's id (one of --peers)
+    #[arg(long, requires = "peers")]
+    node_id: Option<u64>,
+    /// Cluster mode: every member as ID=GRPC_ADDR/HTTP_ADDR, comma-separated
+    /// (e.g. 1=127.0.0.1:8091/127.0.0.1:7091,2=…); seeds an empty cluster
+    #[arg(long, requires = "node_id")]
+    peers: Option<String>,
 }
 
 #[tokio::main]
@@ -48,6 +55,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(d) = args.data_dir {
         config.data_dir = d;
+    }
+    if let (Some(id), Some(peers)) = (args.node_id, &args.peers) {
+        let mut c = config.cluster.take().unwrap_or_default();
+        c.node_id = id;
+        c.members = rewind_coordinator::config::ClusterConfig::parse_members(peers)?;
+        config.cluster = Some(c);
     }
     config.validate()?;
 

@@ -7,12 +7,17 @@
 //!
 //! Readers take the engine mutex briefly and may see state a few microseconds before it
 //! is durable; that is conservative for locks and harmless for statuses.
+//!
+//! In cluster mode ([`Sequencer::start_replicated`]) a batch becomes one Raft entry
+//! instead: it is answered once a quorum has it durably and this node applied it
+//! ([`crate::cluster::state_machine`]); a few batches may be in flight at once.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::cluster::{Batch, Cluster};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 use crate::session::{Command, Effect, Engine, Reply};
@@ -41,7 +46,12 @@ pub struct Sequencer {
     /// Bumped after every durable batch; waiters re-check their condition on change.
     pub applied: watch::Receiver<u64>,
     pub metrics: Arc<Metrics>,
+    /// Cluster mode: the Raft node (requests go through its log).
+    pub cluster: Option<Arc<Cluster>>,
 }
+
+/// Batches proposed to Raft at once (each is one entry; openraft pipelines them).
+const IN_FLIGHT_BATCHES: usize = 32;
 
 impl Sequencer {
     /// Starts the writer thread. It stops when every `Sequencer` clone is dropped.
@@ -67,6 +77,46 @@ impl Sequencer {
             store,
             applied,
             metrics,
+            cluster: None,
+        }
+    }
+
+    /// Cluster mode: batches go through the Raft log of `cluster`; the state machine
+    /// applies them to `engine`/`store` (shared with this handle's readers).
+    pub fn start_replicated(
+        cluster: Arc<Cluster>,
+        engine: Arc<Mutex<Engine>>,
+        store: Arc<Store>,
+        applied: watch::Receiver<u64>,
+        max_batch: usize,
+        metrics: Arc<Metrics>,
+    ) -> Sequencer {
+        let (tx, rx) = mpsc::channel(65_536);
+        tokio::spawn(replicated_loop(rx, cluster.clone(), max_batch));
+        Sequencer {
+            tx,
+            engine,
+            store,
+            applied,
+            metrics,
+            cluster: Some(cluster),
+        }
+    }
+
+    /// In cluster mode, fails unless this node leads (with the leader's addresses).
+    pub fn leader_only(&self) -> Result<(), CoordinatorError> {
+        match &self.cluster {
+            Some(c) if !c.is_leader() => Err(c.not_leader()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Before a read that decides something: in cluster mode, confirm leadership with a
+    /// quorum and catch up with everything committed (read-index).
+    pub async fn linearizable(&self) -> Result<(), CoordinatorError> {
+        match &self.cluster {
+            Some(c) => c.linearizable().await,
+            None => Ok(()),
         }
     }
 
@@ -84,7 +134,11 @@ impl Sequencer {
     }
 
     /// Queues a command whose result nobody waits for (results from proxies, ticks).
+    /// In cluster mode a non-leader drops it (the leader has its own).
     pub async fn post(&self, cmd: Command) {
+        if self.leader_only().is_err() {
+            return;
+        }
         let _ = self.tx.send(Request { cmd, reply: None }).await;
     }
 
@@ -155,5 +209,83 @@ fn writer_loop(
         }
         seq += 1;
         let _ = applied.send(seq);
+    }
+}
+
+async fn replicated_loop(mut rx: mpsc::Receiver<Request>, cluster: Arc<Cluster>, max_batch: usize) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BATCHES));
+    // Picked once per process: only a state machine that issued no XID yet adopts it,
+    // and every member adopts the one in the first batch it applies.
+    let xid_base = crate::session::random_xid_base();
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let (commands, replies): (Vec<Command>, Vec<Option<ReplyTx>>) =
+            batch.drain(..).map(|r| (r.cmd, r.reply)).unzip();
+        if !cluster.is_leader() {
+            let e = cluster.not_leader();
+            for tx in replies.into_iter().flatten() {
+                let _ = tx.send(Err(clone_not_leader(&e)));
+            }
+            continue;
+        }
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let cluster = cluster.clone();
+        tokio::spawn(async move {
+            let res = cluster
+                .write(Batch {
+                    now_ms: now_ms(),
+                    xid_base,
+                    commands,
+                })
+                .await;
+            drop(permit);
+            match res {
+                Ok(r) if r.results.len() == replies.len() => {
+                    for (tx, res) in replies.into_iter().zip(r.results) {
+                        if let Some(tx) = tx {
+                            let _ = tx.send(res);
+                        }
+                    }
+                }
+                Ok(r) => {
+                    tracing::error!(
+                        want = replies.len(),
+                        got = r.results.len(),
+                        "batch answered with the wrong number of results"
+                    );
+                    for tx in replies.into_iter().flatten() {
+                        let _ = tx.send(Err(CoordinatorError::Undetermined(
+                            "the batch's results were lost".into(),
+                        )));
+                    }
+                }
+                Err(e) => {
+                    for tx in replies.into_iter().flatten() {
+                        let _ = tx.send(Err(clone_not_leader(&e)));
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The same error for every caller of a batch.
+fn clone_not_leader(e: &CoordinatorError) -> CoordinatorError {
+    match e {
+        CoordinatorError::NotLeader { grpc, http } => CoordinatorError::NotLeader {
+            grpc: grpc.clone(),
+            http: http.clone(),
+        },
+        CoordinatorError::Undetermined(m) => CoordinatorError::Undetermined(m.clone()),
+        other => CoordinatorError::Undetermined(other.to_string()),
     }
 }

@@ -293,7 +293,7 @@ pub struct Conflict {
     pub updated_ms: u64,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DirtyRow {
     pub table: String,
     pub pk: Vec<Vec<u8>>,
@@ -302,7 +302,7 @@ pub struct DirtyRow {
     pub current: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
     Done,
     DirtyWrite(Vec<DirtyRow>),
@@ -315,8 +315,8 @@ pub enum Action {
     Rollback,
 }
 
-/// The inputs of the state machine.
-#[derive(Clone, Debug)]
+/// The inputs of the state machine (in a cluster, the payload of the Raft log).
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Command {
     Begin {
         name: String,
@@ -422,6 +422,9 @@ pub struct Writes {
     pub conflicts: Vec<(u64, Vec<u8>)>,
     pub audit: Vec<(u64, Vec<u8>)>,
     pub counters: Option<Counters>,
+    /// Cluster mode: the Raft log position (and membership) these writes bring the
+    /// state machine to, stored atomically with them (opaque to the store).
+    pub raft: Option<Vec<u8>>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -609,6 +612,25 @@ impl Engine {
             .take(limit)
             .cloned()
             .collect()
+    }
+
+    /// The id counters (for a cluster snapshot).
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+
+    /// Every audit entry kept in memory, oldest first (for a cluster snapshot).
+    pub fn audit_all(&self) -> Vec<AuditEntry> {
+        self.audit.iter().cloned().collect()
+    }
+
+    /// Cluster mode: a state machine that has issued no XID yet takes its XID base
+    /// from the log (the leader's random pick), so every node issues the same XIDs.
+    pub fn seed_xid_base(&mut self, base: u64) {
+        if self.counters.next_xid <= 1 && self.sessions.is_empty() && base > 1 {
+            self.counters.next_xid = base;
+            self.counters_dirty = true;
+        }
     }
 
     pub fn take_effects(&mut self) -> Vec<Effect> {

@@ -51,6 +51,7 @@ struct Pending {
     conflicts: HashMap<u64, Vec<u8>>,
     audit: BTreeMap<u64, Vec<u8>>,
     counters: Option<Counters>,
+    raft: Option<Vec<u8>>,
 }
 
 impl Pending {
@@ -71,6 +72,9 @@ impl Pending {
         if w.counters.is_some() {
             self.counters = w.counters;
         }
+        if w.raft.is_some() {
+            self.raft = w.raft.clone();
+        }
     }
 }
 
@@ -86,6 +90,8 @@ pub struct Loaded {
     pub conflicts: Vec<Conflict>,
     /// The latest audit entries, oldest first.
     pub audit: Vec<AuditEntry>,
+    /// Cluster mode: where in the Raft log this state stands (see [`Writes::raft`]).
+    pub raft: Option<Vec<u8>>,
 }
 
 fn corrupt(e: serde_json::Error) -> CoordinatorError {
@@ -193,11 +199,16 @@ impl Store {
             audit.push(serde_json::from_slice(v.value()).map_err(corrupt)?);
         }
         audit.reverse();
+        let raft = meta
+            .get("raft_applied")
+            .map_err(storage)?
+            .map(|v| v.value().to_vec());
         Ok(Loaded {
             counters,
             active,
             conflicts,
             audit,
+            raft,
         })
     }
 
@@ -290,6 +301,52 @@ impl Store {
         Ok(out)
     }
 
+    /// Every finished session kept (for a cluster snapshot), oldest first.
+    pub fn all_finished(&self) -> Result<Vec<(XidNum, u64, Vec<u8>)>, CoordinatorError> {
+        let _log = self.log.lock().expect("log lock");
+        let mut out: BTreeMap<XidNum, (u64, Vec<u8>)> = BTreeMap::new();
+        let txn = self.db.begin_read().map_err(storage)?;
+        let by_time = txn.open_table(FINISHED_BY_TIME).map_err(storage)?;
+        let finished = txn.open_table(FINISHED).map_err(storage)?;
+        for row in by_time.iter().map_err(storage)? {
+            let (k, _) = row.map_err(storage)?;
+            let (at, xid) = k.value();
+            if let Some(v) = finished.get(xid).map_err(storage)? {
+                out.insert(xid, (at, v.value().to_vec()));
+            }
+        }
+        for (xid, (at, b)) in &self.pending.lock().expect("pending lock").finished {
+            out.insert(*xid, (*at, b.clone()));
+        }
+        Ok(out.into_iter().map(|(x, (at, b))| (x, at, b)).collect())
+    }
+
+    /// Replaces the whole state with `w` (a cluster snapshot being installed), in one
+    /// durable commit that also supersedes everything in the write-ahead log.
+    pub fn replace_all(&self, w: &Writes) -> Result<(), CoordinatorError> {
+        let mut log = self.log.lock().expect("log lock");
+        let mut pending = self.pending.lock().expect("pending lock");
+        let txn = self.db.begin_write().map_err(storage)?;
+        for t in [ACTIVE, CONFLICTS, AUDIT, FINISHED] {
+            let mut table = txn.open_table(t).map_err(storage)?;
+            table.retain(|_, _| false).map_err(storage)?;
+        }
+        txn.open_table(FINISHED_BY_TIME)
+            .map_err(storage)?
+            .retain(|_, _| false)
+            .map_err(storage)?;
+        let mut fresh = Pending::default();
+        fresh.merge(w);
+        apply(&txn, &fresh)?;
+        let lsn = log.lsn + 1;
+        set_checkpoint(&txn, lsn)?;
+        txn.commit().map_err(storage)?;
+        *pending = Pending::default();
+        log.wal.restart();
+        log.lsn = lsn;
+        Ok(())
+    }
+
     /// Deletes finished sessions that finished before `before_ms`; returns how many.
     pub fn prune(&self, before_ms: u64) -> Result<usize, CoordinatorError> {
         // Not logged: a prune lost in a crash is simply done again by the next one.
@@ -358,6 +415,12 @@ fn apply(txn: &WriteTransaction, p: &Pending) -> Result<(), CoordinatorError> {
             .insert("counters", bytes.as_slice())
             .map_err(storage)?;
     }
+    if let Some(r) = &p.raft {
+        txn.open_table(META)
+            .map_err(storage)?
+            .insert("raft_applied", r.as_slice())
+            .map_err(storage)?;
+    }
     Ok(())
 }
 
@@ -400,13 +463,17 @@ fn encode_writes(w: &Writes) -> Vec<u8> {
         }
         None => out.push(0),
     }
-    // Optional trailing section (absent in older records): audit entries.
-    if !w.audit.is_empty() {
+    // Optional trailing sections (absent in older records): audit entries, then (only
+    // in cluster mode, and then the audit count is always written) the Raft position.
+    if !w.audit.is_empty() || w.raft.is_some() {
         out.extend_from_slice(&(w.audit.len() as u32).to_le_bytes());
         for (id, b) in &w.audit {
             out.extend_from_slice(&id.to_le_bytes());
             put_bytes(&mut out, b);
         }
+    }
+    if let Some(r) = &w.raft {
+        put_bytes(&mut out, r);
     }
     out
 }
@@ -471,6 +538,9 @@ fn decode_writes(data: &[u8]) -> Result<Writes, CoordinatorError> {
             let id = r.u64()?;
             w.audit.push((id, r.bytes()?));
         }
+    }
+    if !r.0.is_empty() {
+        w.raft = Some(r.bytes()?);
     }
     Ok(w)
 }

@@ -2,7 +2,8 @@
 //!
 //! # Layout
 //! - `proto/rewind/v1/coordinator.proto`: the gRPC services (`TransactionManager`,
-//!   `ResourceManager`) and every message, documented field by field.
+//!   `ResourceManager`, and `Raft` between coordinators of a cluster) and every
+//!   message, documented field by field.
 //! - [`v1`]: the code tonic generates from it at build time (into OUT_DIR, never
 //!   committed).
 //! - [`xid`]: the one place that says what an XID string may look like, shared by the

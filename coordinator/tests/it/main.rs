@@ -7,6 +7,7 @@ mod t20_phase_two;
 mod t30_crash;
 mod t40_lifecycle;
 mod t50_operator;
+mod t60_cluster;
 
 use rewind_protocol::v1::{register_branch_response, BeginRequest, LockKey, RegisterBranchRequest};
 use rewind_protocol::{ResourceManagerClient, TransactionManagerClient};

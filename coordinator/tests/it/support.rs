@@ -37,7 +37,7 @@ impl Drop for TempDir {
     }
 }
 
-fn free_addr() -> SocketAddr {
+pub fn free_addr() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap()
 }
@@ -53,10 +53,29 @@ impl Coordinator {
     /// Starts the binary on `dir` and waits until /healthz answers.
     pub async fn start(dir: &TempDir, extra: &[&str]) -> Coordinator {
         let (grpc, http) = (free_addr(), free_addr());
+        Self::start_at(
+            dir.0.join("data"),
+            dir.0.join("coordinator.log"),
+            grpc,
+            http,
+            extra,
+        )
+        .await
+    }
+
+    /// Starts the binary on the given addresses and data directory (a cluster member's
+    /// peers must know its addresses in advance) and waits until /healthz answers.
+    pub async fn start_at(
+        data: PathBuf,
+        log: PathBuf,
+        grpc: SocketAddr,
+        http: SocketAddr,
+        extra: &[&str],
+    ) -> Coordinator {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(dir.0.join("coordinator.log"))
+            .open(log)
             .unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rewind-coordinator"))
             .args([
@@ -66,9 +85,12 @@ impl Coordinator {
                 &http.to_string(),
             ])
             .arg("--data-dir")
-            .arg(dir.0.join("data"))
+            .arg(&data)
             .args(extra)
-            .env("RUST_LOG", "warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("REWIND_IT_LOG").unwrap_or_else(|_| "warn".into()),
+            )
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -77,7 +99,7 @@ impl Coordinator {
             child,
             grpc,
             http,
-            data: dir.0.join("data"),
+            data,
         };
         assert_eventually(
             "coordinator answers /healthz",

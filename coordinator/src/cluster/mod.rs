@@ -1,0 +1,381 @@
+//! Cluster mode: three or more coordinators replicate every decision through Raft
+//! (openraft), so losing a node loses nothing acknowledged and no lock is granted twice.
+//!
+//! # Layout
+//! - this file: the Raft type configuration, the replicated payload ([`Batch`]: one
+//!   group-committed batch of engine commands with the leader's clock), and
+//!   [`Cluster`], the node's handle (role, leader hints, linearizable reads,
+//!   membership changes).
+//! - [`log_store`]: the Raft log and vote, durable in redb.
+//! - [`state_machine`]: the engine + store of a single node, fed from the log.
+//! - [`network`]: Raft RPCs between members over gRPC.
+//!
+//! What runs where: every member applies every batch; only the leader takes requests
+//! (others answer `not leader` with the leader's addresses), ticks time, and sends
+//! phase-two commands. Reads that decide something (lock queries, status) first confirm
+//! leadership with a quorum (read-index), so a deposed leader cannot answer stale.
+
+// openraft's storage traits return its `StorageError` (large) by value; our helpers
+// around them return the same type rather than box and unbox at every call.
+#![allow(clippy::result_large_err)]
+
+pub mod log_store;
+pub mod network;
+pub mod state_machine;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Cursor;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use crate::config::ClusterConfig;
+use crate::error::CoordinatorError;
+use crate::metrics::Metrics;
+use crate::session::{Command, Effect, Engine, EngineConfig, Reply};
+use crate::store::{Loaded, Store};
+
+pub type NodeId = u64;
+
+/// A member's addresses, as the Raft membership records them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    pub grpc: String,
+    pub http: String,
+}
+
+impl std::fmt::Display for Member {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "gRPC {} HTTP {}", self.grpc, self.http)
+    }
+}
+
+/// One log entry: a batch of commands applied in order at the leader's `now_ms`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Batch {
+    pub now_ms: u64,
+    /// The XID base a state machine that issued no XID yet adopts (see
+    /// [`Engine::seed_xid_base`]).
+    pub xid_base: u64,
+    pub commands: Vec<Command>,
+}
+
+/// The results of a batch, in command order. Only the leader's copy is ever read (by
+/// the callers waiting on it), so it is never serialized: openraft's bounds ask for
+/// serde, and a deserialized one is empty.
+#[derive(Debug, Default)]
+pub struct BatchReply {
+    pub results: Vec<Result<Reply, CoordinatorError>>,
+}
+
+impl Serialize for BatchReply {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_unit()
+    }
+}
+
+impl<'de> Deserialize<'de> for BatchReply {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <()>::deserialize(d)?;
+        Ok(BatchReply::default())
+    }
+}
+
+openraft::declare_raft_types!(
+    pub TypeConfig:
+        D = Batch,
+        R = BatchReply,
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub type Raft = openraft::Raft<TypeConfig>;
+
+/// This node's view of the cluster.
+pub struct Cluster {
+    pub raft: Raft,
+    pub node_id: NodeId,
+    /// Whether this node leads, from the Raft metrics (read on every request).
+    leader: Arc<AtomicBool>,
+    pub log: log_store::LogStore,
+}
+
+/// What [`open`] hands the rest of the coordinator.
+pub struct Opened {
+    pub cluster: Arc<Cluster>,
+    pub engine: Arc<Mutex<Engine>>,
+    pub store: Arc<Store>,
+    pub applied: watch::Receiver<u64>,
+}
+
+/// Opens this node's state and log and starts its Raft. `store`/`loaded` are the node's
+/// durable state machine as [`Store::open`] left it.
+#[allow(clippy::too_many_arguments)]
+pub async fn open(
+    cfg: &ClusterConfig,
+    data_dir: &Path,
+    engine_cfg: EngineConfig,
+    store: Store,
+    loaded: Loaded,
+    effects: mpsc::UnboundedSender<Effect>,
+    metrics: Arc<Metrics>,
+) -> Result<Opened, CoordinatorError> {
+    let applied_pos: state_machine::Applied = match &loaded.raft {
+        Some(b) => serde_json::from_slice(b)
+            .map_err(|e| CoordinatorError::Storage(format!("raft position in the store: {e}")))?,
+        None => Default::default(),
+    };
+    let mut engine = Engine::restore(
+        engine_cfg.clone(),
+        loaded.counters,
+        loaded.active,
+        loaded.conflicts,
+    );
+    engine.restore_audit(loaded.audit);
+    let engine = Arc::new(Mutex::new(engine));
+    let store = Arc::new(store);
+    let (applied_tx, applied) = watch::channel(0);
+    let leader = Arc::new(AtomicBool::new(false));
+    let sm = state_machine::StateMachine::new(
+        engine.clone(),
+        store.clone(),
+        engine_cfg,
+        applied_pos,
+        applied_tx,
+        effects,
+        leader.clone(),
+        metrics,
+        data_dir,
+    );
+    let log = log_store::LogStore::open(data_dir).map_err(CoordinatorError::Storage)?;
+    let raft_cfg = openraft::Config {
+        cluster_name: "rewind".into(),
+        heartbeat_interval: cfg.heartbeat_ms,
+        election_timeout_min: cfg.election_timeout_min_ms,
+        election_timeout_max: cfg.election_timeout_max_ms,
+        snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
+        // Keep some entries behind the snapshot so a briefly lagging follower catches
+        // up from the log rather than by a whole snapshot.
+        max_in_snapshot_log_to_keep: 1000,
+        ..Default::default()
+    }
+    .validate()
+    .map_err(|e| CoordinatorError::InvalidArgument(format!("cluster settings: {e}")))?;
+    let raft = Raft::new(
+        cfg.node_id,
+        Arc::new(raft_cfg),
+        network::Network,
+        log.clone(),
+        sm,
+    )
+    .await
+    .map_err(|e| CoordinatorError::Storage(format!("starting Raft: {e}")))?;
+
+    // An empty cluster is seeded with the configured members. Every member may try:
+    // once any has, the others' attempts are refused as already initialized.
+    let members: BTreeMap<NodeId, Member> = cfg
+        .members
+        .iter()
+        .map(|m| {
+            (
+                m.id,
+                Member {
+                    grpc: m.grpc.clone(),
+                    http: m.http.clone(),
+                },
+            )
+        })
+        .collect();
+    if !raft.is_initialized().await.unwrap_or(true) {
+        match raft.initialize(members).await {
+            Ok(()) => tracing::info!(node = cfg.node_id, "cluster initialized"),
+            Err(e) => tracing::debug!(%e, "cluster already initialized elsewhere"),
+        }
+    }
+
+    // Track the role: only a leader takes requests and acts on effects.
+    {
+        let mut m = raft.metrics();
+        let leader = leader.clone();
+        let id = cfg.node_id;
+        tokio::spawn(async move {
+            loop {
+                let (is, term, lead) = {
+                    let v = m.borrow_and_update();
+                    (
+                        v.state == ServerState::Leader,
+                        v.current_term,
+                        v.current_leader,
+                    )
+                };
+                if leader.swap(is, Ordering::AcqRel) != is {
+                    tracing::info!(node = id, term, leader = ?lead, "role: {}", if is { "leader" } else { "follower" });
+                }
+                if m.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+
+    Ok(Opened {
+        cluster: Arc::new(Cluster {
+            raft,
+            node_id: cfg.node_id,
+            leader,
+            log,
+        }),
+        engine,
+        store,
+        applied,
+    })
+}
+
+impl Cluster {
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::Acquire)
+    }
+
+    /// The error a non-leader answers, with the leader's addresses when known.
+    pub fn not_leader(&self) -> CoordinatorError {
+        let m = self.raft.metrics().borrow().clone();
+        let node = m
+            .current_leader
+            .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
+        CoordinatorError::NotLeader {
+            grpc: node.as_ref().map(|n| n.grpc.clone()),
+            http: node.map(|n| n.http),
+        }
+    }
+
+    /// Ok when this node leads now (confirmed by a quorum) and has applied everything
+    /// committed before this call: reads after it are linearizable.
+    pub async fn linearizable(&self) -> Result<(), CoordinatorError> {
+        match self.raft.ensure_linearizable().await {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(_)) => Err(self.not_leader()),
+            Err(RaftError::Fatal(e)) => Err(CoordinatorError::Storage(e.to_string())),
+        }
+    }
+
+    /// Proposes one batch and waits for its results (committed and applied here).
+    pub async fn write(&self, batch: Batch) -> Result<BatchReply, CoordinatorError> {
+        match self.raft.client_write(batch).await {
+            Ok(r) => Ok(r.data),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
+                Err(self.not_leader())
+            }
+            Err(RaftError::APIError(e)) => Err(CoordinatorError::Undetermined(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(CoordinatorError::Undetermined(e.to_string())),
+        }
+    }
+
+    /// `/healthz` and the cluster API: role, term, leader, members and log state.
+    pub fn describe(&self) -> serde_json::Value {
+        let m = self.raft.metrics().borrow().clone();
+        let role = match m.state {
+            ServerState::Leader => "leader",
+            ServerState::Follower => "follower",
+            ServerState::Candidate => "candidate",
+            ServerState::Learner => "learner",
+            ServerState::Shutdown => "shutdown",
+        };
+        let membership = m.membership_config.membership();
+        let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
+        let members: Vec<serde_json::Value> = membership
+            .nodes()
+            .map(|(id, n)| {
+                serde_json::json!({
+                    "node_id": id, "grpc": n.grpc, "http": n.http,
+                    "voter": voters.contains(id),
+                })
+            })
+            .collect();
+        let leader = m
+            .current_leader
+            .and_then(|l| membership.get_node(&l).map(|n| (l, n.clone())));
+        serde_json::json!({
+            "node_id": self.node_id,
+            "role": role,
+            "term": m.current_term,
+            "leader": leader.as_ref().map(|(l, _)| l),
+            "leader_grpc": leader.as_ref().map(|(_, n)| n.grpc.clone()),
+            "leader_http": leader.as_ref().map(|(_, n)| n.http.clone()),
+            "last_log_index": m.last_log_index,
+            "last_applied": m.last_applied.map(|l| l.index),
+            "snapshot": m.snapshot.map(|l| l.index),
+            "log_entries": self.log.entries(),
+            "members": members,
+        })
+    }
+
+    /// Adds a member: first as a learner (it catches up), then as a voter.
+    pub async fn add_member(&self, id: NodeId, node: Member) -> Result<(), CoordinatorError> {
+        self.raft
+            .add_learner(id, node, true)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        voters.insert(id);
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    /// Removes a member from the voters and the cluster.
+    pub async fn remove_member(&self, id: NodeId) -> Result<(), CoordinatorError> {
+        let mut voters: BTreeSet<NodeId> = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect();
+        if !voters.remove(&id) {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "node {id} is not a voting member"
+            )));
+        }
+        if voters.is_empty() {
+            return Err(CoordinatorError::InvalidArgument(
+                "cannot remove the last member".into(),
+            ));
+        }
+        self.raft
+            .change_membership(voters, false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(())
+    }
+
+    fn membership_error(
+        &self,
+        e: RaftError<NodeId, ClientWriteError<NodeId, Member>>,
+    ) -> CoordinatorError {
+        match e {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => self.not_leader(),
+            RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
+                CoordinatorError::InvalidArgument(c.to_string())
+            }
+            other => CoordinatorError::Undetermined(other.to_string()),
+        }
+    }
+}

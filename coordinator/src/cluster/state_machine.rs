@@ -1,0 +1,364 @@
+//! The replicated state machine: the same [`Engine`] and [`Store`] a single node uses,
+//! fed from the Raft log instead of straight from the sequencer.
+//!
+//! Each log entry is one group-committed [`Batch`] with the leader's clock reading, so
+//! every node applies the same commands at the same `now` and ends in the same state
+//! (the engine does no I/O and draws no random numbers; the XID base travels in the
+//! batch). Applying writes the resulting records through the store together with the
+//! log position reached, in one durable write: after a crash the store says exactly
+//! which entry it reflects and openraft replays the rest from the log.
+//!
+//! Only the leader acts on the engine's effects (phase-two sends); followers drop them.
+//! A new leader resumes phase two from the replicated in-flight deadlines (its ticks
+//! find them due) and from proxies re-attaching to it.
+//!
+//! Snapshots are the engine's whole durable state plus the finished sessions still kept;
+//! the latest one is kept in `raft-snapshot.json` for followers that fell behind the
+//! purged log.
+
+use std::io::Cursor;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    EntryPayload, LogId, RaftSnapshotBuilder, SnapshotMeta, StorageError, StorageIOError,
+    StoredMembership,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, watch};
+
+use super::{BatchReply, Member, NodeId, TypeConfig};
+use crate::metrics::Metrics;
+use crate::session::{
+    AuditEntry, Conflict, Counters, Effect, Engine, EngineConfig, SessionRecord, Writes,
+};
+use crate::store::Store;
+
+type Result<T> = std::result::Result<T, StorageError<NodeId>>;
+type Entry = openraft::Entry<TypeConfig>;
+
+/// Where the stored state stands in the log (kept with every store write).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Applied {
+    pub log_id: Option<LogId<NodeId>>,
+    pub membership: StoredMembership<NodeId, Member>,
+}
+
+/// A snapshot's data.
+#[derive(Serialize, Deserialize)]
+struct SnapshotState {
+    counters: Counters,
+    active: Vec<SessionRecord>,
+    conflicts: Vec<Conflict>,
+    audit: Vec<AuditEntry>,
+    /// (xid, finished_ms, record) of the finished sessions kept for inspection.
+    finished: Vec<(u64, u64, SessionRecord)>,
+}
+
+#[derive(Clone, Serialize, Deserialize)]
+struct StoredSnapshot {
+    meta: SnapshotMeta<NodeId, Member>,
+    data: Vec<u8>,
+}
+
+pub struct StateMachine {
+    pub(super) engine: Arc<Mutex<Engine>>,
+    pub(super) store: Arc<Store>,
+    pub(super) cfg: EngineConfig,
+    /// Bumped after every applied (durable) batch; the sequencer's waiters watch it.
+    pub(super) applied_tx: watch::Sender<u64>,
+    pub(super) effects: mpsc::UnboundedSender<Effect>,
+    /// Whether this node leads (kept current from the Raft metrics).
+    pub(super) leader: Arc<AtomicBool>,
+    pub(super) metrics: Arc<Metrics>,
+    pub(super) applied: Applied,
+    snapshot: Option<StoredSnapshot>,
+    snapshot_path: PathBuf,
+    snapshot_seq: u64,
+}
+
+fn sm_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    StorageIOError::write_state_machine(&e).into()
+}
+
+fn snap_err<E: std::error::Error + 'static>(e: E) -> StorageError<NodeId> {
+    StorageIOError::read_snapshot(None, &e).into()
+}
+
+impl StateMachine {
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        engine: Arc<Mutex<Engine>>,
+        store: Arc<Store>,
+        cfg: EngineConfig,
+        applied: Applied,
+        applied_tx: watch::Sender<u64>,
+        effects: mpsc::UnboundedSender<Effect>,
+        leader: Arc<AtomicBool>,
+        metrics: Arc<Metrics>,
+        dir: &Path,
+    ) -> StateMachine {
+        let snapshot_path = dir.join("raft-snapshot.json");
+        let snapshot = std::fs::read(&snapshot_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StoredSnapshot>(&b).ok());
+        StateMachine {
+            engine,
+            store,
+            cfg,
+            applied_tx,
+            effects,
+            leader,
+            metrics,
+            applied,
+            snapshot,
+            snapshot_path,
+            snapshot_seq: 0,
+        }
+    }
+
+    fn raft_meta(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.applied).expect("applied position serializes")
+    }
+
+    /// Writes `w` (with the current log position) durably, off the async threads.
+    async fn persist(&self, mut w: Writes) -> Result<()> {
+        w.raft = Some(self.raft_meta());
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.write(&w))
+            .await
+            .map_err(sm_err)?
+            .map_err(sm_err)
+    }
+
+    fn capture(&self) -> Result<Vec<u8>> {
+        let (counters, active, conflicts, audit) = {
+            let e = self.engine.lock().expect("engine lock");
+            (
+                e.counters(),
+                e.records(None),
+                e.conflicts().cloned().collect(),
+                e.audit_all(),
+            )
+        };
+        let mut finished = Vec::new();
+        for (xid, at, bytes) in self.store.all_finished().map_err(sm_err)? {
+            let rec: SessionRecord = serde_json::from_slice(&bytes).map_err(snap_err)?;
+            finished.push((xid, at, rec));
+        }
+        serde_json::to_vec(&SnapshotState {
+            counters,
+            active,
+            conflicts,
+            audit,
+            finished,
+        })
+        .map_err(snap_err)
+    }
+
+    fn save_snapshot(&mut self, snap: StoredSnapshot) -> Result<()> {
+        let tmp = self.snapshot_path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(&snap).map_err(snap_err)?;
+        (|| -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.snapshot_path)?;
+            if let Some(d) = self.snapshot_path.parent() {
+                std::fs::File::open(d)?.sync_all()?;
+            }
+            Ok(())
+        })()
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        self.snapshot = Some(snap);
+        Ok(())
+    }
+}
+
+/// Builds a snapshot from state captured when openraft asked for the builder, so
+/// entries applied meanwhile cannot tear it.
+pub struct Builder {
+    meta: SnapshotMeta<NodeId, Member>,
+    data: std::result::Result<Vec<u8>, String>,
+    sm_path: PathBuf,
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for Builder {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>> {
+        let data = self.data.clone().map_err(|e| {
+            StorageError::from(StorageIOError::read_state_machine(&std::io::Error::other(
+                e,
+            )))
+        })?;
+        let snap = StoredSnapshot {
+            meta: self.meta.clone(),
+            data: data.clone(),
+        };
+        // Kept for followers that need it after a restart of this node.
+        let bytes = serde_json::to_vec(&snap).map_err(snap_err)?;
+        let tmp = self.sm_path.with_extension("json.tmp");
+        let path = self.sm_path.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(&bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)
+        })
+        .await
+        .map_err(sm_err)?
+        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        Ok(Snapshot {
+            meta: self.meta.clone(),
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for StateMachine {
+    type SnapshotBuilder = Builder;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, Member>)> {
+        Ok((self.applied.log_id, self.applied.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<BatchReply>>
+    where
+        I: IntoIterator<Item = Entry> + openraft::OptionalSend,
+        I::IntoIter: openraft::OptionalSend,
+    {
+        let mut replies = Vec::new();
+        let mut requests = 0;
+        let (writes, effects, stats) = {
+            let mut e = self.engine.lock().expect("engine lock");
+            for ent in entries {
+                self.applied.log_id = Some(ent.log_id);
+                match ent.payload {
+                    EntryPayload::Blank => replies.push(BatchReply::default()),
+                    EntryPayload::Normal(batch) => {
+                        e.seed_xid_base(batch.xid_base);
+                        requests += batch.commands.len();
+                        let results = batch
+                            .commands
+                            .into_iter()
+                            .map(|c| e.apply(c, batch.now_ms))
+                            .collect();
+                        replies.push(BatchReply { results });
+                    }
+                    EntryPayload::Membership(m) => {
+                        self.applied.membership = StoredMembership::new(Some(ent.log_id), m);
+                        replies.push(BatchReply::default());
+                    }
+                }
+            }
+            (e.take_writes(), e.take_effects(), e.take_stats())
+        };
+        let started = std::time::Instant::now();
+        if let Err(err) = self.persist(writes).await {
+            // Memory is ahead of the disk: stop; a restart replays the log from the
+            // position the store last recorded.
+            tracing::error!(%err, "durable write of applied entries failed; stopping");
+            std::process::exit(70);
+        }
+        self.metrics
+            .record_batch(requests, started.elapsed(), &stats);
+        if self.leader.load(Ordering::Acquire) {
+            for eff in effects {
+                let _ = self.effects.send(eff);
+            }
+        }
+        self.applied_tx.send_modify(|n| *n += 1);
+        Ok(replies)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.snapshot_seq += 1;
+        let id = match self.applied.log_id {
+            Some(l) => format!("{}-{}-{}", l.leader_id, l.index, self.snapshot_seq),
+            None => format!("--{}", self.snapshot_seq),
+        };
+        Builder {
+            meta: SnapshotMeta {
+                last_log_id: self.applied.log_id,
+                last_membership: self.applied.membership.clone(),
+                snapshot_id: id,
+            },
+            data: self.capture().map_err(|e| e.to_string()),
+            sm_path: self.snapshot_path.clone(),
+        }
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, Member>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<()> {
+        let data = snapshot.into_inner();
+        let st: SnapshotState = serde_json::from_slice(&data).map_err(snap_err)?;
+        tracing::info!(
+            snapshot = %meta.snapshot_id,
+            active = st.active.len(),
+            finished = st.finished.len(),
+            "installing a snapshot from the leader"
+        );
+        self.applied = Applied {
+            log_id: meta.last_log_id,
+            membership: meta.last_membership.clone(),
+        };
+        let enc = |v: &dyn erased::Json| v.json();
+        let w = Writes {
+            active: st.active.iter().map(|r| (r.xid, enc(r))).collect(),
+            finished: st
+                .finished
+                .iter()
+                .map(|(x, at, r)| (*x, *at, enc(r)))
+                .collect(),
+            conflicts: st.conflicts.iter().map(|c| (c.id, enc(c))).collect(),
+            audit: st.audit.iter().map(|a| (a.id, enc(a))).collect(),
+            counters: Some(st.counters),
+            raft: Some(self.raft_meta()),
+        };
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || store.replace_all(&w))
+            .await
+            .map_err(sm_err)?
+            .map_err(sm_err)?;
+        let mut fresh = Engine::restore(self.cfg.clone(), st.counters, st.active, st.conflicts);
+        fresh.restore_audit(st.audit);
+        *self.engine.lock().expect("engine lock") = fresh;
+        self.save_snapshot(StoredSnapshot {
+            meta: meta.clone(),
+            data,
+        })?;
+        self.applied_tx.send_modify(|n| *n += 1);
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
+        Ok(self.snapshot.as_ref().map(|s| Snapshot {
+            meta: s.meta.clone(),
+            snapshot: Box::new(Cursor::new(s.data.clone())),
+        }))
+    }
+}
+
+/// JSON of any record type, for rebuilding store writes from a snapshot.
+mod erased {
+    pub trait Json {
+        fn json(&self) -> Vec<u8>;
+    }
+    impl<T: serde::Serialize> Json for T {
+        fn json(&self) -> Vec<u8> {
+            serde_json::to_vec(self).expect("record serializes")
+        }
+    }
+}
