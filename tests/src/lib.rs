@@ -309,6 +309,41 @@ impl Coordinator {
         process
     }
 
+    /// Starts a member of a coordinator cluster on given addresses (its peers must know
+    /// them in advance), data in `dir/<name>`, log in `dir/<name>.log`.
+    pub async fn start_at(
+        dir: &TempDir,
+        name: &str,
+        grpc: SocketAddr,
+        http_addr: SocketAddr,
+        extra: &[&str],
+    ) -> Coordinator {
+        let data = dir.0.join(name);
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let log = dir.0.join(format!("{name}.log"));
+        let mut args = vec![
+            "--grpc-addr".to_string(),
+            grpc.to_string(),
+            "--http-addr".into(),
+            http_addr.to_string(),
+            "--data-dir".into(),
+            data.display().to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let process = Process::spawn(&binary("rewind-coordinator"), &args, log);
+        eventually("the member answers /healthz", Duration::from_secs(30), || async move {
+            matches!(http(http_addr, "GET", "/healthz", None).await, Ok((200, _)))
+        })
+        .await;
+        Coordinator {
+            process,
+            grpc,
+            http: http_addr,
+            data,
+            extra,
+        }
+    }
+
     /// kill -9 and start again on the same ports and data.
     pub async fn restart(&mut self, dir: &TempDir) {
         self.process.kill();

@@ -1,0 +1,262 @@
+//! The bank on a three-node coordinator cluster: two proxies (two resources) given all
+//! three coordinators, 8 workers making transfers as global transactions (a share rolled
+//! back), while the leader is killed (kill -9) twice and restarted. Afterwards every
+//! transaction is final, every balance is exactly its opening plus the committed
+//! transfers, and no undo record or global lock is left.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use mysql_async::prelude::Queryable;
+use rand::Rng;
+use rewind_tests::*;
+use serde_json::Value as Json;
+
+const ACCOUNTS: i64 = 10;
+const WORKERS: usize = 8;
+const TRANSFERS_PER_WORKER: usize = 14;
+const OPENING: i64 = 100_000;
+
+struct Members {
+    addrs: Vec<(SocketAddr, SocketAddr)>,
+    procs: Mutex<Vec<Option<Coordinator>>>,
+    peers: String,
+}
+
+impl Members {
+    /// The HTTP address of the node that says it leads (and the others agree).
+    async fn leader(&self, within: Duration) -> (usize, SocketAddr) {
+        let start = Instant::now();
+        loop {
+            for (i, (_, h)) in self.addrs.iter().enumerate() {
+                if let Ok((200, v)) = http(*h, "GET", "/healthz", None).await {
+                    if v["role"] == "leader" {
+                        return (i, *h);
+                    }
+                }
+            }
+            assert!(start.elapsed() < within, "no leader within {within:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// An API call at the leader, following it across elections and retrying while
+    /// there is none (a lost answer is retried too: every call here is idempotent, or,
+    /// for begin, harmless to repeat).
+    async fn call(&self, method: &str, path: &str, body: Option<&Json>) -> Json {
+        let start = Instant::now();
+        loop {
+            let (_, h) = self.leader(Duration::from_secs(30)).await;
+            match http(h, method, path, body).await {
+                Ok((200, v)) => return v,
+                Ok((503, _)) | Err(_) => {}
+                Ok((code, v)) => panic!("{method} {path}: {code} {v}"),
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "{method} {path} never answered");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn status(&self, xid: &str) -> String {
+        self.call("GET", &format!("/api/v1/transactions/{xid}"), None).await["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    async fn start(&self, dir: &TempDir, i: usize) {
+        let (g, h) = self.addrs[i];
+        let id = (i + 1).to_string();
+        let c = Coordinator::start_at(
+            dir,
+            &format!("node{id}"),
+            g,
+            h,
+            &["--config", &config(dir), "--node-id", &id, "--peers", &self.peers],
+        )
+        .await;
+        self.procs.lock().unwrap()[i] = Some(c);
+    }
+
+    fn kill(&self, i: usize) {
+        if let Some(mut c) = self.procs.lock().unwrap()[i].take() {
+            c.process.kill();
+        }
+    }
+}
+
+fn config(dir: &TempDir) -> String {
+    let path = dir.0.join("member.toml");
+    std::fs::write(&path, "tick_ms = 50\nphase_two_backoff_base_ms = 20\n").unwrap();
+    path.display().to_string()
+}
+
+async fn setup(db: &str) {
+    fresh_db(db).await;
+    let mut c = direct(db).await;
+    c.query_drop("CREATE TABLE account (id INT PRIMARY KEY, balance BIGINT NOT NULL)")
+        .await
+        .unwrap();
+    for id in 1..=ACCOUNTS {
+        c.exec_drop("INSERT INTO account VALUES (?, ?)", (id, OPENING))
+            .await
+            .unwrap();
+    }
+    c.disconnect().await.unwrap();
+}
+
+async fn balances(db: &str) -> HashMap<i64, i64> {
+    let mut c = direct(db).await;
+    let rows: Vec<(i64, i64)> = c.query("SELECT id, balance FROM account").await.unwrap();
+    c.disconnect().await.unwrap();
+    rows.into_iter().collect()
+}
+
+/// BEGIN; tagged UPDATE; COMMIT through a proxy; the refusal's code if any.
+async fn branch(conn: &mut mysql_async::Conn, xid: &str, id: i64, delta: i64) -> Result<(), u16> {
+    let code = |e: mysql_async::Error| match e {
+        mysql_async::Error::Server(s) => s.code,
+        _ => 0,
+    };
+    conn.query_drop("BEGIN").await.map_err(code)?;
+    let sql = format!("/*+ XID('{xid}') */ UPDATE account SET balance = balance + ? WHERE id = ?");
+    if let Err(e) = conn.exec_drop(sql, (delta, id)).await {
+        let _ = conn.query_drop("ROLLBACK").await;
+        return Err(code(e));
+    }
+    conn.query_drop("COMMIT").await.map_err(code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t90_bank_on_a_cluster_survives_leader_kills() {
+    let dir = TempDir::new("cluster-bank");
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let peers = addrs
+        .iter()
+        .enumerate()
+        .map(|(i, (g, h))| format!("{}={g}/{h}", i + 1))
+        .collect::<Vec<_>>()
+        .join(",");
+    let members = Arc::new(Members {
+        addrs: addrs.clone(),
+        procs: Mutex::new(vec![None, None, None]),
+        peers,
+    });
+    for i in 0..3 {
+        members.start(&dir, i).await;
+    }
+    members.leader(Duration::from_secs(20)).await;
+    let urls = addrs
+        .iter()
+        .map(|(g, _)| format!("http://{g}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let a = Proxy::start(&dir, "proxy-a", &urls, &["--resource-id", "cbank-a"]).await;
+    let b = Proxy::start(&dir, "proxy-b", &urls, &["--resource-id", "cbank-b"]).await;
+    setup("rwt_cbank_a").await;
+    setup("rwt_cbank_b").await;
+    let (pa, pb) = (a.opts("rwt_cbank_a"), b.opts("rwt_cbank_b"));
+
+    let mut workers = Vec::new();
+    for w in 0..WORKERS {
+        let (m, pa, pb) = (members.clone(), pa.clone(), pb.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ca = mysql_async::Conn::new(pa).await.unwrap();
+            let mut cb = mysql_async::Conn::new(pb).await.unwrap();
+            let mut done = Vec::new();
+            for i in 0..TRANSFERS_PER_WORKER {
+                let (from, to, cents, commit) = {
+                    let mut rng = rand::rng();
+                    (
+                        rng.random_range(1..=ACCOUNTS),
+                        rng.random_range(1..=ACCOUNTS),
+                        rng.random_range(1..5_000),
+                        rng.random_range(0..100) < 70,
+                    )
+                };
+                let xid = m
+                    .call("POST", "/api/v1/transactions", Some(&serde_json::json!({"timeout_ms": 60_000})))
+                    .await["xid"]
+                    .as_str()
+                    .unwrap()
+                    .to_string();
+                let a_to_b = (w + i) % 2 == 0;
+                let (first, second) = if a_to_b {
+                    (branch(&mut ca, &xid, from, -cents).await, branch(&mut cb, &xid, to, cents).await)
+                } else {
+                    (branch(&mut cb, &xid, from, -cents).await, branch(&mut ca, &xid, to, cents).await)
+                };
+                for r in [&first, &second] {
+                    if let Err(code) = r {
+                        // Lock waits give up (1205); a phase one that could not reach a
+                        // leader in time is rolled back locally (1402).
+                        assert!(matches!(code, 1205 | 1402), "unexpected refusal {code}");
+                    }
+                }
+                let what = if commit && first.is_ok() && second.is_ok() { "commit" } else { "rollback" };
+                m.call("POST", &format!("/api/v1/transactions/{xid}/{what}"), None).await;
+                done.push((xid, from, to, cents, a_to_b));
+            }
+            done
+        }));
+    }
+
+    // Kill the leader twice while the workers run; bring each back.
+    let mut failovers = Vec::new();
+    for _ in 0..2 {
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let (l, _) = members.leader(Duration::from_secs(30)).await;
+        let t = Instant::now();
+        members.kill(l);
+        let (nl, _) = members.leader(Duration::from_secs(30)).await;
+        assert_ne!(nl, l);
+        failovers.push(t.elapsed());
+        members.start(&dir, l).await;
+    }
+    eprintln!("failovers (kill to a new leader): {failovers:?}");
+
+    let mut transfers = Vec::new();
+    for w in workers {
+        transfers.extend(w.await.unwrap());
+    }
+    let mut expected_a: HashMap<i64, i64> = (1..=ACCOUNTS).map(|i| (i, OPENING)).collect();
+    let mut expected_b = expected_a.clone();
+    let mut by_status: HashMap<String, usize> = HashMap::new();
+    for (xid, from, to, cents, a_to_b) in &transfers {
+        eventually(&format!("{xid} finishes"), Duration::from_secs(60), || async {
+            matches!(members.status(xid).await.as_str(), "committed" | "rolled_back")
+        })
+        .await;
+        let st = members.status(xid).await;
+        if st == "committed" {
+            let (debit, credit) = if *a_to_b {
+                (&mut expected_a, &mut expected_b)
+            } else {
+                (&mut expected_b, &mut expected_a)
+            };
+            *debit.get_mut(from).unwrap() -= cents;
+            *credit.get_mut(to).unwrap() += cents;
+        }
+        *by_status.entry(st).or_default() += 1;
+    }
+    eprintln!("cluster bank outcomes: {by_status:?}");
+    assert!(by_status.get("committed").copied().unwrap_or(0) > 0);
+    assert_eq!(balances("rwt_cbank_a").await, expected_a, "side a");
+    assert_eq!(balances("rwt_cbank_b").await, expected_b, "side b");
+    eventually("no undo record left", Duration::from_secs(30), || async {
+        let mut left = 0;
+        for (xid, ..) in &transfers {
+            left += undo_rows(Some(xid)).await.0;
+        }
+        left == 0
+    })
+    .await;
+    let locks = members.call("GET", "/api/v1/locks", None).await;
+    assert_eq!(locks, serde_json::json!([]), "global locks left");
+    drop((a, b));
+    for i in 0..3 {
+        members.kill(i);
+    }
+}
