@@ -54,13 +54,17 @@ impl Members {
                 Ok((503, _)) | Err(_) => {}
                 Ok((code, v)) => panic!("{method} {path}: {code} {v}"),
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "{method} {path} never answered");
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "{method} {path} never answered"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     async fn status(&self, xid: &str) -> String {
-        self.call("GET", &format!("/api/v1/transactions/{xid}"), None).await["status"]
+        self.call("GET", &format!("/api/v1/transactions/{xid}"), None)
+            .await["status"]
             .as_str()
             .unwrap_or_default()
             .to_string()
@@ -74,7 +78,14 @@ impl Members {
             &format!("node{id}"),
             g,
             h,
-            &["--config", &config(dir), "--node-id", &id, "--peers", &self.peers],
+            &[
+                "--config",
+                &config(dir),
+                "--node-id",
+                &id,
+                "--peers",
+                &self.peers,
+            ],
         )
         .await;
         self.procs.lock().unwrap()[i] = Some(c);
@@ -177,16 +188,26 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
                     )
                 };
                 let xid = m
-                    .call("POST", "/api/v1/transactions", Some(&serde_json::json!({"timeout_ms": 60_000})))
+                    .call(
+                        "POST",
+                        "/api/v1/transactions",
+                        Some(&serde_json::json!({"timeout_ms": 60_000})),
+                    )
                     .await["xid"]
                     .as_str()
                     .unwrap()
                     .to_string();
                 let a_to_b = (w + i) % 2 == 0;
                 let (first, second) = if a_to_b {
-                    (branch(&mut ca, &xid, from, -cents).await, branch(&mut cb, &xid, to, cents).await)
+                    (
+                        branch(&mut ca, &xid, from, -cents).await,
+                        branch(&mut cb, &xid, to, cents).await,
+                    )
                 } else {
-                    (branch(&mut cb, &xid, from, -cents).await, branch(&mut ca, &xid, to, cents).await)
+                    (
+                        branch(&mut cb, &xid, from, -cents).await,
+                        branch(&mut ca, &xid, to, cents).await,
+                    )
                 };
                 for r in [&first, &second] {
                     if let Err(code) = r {
@@ -195,8 +216,13 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
                         assert!(matches!(code, 1205 | 1402), "unexpected refusal {code}");
                     }
                 }
-                let what = if commit && first.is_ok() && second.is_ok() { "commit" } else { "rollback" };
-                m.call("POST", &format!("/api/v1/transactions/{xid}/{what}"), None).await;
+                let what = if commit && first.is_ok() && second.is_ok() {
+                    "commit"
+                } else {
+                    "rollback"
+                };
+                m.call("POST", &format!("/api/v1/transactions/{xid}/{what}"), None)
+                    .await;
                 done.push((xid, from, to, cents, a_to_b));
             }
             done
@@ -225,9 +251,16 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
     let mut expected_b = expected_a.clone();
     let mut by_status: HashMap<String, usize> = HashMap::new();
     for (xid, from, to, cents, a_to_b) in &transfers {
-        eventually(&format!("{xid} finishes"), Duration::from_secs(60), || async {
-            matches!(members.status(xid).await.as_str(), "committed" | "rolled_back")
-        })
+        eventually(
+            &format!("{xid} finishes"),
+            Duration::from_secs(60),
+            || async {
+                matches!(
+                    members.status(xid).await.as_str(),
+                    "committed" | "rolled_back"
+                )
+            },
+        )
         .await;
         let st = members.status(xid).await;
         if st == "committed" {

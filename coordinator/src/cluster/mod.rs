@@ -99,6 +99,11 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
+/// How long a proposal may wait for a quorum before the caller hears `undetermined`.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long a read waits for a quorum to confirm this node still leads.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// This node's view of the cluster.
 pub struct Cluster {
     pub raft: Raft,
@@ -164,7 +169,7 @@ pub async fn open(
         snapshot_policy: SnapshotPolicy::LogsSinceLast(cfg.snapshot_every_entries),
         // Keep some entries behind the snapshot so a briefly lagging follower catches
         // up from the log rather than by a whole snapshot.
-        max_in_snapshot_log_to_keep: 1000,
+        max_in_snapshot_log_to_keep: cfg.snapshot_every_entries / 10,
         ..Default::default()
     }
     .validate()
@@ -172,15 +177,18 @@ pub async fn open(
     let raft = Raft::new(
         cfg.node_id,
         Arc::new(raft_cfg),
-        network::Network,
+        network::Network {
+            partition: network::Partition::from_env(),
+        },
         log.clone(),
         sm,
     )
     .await
     .map_err(|e| CoordinatorError::Storage(format!("starting Raft: {e}")))?;
 
-    // An empty cluster is seeded with the configured members. Every member may try:
-    // once any has, the others' attempts are refused as already initialized.
+    // An empty cluster is seeded with the configured members by the member with the
+    // lowest id alone: a second seeder would start an election of its own and unseat a
+    // leader the others already follow. The rest wait to hear from the leader.
     let members: BTreeMap<NodeId, Member> = cfg
         .members
         .iter()
@@ -194,7 +202,8 @@ pub async fn open(
             )
         })
         .collect();
-    if !raft.is_initialized().await.unwrap_or(true) {
+    let seeder = cfg.members.iter().map(|m| m.id).min() == Some(cfg.node_id);
+    if seeder && !raft.is_initialized().await.unwrap_or(true) {
         match raft.initialize(members).await {
             Ok(()) => tracing::info!(node = cfg.node_id, "cluster initialized"),
             Err(e) => tracing::debug!(%e, "cluster already initialized elsewhere"),
@@ -259,16 +268,28 @@ impl Cluster {
     /// Ok when this node leads now (confirmed by a quorum) and has applied everything
     /// committed before this call: reads after it are linearizable.
     pub async fn linearizable(&self) -> Result<(), CoordinatorError> {
-        match self.raft.ensure_linearizable().await {
-            Ok(_) => Ok(()),
-            Err(RaftError::APIError(_)) => Err(self.not_leader()),
-            Err(RaftError::Fatal(e)) => Err(CoordinatorError::Storage(e.to_string())),
+        match tokio::time::timeout(READ_TIMEOUT, self.raft.ensure_linearizable()).await {
+            Ok(Ok(_)) => Ok(()),
+            // No quorum confirmed us in time (a partitioned or deposed leader): answer
+            // nothing rather than something stale.
+            Err(_) | Ok(Err(RaftError::APIError(_))) => Err(self.not_leader()),
+            Ok(Err(RaftError::Fatal(e))) => Err(CoordinatorError::Storage(e.to_string())),
         }
     }
 
     /// Proposes one batch and waits for its results (committed and applied here).
     pub async fn write(&self, batch: Batch) -> Result<BatchReply, CoordinatorError> {
-        match self.raft.client_write(batch).await {
+        let r = match tokio::time::timeout(WRITE_TIMEOUT, self.raft.client_write(batch)).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(CoordinatorError::Undetermined(format!(
+                    "no quorum acknowledged within {} s (this node may be cut off from the \
+                     cluster); the request may still be applied: read its status",
+                    WRITE_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        match r {
             Ok(r) => Ok(r.data),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(self.not_leader())

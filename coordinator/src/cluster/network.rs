@@ -7,7 +7,10 @@
 //! travels back as data (`RemoteError`). Server side ([`RaftService`]): hands the
 //! request to the local [`openraft::Raft`] and answers its result.
 
-use std::time::Duration;
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
@@ -28,7 +31,9 @@ use super::{Member, NodeId, Raft, TypeConfig};
 
 type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftError<NodeId, E>>;
 
-pub struct Network;
+pub struct Network {
+    pub partition: Option<Arc<Partition>>,
+}
 
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
@@ -38,6 +43,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             target,
             url: format!("http://{}", node.grpc),
             client: None,
+            partition: self.partition.clone(),
         }
     }
 }
@@ -46,6 +52,42 @@ pub struct Peer {
     target: NodeId,
     url: String,
     client: Option<RaftClient<Channel>>,
+    partition: Option<Arc<Partition>>,
+}
+
+/// Failpoint for partition tests (like the proxy's `REWIND_FAILPOINTS`): with
+/// `REWIND_RAFT_PARTITION_FILE` set, the file lists node ids (whitespace-separated)
+/// this node treats as unreachable; it is re-read at most every 50 ms, so a test cuts
+/// and heals links while the cluster runs. Unset (production): no effect.
+pub struct Partition {
+    path: PathBuf,
+    cache: Mutex<(Option<Instant>, HashSet<NodeId>)>,
+}
+
+impl Partition {
+    pub fn from_env() -> Option<Arc<Partition>> {
+        let path = std::env::var_os("REWIND_RAFT_PARTITION_FILE")?;
+        tracing::warn!(file = ?path, "Raft partition failpoint armed (tests only)");
+        Some(Arc::new(Partition {
+            path: path.into(),
+            cache: Mutex::new((None, HashSet::new())),
+        }))
+    }
+
+    fn blocks(&self, target: NodeId) -> bool {
+        let mut c = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.0
+            .is_none_or(|at| at.elapsed() > Duration::from_millis(50))
+        {
+            c.1 = std::fs::read_to_string(&self.path)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|t| t.parse().ok())
+                .collect();
+            c.0 = Some(Instant::now());
+        }
+        c.1.contains(&target)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +112,17 @@ impl Peer {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
+        if self
+            .partition
+            .as_ref()
+            .is_some_and(|p| p.blocks(self.target))
+        {
+            let e = Transport(format!(
+                "node {} cut off (partition failpoint)",
+                self.target
+            ));
+            return Err(RPCError::Unreachable(Unreachable::new(&e)));
+        }
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if self.client.is_none() {
             let ep = Endpoint::from_shared(self.url.clone())

@@ -74,7 +74,8 @@ pub struct StateMachine {
     pub(super) leader: Arc<AtomicBool>,
     pub(super) metrics: Arc<Metrics>,
     pub(super) applied: Applied,
-    snapshot: Option<StoredSnapshot>,
+    /// The latest snapshot, shared with the builders (which set it when done).
+    snapshot: Arc<Mutex<Option<StoredSnapshot>>>,
     snapshot_path: PathBuf,
     snapshot_seq: u64,
 }
@@ -113,7 +114,7 @@ impl StateMachine {
             leader,
             metrics,
             applied,
-            snapshot,
+            snapshot: Arc::new(Mutex::new(snapshot)),
             snapshot_path,
             snapshot_seq: 0,
         }
@@ -173,7 +174,7 @@ impl StateMachine {
             Ok(())
         })()
         .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
-        self.snapshot = Some(snap);
+        *self.snapshot.lock().expect("snapshot lock") = Some(snap);
         Ok(())
     }
 }
@@ -184,6 +185,7 @@ pub struct Builder {
     meta: SnapshotMeta<NodeId, Member>,
     data: std::result::Result<Vec<u8>, String>,
     sm_path: PathBuf,
+    current: Arc<Mutex<Option<StoredSnapshot>>>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for Builder {
@@ -211,6 +213,8 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
         .await
         .map_err(sm_err)?
         .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        // Now the one a lagging follower gets (openraft purges the log behind it).
+        *self.current.lock().expect("snapshot lock") = Some(snap);
         Ok(Snapshot {
             meta: self.meta.clone(),
             snapshot: Box::new(Cursor::new(data)),
@@ -290,6 +294,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             },
             data: self.capture().map_err(|e| e.to_string()),
             sm_path: self.snapshot_path.clone(),
+            current: self.snapshot.clone(),
         }
     }
 
@@ -344,10 +349,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>> {
-        Ok(self.snapshot.as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
-        }))
+        Ok(self
+            .snapshot
+            .lock()
+            .expect("snapshot lock")
+            .as_ref()
+            .map(|s| Snapshot {
+                meta: s.meta.clone(),
+                snapshot: Box::new(Cursor::new(s.data.clone())),
+            }))
     }
 }
 

@@ -59,6 +59,7 @@ impl Coordinator {
             grpc,
             http,
             extra,
+            &[],
         )
         .await
     }
@@ -71,6 +72,7 @@ impl Coordinator {
         grpc: SocketAddr,
         http: SocketAddr,
         extra: &[&str],
+        env: &[(&str, String)],
     ) -> Coordinator {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -91,6 +93,7 @@ impl Coordinator {
                 "RUST_LOG",
                 std::env::var("REWIND_IT_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -22,10 +22,15 @@ struct Cluster {
     dir: TempDir,
     peers: String,
     nodes: Vec<Node>,
+    extra: Vec<String>,
 }
 
 impl Cluster {
     async fn start(dir: TempDir) -> Cluster {
+        Self::start_with(dir, &[]).await
+    }
+
+    async fn start_with(dir: TempDir, extra: &[&str]) -> Cluster {
         let nodes: Vec<Node> = (1..=3)
             .map(|id| Node {
                 id,
@@ -39,7 +44,12 @@ impl Cluster {
             .map(|n| format!("{}={}/{}", n.id, n.grpc, n.http))
             .collect::<Vec<_>>()
             .join(",");
-        let mut c = Cluster { dir, peers, nodes };
+        let mut c = Cluster {
+            dir,
+            peers,
+            nodes,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
         for i in 0..3 {
             c.up(i).await;
         }
@@ -49,15 +59,46 @@ impl Cluster {
     async fn up(&mut self, i: usize) {
         let n = &self.nodes[i];
         let id = n.id.to_string();
+        let mut args = vec!["--node-id", &id, "--peers", &self.peers];
+        args.extend(self.extra.iter().map(String::as_str));
         let p = Coordinator::start_at(
             self.dir.0.join(format!("node{}", n.id)),
             self.dir.0.join(format!("node{}.log", n.id)),
             n.grpc,
             n.http,
-            &["--node-id", &id, "--peers", &self.peers],
+            &args,
+            &[(
+                "REWIND_RAFT_PARTITION_FILE",
+                self.partition_file(i).display().to_string(),
+            )],
         )
         .await;
         self.nodes[i].proc = Some(p);
+    }
+
+    /// The partition failpoint file of node `i`: the node ids it cannot reach.
+    fn partition_file(&self, i: usize) -> std::path::PathBuf {
+        self.dir
+            .0
+            .join(format!("node{}.partition", self.nodes[i].id))
+    }
+
+    /// Cuts node `i` off from the others (both directions), or heals every link.
+    fn isolate(&self, i: Option<usize>) {
+        for j in 0..self.nodes.len() {
+            let blocked = match i {
+                None => String::new(),
+                Some(i) if i == j => self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.id != self.nodes[i].id)
+                    .map(|n| n.id.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                Some(i) => self.nodes[i].id.to_string(),
+            };
+            std::fs::write(self.partition_file(j), blocked).unwrap();
+        }
     }
 
     fn kill(&mut self, i: usize) {
@@ -302,4 +343,136 @@ async fn t60_three_nodes_survive_leader_kills_and_full_restart() {
     assert_eq!(st, 200, "{v}");
     let (st, v) = cl.node(l).http("POST", "/api/v1/transactions", None).await;
     assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t61_a_partitioned_old_leader_cannot_commit_or_grant_a_lock() {
+    let cl = Cluster::start(TempDir::new("partition")).await;
+    let old = cl.leader(Duration::from_secs(15)).await;
+    let (mut tm, mut rm) = (cl.node(old).tm().await, cl.node(old).rm().await);
+    let x1 = crate::begin(&mut tm).await;
+
+    // Cut the leader off. The majority elects a new leader; the old one is left alone.
+    cl.isolate(Some(old));
+    let new = {
+        let start = Instant::now();
+        loop {
+            let mut found = None;
+            for (i, n) in cl.nodes.iter().enumerate() {
+                if i != old {
+                    if let Some(h) = Cluster::health(n.http).await {
+                        if h["role"] == "leader" {
+                            found = Some(i);
+                        }
+                    }
+                }
+            }
+            if let Some(i) = found {
+                break i;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the majority elected no leader"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+
+    // The old leader can neither commit a decision nor grant a lock nor answer a lock
+    // query: each is refused (not leader / undetermined), never acknowledged.
+    let (st, v) = cl
+        .node(old)
+        .http("POST", "/api/v1/transactions", None)
+        .await;
+    assert_ne!(st, 200, "a cut-off node must not begin: {v}");
+    let r = register(&mut rm, &x1, "db1", vec![key("acct", &[b"1"])]).await;
+    assert!(r.is_err(), "a cut-off node must not grant a lock: {r:?}");
+    let (st, v) = cl.node(old).http("GET", "/api/v1/locks", None).await;
+    assert_eq!(st, 503, "no lock answer from a cut-off node: {v}");
+
+    // The majority grants the same lock to another transaction.
+    let (mut tm2, mut rm2) = (cl.node(new).tm().await, cl.node(new).rm().await);
+    let x2 = crate::begin(&mut tm2).await;
+    assert!(matches!(
+        register(&mut rm2, &x2, "db1", vec![key("acct", &[b"1"])]).await,
+        Ok(Ok(_))
+    ));
+
+    // Healed: the old leader follows, and the lock is held exactly once, by x2; x1
+    // (begun before the cut, never granted anything) has no branch.
+    cl.isolate(None);
+    assert_eventually(
+        "the old leader follows again",
+        Duration::from_secs(15),
+        || async {
+            Cluster::health(cl.nodes[old].http)
+                .await
+                .is_some_and(|h| h["role"] == "follower")
+        },
+    )
+    .await;
+    let l = cl.leader(Duration::from_secs(15)).await;
+    let (_, locks) = cl.node(l).http("GET", "/api/v1/locks", None).await;
+    let held: Vec<_> = locks
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|k| k["table"] == "acct")
+        .collect();
+    assert_eq!(held.len(), 1, "{locks}");
+    assert_eq!(held[0]["xid"], x2.as_str());
+    let (_, t1) = cl
+        .node(l)
+        .http("GET", &format!("/api/v1/transactions/{x1}"), None)
+        .await;
+    assert_eq!(t1["branches"], serde_json::json!([]), "{t1}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t62_snapshots_bound_the_log_and_catch_up_a_lagging_node() {
+    let dir = TempDir::new("snapshot");
+    let cfg = dir.0.join("c.toml");
+    std::fs::write(&cfg, "[cluster]\nsnapshot_every_entries = 100\n").unwrap();
+    let cfg = cfg.display().to_string();
+    let mut cl = Cluster::start_with(dir, &["--config", &cfg]).await;
+    let l = cl.leader(Duration::from_secs(15)).await;
+    // A follower is down while the log grows well past a snapshot and is purged.
+    let down = (l + 1) % 3;
+    cl.kill(down);
+    let mut xids = Vec::new();
+    for _ in 0..300 {
+        let (st, v) = cl.node(l).http("POST", "/api/v1/transactions", None).await;
+        assert_eq!(st, 200, "{v}");
+        xids.push(v["xid"].as_str().unwrap().to_string());
+    }
+    assert_eventually(
+        "a snapshot is taken and the log purged",
+        Duration::from_secs(15),
+        || async {
+            let h = Cluster::health(cl.node(l).http).await.unwrap();
+            h["snapshot"].as_u64().unwrap_or(0) >= 100
+                && h["log_entries"].as_u64().unwrap_or(u64::MAX) < 150
+        },
+    )
+    .await;
+    // The lagging node comes back: the purged part reaches it as a snapshot.
+    cl.up(down).await;
+    let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
+    assert_eventually(
+        "the lagging node catches up",
+        Duration::from_secs(20),
+        || async {
+            Cluster::health(cl.nodes[down].http).await.is_some_and(|h| {
+                h["last_applied"].as_u64() >= target && h["snapshot"].as_u64().unwrap_or(0) >= 100
+            })
+        },
+    )
+    .await;
+    // It now holds the same state: make it the leader by stopping the others one by
+    // one is not needed; stop the current leader and check from whoever leads next.
+    cl.kill(l);
+    let nl = cl.leader(Duration::from_secs(15)).await;
+    for x in xids.iter().step_by(37) {
+        assert_eq!(status_on(cl.node(nl), x).await, "begin", "{x}");
+    }
 }
