@@ -4,6 +4,11 @@
 //! holds many locks and reports memory per held lock.
 //!
 //! usage: coordinator_bench <grpc addr> <http addr> <coordinator pid> [clients] [seconds]
+//!        coordinator_bench failover <grpc addr,grpc addr,...> <leader pid>
+//!
+//! `failover` (for `bench/coordinator-cluster`): commits small global transactions in a
+//! loop, kill -9s the leader, and prints the time from the kill to the first global
+//! transaction committed on the new leader.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -98,9 +103,75 @@ async fn fake_proxy(channel: Channel) {
     });
 }
 
+async fn one_tx(grpc: &str) -> Result<(), String> {
+    let ch = Endpoint::from_shared(format!("http://{grpc}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(200))
+        .timeout(Duration::from_millis(2000))
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut tm = TransactionManagerClient::new(ch);
+    let xid = tm
+        .begin(BeginRequest {
+            name: "failover".into(),
+            timeout_ms: 60_000,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner()
+        .xid;
+    tm.commit(GlobalRequest { xid })
+        .await
+        .map_err(|e| e.message().to_string())?;
+    Ok(())
+}
+
+async fn failover(grpcs: &str, pid: &str) {
+    let nodes: Vec<&str> = grpcs.split(',').collect();
+    // Warm: the leader commits.
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(10) {
+        if commits_somewhere(&nodes).await {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let killed = Instant::now();
+    let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+    loop {
+        if commits_somewhere(&nodes).await {
+            break;
+        }
+        if killed.elapsed() > Duration::from_secs(30) {
+            println!("failover: no commit within 30 s");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    println!(
+        "failover: first commit on the new leader {:.0} ms after kill -9",
+        killed.elapsed().as_secs_f64() * 1e3
+    );
+}
+
+/// Whether a global transaction commits on any node (followers refuse, so it is the
+/// leader that commits).
+async fn commits_somewhere(nodes: &[&str]) -> bool {
+    for n in nodes {
+        if one_tx(n).await.is_ok() {
+            return true;
+        }
+    }
+    false
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("failover") {
+        return failover(&args[2], &args[3]).await;
+    }
     let (grpc, http, pid) = (args[1].clone(), args[2].clone(), args[3].clone());
     let clients: usize = args.get(4).and_then(|a| a.parse().ok()).unwrap_or(64);
     let secs: u64 = args.get(5).and_then(|a| a.parse().ok()).unwrap_or(15);
