@@ -15,8 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rewind_protocol::v1::{
-    branch_result, coordinator_message, proxy_message, Announce, BeginRequest, BranchResult, Done,
-    GlobalRequest, LockKey, ProxyMessage, RegisterBranchRequest,
+    branch_result, coordinator_message, proxy_message, register_branch_response, Announce,
+    BeginRequest, BranchResult, Done, GlobalRequest, LockKey, ProxyMessage, RegisterBranchRequest,
+    TableLocksAck,
 };
 use rewind_protocol::{ResourceManagerClient, TransactionManagerClient};
 use tokio_stream::StreamExt;
@@ -82,6 +83,25 @@ async fn fake_proxy(channel: Channel) {
         .into_inner();
     tokio::spawn(async move {
         while let Some(Ok(m)) = inbound.next().await {
+            // A real proxy confirms each write-isolation set once its older writes are
+            // done; this one has none, so it confirms at once (without it every
+            // registration waits out write_isolation_wait_ms and is refused).
+            if let Some(coordinator_message::Kind::TableLocks(t)) = &m.kind {
+                let ack = TableLocksAck {
+                    epoch: t.epoch,
+                    resource_id: t.resource_id.clone(),
+                };
+                if tx
+                    .send(ProxyMessage {
+                        kind: Some(proxy_message::Kind::TableLocksAck(ack)),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                continue;
+            }
             if let Some(coordinator_message::Kind::BranchCommand(c)) = m.kind {
                 let r = BranchResult {
                     command_id: c.command_id,
@@ -138,7 +158,9 @@ async fn failover(grpcs: &str, pid: &str) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let killed = Instant::now();
-    let _ = std::process::Command::new("kill").args(["-9", pid]).status();
+    let _ = std::process::Command::new("kill")
+        .args(["-9", pid])
+        .status();
     loop {
         if commits_somewhere(&nodes).await {
             break;
@@ -217,13 +239,22 @@ async fn main() {
                         let keys = (0..3)
                             .map(|k| key(res, &[c as u64, n, b as u64 * 3 + k]))
                             .collect();
-                        rm.register_branch(RegisterBranchRequest {
-                            xid: xid.clone(),
-                            resource_id: res.to_string(),
-                            lock_keys: keys,
-                            request_id: format!("{c}-{n}-{b}"),
-                        })
-                        .await?;
+                        let r = rm
+                            .register_branch(RegisterBranchRequest {
+                                xid: xid.clone(),
+                                resource_id: res.to_string(),
+                                lock_keys: keys,
+                                request_id: format!("{c}-{n}-{b}"),
+                            })
+                            .await?
+                            .into_inner();
+                        // Keys are unique per transaction: anything but a grant is an error.
+                        if !matches!(
+                            r.outcome,
+                            Some(register_branch_response::Outcome::Registered(_))
+                        ) {
+                            return Err(tonic::Status::aborted(format!("not registered: {r:?}")));
+                        }
                     }
                     tm.commit(GlobalRequest { xid }).await?;
                     Ok(())

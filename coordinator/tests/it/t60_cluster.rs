@@ -476,3 +476,88 @@ async fn t62_snapshots_bound_the_log_and_catch_up_a_lagging_node() {
         assert_eq!(status_on(cl.node(nl), x).await, "begin", "{x}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t63_members_are_added_and_removed_through_the_admin_api() {
+    let mut cl = Cluster::start(TempDir::new("members")).await;
+    let l = cl.leader(Duration::from_secs(15)).await;
+    // A fourth node, started knowing the cluster, waits to be added.
+    cl.nodes.push(Node {
+        id: 4,
+        grpc: free_addr(),
+        http: free_addr(),
+        proc: None,
+    });
+    cl.peers = cl
+        .nodes
+        .iter()
+        .map(|n| format!("{}={}/{}", n.id, n.grpc, n.http))
+        .collect::<Vec<_>>()
+        .join(",");
+    cl.up(3).await;
+    let (g4, h4) = (cl.nodes[3].grpc.to_string(), cl.nodes[3].http.to_string());
+    let body = format!(r#"{{"node_id": 4, "grpc": "{g4}", "http": "{h4}"}}"#);
+
+    // Only an operator may change membership.
+    let (st, _) = cl
+        .node(l)
+        .http("POST", "/api/v1/cluster/members", Some(body.as_bytes()))
+        .await;
+    assert_eq!(st, 401);
+    let (st, v) = cl
+        .node(l)
+        .operator("POST", "/api/v1/cluster/members", Some(body.as_bytes()))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let voters = |v: &serde_json::Value| {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["voter"] == true)
+            .map(|m| m["node_id"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(voters(&v), vec![1, 2, 3, 4], "{v}");
+    // The new member has the state and follows.
+    let (st, x) = cl.node(l).http("POST", "/api/v1/transactions", None).await;
+    assert_eq!(st, 200);
+    let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
+    assert_eventually(
+        "the new member catches up",
+        Duration::from_secs(15),
+        || async {
+            Cluster::health(cl.nodes[3].http)
+                .await
+                .is_some_and(|h| h["role"] == "follower" && h["last_applied"].as_u64() >= target)
+        },
+    )
+    .await;
+
+    // Removed again: three voters, and the cluster still decides.
+    let (st, v) = cl
+        .node(l)
+        .operator("DELETE", "/api/v1/cluster/members/4", None)
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(voters(&v), vec![1, 2, 3], "{v}");
+    cl.kill(3);
+    let xid = x["xid"].as_str().unwrap();
+    let (st, v) = cl
+        .node(l)
+        .http("POST", &format!("/api/v1/transactions/{xid}/commit"), None)
+        .await;
+    assert_eq!((st, v["status"].as_str()), (200, Some("committed")), "{v}");
+    // The audit log names both changes.
+    let (_, audit) = cl.node(l).operator("GET", "/api/v1/audit", None).await;
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["action"].as_str())
+        .collect();
+    assert!(
+        actions.contains(&"cluster add member") && actions.contains(&"cluster remove member"),
+        "{audit}"
+    );
+}
