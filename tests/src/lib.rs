@@ -271,7 +271,7 @@ impl Coordinator {
         let (grpc, http) = (free_addr(), free_addr());
         let data = dir.0.join("coordinator");
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        let process = Self::launch(dir, grpc, http, &data, &extra).await;
+        let process = Self::launch(dir.0.join("coordinator.log"), grpc, http, &data, &extra).await;
         Coordinator {
             process,
             grpc,
@@ -282,7 +282,7 @@ impl Coordinator {
     }
 
     async fn launch(
-        dir: &TempDir,
+        log: PathBuf,
         grpc: SocketAddr,
         http_addr: SocketAddr,
         data: &Path,
@@ -297,11 +297,7 @@ impl Coordinator {
             data.display().to_string(),
         ];
         args.extend(extra.iter().cloned());
-        let process = Process::spawn(
-            &binary("rewind-coordinator"),
-            &args,
-            dir.0.join("coordinator.log"),
-        );
+        let process = Process::spawn(&binary("rewind-coordinator"), &args, log);
         eventually("the coordinator answers /healthz", Duration::from_secs(30), || async move {
             matches!(http(http_addr, "GET", "/healthz", None).await, Ok((200, _)))
         })
@@ -321,20 +317,7 @@ impl Coordinator {
         let data = dir.0.join(name);
         let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         let log = dir.0.join(format!("{name}.log"));
-        let mut args = vec![
-            "--grpc-addr".to_string(),
-            grpc.to_string(),
-            "--http-addr".into(),
-            http_addr.to_string(),
-            "--data-dir".into(),
-            data.display().to_string(),
-        ];
-        args.extend(extra.iter().cloned());
-        let process = Process::spawn(&binary("rewind-coordinator"), &args, log);
-        eventually("the member answers /healthz", Duration::from_secs(30), || async move {
-            matches!(http(http_addr, "GET", "/healthz", None).await, Ok((200, _)))
-        })
-        .await;
+        let process = Self::launch(log, grpc, http_addr, &data, &extra).await;
         Coordinator {
             process,
             grpc,
@@ -347,7 +330,14 @@ impl Coordinator {
     /// kill -9 and start again on the same ports and data.
     pub async fn restart(&mut self, dir: &TempDir) {
         self.process.kill();
-        self.process = Self::launch(dir, self.grpc, self.http, &self.data, &self.extra).await;
+        self.process = Self::launch(
+            dir.0.join("coordinator.log"),
+            self.grpc,
+            self.http,
+            &self.data,
+            &self.extra,
+        )
+        .await;
     }
 
     pub fn grpc_url(&self) -> String {
@@ -594,6 +584,13 @@ pub async fn direct(db: &str) -> Conn {
     Conn::new(direct_opts(db))
         .await
         .expect("MariaDB at 127.0.0.1:3306 (scripts/ensure-mariadb.sh)")
+}
+
+/// Runs `sql` straight on MariaDB in `db` (the "other writer" of dirty-write tests).
+pub async fn direct_exec(db: &str, sql: &str) {
+    let mut c = direct(db).await;
+    c.query_drop(sql).await.unwrap();
+    c.disconnect().await.unwrap();
 }
 
 /// Drops and creates database `db`.

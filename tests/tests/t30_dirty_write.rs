@@ -35,9 +35,7 @@ async fn qty(id: i64) -> Option<i64> {
 }
 
 async fn direct_write(sql: &str) {
-    let mut c = direct(DB).await;
-    c.query_drop(sql).await.unwrap();
-    c.disconnect().await.unwrap();
+    direct_exec(DB, sql).await
 }
 
 /// A global transaction that set `qty` of the rows `ids` to `qty + 1` through the proxy,

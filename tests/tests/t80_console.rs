@@ -29,9 +29,7 @@ async fn qty(id: i64) -> Option<i64> {
 }
 
 async fn direct_write(sql: &str) {
-    let mut c = direct(DB).await;
-    c.query_drop(sql).await.unwrap();
-    c.disconnect().await.unwrap();
+    direct_exec(DB, sql).await
 }
 
 /// A global transaction adds 1 to row `id` through the proxy, then `dirty` sets its qty

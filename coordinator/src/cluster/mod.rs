@@ -338,20 +338,23 @@ impl Cluster {
         })
     }
 
+    fn voters(&self) -> BTreeSet<NodeId> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .collect()
+    }
+
     /// Adds a member: first as a learner (it catches up), then as a voter.
     pub async fn add_member(&self, id: NodeId, node: Member) -> Result<(), CoordinatorError> {
         self.raft
             .add_learner(id, node, true)
             .await
             .map_err(|e| self.membership_error(e))?;
-        let mut voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = self.voters();
         voters.insert(id);
         self.raft
             .change_membership(voters, false)
@@ -362,14 +365,7 @@ impl Cluster {
 
     /// Removes a member from the voters and the cluster.
     pub async fn remove_member(&self, id: NodeId) -> Result<(), CoordinatorError> {
-        let mut voters: BTreeSet<NodeId> = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .voter_ids()
-            .collect();
+        let mut voters = self.voters();
         if !voters.remove(&id) {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "node {id} is not a voting member"
