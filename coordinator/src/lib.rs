@@ -179,7 +179,13 @@ pub async fn run(
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = iv.tick() => seq.post(session::Command::Tick).await,
+                    _ = iv.tick() => {
+                        // An idle coordinator logs (and, in a cluster, replicates) no ticks.
+                        let idle = seq.engine.lock().expect("engine lock").is_idle();
+                        if !idle {
+                            seq.post(session::Command::Tick).await;
+                        }
+                    }
                     _ = shutdown.cancelled() => return,
                 }
             }

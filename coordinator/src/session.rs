@@ -614,6 +614,12 @@ impl Engine {
             .collect()
     }
 
+    /// No unfinished session: a tick would change nothing (time-outs and phase-two
+    /// retries all belong to sessions), so none is logged.
+    pub fn is_idle(&self) -> bool {
+        self.sessions.is_empty()
+    }
+
     /// The id counters (for a cluster snapshot).
     pub fn counters(&self) -> Counters {
         self.counters

@@ -114,6 +114,16 @@ function banner(msg) {
   b.hidden = !msg;
 }
 
+// A cluster member that does not lead serves this page but not the API: point the
+// operator at the leader (an address the coordinator reported, shown as a link).
+function leaderHint(body) {
+  if (!body || body.error !== "not_leader") return null;
+  if (!body.leader_http) return h("span", {}, "This coordinator is not the cluster leader and no leader is elected yet; retrying.");
+  const url = "http://" + body.leader_http + "/";
+  return h("span", {}, "This coordinator is not the cluster leader. Open the console on the leader: ",
+    h("a", { href: url, "data-testid": "leader-link" }, url));
+}
+
 // ---- login ---------------------------------------------------------------------------
 
 function showLogin() {
@@ -148,7 +158,9 @@ async function login(ev) {
     });
     const data = await res.json().catch(() => ({}));
     if (!res.ok) {
-      err.textContent = res.status === 401 ? "Wrong operator name or secret." : (data.message || "Login failed.");
+      const hint = leaderHint(data);
+      if (hint) fill(err, hint);
+      else err.textContent = res.status === 401 ? "Wrong operator name or secret." : (data.message || "Login failed.");
       err.hidden = false;
       return;
     }
@@ -200,7 +212,12 @@ async function refresh(background) {
     $("updated").textContent = "updated " + new Date().toLocaleTimeString(undefined, { hour12: false });
     banner(null);
   } catch (e) {
-    if (e.status !== 401) banner("Could not refresh: " + e.message);
+    const hint = leaderHint(e.body);
+    if (hint) {
+      const b = $("banner");
+      fill(b, hint);
+      b.hidden = false;
+    } else if (e.status !== 401) banner("Could not refresh: " + e.message);
   } finally {
     state.busy = false;
   }

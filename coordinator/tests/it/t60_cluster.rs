@@ -481,6 +481,15 @@ async fn t62_snapshots_bound_the_log_and_catch_up_a_lagging_node() {
 async fn t63_members_are_added_and_removed_through_the_admin_api() {
     let mut cl = Cluster::start(TempDir::new("members")).await;
     let l = cl.leader(Duration::from_secs(15)).await;
+    // Idle (no unfinished transaction): time passes without log entries.
+    let index = |h: Option<serde_json::Value>| h.and_then(|h| h["last_log_index"].as_u64());
+    let before = index(Cluster::health(cl.node(l).http).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        index(Cluster::health(cl.node(l).http).await),
+        before,
+        "an idle cluster logs nothing"
+    );
     // A fourth node, started knowing the cluster, waits to be added.
     cl.nodes.push(Node {
         id: 4,
