@@ -76,23 +76,30 @@ impl Grpc {
         if let Some(rec) = self.seq.store.finished(xid)? {
             return Ok(rec);
         }
-        let issued = {
+        let in_flight = {
             let engine = self.seq.engine.lock().expect("engine lock");
             if let Some(rec) = engine.record(xid) {
                 return Ok(rec);
             }
-            engine.issued(xid)
+            // Read under the engine lock: a batch is announced under it too.
+            engine.issued(xid) && self.seq.store.batches_in_flight() > 0
         };
-        if issued {
-            let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
-            if let Some(rec) = self.seq.engine.lock().expect("engine lock").record(xid) {
-                return Ok(rec);
-            }
-            if let Some(rec) = self.seq.store.finished(xid)? {
-                return Ok(rec);
-            }
+        if !in_flight {
+            // Nothing on its way: the store's answer (after that last check) is final.
+            return self
+                .seq
+                .store
+                .finished(xid)?
+                .ok_or(CoordinatorError::NotFound(xid));
         }
-        Err(CoordinatorError::NotFound(xid))
+        let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
+        if let Some(rec) = self.seq.engine.lock().expect("engine lock").record(xid) {
+            return Ok(rec);
+        }
+        self.seq
+            .store
+            .finished(xid)?
+            .ok_or(CoordinatorError::NotFound(xid))
     }
 
     pub async fn begin(&self, name: String, timeout_ms: u64) -> Result<XidNum, CoordinatorError> {

@@ -188,7 +188,9 @@ fn writer_loop(
                     replies.push((tx, res));
                 }
             }
-            (e.take_writes(), e.take_effects(), e.take_stats())
+            let w = e.take_writes();
+            store.announce();
+            (w, e.take_effects(), e.take_stats())
         };
         let started = std::time::Instant::now();
         if let Err(err) = store.write(&writes) {

@@ -40,6 +40,9 @@ pub struct Store {
     log: Mutex<Log>,
     /// Logged but not yet checkpointed. Lock order: `log`, then `pending`.
     pending: Mutex<Pending>,
+    /// Batches taken from the engine (see [`Store::announce`]) whose write has not
+    /// finished: while it is 0, a session missing from the engine is not in flight.
+    in_flight: std::sync::atomic::AtomicU64,
 }
 
 /// Net effect of the batches logged since the last checkpoint.
@@ -151,6 +154,7 @@ impl Store {
             CoordinatorError::Storage(format!("write-ahead log {}: {e}", wal_path.display()))
         })?;
         let store = Store {
+            in_flight: Default::default(),
             pending: Mutex::new(Pending::default()),
             db,
             log: Mutex::new(Log { wal, lsn }),
@@ -212,8 +216,32 @@ impl Store {
         })
     }
 
-    /// Makes a batch durable (returns after its log record is on disk).
+    /// Called with the engine locked, right after its writes were taken: a batch is on
+    /// its way to [`Store::write`]. Readers that find a session neither in the engine
+    /// nor here know from [`Store::batches_in_flight`] whether to wait for it.
+    pub fn announce(&self) {
+        self.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    pub fn batches_in_flight(&self) -> u64 {
+        self.in_flight.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Makes a batch durable (returns after its log record is on disk). Ends an
+    /// [`Store::announce`]d batch, failed or not.
     pub fn write(&self, w: &Writes) -> Result<(), CoordinatorError> {
+        let r = self.write_inner(w);
+        // Saturating: writes made without an announcement (tests) do not wrap it.
+        let _ = self.in_flight.fetch_update(
+            std::sync::atomic::Ordering::AcqRel,
+            std::sync::atomic::Ordering::Acquire,
+            |n| Some(n.saturating_sub(1)),
+        );
+        r
+    }
+
+    fn write_inner(&self, w: &Writes) -> Result<(), CoordinatorError> {
         let payload = encode_writes(w);
         let mut log = self.log.lock().expect("log lock");
         let lsn = log.lsn + 1;

@@ -260,7 +260,9 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                     }
                 }
             }
-            (e.take_writes(), e.take_effects(), e.take_stats())
+            let w = e.take_writes();
+            self.store.announce();
+            (w, e.take_effects(), e.take_stats())
         };
         let started = std::time::Instant::now();
         if let Err(err) = self.persist(writes).await {
