@@ -233,7 +233,7 @@ async fn replicated_loop(mut rx: mpsc::Receiver<Request>, cluster: Arc<Cluster>,
         if !cluster.is_leader() {
             let e = cluster.not_leader();
             for tx in replies.into_iter().flatten() {
-                let _ = tx.send(Err(clone_not_leader(&e)));
+                let _ = tx.send(Err(copy_error(&e)));
             }
             continue;
         }
@@ -272,7 +272,7 @@ async fn replicated_loop(mut rx: mpsc::Receiver<Request>, cluster: Arc<Cluster>,
                 }
                 Err(e) => {
                     for tx in replies.into_iter().flatten() {
-                        let _ = tx.send(Err(clone_not_leader(&e)));
+                        let _ = tx.send(Err(copy_error(&e)));
                     }
                 }
             }
@@ -281,7 +281,7 @@ async fn replicated_loop(mut rx: mpsc::Receiver<Request>, cluster: Arc<Cluster>,
 }
 
 /// The same error for every caller of a batch.
-fn clone_not_leader(e: &CoordinatorError) -> CoordinatorError {
+fn copy_error(e: &CoordinatorError) -> CoordinatorError {
     match e {
         CoordinatorError::NotLeader { grpc, http } => CoordinatorError::NotLeader {
             grpc: grpc.clone(),

@@ -255,7 +255,8 @@ impl Cluster {
 
     /// The error a non-leader answers, with the leader's addresses when known.
     pub fn not_leader(&self) -> CoordinatorError {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let node = m
             .current_leader
             .and_then(|l| m.membership_config.membership().get_node(&l).cloned());
@@ -301,7 +302,10 @@ impl Cluster {
 
     /// `/healthz` and the cluster API: role, term, leader, members and log state.
     pub fn describe(&self) -> serde_json::Value {
-        let m = self.raft.metrics().borrow().clone();
+        // Read before borrowing the metrics: the borrow holds the watch's lock.
+        let log_entries = self.log.entries();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let role = match m.state {
             ServerState::Leader => "leader",
             ServerState::Follower => "follower",
@@ -333,7 +337,7 @@ impl Cluster {
             "last_log_index": m.last_log_index,
             "last_applied": m.last_applied.map(|l| l.index),
             "snapshot": m.snapshot.map(|l| l.index),
-            "log_entries": self.log.entries(),
+            "log_entries": log_entries,
             "members": members,
         })
     }

@@ -160,23 +160,29 @@ impl StateMachine {
     }
 
     fn save_snapshot(&mut self, snap: StoredSnapshot) -> Result<()> {
-        let tmp = self.snapshot_path.with_extension("json.tmp");
-        let bytes = serde_json::to_vec(&snap).map_err(snap_err)?;
-        (|| -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &self.snapshot_path)?;
-            if let Some(d) = self.snapshot_path.parent() {
-                std::fs::File::open(d)?.sync_all()?;
-            }
-            Ok(())
-        })()
-        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        write_snapshot_file(&self.snapshot_path, &snap)?;
         *self.snapshot.lock().expect("snapshot lock") = Some(snap);
         Ok(())
     }
+}
+
+/// Replaces `path` with `snap` durably: a temporary file synced, renamed over, and the
+/// directory synced, so a crash leaves the old snapshot or the new one, whole.
+fn write_snapshot_file(path: &Path, snap: &StoredSnapshot) -> Result<()> {
+    use std::io::Write;
+    let bytes = serde_json::to_vec(snap).map_err(snap_err)?;
+    let tmp = path.with_extension("json.tmp");
+    (|| -> std::io::Result<()> {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(&bytes)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        if let Some(d) = path.parent() {
+            std::fs::File::open(d)?.sync_all()?;
+        }
+        Ok(())
+    })()
+    .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))
 }
 
 /// Builds a snapshot from state captured when openraft asked for the builder, so
@@ -200,19 +206,10 @@ impl RaftSnapshotBuilder<TypeConfig> for Builder {
             data: data.clone(),
         };
         // Kept for followers that need it after a restart of this node.
-        let bytes = serde_json::to_vec(&snap).map_err(snap_err)?;
-        let tmp = self.sm_path.with_extension("json.tmp");
-        let path = self.sm_path.clone();
-        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-            use std::io::Write;
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path)
-        })
-        .await
-        .map_err(sm_err)?
-        .map_err(|e| StorageError::from(StorageIOError::write_snapshot(None, &e)))?;
+        let (path, copy) = (self.sm_path.clone(), snap.clone());
+        tokio::task::spawn_blocking(move || write_snapshot_file(&path, &copy))
+            .await
+            .map_err(sm_err)??;
         // Now the one a lagging follower gets (openraft purges the log behind it).
         *self.current.lock().expect("snapshot lock") = Some(snap);
         Ok(Snapshot {
@@ -321,16 +318,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             log_id: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let enc = |v: &dyn erased::Json| v.json();
         let w = Writes {
-            active: st.active.iter().map(|r| (r.xid, enc(r))).collect(),
+            active: st.active.iter().map(|r| (r.xid, json(r))).collect(),
             finished: st
                 .finished
                 .iter()
-                .map(|(x, at, r)| (*x, *at, enc(r)))
+                .map(|(x, at, r)| (*x, *at, json(r)))
                 .collect(),
-            conflicts: st.conflicts.iter().map(|c| (c.id, enc(c))).collect(),
-            audit: st.audit.iter().map(|a| (a.id, enc(a))).collect(),
+            conflicts: st.conflicts.iter().map(|c| (c.id, json(c))).collect(),
+            audit: st.audit.iter().map(|a| (a.id, json(a))).collect(),
             counters: Some(st.counters),
             raft: Some(self.raft_meta()),
         };
@@ -363,14 +359,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 }
 
-/// JSON of any record type, for rebuilding store writes from a snapshot.
-mod erased {
-    pub trait Json {
-        fn json(&self) -> Vec<u8>;
-    }
-    impl<T: serde::Serialize> Json for T {
-        fn json(&self) -> Vec<u8> {
-            serde_json::to_vec(self).expect("record serializes")
-        }
-    }
+/// A record's JSON, as the store keeps it (for rebuilding store writes from a snapshot).
+fn json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("record serializes")
 }
