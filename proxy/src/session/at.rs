@@ -163,6 +163,7 @@ impl Session {
                 Ok(())
             }
             Err(Failure::Clean(e) | Failure::Poisoned(e)) => Err(self.close_wrap(wrap, e).await),
+            Err(Failure::Stale(_)) => unreachable!("phase one retries stale metadata"),
         }
     }
 
@@ -484,6 +485,7 @@ impl Session {
                 Ok(())
             }
             Err(Failure::Clean(e)) => Err(self.end_implicit(implicit, e).await),
+            Err(Failure::Stale(_)) => unreachable!("phase one retries stale metadata"),
             Err(Failure::Poisoned(e)) => {
                 self.branch = None;
                 let e = match e {

@@ -474,6 +474,11 @@ impl Session {
         drop(self.conn.query_iter(sql).await?);
         let r = self.relay::<TextProtocol>(false).await;
         drop(ticket);
+        if classify::may_change_schema(sql) {
+            // DDL through this proxy: table metadata is reloaded on next use (DDL made
+            // elsewhere is caught by the definition check before every AT write).
+            self.shared.metas.clear();
+        }
         r
     }
 
@@ -584,6 +589,13 @@ impl Session {
         drop(self.conn.exec_iter(&stmt, params).await?);
         let r = self.relay::<BinaryProtocol>(true).await;
         drop(ticket);
+        if matches!(
+            &self.stmts.get(&id).map(|p| &p.kind),
+            Some(classify::Kind::Other(_))
+        ) {
+            // A prepared DDL statement (see `query`).
+            self.shared.metas.clear();
+        }
         r
     }
 

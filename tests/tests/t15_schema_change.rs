@@ -1,0 +1,443 @@
+//! Schema changes while the proxy keeps running (no restart anywhere), each made both
+//! through the proxy (an untagged statement on a proxy connection, outside any global
+//! transaction) and directly on MariaDB, after the proxy has already cached the table's
+//! metadata with a global write:
+//!
+//! - a trigger added, a cascading foreign-key child added, or the engine changed to
+//!   MyISAM: the next global write on the table is refused with 1235 naming the reason,
+//!   nothing is applied, and the local transaction goes on as it was;
+//! - a column added, a column dropped, a primary key changed: global writes keep working
+//!   and a global rollback leaves the tables byte-identical (server checksums), with no
+//!   undo record nor global lock left; a global commit leaves the same data as running
+//!   the statements directly.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use rewind_tests::*;
+
+/// How each schema change is made.
+const VIAS: [&str; 2] = ["proxy", "direct"];
+
+const BASE: &[&str] = &[
+    "CREATE TABLE acc (id INT PRIMARY KEY, bal DECIMAL(12,2) NOT NULL, n INT NOT NULL DEFAULT 0, note VARCHAR(20))",
+    "INSERT INTO acc VALUES (1, 10.00, 1, 'n1'), (2, 20.50, 2, 'n2'), (3, 30.00, 3, NULL), (4, 40.25, 4, 'x4'), (5, 50.00, 5, 'n5')",
+    "CREATE TABLE pair (region CHAR(2), id INT, qty INT, PRIMARY KEY (region, id))",
+    "INSERT INTO pair VALUES ('eu', 1, 5), ('us', 1, 6), ('eu', 2, 7)",
+];
+
+/// A fresh database with the base tables, created directly.
+async fn base(db: &str) {
+    fresh_db(db).await;
+    let mut d = direct(db).await;
+    for s in BASE {
+        d.query_drop(*s).await.unwrap();
+    }
+    d.disconnect().await.unwrap();
+}
+
+/// Runs `steps` through the proxy in one local transaction bound to a new global
+/// transaction (tag on the first statement), committed locally; the XID.
+async fn global(coord: &Coordinator, proxy: &Proxy, db: &str, steps: &[&str], at: &str) -> String {
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop("BEGIN").await.unwrap();
+    for (i, s) in steps.iter().enumerate() {
+        let tag = if i == 0 {
+            format!("/*+ XID('{xid}') */ ")
+        } else {
+            String::new()
+        };
+        c.query_drop(format!("{tag}{s}"))
+            .await
+            .unwrap_or_else(|e| panic!("{at}: {s}: {e}"));
+    }
+    c.query_drop("COMMIT")
+        .await
+        .unwrap_or_else(|e| panic!("{at}: COMMIT: {e}"));
+    c.disconnect().await.unwrap();
+    xid
+}
+
+/// Rolls `xid` back globally: `tables` are byte-identical to `before`, with no undo
+/// record and no global lock left.
+async fn rolls_back(
+    coord: &Coordinator,
+    db: &str,
+    xid: &str,
+    tables: &[&str],
+    before: &[(String, Option<u64>)],
+    at: &str,
+) {
+    assert_eq!(coord.rollback(xid).await, "rolled_back", "{at}");
+    assert_eq!(
+        checksums(db, tables).await,
+        before,
+        "{at}: global rollback is not byte-identical"
+    );
+    assert_eq!(
+        undo_rows(Some(xid)).await,
+        (0, 0),
+        "{at}: undo records left"
+    );
+    assert!(coord.locks().await.is_empty(), "{at}: global locks left");
+}
+
+/// Warms the proxy's metadata cache for acc and pair: a global write on both, rolled back.
+async fn warm(coord: &Coordinator, proxy: &Proxy, db: &str, at: &str) {
+    let tables = ["acc", "pair"];
+    let before = checksums(db, &tables).await;
+    let xid = global(
+        coord,
+        proxy,
+        db,
+        &[
+            "UPDATE acc SET n = n + 1 WHERE id = 1",
+            "UPDATE pair SET qty = qty + 1 WHERE region = 'eu' AND id = 1",
+        ],
+        &format!("{at} (warming)"),
+    )
+    .await;
+    rolls_back(
+        coord,
+        db,
+        &xid,
+        &tables,
+        &before,
+        &format!("{at} (warming)"),
+    )
+    .await;
+}
+
+/// Makes a schema change `via` the proxy (untagged, autocommit) or directly.
+async fn change(proxy: &Proxy, via: &str, db: &str, sqls: &[&str], at: &str) {
+    let mut c = match via {
+        "proxy" => proxy.conn(db).await,
+        _ => direct(db).await,
+    };
+    for s in sqls {
+        c.query_drop(*s)
+            .await
+            .unwrap_or_else(|e| panic!("{at}: {s}: {e}"));
+    }
+    c.disconnect().await.unwrap();
+}
+
+/// In a local transaction bound to a global one (by an earlier write on pair), tagged
+/// `sql` is refused with 1235 naming `needle`; the earlier write is still there, each
+/// `probe` query (run in the transaction) gives its value, COMMIT works, and the global
+/// rollback leaves `tables` byte-identical.
+#[allow(clippy::too_many_arguments)]
+async fn refused(
+    coord: &Coordinator,
+    proxy: &Proxy,
+    db: &str,
+    sql: &str,
+    needle: &str,
+    tables: &[&str],
+    probes: &[(&str, i64)],
+    at: &str,
+) {
+    let before = checksums(db, tables).await;
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE pair SET qty = qty + 1 WHERE region = 'eu' AND id = 1"
+    ))
+    .await
+    .unwrap_or_else(|e| panic!("{at}: the earlier write on pair: {e}"));
+    let (code, msg) = server_error(c.query_drop(format!("/*+ XID('{xid}') */ {sql}")).await)
+        .unwrap_or_else(|e| panic!("{at}: {sql}: {e:#}"));
+    assert_eq!(code, 1235, "{at}: {sql}: {msg}");
+    assert!(
+        msg.to_lowercase().contains(&needle.to_lowercase()),
+        "{at}: {sql}: {msg:?} should name {needle:?}"
+    );
+    // The local transaction goes on: the earlier write is still there.
+    let qty: Option<i64> = c
+        .query_first("SELECT qty FROM pair WHERE region = 'eu' AND id = 1")
+        .await
+        .unwrap_or_else(|e| panic!("{at}: reading pair after the refusal: {e}"));
+    assert_eq!(
+        qty,
+        Some(6),
+        "{at}: the earlier write of the transaction is lost"
+    );
+    for (q, want) in probes {
+        let got: Option<i64> = c
+            .query_first(*q)
+            .await
+            .unwrap_or_else(|e| panic!("{at}: {q}: {e}"));
+        assert_eq!(got, Some(*want), "{at}: {q} after the refusal");
+    }
+    c.query_drop("COMMIT")
+        .await
+        .unwrap_or_else(|e| panic!("{at}: COMMIT after the refusal: {e}"));
+    c.disconnect().await.unwrap();
+    rolls_back(coord, db, &xid, tables, &before, at).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_trigger_added_is_refused() {
+    let dir = TempDir::new("schema-trigger");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    for via in VIAS {
+        let (db, at) = (
+            format!("rwt_schema_trigger_{via}"),
+            format!("trigger added via {via}"),
+        );
+        base(&db).await;
+        warm(&coord, &proxy, &db, &at).await;
+        change(
+            &proxy,
+            via,
+            &db,
+            &[
+                "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
+                "CREATE TRIGGER t_upd BEFORE UPDATE ON acc FOR EACH ROW INSERT INTO audit_log (what) VALUES (NEW.bal)",
+            ],
+            &at,
+        )
+        .await;
+        refused(
+            &coord,
+            &proxy,
+            &db,
+            "UPDATE acc SET bal = bal + 1 WHERE id = 1",
+            "trigger",
+            &["acc", "pair", "audit_log"],
+            &[
+                ("SELECT COUNT(*) FROM audit_log", 0),
+                ("SELECT COUNT(*) FROM acc WHERE id = 1 AND bal = 10.00", 1),
+            ],
+            &at,
+        )
+        .await;
+        let logged: Option<i64> = direct(&db)
+            .await
+            .query_first("SELECT COUNT(*) FROM audit_log")
+            .await
+            .unwrap();
+        assert_eq!(logged, Some(0), "{at}: the trigger fired");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_cascading_child_added_is_refused() {
+    let dir = TempDir::new("schema-cascade");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    for via in VIAS {
+        let (db, at) = (
+            format!("rwt_schema_cascade_{via}"),
+            format!("cascading child added via {via}"),
+        );
+        base(&db).await;
+        warm(&coord, &proxy, &db, &at).await;
+        change(
+            &proxy,
+            via,
+            &db,
+            &[
+                "CREATE TABLE child (id INT PRIMARY KEY, pid INT, FOREIGN KEY (pid) REFERENCES acc (id) ON DELETE CASCADE) ENGINE=InnoDB",
+                "INSERT INTO child VALUES (1, 1)",
+            ],
+            &at,
+        )
+        .await;
+        refused(
+            &coord,
+            &proxy,
+            &db,
+            "DELETE FROM acc WHERE id = 1",
+            "foreign key",
+            &["acc", "pair", "child"],
+            &[
+                ("SELECT COUNT(*) FROM acc WHERE id = 1", 1),
+                ("SELECT COUNT(*) FROM child WHERE id = 1 AND pid = 1", 1),
+            ],
+            &at,
+        )
+        .await;
+        let mut d = direct(&db).await;
+        let rows: Option<(i64, i64)> = d
+            .query_first("SELECT (SELECT COUNT(*) FROM acc WHERE id = 1), (SELECT COUNT(*) FROM child WHERE id = 1)")
+            .await
+            .unwrap();
+        assert_eq!(rows, Some((1, 1)), "{at}: acc row 1 or child row 1 is gone");
+        d.disconnect().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_column_added_rolls_back_exact_and_commits_like_direct() {
+    let dir = TempDir::new("schema-column-added");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let add = ["ALTER TABLE acc ADD COLUMN extra VARCHAR(20) NOT NULL DEFAULT 'd'"];
+    let non_default = "UPDATE acc SET extra = 'e5' WHERE id = 5";
+    let steps = [
+        "UPDATE acc SET extra = 'x' WHERE id = 1",
+        "DELETE FROM acc WHERE id = 5",
+        "INSERT INTO acc (id, bal, extra) VALUES (9, 1, 'new')",
+    ];
+    for via in VIAS {
+        let (db, at) = (
+            format!("rwt_schema_column_{via}"),
+            format!("column added via {via}"),
+        );
+        base(&db).await;
+        warm(&coord, &proxy, &db, &at).await;
+        change(&proxy, via, &db, &add, &at).await;
+        direct_exec(&db, non_default).await;
+        let before = checksums(&db, &["acc"]).await;
+
+        // Rollback: the new column's values come back exactly, row 5's 'e5' included.
+        let xid = global(&coord, &proxy, &db, &steps, &at).await;
+        let mut d = direct(&db).await;
+        let applied: Vec<(i64, String)> = d
+            .query("SELECT id, extra FROM acc WHERE id IN (1, 5, 9) ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(
+            applied,
+            [(1, "x".to_string()), (9, "new".to_string())],
+            "{at}: the statements did not apply"
+        );
+        rolls_back(&coord, &db, &xid, &["acc"], &before, &at).await;
+        let back: Vec<(i64, String)> = d
+            .query("SELECT id, extra FROM acc WHERE id IN (1, 5, 9) ORDER BY id")
+            .await
+            .unwrap();
+        assert_eq!(
+            back,
+            [(1, "d".to_string()), (5, "e5".to_string())],
+            "{at}: rows 1 and 5 not restored with their extra values (or row 9 left)"
+        );
+        d.disconnect().await.unwrap();
+
+        // Commit: the same statements, compared with running them directly.
+        let xid = global(&coord, &proxy, &db, &steps, &at).await;
+        let st = coord.commit(&xid).await;
+        assert!(st == "committed" || st == "committing", "{at}: {st}");
+        coord
+            .wait_status(&xid, "committed", Duration::from_secs(10))
+            .await;
+        let dr = format!("{db}_dr");
+        base(&dr).await;
+        let mut d = direct(&dr).await;
+        for s in add.iter().chain([&non_default]) {
+            d.query_drop(*s).await.unwrap();
+        }
+        d.query_drop("BEGIN").await.unwrap();
+        for s in steps {
+            d.query_drop(s).await.unwrap();
+        }
+        d.query_drop("COMMIT").await.unwrap();
+        d.disconnect().await.unwrap();
+        assert_eq!(
+            checksums(&db, &["acc"]).await[0].1,
+            checksums(&dr, &["acc"]).await[0].1,
+            "{at}: global commit differs from running the statements directly"
+        );
+        eventually(
+            &format!("{at}: undo records of a commit are deleted"),
+            Duration::from_secs(10),
+            || async { undo_rows(Some(&xid)).await == (0, 0) },
+        )
+        .await;
+        assert!(coord.locks().await.is_empty(), "{at}: global locks left");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_column_dropped_and_key_changed_roll_back_exact() {
+    let dir = TempDir::new("schema-drop-rekey");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    for via in VIAS {
+        let db = format!("rwt_schema_rekey_{via}");
+        base(&db).await;
+        warm(&coord, &proxy, &db, &format!("drop/rekey via {via}")).await;
+
+        let at = format!("column dropped via {via}");
+        change(&proxy, via, &db, &["ALTER TABLE acc DROP COLUMN note"], &at).await;
+        let before = checksums(&db, &["acc", "pair"]).await;
+        let xid = global(
+            &coord,
+            &proxy,
+            &db,
+            &[
+                "UPDATE acc SET bal = bal + 1, n = n + 1 WHERE id IN (1, 2)",
+                "DELETE FROM acc WHERE id = 3",
+                "INSERT INTO acc (id, bal) VALUES (8, 8.00)",
+            ],
+            &at,
+        )
+        .await;
+        assert_ne!(
+            checksums(&db, &["acc"]).await[0],
+            before[0],
+            "{at}: nothing applied"
+        );
+        rolls_back(&coord, &db, &xid, &["acc", "pair"], &before, &at).await;
+
+        let at = format!("primary key changed via {via}");
+        change(
+            &proxy,
+            via,
+            &db,
+            &["ALTER TABLE pair DROP PRIMARY KEY, ADD PRIMARY KEY (id, region)"],
+            &at,
+        )
+        .await;
+        let before = checksums(&db, &["acc", "pair"]).await;
+        let xid = global(
+            &coord,
+            &proxy,
+            &db,
+            &[
+                "UPDATE pair SET qty = qty + 1 WHERE id = 1",
+                "DELETE FROM pair WHERE region = 'eu' AND id = 2",
+                "INSERT INTO pair VALUES ('as', 3, 9)",
+            ],
+            &at,
+        )
+        .await;
+        assert_ne!(
+            checksums(&db, &["pair"]).await[0],
+            before[1],
+            "{at}: nothing applied"
+        );
+        rolls_back(&coord, &db, &xid, &["acc", "pair"], &before, &at).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_engine_changed_to_myisam_is_refused() {
+    let dir = TempDir::new("schema-engine");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    for via in VIAS {
+        let (db, at) = (
+            format!("rwt_schema_engine_{via}"),
+            format!("engine changed via {via}"),
+        );
+        base(&db).await;
+        warm(&coord, &proxy, &db, &at).await;
+        change(&proxy, via, &db, &["ALTER TABLE acc ENGINE=MyISAM"], &at).await;
+        refused(
+            &coord,
+            &proxy,
+            &db,
+            "UPDATE acc SET bal = bal + 1 WHERE id = 1",
+            "MyISAM",
+            &["acc", "pair"],
+            &[("SELECT COUNT(*) FROM acc WHERE id = 1 AND bal = 10.00", 1)],
+            &at,
+        )
+        .await;
+    }
+}
