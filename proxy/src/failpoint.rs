@@ -5,17 +5,49 @@
 //! `REWIND_FAILPOINTS="after-register=sleep(2000);rollback-before-commit=abort"`.
 //! Actions: `sleep(ms)` pauses the task; `abort` ends the process on the spot, like
 //! `kill -9` (no cleanup, no flush). Unset, a failpoint costs one load of a static.
+//!
+//! Compiled in only with the `failpoints` cargo feature (`scripts/test.sh` builds the test
+//! binaries with it); without it [`hit`] is empty and a set `REWIND_FAILPOINTS` is only
+//! reported at start, so a release binary can never be made to abort from its environment.
 
+#[cfg(feature = "failpoints")]
 use std::collections::HashMap;
+#[cfg(feature = "failpoints")]
 use std::sync::OnceLock;
+#[cfg(feature = "failpoints")]
 use std::time::Duration;
 
+/// At start: says whether failpoints are armed, or set but not compiled in.
+pub fn announce() {
+    let Ok(spec) = std::env::var("REWIND_FAILPOINTS") else {
+        return;
+    };
+    if spec.trim().is_empty() {
+        return;
+    }
+    if cfg!(feature = "failpoints") {
+        tracing::warn!(%spec, "failpoints armed (tests only)");
+    } else {
+        tracing::warn!(
+            "REWIND_FAILPOINTS is set but this binary was built without the `failpoints` \
+             feature; ignored"
+        );
+    }
+}
+
+/// Without the `failpoints` feature: nothing.
+#[cfg(not(feature = "failpoints"))]
+#[inline(always)]
+pub async fn hit(_name: &str) {}
+
+#[cfg(feature = "failpoints")]
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Action {
     Sleep(Duration),
     Abort,
 }
 
+#[cfg(feature = "failpoints")]
 fn points() -> &'static HashMap<String, Action> {
     static POINTS: OnceLock<HashMap<String, Action>> = OnceLock::new();
     POINTS.get_or_init(|| {
@@ -25,6 +57,7 @@ fn points() -> &'static HashMap<String, Action> {
     })
 }
 
+#[cfg(feature = "failpoints")]
 fn parse(spec: &str) -> HashMap<String, Action> {
     let mut out = HashMap::new();
     for entry in spec.split(';').map(str::trim).filter(|e| !e.is_empty()) {
@@ -52,6 +85,7 @@ fn parse(spec: &str) -> HashMap<String, Action> {
 }
 
 /// Runs the action configured for `name`, if any.
+#[cfg(feature = "failpoints")]
 pub async fn hit(name: &str) {
     let points = points();
     if points.is_empty() {
@@ -70,7 +104,7 @@ pub async fn hit(name: &str) {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "failpoints"))]
 mod tests {
     use super::*;
 

@@ -8,22 +8,24 @@
 //!
 //! # Layout
 //!
-//! Modules follow a client's bytes:
+//! Modules follow a client's bytes; each transaction mode owns one folder.
 //! - [`packet`]: framing (length + sequence id, 16 MB splits), a buffered writer flushed at
 //!   64 KB so results stream, and a bounds-checked cursor for client bytes.
 //! - [`handshake`]: HandshakeV10, capability negotiation, mysql_native_password check.
-//! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`;
-//!   `session::at` is the AT path (binding, refusals, commit) and write isolation's routing.
+//! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`.
+//!   It only classifies a command and hands it on: untagged statements straight to the
+//!   backend, statements of a global transaction to the mode that owns them.
 //! - [`wire`]: encoding of OK / EOF / ERR, column definitions and text/binary rows.
 //! - [`xid`]: the cheap leading-comment XID detector; [`classify`]: first-keyword classes.
 //! - [`stacked`]: the cheap second-statement detector for clients without multi-statements.
-//! - [`phase_one`]: images, key-restricted writes, the branch's commit protocol (register
-//!   with the coordinator, write the undo record, commit), locking reads, isolated writes.
-//! - [`phase_two`]: the Attach stream: branch commit/rollback with the dirty-write check,
-//!   operator resolutions, write-isolation sets, undo housekeeping.
-//! - [`isolation`]: which tables hold global locks, and the fast-path writes in flight.
+//! - [`at`]: AT mode, all of it: the session's AT path (binding, refusals, write isolation's
+//!   routing), the SQL analysis, images and key-restricted writes per statement kind, the
+//!   branch's commit protocol, global-lock waits, and phase two (rollback with the
+//!   dirty-write check, operator resolutions, undo housekeeping). See `at/mod.rs`.
+//! - [`attach`]: the Attach stream to the coordinator, which delivers phase two and
+//!   write-isolation sets to the modes.
 //! - [`coordinator`]: the gRPC client that follows the cluster's leader.
-//! - [`undo_table`]: the `undo_log` table's DDL and statements; [`failpoint`]: test hooks.
+//! - [`failpoint`]: test hooks (the `failpoints` feature only).
 //! - [`error`]: the one error enum and its one mapping to MySQL error packets.
 //! - [`config`]: configuration (TOML, defaults, validation).
 //!
@@ -71,19 +73,17 @@
 //! against MariaDB at 127.0.0.1:3306). `bench/passthrough` measures throughput, p95 and
 //! CPU per query against direct, and RSS with 1,000 idle clients.
 
+pub mod at;
+pub mod attach;
 pub mod classify;
 pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod failpoint;
 pub mod handshake;
-pub mod isolation;
 pub mod packet;
-pub mod phase_one;
-pub mod phase_two;
 pub mod session;
 pub mod stacked;
-pub mod undo_table;
 pub mod wire;
 pub mod xid;
 
@@ -124,9 +124,9 @@ pub struct Shared {
     /// Table metadata for images, shared by all sessions.
     pub metas: rewind_undo_log::MetaCache,
     /// Statements on the undo_log table.
-    pub undo: undo_table::UndoTable,
+    pub undo: at::undo_table::UndoTable,
     /// Tables of this resource holding global locks, and the writes in flight to others.
-    pub isolation: Arc<isolation::Isolation>,
+    pub isolation: Arc<at::isolation::Isolation>,
 }
 
 /// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
@@ -154,14 +154,14 @@ pub async fn run(
         coordinator: Arc::new(coordinator),
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
-        undo: undo_table::UndoTable::new(&config.undo_schema),
+        undo: at::undo_table::UndoTable::new(&config.undo_schema),
         isolation: Arc::default(),
         config,
         collations: Default::default(),
     });
     // Phase two (undo on rollback, record deletes on commit) and undo housekeeping run
     // beside the sessions and stop with them.
-    let phase_two = tokio::spawn(phase_two::run(shared.clone(), shutdown.clone()));
+    let phase_two = tokio::spawn(attach::run(shared.clone(), shutdown.clone()));
     // Taken before serving: the (max_connections + 1)th client gets error 1040.
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();

@@ -40,6 +40,7 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
+    rewind_proxy::failpoint::announce();
     let cli = Cli::parse();
     let mut config = match &cli.config {
         Some(path) => {

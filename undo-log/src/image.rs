@@ -270,54 +270,6 @@ impl TableMeta {
         })
     }
 
-    /// Why a statement of `kind` that assigns `set_columns` (UPDATE only) may not run on
-    /// this table inside a global transaction, or `None` when it may. Every reason is a
-    /// write the images would not capture, so the undo could not be exact.
-    pub fn refusal(&self, kind: crate::record::SqlKind, set_columns: &[String]) -> Option<String> {
-        use crate::record::SqlKind;
-        if !self.engine.eq_ignore_ascii_case("InnoDB") {
-            let engine = if self.engine.is_empty() {
-                "unknown"
-            } else {
-                &self.engine
-            };
-            return Some(format!(
-                "table {} uses the {engine} storage engine (not transactional: its writes \
-                 cannot be rolled back with the local transaction)",
-                self.name
-            ));
-        }
-        if let Some(trigger) = self.triggers.first() {
-            return Some(format!(
-                "table {} has trigger `{trigger}` (its writes would have no undo record)",
-                self.name
-            ));
-        }
-        for c in &self.cascades {
-            let hits = match kind {
-                SqlKind::Delete => c.on_delete,
-                SqlKind::Update => {
-                    c.on_update && c.columns.iter().any(|col| set_columns.contains(col))
-                }
-                SqlKind::Insert => false,
-            };
-            if hits {
-                return Some(format!(
-                    "table {} is referenced by foreign key `{}` with ON {} CASCADE/SET NULL/SET \
-                     DEFAULT (the child rows it rewrites would have no undo record)",
-                    self.name,
-                    c.constraint,
-                    if kind == SqlKind::Delete {
-                        "DELETE"
-                    } else {
-                        "UPDATE"
-                    }
-                ));
-            }
-        }
-        None
-    }
-
     /// The select list of an image: the primary key first, then every other column, each
     /// qualified by `qualifier` when given (`t`.`c`). TIMESTAMP columns are read as
     /// `UNIX_TIMESTAMP(c) AS c`: the value then does not depend on the session time zone

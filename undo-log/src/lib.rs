@@ -2,8 +2,8 @@
 //! Rewind's AT mode.
 //!
 //! The proxy drives this crate; it does no I/O of its own except loading table metadata.
-//! In phase one the proxy [analyzes](fn@analyze) a DML statement, reads the before image with the
-//! SELECT it derives, runs the write restricted to the locked keys, reads the after image,
+//! In phase one the proxy analyzes a DML statement (its `at::sql`), reads the before image
+//! with the SELECT it derives, runs the write restricted to the locked keys, reads the after image,
 //! and stores the resulting [`UndoRecord`] (and registers its [`LockKey`]s) in the same
 //! local transaction. In phase two (rollback) it decodes the record, reads the current
 //! rows with the `SELECT … FOR UPDATE` from [`undo_sql`], asks [`check`](fn@check) whether the rows
@@ -12,8 +12,8 @@
 //! Images must be read with the binary protocol (prepared statements) on a session set up
 //! with [`undo_sql::UNDO_SESSION_SETUP`] (UTC time zone); [`value`] says why.
 //!
-//! Tests: `cargo test -p rewind-undo-log`; `tests/mariadb.rs` needs MariaDB on
-//! 127.0.0.1:3306 (`scripts/ensure-mariadb.sh`).
+//! Tests: `cargo test -p rewind-undo-log` (unit tests); the proxy's `tests/images.rs`
+//! drives these pieces against MariaDB.
 //!
 //! Everything here exists to close the data-loss holes listed in `AT_NOTES.md`: values are
 //! stored losslessly with their MySQL type, comparisons are type-aware, on-update timestamp
@@ -29,11 +29,8 @@
 //! - [`undo_sql`]: the parameterized SQL that reads the current rows and undoes an item.
 //! - [`check`](mod@check): the dirty-write check that decides between restore, skip and conflict.
 //! - [`lock_key`]: global lock keys with a canonical, unambiguous string encoding.
-//! - [`analyze`](mod@analyze): from a DML statement's text to its table, SET columns, before-image
-//!   `SELECT … FOR UPDATE` and key-restricted rewrite; refuses shapes AT cannot undo.
 //! - [`error`]: the crate's error type.
 
-pub mod analyze;
 pub mod check;
 pub mod error;
 pub mod image;
@@ -42,7 +39,6 @@ pub mod record;
 pub mod undo_sql;
 pub mod value;
 
-pub use analyze::{analyze, Dml};
 pub use check::{check, CheckOutcome, DirtyWrite, RowConflict};
 pub use error::{Error, Result};
 pub use image::{ColumnMeta, MetaCache, Row, RowImage, TableMeta, TableName};

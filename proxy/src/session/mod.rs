@@ -16,18 +16,16 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
+use crate::at::{self, Branch, StmtCache};
 use crate::classify::{self, Kind};
 use crate::config::WriteIsolation;
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
-use crate::phase_one::{Branch, StmtCache};
 use crate::stacked;
 use crate::wire;
 use crate::xid;
 use crate::Shared;
-
-mod at;
 
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
@@ -51,44 +49,44 @@ const MAX_CLIENT_PACKET: usize = 64 * 1024 * 1024;
 const DEFAULT_COLLATION: u8 = 45;
 
 /// A statement prepared on the backend for this client.
-struct Prepared {
-    stmt: Statement,
+pub(crate) struct Prepared {
+    pub(crate) stmt: Statement,
     /// Parameter types from the last execute that bound them (new-params-bound flag).
-    types: Vec<(ColumnType, ColumnFlags)>,
+    pub(crate) types: Vec<(ColumnType, ColumnFlags)>,
     /// COM_STMT_SEND_LONG_DATA chunks per parameter, consumed by the next execute.
-    long_data: HashMap<u16, Vec<u8>>,
+    pub(crate) long_data: HashMap<u16, Vec<u8>>,
     /// XID tag in the prepared text: every execute is part of that global transaction.
-    tag: Option<String>,
+    pub(crate) tag: Option<String>,
     /// First-keyword class of the text, and the text itself when it is UTF-8: for the AT
     /// path when an execute is tagged or runs inside a bound local transaction.
-    kind: Kind,
-    sql: Option<Arc<str>>,
+    pub(crate) kind: Kind,
+    pub(crate) sql: Option<Arc<str>>,
     /// The DML analysis, done on the first execute that needs it.
-    plan: Option<Arc<rewind_undo_log::Dml>>,
+    pub(crate) plan: Option<Arc<crate::at::sql::Dml>>,
 }
 
-struct Session {
-    ps: PacketStream,
-    conn: Conn,
+pub(crate) struct Session {
+    pub(crate) ps: PacketStream,
+    pub(crate) conn: Conn,
     /// Negotiated capabilities (client's ∩ ours): decide EOF vs OK terminators.
-    caps: CapabilityFlags,
-    stmts: HashMap<u32, Prepared>,
+    pub(crate) caps: CapabilityFlags,
+    pub(crate) stmts: HashMap<u32, Prepared>,
     /// Last status flags seen from the backend, for packets the backend did not send us.
-    status: u16,
+    pub(crate) status: u16,
     /// Multi-statements allowed: CLIENT_MULTI_STATEMENTS, then COM_SET_OPTION.
-    multi_statements: bool,
+    pub(crate) multi_statements: bool,
     /// For COM_CHANGE_USER: the accepted logins and the client's host for error messages.
-    shared: Arc<Shared>,
-    peer: String,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) peer: String,
     /// The global transaction the current local transaction is bound to (AT mode).
-    branch: Option<Branch>,
+    pub(crate) branch: Option<Branch>,
     /// Statements the proxy itself prepared on this backend connection (image reads).
-    internal: StmtCache,
+    pub(crate) internal: StmtCache,
     /// The session's current database when known; `None`: ask the backend when needed.
-    db: Option<Option<String>>,
+    pub(crate) db: Option<Option<String>>,
     /// Set while relaying the result of a statement the proxy wrapped in its own
     /// transaction: the client, in autocommit, must not see the in-transaction flag.
-    hide_in_trans: bool,
+    pub(crate) hide_in_trans: bool,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -601,7 +599,7 @@ impl Session {
 
     /// Relays every result set of the pending result, row by row, then its final OK/EOF.
     /// Backend errors in later result sets end the response as MySQL would (ERR packet).
-    async fn relay<P: Protocol>(&mut self, binary: bool) -> Result<(), ProxyError> {
+    pub(crate) async fn relay<P: Protocol>(&mut self, binary: bool) -> Result<(), ProxyError> {
         let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
         let more_flag = StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
         let mut row_buf = Vec::with_capacity(256);

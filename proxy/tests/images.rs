@@ -1,15 +1,17 @@
-//! Against a real MariaDB at 127.0.0.1:3306 (started by `scripts/ensure-mariadb.sh`):
+//! The AT building blocks end to end, below the session (the SQL analysis of `at::sql`, the
+//! images, records and undo SQL of `rewind-undo-log`), against a real MariaDB at
+//! 127.0.0.1:3306 (started by `scripts/ensure-mariadb.sh`):
 //! images of every column type survive both protocols, the record codec, and the undo SQL
 //! byte for byte; a third-party write is caught as dirty. Each test owns one database.
 
 use anyhow::{ensure, Context, Result};
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Params};
-use rewind_undo_log::analyze::AutoIncrement;
+use rewind_proxy::at::sql::{analyze, AutoIncrement, Dml};
 use rewind_undo_log::undo_sql::{quote_ident, select_current, undo_statements, UNDO_SESSION_SETUP};
 use rewind_undo_log::{
-    analyze, check, CheckOutcome, Dml, Error, LockKey, MetaCache, RowImage, SqlKind, TableMeta,
-    TableName, TableSummary, UndoItem, UndoRecord, Value,
+    check, CheckOutcome, Error, LockKey, MetaCache, RowImage, SqlKind, TableMeta, TableName,
+    TableSummary, UndoItem, UndoRecord, Value,
 };
 
 const TABLE: &str = "all`types";

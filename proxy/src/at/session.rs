@@ -9,24 +9,26 @@
 //! `autocommit`), USE. Everything that would commit implicitly or write out of sight is
 //! refused with 1235 before it reaches the backend.
 
+use crate::at::sql as analyze;
 use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinaryProtocol, Params, Statement, TextProtocol, Value};
 use rewind_protocol::GlobalStatus;
-use rewind_undo_log::analyze;
 
-use super::Session;
+use super::refusals::Refusal;
+use super::statement::{self, StatementRun};
+use super::{Branch, Failure, Original};
+use crate::at::isolation::{Admission, Ticket};
 use crate::classify::{self, Kind};
 use crate::coordinator::CallError;
 use crate::error::ProxyError;
-use crate::isolation::{Admission, Ticket};
-use crate::phase_one::{self, Branch, Failure, Original};
+use crate::session::Session;
 use crate::stacked;
 use crate::wire;
 
 /// The statement being run on the AT path.
 #[derive(Clone)]
-pub(super) enum Stmt<'a> {
+pub enum Stmt<'a> {
     /// COM_QUERY text.
     Text(&'a [u8]),
     /// COM_STMT_EXECUTE of the client's statement `id`.
@@ -50,17 +52,12 @@ impl Stmt<'_> {
             Stmt::Text(b) => std::str::from_utf8(b).ok(),
             Stmt::Prepared { sql, .. } => sql.as_deref(),
         }
-        .ok_or_else(|| {
-            ProxyError::AtRefused(
-                "a statement whose text is not UTF-8 (the proxy must parse it to record its undo)"
-                    .into(),
-            )
-        })
+        .ok_or_else(|| ProxyError::from(Refusal::NotUtf8))
     }
 }
 
 /// Where a statement without an XID goes (write isolation).
-pub(super) enum Route {
+pub enum Route {
     /// Straight to the backend, holding the ticket (if any) until it is done.
     Fast(Option<Ticket>),
     /// An UPDATE/DELETE on a table holding global locks: wait for its rows' locks first.
@@ -73,7 +70,7 @@ impl Session {
     /// hold one) too while no table of the resource holds a global lock — without being
     /// parsed. Otherwise the statement's tables are looked up: writes to locked tables
     /// take the slow path, others go straight through.
-    pub(super) async fn route_untagged(
+    pub(crate) async fn route_untagged(
         &mut self,
         stmt: &Stmt<'_>,
         kind: &Kind,
@@ -86,19 +83,11 @@ impl Session {
         if let Admission::Fast(t) = iso.admit_unparsed() {
             return Ok(Route::Fast(Some(t)));
         }
-        let text = stmt.text().map_err(|_| {
-            ProxyError::AtRefused(
-                "a write whose text is not UTF-8 while global locks are held on this backend \
-                 (the proxy must parse it to check them)"
-                    .into(),
-            )
-        })?;
-        let refs = analyze::written_tables(text).map_err(|e| {
-            ProxyError::AtRefused(format!(
-                "a write the proxy cannot check against the global locks held on this \
-                 backend ({e}); retry once they are released"
-            ))
-        })?;
+        let text = stmt
+            .text()
+            .map_err(|_| ProxyError::from(Refusal::UncheckableText))?;
+        let refs = analyze::written_tables(text)
+            .map_err(|e| ProxyError::from(Refusal::Uncheckable(e.to_string())))?;
         let db = if refs.iter().any(|r| r.schema.is_none()) {
             self.current_db().await?
         } else {
@@ -106,7 +95,7 @@ impl Session {
         };
         let mut tables = Vec::with_capacity(refs.len());
         for r in &refs {
-            match phase_one::meta(&mut self.conn, &self.shared, r, db.as_deref()).await {
+            match self.statement(db.as_deref()).meta(r).await {
                 Ok(meta) => tables.push(rewind_undo_log::LockKey::table_id(&meta.name)),
                 // The backend reports a missing table itself; tables AT refuses (views,
                 // no primary key) never hold global locks.
@@ -121,17 +110,13 @@ impl Session {
             Admission::Locked if !multi && matches!(kind, Kind::Update | Kind::Delete) => {
                 Ok(Route::Isolated)
             }
-            _ => Err(ProxyError::AtRefused(
-                "a multi-statement or WITH query writing a table that holds global locks (the \
-                 proxy can wait for the locks of single UPDATE and DELETE statements only)"
-                    .into(),
-            )),
+            _ => Err(Refusal::UncheckableShape.into()),
         }
     }
 
-    /// The slow path of write isolation (see `phase_one::isolated_write`). In autocommit
+    /// The slow path of write isolation (see [`StatementRun::isolated_write`]). In autocommit
     /// the proxy opens and commits its own transaction around it.
-    pub(super) async fn isolated(
+    pub(crate) async fn isolated(
         &mut self,
         stmt: Stmt<'_>,
         params: Vec<Value>,
@@ -144,15 +129,10 @@ impl Session {
             other => other,
         })?;
         let (wrap, db) = self.begin_own().await?;
-        let r = phase_one::isolated_write(
-            &mut self.conn,
-            &mut self.internal,
-            &self.shared,
-            db.as_deref(),
-            &plan,
-            params,
-        )
-        .await;
+        let r = self
+            .statement(db.as_deref())
+            .isolated_write(&plan, params)
+            .await;
         match r {
             Ok(mut ok) => {
                 if wrap {
@@ -167,16 +147,14 @@ impl Session {
         }
     }
 
-    pub(super) async fn at_query(
+    pub(crate) async fn at_query(
         &mut self,
         sql: &[u8],
         tag: Option<String>,
     ) -> Result<(), ProxyError> {
         let backslash = self.status & StatusFlags::SERVER_STATUS_NO_BACKSLASH_ESCAPES.bits() == 0;
         if stacked::second_statement(sql, backslash).is_some() {
-            return Err(ProxyError::AtRefused(
-                "several statements in one query (send them one at a time)".into(),
-            ));
+            return Err(Refusal::Stacked.into());
         }
         let kind = classify::classify(sql);
         let r = self
@@ -185,7 +163,7 @@ impl Session {
         self.settle_binding(r).await
     }
 
-    pub(super) async fn at_execute(
+    pub(crate) async fn at_execute(
         &mut self,
         id: u32,
         values: Vec<Value>,
@@ -253,8 +231,7 @@ impl Session {
         match kind {
             Kind::Commit => match self.branch.take() {
                 Some(b) if !b.items.is_empty() => {
-                    let ok =
-                        phase_one::commit(&mut self.conn, &self.shared, b, stmt.bytes()).await?;
+                    let ok = super::commit(&mut self.conn, &self.shared, b, stmt.bytes()).await?;
                     self.push_ok_packet(ok);
                     Ok(())
                 }
@@ -287,11 +264,7 @@ impl Session {
                 }
                 Ok(())
             }
-            Kind::Begin if bound => Err(ProxyError::AtRefused(
-                "START TRANSACTION inside a local transaction that belongs to a global one \
-                 (it would commit that transaction implicitly; COMMIT or ROLLBACK first)"
-                    .into(),
-            )),
+            Kind::Begin if bound => Err(Refusal::NestedBegin.into()),
             Kind::Begin => {
                 if let Some(t) = &tag {
                     self.check_xid(t).await?;
@@ -302,11 +275,9 @@ impl Session {
                 }
                 Ok(())
             }
-            Kind::Set if classify::mentions_autocommit(stmt.bytes()) => Err(ProxyError::AtRefused(
-                "SET autocommit inside a global transaction (switching it on commits the \
-                     local transaction implicitly)"
-                    .into(),
-            )),
+            Kind::Set if classify::mentions_autocommit(stmt.bytes()) => {
+                Err(Refusal::Autocommit.into())
+            }
             Kind::Select if classify::mentions_for_update(stmt.bytes()) => {
                 self.locking_read(tag, stmt, params).await
             }
@@ -314,11 +285,7 @@ impl Session {
                 if analyze::is_read_query(stmt.text()?).unwrap_or(false) {
                     self.read(tag, stmt, params).await
                 } else {
-                    Err(ProxyError::AtRefused(
-                        "WITH … INSERT/UPDATE/DELETE (write without the common table \
-                         expression)"
-                            .into(),
-                    ))
+                    Err(Refusal::WithWrite.into())
                 }
             }
             Kind::Use => {
@@ -329,11 +296,7 @@ impl Session {
             Kind::Insert | Kind::Update | Kind::Delete | Kind::Replace => {
                 self.dml(tag, stmt, params).await
             }
-            Kind::Other(word) => Err(ProxyError::AtRefused(format!(
-                "`{}` statements in a global transaction (they commit implicitly or write \
-                 where the proxy cannot record an undo)",
-                if word.is_empty() { "empty" } else { &word }
-            ))),
+            Kind::Other(word) => Err(Refusal::Statement(word).into()),
         }
     }
 
@@ -394,6 +357,16 @@ impl Session {
         }
     }
 
+    /// The AT context for one statement on this session's backend connection.
+    fn statement<'a>(&'a mut self, db: Option<&'a str>) -> StatementRun<'a> {
+        StatementRun {
+            conn: &mut self.conn,
+            stmts: &mut self.internal,
+            shared: &self.shared,
+            db,
+        }
+    }
+
     /// The current database for unqualified table names.
     async fn current_db(&mut self) -> Result<Option<String>, ProxyError> {
         if let Some(db) = &self.db {
@@ -411,17 +384,14 @@ impl Session {
     }
 
     /// The DML plan of a statement: parsed once per prepared statement.
-    fn plan(
-        &mut self,
-        stmt: &Stmt<'_>,
-    ) -> Result<std::sync::Arc<rewind_undo_log::Dml>, ProxyError> {
+    fn plan(&mut self, stmt: &Stmt<'_>) -> Result<std::sync::Arc<crate::at::sql::Dml>, ProxyError> {
         if let Stmt::Prepared { id, .. } = stmt {
             if let Some(plan) = self.stmts.get(id).and_then(|p| p.plan.clone()) {
                 return Ok(plan);
             }
         }
         let plan = std::sync::Arc::new(
-            rewind_undo_log::analyze(stmt.text()?).map_err(|e| phase_one::refused(e, "?"))?,
+            crate::at::sql::analyze(stmt.text()?).map_err(|e| statement::refused(e, "?"))?,
         );
         if let Stmt::Prepared { id, .. } = stmt {
             if let Some(p) = self.stmts.get_mut(id) {
@@ -457,16 +427,10 @@ impl Session {
             Stmt::Text(sql) => Original::Text(sql),
             Stmt::Prepared { stmt, .. } => Original::Prepared(stmt),
         };
-        let run = phase_one::run_dml(
-            &mut self.conn,
-            &mut self.internal,
-            &self.shared,
-            db.as_deref(),
-            &plan,
-            original,
-            params,
-        )
-        .await;
+        let run = self
+            .statement(db.as_deref())
+            .run_dml(&plan, original, params)
+            .await;
         match run {
             Ok((items, mut ok)) => {
                 let branch = self.branch.as_mut().expect("bound above");
@@ -477,7 +441,7 @@ impl Session {
                         self.conn.query_drop("COMMIT").await?;
                         wire::Ok::from_backend(&self.conn)
                     } else {
-                        phase_one::commit(&mut self.conn, &self.shared, branch, b"COMMIT").await?
+                        super::commit(&mut self.conn, &self.shared, branch, b"COMMIT").await?
                     };
                     ok.status = committed.status;
                 }
@@ -489,10 +453,8 @@ impl Session {
             Err(Failure::Poisoned(e)) => {
                 self.branch = None;
                 let e = match e {
-                    ProxyError::BranchRolledBack(why) => {
-                        phase_one::abort(&mut self.conn, why).await
-                    }
-                    other => phase_one::abort(&mut self.conn, other.to_string()).await,
+                    ProxyError::BranchRolledBack(why) => super::abort(&mut self.conn, why).await,
+                    other => super::abort(&mut self.conn, other.to_string()).await,
                 };
                 Err(e)
             }
@@ -521,7 +483,7 @@ impl Session {
         let select = match analyze::analyze_locking_select(stmt.text()?) {
             Ok(Some(s)) => s,
             Ok(None) => return self.read(tag, stmt, params).await,
-            Err(e) => return Err(phase_one::refused(e, "SELECT … FOR UPDATE")),
+            Err(e) => return Err(statement::refused(e, "SELECT … FOR UPDATE")),
         };
         if let Some(t) = &tag {
             if self.branch.is_none() {
@@ -535,16 +497,10 @@ impl Session {
         }
         let xid = self.branch.as_ref().map(|b| b.xid.clone()).or(tag);
         let (wrap, db) = self.begin_own().await?;
-        let waited = phase_one::wait_for_locked_rows(
-            &mut self.conn,
-            &mut self.internal,
-            &self.shared,
-            db.as_deref(),
-            &select,
-            params.clone(),
-            xid.as_deref(),
-        )
-        .await;
+        let waited = self
+            .statement(db.as_deref())
+            .wait_for_locked_rows(&select, params.clone(), xid.as_deref())
+            .await;
         if let Err(e) = waited {
             return Err(self.close_wrap(wrap, e).await);
         }

@@ -1,0 +1,154 @@
+//! The commit protocol of a branch: register with the coordinator (its global locks),
+//! insert the undo record, and only then let the client's COMMIT run.
+
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::Conn;
+use rewind_protocol::v1;
+use rewind_undo_log::UndoRecord;
+
+use crate::coordinator::{CallError, Registration};
+use crate::error::ProxyError;
+use crate::wire;
+use crate::Shared;
+
+use super::locks::*;
+use super::Branch;
+
+/// Commits a branch that has undo items: register with the coordinator (retrying lock
+/// conflicts), insert the undo record, commit with the client's own COMMIT statement.
+/// On any failure before the COMMIT the local transaction is rolled back and the error
+/// says so. Returns the COMMIT's OK.
+pub async fn commit(
+    conn: &mut Conn,
+    shared: &Shared,
+    branch: Branch,
+    commit_sql: &[u8],
+) -> Result<wire::Ok, ProxyError> {
+    let xid = branch.xid;
+    let record = UndoRecord {
+        items: branch.items,
+    };
+    let prepared = record.lock_keys().and_then(|k| Ok((k, record.encode()?)));
+    let (keys, info) = match prepared {
+        Ok(x) => x,
+        Err(e) => return Err(abort(conn, format!("the undo record cannot be written: {e}")).await),
+    };
+    let keys: Vec<v1::LockKey> = keys.into_iter().map(|k| proto_key(shared, k)).collect();
+    let request_id = format!("{:032x}", rand::random::<u128>());
+    let interval = Duration::from_millis(shared.config.lock_retry_interval_ms);
+    let mut attempt = 0;
+    let (branch_id, registered_at) = loop {
+        let registering = std::time::Instant::now();
+        let r = shared
+            .coordinator
+            .register(&xid, &shared.resource_id, &keys, &request_id)
+            .await;
+        match r {
+            Ok(Registration::Registered(id)) => break (id, registering),
+            Ok(Registration::Conflict {
+                key,
+                holder,
+                holder_rolling_back,
+            }) => {
+                if holder_rolling_back || attempt >= shared.config.lock_retry_count {
+                    let why = if holder.is_empty() {
+                        format!(
+                            "writes without an XID to {} were still running through a \
+                             proxy (possibly waiting for this transaction's own rows)",
+                            describe_key(Some(&key))
+                        )
+                    } else {
+                        format!(
+                            "global lock on {} held by global transaction {holder}{}",
+                            describe_key(Some(&key)),
+                            if holder_rolling_back {
+                                " which is rolling back"
+                            } else {
+                                ""
+                            }
+                        )
+                    };
+                    rollback(conn).await;
+                    return Err(ProxyError::GlobalLockTimeout(format!(
+                        "{why}; the local transaction was rolled back"
+                    )));
+                }
+                attempt += 1;
+                tokio::time::sleep(interval).await;
+            }
+            Err(CallError::NotFound(m) | CallError::NotActive(m)) => {
+                rollback(conn).await;
+                return Err(ProxyError::UnknownXid(format!(
+                    "{m}; the local transaction was rolled back"
+                )));
+            }
+            Err(e) => return Err(abort(conn, format!("registering the branch failed: {e}")).await),
+        }
+    };
+    tracing::debug!(%xid, branch_id, locks = keys.len(), "branch registered");
+    crate::failpoint::hit("after-register").await;
+    // A rollback that finds no undo record leaves a marker, which housekeeping removes
+    // `undo_retention_secs` after the transaction finished. A phase one stalled since its
+    // registration for a good part of that time must not insert its record any more (it
+    // could land after the marker is gone): it gives up instead.
+    if registered_at.elapsed() > Duration::from_secs(shared.config.undo_retention_secs) / 2 {
+        let err = abort(
+            conn,
+            "phase one stalled between registering the branch and writing its undo record".into(),
+        )
+        .await;
+        report(shared, &xid, branch_id, false);
+        return Err(err);
+    }
+    let inserted = conn
+        .exec_drop(shared.undo.insert(), (branch_id, xid.as_str(), info))
+        .await;
+    if let Err(e) = inserted {
+        let why = match &e {
+            mysql_async::Error::Server(s) if s.code == 1062 => {
+                "the global transaction was already rolled back".to_string()
+            }
+            other => format!("writing the undo record failed: {other}"),
+        };
+        let err = abort(conn, why).await;
+        report(shared, &xid, branch_id, false);
+        return Err(err);
+    }
+    crate::failpoint::hit("before-local-commit").await;
+    if let Err(e) = conn.query_drop(commit_sql).await {
+        // A server error means the COMMIT did not happen; a lost connection leaves it
+        // unknown, and the coordinator's rollback finds the record or leaves a marker.
+        if matches!(e, mysql_async::Error::Server(_)) {
+            report(shared, &xid, branch_id, false);
+        }
+        return Err(e.into());
+    }
+    crate::failpoint::hit("after-local-commit").await;
+    report(shared, &xid, branch_id, true);
+    Ok(wire::Ok::from_backend(conn))
+}
+
+/// Tells the coordinator how phase one ended, off the client's path.
+pub(super) fn report(shared: &Shared, xid: &str, branch_id: u64, committed: bool) {
+    let coordinator = shared.coordinator.clone();
+    let xid = xid.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = coordinator.report(&xid, branch_id, committed).await {
+            tracing::debug!(%xid, branch_id, error = %e, "phase-one report not delivered");
+        }
+    });
+}
+
+/// Rolls the local transaction back and returns the error that says so.
+pub async fn abort(conn: &mut Conn, why: String) -> ProxyError {
+    rollback(conn).await;
+    ProxyError::BranchRolledBack(format!("{why}; the local transaction was rolled back"))
+}
+
+pub(super) async fn rollback(conn: &mut Conn) {
+    if let Err(e) = conn.query_drop("ROLLBACK").await {
+        tracing::warn!(error = %e, "ROLLBACK after a failed phase one failed");
+    }
+}

@@ -1,0 +1,498 @@
+//! Phase one of AT mode, on the client's own backend connection and inside its local
+//! transaction.
+//!
+//! For each DML statement: read the before image with the statement's own predicate under
+//! `FOR UPDATE`, run the write restricted to exactly the locked primary keys (so a row that
+//! appears between image and write under READ COMMITTED is never changed without a
+//! record), then read the after image by key. INSERTs run as written and their rows are
+//! found again by the keys the statement gave or the server generated. At the client's
+//! COMMIT: register the branch and its global locks with the coordinator, insert the undo
+//! record, and only then commit; any failure rolls the local transaction back.
+//!
+//! Images are read with the binary protocol (prepared statements, cached per session in
+//! [`StmtCache`]); TIMESTAMP columns come as `UNIX_TIMESTAMP()` so the client's session
+//! time zone cannot shift them.
+//!
+//! This file holds the context every step runs in ([`StatementRun`]), the statement
+//! cache, how a step fails ([`Failure`]), and the definition check that keeps table
+//! metadata from going stale; the statement kinds live beside it.
+
+use std::collections::{HashMap, VecDeque};
+
+use crate::at::sql::{self as analyze, Dml};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Params, Statement, Value};
+use rewind_undo_log::undo_sql::MAX_STATEMENT_PARAMS;
+use rewind_undo_log::{Error as UndoError, RowImage, TableMeta, TableName, UndoItem};
+
+use crate::error::ProxyError;
+use crate::wire;
+use crate::Shared;
+
+/// One DML statement of a branch (or a write-isolated statement) being run: the client's
+/// backend connection inside its local transaction, the statements the proxy prepared on
+/// it, what all sessions share, and the session's current database (for table names the
+/// statement does not qualify). Every step of phase one is a method of it.
+pub struct StatementRun<'a> {
+    pub conn: &'a mut Conn,
+    pub stmts: &'a mut StmtCache,
+    pub shared: &'a Shared,
+    pub db: Option<&'a str>,
+}
+
+/// Statements the proxy itself prepared on a session's backend connection. The pool's
+/// statement cache is off (a client's statements are the client's), so without this every
+/// image read would cost a prepare round trip. Bounded; the oldest is closed on overflow.
+#[derive(Default)]
+pub struct StmtCache {
+    map: HashMap<String, Statement>,
+    order: VecDeque<String>,
+}
+
+pub(super) const STMT_CACHE_SIZE: usize = 64;
+
+impl StmtCache {
+    pub async fn get(
+        &mut self,
+        conn: &mut Conn,
+        sql: &str,
+    ) -> Result<Statement, mysql_async::Error> {
+        if let Some(s) = self.map.get(sql) {
+            return Ok(s.clone());
+        }
+        let stmt = conn.prep(sql).await?;
+        if self.order.len() >= STMT_CACHE_SIZE {
+            if let Some(old) = self.order.pop_front() {
+                if let Some(s) = self.map.remove(&old) {
+                    conn.close(s).await?;
+                }
+            }
+        }
+        self.order.push_back(sql.to_string());
+        self.map.insert(sql.to_string(), stmt.clone());
+        Ok(stmt)
+    }
+
+    /// The backend forgot every statement (COM_RESET_CONNECTION, COM_CHANGE_USER).
+    pub fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+}
+
+/// How a phase-one step failed.
+#[derive(Debug)]
+pub enum Failure {
+    /// Nothing was written: the statement failed as a statement, the client's local
+    /// transaction goes on as before.
+    Clean(ProxyError),
+    /// The write happened but its undo could not be recorded: the caller must roll the
+    /// local transaction back (never let it commit).
+    Poisoned(ProxyError),
+    /// Nothing was written, and the metadata the statement was planned with no longer
+    /// matches these tables (DDL since it was loaded): reload it and plan again. Never
+    /// leaves this module ([`run_dml`] and [`isolated_write`] retry).
+    Stale(Vec<TableName>),
+}
+
+impl From<mysql_async::Error> for Failure {
+    fn from(e: mysql_async::Error) -> Self {
+        Failure::Clean(e.into())
+    }
+}
+
+/// How to run the client's statement itself (INSERT runs as written).
+#[derive(Clone, Copy)]
+pub enum Original<'a> {
+    Text(&'a [u8]),
+    Prepared(&'a Statement),
+}
+
+pub use super::refusals::analysis as refused;
+
+impl StatementRun<'_> {
+    /// The table's metadata, by the statement's name for it or the session's database.
+    pub async fn meta(
+        &mut self,
+        table: &analyze::TableRef,
+    ) -> Result<std::sync::Arc<TableMeta>, ProxyError> {
+        let schema = table
+            .schema
+            .as_deref()
+            .or(self.db)
+            .ok_or(ProxyError::NoDatabase)?;
+        self.shared
+            .metas
+            .get_or_load(self.conn, schema, &table.table)
+            .await
+            .map_err(|e| refused(e, &format!("{schema}.{}", table.table)))
+    }
+}
+
+impl StatementRun<'_> {
+    pub(super) async fn rows(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<mysql_async::Row>, mysql_async::Error> {
+        let stmt = self.stmts.get(self.conn, sql).await?;
+        self.conn.exec(&stmt, params_of(params)).await
+    }
+}
+
+impl StatementRun<'_> {
+    pub(super) async fn write(
+        &mut self,
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<wire::Ok, mysql_async::Error> {
+        let stmt = self.stmts.get(self.conn, sql).await?;
+        self.conn.exec_drop(&stmt, params_of(params)).await?;
+        Ok(wire::Ok::from_backend(self.conn))
+    }
+}
+
+pub(super) fn params_of(v: Vec<Value>) -> Params {
+    if v.is_empty() {
+        Params::Empty
+    } else {
+        Params::Positional(v)
+    }
+}
+
+impl StatementRun<'_> {
+    /// Reads rows by primary key in statements of at most [`MAX_STATEMENT_PARAMS`] parameters.
+    pub(super) async fn image_by_keys(
+        &mut self,
+        meta: &TableMeta,
+        keys: &[Vec<Value>],
+    ) -> Result<RowImage, ProxyError> {
+        self.read_by_keys(meta, keys, false).await
+    }
+}
+
+impl StatementRun<'_> {
+    /// [`image_by_keys`], optionally as a locking (current) read.
+    pub(super) async fn read_by_keys(
+        &mut self,
+        meta: &TableMeta,
+        keys: &[Vec<Value>],
+        lock: bool,
+    ) -> Result<RowImage, ProxyError> {
+        let mut image = RowImage::empty(meta.name.clone());
+        let per = (MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)).max(1);
+        for chunk in keys.chunks(per) {
+            let mut sql = analyze::rows_by_keys_sql(meta, chunk.len());
+            if lock {
+                sql.push_str(" FOR UPDATE");
+            }
+            let found = self.rows(&sql, chunk.concat()).await?;
+            let part = RowImage::from_image(meta, &found).map_err(|e| {
+                ProxyError::BranchRolledBack(format!("after image of {}: {e}", meta.name))
+            })?;
+            image.rows.extend(part.rows);
+        }
+        Ok(image)
+    }
+}
+
+pub(super) fn keys_of(meta: &TableMeta, image: &RowImage) -> Result<Vec<Vec<Value>>, UndoError> {
+    image
+        .rows
+        .iter()
+        .map(|r| {
+            Ok(r.primary_key(&meta.primary_key)?
+                .iter()
+                .map(|v| v.to_mysql())
+                .collect())
+        })
+        .collect()
+}
+
+/// How many times a statement is planned again after the tables' definitions changed
+/// under it before the proxy gives up (each retry follows a DDL that completed meanwhile).
+pub(super) const STALE_RETRIES: usize = 3;
+
+impl StatementRun<'_> {
+    /// Runs one DML statement with its images. `params` are the statement's parameters (empty
+    /// for the text protocol). Returns the undo items (none when no row was touched; one per
+    /// written table, an update and an insert item for ON DUPLICATE KEY UPDATE, a delete and
+    /// an insert item for REPLACE or an UPDATE of key columns) and the OK the client gets.
+    ///
+    /// Before anything is written, every written table's definition is confirmed against the
+    /// metadata the statement was planned with; when it changed (DDL anywhere), the metadata
+    /// is reloaded and the statement planned again.
+    pub async fn run_dml(
+        &mut self,
+        dml: &Dml,
+        original: Original<'_>,
+        params: Vec<Value>,
+    ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+        let mut changed = Vec::new();
+        for _ in 0..STALE_RETRIES {
+            match self.run_dml_once(dml, original, params.clone()).await {
+                Err(Failure::Stale(tables)) => {
+                    reload(self.shared, &tables);
+                    changed = tables;
+                }
+                other => return other,
+            }
+        }
+        Err(Failure::Clean(kept_changing(&changed)))
+    }
+}
+
+/// Forgets the metadata of tables whose definition changed.
+pub(super) fn reload(shared: &Shared, tables: &[TableName]) {
+    for t in tables {
+        tracing::info!(table = %t, "table definition changed; its metadata is reloaded");
+        shared.metas.invalidate(t);
+    }
+}
+
+pub(super) fn kept_changing(tables: &[TableName]) -> ProxyError {
+    let names = tables
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ");
+    ProxyError::AtRefused(format!(
+        "a statement on {names}, whose definition changed {STALE_RETRIES} times while the \
+         proxy prepared it (nothing was applied; retry it)"
+    ))
+}
+
+impl StatementRun<'_> {
+    pub(super) async fn run_dml_once(
+        &mut self,
+        dml: &Dml,
+        original: Original<'_>,
+        params: Vec<Value>,
+    ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+        match dml {
+            Dml::Update(plan) => self.update(plan, params).await,
+            Dml::UpdateJoin(plan) => self.update_join(plan, params).await,
+            Dml::Delete(plan) => self
+                .delete(plan, params)
+                .await
+                .map(|(item, ok)| (item.into_iter().collect(), ok)),
+            Dml::DeleteJoin(plan) => self.delete_join(plan, params).await,
+            Dml::Insert(plan) if plan.select.is_some() => {
+                self.insert_select(plan, original, params).await
+            }
+            Dml::Insert(plan) if plan.on_duplicate.is_some() || plan.replace || plan.ignore => {
+                self.upsert(plan, original, params).await
+            }
+            Dml::Insert(plan) => self
+                .insert(plan, original, params)
+                .await
+                .map(|(item, ok)| (item.into_iter().collect(), ok)),
+        }
+    }
+}
+
+impl StatementRun<'_> {
+    /// The table's definition now, as [`rewind_undo_log::MetaCache::definition_query`] reads
+    /// it. Reading it also takes the table's metadata lock for the rest of the local
+    /// transaction.
+    pub(super) async fn definition(&mut self, name: &TableName) -> Result<String, Failure> {
+        match self
+            .shared
+            .metas
+            .definition(self.conn, &name.schema, &name.table)
+            .await
+        {
+            Ok(d) => Ok(d),
+            // ER_NO_SUCH_TABLE: dropped (or renamed) since it was loaded.
+            Err(UndoError::Mysql(mysql_async::Error::Server(e))) if e.code == 1146 => {
+                Err(Failure::Stale(vec![name.clone()]))
+            }
+            Err(UndoError::Mysql(e)) => Err(e.into()),
+            Err(e) => Err(Failure::Clean(refused(e, &name.to_string()))),
+        }
+    }
+}
+
+impl StatementRun<'_> {
+    /// Confirms that `metas` still describe their tables; [`Failure::Stale`] names those that
+    /// changed. Called before a statement writes (after its before image locked the rows, so
+    /// no new child row of a cascading foreign key can appear under them either).
+    pub(super) async fn confirm(&mut self, metas: &[&TableMeta]) -> Result<(), Failure> {
+        let mut stale: Vec<TableName> = Vec::new();
+        for meta in metas {
+            if stale.contains(&meta.name) {
+                continue;
+            }
+            if self.definition(&meta.name).await? != meta.definition {
+                stale.push(meta.name.clone());
+            }
+        }
+        if stale.is_empty() {
+            Ok(())
+        } else {
+            Err(Failure::Stale(stale))
+        }
+    }
+}
+
+impl StatementRun<'_> {
+    /// A statement failed before writing in a way stale metadata explains (a column the
+    /// metadata lacks, or an image SELECT naming a column that is gone): [`Failure::Stale`]
+    /// when the definitions changed, the failure itself otherwise.
+    pub(super) async fn stale_or(&mut self, metas: &[&TableMeta], failure: Failure) -> Failure {
+        match self.confirm(metas).await {
+            Ok(()) => failure,
+            Err(f) => f,
+        }
+    }
+}
+
+impl StatementRun<'_> {
+    /// A planning error met before anything was written: a column the metadata does not know
+    /// may be a column added since it was loaded.
+    pub(super) async fn planning(&mut self, metas: &[&TableMeta], e: UndoError) -> Failure {
+        let missing = matches!(e, UndoError::MissingColumn(_));
+        let name = metas
+            .first()
+            .map(|m| m.name.to_string())
+            .unwrap_or_default();
+        let f = Failure::Clean(refused(e, &name));
+        if missing {
+            self.stale_or(metas, f).await
+        } else {
+            f
+        }
+    }
+}
+
+impl StatementRun<'_> {
+    /// [`rows`] for an image read before anything was written: an unknown-column error is
+    /// checked against the table's definition first.
+    pub(super) async fn image_rows(
+        &mut self,
+        metas: &[&TableMeta],
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<mysql_async::Row>, Failure> {
+        match self.rows(sql, params).await {
+            Ok(r) => Ok(r),
+            Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
+                let f = Failure::Clean(mysql_async::Error::Server(e).into());
+                Err(self.stale_or(metas, f).await)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Keeps the first row per primary key (a join repeats a row once per partner).
+pub(super) fn dedup_by_key(meta: &TableMeta, image: &mut RowImage) -> Result<(), UndoError> {
+    let mut seen = std::collections::HashSet::new();
+    let mut keep = Vec::with_capacity(image.rows.len());
+    for row in image.rows.drain(..) {
+        if seen.insert(rewind_undo_log::record::row_key(&row, &meta.primary_key)?) {
+            keep.push(row);
+        }
+    }
+    image.rows = keep;
+    Ok(())
+}
+
+impl StatementRun<'_> {
+    /// Runs the client's own statement (INSERT-like statements run as written) and returns
+    /// its OK.
+    pub(super) async fn run_original(
+        &mut self,
+        original: Original<'_>,
+        params: &[Value],
+    ) -> Result<wire::Ok, mysql_async::Error> {
+        match original {
+            Original::Text(sql) => self.conn.query_drop(sql).await?,
+            Original::Prepared(stmt) => {
+                self.conn
+                    .exec_drop(stmt, params_of(params.to_vec()))
+                    .await?
+            }
+        }
+        Ok(wire::Ok::from_backend(self.conn))
+    }
+}
+
+impl StatementRun<'_> {
+    /// Runs a key-restricted write over `keys` in chunks of `per` keys (one statement when
+    /// they fit, which is the common case). A failure of the first statement is a clean
+    /// statement failure; a later one leaves earlier chunks written, so it poisons.
+    pub(super) async fn write_in_chunks(
+        &mut self,
+        keys: &[Vec<Value>],
+        per: usize,
+        sql_for: impl Fn(usize) -> String,
+        lead_params: &[Value],
+    ) -> Result<wire::Ok, Failure> {
+        let chunks: Vec<&[Vec<Value>]> = if keys.is_empty() {
+            vec![&[]]
+        } else {
+            keys.chunks(per).collect()
+        };
+        let mut total: Option<wire::Ok> = None;
+        let mut counts = (0u64, 0u64, 0u64);
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut params = lead_params.to_vec();
+            params.extend(chunk.concat());
+            let ok = match self.write(&sql_for(chunk.len()), params).await {
+                Ok(ok) => ok,
+                Err(e) if i == 0 => return Err(Failure::Clean(e.into())),
+                Err(e) => {
+                    return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+                        "a later part of a large write failed: {}",
+                        ProxyError::from(e)
+                    ))))
+                }
+            };
+            if let Some((m, c, w)) = parse_update_info(&ok.info) {
+                counts = (counts.0 + m, counts.1 + c, counts.2 + w);
+            }
+            total = Some(match total {
+                None => ok,
+                Some(mut t) => {
+                    t.affected_rows += ok.affected_rows;
+                    t.warnings = t.warnings.saturating_add(ok.warnings);
+                    t.status = ok.status;
+                    if !t.info.is_empty() {
+                        t.info = format!(
+                            "Rows matched: {}  Changed: {}  Warnings: {}",
+                            counts.0, counts.1, counts.2
+                        )
+                        .into_bytes();
+                    }
+                    t
+                }
+            });
+        }
+        Ok(total.expect("at least one chunk"))
+    }
+}
+
+/// `Rows matched: M  Changed: C  Warnings: W` of an UPDATE's OK packet.
+pub(super) fn parse_update_info(info: &[u8]) -> Option<(u64, u64, u64)> {
+    let text = std::str::from_utf8(info).ok()?;
+    let mut nums = text
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u64>().ok());
+    Some((nums.next()??, nums.next()??, nums.next()??))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn update_info_is_parsed() {
+        assert_eq!(
+            parse_update_info(b"Rows matched: 3  Changed: 2  Warnings: 1"),
+            Some((3, 2, 1))
+        );
+        assert_eq!(parse_update_info(b""), None);
+    }
+}

@@ -1,0 +1,352 @@
+//! The `Attach` stream: this proxy's standing connection to the coordinator, over which
+//! it announces its resource and receives phase two (branch commit and rollback, operator
+//! resolutions) and write-isolation sets; it also keeps the undo table and starts the
+//! undo housekeeping.
+//!
+//! Everything here is idempotent and keeps no state of its own: the undo records live in
+//! the backend and the decisions in the coordinator, so any proxy announcing the same
+//! resource (this one after a restart, or another one) can finish a branch.
+//!
+//! - Commit: the branch's undo record is deleted, in batches shared by many branches, and
+//!   answered once the batch is durable.
+//! - Rollback and resolve: see [`crate::at::rollback`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Params, Pool};
+use rewind_protocol::v1::{
+    self, branch_result, coordinator_message, proxy_message, resolve_result,
+    resource_manager_client::ResourceManagerClient, BranchAction,
+};
+use rewind_undo_log::undo_sql::UNDO_SESSION_SETUP;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn, Instrument};
+
+use crate::at::housekeeping::housekeeping;
+use crate::at::rollback::{resolve, rollback, UndoOutcome};
+use crate::coordinator::backoff;
+use crate::Shared;
+
+/// Runs until `shutdown`: keeps the undo table, the Attach stream (re-attaching to the
+/// leader after any break), the batched committer and housekeeping going.
+pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
+    let pool = match phase_two_pool(&shared) {
+        Ok(p) => p,
+        Err(e) => {
+            warn!(error = %e, "phase two disabled: bad backend URL");
+            return;
+        }
+    };
+    ensure_undo_table(&shared, &pool, &shutdown).await;
+    let (commits, commit_rx) = mpsc::channel(4096);
+    let committer = tokio::spawn(committer(shared.clone(), pool.clone(), commit_rx));
+    let housekeeper = tokio::spawn(housekeeping(shared.clone(), pool.clone(), shutdown.clone()));
+    let workers = Arc::new(Semaphore::new(shared.config.phase_two_connections));
+    let mut attempt = 0;
+    while !shutdown.is_cancelled() {
+        let attached = attach(&shared, &pool, &commits, &workers, &shutdown).await;
+        if attached {
+            attempt = 0;
+        }
+        attempt += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt)) => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+    housekeeper.abort();
+    drop(commits);
+    let _ = tokio::time::timeout(Duration::from_secs(2), committer).await;
+    let _ = tokio::time::timeout(Duration::from_secs(2), pool.disconnect()).await;
+}
+
+pub(crate) fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error> {
+    let opts = mysql_async::Opts::from_url(&shared.config.backend)?;
+    let max = shared.config.phase_two_connections.max(1);
+    let constraints = mysql_async::PoolConstraints::new(0, max).expect("0 <= max");
+    let opts = mysql_async::OptsBuilder::from_opts(opts)
+        // UTC for TIMESTAMP images; READ COMMITTED so a lookup of a missing undo record
+        // takes no gap lock that would deadlock with a phase one inserting it.
+        .init(vec![
+            UNDO_SESSION_SETUP.to_string(),
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+        ])
+        .prefer_socket(false)
+        // An undo UPDATE must count the row it matched even when the row already holds
+        // those values (the statement left it unchanged): affected rows = found rows.
+        .client_found_rows(true)
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                // Keep the session setup: every use ends its own transaction.
+                .with_reset_connection(false),
+        );
+    Ok(Pool::new(opts))
+}
+
+pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &CancellationToken) {
+    let mut attempt = 0;
+    loop {
+        let r = async {
+            let mut conn = pool.get_conn().await?;
+            for ddl in shared.undo.ddl() {
+                conn.query_drop(ddl).await?;
+            }
+            Ok::<_, mysql_async::Error>(())
+        }
+        .await;
+        match r {
+            Ok(()) => return,
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 {
+                    warn!(error = %e, "cannot create the undo_log table yet; retrying");
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1).min(backoff(attempt) * 4)) => {}
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// One Attach session; returns whether it got as far as a stream.
+pub(crate) async fn attach(
+    shared: &Arc<Shared>,
+    pool: &Pool,
+    commits: &mpsc::Sender<(String, u64, oneshot::Sender<UndoOutcome>)>,
+    workers: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> bool {
+    let (url, channel) = shared.coordinator.current();
+    let (tx, rx) = mpsc::channel::<v1::ProxyMessage>(1024);
+    let announce = v1::ProxyMessage {
+        kind: Some(proxy_message::Kind::Announce(v1::Announce {
+            proxy_id: format!(
+                "rewind-proxy@{} pid {}",
+                shared.config.listen,
+                std::process::id()
+            ),
+            resource_ids: vec![shared.resource_id.clone()],
+        })),
+    };
+    if tx.send(announce).await.is_err() {
+        return false;
+    }
+    let mut inbound = match ResourceManagerClient::new(channel)
+        .attach(ReceiverStream::new(rx))
+        .await
+    {
+        Ok(r) => r.into_inner(),
+        Err(status) => {
+            debug!(%url, error = %status.message(), "attach failed");
+            shared.coordinator.fail_over(&url, Some(&status));
+            return false;
+        }
+    };
+    info!(%url, resource = %shared.resource_id, "attached to the coordinator");
+    // The coordinator takes the ack of epoch N as confirming the set of N, and drops
+    // older epochs still pending. So acks go out in epoch order: each waits for the
+    // previous one, whose drain (of tables added earlier, still in the later set) may
+    // still be waiting for a running write.
+    let mut last_ack: Option<tokio::task::JoinHandle<()>> = None;
+    loop {
+        let msg = tokio::select! {
+            m = inbound.message() => m,
+            _ = shutdown.cancelled() => return true,
+        };
+        let msg = match msg {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                info!(%url, "coordinator closed the phase-two stream");
+                shared.coordinator.fail_over(&url, None);
+                return true;
+            }
+            Err(status) => {
+                info!(%url, error = %status.message(), "phase-two stream broke");
+                shared.coordinator.fail_over(&url, Some(&status));
+                return true;
+            }
+        };
+        // Table-lock sets are applied at once, in stream order; phase-two work waits for
+        // a worker.
+        let permit = match &msg.kind {
+            Some(coordinator_message::Kind::TableLocks(_)) | None => None,
+            Some(_) => match workers.clone().acquire_owned().await {
+                Ok(p) => Some(p),
+                Err(_) => return true,
+            },
+        };
+        let (shared, pool, tx, commits) =
+            (shared.clone(), pool.clone(), tx.clone(), commits.clone());
+        match msg.kind {
+            Some(coordinator_message::Kind::BranchCommand(cmd)) => {
+                let span =
+                    tracing::info_span!("phase_two", xid = %cmd.xid, branch_id = cmd.branch_id);
+                tokio::spawn(
+                    async move {
+                        let outcome = branch_command(&shared, &pool, &commits, &cmd).await;
+                        drop(permit);
+                        let result = v1::BranchResult {
+                            command_id: cmd.command_id,
+                            xid: cmd.xid,
+                            branch_id: cmd.branch_id,
+                            outcome: Some(match outcome {
+                                UndoOutcome::Done => branch_result::Outcome::Done(v1::Done {}),
+                                UndoOutcome::DirtyWrite(rows) => {
+                                    branch_result::Outcome::DirtyWrite(v1::DirtyWrite { rows })
+                                }
+                                UndoOutcome::Failure(message) => {
+                                    branch_result::Outcome::Failure(v1::RetryableFailure {
+                                        message,
+                                    })
+                                }
+                            }),
+                        };
+                        // A closed stream loses the answer; the coordinator resends.
+                        let _ = tx
+                            .send(v1::ProxyMessage {
+                                kind: Some(proxy_message::Kind::BranchResult(result)),
+                            })
+                            .await;
+                    }
+                    .instrument(span),
+                );
+            }
+            Some(coordinator_message::Kind::TableLocks(t)) => {
+                // Applied in stream order, here; confirmed once older writes to newly
+                // locked tables are done (see `isolation`).
+                tracing::debug!(epoch = t.epoch, tables = ?t.tables, "write-isolation set");
+                let added = shared.isolation.update(t.tables);
+                let drain = shared.config.write_isolation == crate::config::WriteIsolation::All;
+                let previous = last_ack.take();
+                last_ack = Some(tokio::spawn(async move {
+                    if drain {
+                        shared.isolation.drain(&added).await;
+                    }
+                    if let Some(p) = previous {
+                        let _ = p.await;
+                    }
+                    let ack = v1::TableLocksAck {
+                        epoch: t.epoch,
+                        resource_id: t.resource_id,
+                    };
+                    let _ = tx
+                        .send(v1::ProxyMessage {
+                            kind: Some(proxy_message::Kind::TableLocksAck(ack)),
+                        })
+                        .await;
+                }));
+            }
+            Some(coordinator_message::Kind::ResolveCommand(cmd)) => {
+                let span = tracing::info_span!("resolve", xid = %cmd.xid, branch_id = cmd.branch_id, conflict = cmd.conflict_id);
+                tokio::spawn(
+                    async move {
+                        let outcome = resolve(&shared, &pool, &cmd).await;
+                        drop(permit);
+                        let result = v1::ResolveResult {
+                            command_id: cmd.command_id,
+                            conflict_id: cmd.conflict_id,
+                            outcome: Some(match outcome {
+                                UndoOutcome::Done => resolve_result::Outcome::Done(v1::Done {}),
+                                UndoOutcome::DirtyWrite(rows) => {
+                                    resolve_result::Outcome::DirtyWrite(v1::DirtyWrite { rows })
+                                }
+                                UndoOutcome::Failure(message) => {
+                                    resolve_result::Outcome::Failure(v1::RetryableFailure {
+                                        message,
+                                    })
+                                }
+                            }),
+                        };
+                        let _ = tx
+                            .send(v1::ProxyMessage {
+                                kind: Some(proxy_message::Kind::ResolveResult(result)),
+                            })
+                            .await;
+                    }
+                    .instrument(span),
+                );
+            }
+            None => {}
+        }
+    }
+}
+
+pub(crate) async fn branch_command(
+    shared: &Shared,
+    pool: &Pool,
+    commits: &mpsc::Sender<(String, u64, oneshot::Sender<UndoOutcome>)>,
+    cmd: &v1::BranchCommand,
+) -> UndoOutcome {
+    if cmd.resource_id != shared.resource_id {
+        return UndoOutcome::Failure(format!(
+            "this proxy serves resource {:?}, not {:?}",
+            shared.resource_id, cmd.resource_id
+        ));
+    }
+    match BranchAction::try_from(cmd.action) {
+        Ok(BranchAction::Commit) => {
+            let (reply, rx) = oneshot::channel();
+            if commits
+                .send((cmd.xid.clone(), cmd.branch_id, reply))
+                .await
+                .is_err()
+            {
+                return UndoOutcome::Failure("proxy shutting down".into());
+            }
+            rx.await
+                .unwrap_or_else(|_| UndoOutcome::Failure("proxy shutting down".into()))
+        }
+        Ok(BranchAction::Rollback) => {
+            let outcome = rollback(shared, pool, &cmd.xid, cmd.branch_id).await;
+            match &outcome {
+                UndoOutcome::Done => debug!("branch rolled back"),
+                UndoOutcome::DirtyWrite(rows) => {
+                    warn!(
+                        rows = rows.len(),
+                        "dirty write: branch left for an operator"
+                    )
+                }
+                UndoOutcome::Failure(why) => info!(%why, "branch rollback failed; will be retried"),
+            }
+            outcome
+        }
+        _ => UndoOutcome::Failure(format!("unknown branch action {}", cmd.action)),
+    }
+}
+
+/// Deletes undo records of committed branches in batches: whatever arrived while the
+/// previous batch ran goes in the next (up to 256 records, one statement).
+pub(crate) async fn committer(
+    shared: Arc<Shared>,
+    pool: Pool,
+    mut rx: mpsc::Receiver<(String, u64, oneshot::Sender<UndoOutcome>)>,
+) {
+    const BATCH: usize = 256;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut params = Vec::with_capacity(batch.len() * 2);
+        for (xid, branch_id, _) in &batch {
+            params.push(mysql_async::Value::from(xid.as_str()));
+            params.push(mysql_async::Value::from(*branch_id));
+        }
+        let sql = shared.undo.delete_many(batch.len());
+        let r = async {
+            let mut conn = pool.get_conn().await?;
+            conn.exec_drop(sql, Params::Positional(params)).await
+        }
+        .await;
+        for (_, _, reply) in batch.drain(..) {
+            let _ = reply.send(match &r {
+                Ok(()) => UndoOutcome::Done,
+                Err(e) => UndoOutcome::Failure(format!("deleting undo records: {e}")),
+            });
+        }
+    }
+}
