@@ -33,15 +33,6 @@ pub enum Kind {
     Other(String),
 }
 
-impl Kind {
-    pub fn is_dml(&self) -> bool {
-        matches!(
-            self,
-            Kind::Insert | Kind::Update | Kind::Delete | Kind::Replace
-        )
-    }
-}
-
 /// Classifies `sql` by its first keywords, skipping leading whitespace and comments.
 pub fn classify(sql: &[u8]) -> Kind {
     let mut words = Words { s: sql, at: 0 };

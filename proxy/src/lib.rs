@@ -74,18 +74,18 @@
 //! CPU per query against direct, and RSS with 1,000 idle clients.
 
 pub mod at;
-pub mod attach;
-pub mod classify;
+mod attach;
+mod classify;
 pub mod config;
-pub mod coordinator;
-pub mod error;
+mod coordinator;
+mod error;
 pub mod failpoint;
-pub mod handshake;
-pub mod packet;
-pub mod session;
-pub mod stacked;
-pub mod wire;
-pub mod xid;
+mod handshake;
+mod packet;
+mod session;
+mod stacked;
+mod wire;
+mod xid;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;

@@ -14,23 +14,23 @@
 //! - [`session`]: the AT path of a client session: binding a local transaction to a
 //!   global one, what runs inside it and what is refused, write isolation's routing.
 
-pub mod branch;
-pub mod commit;
-pub mod delete;
-pub mod housekeeping;
-pub mod insert;
-pub mod isolated;
-pub mod isolation;
-pub mod locks;
-pub mod refusals;
-pub mod rollback;
-pub mod session;
+pub(crate) mod branch;
+pub(crate) mod commit;
+pub(crate) mod delete;
+pub(crate) mod housekeeping;
+pub(crate) mod insert;
+pub(crate) mod isolated;
+pub(crate) mod isolation;
+pub(crate) mod locks;
+pub(crate) mod refusals;
+pub(crate) mod rollback;
+pub(crate) mod session;
 pub mod sql;
-pub mod statement;
-pub mod undo_table;
-pub mod update;
+pub(crate) mod statement;
+pub(crate) mod undo_table;
+pub(crate) mod update;
 
-pub use branch::Branch;
-pub use commit::{abort, commit};
-pub use session::{Route, Stmt};
-pub use statement::{Failure, Original, StatementRun, StmtCache};
+pub(crate) use branch::Branch;
+pub(crate) use commit::{abort, commit};
+pub(crate) use session::{Route, Stmt};
+pub(crate) use statement::{Failure, Original, StmtCache};
