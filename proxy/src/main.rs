@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 /// Rewind's MySQL-protocol proxy. Flags override the config file, which overrides defaults.
 #[derive(Parser, Debug)]
-#[command(name = "rewind-proxy", version, about)]
+#[command(name = "rewind-proxy", version, about, args_override_self = true)]
 struct Cli {
     /// TOML config file (unknown keys are rejected); see rewind-proxy.example.toml.
     #[arg(long, value_name = "FILE")]

@@ -441,3 +441,96 @@ async fn t15_engine_changed_to_myisam_is_refused() {
         .await;
     }
 }
+
+/// A backend user without the PROCESS privilege cannot read INNODB_SYS_FOREIGN: the proxy
+/// says so once and checks the foreign keys that reference a table within its schema. A
+/// cascading child and a trigger added directly are still refused, and a new column still
+/// just works, all without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_without_process_privilege_checks_the_schema() {
+    let db = "rwt_schema_noprocess";
+    let (user, pass) = ("rwt_noprocess", "rwt-noprocess-pass");
+    base(db).await;
+    let mut root = direct(db).await;
+    for s in [
+        format!("DROP USER IF EXISTS '{user}'@'%'"),
+        format!("CREATE USER '{user}'@'%' IDENTIFIED BY '{pass}'"),
+        format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE, CREATE, DROP, ALTER, INDEX, TRIGGER, \
+             REFERENCES, LOCK TABLES, CREATE TEMPORARY TABLES ON *.* TO '{user}'@'%'"
+        ),
+    ] {
+        root.query_drop(s).await.unwrap();
+    }
+    let dir = TempDir::new("schema-noprocess");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let backend = format!("mysql://{user}:{pass}@127.0.0.1:3306");
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &["--backend", &backend]).await;
+    let connect = || async {
+        mysql_async::Conn::new(proxy.opts(db).user(Some(user)).pass(Some(pass)))
+            .await
+            .unwrap()
+    };
+    let tables = ["acc", "pair", "child", "audit_log"];
+    // Warm the cache, then add a cascading child and a trigger directly.
+    let xid = coord.begin(60_000).await;
+    let mut c = connect().await;
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE acc SET n = n + 1 WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    for s in [
+        "CREATE TABLE child (id INT PRIMARY KEY, pid INT, FOREIGN KEY (pid) REFERENCES acc (id) ON DELETE CASCADE) ENGINE=InnoDB",
+        "INSERT INTO child VALUES (1, 1)",
+        "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
+        "CREATE TRIGGER t_upd BEFORE UPDATE ON pair FOR EACH ROW INSERT INTO audit_log (what) VALUES (NEW.qty)",
+    ] {
+        root.query_drop(s).await.unwrap();
+    }
+    let before = checksums(db, &tables).await;
+    for (sql, needle) in [
+        ("DELETE FROM acc WHERE id = 1", "foreign key"),
+        ("UPDATE pair SET qty = 0 WHERE id = 1", "trigger"),
+    ] {
+        let xid = coord.begin(60_000).await;
+        let (code, msg) = server_error(c.query_drop(format!("/*+ XID('{xid}') */ {sql}")).await)
+            .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
+        assert_eq!(code, 1235, "{sql}: {msg}");
+        assert!(
+            msg.contains(needle),
+            "{sql}: {msg:?} should name {needle:?}"
+        );
+        assert_eq!(coord.rollback(&xid).await, "rolled_back");
+        assert_eq!(
+            checksums(db, &tables).await,
+            before,
+            "{sql} applied something"
+        );
+    }
+    // A column added directly: used at once, and rolled back exactly.
+    root.query_drop("ALTER TABLE acc ADD COLUMN extra INT NOT NULL DEFAULT 7")
+        .await
+        .unwrap();
+    let before = checksums(db, &tables).await;
+    let xid = coord.begin(60_000).await;
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE acc SET extra = 8 WHERE id = 3"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(checksums(db, &tables).await, before);
+    c.disconnect().await.unwrap();
+    assert_eq!(
+        proxy
+            .process
+            .log_count("INNODB_SYS_FOREIGN is not readable"),
+        1,
+        "the fallback is logged once"
+    );
+    root.query_drop(format!("DROP USER '{user}'@'%'"))
+        .await
+        .unwrap();
+}
