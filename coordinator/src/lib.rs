@@ -21,15 +21,16 @@
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod core;
+pub mod dispatch;
+pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
-pub mod isolation;
+pub mod locked_tables;
 pub mod locks;
 pub mod metrics;
-pub mod phase_two;
 pub mod sequencer;
-pub mod session;
 pub mod store;
 pub mod wal;
 
@@ -98,14 +99,10 @@ pub async fn run(
                 // coordinator shares a backend: starting from 1 again would collide with
                 // them (a new branch failing on an old marker). A random base keeps XIDs
                 // unique in practice; the counter is persisted with the first transaction.
-                counters.next_xid = session::random_xid_base();
+                counters.next_xid = engine::random_xid_base();
             }
-            let mut engine = session::Engine::restore(
-                config.engine(),
-                counters,
-                loaded.active,
-                loaded.conflicts,
-            );
+            let mut engine =
+                engine::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);
             engine.restore_audit(loaded.audit);
             sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics)
         }
@@ -132,20 +129,16 @@ pub async fn run(
             )
         }
     };
-    let attached = Arc::new(phase_two::Attached::default());
-    let isolation = Arc::new(isolation::Isolation::default());
-    let core = grpc::Grpc {
-        seq: seq.clone(),
-        attached: attached.clone(),
-        isolation: isolation.clone(),
-        rollback_wait: Duration::from_millis(config.rollback_wait_ms),
-        isolation_wait: Duration::from_millis(config.write_isolation_wait_ms),
-        shutdown: shutdown.clone(),
-    };
+    let core = core::Coordinator::new(
+        seq.clone(),
+        Duration::from_millis(config.rollback_wait_ms),
+        Duration::from_millis(config.write_isolation_wait_ms),
+        shutdown.clone(),
+    );
 
     // Tables whose last lock went leave the proxies' write-isolation sets.
     let isolation_pruner = {
-        let (seq, shutdown) = (seq.clone(), shutdown.clone());
+        let (core, shutdown) = (core.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -153,15 +146,14 @@ pub async fn run(
                     _ = iv.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let locked = seq.engine.lock().expect("engine lock").locked_tables();
-                isolation.prune(|r| locked.get(r).cloned().unwrap_or_default());
+                core.prune_locked_tables();
             }
         })
     };
 
-    let dispatcher = tokio::spawn(phase_two::dispatch(
+    let dispatcher = tokio::spawn(dispatch::run(
         effects_rx,
-        attached,
+        core.proxies(),
         seq.clone(),
         shutdown.clone(),
     ));
@@ -169,8 +161,8 @@ pub async fn run(
     // Time drives timeouts and retries: one tick command per interval. The first tick
     // right away resumes phase two left unfinished by a previous run.
     let ticker = {
-        let (seq, shutdown, every) = (
-            seq.clone(),
+        let (core, shutdown, every) = (
+            core.clone(),
             shutdown.clone(),
             Duration::from_millis(config.tick_ms),
         );
@@ -179,13 +171,7 @@ pub async fn run(
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = iv.tick() => {
-                        // An idle coordinator logs (and, in a cluster, replicates) no ticks.
-                        let idle = seq.engine.lock().expect("engine lock").is_idle();
-                        if !idle {
-                            seq.post(session::Command::Tick).await;
-                        }
-                    }
+                    _ = iv.tick() => core.tick().await,
                     _ = shutdown.cancelled() => return,
                 }
             }
@@ -193,11 +179,9 @@ pub async fn run(
     };
 
     let pruner = {
-        let (store, shutdown) = (seq.store.clone(), shutdown.clone());
-        let (every, keep) = (
-            Duration::from_secs(config.prune_interval_secs),
-            config.finished_retention_secs * 1000,
-        );
+        let (core, shutdown) = (core.clone(), shutdown.clone());
+        let every = Duration::from_secs(config.prune_interval_secs);
+        let keep = config.finished_retention_secs * 1000;
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(every);
             loop {
@@ -205,14 +189,10 @@ pub async fn run(
                     _ = iv.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let before = sequencer::now_ms().saturating_sub(keep);
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.prune(before)).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        tracing::info!(pruned = n, "pruned finished transactions")
-                    }
-                    Ok(Err(e)) => tracing::warn!(%e, "pruning failed"),
-                    _ => {}
+                match core.prune_finished(keep).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned finished transactions"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%e, "pruning failed"),
                 }
             }
         })
@@ -225,13 +205,13 @@ pub async fn run(
             // In cluster mode only the leader serves applications and proxies; the
             // interceptor answers the others `unavailable` with the leader's address.
             let gate = {
-                let seq = core.seq.clone();
-                move |req: tonic::Request<()>| match seq.leader_only() {
+                let core = core.clone();
+                move |req: tonic::Request<()>| match core.leader_only() {
                     Ok(()) => Ok(req),
                     Err(e) => Err(tonic::Status::from(e)),
                 }
             };
-            let raft = core.seq.cluster.as_ref().map(|c| {
+            let raft = core.cluster().map(|c| {
                 RaftServer::new(cluster::network::RaftService {
                     raft: c.raft.clone(),
                 })
@@ -240,10 +220,13 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(TransactionManagerServer::with_interceptor(
-                    core.clone(),
+                    grpc::GrpcServices(core.clone()),
                     gate.clone(),
                 ))
-                .add_service(ResourceManagerServer::with_interceptor(core, gate))
+                .add_service(ResourceManagerServer::with_interceptor(
+                    grpc::GrpcServices(core),
+                    gate,
+                ))
                 .add_optional_service(raft)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

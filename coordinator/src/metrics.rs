@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::session::{Engine, Stats, Status};
+use crate::engine::{Engine, GlobalStatus, Stats};
 
 const BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -50,7 +50,7 @@ impl Histogram {
 }
 
 pub struct Metrics {
-    pub rpc: [Histogram; 6],
+    rpc: [Histogram; 6],
     pub batch_fsync: Histogram,
     batches: AtomicU64,
     batched_requests: AtomicU64,
@@ -60,8 +60,19 @@ pub struct Metrics {
     finished: [AtomicU64; 10],
 }
 
-/// Operations whose latency is recorded (index into `Metrics::rpc`).
-pub const OPS: [&str; 6] = [
+/// Operations whose latency is recorded.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Begin,
+    Register,
+    Commit,
+    Rollback,
+    Report,
+    QueryLocks,
+}
+
+/// Their `op` label, in [`Op`] order.
+const OPS: [&str; 6] = [
     "begin",
     "register",
     "commit",
@@ -86,6 +97,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn observe(&self, op: Op, d: Duration) {
+        self.rpc[op as usize].observe(d);
+    }
+
     pub fn record_batch(&self, requests: usize, fsync: Duration, stats: &Stats) {
         self.batches.fetch_add(1, Relaxed);
         self.batched_requests.fetch_add(requests as u64, Relaxed);
@@ -104,7 +119,7 @@ impl Metrics {
         let (active, branches) = engine.census();
         let mut out = String::new();
         out.push_str("# HELP rewind_transactions Unfinished global transactions by status.\n# TYPE rewind_transactions gauge\n");
-        for (i, st) in Status::ALL.iter().enumerate() {
+        for (i, st) in GlobalStatus::ALL.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "rewind_transactions{{status=\"{}\"}} {}",
@@ -113,7 +128,11 @@ impl Metrics {
             );
         }
         out.push_str("# HELP rewind_transactions_finished_total Global transactions finished since start, by final status.\n# TYPE rewind_transactions_finished_total counter\n");
-        for (i, st) in Status::ALL.iter().enumerate().filter(|(_, s)| s.is_final()) {
+        for (i, st) in GlobalStatus::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_final())
+        {
             let _ = writeln!(
                 out,
                 "rewind_transactions_finished_total{{status=\"{}\"}} {}",

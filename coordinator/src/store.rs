@@ -22,10 +22,10 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 
-use crate::error::CoordinatorError;
-use crate::session::{
-    AuditEntry, Conflict, Counters, SessionRecord, Status, Writes, XidNum, AUDIT_IN_MEMORY,
+use crate::engine::{
+    AuditEntry, Conflict, Counters, GlobalRecord, GlobalStatus, Writes, XidNum, AUDIT_IN_MEMORY,
 };
+use crate::error::CoordinatorError;
 use crate::wal::Wal;
 
 const ACTIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("active");
@@ -89,7 +89,7 @@ struct Log {
 
 pub struct Loaded {
     pub counters: Counters,
-    pub active: Vec<SessionRecord>,
+    pub active: Vec<GlobalRecord>,
     pub conflicts: Vec<Conflict>,
     /// The latest audit entries, oldest first.
     pub audit: Vec<AuditEntry>,
@@ -267,7 +267,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn finished(&self, xid: XidNum) -> Result<Option<SessionRecord>, CoordinatorError> {
+    pub fn finished(&self, xid: XidNum) -> Result<Option<GlobalRecord>, CoordinatorError> {
         if let Some((_, b)) = self
             .pending
             .lock()
@@ -289,10 +289,10 @@ impl Store {
     /// `before` (a page cursor).
     pub fn list_finished(
         &self,
-        status: Option<Status>,
+        status: Option<GlobalStatus>,
         before: Option<XidNum>,
         limit: usize,
-    ) -> Result<Vec<SessionRecord>, CoordinatorError> {
+    ) -> Result<Vec<GlobalRecord>, CoordinatorError> {
         let before = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
         {
@@ -301,7 +301,7 @@ impl Store {
                 if out.len() >= limit {
                     break;
                 }
-                let rec: SessionRecord = serde_json::from_slice(b).map_err(corrupt)?;
+                let rec: GlobalRecord = serde_json::from_slice(b).map_err(corrupt)?;
                 if status.is_none_or(|s| s == rec.status) {
                     out.push(rec);
                 }
@@ -318,7 +318,7 @@ impl Store {
                 break;
             }
             let (_, v) = row.map_err(storage)?;
-            let rec: SessionRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            let rec: GlobalRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
             if status.is_none_or(|s| s == rec.status) {
                 out.push(rec);
             }
@@ -577,8 +577,8 @@ fn decode_writes(data: &[u8]) -> Result<Writes, CoordinatorError> {
 mod tests {
     use super::*;
 
-    fn rec(xid: XidNum, status: Status) -> SessionRecord {
-        SessionRecord {
+    fn rec(xid: XidNum, status: GlobalStatus) -> GlobalRecord {
+        GlobalRecord {
             xid,
             name: String::new(),
             status,
@@ -605,7 +605,7 @@ mod tests {
         let mut w = Writes::default();
         for x in 1..=5 {
             w.active
-                .push((x, serde_json::to_vec(&rec(x, Status::Begin)).unwrap()));
+                .push((x, serde_json::to_vec(&rec(x, GlobalStatus::Begin)).unwrap()));
         }
         w.counters = Some(Counters {
             next_xid: 6,
@@ -617,9 +617,9 @@ mod tests {
         let mut w = Writes::default();
         for x in 1..=4 {
             let st = if x % 2 == 0 {
-                Status::Committed
+                GlobalStatus::Committed
             } else {
-                Status::RolledBack
+                GlobalStatus::RolledBack
             };
             w.finished
                 .push((x, x * 10, serde_json::to_vec(&rec(x, st)).unwrap()));
@@ -641,7 +641,7 @@ mod tests {
             .collect();
         assert_eq!(all, vec![4, 3, 2, 1]);
         let committed: Vec<_> = store
-            .list_finished(Some(Status::Committed), None, 10)
+            .list_finished(Some(GlobalStatus::Committed), None, 10)
             .unwrap()
             .iter()
             .map(|r| r.xid)
@@ -664,9 +664,9 @@ mod tests {
         let (store, _) = Store::open(&dir, 1 << 20).unwrap();
         let mut w = Writes::default();
         w.active
-            .push((1, serde_json::to_vec(&rec(1, Status::Begin)).unwrap()));
+            .push((1, serde_json::to_vec(&rec(1, GlobalStatus::Begin)).unwrap()));
         w.active
-            .push((2, serde_json::to_vec(&rec(2, Status::Begin)).unwrap()));
+            .push((2, serde_json::to_vec(&rec(2, GlobalStatus::Begin)).unwrap()));
         w.counters = Some(Counters {
             next_xid: 3,
             next_branch: 1,
@@ -678,7 +678,7 @@ mod tests {
         w.finished.push((
             1,
             10,
-            serde_json::to_vec(&rec(1, Status::Committed)).unwrap(),
+            serde_json::to_vec(&rec(1, GlobalStatus::Committed)).unwrap(),
         ));
         let entry = AuditEntry {
             id: 1,
@@ -693,7 +693,7 @@ mod tests {
         // Not in redb yet: answered from the overlay.
         assert_eq!(
             store.finished(1).unwrap().unwrap().status,
-            Status::Committed
+            GlobalStatus::Committed
         );
         assert_eq!(store.list_finished(None, None, 10).unwrap().len(), 1);
         // "Crash": reopen from the log alone.
@@ -711,7 +711,7 @@ mod tests {
         );
         assert_eq!(
             store.finished(1).unwrap().unwrap().status,
-            Status::Committed
+            GlobalStatus::Committed
         );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
