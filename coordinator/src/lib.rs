@@ -1,20 +1,29 @@
-//! rewind-coordinator: global sessions, branches, global row locks, timeouts and
-//! phase-two retries, durable across kill -9.
+//! rewind-coordinator: global transactions, their branches, global row locks, timeouts
+//! and phase-two retries, durable across kill -9.
 //!
 //! # Layout
-//! The data path, in order:
-//! - [`grpc`] / [`http`]: the two front doors (rewind.v1 gRPC; the REST API of
-//!   DESIGN.md, the admin console, /metrics, /healthz). They convert and submit
-//!   commands, nothing more; [`auth`] says who the operator is.
-//! - [`sequencer`]: group commit. One thread applies batches of commands to the state
-//!   machine and makes each batch durable with one fsync before answering.
-//! - [`session`]: the pure state machine (commands + time in, effects + records out).
-//!   [`locks`] is its lock table.
-//! - [`store`]: redb tables the records land in, reloaded on start, behind the
-//!   [`wal`] that makes each batch durable with one cheap `fdatasync`.
-//! - [`phase_two`]: delivers the state machine's phase-two commands to the proxy
-//!   streams that announced the branch's resource.
-//! - [`config`], [`error`], [`metrics`]: the supporting cast.
+//! Modules in the order a request travels through them:
+//! - [`grpc`], [`http`]: adapters. rewind.v1 gRPC; the REST API of DESIGN.md, the admin
+//!   console, /metrics, /healthz. They parse, call the core, and format; [`auth`] says
+//!   who the operator is, [`error`] maps every refusal to a gRPC or HTTP status.
+//! - [`core`]: [`core::Coordinator`], the one type that decides (begin, register,
+//!   report, commit, rollback, resolve, audit) and serves the bounded read models.
+//! - [`locked_tables`]: write isolation, coordinator side: which tables each attached
+//!   proxy confirmed it checks untagged writes on, before a branch may lock rows there.
+//! - [`sequencer`]: group commit. Batches of typed commands, applied in order and made
+//!   durable with one fsync (or, in a [`cluster`], one Raft entry) before answering.
+//! - [`engine`]: the pure state machine (commands + time in, effects + records out):
+//!   a global transaction is a `GlobalTx`, its branches `BranchEntry`s, its durable form
+//!   a `GlobalRecord`. [`locks`] is its lock table (`RowKey`, interned).
+//! - [`store`] behind [`wal`]: redb tables the records land in, reloaded on start.
+//! - [`dispatch`]: sends the engine's phase-two and resolve commands to the proxies
+//!   that announced the branch's resource; their answers come back through [`grpc`].
+//! - [`config`], [`metrics`]: the supporting cast.
+//!
+//! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
+//! a global transaction is `GlobalTx`); its `phase_two` executes branch commands (here:
+//! [`dispatch`] sends them); its `isolation` enforces write isolation (here:
+//! [`locked_tables`] tracks what proxies confirmed).
 //!
 //! [`run`] wires it up on listeners the caller bound (tests use port 0).
 

@@ -1,4 +1,13 @@
 //! Prometheus text metrics, hand-rolled: a few atomics and fixed-bucket histograms.
+//!
+//! Why not `prometheus-client` (checked at 0.26): it only writes the OpenMetrics text
+//! format, whose counter metadata names the family without `_total` (`# TYPE
+//! rewind_lock_conflicts counter` over a `rewind_lock_conflicts_total` sample) and which
+//! ends with `# EOF`. Served as today's `text/plain; version=0.0.4`, a Prometheus server
+//! would then see our counters as untyped; served as OpenMetrics, the exposition format
+//! of /metrics changes for every scraper that parses it. And its histogram takes a mutex
+//! on every observation, where ours adds to atomics on each request's path. The output
+//! here is small and fixed (names are a contract, see DESIGN.md), so it stays written out.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
