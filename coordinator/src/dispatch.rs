@@ -19,7 +19,7 @@ use crate::sequencer::Sequencer;
 
 pub type StreamTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 
-/// Proxies proxy streams by resource id.
+/// Attached proxy streams by resource id.
 #[derive(Default)]
 pub struct Proxies {
     next_conn: std::sync::atomic::AtomicU64,

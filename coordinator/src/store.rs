@@ -1,14 +1,14 @@
 //! Durable state: redb tables behind a write-ahead log ([`crate::wal`]). Each batch of
 //! the sequencer is one log record (one `fdatasync`) merged into an in-memory overlay
 //! ([`Pending`]) that reads consult first; when the log is full, the overlay is written
-//! to redb in one durable commit (a checkpoint) and the log starts over. A session that
+//! to redb in one durable commit (a checkpoint) and the log starts over. A transaction that
 //! begins and finishes between checkpoints thus costs redb only its final record.
 //! Tables hold materialized records: the state machine's commands are the replication
 //! unit, these tables are what applying them leaves behind.
 //!
-//! - `active`: xid → unfinished session (with branches and lock keys); locks are
+//! - `active`: xid → unfinished global transaction (with branches and lock keys); locks are
 //!   re-derived from it on start.
-//! - `finished`: xid → finished session, kept for the retention period;
+//! - `finished`: xid → finished global transaction, kept for the retention period;
 //!   `finished_by_time`: (finished_ms, xid) makes pruning a range scan.
 //! - `conflicts`: id → dirty-write conflict (kept for audit).
 //! - `audit`: id → operator action (kept; operator actions are few).
@@ -41,14 +41,14 @@ pub struct Store {
     /// Logged but not yet checkpointed. Lock order: `log`, then `pending`.
     pending: Mutex<Pending>,
     /// Batches taken from the engine (see [`Store::announce`]) whose write has not
-    /// finished: while it is 0, a session missing from the engine is not in flight.
+    /// finished: while it is 0, a transaction missing from the engine is not in flight.
     in_flight: std::sync::atomic::AtomicU64,
 }
 
 /// Net effect of the batches logged since the last checkpoint.
 #[derive(Default)]
 struct Pending {
-    /// `None`: delete (the session finished).
+    /// `None`: delete (the transaction finished).
     active: HashMap<XidNum, Option<Vec<u8>>>,
     finished: BTreeMap<XidNum, (u64, Vec<u8>)>,
     conflicts: HashMap<u64, Vec<u8>>,
@@ -217,7 +217,7 @@ impl Store {
     }
 
     /// Called with the engine locked, right after its writes were taken: a batch is on
-    /// its way to [`Store::write`]. Readers that find a session neither in the engine
+    /// its way to [`Store::write`]. Readers that find a transaction neither in the engine
     /// nor here know from [`Store::batches_in_flight`] whether to wait for it.
     pub fn announce(&self) {
         self.in_flight
@@ -285,7 +285,7 @@ impl Store {
         }
     }
 
-    /// Finished sessions, newest first, optionally of one status and older than
+    /// Finished transactions, newest first, optionally of one status and older than
     /// `before` (a page cursor).
     pub fn list_finished(
         &self,
@@ -329,7 +329,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Every finished session kept (for a cluster snapshot), oldest first.
+    /// Every finished transaction kept (for a cluster snapshot), oldest first.
     pub fn all_finished(&self) -> Result<Vec<(XidNum, u64, Vec<u8>)>, CoordinatorError> {
         let _log = self.log.lock().expect("log lock");
         let mut out: BTreeMap<XidNum, (u64, Vec<u8>)> = BTreeMap::new();
@@ -375,7 +375,7 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes finished sessions that finished before `before_ms`; returns how many.
+    /// Deletes finished transactions that finished before `before_ms`; returns how many.
     pub fn prune(&self, before_ms: u64) -> Result<usize, CoordinatorError> {
         // Not logged: a prune lost in a crash is simply done again by the next one.
         // Serialized with `write` so a checkpoint never races it.

@@ -12,7 +12,7 @@
 //! A new leader resumes phase two from the replicated in-flight deadlines (its ticks
 //! find them due) and from proxies re-attaching to it.
 //!
-//! Snapshots are the engine's whole durable state plus the finished sessions still kept;
+//! Snapshots are the engine's whole durable state plus the finished transactions still kept;
 //! the latest one is kept in `raft-snapshot.json` for followers that fell behind the
 //! purged log.
 
@@ -53,7 +53,7 @@ struct SnapshotState {
     active: Vec<GlobalRecord>,
     conflicts: Vec<Conflict>,
     audit: Vec<AuditEntry>,
-    /// (xid, finished_ms, record) of the finished sessions kept for inspection.
+    /// (xid, finished_ms, record) of the finished transactions kept for inspection.
     finished: Vec<(u64, u64, GlobalRecord)>,
 }
 

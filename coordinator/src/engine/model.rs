@@ -230,13 +230,13 @@ pub(super) struct GlobalTx {
     pub(super) created_ms: u64,
     pub(super) deadline_ms: u64,
     pub(super) updated_ms: u64,
-    /// GlobalStatus changes, oldest first (bounded, see [`GlobalTx::set_status`]).
+    /// Status changes, oldest first (bounded, see [`GlobalTx::set_status`]).
     pub(super) history: Vec<StatusChange>,
     /// Ordered by id, which is the registration sequence.
     pub(super) branches: Vec<BranchEntry>,
 }
 
-/// How many status changes a session keeps: the first (its begin) and the latest
+/// How many status changes a transaction keeps: the first (its begin) and the latest
 /// others. A conflict resolved and found dirty again many times flips between
 /// `rollback_failed` and `rollback_retrying`; the record must stay small.
 const HISTORY_LIMIT: usize = 32;
@@ -269,7 +269,7 @@ pub struct HeldLock {
     pub status: GlobalStatus,
 }
 
-/// One entry of a session's timeline.
+/// One entry of a global transaction's timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusChange {
     pub status: GlobalStatus,
@@ -296,7 +296,7 @@ pub struct AuditEntry {
 /// Audit entries the engine keeps in memory (the store keeps all of them).
 pub const AUDIT_IN_MEMORY: usize = 10_000;
 
-/// The durable (and API) form of a session.
+/// The durable (and API) form of a global transaction.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct GlobalRecord {
     pub xid: XidNum,
@@ -307,7 +307,7 @@ pub struct GlobalRecord {
     pub deadline_ms: u64,
     pub updated_ms: u64,
     pub finished_ms: Option<u64>,
-    /// GlobalStatus timeline (absent in records written before it existed).
+    /// Status timeline (absent in records written before it existed).
     #[serde(default)]
     pub history: Vec<StatusChange>,
     pub branches: Vec<BranchRecord>,

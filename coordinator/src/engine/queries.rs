@@ -29,8 +29,8 @@ impl Engine {
             .collect()
     }
 
-    /// No unfinished session: a tick would change nothing (time-outs and phase-two
-    /// retries all belong to globals), so none is logged.
+    /// No unfinished transaction: a tick would change nothing (time-outs and phase-two
+    /// retries all belong to unfinished transactions), so none is logged.
     pub fn is_idle(&self) -> bool {
         self.globals.is_empty()
     }
@@ -145,7 +145,7 @@ impl Engine {
         self.locks.approx_bytes()
     }
 
-    /// Active globals by status and their branch count, for /metrics.
+    /// Unfinished transactions by status and their branch count, for /metrics.
     pub fn census(&self) -> ([u64; 10], u64) {
         let mut by = [0u64; 10];
         let mut branches = 0;

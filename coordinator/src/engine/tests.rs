@@ -131,7 +131,7 @@ fn t10_begin_commit_without_branches_finishes_at_once() {
         t.e.apply(Command::Commit(Commit { xid: x }), t.now)
             .unwrap();
     assert_eq!(r, Reply::Commit(GlobalStatus::Committed));
-    assert_eq!(t.status(x), None, "finished globals leave memory");
+    assert_eq!(t.status(x), None, "finished transactions leave memory");
     assert_eq!(t.finished_status(), vec![GlobalStatus::Committed]);
 }
 
