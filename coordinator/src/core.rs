@@ -200,7 +200,7 @@ impl Coordinator {
                     .find(|k| k.table == not.table)
                     .cloned()
                     .expect("the table comes from the keys");
-                tracing::info!(xid, table = %not.table, "a proxy did not confirm write isolation in time");
+                tracing::info!(xid = %rewind_protocol::xid::format(xid), table = %not.table, "a proxy did not confirm write isolation in time");
                 return Ok(RegisterAnswer::Unconfirmed {
                     key: (resource_id, key),
                 });
@@ -223,7 +223,7 @@ impl Coordinator {
         self.seq.metrics.observe(Op::Register, t.elapsed());
         Ok(match answer {
             Registration::Registered(id) => {
-                tracing::debug!(xid, branch_id = id, "branch registered");
+                tracing::debug!(xid = %rewind_protocol::xid::format(xid), branch_id = id, "branch registered");
                 RegisterAnswer::Registered(id)
             }
             Registration::LockConflict {
