@@ -3,7 +3,7 @@
 
 use axum::http::StatusCode;
 
-use crate::session::{BranchId, Status, XidNum};
+use crate::engine::{BranchId, GlobalStatus, XidNum};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -20,11 +20,11 @@ pub enum CoordinatorError {
     #[error("global transaction {} is {}: cannot {wanted} it", rewind_protocol::xid::format(*.xid), .status.name())]
     AlreadyDecided {
         xid: XidNum,
-        status: Status,
+        status: GlobalStatus,
         wanted: &'static str,
     },
     #[error("global transaction {} is {}, no longer accepting branches", rewind_protocol::xid::format(*.xid), .status.name())]
-    NotActive { xid: XidNum, status: Status },
+    NotActive { xid: XidNum, status: GlobalStatus },
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("request body larger than {0} bytes")]

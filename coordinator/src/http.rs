@@ -22,22 +22,22 @@ use serde_json::{json, Value};
 
 use crate::auth::{Auth, Operator, COOKIE};
 use crate::config::ApiAuth;
-use crate::error::CoordinatorError;
-use crate::grpc::{parse_xid, Grpc};
-use crate::locks::KeyParts;
-use crate::session::{
-    AuditEntry, Command, Conflict, ConflictState, ResolveAction, SessionRecord, Status,
+use crate::core::{parse_xid, Coordinator, ListFilter};
+use crate::engine::{
+    AuditEntry, Conflict, ConflictState, GlobalRecord, GlobalStatus, ResolveAction,
 };
+use crate::error::CoordinatorError;
+use crate::locks::RowKey;
 
 #[derive(Clone)]
 struct App {
-    core: Grpc,
+    core: Coordinator,
     body_limit: usize,
     auth: Arc<Auth>,
     api_auth: ApiAuth,
 }
 
-pub fn router(core: Grpc, body_limit: usize, auth: Arc<Auth>, api_auth: ApiAuth) -> Router {
+pub fn router(core: Coordinator, body_limit: usize, auth: Arc<Auth>, api_auth: ApiAuth) -> Router {
     Router::new()
         .route("/", get(console_page))
         .route("/console.js", get(console_js))
@@ -109,15 +109,7 @@ fn application(
 }
 
 async fn record_audit(app: &App, who: &Operator, action: &str, target: &str, result: &str) {
-    let cmd = Command::Audit {
-        who: who.name.clone(),
-        action: action.to_string(),
-        target: target.to_string(),
-        result: result.to_string(),
-    };
-    if let Err(e) = app.core.seq.submit(cmd).await {
-        tracing::error!(%e, operator = %who.name, action, target, "audit entry not recorded");
-    }
+    app.core.audit(&who.name, action, target, result).await;
 }
 
 fn result_text<T>(r: &Result<T, CoordinatorError>) -> String {
@@ -253,13 +245,7 @@ fn audit_json(a: &AuditEntry) -> Value {
 async fn audit(State(app): State<App>, h: HeaderMap, Query(q): Query<AuditQuery>) -> ApiResult {
     operator(&app, &h, false)?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let entries = app
-        .core
-        .seq
-        .engine
-        .lock()
-        .expect("engine lock")
-        .audit(q.before, limit);
+    let entries = app.core.audit_log(q.before, limit);
     Ok(Json(Value::Array(entries.iter().map(audit_json).collect())))
 }
 
@@ -269,14 +255,14 @@ async fn audit(State(app): State<App>, h: HeaderMap, Query(q): Query<AuditQuery>
 /// the leader's addresses); the console's files, /healthz, /metrics and the cluster
 /// view are served by every member.
 async fn leader_gate(
-    State(core): State<Grpc>,
+    State(core): State<Coordinator>,
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let path = req.uri().path();
     let open = !path.starts_with("/api/v1/") || path == "/api/v1/cluster";
     if !open {
-        if let Err(e) = core.seq.leader_only() {
+        if let Err(e) = core.leader_only() {
             return e.into_response();
         }
     }
@@ -284,7 +270,7 @@ async fn leader_gate(
 }
 
 async fn healthz(State(app): State<App>) -> Json<Value> {
-    Json(match &app.core.seq.cluster {
+    Json(match app.core.cluster() {
         None => json!({"status": "serving", "role": "standalone"}),
         Some(c) => {
             let mut v = c.describe();
@@ -295,7 +281,7 @@ async fn healthz(State(app): State<App>) -> Json<Value> {
 }
 
 fn cluster_of(app: &App) -> Result<&crate::cluster::Cluster, CoordinatorError> {
-    app.core.seq.cluster.as_deref().ok_or_else(|| {
+    app.core.cluster().ok_or_else(|| {
         CoordinatorError::InvalidArgument(
             "this coordinator runs as a single node (no [cluster] configured)".into(),
         )
@@ -395,11 +381,11 @@ fn pk_json(pk: &[Vec<u8>]) -> Value {
     )
 }
 
-fn key_json(k: &KeyParts) -> Value {
+fn key_json(k: &RowKey) -> Value {
     json!({"table": k.table, "pk": pk_json(&k.pk)})
 }
 
-fn session_json(s: &SessionRecord) -> Value {
+fn global_json(s: &GlobalRecord) -> Value {
     json!({
         "xid": rewind_protocol::xid::format(s.xid),
         "name": s.name,
@@ -486,7 +472,6 @@ struct ListQuery {
 
 async fn list(State(app): State<App>, h: HeaderMap, Query(q): Query<ListQuery>) -> ApiResult {
     application(&app, &h, false)?;
-    app.core.seq.linearizable().await?;
     let before = match q.before.as_deref() {
         None | Some("") => None,
         Some(x) => Some(parse_xid(x).map_err(|_| {
@@ -497,7 +482,7 @@ async fn list(State(app): State<App>, h: HeaderMap, Query(q): Query<ListQuery>) 
     if let Some(x) = search.and_then(rewind_protocol::xid::parse) {
         // An exact xid: that transaction or nothing.
         return Ok(Json(match app.core.record(x).await {
-            Ok(r) => Value::Array(vec![session_json(&r)]),
+            Ok(r) => Value::Array(vec![global_json(&r)]),
             Err(CoordinatorError::NotFound(_)) => Value::Array(vec![]),
             Err(e) => return Err(e),
         }));
@@ -505,50 +490,26 @@ async fn list(State(app): State<App>, h: HeaderMap, Query(q): Query<ListQuery>) 
     let status =
         match q.status.as_deref() {
             None | Some("") => None,
-            Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            Some(s) => Some(GlobalStatus::parse(s).ok_or_else(|| {
                 CoordinatorError::InvalidArgument(format!("unknown status {s:?}"))
             })?),
         };
-    let limit = q.limit.unwrap_or(100).min(10_000);
-    let matches = |r: &SessionRecord| {
-        search.is_none_or(|s| {
-            let s = s.to_lowercase();
-            r.name.to_lowercase().contains(&s) || rewind_protocol::xid::format(r.xid).contains(&s)
-        })
-    };
-    let mut out: Vec<SessionRecord> = app
+    let out = app
         .core
-        .seq
-        .engine
-        .lock()
-        .expect("engine lock")
-        .records(status)
-        .into_iter()
-        .filter(|r| before.is_none_or(|b| r.xid < b) && matches(r))
-        .collect();
-    out.sort_by_key(|r| std::cmp::Reverse(r.xid));
-    out.truncate(limit);
-    if out.len() < limit && status.is_none_or(|s| s.is_final()) {
-        // Finished ones, newest first. A search looks through a bounded window (the
-        // newest 10,000 from the cursor on) rather than the whole history.
-        let want = if search.is_some() {
-            10_000
-        } else {
-            limit - out.len()
-        };
-        let rest = app.core.seq.store.list_finished(status, before, want)?;
-        out.extend(rest.into_iter().filter(|r| matches(r)));
-        out.sort_by_key(|r| std::cmp::Reverse(r.xid));
-        out.dedup_by_key(|r| r.xid);
-        out.truncate(limit);
-    }
-    Ok(Json(Value::Array(out.iter().map(session_json).collect())))
+        .list(ListFilter {
+            status,
+            before,
+            search: search.map(str::to_string),
+            limit: q.limit.unwrap_or(100),
+        })
+        .await?;
+    Ok(Json(Value::Array(out.iter().map(global_json).collect())))
 }
 
 async fn show(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>) -> ApiResult {
     application(&app, &h, false)?;
     let rec = app.core.record(parse_xid(&xid)?).await?;
-    Ok(Json(session_json(&rec)))
+    Ok(Json(global_json(&rec)))
 }
 
 async fn decide(app: &App, h: &HeaderMap, xid: &str, commit: bool) -> ApiResult {
@@ -593,14 +554,7 @@ async fn locks(
     Query(q): Query<LocksQuery>,
 ) -> Result<Response, CoordinatorError> {
     application(&app, &h, false)?;
-    app.core.seq.linearizable().await?;
-    let (held, total) = app
-        .core
-        .seq
-        .engine
-        .lock()
-        .expect("engine lock")
-        .held_locks_detail(q.limit.unwrap_or(usize::MAX));
+    let (held, total) = app.core.held_locks(q.limit.unwrap_or(usize::MAX)).await?;
     let body = Value::Array(
         held.into_iter()
             .map(|l| {
@@ -635,16 +589,15 @@ async fn conflicts(
     Query(q): Query<ConflictsQuery>,
 ) -> ApiResult {
     application(&app, &h, false)?;
-    app.core.seq.linearizable().await?;
     let xid = match q.xid.as_deref() {
         None | Some("") => None,
         Some(x) => Some(parse_xid(x)?),
     };
-    let e = app.core.seq.engine.lock().expect("engine lock");
     Ok(Json(Value::Array(
-        e.conflicts()
-            .rev()
-            .filter(|c| xid.is_none_or(|x| c.xid == x))
+        app.core
+            .conflicts(xid)
+            .await?
+            .iter()
             .map(conflict_json)
             .filter(|c| {
                 q.state
@@ -681,14 +634,7 @@ async fn resolve(
         .ok()
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
-    let target = match app
-        .core
-        .seq
-        .engine
-        .lock()
-        .expect("engine lock")
-        .conflict(id)
-    {
+    let target = match app.core.conflict(id) {
         Some(c) => format!(
             "conflict {id} ({} {} {})",
             rewind_protocol::xid::format(c.xid),
@@ -697,14 +643,7 @@ async fn resolve(
         ),
         None => format!("conflict {id}"),
     };
-    let submitted = app
-        .core
-        .seq
-        .submit(Command::Resolve {
-            conflict_id: id,
-            action,
-        })
-        .await;
+    let submitted = app.core.resolve(id, action).await;
     if submitted.is_err() {
         let result = result_text(&submitted);
         record_audit(
@@ -718,18 +657,8 @@ async fn resolve(
         submitted?;
     }
     // Answer once the proxy acted (or failed), bounded.
-    app.core
-        .seq
-        .wait_until(app.core.rollback_wait.min(Duration::from_secs(30)), |e| {
-            e.conflict(id)
-                .is_none_or(|c| !matches!(c.state, ConflictState::Resolving { .. }))
-        })
-        .await;
+    let c = app.core.settled_conflict(id).await?;
     let (body, result) = {
-        let e = app.core.seq.engine.lock().expect("engine lock");
-        let c = e
-            .conflict(id)
-            .ok_or(CoordinatorError::ConflictNotFound(id))?;
         let result = match (&c.state, &c.last_error) {
             (ConflictState::Resolved { .. }, _) => "ok: resolved".to_string(),
             (ConflictState::Resolving { .. }, _) => {
@@ -738,7 +667,7 @@ async fn resolve(
             (ConflictState::Open, Some(err)) => format!("refused: {err}"),
             (st, _) => format!("{st:?}"),
         };
-        (conflict_json(c), result)
+        (conflict_json(&c), result)
     };
     record_audit(
         &app,
@@ -752,10 +681,7 @@ async fn resolve(
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
-    let text = {
-        let e = app.core.seq.engine.lock().expect("engine lock");
-        app.core.seq.metrics.render(&e)
-    };
+    let text = app.core.metrics_text();
     (
         [(
             axum::http::header::CONTENT_TYPE,

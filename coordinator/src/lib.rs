@@ -1,35 +1,45 @@
-//! rewind-coordinator: global sessions, branches, global row locks, timeouts and
-//! phase-two retries, durable across kill -9.
+//! rewind-coordinator: global transactions, their branches, global row locks, timeouts
+//! and phase-two retries, durable across kill -9.
 //!
 //! # Layout
-//! The data path, in order:
-//! - [`grpc`] / [`http`]: the two front doors (rewind.v1 gRPC; the REST API of
-//!   DESIGN.md, the admin console, /metrics, /healthz). They convert and submit
-//!   commands, nothing more; [`auth`] says who the operator is.
-//! - [`sequencer`]: group commit. One thread applies batches of commands to the state
-//!   machine and makes each batch durable with one fsync before answering.
-//! - [`session`]: the pure state machine (commands + time in, effects + records out).
-//!   [`locks`] is its lock table.
-//! - [`store`]: redb tables the records land in, reloaded on start, behind the
-//!   [`wal`] that makes each batch durable with one cheap `fdatasync`.
-//! - [`phase_two`]: delivers the state machine's phase-two commands to the proxy
-//!   streams that announced the branch's resource.
-//! - [`config`], [`error`], [`metrics`]: the supporting cast.
+//! Modules in the order a request travels through them:
+//! - [`grpc`], [`http`]: adapters. rewind.v1 gRPC; the REST API of DESIGN.md, the admin
+//!   console, /metrics, /healthz. They parse, call the core, and format; [`auth`] says
+//!   who the operator is, [`error`] maps every refusal to a gRPC or HTTP status.
+//! - [`core`]: [`core::Coordinator`], the one type that decides (begin, register,
+//!   report, commit, rollback, resolve, audit) and serves the bounded read models.
+//! - [`locked_tables`]: write isolation, coordinator side: which tables each attached
+//!   proxy confirmed it checks untagged writes on, before a branch may lock rows there.
+//! - [`sequencer`]: group commit. Batches of typed commands, applied in order and made
+//!   durable with one fsync (or, in a [`cluster`], one Raft entry) before answering.
+//! - [`engine`]: the pure state machine (commands + time in, effects + records out):
+//!   a global transaction is a `GlobalTx`, its branches `BranchEntry`s, its durable form
+//!   a `GlobalRecord`. [`locks`] is its lock table (`RowKey`, interned).
+//! - [`store`] behind [`wal`]: redb tables the records land in, reloaded on start.
+//! - [`dispatch`]: sends the engine's phase-two and resolve commands to the proxies
+//!   that announced the branch's resource; their answers come back through [`grpc`].
+//! - [`config`], [`metrics`]: the supporting cast.
+//!
+//! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
+//! a global transaction is `GlobalTx`); its `phase_two` executes branch commands (here:
+//! [`dispatch`] sends them); its `isolation` enforces write isolation (here:
+//! [`locked_tables`] tracks what proxies confirmed).
 //!
 //! [`run`] wires it up on listeners the caller bound (tests use port 0).
 
 pub mod auth;
 pub mod cluster;
 pub mod config;
+pub mod core;
+pub mod dispatch;
+pub mod engine;
 pub mod error;
 pub mod grpc;
 pub mod http;
-pub mod isolation;
+pub mod locked_tables;
 pub mod locks;
 pub mod metrics;
-pub mod phase_two;
 pub mod sequencer;
-pub mod session;
 pub mod store;
 pub mod wal;
 
@@ -98,14 +108,10 @@ pub async fn run(
                 // coordinator shares a backend: starting from 1 again would collide with
                 // them (a new branch failing on an old marker). A random base keeps XIDs
                 // unique in practice; the counter is persisted with the first transaction.
-                counters.next_xid = session::random_xid_base();
+                counters.next_xid = engine::random_xid_base();
             }
-            let mut engine = session::Engine::restore(
-                config.engine(),
-                counters,
-                loaded.active,
-                loaded.conflicts,
-            );
+            let mut engine =
+                engine::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);
             engine.restore_audit(loaded.audit);
             sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics)
         }
@@ -132,20 +138,16 @@ pub async fn run(
             )
         }
     };
-    let attached = Arc::new(phase_two::Attached::default());
-    let isolation = Arc::new(isolation::Isolation::default());
-    let core = grpc::Grpc {
-        seq: seq.clone(),
-        attached: attached.clone(),
-        isolation: isolation.clone(),
-        rollback_wait: Duration::from_millis(config.rollback_wait_ms),
-        isolation_wait: Duration::from_millis(config.write_isolation_wait_ms),
-        shutdown: shutdown.clone(),
-    };
+    let core = core::Coordinator::new(
+        seq.clone(),
+        Duration::from_millis(config.rollback_wait_ms),
+        Duration::from_millis(config.write_isolation_wait_ms),
+        shutdown.clone(),
+    );
 
     // Tables whose last lock went leave the proxies' write-isolation sets.
     let isolation_pruner = {
-        let (seq, shutdown) = (seq.clone(), shutdown.clone());
+        let (core, shutdown) = (core.clone(), shutdown.clone());
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -153,15 +155,14 @@ pub async fn run(
                     _ = iv.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let locked = seq.engine.lock().expect("engine lock").locked_tables();
-                isolation.prune(|r| locked.get(r).cloned().unwrap_or_default());
+                core.prune_locked_tables();
             }
         })
     };
 
-    let dispatcher = tokio::spawn(phase_two::dispatch(
+    let dispatcher = tokio::spawn(dispatch::run(
         effects_rx,
-        attached,
+        core.proxies(),
         seq.clone(),
         shutdown.clone(),
     ));
@@ -169,8 +170,8 @@ pub async fn run(
     // Time drives timeouts and retries: one tick command per interval. The first tick
     // right away resumes phase two left unfinished by a previous run.
     let ticker = {
-        let (seq, shutdown, every) = (
-            seq.clone(),
+        let (core, shutdown, every) = (
+            core.clone(),
             shutdown.clone(),
             Duration::from_millis(config.tick_ms),
         );
@@ -179,13 +180,7 @@ pub async fn run(
             iv.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tokio::select! {
-                    _ = iv.tick() => {
-                        // An idle coordinator logs (and, in a cluster, replicates) no ticks.
-                        let idle = seq.engine.lock().expect("engine lock").is_idle();
-                        if !idle {
-                            seq.post(session::Command::Tick).await;
-                        }
-                    }
+                    _ = iv.tick() => core.tick().await,
                     _ = shutdown.cancelled() => return,
                 }
             }
@@ -193,11 +188,9 @@ pub async fn run(
     };
 
     let pruner = {
-        let (store, shutdown) = (seq.store.clone(), shutdown.clone());
-        let (every, keep) = (
-            Duration::from_secs(config.prune_interval_secs),
-            config.finished_retention_secs * 1000,
-        );
+        let (core, shutdown) = (core.clone(), shutdown.clone());
+        let every = Duration::from_secs(config.prune_interval_secs);
+        let keep = config.finished_retention_secs * 1000;
         tokio::spawn(async move {
             let mut iv = tokio::time::interval(every);
             loop {
@@ -205,14 +198,10 @@ pub async fn run(
                     _ = iv.tick() => {}
                     _ = shutdown.cancelled() => return,
                 }
-                let before = sequencer::now_ms().saturating_sub(keep);
-                let store = store.clone();
-                match tokio::task::spawn_blocking(move || store.prune(before)).await {
-                    Ok(Ok(n)) if n > 0 => {
-                        tracing::info!(pruned = n, "pruned finished transactions")
-                    }
-                    Ok(Err(e)) => tracing::warn!(%e, "pruning failed"),
-                    _ => {}
+                match core.prune_finished(keep).await {
+                    Ok(n) if n > 0 => tracing::info!(pruned = n, "pruned finished transactions"),
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(%e, "pruning failed"),
                 }
             }
         })
@@ -225,13 +214,13 @@ pub async fn run(
             // In cluster mode only the leader serves applications and proxies; the
             // interceptor answers the others `unavailable` with the leader's address.
             let gate = {
-                let seq = core.seq.clone();
-                move |req: tonic::Request<()>| match seq.leader_only() {
+                let core = core.clone();
+                move |req: tonic::Request<()>| match core.leader_only() {
                     Ok(()) => Ok(req),
                     Err(e) => Err(tonic::Status::from(e)),
                 }
             };
-            let raft = core.seq.cluster.as_ref().map(|c| {
+            let raft = core.cluster().map(|c| {
                 RaftServer::new(cluster::network::RaftService {
                     raft: c.raft.clone(),
                 })
@@ -240,10 +229,13 @@ pub async fn run(
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(TransactionManagerServer::with_interceptor(
-                    core.clone(),
+                    grpc::GrpcServices(core.clone()),
                     gate.clone(),
                 ))
-                .add_service(ResourceManagerServer::with_interceptor(core, gate))
+                .add_service(ResourceManagerServer::with_interceptor(
+                    grpc::GrpcServices(core),
+                    gate,
+                ))
                 .add_optional_service(raft)
                 .serve_with_incoming_shutdown(
                     tokio_stream::wrappers::TcpListenerStream::new(grpc_listener),

@@ -9,11 +9,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::session::XidNum;
+use crate::engine::XidNum;
 
 /// A lock key as the outside world spells it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub struct KeyParts {
+pub struct RowKey {
     pub table: String,
     pub pk: Vec<Vec<u8>>,
 }
@@ -21,7 +21,7 @@ pub struct KeyParts {
 /// An interned, compact lock key. Only meaningful together with the [`LockTable`] that
 /// made it (the ids index its name table).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct CompactKey {
+pub struct InternedKey {
     resource: u32,
     table: u32,
     /// Each pk element as a LEB128 length followed by its bytes.
@@ -41,7 +41,7 @@ pub struct Holder {
 pub struct LockTable {
     names: Vec<Arc<str>>,
     ids: HashMap<Arc<str>, u32>,
-    held: HashMap<CompactKey, Holder>,
+    held: HashMap<InternedKey, Holder>,
 }
 
 fn encode_pk(pk: &[Vec<u8>]) -> Box<[u8]> {
@@ -95,8 +95,8 @@ impl LockTable {
     }
 
     /// Interns a key (names are kept for the table's lifetime; there are few).
-    pub fn compact(&mut self, resource: &str, key: &KeyParts) -> CompactKey {
-        CompactKey {
+    pub fn compact(&mut self, resource: &str, key: &RowKey) -> InternedKey {
+        InternedKey {
             resource: self.intern(resource),
             table: self.intern(&key.table),
             pk: encode_pk(&key.pk),
@@ -104,25 +104,25 @@ impl LockTable {
     }
 
     /// A key for lookups only: `None` if a name was never seen, so nothing can hold it.
-    pub fn lookup_key(&self, resource: &str, key: &KeyParts) -> Option<CompactKey> {
-        Some(CompactKey {
+    pub fn lookup_key(&self, resource: &str, key: &RowKey) -> Option<InternedKey> {
+        Some(InternedKey {
             resource: *self.ids.get(resource)?,
             table: *self.ids.get(key.table.as_str())?,
             pk: encode_pk(&key.pk),
         })
     }
 
-    pub fn expand(&self, key: &CompactKey) -> (String, KeyParts) {
+    pub fn expand(&self, key: &InternedKey) -> (String, RowKey) {
         (
             self.names[key.resource as usize].to_string(),
-            KeyParts {
+            RowKey {
                 table: self.names[key.table as usize].to_string(),
                 pk: decode_pk(&key.pk),
             },
         )
     }
 
-    pub fn holder(&self, key: &CompactKey) -> Option<XidNum> {
+    pub fn holder(&self, key: &InternedKey) -> Option<XidNum> {
         self.held.get(key).map(|h| h.xid)
     }
 
@@ -131,8 +131,8 @@ impl LockTable {
     pub fn acquire_all(
         &mut self,
         xid: XidNum,
-        keys: &[CompactKey],
-    ) -> Result<(), (CompactKey, XidNum)> {
+        keys: &[InternedKey],
+    ) -> Result<(), (InternedKey, XidNum)> {
         for key in keys {
             if let Some(h) = self.held.get(key) {
                 if h.xid != xid {
@@ -150,7 +150,7 @@ impl LockTable {
     }
 
     /// Re-takes keys while loading durable state (no conflict check: the log is the truth).
-    pub fn restore(&mut self, xid: XidNum, keys: &[CompactKey]) {
+    pub fn restore(&mut self, xid: XidNum, keys: &[InternedKey]) {
         for key in keys {
             self.held
                 .entry(key.clone())
@@ -159,7 +159,7 @@ impl LockTable {
         }
     }
 
-    pub fn release_all(&mut self, xid: XidNum, keys: &[CompactKey]) {
+    pub fn release_all(&mut self, xid: XidNum, keys: &[InternedKey]) {
         for key in keys {
             if let Some(h) = self.held.get_mut(key) {
                 if h.xid == xid {
@@ -199,14 +199,14 @@ impl LockTable {
             .collect()
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&CompactKey, &Holder)> {
+    pub fn iter(&self) -> impl Iterator<Item = (&InternedKey, &Holder)> {
         self.held.iter()
     }
 
     /// Bytes the held locks use: hash-table slots (including the control byte and spare
     /// capacity) plus each pk's heap allocation rounded to the allocator's 16 bytes.
     pub fn approx_bytes(&self) -> usize {
-        let slot = std::mem::size_of::<(CompactKey, Holder)>() + 1;
+        let slot = std::mem::size_of::<(InternedKey, Holder)>() + 1;
         let table = self.held.capacity() * slot;
         let heap: usize = self
             .held
@@ -221,8 +221,8 @@ impl LockTable {
 mod tests {
     use super::*;
 
-    fn key(table: &str, pk: &[&[u8]]) -> KeyParts {
-        KeyParts {
+    fn key(table: &str, pk: &[&[u8]]) -> RowKey {
+        RowKey {
             table: table.into(),
             pk: pk.iter().map(|p| p.to_vec()).collect(),
         }

@@ -1,10 +1,19 @@
 //! Prometheus text metrics, hand-rolled: a few atomics and fixed-bucket histograms.
+//!
+//! Why not `prometheus-client` (checked at 0.26): it only writes the OpenMetrics text
+//! format, whose counter metadata names the family without `_total` (`# TYPE
+//! rewind_lock_conflicts counter` over a `rewind_lock_conflicts_total` sample) and which
+//! ends with `# EOF`. Served as today's `text/plain; version=0.0.4`, a Prometheus server
+//! would then see our counters as untyped; served as OpenMetrics, the exposition format
+//! of /metrics changes for every scraper that parses it. And its histogram takes a mutex
+//! on every observation, where ours adds to atomics on each request's path. The output
+//! here is small and fixed (names are a contract, see DESIGN.md), so it stays written out.
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use crate::session::{Engine, Stats, Status};
+use crate::engine::{Engine, GlobalStatus, Stats};
 
 const BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -50,7 +59,7 @@ impl Histogram {
 }
 
 pub struct Metrics {
-    pub rpc: [Histogram; 6],
+    rpc: [Histogram; 6],
     pub batch_fsync: Histogram,
     batches: AtomicU64,
     batched_requests: AtomicU64,
@@ -60,8 +69,19 @@ pub struct Metrics {
     finished: [AtomicU64; 10],
 }
 
-/// Operations whose latency is recorded (index into `Metrics::rpc`).
-pub const OPS: [&str; 6] = [
+/// Operations whose latency is recorded.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    Begin,
+    Register,
+    Commit,
+    Rollback,
+    Report,
+    QueryLocks,
+}
+
+/// Their `op` label, in [`Op`] order.
+const OPS: [&str; 6] = [
     "begin",
     "register",
     "commit",
@@ -86,6 +106,10 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn observe(&self, op: Op, d: Duration) {
+        self.rpc[op as usize].observe(d);
+    }
+
     pub fn record_batch(&self, requests: usize, fsync: Duration, stats: &Stats) {
         self.batches.fetch_add(1, Relaxed);
         self.batched_requests.fetch_add(requests as u64, Relaxed);
@@ -104,7 +128,7 @@ impl Metrics {
         let (active, branches) = engine.census();
         let mut out = String::new();
         out.push_str("# HELP rewind_transactions Unfinished global transactions by status.\n# TYPE rewind_transactions gauge\n");
-        for (i, st) in Status::ALL.iter().enumerate() {
+        for (i, st) in GlobalStatus::ALL.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "rewind_transactions{{status=\"{}\"}} {}",
@@ -113,7 +137,11 @@ impl Metrics {
             );
         }
         out.push_str("# HELP rewind_transactions_finished_total Global transactions finished since start, by final status.\n# TYPE rewind_transactions_finished_total counter\n");
-        for (i, st) in Status::ALL.iter().enumerate().filter(|(_, s)| s.is_final()) {
+        for (i, st) in GlobalStatus::ALL
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.is_final())
+        {
             let _ = writeln!(
                 out,
                 "rewind_transactions_finished_total{{status=\"{}\"}} {}",

@@ -17,10 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::cluster::{Batch, Cluster};
+use crate::cluster::Cluster;
+use crate::engine::{Batch, BatchOutput, Command, Effect, Engine, Reply, Request};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
-use crate::session::{Command, Effect, Engine, Reply};
 use crate::store::Store;
 
 pub fn now_ms() -> u64 {
@@ -32,7 +32,7 @@ pub fn now_ms() -> u64 {
 
 type ReplyTx = oneshot::Sender<Result<Reply, CoordinatorError>>;
 
-struct Request {
+struct Pending {
     cmd: Command,
     reply: Option<ReplyTx>,
 }
@@ -40,7 +40,7 @@ struct Request {
 /// Cheap handle to the write path and the shared read state.
 #[derive(Clone)]
 pub struct Sequencer {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::Sender<Pending>,
     pub engine: Arc<Mutex<Engine>>,
     pub store: Arc<Store>,
     /// Bumped after every durable batch; waiters re-check their condition on change.
@@ -120,11 +120,19 @@ impl Sequencer {
         }
     }
 
-    /// Applies a command durably and answers its result.
-    pub async fn submit(&self, cmd: Command) -> Result<Reply, CoordinatorError> {
+    /// Applies a command durably and answers its typed result.
+    pub async fn ask<R: Request>(&self, req: R) -> Result<R::Reply, CoordinatorError> {
+        let reply = self.submit(req.into()).await?;
+        R::from_reply(reply.clone()).ok_or_else(|| {
+            tracing::error!(?reply, "the engine answered another command's reply");
+            CoordinatorError::Storage(format!("internal: mismatched reply {reply:?}"))
+        })
+    }
+
+    async fn submit(&self, cmd: Command) -> Result<Reply, CoordinatorError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Request {
+            .send(Pending {
                 cmd,
                 reply: Some(reply),
             })
@@ -135,11 +143,12 @@ impl Sequencer {
 
     /// Queues a command whose result nobody waits for (results from proxies, ticks).
     /// In cluster mode a non-leader drops it (the leader has its own).
-    pub async fn post(&self, cmd: Command) {
+    pub async fn post(&self, cmd: impl Into<Command>) {
         if self.leader_only().is_err() {
             return;
         }
-        let _ = self.tx.send(Request { cmd, reply: None }).await;
+        let cmd = cmd.into();
+        let _ = self.tx.send(Pending { cmd, reply: None }).await;
     }
 
     /// Waits (bounded) until `done` holds on the engine, re-checking after each batch.
@@ -159,8 +168,23 @@ impl Sequencer {
     }
 }
 
+/// Applies `batches` under the engine lock and announces the coming durable write to the
+/// store (under the same lock, so a reader that finds a transaction in neither place
+/// knows a batch is on its way). The single node's writer and the Raft state machine
+/// both go through here.
+pub fn apply_locked(
+    engine: &Mutex<Engine>,
+    store: &Store,
+    batches: impl IntoIterator<Item = Option<Batch>>,
+) -> BatchOutput {
+    let mut e = engine.lock().expect("engine lock");
+    let applied = e.apply_batches(batches);
+    store.announce();
+    applied
+}
+
 fn writer_loop(
-    mut rx: mpsc::Receiver<Request>,
+    mut rx: mpsc::Receiver<Pending>,
     engine: Arc<Mutex<Engine>>,
     store: Arc<Store>,
     max_batch: usize,
@@ -178,20 +202,25 @@ fn writer_loop(
                 Err(_) => break,
             }
         }
-        let now = now_ms();
-        let mut replies = Vec::with_capacity(batch.len());
-        let (writes, out, stats) = {
-            let mut e = engine.lock().expect("engine lock");
-            for req in batch.drain(..) {
-                let res = e.apply(req.cmd, now);
-                if let Some(tx) = req.reply {
-                    replies.push((tx, res));
-                }
-            }
-            let w = e.take_writes();
-            store.announce();
-            (w, e.take_effects(), e.take_stats())
+        let (commands, waiting): (Vec<Command>, Vec<Option<ReplyTx>>) =
+            batch.drain(..).map(|r| (r.cmd, r.reply)).unzip();
+        let batch = Batch {
+            now_ms: now_ms(),
+            xid_base: 0,
+            commands,
         };
+        let BatchOutput {
+            results,
+            writes,
+            effects: out,
+            stats,
+            requests: _,
+        } = apply_locked(&engine, &store, [Some(batch)]);
+        let replies: Vec<(ReplyTx, Result<Reply, CoordinatorError>)> = waiting
+            .into_iter()
+            .zip(results.into_iter().flatten())
+            .filter_map(|(tx, res)| Some((tx?, res)))
+            .collect();
         let started = std::time::Instant::now();
         if let Err(err) = store.write(&writes) {
             // The in-memory state is now ahead of the disk. The only safe move is to
@@ -202,6 +231,8 @@ fn writer_loop(
             }
             std::process::exit(70);
         }
+        // Counted as acknowledged requests: commands nobody waits on (ticks, proxies'
+        // answers) are not (unlike the Raft state machine, which cannot tell them apart).
         metrics.record_batch(replies.len(), started.elapsed(), &stats);
         for (tx, res) in replies {
             let _ = tx.send(res);
@@ -214,11 +245,11 @@ fn writer_loop(
     }
 }
 
-async fn replicated_loop(mut rx: mpsc::Receiver<Request>, cluster: Arc<Cluster>, max_batch: usize) {
+async fn replicated_loop(mut rx: mpsc::Receiver<Pending>, cluster: Arc<Cluster>, max_batch: usize) {
     let slots = Arc::new(tokio::sync::Semaphore::new(IN_FLIGHT_BATCHES));
     // Picked once per process: only a state machine that issued no XID yet adopts it,
     // and every member adopts the one in the first batch it applies.
-    let xid_base = crate::session::random_xid_base();
+    let xid_base = crate::engine::random_xid_base();
     let mut batch = Vec::with_capacity(max_batch);
     while let Some(first) = rx.recv().await {
         batch.push(first);

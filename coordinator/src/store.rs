@@ -1,14 +1,14 @@
 //! Durable state: redb tables behind a write-ahead log ([`crate::wal`]). Each batch of
 //! the sequencer is one log record (one `fdatasync`) merged into an in-memory overlay
 //! ([`Pending`]) that reads consult first; when the log is full, the overlay is written
-//! to redb in one durable commit (a checkpoint) and the log starts over. A session that
+//! to redb in one durable commit (a checkpoint) and the log starts over. A transaction that
 //! begins and finishes between checkpoints thus costs redb only its final record.
 //! Tables hold materialized records: the state machine's commands are the replication
 //! unit, these tables are what applying them leaves behind.
 //!
-//! - `active`: xid → unfinished session (with branches and lock keys); locks are
+//! - `active`: xid → unfinished global transaction (with branches and lock keys); locks are
 //!   re-derived from it on start.
-//! - `finished`: xid → finished session, kept for the retention period;
+//! - `finished`: xid → finished global transaction, kept for the retention period;
 //!   `finished_by_time`: (finished_ms, xid) makes pruning a range scan.
 //! - `conflicts`: id → dirty-write conflict (kept for audit).
 //! - `audit`: id → operator action (kept; operator actions are few).
@@ -22,10 +22,10 @@ use redb::{
     Database, Durability, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction,
 };
 
-use crate::error::CoordinatorError;
-use crate::session::{
-    AuditEntry, Conflict, Counters, SessionRecord, Status, Writes, XidNum, AUDIT_IN_MEMORY,
+use crate::engine::{
+    AuditEntry, Conflict, Counters, GlobalRecord, GlobalStatus, Writes, XidNum, AUDIT_IN_MEMORY,
 };
+use crate::error::CoordinatorError;
 use crate::wal::Wal;
 
 const ACTIVE: TableDefinition<u64, &[u8]> = TableDefinition::new("active");
@@ -41,14 +41,14 @@ pub struct Store {
     /// Logged but not yet checkpointed. Lock order: `log`, then `pending`.
     pending: Mutex<Pending>,
     /// Batches taken from the engine (see [`Store::announce`]) whose write has not
-    /// finished: while it is 0, a session missing from the engine is not in flight.
+    /// finished: while it is 0, a transaction missing from the engine is not in flight.
     in_flight: std::sync::atomic::AtomicU64,
 }
 
 /// Net effect of the batches logged since the last checkpoint.
 #[derive(Default)]
 struct Pending {
-    /// `None`: delete (the session finished).
+    /// `None`: delete (the transaction finished).
     active: HashMap<XidNum, Option<Vec<u8>>>,
     finished: BTreeMap<XidNum, (u64, Vec<u8>)>,
     conflicts: HashMap<u64, Vec<u8>>,
@@ -89,7 +89,7 @@ struct Log {
 
 pub struct Loaded {
     pub counters: Counters,
-    pub active: Vec<SessionRecord>,
+    pub active: Vec<GlobalRecord>,
     pub conflicts: Vec<Conflict>,
     /// The latest audit entries, oldest first.
     pub audit: Vec<AuditEntry>,
@@ -217,7 +217,7 @@ impl Store {
     }
 
     /// Called with the engine locked, right after its writes were taken: a batch is on
-    /// its way to [`Store::write`]. Readers that find a session neither in the engine
+    /// its way to [`Store::write`]. Readers that find a transaction neither in the engine
     /// nor here know from [`Store::batches_in_flight`] whether to wait for it.
     pub fn announce(&self) {
         self.in_flight
@@ -267,7 +267,7 @@ impl Store {
         Ok(())
     }
 
-    pub fn finished(&self, xid: XidNum) -> Result<Option<SessionRecord>, CoordinatorError> {
+    pub fn finished(&self, xid: XidNum) -> Result<Option<GlobalRecord>, CoordinatorError> {
         if let Some((_, b)) = self
             .pending
             .lock()
@@ -285,14 +285,14 @@ impl Store {
         }
     }
 
-    /// Finished sessions, newest first, optionally of one status and older than
+    /// Finished transactions, newest first, optionally of one status and older than
     /// `before` (a page cursor).
     pub fn list_finished(
         &self,
-        status: Option<Status>,
+        status: Option<GlobalStatus>,
         before: Option<XidNum>,
         limit: usize,
-    ) -> Result<Vec<SessionRecord>, CoordinatorError> {
+    ) -> Result<Vec<GlobalRecord>, CoordinatorError> {
         let before = before.unwrap_or(u64::MAX);
         let mut out = Vec::new();
         {
@@ -301,7 +301,7 @@ impl Store {
                 if out.len() >= limit {
                     break;
                 }
-                let rec: SessionRecord = serde_json::from_slice(b).map_err(corrupt)?;
+                let rec: GlobalRecord = serde_json::from_slice(b).map_err(corrupt)?;
                 if status.is_none_or(|s| s == rec.status) {
                     out.push(rec);
                 }
@@ -318,7 +318,7 @@ impl Store {
                 break;
             }
             let (_, v) = row.map_err(storage)?;
-            let rec: SessionRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
+            let rec: GlobalRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
             if status.is_none_or(|s| s == rec.status) {
                 out.push(rec);
             }
@@ -329,7 +329,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Every finished session kept (for a cluster snapshot), oldest first.
+    /// Every finished transaction kept (for a cluster snapshot), oldest first.
     pub fn all_finished(&self) -> Result<Vec<(XidNum, u64, Vec<u8>)>, CoordinatorError> {
         let _log = self.log.lock().expect("log lock");
         let mut out: BTreeMap<XidNum, (u64, Vec<u8>)> = BTreeMap::new();
@@ -375,7 +375,7 @@ impl Store {
         Ok(())
     }
 
-    /// Deletes finished sessions that finished before `before_ms`; returns how many.
+    /// Deletes finished transactions that finished before `before_ms`; returns how many.
     pub fn prune(&self, before_ms: u64) -> Result<usize, CoordinatorError> {
         // Not logged: a prune lost in a crash is simply done again by the next one.
         // Serialized with `write` so a checkpoint never races it.
@@ -577,8 +577,8 @@ fn decode_writes(data: &[u8]) -> Result<Writes, CoordinatorError> {
 mod tests {
     use super::*;
 
-    fn rec(xid: XidNum, status: Status) -> SessionRecord {
-        SessionRecord {
+    fn rec(xid: XidNum, status: GlobalStatus) -> GlobalRecord {
+        GlobalRecord {
             xid,
             name: String::new(),
             status,
@@ -605,7 +605,7 @@ mod tests {
         let mut w = Writes::default();
         for x in 1..=5 {
             w.active
-                .push((x, serde_json::to_vec(&rec(x, Status::Begin)).unwrap()));
+                .push((x, serde_json::to_vec(&rec(x, GlobalStatus::Begin)).unwrap()));
         }
         w.counters = Some(Counters {
             next_xid: 6,
@@ -617,9 +617,9 @@ mod tests {
         let mut w = Writes::default();
         for x in 1..=4 {
             let st = if x % 2 == 0 {
-                Status::Committed
+                GlobalStatus::Committed
             } else {
-                Status::RolledBack
+                GlobalStatus::RolledBack
             };
             w.finished
                 .push((x, x * 10, serde_json::to_vec(&rec(x, st)).unwrap()));
@@ -641,7 +641,7 @@ mod tests {
             .collect();
         assert_eq!(all, vec![4, 3, 2, 1]);
         let committed: Vec<_> = store
-            .list_finished(Some(Status::Committed), None, 10)
+            .list_finished(Some(GlobalStatus::Committed), None, 10)
             .unwrap()
             .iter()
             .map(|r| r.xid)
@@ -664,9 +664,9 @@ mod tests {
         let (store, _) = Store::open(&dir, 1 << 20).unwrap();
         let mut w = Writes::default();
         w.active
-            .push((1, serde_json::to_vec(&rec(1, Status::Begin)).unwrap()));
+            .push((1, serde_json::to_vec(&rec(1, GlobalStatus::Begin)).unwrap()));
         w.active
-            .push((2, serde_json::to_vec(&rec(2, Status::Begin)).unwrap()));
+            .push((2, serde_json::to_vec(&rec(2, GlobalStatus::Begin)).unwrap()));
         w.counters = Some(Counters {
             next_xid: 3,
             next_branch: 1,
@@ -678,7 +678,7 @@ mod tests {
         w.finished.push((
             1,
             10,
-            serde_json::to_vec(&rec(1, Status::Committed)).unwrap(),
+            serde_json::to_vec(&rec(1, GlobalStatus::Committed)).unwrap(),
         ));
         let entry = AuditEntry {
             id: 1,
@@ -693,7 +693,7 @@ mod tests {
         // Not in redb yet: answered from the overlay.
         assert_eq!(
             store.finished(1).unwrap().unwrap().status,
-            Status::Committed
+            GlobalStatus::Committed
         );
         assert_eq!(store.list_finished(None, None, 10).unwrap().len(), 1);
         // "Crash": reopen from the log alone.
@@ -711,7 +711,7 @@ mod tests {
         );
         assert_eq!(
             store.finished(1).unwrap().unwrap().status,
-            Status::Committed
+            GlobalStatus::Committed
         );
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);

@@ -5,8 +5,9 @@
 //! an fsync; when the log is full, redb is committed durably (a checkpoint, recording
 //! the last log sequence number it contains) and the log restarts at offset 0.
 //!
-//! Record: `len: u32 | lsn: u64 | hash: u64 | payload[len]` (little endian). Recovery
-//! reads records from offset 0 while they are intact (length fits, hash matches) and
+//! Record: `len: u32 | lsn: u64 | check: u64 | payload[len]` (little endian), `check`
+//! being the CRC-32 of `len | lsn | payload` (crc32fast) in its low half. Recovery
+//! reads records from offset 0 while they are intact (length fits, check matches) and
 //! applies those after the checkpoint, in sequence; anything after the checkpoint that
 //! breaks the sequence ends the log (a torn write, or older records from before the
 //! last restart at offset 0, which are all at or below the checkpoint).
@@ -28,8 +29,21 @@ pub struct Wal {
     path: PathBuf,
 }
 
-/// Torn-write detector (not cryptographic): a multiply-xorshift over 8-byte words.
-pub fn hash(lsn: u64, data: &[u8]) -> u64 {
+/// The record check: CRC-32 of the length, the sequence number and the payload.
+pub fn check(lsn: u64, data: &[u8]) -> u64 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(&(data.len() as u32).to_le_bytes());
+    h.update(&lsn.to_le_bytes());
+    h.update(data);
+    u64::from(h.finalize())
+}
+
+/// The check that builds before crc32fast wrote (a multiply-xorshift over 8-byte words).
+/// Still accepted when reading, so a data directory last written by such a build
+/// recovers its acknowledged batches; after that first start every record it could
+/// still need is rewritten with [`check`] (the log restarts at offset 0 after the
+/// recovery checkpoint, and older records left behind are at or below it).
+fn legacy_check(lsn: u64, data: &[u8]) -> u64 {
     let mut h = 0x9E37_79B9_7F4A_7C15u64 ^ lsn ^ (data.len() as u64).rotate_left(32);
     let mut chunks = data.chunks_exact(8);
     for c in &mut chunks {
@@ -89,7 +103,7 @@ impl Wal {
                     }
                     let mut data = vec![0u8; n as usize];
                     f.read_exact_at(&mut data, off + HEADER as u64)?;
-                    if hash(lsn, &data) != h {
+                    if check(lsn, &data) != h && legacy_check(lsn, &data) != h {
                         break;
                     }
                     if lsn > after {
@@ -138,7 +152,7 @@ impl Wal {
         let mut buf = Vec::with_capacity(HEADER + data.len());
         buf.extend_from_slice(&(data.len() as u32).to_le_bytes());
         buf.extend_from_slice(&lsn.to_le_bytes());
-        buf.extend_from_slice(&hash(lsn, data).to_le_bytes());
+        buf.extend_from_slice(&check(lsn, data).to_le_bytes());
         buf.extend_from_slice(data);
         self.file.write_all_at(&buf, self.offset)?;
         self.file.sync_data()?;
@@ -192,6 +206,32 @@ mod tests {
         let (w, recs) = Wal::open(&path, 8192, 4).unwrap();
         assert_eq!(recs, vec![(5, b"new five".to_vec())]);
         assert!(!w.fits(8192));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn records_written_with_the_legacy_check_are_still_read() {
+        let dir = std::env::temp_dir().join(format!(
+            "rewind-wal-legacy-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wal");
+        let (w, _) = Wal::open(&path, 4096, 0).unwrap();
+        let mut off = 0;
+        for lsn in 1..=2u64 {
+            let data = format!("old {lsn}").into_bytes();
+            let mut buf = (data.len() as u32).to_le_bytes().to_vec();
+            buf.extend_from_slice(&lsn.to_le_bytes());
+            buf.extend_from_slice(&legacy_check(lsn, &data).to_le_bytes());
+            buf.extend_from_slice(&data);
+            w.file.write_all_at(&buf, off).unwrap();
+            off += buf.len() as u64;
+        }
+        drop(w);
+        let (_, recs) = Wal::open(&path, 4096, 0).unwrap();
+        assert_eq!(recs.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use crate::config::ClusterConfig;
+use crate::engine::{Effect, Engine, EngineConfig, Reply};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
-use crate::session::{Command, Effect, Engine, EngineConfig, Reply};
 use crate::store::{Loaded, Store};
 
 pub type NodeId = u64;
@@ -56,14 +56,7 @@ impl std::fmt::Display for Member {
 }
 
 /// One log entry: a batch of commands applied in order at the leader's `now_ms`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Batch {
-    pub now_ms: u64,
-    /// The XID base a state machine that issued no XID yet adopts (see
-    /// [`Engine::seed_xid_base`]).
-    pub xid_base: u64,
-    pub commands: Vec<Command>,
-}
+pub use crate::engine::Batch;
 
 /// The results of a batch, in command order. Only the leader's copy is ever read (by
 /// the callers waiting on it), so it is never serialized: openraft's bounds ask for

@@ -12,7 +12,7 @@
 //! A new leader resumes phase two from the replicated in-flight deadlines (its ticks
 //! find them due) and from proxies re-attaching to it.
 //!
-//! Snapshots are the engine's whole durable state plus the finished sessions still kept;
+//! Snapshots are the engine's whole durable state plus the finished transactions still kept;
 //! the latest one is kept in `raft-snapshot.json` for followers that fell behind the
 //! purged log.
 
@@ -30,10 +30,10 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, watch};
 
 use super::{BatchReply, Member, NodeId, TypeConfig};
-use crate::metrics::Metrics;
-use crate::session::{
-    AuditEntry, Conflict, Counters, Effect, Engine, EngineConfig, SessionRecord, Writes,
+use crate::engine::{
+    AuditEntry, BatchOutput, Conflict, Counters, Effect, Engine, EngineConfig, GlobalRecord, Writes,
 };
+use crate::metrics::Metrics;
 use crate::store::Store;
 
 type Result<T> = std::result::Result<T, StorageError<NodeId>>;
@@ -50,11 +50,11 @@ pub struct Applied {
 #[derive(Serialize, Deserialize)]
 struct SnapshotState {
     counters: Counters,
-    active: Vec<SessionRecord>,
+    active: Vec<GlobalRecord>,
     conflicts: Vec<Conflict>,
     audit: Vec<AuditEntry>,
-    /// (xid, finished_ms, record) of the finished sessions kept for inspection.
-    finished: Vec<(u64, u64, SessionRecord)>,
+    /// (xid, finished_ms, record) of the finished transactions kept for inspection.
+    finished: Vec<(u64, u64, GlobalRecord)>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -146,7 +146,7 @@ impl StateMachine {
         };
         let mut finished = Vec::new();
         for (xid, at, bytes) in self.store.all_finished().map_err(sm_err)? {
-            let rec: SessionRecord = serde_json::from_slice(&bytes).map_err(snap_err)?;
+            let rec: GlobalRecord = serde_json::from_slice(&bytes).map_err(snap_err)?;
             finished.push((xid, at, rec));
         }
         serde_json::to_vec(&SnapshotState {
@@ -233,34 +233,29 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         I: IntoIterator<Item = Entry> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
     {
-        let mut replies = Vec::new();
-        let mut requests = 0;
-        let (writes, effects, stats) = {
-            let mut e = self.engine.lock().expect("engine lock");
-            for ent in entries {
-                self.applied.log_id = Some(ent.log_id);
-                match ent.payload {
-                    EntryPayload::Blank => replies.push(BatchReply::default()),
-                    EntryPayload::Normal(batch) => {
-                        e.seed_xid_base(batch.xid_base);
-                        requests += batch.commands.len();
-                        let results = batch
-                            .commands
-                            .into_iter()
-                            .map(|c| e.apply(c, batch.now_ms))
-                            .collect();
-                        replies.push(BatchReply { results });
-                    }
-                    EntryPayload::Membership(m) => {
-                        self.applied.membership = StoredMembership::new(Some(ent.log_id), m);
-                        replies.push(BatchReply::default());
-                    }
+        let mut batches = Vec::new();
+        for ent in entries {
+            self.applied.log_id = Some(ent.log_id);
+            batches.push(match ent.payload {
+                EntryPayload::Blank => None,
+                EntryPayload::Normal(batch) => Some(batch),
+                EntryPayload::Membership(m) => {
+                    self.applied.membership = StoredMembership::new(Some(ent.log_id), m);
+                    None
                 }
-            }
-            let w = e.take_writes();
-            self.store.announce();
-            (w, e.take_effects(), e.take_stats())
-        };
+            });
+        }
+        let BatchOutput {
+            results,
+            writes,
+            effects,
+            stats,
+            requests,
+        } = crate::sequencer::apply_locked(&self.engine, &self.store, batches);
+        let replies: Vec<BatchReply> = results
+            .into_iter()
+            .map(|results| BatchReply { results })
+            .collect();
         let started = std::time::Instant::now();
         if let Err(err) = self.persist(writes).await {
             // Memory is ahead of the disk: stop; a restart replays the log from the

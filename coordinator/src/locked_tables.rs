@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rewind_protocol::v1::{coordinator_message, CoordinatorMessage, TableLocks};
 use tokio::sync::{mpsc, Notify};
 
-use crate::phase_two::StreamTx;
+use crate::dispatch::StreamTx;
 
 /// What one attached proxy has been told and has confirmed, per resource.
 struct View {
@@ -40,7 +40,7 @@ struct View {
 }
 
 #[derive(Default)]
-pub struct Isolation {
+pub struct LockedTables {
     views: Mutex<HashMap<u64, View>>,
     /// Tables a registration is checking or has just checked, per resource: not removed
     /// from any set until the registration is applied (then the lock itself keeps them).
@@ -54,7 +54,7 @@ pub struct NotConfirmed {
     pub table: String,
 }
 
-impl Isolation {
+impl LockedTables {
     /// A proxy announced `resources`; `locked` gives the tables locked now per resource.
     pub fn attach(
         &self,
@@ -223,14 +223,14 @@ fn send(view: &mut View, resource: &str, tables: BTreeSet<String>) {
     view.sent.insert(resource.to_string(), tables);
 }
 
-/// Keeps tables out of [`Isolation::prune`] while a registration uses them.
+/// Keeps tables out of [`LockedTables::prune`] while a registration uses them.
 pub struct InUse<'a> {
-    iso: &'a Isolation,
+    iso: &'a LockedTables,
     keys: Vec<(String, String)>,
 }
 
 impl<'a> InUse<'a> {
-    fn new(iso: &'a Isolation, resource: &str, tables: &BTreeSet<String>) -> Self {
+    fn new(iso: &'a LockedTables, resource: &str, tables: &BTreeSet<String>) -> Self {
         let keys: Vec<(String, String)> = tables
             .iter()
             .map(|t| (resource.to_string(), t.clone()))
@@ -274,7 +274,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_table_is_granted_only_after_every_proxy_confirmed_it() {
-        let iso = Isolation::default();
+        let iso = LockedTables::default();
         let (tx1, mut rx1) = mpsc::channel(16);
         let (tx2, mut rx2) = mpsc::channel(16);
         iso.attach(1, &tx1, &["db".into()], |_| HashSet::new());
@@ -323,7 +323,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn tables_in_use_survive_pruning() {
-        let iso = Isolation::default();
+        let iso = LockedTables::default();
         let (tx, mut rx) = mpsc::channel(16);
         iso.attach(1, &tx, &["db".into()], |_| HashSet::new());
         message(&mut rx);

@@ -12,8 +12,8 @@ fn cfg() -> EngineConfig {
     }
 }
 
-fn key(t: &str, pk: &str) -> KeyParts {
-    KeyParts {
+fn key(t: &str, pk: &str) -> RowKey {
+    RowKey {
         table: t.into(),
         pk: vec![pk.as_bytes().to_vec()],
     }
@@ -37,15 +37,15 @@ impl T {
         match self
             .e
             .apply(
-                Command::Begin {
+                Command::Begin(Begin {
                     name: "t".into(),
                     timeout_ms: 0,
-                },
+                }),
                 self.now,
             )
             .unwrap()
         {
-            Reply::Begun(x) => x,
+            Reply::Begin(x) => x,
             r => panic!("{r:?}"),
         }
     }
@@ -55,27 +55,27 @@ impl T {
         let req = format!("req-{}", self.reqs);
         self.e
             .apply(
-                Command::Register {
+                Command::Register(Register {
                     xid,
                     resource_id: res.into(),
                     keys,
                     request_id: req,
-                },
+                }),
                 self.now,
             )
             .unwrap()
     }
     fn branch(&mut self, xid: XidNum, res: &str, keys: &[(&str, &str)]) -> BranchId {
         match self.register(xid, res, keys) {
-            Reply::Registered(b) => b,
+            Reply::Register(Registration::Registered(b)) => b,
             r => panic!("{r:?}"),
         }
     }
-    fn status(&self, xid: XidNum) -> Option<Status> {
+    fn status(&self, xid: XidNum) -> Option<GlobalStatus> {
         self.e.status_of(xid)
     }
     /// Drains effects as (command_id, branch_id, action).
-    fn sends(&mut self) -> Vec<(u64, BranchId, Action)> {
+    fn sends(&mut self) -> Vec<(u64, BranchId, Decision)> {
         self.e
             .take_effects()
             .into_iter()
@@ -90,15 +90,20 @@ impl T {
             })
             .collect()
     }
-    fn result(&mut self, xid: XidNum, (cmd, b, _): (u64, BranchId, Action), outcome: Outcome) {
+    fn result(
+        &mut self,
+        xid: XidNum,
+        (cmd, b, _): (u64, BranchId, Decision),
+        outcome: ProxyAnswer,
+    ) {
         self.e
             .apply(
-                Command::BranchResult {
+                Command::BranchResult(BranchResult {
                     xid,
                     branch_id: b,
                     command_id: cmd,
                     outcome,
-                },
+                }),
                 self.now,
             )
             .unwrap();
@@ -107,12 +112,12 @@ impl T {
         self.now += advance;
         self.e.apply(Command::Tick, self.now).unwrap();
     }
-    fn finished_status(&mut self) -> Vec<Status> {
+    fn finished_status(&mut self) -> Vec<GlobalStatus> {
         self.e
             .take_writes()
             .finished
             .iter()
-            .map(|(_, _, b)| serde_json::from_slice::<SessionRecord>(b).unwrap().status)
+            .map(|(_, _, b)| serde_json::from_slice::<GlobalRecord>(b).unwrap().status)
             .collect()
     }
 }
@@ -121,11 +126,13 @@ impl T {
 fn t10_begin_commit_without_branches_finishes_at_once() {
     let mut t = T::new();
     let x = t.begin();
-    assert_eq!(t.status(x), Some(Status::Begin));
-    let r = t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
-    assert_eq!(r, Reply::Status(Status::Committed));
-    assert_eq!(t.status(x), None, "finished sessions leave memory");
-    assert_eq!(t.finished_status(), vec![Status::Committed]);
+    assert_eq!(t.status(x), Some(GlobalStatus::Begin));
+    let r =
+        t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+            .unwrap();
+    assert_eq!(r, Reply::Commit(GlobalStatus::Committed));
+    assert_eq!(t.status(x), None, "finished transactions leave memory");
+    assert_eq!(t.finished_status(), vec![GlobalStatus::Committed]);
 }
 
 #[test]
@@ -135,8 +142,9 @@ fn t11_commit_releases_locks_at_once_then_branches_commit_in_parallel() {
     t.branch(x, "db1", &[("t", "1"), ("t", "2")]);
     t.branch(x, "db2", &[("u", "1")]);
     assert_eq!(t.e.lock_count(), 3);
-    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
-    assert_eq!(t.status(x), Some(Status::Committing));
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
+    assert_eq!(t.status(x), Some(GlobalStatus::Committing));
     assert_eq!(
         t.e.lock_count(),
         0,
@@ -144,12 +152,12 @@ fn t11_commit_releases_locks_at_once_then_branches_commit_in_parallel() {
     );
     let sends = t.sends();
     assert_eq!(sends.len(), 2);
-    assert!(sends.iter().all(|s| s.2 == Action::Commit));
-    t.result(x, sends[0], Outcome::Done);
-    assert_eq!(t.status(x), Some(Status::Committing));
-    t.result(x, sends[1], Outcome::Done);
+    assert!(sends.iter().all(|s| s.2 == Decision::Commit));
+    t.result(x, sends[0], ProxyAnswer::Done);
+    assert_eq!(t.status(x), Some(GlobalStatus::Committing));
+    t.result(x, sends[1], ProxyAnswer::Done);
     assert_eq!(t.status(x), None);
-    assert_eq!(t.finished_status(), vec![Status::Committed]);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::Committed]);
 }
 
 #[test]
@@ -159,19 +167,20 @@ fn t12_rollback_runs_in_reverse_registration_order_releasing_locks_per_branch() 
     let b1 = t.branch(x, "db1", &[("t", "1")]);
     let b2 = t.branch(x, "db1", &[("t", "2")]);
     let b3 = t.branch(x, "db2", &[("t", "3")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
-    assert_eq!(t.status(x), Some(Status::RollingBack));
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
+    assert_eq!(t.status(x), Some(GlobalStatus::RollingBack));
     let mut order = Vec::new();
     for expected_locks in [2, 1, 0] {
         let s = t.sends();
         assert_eq!(s.len(), 1, "one branch at a time");
-        assert_eq!(s[0].2, Action::Rollback);
+        assert_eq!(s[0].2, Decision::Rollback);
         order.push(s[0].1);
-        t.result(x, s[0], Outcome::Done);
+        t.result(x, s[0], ProxyAnswer::Done);
         assert_eq!(t.e.lock_count(), expected_locks);
     }
     assert_eq!(order, vec![b3, b2, b1]);
-    assert_eq!(t.finished_status(), vec![Status::RolledBack]);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::RolledBack]);
 }
 
 #[test]
@@ -179,24 +188,33 @@ fn t13_commit_after_rollback_and_reverse_are_refused_repeats_are_idempotent() {
     let mut t = T::new();
     let x = t.begin();
     t.branch(x, "db1", &[("t", "1")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
-    let err = t.e.apply(Command::Commit { xid: x }, t.now).unwrap_err();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
+    let err =
+        t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+            .unwrap_err();
     assert!(
         matches!(err, CoordinatorError::AlreadyDecided { .. }),
         "{err}"
     );
     assert_eq!(
-        t.e.apply(Command::Rollback { xid: x }, t.now).unwrap(),
-        Reply::Status(Status::RollingBack)
+        t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+            .unwrap(),
+        Reply::Rollback(GlobalStatus::RollingBack)
     );
 
     let y = t.begin();
     t.branch(y, "db1", &[("t", "9")]);
-    t.e.apply(Command::Commit { xid: y }, t.now).unwrap();
-    assert!(t.e.apply(Command::Rollback { xid: y }, t.now).is_err());
+    t.e.apply(Command::Commit(Commit { xid: y }), t.now)
+        .unwrap();
+    assert!(t
+        .e
+        .apply(Command::Rollback(Rollback { xid: y }), t.now)
+        .is_err());
     assert_eq!(
-        t.e.apply(Command::Commit { xid: y }, t.now).unwrap(),
-        Reply::Status(Status::Committing)
+        t.e.apply(Command::Commit(Commit { xid: y }), t.now)
+            .unwrap(),
+        Reply::Commit(GlobalStatus::Committing)
     );
 }
 
@@ -207,11 +225,11 @@ fn t20_lock_conflict_is_all_or_nothing_and_says_if_holder_rolls_back() {
     let b = t.begin();
     t.branch(a, "db1", &[("t", "1")]);
     match t.register(b, "db1", &[("t", "2"), ("t", "1")]) {
-        Reply::LockConflict {
+        Reply::Register(Registration::LockConflict {
             holder,
             holder_rolling_back,
             key,
-        } => {
+        }) => {
             assert_eq!(holder, a);
             assert!(!holder_rolling_back);
             assert_eq!(key.1, self::key("t", "1"));
@@ -223,12 +241,13 @@ fn t20_lock_conflict_is_all_or_nothing_and_says_if_holder_rolls_back() {
         1,
         "nothing of the refused branch was taken"
     );
-    t.e.apply(Command::Rollback { xid: a }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: a }), t.now)
+        .unwrap();
     match t.register(b, "db1", &[("t", "1")]) {
-        Reply::LockConflict {
+        Reply::Register(Registration::LockConflict {
             holder_rolling_back,
             ..
-        } => assert!(holder_rolling_back),
+        }) => assert!(holder_rolling_back),
         r => panic!("{r:?}"),
     }
     // Different resource, same table and pk: no conflict.
@@ -239,26 +258,29 @@ fn t20_lock_conflict_is_all_or_nothing_and_says_if_holder_rolls_back() {
 fn t21_register_is_idempotent_by_request_id_and_refused_when_not_begin() {
     let mut t = T::new();
     let x = t.begin();
-    let cmd = |x| Command::Register {
-        xid: x,
-        resource_id: "db1".into(),
-        keys: vec![key("t", "1")],
-        request_id: "r1".into(),
+    let cmd = |x| {
+        Command::Register(Register {
+            xid: x,
+            resource_id: "db1".into(),
+            keys: vec![key("t", "1")],
+            request_id: "r1".into(),
+        })
     };
     let first = t.e.apply(cmd(x), t.now).unwrap();
     let again = t.e.apply(cmd(x), t.now).unwrap();
     assert_eq!(first, again);
     assert_eq!(t.e.lock_count(), 1);
-    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
     // The retry of an already registered branch still answers its id...
     assert_eq!(t.e.apply(cmd(x), t.now).unwrap(), first);
     // ...but a new branch is refused.
-    let new = Command::Register {
+    let new = Command::Register(Register {
         xid: x,
         resource_id: "db1".into(),
         keys: vec![],
         request_id: "r2".into(),
-    };
+    });
     assert!(matches!(
         t.e.apply(new, t.now),
         Err(CoordinatorError::NotActive { .. })
@@ -272,7 +294,7 @@ fn t22_empty_keys_and_ids_are_invalid() {
     for (res, k, req) in [
         (
             "db",
-            KeyParts {
+            RowKey {
                 table: "".into(),
                 pk: vec![b"1".to_vec()],
             },
@@ -280,7 +302,7 @@ fn t22_empty_keys_and_ids_are_invalid() {
         ),
         (
             "db",
-            KeyParts {
+            RowKey {
                 table: "t".into(),
                 pk: vec![],
             },
@@ -290,12 +312,12 @@ fn t22_empty_keys_and_ids_are_invalid() {
         ("db", key("t", "1"), ""),
     ] {
         let r = t.e.apply(
-            Command::Register {
+            Command::Register(Register {
                 xid: x,
                 resource_id: res.into(),
                 keys: vec![k],
                 request_id: req.into(),
-            },
+            }),
             t.now,
         );
         assert!(
@@ -304,7 +326,7 @@ fn t22_empty_keys_and_ids_are_invalid() {
         );
     }
     assert!(matches!(
-        t.e.apply(Command::Commit { xid: 999 }, t.now),
+        t.e.apply(Command::Commit(Commit { xid: 999 }), t.now),
         Err(CoordinatorError::NotFound(999))
     ));
 }
@@ -315,15 +337,18 @@ fn t30_timeout_rolls_back_and_ends_timeout_rolled_back() {
     let x = t.begin();
     t.branch(x, "db1", &[("t", "1")]);
     t.tick(999);
-    assert_eq!(t.status(x), Some(Status::Begin));
+    assert_eq!(t.status(x), Some(GlobalStatus::Begin));
     t.tick(1);
-    assert_eq!(t.status(x), Some(Status::TimeoutRollingBack));
+    assert_eq!(t.status(x), Some(GlobalStatus::TimeoutRollingBack));
     let s = t.sends();
     assert_eq!(s.len(), 1);
     // Late commit after the timeout decision is refused.
-    assert!(t.e.apply(Command::Commit { xid: x }, t.now).is_err());
-    t.result(x, s[0], Outcome::Done);
-    assert_eq!(t.finished_status(), vec![Status::TimeoutRolledBack]);
+    assert!(t
+        .e
+        .apply(Command::Commit(Commit { xid: x }), t.now)
+        .is_err());
+    t.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::TimeoutRolledBack]);
 }
 
 #[test]
@@ -332,23 +357,23 @@ fn t31_timeout_is_capped_by_max() {
     let x = match t
         .e
         .apply(
-            Command::Begin {
+            Command::Begin(Begin {
                 name: String::new(),
                 timeout_ms: u64::MAX,
-            },
+            }),
             t.now,
         )
         .unwrap()
     {
-        Reply::Begun(x) => x,
+        Reply::Begin(x) => x,
         r => panic!("{r:?}"),
     };
     t.tick(9_999);
-    assert_eq!(t.status(x), Some(Status::Begin));
+    assert_eq!(t.status(x), Some(GlobalStatus::Begin));
     t.tick(1);
     // No branches: the timeout rollback has nothing to undo.
     assert_eq!(t.status(x), None);
-    assert_eq!(t.finished_status(), vec![Status::TimeoutRolledBack]);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::TimeoutRolledBack]);
 }
 
 #[test]
@@ -356,12 +381,13 @@ fn t40_retryable_commit_failure_backs_off_with_jitter_and_never_gives_up() {
     let mut t = T::new();
     let x = t.begin();
     t.branch(x, "db1", &[("t", "1")]);
-    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
     let mut s = t.sends();
     let mut delays = Vec::new();
     for _ in 0..12 {
-        t.result(x, s[0], Outcome::Retryable("backend down".into()));
-        assert_eq!(t.status(x), Some(Status::CommitRetrying));
+        t.result(x, s[0], ProxyAnswer::Retryable("backend down".into()));
+        assert_eq!(t.status(x), Some(GlobalStatus::CommitRetrying));
         // Step time until it is resent; the delay is within [cap/2, cap].
         let start = t.now;
         loop {
@@ -379,8 +405,8 @@ fn t40_retryable_commit_failure_backs_off_with_jitter_and_never_gives_up() {
         delays.iter().skip(6).all(|d| *d >= 500),
         "capped, not shrinking: {delays:?}"
     );
-    t.result(x, s[0], Outcome::Done);
-    assert_eq!(t.finished_status(), vec![Status::Committed]);
+    t.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::Committed]);
 }
 
 #[test]
@@ -388,21 +414,22 @@ fn t41_lost_answer_is_resent_after_command_timeout_and_stale_results_ignored() {
     let mut t = T::new();
     let x = t.begin();
     t.branch(x, "db1", &[("t", "1")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     let first = t.sends()[0];
     t.tick(499);
     assert!(t.sends().is_empty());
     t.tick(1);
-    assert_eq!(t.status(x), Some(Status::RollbackRetrying));
+    assert_eq!(t.status(x), Some(GlobalStatus::RollbackRetrying));
     t.tick(200);
     let second = t.sends();
     assert_eq!(second.len(), 1);
     assert_ne!(second[0].0, first.0);
     // A stale failure for the old command does not disturb the new one.
-    t.result(x, first, Outcome::Retryable("late".into()));
+    t.result(x, first, ProxyAnswer::Retryable("late".into()));
     assert!(t.sends().is_empty());
-    t.result(x, second[0], Outcome::Done);
-    assert_eq!(t.finished_status(), vec![Status::RolledBack]);
+    t.result(x, second[0], ProxyAnswer::Done);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::RolledBack]);
 }
 
 #[test]
@@ -410,14 +437,15 @@ fn t42_resource_available_resends_at_once() {
     let mut t = T::new();
     let x = t.begin();
     t.branch(x, "db1", &[("t", "1")]);
-    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
     let s = t.sends();
-    t.result(x, s[0], Outcome::Retryable("no proxy attached".into()));
+    t.result(x, s[0], ProxyAnswer::Retryable("no proxy attached".into()));
     assert!(t.sends().is_empty());
     t.e.apply(
-        Command::ResourceAvailable {
+        Command::ResourceAvailable(ResourceAvailable {
             resource_id: "db1".into(),
-        },
+        }),
         t.now,
     )
     .unwrap();
@@ -426,15 +454,15 @@ fn t42_resource_available_resends_at_once() {
     // A proxy re-attaching while a command is in flight gets it again at once; the
     // answer to the older command still counts.
     t.e.apply(
-        Command::ResourceAvailable {
+        Command::ResourceAvailable(ResourceAvailable {
             resource_id: "db1".into(),
-        },
+        }),
         t.now,
     )
     .unwrap();
     assert_eq!(t.sends().len(), 1);
-    t.result(x, resent[0], Outcome::Done);
-    assert_eq!(t.finished_status(), vec![Status::Committed]);
+    t.result(x, resent[0], ProxyAnswer::Done);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::Committed]);
 }
 
 #[test]
@@ -442,20 +470,21 @@ fn t53_keep_current_and_restart_reopens_in_flight_resolve() {
     let mut t = T::new();
     let x = t.begin();
     t.branch(x, "db1", &[("t", "2")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     let s = t.sends();
     t.result(x, s[0], dirty());
     let id = t.e.conflicts().next().unwrap().id;
     t.e.apply(
-        Command::Resolve {
+        Command::Resolve(Resolve {
             conflict_id: id,
             action: ResolveAction::KeepCurrent,
-        },
+        }),
         t.now,
     )
     .unwrap();
     let w = t.e.take_writes();
-    let active: Vec<SessionRecord> = w
+    let active: Vec<GlobalRecord> = w
         .active
         .iter()
         .map(|(_, b)| serde_json::from_slice(b).unwrap())
@@ -477,13 +506,13 @@ fn t53_keep_current_and_restart_reopens_in_flight_resolve() {
         reqs: 100,
     };
     assert_eq!(r.e.conflict(id).unwrap().state, ConflictState::Open);
-    assert_eq!(r.status(x), Some(Status::RollbackFailed));
+    assert_eq!(r.status(x), Some(GlobalStatus::RollbackFailed));
     assert_eq!(r.e.lock_count(), 1);
     r.e.apply(
-        Command::Resolve {
+        Command::Resolve(Resolve {
             conflict_id: id,
             action: ResolveAction::KeepCurrent,
-        },
+        }),
         r.now,
     )
     .unwrap();
@@ -496,21 +525,21 @@ fn t53_keep_current_and_restart_reopens_in_flight_resolve() {
     };
     assert_eq!(conflict.action, ResolveAction::KeepCurrent);
     r.e.apply(
-        Command::ResolveResult {
+        Command::ResolveResult(ResolveResult {
             conflict_id: id,
             command_id,
-            outcome: Outcome::Done,
-        },
+            outcome: ProxyAnswer::Done,
+        }),
         r.now,
     )
     .unwrap();
     let s = r.sends();
-    r.result(x, s[0], Outcome::Done);
-    assert_eq!(r.finished_status(), vec![Status::RolledBack]);
+    r.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(r.finished_status(), vec![GlobalStatus::RolledBack]);
 }
 
-fn dirty() -> Outcome {
-    Outcome::DirtyWrite(vec![DirtyRow {
+fn dirty() -> ProxyAnswer {
+    ProxyAnswer::DirtyWrite(vec![DirtyRow {
         table: "t".into(),
         pk: vec![b"2".to_vec()],
         before: r#"{"v":1}"#.into(),
@@ -525,11 +554,12 @@ fn t50_dirty_write_keeps_locks_records_conflict_and_stops() {
     let x = t.begin();
     let b1 = t.branch(x, "db1", &[("t", "1")]);
     let b2 = t.branch(x, "db1", &[("t", "2")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     let s = t.sends();
     assert_eq!(s[0].1, b2);
     t.result(x, s[0], dirty());
-    assert_eq!(t.status(x), Some(Status::RollbackFailed));
+    assert_eq!(t.status(x), Some(GlobalStatus::RollbackFailed));
     assert_eq!(
         t.e.lock_count(),
         2,
@@ -545,7 +575,7 @@ fn t50_dirty_write_keeps_locks_records_conflict_and_stops() {
     // Ticks do not retry a failed rollback by themselves.
     t.tick(60_000);
     assert!(t.sends().is_empty());
-    assert_eq!(t.status(x), Some(Status::RollbackFailed));
+    assert_eq!(t.status(x), Some(GlobalStatus::RollbackFailed));
     let _ = b1;
 }
 
@@ -555,15 +585,16 @@ fn t51_resolve_restore_before_then_rollback_resumes() {
     let x = t.begin();
     let b1 = t.branch(x, "db1", &[("t", "1")]);
     let _b2 = t.branch(x, "db1", &[("t", "2")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     let s = t.sends();
     t.result(x, s[0], dirty());
     let id = t.e.conflicts().next().unwrap().id;
     t.e.apply(
-        Command::Resolve {
+        Command::Resolve(Resolve {
             conflict_id: id,
             action: ResolveAction::RestoreBefore,
-        },
+        }),
         t.now,
     )
     .unwrap();
@@ -582,20 +613,20 @@ fn t51_resolve_restore_before_then_rollback_resumes() {
     assert!(t
         .e
         .apply(
-            Command::Resolve {
+            Command::Resolve(Resolve {
                 conflict_id: id,
                 action: ResolveAction::Retry
-            },
+            }),
             t.now
         )
         .is_err());
     // The proxy failed once: conflict reopens with the message.
     t.e.apply(
-        Command::ResolveResult {
+        Command::ResolveResult(ResolveResult {
             conflict_id: id,
             command_id: cmd,
-            outcome: Outcome::Retryable("db down".into()),
-        },
+            outcome: ProxyAnswer::Retryable("db down".into()),
+        }),
         t.now,
     )
     .unwrap();
@@ -605,10 +636,10 @@ fn t51_resolve_restore_before_then_rollback_resumes() {
         Some("db down")
     );
     t.e.apply(
-        Command::Resolve {
+        Command::Resolve(Resolve {
             conflict_id: id,
             action: ResolveAction::RestoreBefore,
-        },
+        }),
         t.now,
     )
     .unwrap();
@@ -616,11 +647,11 @@ fn t51_resolve_restore_before_then_rollback_resumes() {
         panic!()
     };
     t.e.apply(
-        Command::ResolveResult {
+        Command::ResolveResult(ResolveResult {
             conflict_id: id,
             command_id,
-            outcome: Outcome::Done,
-        },
+            outcome: ProxyAnswer::Done,
+        }),
         t.now,
     )
     .unwrap();
@@ -630,13 +661,13 @@ fn t51_resolve_restore_before_then_rollback_resumes() {
             action: ResolveAction::RestoreBefore
         }
     );
-    assert_eq!(t.status(x), Some(Status::RollbackRetrying));
+    assert_eq!(t.status(x), Some(GlobalStatus::RollbackRetrying));
     let s = t.sends();
-    t.result(x, s[0], Outcome::Done);
+    t.result(x, s[0], ProxyAnswer::Done);
     let s = t.sends();
     assert_eq!(s[0].1, b1);
-    t.result(x, s[0], Outcome::Done);
-    assert_eq!(t.finished_status(), vec![Status::RolledBack]);
+    t.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::RolledBack]);
     assert_eq!(t.e.lock_count(), 0);
 }
 
@@ -645,22 +676,23 @@ fn t52_resolve_retry_that_is_dirty_again_supersedes() {
     let mut t = T::new();
     let x = t.begin();
     t.branch(x, "db1", &[("t", "2")]);
-    t.e.apply(Command::Rollback { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     let s = t.sends();
     t.result(x, s[0], dirty());
     let id = t.e.conflicts().next().unwrap().id;
     t.e.apply(
-        Command::Resolve {
+        Command::Resolve(Resolve {
             conflict_id: id,
             action: ResolveAction::Retry,
-        },
+        }),
         t.now,
     )
     .unwrap();
     let s = t.sends();
     assert_eq!(s.len(), 1);
     t.result(x, s[0], dirty());
-    assert_eq!(t.status(x), Some(Status::RollbackFailed));
+    assert_eq!(t.status(x), Some(GlobalStatus::RollbackFailed));
     let states: Vec<_> = t.e.conflicts().map(|c| c.state.clone()).collect();
     assert_eq!(
         states,
@@ -680,16 +712,18 @@ fn t60_restore_rederives_locks_and_resumes_phase_two() {
     t.branch(a, "db1", &[("t", "1"), ("t", "2")]);
     let b = t.begin();
     t.branch(b, "db1", &[("t", "3")]);
-    t.e.apply(Command::Commit { xid: b }, t.now).unwrap();
+    t.e.apply(Command::Commit(Commit { xid: b }), t.now)
+        .unwrap();
     let c = t.begin();
     t.branch(c, "db1", &[("t", "4")]);
     t.branch(c, "db2", &[("t", "4")]);
-    t.e.apply(Command::Rollback { xid: c }, t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: c }), t.now)
+        .unwrap();
     let s = t.sends();
-    let s = s.into_iter().find(|s| s.2 == Action::Rollback).unwrap();
-    t.result(c, s, Outcome::Done);
+    let s = s.into_iter().find(|s| s.2 == Decision::Rollback).unwrap();
+    t.result(c, s, ProxyAnswer::Done);
     let w = t.e.take_writes();
-    let active: Vec<SessionRecord> = w
+    let active: Vec<GlobalRecord> = w
         .active
         .iter()
         .map(|(_, b)| serde_json::from_slice(b).unwrap())
@@ -700,9 +734,9 @@ fn t60_restore_rederives_locks_and_resumes_phase_two() {
         now: t.now,
         reqs: 100,
     };
-    assert_eq!(r.status(a), Some(Status::Begin));
-    assert_eq!(r.status(b), Some(Status::Committing));
-    assert_eq!(r.status(c), Some(Status::RollingBack));
+    assert_eq!(r.status(a), Some(GlobalStatus::Begin));
+    assert_eq!(r.status(b), Some(GlobalStatus::Committing));
+    assert_eq!(r.status(c), Some(GlobalStatus::RollingBack));
     // a holds 2, b none (committed), c only its first branch (second was undone).
     assert_eq!(r.e.lock_count(), 3);
     r.tick(1);
@@ -717,7 +751,7 @@ fn t61_query_locks_is_exact_and_skips_own() {
     let mut t = T::new();
     let a = t.begin();
     t.branch(a, "db1", &[("t", "1")]);
-    let q = |k: KeyParts| vec![("db1".to_string(), k)];
+    let q = |k: RowKey| vec![("db1".to_string(), k)];
     assert_eq!(
         t.e.query_locks(&q(key("t", "1")), None),
         vec![(0, a, false)]
@@ -738,31 +772,32 @@ fn t62_phase_one_report_updates_branch_and_failed_branches_need_no_commit() {
     let b1 = t.branch(x, "db1", &[("t", "1")]);
     let b2 = t.branch(x, "db1", &[("t", "2")]);
     t.e.apply(
-        Command::Report {
+        Command::Report(Report {
             xid: x,
             branch_id: b1,
             committed: true,
-        },
+        }),
         t.now,
     )
     .unwrap();
     t.e.apply(
-        Command::Report {
+        Command::Report(Report {
             xid: x,
             branch_id: b2,
             committed: false,
-        },
+        }),
         t.now,
     )
     .unwrap();
     let rec = t.e.record(x).unwrap();
     assert_eq!(rec.branches[0].status, BranchStatus::PhaseOneDone);
     assert_eq!(rec.branches[1].status, BranchStatus::PhaseOneFailed);
-    t.e.apply(Command::Commit { xid: x }, t.now).unwrap();
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
     let s = t.sends();
     assert_eq!(s.len(), 1);
-    t.result(x, s[0], Outcome::Done);
-    assert_eq!(t.finished_status(), vec![Status::Committed]);
+    t.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(t.finished_status(), vec![GlobalStatus::Committed]);
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! Phase-two delivery: which proxy streams serve which resource, and the dispatcher
-//! that turns the state machine's [`Effect`]s into stream messages. A command that
+//! Dispatch: sends the engine's phase-two and resolve commands to proxies. Keeps which
+//! proxy streams serve which resource ([`Proxies`]) and turns the engine's [`Effect`]s
+//! into stream messages ([`run`]). A command that
 //! cannot be delivered (no proxy attached for the resource, or its queue is full) goes
 //! straight back to the state machine as a retryable failure, which schedules a retry
 //! with backoff; nothing is ever dropped.
@@ -13,19 +14,19 @@ use rewind_protocol::v1::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::{BranchResult, Decision, Effect, ProxyAnswer, ResolveAction, ResolveResult};
 use crate::sequencer::Sequencer;
-use crate::session::{Action, Command, Effect, Outcome, ResolveAction};
 
 pub type StreamTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 
 /// Attached proxy streams by resource id.
 #[derive(Default)]
-pub struct Attached {
+pub struct Proxies {
     next_conn: std::sync::atomic::AtomicU64,
     by_resource: Mutex<HashMap<String, Vec<(u64, StreamTx)>>>,
 }
 
-impl Attached {
+impl Proxies {
     pub fn new_conn_id(&self) -> u64 {
         self.next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
@@ -69,9 +70,9 @@ impl Attached {
 }
 
 /// Runs until the effect channel closes or shutdown.
-pub async fn dispatch(
+pub async fn run(
     mut effects: mpsc::UnboundedReceiver<Effect>,
-    attached: Arc<Attached>,
+    proxies: Arc<Proxies>,
     seq: Sequencer,
     shutdown: CancellationToken,
 ) {
@@ -95,20 +96,20 @@ pub async fn dispatch(
                         branch_id,
                         resource_id: resource_id.clone(),
                         action: match action {
-                            Action::Commit => BranchAction::Commit,
-                            Action::Rollback => BranchAction::Rollback,
+                            Decision::Commit => BranchAction::Commit,
+                            Decision::Rollback => BranchAction::Rollback,
                         } as i32,
                     })),
                 };
-                let sent = attached.send(&resource_id, msg);
+                let sent = proxies.send(&resource_id, msg);
                 let span = tracing::debug_span!("phase_two", xid = %rewind_protocol::xid::format(xid), branch_id);
                 span.in_scope(|| tracing::debug!(?action, %resource_id, sent, "phase-two command"));
                 if !sent {
-                    seq.post(Command::BranchResult {
+                    seq.post(BranchResult {
                         xid,
                         branch_id,
                         command_id,
-                        outcome: Outcome::Retryable(format!(
+                        outcome: ProxyAnswer::Retryable(format!(
                             "no proxy attached for resource {resource_id:?}"
                         )),
                     })
@@ -139,11 +140,11 @@ pub async fn dispatch(
                         current_json: c.current,
                     })),
                 };
-                if !attached.send(&c.resource_id, msg) {
-                    seq.post(Command::ResolveResult {
+                if !proxies.send(&c.resource_id, msg) {
+                    seq.post(ResolveResult {
                         conflict_id: c.conflict_id,
                         command_id,
-                        outcome: Outcome::Retryable(format!(
+                        outcome: ProxyAnswer::Retryable(format!(
                             "no proxy attached for resource {:?}; try again when one is",
                             c.resource_id
                         )),

@@ -1,0 +1,548 @@
+//! The coordinator's core: every decision an application, a proxy or an operator can
+//! ask for, and the bounded read models they see. gRPC ([`crate::grpc`]) and HTTP
+//! ([`crate::http`]) only translate to and from these calls; neither touches the engine,
+//! the store or the sequencer.
+//!
+//! Writes go through the [`Sequencer`] as typed requests and are answered once durable
+//! (in a cluster: committed by a quorum). Reads that decide something (status, lock
+//! queries, lists) first confirm this node still leads ([`Sequencer::linearizable`]).
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cluster::Cluster;
+use crate::dispatch::{Proxies, StreamTx};
+use crate::engine::{
+    AuditEntry, Begin, BranchId, BranchResult, Commit, Conflict, ConflictState, GlobalRecord,
+    GlobalStatus, HeldLock, ProxyAnswer, Registration, Report, Resolve, ResolveAction,
+    ResolveResult, ResourceAvailable, Rollback, XidNum,
+};
+use crate::error::CoordinatorError;
+use crate::locked_tables::LockedTables;
+use crate::locks::RowKey;
+use crate::metrics::Op;
+use crate::sequencer::{now_ms, Sequencer};
+
+/// An XID as the API spells it → its number (unknown shapes are "not found").
+pub fn parse_xid(xid: &str) -> Result<XidNum, CoordinatorError> {
+    rewind_protocol::xid::parse(xid).ok_or_else(|| CoordinatorError::BadXid(xid.to_string()))
+}
+
+/// The one core: cheap to clone (every field is shared).
+#[derive(Clone)]
+pub struct Coordinator {
+    seq: Sequencer,
+    /// Attached proxy streams, by resource: where phase-two commands go.
+    proxies: Arc<Proxies>,
+    /// Which tables each attached proxy checks writes without an XID on.
+    locked_tables: Arc<LockedTables>,
+    /// How long a rollback request waits for the undo before answering its status.
+    rollback_wait: Duration,
+    /// How long a registration waits for proxies to confirm a newly locked table.
+    isolation_wait: Duration,
+    shutdown: CancellationToken,
+}
+
+/// What a branch registration got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RegisterAnswer {
+    Registered(BranchId),
+    /// Another global transaction holds `key`.
+    LockConflict {
+        key: (String, RowKey),
+        holder: XidNum,
+        holder_rolling_back: bool,
+    },
+    /// A proxy of the resource did not confirm in time that it checks untagged writes to
+    /// `key`'s table. Often a deadlock: a write without an XID waits for this branch's
+    /// row lock, and the branch waits for that write; the branch gives way at once.
+    Unconfirmed {
+        key: (String, RowKey),
+    },
+}
+
+/// A page of the transaction list: unfinished ones from memory, then finished ones
+/// from the store, newest first.
+#[derive(Clone, Debug, Default)]
+pub struct ListFilter {
+    pub status: Option<GlobalStatus>,
+    /// Only transactions older than this xid (page cursor).
+    pub before: Option<XidNum>,
+    /// Text found in the xid or the name (lowercase compare).
+    pub search: Option<String>,
+    pub limit: usize,
+}
+
+/// Most transactions one list page holds; a search looks through at most this many
+/// finished ones from its cursor on, rather than the whole history.
+pub const LIST_LIMIT: usize = 10_000;
+
+impl Coordinator {
+    pub fn new(
+        seq: Sequencer,
+        rollback_wait: Duration,
+        isolation_wait: Duration,
+        shutdown: CancellationToken,
+    ) -> Coordinator {
+        Coordinator {
+            seq,
+            proxies: Arc::new(Proxies::default()),
+            locked_tables: Arc::new(LockedTables::default()),
+            rollback_wait,
+            isolation_wait,
+            shutdown,
+        }
+    }
+
+    pub fn sequencer(&self) -> &Sequencer {
+        &self.seq
+    }
+
+    pub fn proxies(&self) -> Arc<Proxies> {
+        self.proxies.clone()
+    }
+
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Cluster mode: this node's Raft handle.
+    pub fn cluster(&self) -> Option<&Cluster> {
+        self.seq.cluster.as_deref()
+    }
+
+    /// In cluster mode, fails unless this node leads (with the leader's addresses).
+    pub fn leader_only(&self) -> Result<(), CoordinatorError> {
+        self.seq.leader_only()
+    }
+
+    // ---- decisions ---------------------------------------------------------------------
+
+    pub async fn begin(&self, name: String, timeout_ms: u64) -> Result<XidNum, CoordinatorError> {
+        let t = Instant::now();
+        let xid = self.seq.ask(Begin { name, timeout_ms }).await?;
+        self.seq.metrics.observe(Op::Begin, t.elapsed());
+        Ok(xid)
+    }
+
+    /// Commit; a finished transaction answers from the store (idempotent or refused).
+    pub async fn commit(&self, xid: XidNum) -> Result<GlobalStatus, CoordinatorError> {
+        let t = Instant::now();
+        let st = match self.seq.ask(Commit { xid }).await {
+            Ok(st) => st,
+            Err(CoordinatorError::NotFound(_)) => match self.status(xid).await? {
+                s if s.is_committing() => s,
+                s => {
+                    return Err(CoordinatorError::AlreadyDecided {
+                        xid,
+                        status: s,
+                        wanted: "commit",
+                    })
+                }
+            },
+            Err(e) => return Err(e),
+        };
+        self.seq.metrics.observe(Op::Commit, t.elapsed());
+        Ok(st)
+    }
+
+    /// Rollback, answering once the undo ran, stalled, or `rollback_wait` elapsed.
+    pub async fn rollback(&self, xid: XidNum) -> Result<GlobalStatus, CoordinatorError> {
+        let t = Instant::now();
+        match self.seq.ask(Rollback { xid }).await {
+            Ok(_) => {}
+            Err(CoordinatorError::NotFound(_)) => {
+                return match self.status(xid).await? {
+                    s if s.is_rolling_back() => Ok(s),
+                    s => Err(CoordinatorError::AlreadyDecided {
+                        xid,
+                        status: s,
+                        wanted: "rollback",
+                    }),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.seq
+            .wait_until(self.rollback_wait, |e| {
+                e.status_of(xid).is_none_or(|s| s.rollback_settled())
+            })
+            .await;
+        let s = self.status(xid).await?;
+        self.seq.metrics.observe(Op::Rollback, t.elapsed());
+        Ok(s)
+    }
+
+    /// A branch asks for its row locks. Every proxy of the resource must first check
+    /// untagged writes to the keys' tables (write isolation, [`LockedTables`]).
+    pub async fn register(
+        &self,
+        xid: XidNum,
+        resource_id: String,
+        keys: Vec<RowKey>,
+        request_id: String,
+    ) -> Result<RegisterAnswer, CoordinatorError> {
+        let t = Instant::now();
+        let tables: BTreeSet<String> = keys.iter().map(|k| k.table.clone()).collect();
+        // Held until the registration is applied: the tables stay in the sets meanwhile.
+        let _in_use = match self
+            .locked_tables
+            .confirm(&resource_id, &tables, self.isolation_wait)
+            .await
+        {
+            Ok(guard) => guard,
+            Err(not) => {
+                let key = keys
+                    .iter()
+                    .find(|k| k.table == not.table)
+                    .cloned()
+                    .expect("the table comes from the keys");
+                tracing::info!(xid = %rewind_protocol::xid::format(xid), table = %not.table, "a proxy did not confirm write isolation in time");
+                return Ok(RegisterAnswer::Unconfirmed {
+                    key: (resource_id, key),
+                });
+            }
+        };
+        let req = crate::engine::Register {
+            xid,
+            resource_id,
+            keys,
+            request_id,
+        };
+        let answer = match self.seq.ask(req).await {
+            Err(CoordinatorError::NotFound(_)) => {
+                // Finished transactions are not in memory: say what they are.
+                let status = self.status(xid).await?;
+                return Err(CoordinatorError::NotActive { xid, status });
+            }
+            other => other?,
+        };
+        self.seq.metrics.observe(Op::Register, t.elapsed());
+        Ok(match answer {
+            Registration::Registered(id) => {
+                tracing::debug!(xid = %rewind_protocol::xid::format(xid), branch_id = id, "branch registered");
+                RegisterAnswer::Registered(id)
+            }
+            Registration::LockConflict {
+                key,
+                holder,
+                holder_rolling_back,
+            } => RegisterAnswer::LockConflict {
+                key,
+                holder,
+                holder_rolling_back,
+            },
+        })
+    }
+
+    /// A proxy says how a branch's local transaction ended.
+    pub async fn report(
+        &self,
+        xid: XidNum,
+        branch_id: BranchId,
+        committed: bool,
+    ) -> Result<(), CoordinatorError> {
+        let t = Instant::now();
+        let report = Report {
+            xid,
+            branch_id,
+            committed,
+        };
+        match self.seq.ask(report).await {
+            Ok(()) => {}
+            // A late report for a finished transaction changes nothing.
+            Err(CoordinatorError::NotFound(_)) if self.status(xid).await.is_ok() => {}
+            Err(e) => return Err(e),
+        }
+        self.seq.metrics.observe(Op::Report, t.elapsed());
+        Ok(())
+    }
+
+    /// An operator's decision on a conflict: queued for a proxy (or, for `retry`, the
+    /// branch's rollback retried at once).
+    pub async fn resolve(
+        &self,
+        conflict_id: u64,
+        action: ResolveAction,
+    ) -> Result<u64, CoordinatorError> {
+        self.seq
+            .ask(Resolve {
+                conflict_id,
+                action,
+            })
+            .await
+    }
+
+    /// The conflict once the proxy acted on a resolve (or failed), waiting bounded.
+    pub async fn settled_conflict(&self, id: u64) -> Result<Conflict, CoordinatorError> {
+        self.seq
+            .wait_until(self.rollback_wait.min(Duration::from_secs(30)), |e| {
+                e.conflict(id)
+                    .is_none_or(|c| !matches!(c.state, ConflictState::Resolving { .. }))
+            })
+            .await;
+        self.conflict(id)
+            .ok_or(CoordinatorError::ConflictNotFound(id))
+    }
+
+    /// Records an operator's action in the audit log (durable, replicated).
+    pub async fn audit(&self, who: &str, action: &str, target: &str, result: &str) {
+        let entry = crate::engine::Audit {
+            who: who.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            result: result.to_string(),
+        };
+        if let Err(e) = self.seq.ask(entry).await {
+            tracing::error!(%e, operator = %who, action, target, "audit entry not recorded");
+        }
+    }
+
+    // ---- proxies' stream ---------------------------------------------------------------
+
+    pub fn new_proxy_conn(&self) -> u64 {
+        self.proxies.new_conn_id()
+    }
+
+    /// A proxy announced the resources it serves: phase two for them may go to it now,
+    /// and it learns which of their tables hold global locks.
+    pub async fn proxy_attached(&self, conn: u64, tx: &StreamTx, resources: Vec<String>) {
+        self.proxies.announce(conn, tx, &resources);
+        let locked = self.seq.engine.lock().expect("engine lock").locked_tables();
+        self.locked_tables.attach(conn, tx, &resources, |r| {
+            locked.get(r).cloned().unwrap_or_default()
+        });
+        for resource_id in resources {
+            self.seq.post(ResourceAvailable { resource_id }).await;
+        }
+    }
+
+    pub fn proxy_detached(&self, conn: u64) {
+        self.proxies.detach(conn);
+        self.locked_tables.detach(conn);
+    }
+
+    pub async fn branch_result(
+        &self,
+        xid: XidNum,
+        branch_id: BranchId,
+        command_id: u64,
+        outcome: ProxyAnswer,
+    ) {
+        let result = BranchResult {
+            xid,
+            branch_id,
+            command_id,
+            outcome,
+        };
+        self.seq.post(result).await;
+    }
+
+    pub async fn resolve_result(&self, conflict_id: u64, command_id: u64, outcome: ProxyAnswer) {
+        let result = ResolveResult {
+            conflict_id,
+            command_id,
+            outcome,
+        };
+        self.seq.post(result).await;
+    }
+
+    pub fn table_locks_ack(&self, conn: u64, resource_id: &str, epoch: u64) {
+        self.locked_tables.ack(conn, resource_id, epoch);
+    }
+
+    // ---- time ----------------------------------------------------------------------------
+
+    /// Time passed: one tick, unless nothing is unfinished (an idle coordinator logs,
+    /// and in a cluster replicates, no ticks).
+    pub async fn tick(&self) {
+        let idle = self.seq.engine.lock().expect("engine lock").is_idle();
+        if !idle {
+            self.seq.post(crate::engine::Command::Tick).await;
+        }
+    }
+
+    /// Tables whose last lock went leave the proxies' write-isolation sets.
+    pub fn prune_locked_tables(&self) {
+        let locked = self.seq.engine.lock().expect("engine lock").locked_tables();
+        self.locked_tables
+            .prune(|r| locked.get(r).cloned().unwrap_or_default());
+    }
+
+    /// Forgets finished transactions older than `keep_ms`; answers how many.
+    pub async fn prune_finished(&self, keep_ms: u64) -> Result<usize, CoordinatorError> {
+        let before = now_ms().saturating_sub(keep_ms);
+        let store = self.seq.store.clone();
+        tokio::task::spawn_blocking(move || store.prune(before))
+            .await
+            .map_err(|e| CoordinatorError::Storage(e.to_string()))?
+    }
+
+    // ---- read models ---------------------------------------------------------------------
+
+    /// Status from memory, else from the finished store.
+    pub async fn status(&self, xid: XidNum) -> Result<GlobalStatus, CoordinatorError> {
+        self.seq.linearizable().await?;
+        if let Some(s) = self.seq.engine.lock().expect("engine lock").status_of(xid) {
+            return Ok(s);
+        }
+        Ok(self.finished(xid).await?.status)
+    }
+
+    /// The record of an active transaction from memory, else of a finished one from the
+    /// store.
+    pub async fn record(&self, xid: XidNum) -> Result<GlobalRecord, CoordinatorError> {
+        self.seq.linearizable().await?;
+        if let Some(r) = self.seq.engine.lock().expect("engine lock").record(xid) {
+            return Ok(r);
+        }
+        self.finished(xid).await
+    }
+
+    /// A finished transaction's record. The engine drops a transaction from memory when
+    /// it finishes, and its final record reaches the store only with the batch's durable
+    /// write: in between, a transaction that was issued is in neither place, so wait for
+    /// that batch instead of answering "not found".
+    async fn finished(&self, xid: XidNum) -> Result<GlobalRecord, CoordinatorError> {
+        let mut applied = self.seq.applied.clone();
+        // Batches from now on count, not the ones before.
+        applied.borrow_and_update();
+        if let Some(rec) = self.seq.store.finished(xid)? {
+            return Ok(rec);
+        }
+        let in_flight = {
+            let engine = self.seq.engine.lock().expect("engine lock");
+            if let Some(rec) = engine.record(xid) {
+                return Ok(rec);
+            }
+            // Read under the engine lock: a batch is announced under it too.
+            engine.issued(xid) && self.seq.store.batches_in_flight() > 0
+        };
+        if !in_flight {
+            // Nothing on its way: the store's answer (after that last check) is final.
+            return self
+                .seq
+                .store
+                .finished(xid)?
+                .ok_or(CoordinatorError::NotFound(xid));
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
+        if let Some(rec) = self.seq.engine.lock().expect("engine lock").record(xid) {
+            return Ok(rec);
+        }
+        self.seq
+            .store
+            .finished(xid)?
+            .ok_or(CoordinatorError::NotFound(xid))
+    }
+
+    /// One page of transactions, newest first (see [`ListFilter`]).
+    pub async fn list(&self, f: ListFilter) -> Result<Vec<GlobalRecord>, CoordinatorError> {
+        self.seq.linearizable().await?;
+        let limit = f.limit.min(LIST_LIMIT);
+        let search = f.search.as_deref().map(str::to_lowercase);
+        let matches = |r: &GlobalRecord| {
+            search.as_deref().is_none_or(|s| {
+                r.name.to_lowercase().contains(s) || rewind_protocol::xid::format(r.xid).contains(s)
+            })
+        };
+        let mut out: Vec<GlobalRecord> = self
+            .seq
+            .engine
+            .lock()
+            .expect("engine lock")
+            .records(f.status)
+            .into_iter()
+            .filter(|r| f.before.is_none_or(|b| r.xid < b) && matches(r))
+            .collect();
+        out.sort_by_key(|r| std::cmp::Reverse(r.xid));
+        out.truncate(limit);
+        if out.len() < limit && f.status.is_none_or(|s| s.is_final()) {
+            // Finished ones, newest first. A search looks through a bounded window (the
+            // newest LIST_LIMIT from the cursor on) rather than the whole history.
+            let want = if search.is_some() {
+                LIST_LIMIT
+            } else {
+                limit - out.len()
+            };
+            let rest = self.seq.store.list_finished(f.status, f.before, want)?;
+            out.extend(rest.into_iter().filter(|r| matches(r)));
+            out.sort_by_key(|r| std::cmp::Reverse(r.xid));
+            out.dedup_by_key(|r| r.xid);
+            out.truncate(limit);
+        }
+        Ok(out)
+    }
+
+    /// Held locks by holder, at most `limit`, and how many there are in all.
+    pub async fn held_locks(
+        &self,
+        limit: usize,
+    ) -> Result<(Vec<HeldLock>, usize), CoordinatorError> {
+        self.seq.linearizable().await?;
+        Ok(self
+            .seq
+            .engine
+            .lock()
+            .expect("engine lock")
+            .held_locks_detail(limit))
+    }
+
+    /// Which of `keys` another transaction than `asking` holds: (index in `keys`,
+    /// holder, whether the holder is rolling back). Never answered from a deposed
+    /// leader's memory.
+    pub async fn query_locks(
+        &self,
+        keys: &[(String, RowKey)],
+        asking: Option<XidNum>,
+    ) -> Result<Vec<(usize, XidNum, bool)>, CoordinatorError> {
+        let t = Instant::now();
+        self.seq.linearizable().await?;
+        let found = self
+            .seq
+            .engine
+            .lock()
+            .expect("engine lock")
+            .query_locks(keys, asking);
+        self.seq.metrics.observe(Op::QueryLocks, t.elapsed());
+        Ok(found)
+    }
+
+    /// Dirty-write conflicts, newest first, optionally of one transaction.
+    pub async fn conflicts(&self, xid: Option<XidNum>) -> Result<Vec<Conflict>, CoordinatorError> {
+        self.seq.linearizable().await?;
+        let e = self.seq.engine.lock().expect("engine lock");
+        Ok(e.conflicts()
+            .rev()
+            .filter(|c| xid.is_none_or(|x| c.xid == x))
+            .cloned()
+            .collect())
+    }
+
+    pub fn conflict(&self, id: u64) -> Option<Conflict> {
+        self.seq
+            .engine
+            .lock()
+            .expect("engine lock")
+            .conflict(id)
+            .cloned()
+    }
+
+    /// The audit log, newest first, from entry `before` (exclusive) on.
+    pub fn audit_log(&self, before: Option<u64>, limit: usize) -> Vec<AuditEntry> {
+        self.seq
+            .engine
+            .lock()
+            .expect("engine lock")
+            .audit(before, limit)
+    }
+
+    /// /metrics in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        let e = self.seq.engine.lock().expect("engine lock");
+        self.seq.metrics.render(&e)
+    }
+}

@@ -1,0 +1,472 @@
+//! The engine's inputs and their answers, and the handlers that decide them.
+//!
+//! Every command is a struct of its own; [`Command`] wraps them for the log (its JSON is
+//! the Raft log's payload and must stay readable: a variant holds its struct's fields
+//! exactly as the former struct variants did). Each command a caller waits on names its
+//! answer type through [`Request`], so no caller ever matches a reply it did not ask for.
+
+use serde::{Deserialize, Serialize};
+
+use super::model::*;
+use super::{Engine, AUDIT_IN_MEMORY};
+use crate::error::CoordinatorError;
+use crate::locks::{InternedKey, RowKey};
+
+/// Start a global transaction (`timeout_ms` 0: the configured default).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Begin {
+    pub name: String,
+    pub timeout_ms: u64,
+}
+
+/// A proxy's branch asks for its row locks. `request_id` makes a retry idempotent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Register {
+    pub xid: XidNum,
+    pub resource_id: String,
+    pub keys: Vec<RowKey>,
+    pub request_id: String,
+}
+
+/// A proxy reports how the branch's local transaction ended (phase one).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Report {
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub committed: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Commit {
+    pub xid: XidNum,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Rollback {
+    pub xid: XidNum,
+}
+
+/// A proxy's answer to a phase-two command the engine sent.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BranchResult {
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub command_id: u64,
+    pub outcome: ProxyAnswer,
+}
+
+/// An operator's decision on a dirty-write conflict.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Resolve {
+    pub conflict_id: u64,
+    pub action: ResolveAction,
+}
+
+/// A proxy's answer to a resolve command.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResolveResult {
+    pub conflict_id: u64,
+    pub command_id: u64,
+    pub outcome: ProxyAnswer,
+}
+
+/// A proxy serving this resource attached: retry its pending work now.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ResourceAvailable {
+    pub resource_id: String,
+}
+
+/// An operator did something (see [`AuditEntry`]); the engine stamps id and time.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Audit {
+    pub who: String,
+    pub action: String,
+    pub target: String,
+    pub result: String,
+}
+
+/// The inputs of the state machine (in a cluster, the payload of the Raft log).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Command {
+    Begin(Begin),
+    Register(Register),
+    Report(Report),
+    Commit(Commit),
+    Rollback(Rollback),
+    BranchResult(BranchResult),
+    Resolve(Resolve),
+    ResolveResult(ResolveResult),
+    ResourceAvailable(ResourceAvailable),
+    /// Time passed: timeouts, retries, lost answers.
+    Tick,
+    Audit(Audit),
+}
+
+/// The answer to one command, one variant per command: [`Engine::apply`] builds each
+/// from its own command's handler, and [`Request::from_reply`] takes it apart again.
+/// Only the batch path (sequencer, Raft state machine) carries it untyped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reply {
+    Begin(XidNum),
+    Register(Registration),
+    Report,
+    Commit(GlobalStatus),
+    Rollback(GlobalStatus),
+    Resolve(u64),
+    Audit(u64),
+    /// The commands nobody waits on: proxies' answers, resource availability, ticks.
+    Noted,
+}
+
+/// What a registration got: its branch, or the first key another transaction holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Registration {
+    Registered(BranchId),
+    LockConflict {
+        key: (String, RowKey),
+        holder: XidNum,
+        holder_rolling_back: bool,
+    },
+}
+
+/// A command a caller waits on, and the type of its answer.
+pub trait Request: Into<Command> {
+    type Reply;
+    /// `None` only if the engine answered another command's reply (a bug).
+    fn from_reply(reply: Reply) -> Option<Self::Reply>;
+}
+
+macro_rules! request {
+    ($($cmd:ident => $reply:ty, |$r:pat_param| $take:expr;)*) => {$(
+        impl From<$cmd> for Command {
+            fn from(c: $cmd) -> Command {
+                Command::$cmd(c)
+            }
+        }
+        impl Request for $cmd {
+            type Reply = $reply;
+            fn from_reply(reply: Reply) -> Option<$reply> {
+                match reply {
+                    $r => Some($take),
+                    _ => None,
+                }
+            }
+        }
+    )*};
+}
+
+request! {
+    Begin => XidNum, |Reply::Begin(x)| x;
+    Register => Registration, |Reply::Register(r)| r;
+    Report => (), |Reply::Report| ();
+    Commit => GlobalStatus, |Reply::Commit(s)| s;
+    Rollback => GlobalStatus, |Reply::Rollback(s)| s;
+    Resolve => u64, |Reply::Resolve(id)| id;
+    Audit => u64, |Reply::Audit(id)| id;
+    BranchResult => (), |Reply::Noted| ();
+    ResolveResult => (), |Reply::Noted| ();
+    ResourceAvailable => (), |Reply::Noted| ();
+}
+
+impl Engine {
+    /// Applies one command at `now`. Refusals (unknown xid, a decision already taken,
+    /// bad input) are errors and change nothing.
+    pub fn apply(&mut self, cmd: Command, now: u64) -> Result<Reply, CoordinatorError> {
+        match cmd {
+            Command::Begin(c) => Ok(Reply::Begin(self.begin(c, now))),
+            Command::Register(c) => self.register(c, now).map(Reply::Register),
+            Command::Report(c) => self.report(c, now).map(|()| Reply::Report),
+            Command::Commit(c) => self.commit(c.xid, now).map(Reply::Commit),
+            Command::Rollback(c) => self.rollback(c.xid, now).map(Reply::Rollback),
+            Command::BranchResult(c) => {
+                self.branch_result(c.xid, c.branch_id, c.command_id, c.outcome, now);
+                Ok(Reply::Noted)
+            }
+            Command::Resolve(c) => self
+                .resolve(c.conflict_id, c.action, now)
+                .map(Reply::Resolve),
+            Command::ResolveResult(c) => {
+                self.resolve_result(c.conflict_id, c.command_id, c.outcome, now);
+                Ok(Reply::Noted)
+            }
+            Command::ResourceAvailable(c) => {
+                self.resource_available(&c.resource_id, now);
+                Ok(Reply::Noted)
+            }
+            Command::Tick => {
+                self.tick(now);
+                Ok(Reply::Noted)
+            }
+            Command::Audit(c) => Ok(Reply::Audit(self.audit_entry(c, now))),
+        }
+    }
+
+    fn resource_available(&mut self, resource_id: &str, now: u64) {
+        let xids: Vec<XidNum> = self
+            .globals
+            .values()
+            .filter(|s| s.branches.iter().any(|b| b.resource_id == resource_id))
+            .map(|s| s.xid)
+            .collect();
+        for xid in xids {
+            let s = self.globals.get_mut(&xid).expect("listed");
+            for b in s
+                .branches
+                .iter_mut()
+                .filter(|b| b.resource_id == resource_id)
+            {
+                // Commands in flight went to a stream that may be gone: send them again
+                // now rather than after the command timeout (they are idempotent;
+                // answers to the old ones still count).
+                b.delivery.in_flight = None;
+                b.delivery.next_at = now;
+            }
+            self.drive(xid, now);
+        }
+    }
+
+    fn audit_entry(&mut self, c: Audit, now: u64) -> u64 {
+        let id = self.counters.next_audit;
+        self.counters.next_audit += 1;
+        self.counters_dirty = true;
+        self.audit.push_back(AuditEntry {
+            id,
+            at_ms: now,
+            who: c.who,
+            action: c.action,
+            target: c.target,
+            result: c.result,
+        });
+        if self.audit.len() > AUDIT_IN_MEMORY {
+            self.audit.pop_front();
+        }
+        self.new_audit.push(id);
+        id
+    }
+
+    fn begin(&mut self, c: Begin, now: u64) -> XidNum {
+        let Begin { name, timeout_ms } = c;
+        let xid = self.counters.next_xid;
+        self.counters.next_xid += 1;
+        self.counters_dirty = true;
+        let timeout = if timeout_ms == 0 {
+            self.cfg.default_timeout_ms
+        } else {
+            timeout_ms
+        };
+        let timeout = timeout.min(self.cfg.max_timeout_ms);
+        self.globals.insert(
+            xid,
+            GlobalTx {
+                xid,
+                name,
+                status: GlobalStatus::Begin,
+                timed_out: false,
+                created_ms: now,
+                deadline_ms: now.saturating_add(timeout),
+                updated_ms: now,
+                history: vec![StatusChange {
+                    status: GlobalStatus::Begin,
+                    at_ms: now,
+                }],
+                branches: Vec::new(),
+            },
+        );
+        self.dirty.insert(xid);
+        xid
+    }
+
+    fn register(&mut self, c: Register, now: u64) -> Result<Registration, CoordinatorError> {
+        let Register {
+            xid,
+            resource_id,
+            keys,
+            request_id,
+        } = c;
+        if resource_id.is_empty() {
+            return Err(CoordinatorError::InvalidArgument(
+                "resource_id must not be empty".into(),
+            ));
+        }
+        if request_id.is_empty() {
+            return Err(CoordinatorError::InvalidArgument(
+                "request_id must not be empty".into(),
+            ));
+        }
+        for k in &keys {
+            if k.table.is_empty() {
+                return Err(CoordinatorError::InvalidArgument(
+                    "lock key with empty table".into(),
+                ));
+            }
+            if k.pk.is_empty() {
+                return Err(CoordinatorError::InvalidArgument(format!(
+                    "lock key on table {:?} with empty primary key",
+                    k.table
+                )));
+            }
+        }
+        let s = self
+            .globals
+            .get(&xid)
+            .ok_or(CoordinatorError::NotFound(xid))?;
+        if let Some(b) = s.branches.iter().find(|b| b.request_id == request_id) {
+            return Ok(Registration::Registered(b.id));
+        }
+        if s.status != GlobalStatus::Begin {
+            return Err(CoordinatorError::NotActive {
+                xid,
+                status: s.status,
+            });
+        }
+        let mut compact: Vec<InternedKey> = keys
+            .iter()
+            .map(|k| self.locks.compact(&resource_id, k))
+            .collect();
+        compact.sort_unstable();
+        compact.dedup();
+        if let Err((key, holder)) = self.locks.acquire_all(xid, &compact) {
+            self.stats.lock_conflicts += 1;
+            let holder_rolling_back = self
+                .globals
+                .get(&holder)
+                .is_some_and(|h| h.status.is_rolling_back());
+            return Ok(Registration::LockConflict {
+                key: self.locks.expand(&key),
+                holder,
+                holder_rolling_back,
+            });
+        }
+        let id = self.counters.next_branch;
+        self.counters.next_branch += 1;
+        self.counters_dirty = true;
+        let s = self.globals.get_mut(&xid).expect("checked");
+        s.branches.push(BranchEntry {
+            id,
+            resource_id,
+            status: BranchStatus::Registered,
+            request_id,
+            keys: compact,
+            locks_held: true,
+            registered_ms: now,
+            sends: 0,
+            last_error: None,
+            delivery: Delivery::default(),
+        });
+        s.updated_ms = now;
+        self.dirty.insert(xid);
+        self.stats.branches_registered += 1;
+        Ok(Registration::Registered(id))
+    }
+
+    fn report(&mut self, c: Report, now: u64) -> Result<(), CoordinatorError> {
+        let Report {
+            xid,
+            branch_id,
+            committed,
+        } = c;
+        let s = self
+            .globals
+            .get_mut(&xid)
+            .ok_or(CoordinatorError::NotFound(xid))?;
+        let b = s
+            .branches
+            .iter_mut()
+            .find(|b| b.id == branch_id)
+            .ok_or(CoordinatorError::BranchNotFound(branch_id))?;
+        if b.status == BranchStatus::Registered {
+            b.status = if committed {
+                BranchStatus::PhaseOneDone
+            } else {
+                BranchStatus::PhaseOneFailed
+            };
+            s.updated_ms = now;
+            self.dirty.insert(xid);
+        }
+        Ok(())
+    }
+
+    fn commit(&mut self, xid: XidNum, now: u64) -> Result<GlobalStatus, CoordinatorError> {
+        let s = self
+            .globals
+            .get_mut(&xid)
+            .ok_or(CoordinatorError::NotFound(xid))?;
+        match s.status {
+            GlobalStatus::Begin => {}
+            st if st.is_committing() => return Ok(st),
+            st => {
+                return Err(CoordinatorError::AlreadyDecided {
+                    xid,
+                    status: st,
+                    wanted: "commit",
+                })
+            }
+        }
+        s.set_status(GlobalStatus::Committing, now);
+        // Commit releases every lock at once: the data is final, only undo records remain.
+        for b in s.branches.iter_mut() {
+            if b.locks_held {
+                self.locks.release_all(xid, &b.keys);
+                b.locks_held = false;
+            }
+        }
+        self.dirty.insert(xid);
+        self.drive(xid, now);
+        Ok(self.status_of(xid).unwrap_or(GlobalStatus::Committed))
+    }
+
+    fn rollback(&mut self, xid: XidNum, now: u64) -> Result<GlobalStatus, CoordinatorError> {
+        let s = self
+            .globals
+            .get_mut(&xid)
+            .ok_or(CoordinatorError::NotFound(xid))?;
+        match s.status {
+            GlobalStatus::Begin => {}
+            st if st.is_rolling_back() => return Ok(st),
+            st => {
+                return Err(CoordinatorError::AlreadyDecided {
+                    xid,
+                    status: st,
+                    wanted: "rollback",
+                })
+            }
+        }
+        s.set_status(GlobalStatus::RollingBack, now);
+        self.dirty.insert(xid);
+        self.drive(xid, now);
+        Ok(self.status_of(xid).unwrap_or(GlobalStatus::RolledBack))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The Raft log stores commands as JSON: the wrapped structs must read and write
+    /// exactly what the former struct variants did.
+    #[test]
+    fn command_json_is_the_log_format() {
+        let c: Command = Commit { xid: 5 }.into();
+        assert_eq!(
+            serde_json::to_string(&c).unwrap(),
+            r#"{"Commit":{"xid":5}}"#
+        );
+        assert_eq!(serde_json::to_string(&Command::Tick).unwrap(), r#""Tick""#);
+        let old = r#"{"Register":{"xid":1,"resource_id":"db","keys":[{"table":"t","pk":[[49]]}],"request_id":"r"}}"#;
+        let c: Command = serde_json::from_str(old).unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
+        let old = r#"{"BranchResult":{"xid":1,"branch_id":2,"command_id":3,"outcome":{"Retryable":"x"}}}"#;
+        let c: Command = serde_json::from_str(old).unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), old);
+    }
+
+    #[test]
+    fn each_request_takes_only_its_own_reply() {
+        assert_eq!(Begin::from_reply(Reply::Begin(7)), Some(7));
+        assert_eq!(
+            Commit::from_reply(Reply::Rollback(GlobalStatus::RolledBack)),
+            None
+        );
+        assert_eq!(Report::from_reply(Reply::Noted), None);
+    }
+}

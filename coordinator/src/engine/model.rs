@@ -1,0 +1,466 @@
+//! What the engine knows: global transactions and their branches, conflicts, the audit
+//! log, and the durable forms they are written in. Also the global status transition
+//! table, [`TRANSITIONS`]: the only status changes the engine makes.
+
+use serde::{Deserialize, Serialize};
+
+use crate::locks::{InternedKey, RowKey};
+
+/// A global transaction's number; its XID is `rewind_protocol::xid::format(n)`.
+pub type XidNum = u64;
+pub type BranchId = u64;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GlobalStatus {
+    Begin,
+    Committing,
+    Committed,
+    RollingBack,
+    RolledBack,
+    TimeoutRollingBack,
+    TimeoutRolledBack,
+    CommitRetrying,
+    RollbackRetrying,
+    RollbackFailed,
+}
+
+impl GlobalStatus {
+    pub const ALL: [GlobalStatus; 10] = [
+        GlobalStatus::Begin,
+        GlobalStatus::Committing,
+        GlobalStatus::Committed,
+        GlobalStatus::RollingBack,
+        GlobalStatus::RolledBack,
+        GlobalStatus::TimeoutRollingBack,
+        GlobalStatus::TimeoutRolledBack,
+        GlobalStatus::CommitRetrying,
+        GlobalStatus::RollbackRetrying,
+        GlobalStatus::RollbackFailed,
+    ];
+
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            GlobalStatus::Committed | GlobalStatus::RolledBack | GlobalStatus::TimeoutRolledBack
+        )
+    }
+    pub fn is_committing(self) -> bool {
+        matches!(
+            self,
+            GlobalStatus::Committing | GlobalStatus::CommitRetrying | GlobalStatus::Committed
+        )
+    }
+    /// Rollback decided (including stalled and finished rollbacks).
+    pub fn is_rolling_back(self) -> bool {
+        matches!(
+            self,
+            GlobalStatus::RollingBack
+                | GlobalStatus::TimeoutRollingBack
+                | GlobalStatus::RollbackRetrying
+                | GlobalStatus::RollbackFailed
+                | GlobalStatus::RolledBack
+                | GlobalStatus::TimeoutRolledBack
+        )
+    }
+    /// Where a waiting rollback request may answer: done, or stalled.
+    pub fn rollback_settled(self) -> bool {
+        matches!(
+            self,
+            GlobalStatus::RolledBack
+                | GlobalStatus::TimeoutRolledBack
+                | GlobalStatus::RollbackRetrying
+                | GlobalStatus::RollbackFailed
+        )
+    }
+    pub fn name(self) -> &'static str {
+        self.to_proto().api_name()
+    }
+    pub fn parse(s: &str) -> Option<GlobalStatus> {
+        GlobalStatus::ALL.into_iter().find(|st| st.name() == s)
+    }
+    pub fn to_proto(self) -> rewind_protocol::GlobalStatus {
+        use rewind_protocol::GlobalStatus as G;
+        match self {
+            GlobalStatus::Begin => G::Begin,
+            GlobalStatus::Committing => G::Committing,
+            GlobalStatus::Committed => G::Committed,
+            GlobalStatus::RollingBack => G::RollingBack,
+            GlobalStatus::RolledBack => G::RolledBack,
+            GlobalStatus::TimeoutRollingBack => G::TimeoutRollingBack,
+            GlobalStatus::TimeoutRolledBack => G::TimeoutRolledBack,
+            GlobalStatus::CommitRetrying => G::CommitRetrying,
+            GlobalStatus::RollbackRetrying => G::RollbackRetrying,
+            GlobalStatus::RollbackFailed => G::RollbackFailed,
+        }
+    }
+}
+
+/// Every global status change the engine makes, with its cause. Nothing else moves a
+/// status: [`GlobalTx::set_status`] refuses (in debug builds) any pair not listed, and
+/// the unit tests walk each path. Final statuses (`committed`, `rolled_back`,
+/// `timeout_rolled_back`) have no way out; the transaction leaves memory there.
+pub const TRANSITIONS: &[(GlobalStatus, GlobalStatus, &str)] = {
+    use GlobalStatus::*;
+    &[
+        (
+            Begin,
+            Committing,
+            "commit requested; every lock released at once",
+        ),
+        (Begin, RollingBack, "rollback requested"),
+        (
+            Begin,
+            TimeoutRollingBack,
+            "the deadline passed before a decision",
+        ),
+        (
+            Committing,
+            Committed,
+            "every branch committed (or had failed phase one)",
+        ),
+        (
+            Committing,
+            CommitRetrying,
+            "a branch's commit failed; retried with backoff",
+        ),
+        (CommitRetrying, Committed, "every branch committed"),
+        (RollingBack, RolledBack, "every branch undone"),
+        (
+            RollingBack,
+            RollbackRetrying,
+            "a branch's undo failed; retried with backoff",
+        ),
+        (
+            RollingBack,
+            RollbackFailed,
+            "dirty write: an operator must resolve it",
+        ),
+        (TimeoutRollingBack, TimeoutRolledBack, "every branch undone"),
+        (
+            TimeoutRollingBack,
+            RollbackRetrying,
+            "a branch's undo failed; retried with backoff",
+        ),
+        (
+            TimeoutRollingBack,
+            RollbackFailed,
+            "dirty write: an operator must resolve it",
+        ),
+        (RollbackRetrying, RolledBack, "every branch undone"),
+        (
+            RollbackRetrying,
+            TimeoutRolledBack,
+            "every branch undone (the timeout began it)",
+        ),
+        (
+            RollbackRetrying,
+            RollbackFailed,
+            "dirty write: an operator must resolve it",
+        ),
+        (
+            RollbackFailed,
+            RollbackFailed,
+            "the branch's undo found a row dirty again",
+        ),
+        (
+            RollbackFailed,
+            RollbackRetrying,
+            "an operator settled the branch's conflicts",
+        ),
+    ]
+};
+
+impl GlobalStatus {
+    /// Whether [`TRANSITIONS`] allows `self → to`.
+    pub fn may_become(self, to: GlobalStatus) -> bool {
+        TRANSITIONS.iter().any(|(f, t, _)| *f == self && *t == to)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchStatus {
+    Registered,
+    PhaseOneDone,
+    PhaseOneFailed,
+    Committed,
+    RolledBack,
+    Conflict,
+}
+
+/// Phase-two scheduling of one branch. Volatile on purpose: after a restart every
+/// unfinished branch is simply sent again (phase-two commands are idempotent).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Delivery {
+    /// Failed attempts so far (drives the backoff).
+    pub(super) attempts: u32,
+    /// Command in flight and when to give up waiting for its answer.
+    pub(super) in_flight: Option<(u64, u64)>,
+    /// Earliest time of the next attempt.
+    pub(super) next_at: u64,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct BranchEntry {
+    pub(super) id: BranchId,
+    pub(super) resource_id: String,
+    pub(super) status: BranchStatus,
+    pub(super) request_id: String,
+    pub(super) keys: Vec<InternedKey>,
+    /// Whether `keys` are currently in the lock table.
+    pub(super) locks_held: bool,
+    /// When the branch registered (and took its locks).
+    pub(super) registered_ms: u64,
+    /// Phase-two commands sent for this branch, over its whole life (for operators;
+    /// `p2.attempts` is the volatile backoff counter).
+    pub(super) sends: u32,
+    /// The last phase-two failure the proxy reported (or the lack of an answer).
+    pub(super) last_error: Option<String>,
+    pub(super) delivery: Delivery,
+}
+
+#[derive(Clone, Debug)]
+pub(super) struct GlobalTx {
+    pub(super) xid: XidNum,
+    pub(super) name: String,
+    pub(super) status: GlobalStatus,
+    /// Set when the rollback was caused by the timeout (decides the final status).
+    pub(super) timed_out: bool,
+    pub(super) created_ms: u64,
+    pub(super) deadline_ms: u64,
+    pub(super) updated_ms: u64,
+    /// Status changes, oldest first (bounded, see [`GlobalTx::set_status`]).
+    pub(super) history: Vec<StatusChange>,
+    /// Ordered by id, which is the registration sequence.
+    pub(super) branches: Vec<BranchEntry>,
+}
+
+/// How many status changes a transaction keeps: the first (its begin) and the latest
+/// others. A conflict resolved and found dirty again many times flips between
+/// `rollback_failed` and `rollback_retrying`; the record must stay small.
+const HISTORY_LIMIT: usize = 32;
+
+impl GlobalTx {
+    pub(super) fn set_status(&mut self, status: GlobalStatus, now: u64) {
+        debug_assert!(
+            self.status.may_become(status),
+            "status change {:?} -> {:?} is not in TRANSITIONS",
+            self.status,
+            status
+        );
+        self.status = status;
+        self.updated_ms = now;
+        if self.history.len() >= HISTORY_LIMIT {
+            self.history.remove(1);
+        }
+        self.history.push(StatusChange { status, at_ms: now });
+    }
+}
+
+/// A held global lock as operators see it.
+#[derive(Clone, Debug)]
+pub struct HeldLock {
+    pub resource_id: String,
+    pub key: RowKey,
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub since_ms: u64,
+    pub status: GlobalStatus,
+}
+
+/// One entry of a global transaction's timeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChange {
+    pub status: GlobalStatus,
+    pub at_ms: u64,
+}
+
+/// An operator's action, as the audit log keeps it. Entries go through the state
+/// machine like any decision (durable, and replicated in a cluster), so the log says
+/// the same on every node and survives restarts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: u64,
+    pub at_ms: u64,
+    /// The operator's name.
+    pub who: String,
+    /// What was done, e.g. `resolve restore_before`, `login`.
+    pub action: String,
+    /// What it was done to, e.g. `conflict 12`, `transaction rw-…`.
+    pub target: String,
+    /// `ok` or the error, in words.
+    pub result: String,
+}
+
+/// Audit entries the engine keeps in memory (the store keeps all of them).
+pub const AUDIT_IN_MEMORY: usize = 10_000;
+
+/// The durable (and API) form of a global transaction.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GlobalRecord {
+    pub xid: XidNum,
+    pub name: String,
+    pub status: GlobalStatus,
+    pub timed_out: bool,
+    pub created_ms: u64,
+    pub deadline_ms: u64,
+    pub updated_ms: u64,
+    pub finished_ms: Option<u64>,
+    /// Status timeline (absent in records written before it existed).
+    #[serde(default)]
+    pub history: Vec<StatusChange>,
+    pub branches: Vec<BranchRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BranchRecord {
+    pub branch_id: BranchId,
+    pub resource_id: String,
+    pub status: BranchStatus,
+    pub request_id: String,
+    pub lock_keys: Vec<RowKey>,
+    pub locks_held: bool,
+    #[serde(default)]
+    pub registered_ms: u64,
+    /// Phase-two commands sent so far.
+    #[serde(default)]
+    pub phase_two_attempts: u32,
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResolveAction {
+    RestoreBefore,
+    KeepCurrent,
+    Retry,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "state")]
+pub enum ConflictState {
+    /// Waiting for an operator.
+    Open,
+    /// Command sent to the proxy.
+    Resolving {
+        action: ResolveAction,
+        command_id: u64,
+    },
+    /// Settled by `action`; the branch rollback was retried.
+    Resolved { action: ResolveAction },
+    /// The retried rollback found the row dirty again: a newer conflict replaces this one.
+    Superseded,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Conflict {
+    pub id: u64,
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub resource_id: String,
+    pub table: String,
+    pub pk: Vec<Vec<u8>>,
+    pub before: String,
+    pub after: String,
+    pub current: String,
+    #[serde(flatten)]
+    pub state: ConflictState,
+    /// Last failure message of a resolve attempt, for the operator.
+    pub last_error: Option<String>,
+    pub updated_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirtyRow {
+    pub table: String,
+    pub pk: Vec<Vec<u8>>,
+    pub before: String,
+    pub after: String,
+    pub current: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProxyAnswer {
+    Done,
+    DirtyWrite(Vec<DirtyRow>),
+    Retryable(String),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Commit,
+    Rollback,
+}
+
+/// Things to do outside the state machine, after the batch is durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    SendBranch {
+        command_id: u64,
+        xid: XidNum,
+        branch_id: BranchId,
+        resource_id: String,
+        action: Decision,
+    },
+    SendResolve {
+        command_id: u64,
+        conflict: Box<ConflictCommand>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConflictCommand {
+    pub conflict_id: u64,
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub resource_id: String,
+    pub table: String,
+    pub pk: Vec<Vec<u8>>,
+    pub action: ResolveAction,
+    pub before: String,
+    pub after: String,
+    pub current: String,
+}
+
+/// Records to make durable, deduplicated per batch.
+#[derive(Debug, Default)]
+pub struct Writes {
+    pub active: Vec<(XidNum, Vec<u8>)>,
+    pub finished: Vec<(XidNum, u64, Vec<u8>)>,
+    pub conflicts: Vec<(u64, Vec<u8>)>,
+    pub audit: Vec<(u64, Vec<u8>)>,
+    pub counters: Option<Counters>,
+    /// Cluster mode: the Raft log position (and membership) these writes bring the
+    /// state machine to, stored atomically with them (opaque to the store).
+    pub raft: Option<Vec<u8>>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub next_xid: u64,
+    pub next_branch: u64,
+    pub next_conflict: u64,
+    #[serde(default)]
+    pub next_audit: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineConfig {
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub backoff_base_ms: u64,
+    pub backoff_cap_ms: u64,
+    /// How long to wait for a proxy's answer to a phase-two command before resending.
+    pub command_timeout_ms: u64,
+}
+
+/// Events worth counting, drained by the sequencer for /metrics.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stats {
+    pub phase_two_retries: u64,
+    pub branches_registered: u64,
+    pub lock_conflicts: u64,
+    pub finished: [u64; 10],
+}
