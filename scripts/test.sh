@@ -3,7 +3,7 @@
 # then runs unit, protocol and integration tests against real MariaDB.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FEATURES="rewind-proxy/failpoints"
+FEATURES="rewind-proxy/failpoints rewind-coordinator/failpoints"
 scripts/ensure-mariadb.sh
 scripts/ensure-tools.sh --browser
 # Formatting and lints gate everything else.

@@ -58,7 +58,8 @@ pub struct Peer {
 /// Failpoint for partition tests (like the proxy's `REWIND_FAILPOINTS`): with
 /// `REWIND_RAFT_PARTITION_FILE` set, the file lists node ids (whitespace-separated)
 /// this node treats as unreachable; it is re-read at most every 50 ms, so a test cuts
-/// and heals links while the cluster runs. Unset (production): no effect.
+/// and heals links while the cluster runs. Compiled in only with the `failpoints` cargo
+/// feature (the test command's builds); without it the variable is reported and ignored.
 pub struct Partition {
     path: PathBuf,
     cache: Mutex<(Option<Instant>, HashSet<NodeId>)>,
@@ -67,6 +68,13 @@ pub struct Partition {
 impl Partition {
     pub fn from_env() -> Option<Arc<Partition>> {
         let path = std::env::var_os("REWIND_RAFT_PARTITION_FILE")?;
+        if !cfg!(feature = "failpoints") {
+            tracing::warn!(
+                "REWIND_RAFT_PARTITION_FILE is set but this binary was built without the \
+                 `failpoints` feature; ignored"
+            );
+            return None;
+        }
         tracing::warn!(file = ?path, "Raft partition failpoint armed (tests only)");
         Some(Arc::new(Partition {
             path: path.into(),
