@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value};
-use rewind_tests::*;
+use rewind_test_support::*;
 
 /// Tables every shape runs against.
 const SETUP: &[&str] = &[
@@ -402,7 +402,7 @@ async fn t12_refused_shapes_apply_nothing() {
         ))
         .await
         .unwrap();
-        let (code, msg) = server_error(c.query_drop(*sql).await).unwrap();
+        let (code, _, msg) = server_error(c.query_drop(*sql).await).unwrap();
         assert_eq!(code, 1235, "{sql}: {msg}");
         assert!(msg.contains(named), "{sql}: {msg:?} should name {named:?}");
         // The transaction goes on: the earlier statement is still there and commits.
@@ -419,7 +419,7 @@ async fn t12_refused_shapes_apply_nothing() {
     // Refused in autocommit too, with nothing left open.
     let xid = coord.begin(60_000).await;
     let mut c = proxy.conn(db).await;
-    let (code, _) = server_error(
+    let (code, _, _) = server_error(
         c.query_drop(format!("/*+ XID('{xid}') */ UPDATE nopk SET b = 7"))
             .await,
     )
@@ -444,7 +444,7 @@ async fn t13_xid_errors() {
     coord.rollback(&finished).await;
     let mut c = proxy.conn(db).await;
     for xid in ["nonsense", "rw-999999", finished.as_str()] {
-        let (code, msg) = server_error(
+        let (code, _, msg) = server_error(
             c.query_drop(format!("/*+ XID('{xid}') */ UPDATE acc SET bal = 0"))
                 .await,
         )
@@ -459,7 +459,7 @@ async fn t13_xid_errors() {
     ))
     .await
     .unwrap();
-    let (code, msg) = server_error(
+    let (code, _, msg) = server_error(
         c.query_drop(format!(
             "/*+ XID('{b}') */ UPDATE acc SET bal = 0 WHERE id = 2"
         ))
@@ -478,7 +478,7 @@ async fn t13_xid_errors() {
     .await
     .unwrap();
     assert_eq!(coord.rollback(&b).await, "rolled_back");
-    let (code, msg) = server_error(c.query_drop("COMMIT").await).unwrap();
+    let (code, _, msg) = server_error(c.query_drop("COMMIT").await).unwrap();
     assert_eq!(code, 1397, "{msg}");
     assert!(msg.contains("rolled back"), "{msg}");
     assert_eq!(checksums(db, TABLES).await, before);
@@ -513,14 +513,14 @@ async fn t14_coordinator_down_at_commit_rolls_back() {
         .await
         .unwrap();
     coord.process.kill();
-    let (code, msg) = server_error(c.query_drop("COMMIT").await).unwrap();
+    let (code, _, msg) = server_error(c.query_drop("COMMIT").await).unwrap();
     assert_eq!(code, 1402, "{msg}");
     assert!(msg.contains("rolled back"), "{msg}");
     let open: Option<i64> = c.query_first("SELECT @@in_transaction").await.unwrap();
     assert_eq!(open, Some(0));
     assert_eq!(checksums(db, TABLES).await, before, "nothing committed");
     // A tagged statement while it is down: refused before anything runs.
-    let (code, msg) = server_error(
+    let (code, _, msg) = server_error(
         c.query_drop(format!("/*+ XID('{xid}') */ UPDATE acc SET bal = 1"))
             .await,
     )

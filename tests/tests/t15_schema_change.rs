@@ -14,7 +14,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use rewind_tests::*;
+use rewind_test_support::*;
 
 /// How each schema change is made.
 const VIAS: [&str; 2] = ["proxy", "direct"];
@@ -147,7 +147,7 @@ async fn refused(
     ))
     .await
     .unwrap_or_else(|e| panic!("{at}: the earlier write on pair: {e}"));
-    let (code, msg) = server_error(c.query_drop(format!("/*+ XID('{xid}') */ {sql}")).await)
+    let (code, _, msg) = server_error(c.query_drop(format!("/*+ XID('{xid}') */ {sql}")).await)
         .unwrap_or_else(|e| panic!("{at}: {sql}: {e:#}"));
     assert_eq!(code, 1235, "{at}: {sql}: {msg}");
     assert!(
@@ -495,7 +495,7 @@ async fn t15_without_process_privilege_checks_the_schema() {
         ("UPDATE pair SET qty = 0 WHERE id = 1", "trigger"),
     ] {
         let xid = coord.begin(60_000).await;
-        let (code, msg) = server_error(c.query_drop(format!("/*+ XID('{xid}') */ {sql}")).await)
+        let (code, _, msg) = server_error(c.query_drop(format!("/*+ XID('{xid}') */ {sql}")).await)
             .unwrap_or_else(|e| panic!("{sql}: {e:#}"));
         assert_eq!(code, 1235, "{sql}: {msg}");
         assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use rand::Rng;
-use rewind_tests::*;
+use rewind_test_support::*;
 
 const ACCOUNTS: i64 = 12;
 const WORKERS: usize = 16;

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use rewind_tests::*;
+use rewind_test_support::*;
 use serde_json::Value as Json;
 
 const DB: &str = "rwt_dirty";

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use rewind_tests::*;
+use rewind_test_support::*;
 
 const TABLES: &[&str] = &["stock"];
 
@@ -133,7 +133,7 @@ async fn t41_coordinator_dies_mid_rollback() {
         .await
         .unwrap();
     d.disconnect().await.unwrap();
-    coord.restart(&dir).await;
+    coord.restart().await;
     coord
         .wait_status(&xid, "rolled_back", Duration::from_secs(20))
         .await;
@@ -229,7 +229,7 @@ async fn t43_late_phase_one_fails_on_the_marker() {
         (0, 1),
         "the marker is in place"
     );
-    let (code, msg) = server_error(late.await.unwrap()).unwrap();
+    let (code, _, msg) = server_error(late.await.unwrap()).unwrap();
     assert_eq!(code, 1402, "{msg}");
     assert!(msg.contains("already rolled back"), "{msg}");
     assert_eq!(checksums(db, TABLES).await, original);

@@ -6,7 +6,7 @@
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
-use rewind_tests::*;
+use rewind_test_support::*;
 
 const CREATE: &str = "CREATE TABLE t (
     id BIGINT UNSIGNED NOT NULL,

@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
-use rewind_tests::*;
+use rewind_test_support::*;
 
 const DB: &str = "rwt_isolation";
 
@@ -114,7 +114,7 @@ async fn t60_untagged_writes_respect_global_locks() {
         "DELETE FROM acc WHERE id IN (1, 2)",
     ] {
         let started = Instant::now();
-        let (code, msg) = server_error(c.query_drop(sql).await).unwrap();
+        let (code, _, msg) = server_error(c.query_drop(sql).await).unwrap();
         assert_eq!(code, 1205, "{sql}: {msg}");
         assert!(msg.contains(&xid), "{msg}");
         assert!(
@@ -122,7 +122,7 @@ async fn t60_untagged_writes_respect_global_locks() {
             "it waited for the lock first"
         );
     }
-    let (code, _) = server_error(
+    let (code, _, _) = server_error(
         c.exec_drop("UPDATE acc SET bal = ? WHERE id = ?", (0, 1))
             .await,
     )
@@ -140,7 +140,7 @@ async fn t60_untagged_writes_respect_global_locks() {
     c.query_drop("UPDATE acc SET bal = 22 WHERE id = 2")
         .await
         .unwrap();
-    let (code, _) =
+    let (code, _, _) =
         server_error(c.query_drop("UPDATE acc SET bal = 0 WHERE id = 1").await).unwrap();
     assert_eq!(code, 1205);
     c.query_drop("COMMIT").await.unwrap();
@@ -181,7 +181,7 @@ async fn t60_untagged_writes_respect_global_locks() {
     )
     .await;
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
-    let (code, msg) = server_error(waiting.await.unwrap()).unwrap();
+    let (code, _, msg) = server_error(waiting.await.unwrap()).unwrap();
     assert_eq!(code, 1205, "{msg}");
     assert!(msg.contains("rolling back"), "{msg}");
     assert_eq!(
@@ -214,7 +214,7 @@ async fn t60_untagged_writes_respect_global_locks() {
         value("SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO = 'UPDATE fresh SET v = 2 WHERE id = 1'").await > 0
     })
     .await;
-    let (code, msg) = server_error(g.query_drop("COMMIT").await).unwrap();
+    let (code, _, msg) = server_error(g.query_drop("COMMIT").await).unwrap();
     assert_eq!(code, 1205, "{msg}");
     assert!(msg.contains("without an XID"), "{msg}");
     blocked.await.unwrap().unwrap();
@@ -278,7 +278,7 @@ async fn t61_locking_read_under_an_xid_waits_for_other_global_transactions() {
         .await
         .unwrap();
     assert_eq!(row, Some(20));
-    let (code, msg) = server_error(
+    let (code, _, msg) = server_error(
         r.query_first::<i64, _>("SELECT bal FROM acc WHERE id = 1 FOR UPDATE")
             .await,
     )
@@ -286,7 +286,7 @@ async fn t61_locking_read_under_an_xid_waits_for_other_global_transactions() {
     assert_eq!(code, 1205, "{msg}");
     assert!(msg.contains(&holder), "{msg}");
     r.query_drop("ROLLBACK").await.unwrap();
-    let (code, _) = server_error(
+    let (code, _, _) = server_error(
         r.exec_first::<i64, _, _>(
             format!("/*+ XID('{reader}') */ SELECT bal FROM acc WHERE id = ? FOR UPDATE"),
             (1,),

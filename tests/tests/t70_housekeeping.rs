@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use rewind_tests::*;
+use rewind_test_support::*;
 
 const DB: &str = "rwt_housekeeping";
 const UNDO: &str = "rwt_housekeeping_undo";

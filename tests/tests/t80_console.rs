@@ -13,7 +13,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use rewind_tests::*;
+use rewind_test_support::*;
 use serde_json::{json, Value as Json};
 
 const DB: &str = "rwt_console";

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use rand::Rng;
-use rewind_tests::*;
+use rewind_test_support::*;
 use serde_json::Value as Json;
 
 const ACCOUNTS: i64 = 10;
@@ -87,6 +87,7 @@ impl Members {
                 "--peers",
                 &self.peers,
             ],
+            &[],
         )
         .await;
         self.procs.lock().unwrap()[i] = Some(c);
@@ -145,16 +146,10 @@ async fn branch(conn: &mut mysql_async::Conn, xid: &str, id: i64, delta: i64) ->
 async fn t90_bank_on_a_cluster_survives_leader_kills() {
     let dir = TempDir::new("cluster-bank");
     let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
-    let peers = addrs
-        .iter()
-        .enumerate()
-        .map(|(i, (g, h))| format!("{}={g}/{h}", i + 1))
-        .collect::<Vec<_>>()
-        .join(",");
     let members = Arc::new(Members {
         addrs: addrs.clone(),
         procs: Mutex::new(vec![None, None, None]),
-        peers,
+        peers: peers(&addrs),
     });
     for i in 0..3 {
         members.start(&dir, i).await;

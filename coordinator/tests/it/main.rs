@@ -1,7 +1,8 @@
 //! Process-level tests of the real `rewind-coordinator` binary: one test binary, modules
-//! numbered by area.
+//! numbered by area. The process harness is `rewind-test-support`; `fake_proxy` answers
+//! phase two in place of a proxy.
 
-mod support;
+mod fake_proxy;
 mod t10_http_input;
 mod t20_phase_two;
 mod t30_crash;

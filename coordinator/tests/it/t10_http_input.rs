@@ -1,8 +1,8 @@
 //! The REST API's answers to good and bad input.
 
 use rewind_protocol::v1::{GlobalRequest, QueryLocksRequest};
+use rewind_test_support::{Coordinator, TempDir};
 
-use crate::support::{Coordinator, TempDir};
 use crate::{begin, key, register};
 
 #[tokio::test]

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use rewind_protocol::v1::{coordinator_message, BranchAction, ResolveAction};
+use rewind_test_support::{eventually, Coordinator, TempDir};
 
-use crate::support::{assert_eventually, Coordinator, FakeProxy, RollbackAnswer, TempDir};
+use crate::fake_proxy::{FakeProxy, RollbackAnswer};
 use crate::{begin, key, register};
 
 async fn status(c: &Coordinator, xid: &str) -> String {
@@ -35,7 +36,7 @@ async fn t20_commit_waits_for_proxy_then_completes() {
         .http("POST", &format!("/api/v1/transactions/{xid}/commit"), None)
         .await;
     assert_eq!(st, 200);
-    assert_eventually(
+    eventually(
         "commit_retrying without a proxy",
         Duration::from_secs(5),
         || async { status(&c, &xid).await == "commit_retrying" },
@@ -49,7 +50,7 @@ async fn t20_commit_waits_for_proxy_then_completes() {
         "db2 still has no proxy"
     );
     let _p2 = FakeProxy::attach(&c, &["db2"]).await;
-    assert_eventually(
+    eventually(
         "committed once both proxies attached",
         Duration::from_secs(10),
         || async { status(&c, &xid).await == "committed" },
@@ -115,7 +116,7 @@ async fn t21_dirty_write_conflict_resolved_by_operator() {
     let seen = proxy.seen.lock().unwrap().clone();
     assert!(seen.iter().any(|m| matches!(&m.kind,
         Some(coordinator_message::Kind::ResolveCommand(r)) if r.conflict_id == id && r.action == ResolveAction::RestoreBefore as i32)));
-    assert_eventually(
+    eventually(
         "rolled back after the resolve",
         Duration::from_secs(10),
         || async { status(&c, &xid).await == "rolled_back" },
@@ -152,7 +153,7 @@ async fn t22_timeout_rolls_back_and_waiter_fails_fast() {
         .await
         .unwrap()
         .unwrap();
-    assert_eventually(
+    eventually(
         "timeout starts the rollback",
         Duration::from_secs(5),
         || async { status(&c, &xid).await == "rollback_retrying" },
@@ -177,7 +178,7 @@ async fn t22_timeout_rolls_back_and_waiter_fails_fast() {
         o => panic!("{o:?}"),
     }
     let _p = FakeProxy::attach(&c, &["db1"]).await;
-    assert_eventually("timeout_rolled_back", Duration::from_secs(10), || async {
+    eventually("timeout_rolled_back", Duration::from_secs(10), || async {
         status(&c, &xid).await == "timeout_rolled_back"
     })
     .await;

@@ -9,8 +9,9 @@ use std::time::Duration;
 use rand::Rng;
 use rewind_protocol::v1::{GlobalRequest, QueryLocksRequest};
 use rewind_protocol::{GlobalStatus, LockKey};
+use rewind_test_support::{eventually, Coordinator, TempDir};
 
-use crate::support::{assert_eventually, Coordinator, FakeProxy, TempDir};
+use crate::fake_proxy::FakeProxy;
 use crate::{key, register};
 
 #[derive(Default)]
@@ -219,7 +220,7 @@ async fn t30_kill_9_under_load_loses_nothing_acknowledged() {
     verify(&c, &snapshot).await;
     // Half-finished phase two completes once a proxy attaches.
     let _p = FakeProxy::attach(&c, &["db1", "db2"]).await;
-    assert_eventually(
+    eventually(
         "every acknowledged decision finishes",
         Duration::from_secs(60),
         || async {

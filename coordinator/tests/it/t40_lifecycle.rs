@@ -6,10 +6,10 @@ use std::time::Duration;
 use rewind_coordinator::Config;
 use rewind_protocol::v1::GlobalRequest;
 use rewind_protocol::GlobalStatus;
+use rewind_test_support::{Coordinator, TempDir};
 use tokio_util::sync::CancellationToken;
 
 use crate::begin;
-use crate::support::{Coordinator, TempDir};
 
 #[tokio::test]
 async fn t40_in_process_on_port_0_stops_on_cancel() {

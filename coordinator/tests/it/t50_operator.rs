@@ -1,11 +1,7 @@
 //! Operator access: the generated credential, console sessions with CSRF, Bearer
 //! tokens, which calls stay open for applications, and the audit log (durable).
 
-use crate::support::*;
-
-fn json(b: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(b).unwrap_or(serde_json::Value::Null)
-}
+use rewind_test_support::{request, Coordinator, TempDir};
 
 #[tokio::test]
 async fn t50_credential_sessions_csrf_and_audit() {
@@ -24,19 +20,25 @@ async fn t50_credential_sessions_csrf_and_audit() {
     assert!(token.len() >= 32);
 
     // The console is served, framing and inline script forbidden.
-    let (st, head, body) = http_full(c.http, "GET", "/", None, &[]).await.unwrap();
-    assert_eq!(st, 200);
-    assert!(String::from_utf8_lossy(&body).contains("Operator login"));
-    assert!(head.contains("x-frame-options: deny"), "{head}");
+    let page = request(c.http, "GET", "/", None, &[]).await.unwrap();
+    assert_eq!(page.status, 200);
+    assert!(String::from_utf8_lossy(&page.body).contains("Operator login"));
+    let head = &page.headers;
     assert!(
-        head.contains("content-security-policy: default-src 'self'"),
-        "{head}"
+        page.header("x-frame-options")
+            .is_some_and(|v| v.eq_ignore_ascii_case("deny")),
+        "{head:?}"
     );
-    let (st, _, js) = http_full(c.http, "GET", "/console.js", None, &[])
+    assert!(
+        page.header("content-security-policy")
+            .is_some_and(|v| v.starts_with("default-src 'self'")),
+        "{head:?}"
+    );
+    let js = request(c.http, "GET", "/console.js", None, &[])
         .await
         .unwrap();
-    assert_eq!(st, 200);
-    assert!(String::from_utf8_lossy(&js).contains("X-CSRF-Token"));
+    assert_eq!(js.status, 200);
+    assert!(String::from_utf8_lossy(&js.body).contains("X-CSRF-Token"));
 
     // Wrong credentials are refused, without saying which part was wrong.
     for body in [
@@ -44,11 +46,11 @@ async fn t50_credential_sessions_csrf_and_audit() {
         format!(r#"{{"name":"root","secret":"{token}"}}"#),
         r#"{"name":"admin"}"#.to_string(),
     ] {
-        let (st, _, b) = http_full(c.http, "POST", "/api/v1/login", Some(body.as_bytes()), &[])
+        let a = request(c.http, "POST", "/api/v1/login", Some(body.as_bytes()), &[])
             .await
             .unwrap();
-        assert_eq!(st, 401, "{}", String::from_utf8_lossy(&b));
-        assert_eq!(json(&b)["error"], "unauthorized");
+        assert_eq!(a.status, 401, "{}", String::from_utf8_lossy(&a.body));
+        assert_eq!(a.json()["error"], "unauthorized");
     }
     let (st, _) = c
         .http_with(
@@ -62,25 +64,19 @@ async fn t50_credential_sessions_csrf_and_audit() {
 
     // Log in: an HttpOnly, SameSite=Strict session cookie plus a CSRF token.
     let body = format!(r#"{{"name":"admin","secret":"{token}"}}"#);
-    let (st, head, b) = http_full(c.http, "POST", "/api/v1/login", Some(body.as_bytes()), &[])
+    let login = request(c.http, "POST", "/api/v1/login", Some(body.as_bytes()), &[])
         .await
         .unwrap();
-    assert_eq!(st, 200);
-    let set_cookie = head
-        .lines()
-        .find(|l| l.starts_with("set-cookie:"))
+    assert_eq!(login.status, 200);
+    let set_cookie = login
+        .header("set-cookie")
         .expect("a session cookie")
         .to_string();
-    assert!(set_cookie.contains("httponly") && set_cookie.contains("samesite=strict"));
-    let cookie = set_cookie
-        .trim_start_matches("set-cookie:")
-        .trim()
-        .split(';')
-        .next()
-        .unwrap()
-        .to_string();
+    let attributes = set_cookie.to_ascii_lowercase();
+    assert!(attributes.contains("httponly") && attributes.contains("samesite=strict"));
+    let cookie = set_cookie.split(';').next().unwrap().trim().to_string();
     assert!(!cookie.contains(&token), "the cookie is not the secret");
-    let csrf = json(&b)["csrf"].as_str().unwrap().to_string();
+    let csrf = login.json()["csrf"].as_str().unwrap().to_string();
     let (st, v) = c
         .http_with("GET", "/api/v1/session", None, &[("Cookie", &cookie)])
         .await;
@@ -121,7 +117,7 @@ async fn t50_credential_sessions_csrf_and_audit() {
         let auth = format!("Bearer {}", c.token());
         let addr = c.http;
         async move {
-            let (st, _, b) = http_full(
+            let a = request(
                 addr,
                 "GET",
                 "/api/v1/audit",
@@ -130,8 +126,8 @@ async fn t50_credential_sessions_csrf_and_audit() {
             )
             .await
             .unwrap();
-            assert_eq!(st, 200);
-            json(&b).as_array().cloned().unwrap_or_default()
+            assert_eq!(a.status, 200);
+            a.json().as_array().cloned().unwrap_or_default()
         }
     };
     let entries = audit(&c).await;

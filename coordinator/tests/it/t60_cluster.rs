@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use rewind_protocol::v1::BeginRequest;
 
-use crate::support::{assert_eventually, free_addr, http_req, Coordinator, TempDir};
 use crate::{key, register};
+use rewind_test_support::{eventually, free_addr, http, peers, Coordinator, TempDir};
 
 struct Node {
     id: u64,
@@ -23,6 +23,12 @@ struct Cluster {
     peers: String,
     nodes: Vec<Node>,
     extra: Vec<String>,
+}
+
+/// The `--peers` value naming every node (ids 1, 2, … in order).
+fn voters(nodes: &[Node]) -> String {
+    let addrs: Vec<_> = nodes.iter().map(|n| (n.grpc, n.http)).collect();
+    peers(&addrs)
 }
 
 impl Cluster {
@@ -39,11 +45,7 @@ impl Cluster {
                 proc: None,
             })
             .collect();
-        let peers = nodes
-            .iter()
-            .map(|n| format!("{}={}/{}", n.id, n.grpc, n.http))
-            .collect::<Vec<_>>()
-            .join(",");
+        let peers = voters(&nodes);
         let mut c = Cluster {
             dir,
             peers,
@@ -62,8 +64,8 @@ impl Cluster {
         let mut args = vec!["--node-id", &id, "--peers", &self.peers];
         args.extend(self.extra.iter().map(String::as_str));
         let p = Coordinator::start_at(
-            self.dir.0.join(format!("node{}", n.id)),
-            self.dir.0.join(format!("node{}.log", n.id)),
+            &self.dir,
+            &format!("node{}", n.id),
             n.grpc,
             n.http,
             &args,
@@ -108,10 +110,10 @@ impl Cluster {
     }
 
     async fn health(addr: SocketAddr) -> Option<serde_json::Value> {
-        let (st, body) = http_req(addr, "GET", "/healthz", None).await?;
-        (st == 200)
-            .then(|| serde_json::from_slice(&body).ok())
-            .flatten()
+        match http(addr, "GET", "/healthz", None).await {
+            Ok((200, body)) => Some(body),
+            _ => None,
+        }
     }
 
     /// Waits until the running nodes agree on one leader; returns its index.
@@ -205,26 +207,24 @@ async fn t60_three_nodes_survive_leader_kills_and_full_restart() {
     for round in 0..2 {
         let l = cl.leader(Duration::from_secs(15)).await;
         // Load on the leader while it is killed: every acknowledged commit must survive.
-        let http = cl.node(l).http;
+        let addr = cl.node(l).http;
         let load = tokio::spawn(async move {
             let mut acked = Vec::new();
             let until = Instant::now() + Duration::from_millis(1500);
             while Instant::now() < until {
-                let Some((200, b)) = http_req(http, "POST", "/api/v1/transactions", None).await
-                else {
+                let Ok((200, v)) = http(addr, "POST", "/api/v1/transactions", None).await else {
                     break;
                 };
-                let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
                 let x = v["xid"].as_str().unwrap().to_string();
-                match http_req(
-                    http,
+                match http(
+                    addr,
                     "POST",
                     &format!("/api/v1/transactions/{x}/commit"),
                     None,
                 )
                 .await
                 {
-                    Some((200, _)) => acked.push(x),
+                    Ok((200, _)) => acked.push(x),
                     _ => break,
                 }
             }
@@ -243,13 +243,13 @@ async fn t60_three_nodes_survive_leader_kills_and_full_restart() {
         // A new leader takes over and serves.
         let nl = cl.leader(Duration::from_secs(15)).await;
         assert_ne!(nl, l);
-        assert_eventually(
+        eventually(
             "the new leader serves begin",
             Duration::from_secs(10),
             || async {
                 matches!(
-                    http_req(cl.node(nl).http, "POST", "/api/v1/transactions", None).await,
-                    Some((200, _))
+                    http(cl.node(nl).http, "POST", "/api/v1/transactions", None).await,
+                    Ok((200, _))
                 )
             },
         )
@@ -294,7 +294,7 @@ async fn t60_three_nodes_survive_leader_kills_and_full_restart() {
         // The killed node comes back and catches up as a follower.
         cl.up(l).await;
         let target = Cluster::health(cl.node(nl).http).await.unwrap()["last_applied"].as_u64();
-        assert_eventually(
+        eventually(
             "the restarted node catches up",
             Duration::from_secs(15),
             || async {
@@ -401,7 +401,7 @@ async fn t61_a_partitioned_old_leader_cannot_commit_or_grant_a_lock() {
     // Healed: the old leader follows, and the lock is held exactly once, by x2; x1
     // (begun before the cut, never granted anything) has no branch.
     cl.isolate(None);
-    assert_eventually(
+    eventually(
         "the old leader follows again",
         Duration::from_secs(15),
         || async {
@@ -445,7 +445,7 @@ async fn t62_snapshots_bound_the_log_and_catch_up_a_lagging_node() {
         assert_eq!(st, 200, "{v}");
         xids.push(v["xid"].as_str().unwrap().to_string());
     }
-    assert_eventually(
+    eventually(
         "a snapshot is taken and the log purged",
         Duration::from_secs(15),
         || async {
@@ -458,7 +458,7 @@ async fn t62_snapshots_bound_the_log_and_catch_up_a_lagging_node() {
     // The lagging node comes back: the purged part reaches it as a snapshot.
     cl.up(down).await;
     let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
-    assert_eventually(
+    eventually(
         "the lagging node catches up",
         Duration::from_secs(20),
         || async {
@@ -497,12 +497,7 @@ async fn t63_members_are_added_and_removed_through_the_admin_api() {
         http: free_addr(),
         proc: None,
     });
-    cl.peers = cl
-        .nodes
-        .iter()
-        .map(|n| format!("{}={}/{}", n.id, n.grpc, n.http))
-        .collect::<Vec<_>>()
-        .join(",");
+    cl.peers = voters(&cl.nodes);
     cl.up(3).await;
     let (g4, h4) = (cl.nodes[3].grpc.to_string(), cl.nodes[3].http.to_string());
     let body = format!(r#"{{"node_id": 4, "grpc": "{g4}", "http": "{h4}"}}"#);
@@ -532,7 +527,7 @@ async fn t63_members_are_added_and_removed_through_the_admin_api() {
     let (st, x) = cl.node(l).http("POST", "/api/v1/transactions", None).await;
     assert_eq!(st, 200);
     let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
-    assert_eventually(
+    eventually(
         "the new member catches up",
         Duration::from_secs(15),
         || async {

@@ -1,4 +1,4 @@
-//! The AT building blocks end to end, below the session (the SQL analysis of `at::sql`, the
+//! AT's building blocks end to end, below the session (the SQL analysis of `at::sql`, the
 //! images, records and undo SQL of `rewind-undo-log`), against a real MariaDB at
 //! 127.0.0.1:3306 (started by `scripts/ensure-mariadb.sh`):
 //! images of every column type survive both protocols, the record codec, and the undo SQL

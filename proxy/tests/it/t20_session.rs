@@ -1,0 +1,207 @@
+use std::time::Duration;
+
+use mysql_async::prelude::*;
+use mysql_async::Conn;
+use rewind_proxy::Config;
+use rewind_test_support::{direct, fresh_db, server_error, BACKEND};
+
+use crate::Proxy;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ok_packets_status_flags_and_errors_match_direct() {
+    let db = "rwp_ok";
+    fresh_db(db).await;
+    let proxy = Proxy::start().await;
+    let mut p = proxy.conn(db).await;
+    let mut d = direct(db).await;
+    for c in [&mut d] {
+        c.query_drop("CREATE TABLE t (id INT PRIMARY KEY AUTO_INCREMENT, v INT)")
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    for c in [&mut p, &mut d] {
+        let mut s = Vec::new();
+        for sql in [
+            "INSERT INTO t (v) VALUES (1), (2), (3)",
+            "BEGIN",
+            "UPDATE t SET v = v + 1 WHERE id > 1",
+            "INSERT IGNORE INTO t (v) VALUES (99999999999)",
+            "ROLLBACK",
+            "SET autocommit = 0",
+            "DELETE FROM t WHERE id = 1",
+            "COMMIT",
+            "SET autocommit = 1",
+        ] {
+            c.query_drop(sql).await.unwrap();
+            let ok = c.last_ok_packet().unwrap();
+            s.push((
+                sql,
+                ok.affected_rows(),
+                ok.last_insert_id(),
+                ok.warnings(),
+                ok.status_flags()
+                    & (mysql_async::consts::StatusFlags::SERVER_STATUS_IN_TRANS
+                        | mysql_async::consts::StatusFlags::SERVER_STATUS_AUTOCOMMIT),
+                ok.info_str().map(|x| x.into_owned()),
+            ));
+        }
+        // Reset for the second run, so both see the same ids.
+        c.query_drop("TRUNCATE TABLE t").await.unwrap();
+        seen.push(s);
+    }
+    assert_eq!(seen[0], seen[1]);
+    let pe = server_error(p.query_drop("SELECT * FROM no_such_table").await).unwrap();
+    let de = server_error(d.query_drop("SELECT * FROM no_such_table").await).unwrap();
+    assert_eq!(pe, de);
+    assert_eq!(pe.0, 1146);
+    // The session survives an error.
+    let one: i64 = p.query_first("SELECT 1").await.unwrap().unwrap();
+    assert_eq!(one, 1);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_statements_and_call_relay_every_result_set() {
+    let db = "rwp_multi";
+    fresh_db(db).await;
+    let proxy = Proxy::start().await;
+    let mut p = proxy.conn(db).await;
+    p.query_drop("CREATE PROCEDURE two() BEGIN SELECT 1 AS a; SELECT 2 AS b, 'x' AS c; END")
+        .await
+        .unwrap();
+    let mut r = p
+        .query_iter("SELECT 1; SELECT 'a', 'b'; DO 1")
+        .await
+        .unwrap();
+    let s1: Vec<i64> = r.collect().await.unwrap();
+    let s2: Vec<(String, String)> = r.collect().await.unwrap();
+    assert_eq!(s1, vec![1]);
+    assert_eq!(s2, vec![("a".into(), "b".into())]);
+    r.drop_result().await.unwrap();
+    let mut r = p.query_iter("CALL two()").await.unwrap();
+    let s1: Vec<i64> = r.collect().await.unwrap();
+    let s2: Vec<(i64, String)> = r.collect().await.unwrap();
+    assert_eq!((s1, s2), (vec![1], vec![(2, "x".into())]));
+    r.drop_result().await.unwrap();
+    // CALL through a prepared statement (PS_MULTI_RESULTS).
+    let mut r = p.exec_iter("CALL two()", ()).await.unwrap();
+    let s1: Vec<i64> = r.collect().await.unwrap();
+    assert_eq!(s1, vec![1]);
+    r.drop_result().await.unwrap();
+    // An error in a later statement ends the sequence with that error.
+    let mut r = p
+        .query_iter("SELECT 1; SELECT * FROM nope; SELECT 3")
+        .await
+        .unwrap();
+    let s1: Vec<i64> = r.collect().await.unwrap();
+    assert_eq!(s1, vec![1]);
+    let e = server_error(r.collect::<i64>().await).unwrap();
+    assert_eq!(e.0, 1146);
+    drop(r);
+    let x: i64 = p.query_first("SELECT 42").await.unwrap().unwrap();
+    assert_eq!(x, 42);
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_state_is_the_backends_and_is_reset_on_quit() {
+    let db = "rwp_state";
+    fresh_db(db).await;
+    let proxy = Proxy::with(Config {
+        backend: BACKEND.into(),
+        max_connections: 4,
+        ..Config::default()
+    })
+    .await;
+    let mut a = proxy.conn(db).await;
+    a.query_drop("SET @leftover = 7, SESSION sql_mode = 'ANSI_QUOTES'")
+        .await
+        .unwrap();
+    a.query_drop("CREATE TEMPORARY TABLE tmp (x INT)")
+        .await
+        .unwrap();
+    a.query_drop("INSERT INTO tmp VALUES (1)").await.unwrap();
+    let (v, n): (i64, i64) = a
+        .query_first("SELECT @leftover, (SELECT COUNT(*) FROM tmp)")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v, n), (7, 1));
+    a.query_drop("USE mysql").await.unwrap();
+    let cur: String = a.query_first("SELECT DATABASE()").await.unwrap().unwrap();
+    assert_eq!(cur, "mysql");
+    a.ping().await.unwrap();
+    // COM_RESET_CONNECTION through the proxy.
+    a.reset().await.unwrap();
+    let v: Option<i64> = a.query_first("SELECT @leftover").await.unwrap().unwrap();
+    assert_eq!(v, None);
+    a.query_drop("SET @leftover = 8").await.unwrap();
+    // COM_CHANGE_USER: re-authenticates and starts a clean session, like MySQL.
+    a.change_user(mysql_async::ChangeUserOpts::default().with_db_name(Some(db.into())))
+        .await
+        .unwrap();
+    let (v, cur): (Option<i64>, String) = a
+        .query_first("SELECT @leftover, DATABASE()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((v, cur.as_str()), (None, db));
+    a.query_drop("SET @leftover = 9").await.unwrap();
+    let a_id: u64 = a
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    a.disconnect().await.unwrap();
+    // The next sessions see nothing of it, though they get the same backend connection.
+    // The connection goes back to the pool (and is reset) asynchronously: keep
+    // connecting until a session lands on it, checking every session on the way.
+    let mut reused = false;
+    for _ in 0..40 {
+        if reused {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut b = proxy.conn(db).await;
+        let b_id: u64 = b
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .unwrap()
+            .unwrap();
+        reused |= a_id == b_id;
+        let (v, mode): (Option<i64>, String) = b
+            .query_first("SELECT @leftover, @@sql_mode")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(v, None);
+        assert!(!mode.contains("ANSI_QUOTES"));
+        assert!(b.query_drop("SELECT * FROM tmp").await.is_err());
+        b.disconnect().await.unwrap();
+    }
+    assert!(reused, "the pool handed the backend connection on");
+    proxy.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn found_rows_flag_reaches_the_backend() {
+    let db = "rwp_found";
+    fresh_db(db).await;
+    let proxy = Proxy::start().await;
+    let mut setup = proxy.conn(db).await;
+    setup
+        .query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT); INSERT INTO t VALUES (1, 1)")
+        .await
+        .unwrap();
+    for (found, expected) in [(false, 0), (true, 1)] {
+        let mut c = Conn::new(proxy.opts(db).client_found_rows(found))
+            .await
+            .unwrap();
+        c.query_drop("UPDATE t SET v = 1 WHERE id = 1")
+            .await
+            .unwrap();
+        assert_eq!(c.affected_rows(), expected, "found_rows={found}");
+    }
+    proxy.stop().await;
+}

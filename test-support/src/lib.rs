@@ -1,0 +1,37 @@
+//! The harness Rewind's test suites share: the real `rewind-coordinator` and
+//! `rewind-proxy` binaries (from the target directory the test runs from) on free ports,
+//! against the MariaDB at 127.0.0.1:3306 that `scripts/ensure-mariadb.sh` provides.
+//!
+//! Every test owns its directory, its databases (named after the test) and its
+//! processes; processes are killed when their handles drop, and a failed test keeps its
+//! logs. Waiting is on conditions ([`eventually`]), never on fixed sleeps. The harness
+//! drives processes from outside only (command line, HTTP, gRPC, MySQL protocol), so it
+//! depends on no library of the workspace but the wire contract, `rewind-protocol`.
+//!
+//! # Layout
+//! - [`dir`]: a temporary directory that keeps its logs when the test fails.
+//! - [`process`]: free ports, the workspace's binaries, a child process with a log file.
+//! - [`wait`]: [`eventually`], polling a condition with a deadline.
+//! - [`http`]: one HTTP client (reqwest) for the coordinator's REST API and console.
+//! - [`coordinator`]: a coordinator process, single node or cluster member, and its API.
+//! - [`proxy`]: a proxy process in front of the test MariaDB.
+//! - [`mariadb`]: connections straight to MariaDB, fresh databases, checksums, dumps,
+//!   undo records, server errors.
+
+pub mod coordinator;
+pub mod dir;
+pub mod http;
+pub mod mariadb;
+pub mod process;
+pub mod proxy;
+pub mod wait;
+
+pub use coordinator::{peers, Coordinator};
+pub use dir::TempDir;
+pub use http::{http, http_as, request, Answer};
+pub use mariadb::{
+    checksums, direct, direct_exec, direct_opts, dump, fresh_db, server_error, undo_rows, BACKEND,
+};
+pub use process::{binary, free_addr, Process};
+pub use proxy::Proxy;
+pub use wait::eventually;

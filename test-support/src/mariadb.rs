@@ -1,0 +1,111 @@
+//! The test MariaDB at 127.0.0.1:3306 (root, no password), reached directly: the
+//! "other writer" of dirty-write tests and the checker of every outcome.
+
+use anyhow::{anyhow, bail, Context, Result};
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, OptsBuilder};
+
+/// The backend every proxy in the tests sits in front of.
+pub const BACKEND: &str = "mysql://root@127.0.0.1:3306";
+
+pub fn direct_opts(db: &str) -> OptsBuilder {
+    OptsBuilder::default()
+        .ip_or_hostname("127.0.0.1")
+        .tcp_port(3306)
+        .user(Some("root"))
+        .db_name(Some(db))
+        .prefer_socket(false)
+}
+
+/// A connection straight to MariaDB.
+pub async fn direct(db: &str) -> Conn {
+    Conn::new(direct_opts(db))
+        .await
+        .expect("MariaDB at 127.0.0.1:3306 (scripts/ensure-mariadb.sh)")
+}
+
+/// Runs `sql` straight on MariaDB in `db` (the "other writer" of dirty-write tests).
+pub async fn direct_exec(db: &str, sql: &str) {
+    let mut c = direct(db).await;
+    c.query_drop(sql).await.unwrap();
+    c.disconnect().await.unwrap();
+}
+
+/// Drops and creates database `db` (utf8mb4), empty, for one test.
+pub async fn fresh_db(db: &str) {
+    let mut c = direct("mysql").await;
+    c.query_drop(format!("DROP DATABASE IF EXISTS `{db}`"))
+        .await
+        .expect("drop db");
+    c.query_drop(format!("CREATE DATABASE `{db}` CHARACTER SET utf8mb4"))
+        .await
+        .expect("create db");
+    c.disconnect().await.ok();
+}
+
+/// `CHECKSUM TABLE … EXTENDED` of each table: equal means byte-identical rows.
+pub async fn checksums(db: &str, tables: &[&str]) -> Vec<(String, Option<u64>)> {
+    let mut c = direct(db).await;
+    let mut out = Vec::new();
+    for t in tables {
+        let row: Option<(String, Option<u64>)> = c
+            .query_first(format!("CHECKSUM TABLE `{db}`.`{t}` EXTENDED"))
+            .await
+            .expect("checksum");
+        out.push(row.expect("checksum row"));
+    }
+    c.disconnect().await.ok();
+    out
+}
+
+/// Every row of a table, as text (for messages and exact comparisons).
+pub async fn dump(db: &str, table: &str) -> Vec<Vec<Option<Vec<u8>>>> {
+    let mut c = direct(db).await;
+    let rows: Vec<mysql_async::Row> = c
+        .query(format!("SELECT * FROM `{db}`.`{table}` ORDER BY 1, 2"))
+        .await
+        .expect("dump");
+    c.disconnect().await.ok();
+    rows.into_iter()
+        .map(|r| {
+            r.unwrap()
+                .into_iter()
+                .map(|v| match v {
+                    mysql_async::Value::NULL => None,
+                    mysql_async::Value::Bytes(b) => Some(b),
+                    other => Some(other.as_sql(true).into_bytes()),
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Normal undo records and markers left for `xid` (or for anyone) on the test MariaDB.
+pub async fn undo_rows(xid: Option<&str>) -> (u64, u64) {
+    let mut c = direct("mysql").await;
+    let sql = match xid {
+        Some(x) => format!(
+            "SELECT COALESCE(SUM(log_status = 0), 0), COALESCE(SUM(log_status = 1), 0) \
+             FROM rewind.undo_log WHERE xid = '{x}'"
+        ),
+        None => "SELECT COALESCE(SUM(log_status = 0), 0), COALESCE(SUM(log_status = 1), 0) \
+                 FROM rewind.undo_log"
+            .into(),
+    };
+    let r: Option<(u64, u64)> = c.query_first(sql).await.expect("undo rows");
+    c.disconnect().await.ok();
+    r.unwrap_or((0, 0))
+}
+
+/// The server error a statement (or a connect) failed with: (code, SQLSTATE, message).
+/// An error if it succeeded or failed otherwise.
+pub fn server_error<T: std::fmt::Debug>(
+    r: std::result::Result<T, mysql_async::Error>,
+) -> Result<(u16, String, String)> {
+    match r {
+        Err(mysql_async::Error::Server(e)) => Ok((e.code, e.state, e.message)),
+        Err(other) => bail!("not a server error: {other}"),
+        Ok(v) => Err(anyhow!("expected an error, got {v:?}")),
+    }
+    .context("server error expected")
+}
