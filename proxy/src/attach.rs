@@ -45,6 +45,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     let (commits, commit_rx) = mpsc::channel(4096);
     let committer = tokio::spawn(committer(shared.clone(), pool.clone(), commit_rx));
     let housekeeper = tokio::spawn(housekeeping(shared.clone(), pool.clone(), shutdown.clone()));
+    let barrier_keeper = tokio::spawn(crate::barrier::housekeeping(
+        shared.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
     let workers = Arc::new(Semaphore::new(shared.config.phase_two_connections));
     let mut attempt = 0;
     while !shutdown.is_cancelled() {
@@ -59,6 +64,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         }
     }
     housekeeper.abort();
+    barrier_keeper.abort();
     drop(commits);
     let _ = tokio::time::timeout(Duration::from_secs(2), committer).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pool.disconnect()).await;
@@ -96,6 +102,7 @@ pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &C
             for ddl in shared.undo.ddl() {
                 conn.query_drop(ddl).await?;
             }
+            conn.query_drop(shared.barrier.ddl()).await?;
             Ok::<_, mysql_async::Error>(())
         }
         .await;

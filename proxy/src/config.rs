@@ -45,6 +45,9 @@ pub struct Config {
     /// Whether UPDATE and DELETE statements without an XID wait for the global locks of
     /// the rows they touch (on tables that hold any) instead of overwriting them.
     pub write_isolation: WriteIsolation,
+    /// Consumer barrier: a (consumer, message id) pair is remembered this many seconds; a
+    /// duplicate delivered later than that is processed again.
+    pub barrier_retention_secs: u64,
 }
 
 /// See [`Config::write_isolation`].
@@ -87,6 +90,7 @@ impl Default for Config {
             connect_timeout_secs: 10,
             users: Vec::new(),
             write_isolation: WriteIsolation::All,
+            barrier_retention_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -115,6 +119,9 @@ impl Config {
         }
         if self.undo_housekeeping_secs == 0 {
             return Err("undo_housekeeping_secs must be positive".into());
+        }
+        if self.barrier_retention_secs == 0 {
+            return Err("barrier_retention_secs must be positive".into());
         }
         Ok(())
     }

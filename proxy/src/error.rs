@@ -78,6 +78,16 @@ pub enum ProxyError {
     /// The proxy is shutting down.
     #[error("Server shutdown in progress")]
     Shutdown,
+    /// A consumer barrier saw a message its consumer already processed: the local
+    /// transaction was rolled back, nothing of it applied.
+    #[error("Duplicate message '{message_id}' for consumer '{consumer}': already processed; the local transaction was rolled back and nothing applied (acknowledge the message)")]
+    DuplicateMessage {
+        consumer: String,
+        message_id: String,
+    },
+    /// A hint in a statement's leading comment that is there but unusable.
+    #[error("Incorrect arguments to hint: {0}")]
+    BadHint(&'static str),
     /// Client socket failure: nothing can be sent any more.
     #[error("client i/o: {0}")]
     ClientIo(#[from] std::io::Error),
@@ -123,6 +133,8 @@ impl ProxyError {
             e @ ProxyError::CoordinatorUnavailable(_) => own(ErrorKind::ER_CONNECT_TO_FOREIGN_DATA_SOURCE, e.to_string()),
             e @ ProxyError::NoDatabase => own(ErrorKind::ER_NO_DB_ERROR, e.to_string()),
             e @ ProxyError::NoSuchTable(_) => own(ErrorKind::ER_NO_SUCH_TABLE, e.to_string()),
+            e @ ProxyError::DuplicateMessage { .. } => own(ErrorKind::ER_DUP_ENTRY, e.to_string()),
+            e @ ProxyError::BadHint(_) => own(ErrorKind::ER_WRONG_ARGUMENTS, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
         }
     }

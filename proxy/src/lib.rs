@@ -22,6 +22,7 @@
 //!   routing), the SQL analysis, images and key-restricted writes per statement kind, the
 //!   branch's commit protocol, global-lock waits, and phase two (rollback with the
 //!   dirty-write check, operator resolutions, undo housekeeping). See `at/mod.rs`.
+//! - [`barrier`]: the idempotent-consumer barrier (`/*+ BARRIER('<consumer>', '<id>') */`).
 //! - [`attach`]: the Attach stream to the coordinator, which delivers phase two and
 //!   write-isolation sets to the modes.
 //! - [`coordinator`]: the gRPC client that follows the cluster's leader.
@@ -75,6 +76,7 @@
 
 pub mod at;
 mod attach;
+mod barrier;
 mod classify;
 pub mod config;
 mod coordinator;
@@ -125,6 +127,8 @@ pub struct Shared {
     pub metas: rewind_undo_log::MetaCache,
     /// Statements on the undo_log table.
     pub undo: at::undo_table::UndoTable,
+    /// Statements on the consumer barrier's table.
+    pub barrier: barrier::BarrierTable,
     /// Tables of this resource holding global locks, and the writes in flight to others.
     pub isolation: Arc<at::isolation::Isolation>,
 }
@@ -155,6 +159,7 @@ pub async fn run(
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
+        barrier: barrier::BarrierTable::new(&config.undo_schema),
         isolation: Arc::default(),
         config,
         collations: Default::default(),

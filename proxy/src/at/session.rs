@@ -12,7 +12,7 @@
 use crate::at::sql as analyze;
 use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
-use mysql_async::{BinaryProtocol, Params, Statement, TextProtocol, Value};
+use mysql_async::Value;
 use rewind_protocol::GlobalStatus;
 
 use super::refusals::Refusal;
@@ -26,35 +26,7 @@ use crate::session::Session;
 use crate::stacked;
 use crate::wire;
 
-/// The statement being run on the AT path.
-#[derive(Clone)]
-pub enum Stmt<'a> {
-    /// COM_QUERY text.
-    Text(&'a [u8]),
-    /// COM_STMT_EXECUTE of the client's statement `id`.
-    Prepared {
-        id: u32,
-        stmt: Statement,
-        sql: Option<std::sync::Arc<str>>,
-    },
-}
-
-impl Stmt<'_> {
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Stmt::Text(b) => b,
-            Stmt::Prepared { sql, .. } => sql.as_deref().map(str::as_bytes).unwrap_or_default(),
-        }
-    }
-
-    fn text(&self) -> Result<&str, ProxyError> {
-        match self {
-            Stmt::Text(b) => std::str::from_utf8(b).ok(),
-            Stmt::Prepared { sql, .. } => sql.as_deref(),
-        }
-        .ok_or_else(|| ProxyError::from(Refusal::NotUtf8))
-    }
-}
+pub use crate::session::Stmt;
 
 /// Where a statement without an XID goes (write isolation).
 pub enum Route {
@@ -207,11 +179,6 @@ impl Session {
         r
     }
 
-    fn in_transaction(&self) -> bool {
-        self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0
-            || self.status & StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits() == 0
-    }
-
     async fn at_statement(
         &mut self,
         kind: Kind,
@@ -317,25 +284,6 @@ impl Session {
         self.pass(stmt, params).await
     }
 
-    /// Runs the client's statement and relays its results unchanged.
-    async fn pass(&mut self, stmt: Stmt<'_>, params: Vec<Value>) -> Result<(), ProxyError> {
-        match stmt {
-            Stmt::Text(sql) => {
-                drop(self.conn.query_iter(sql).await?);
-                self.relay::<TextProtocol>(false).await
-            }
-            Stmt::Prepared { stmt, .. } => {
-                let params = if params.is_empty() {
-                    Params::Empty
-                } else {
-                    Params::Positional(params)
-                };
-                drop(self.conn.exec_iter(&stmt, params).await?);
-                self.relay::<BinaryProtocol>(true).await
-            }
-        }
-    }
-
     /// Unknown, malformed or finished XIDs are refused before anything runs.
     async fn check_xid(&self, xid: &str) -> Result<(), ProxyError> {
         if rewind_protocol::xid::parse(xid).is_none() {
@@ -376,11 +324,6 @@ impl Session {
         let db = db.flatten();
         self.db = Some(db.clone());
         Ok(db)
-    }
-
-    fn push_ok_packet(&mut self, ok: wire::Ok) {
-        self.status = ok.status & !StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
-        self.ps.push(&wire::ok_packet(&ok));
     }
 
     /// The DML plan of a statement: parsed once per prepared statement.

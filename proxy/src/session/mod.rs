@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::at::{self, Branch, StmtCache};
+use crate::barrier::Barrier;
 use crate::classify::{self, Kind};
 use crate::config::WriteIsolation;
 use crate::error::ProxyError;
@@ -63,6 +64,8 @@ pub(crate) struct Prepared {
     pub(crate) sql: Option<Arc<str>>,
     /// The DML analysis, done on the first execute that needs it.
     pub(crate) plan: Option<Arc<crate::at::sql::Dml>>,
+    /// The statement's BARRIER hint, if it has one.
+    pub(crate) barrier: Option<Result<Barrier, &'static str>>,
 }
 
 pub(crate) struct Session {
@@ -87,6 +90,10 @@ pub(crate) struct Session {
     /// Set while relaying the result of a statement the proxy wrapped in its own
     /// transaction: the client, in autocommit, must not see the in-transaction flag.
     pub(crate) hide_in_trans: bool,
+    /// The last statement opened the current transaction (BEGIN / START TRANSACTION) and
+    /// nothing ran in it since: a barrier insert that InnoDB rolls back as a deadlock
+    /// victim may then be retried without losing anything of the client's.
+    pub(crate) fresh_tx: bool,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -163,6 +170,7 @@ pub async fn serve(
         internal: StmtCache::default(),
         db: None,
         hide_in_trans: false,
+        fresh_tx: false,
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -435,6 +443,14 @@ impl Session {
     }
 
     async fn query(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
+        if let Some(barrier) = Barrier::of(sql) {
+            let kind = classify::classify(sql);
+            return self
+                .with_barrier(barrier, at::Stmt::Text(sql), Vec::new(), &kind)
+                .await;
+        }
+        let was_in_trans = self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0;
+        self.fresh_tx = false;
         let tag = xid::leading_xid(sql);
         if tag.is_some() || self.branch.is_some() {
             let tag = tag.map(|t| String::from_utf8_lossy(t).into_owned());
@@ -472,6 +488,9 @@ impl Session {
         drop(self.conn.query_iter(sql).await?);
         let r = self.relay::<TextProtocol>(false).await;
         drop(ticket);
+        if !was_in_trans && self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0 {
+            self.fresh_tx = classify::classify(sql) == Kind::Begin;
+        }
         if classify::may_change_schema(sql) {
             // DDL through this proxy: table metadata is reloaded on next use (DDL made
             // elsewhere is caught by the definition check before every AT write).
@@ -515,6 +534,7 @@ impl Session {
                 kind: classify::classify(sql),
                 sql: std::str::from_utf8(sql).ok().map(Arc::from),
                 plan: None,
+                barrier: Barrier::of(sql),
             },
         );
         Ok(())
@@ -561,6 +581,17 @@ impl Session {
             }
         }
         p.long_data.clear();
+        if let Some(barrier) = p.barrier.clone() {
+            let kind = p.kind.clone();
+            let st = at::Stmt::Prepared {
+                id,
+                stmt: p.stmt.clone(),
+                sql: p.sql.clone(),
+            };
+            return self.with_barrier(barrier, st, values, &kind).await;
+        }
+        let begins = p.kind == Kind::Begin;
+        self.fresh_tx = false;
         if p.tag.is_some() || self.branch.is_some() {
             return self.at_execute(id, values).await;
         }
@@ -587,6 +618,7 @@ impl Session {
         drop(self.conn.exec_iter(&stmt, params).await?);
         let r = self.relay::<BinaryProtocol>(true).await;
         drop(ticket);
+        self.fresh_tx = begins && r.is_ok();
         if matches!(
             &self.stmts.get(&id).map(|p| &p.kind),
             Some(classify::Kind::Other(_))
@@ -675,6 +707,73 @@ fn use_statement(db: &[u8]) -> Vec<u8> {
     }
     q.push(b'`');
     q
+}
+
+/// A statement being run for a mode (AT, the barrier): COM_QUERY text or a prepared
+/// statement being executed.
+#[derive(Clone)]
+pub enum Stmt<'a> {
+    /// COM_QUERY text.
+    Text(&'a [u8]),
+    /// COM_STMT_EXECUTE of the client's statement `id`.
+    Prepared {
+        id: u32,
+        stmt: Statement,
+        sql: Option<std::sync::Arc<str>>,
+    },
+}
+
+impl Stmt<'_> {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Stmt::Text(b) => b,
+            Stmt::Prepared { sql, .. } => sql.as_deref().map(str::as_bytes).unwrap_or_default(),
+        }
+    }
+
+    pub(crate) fn text(&self) -> Result<&str, ProxyError> {
+        match self {
+            Stmt::Text(b) => std::str::from_utf8(b).ok(),
+            Stmt::Prepared { sql, .. } => sql.as_deref(),
+        }
+        .ok_or_else(|| ProxyError::from(crate::at::refusals::Refusal::NotUtf8))
+    }
+}
+
+/// Helpers every mode uses.
+impl Session {
+    pub(crate) fn in_transaction(&self) -> bool {
+        self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0
+            || self.status & StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits() == 0
+    }
+
+    /// Runs the client's statement and relays its results unchanged.
+    pub(crate) async fn pass(
+        &mut self,
+        stmt: Stmt<'_>,
+        params: Vec<Value>,
+    ) -> Result<(), ProxyError> {
+        match stmt {
+            Stmt::Text(sql) => {
+                drop(self.conn.query_iter(sql).await?);
+                self.relay::<TextProtocol>(false).await
+            }
+            Stmt::Prepared { stmt, .. } => {
+                let params = if params.is_empty() {
+                    Params::Empty
+                } else {
+                    Params::Positional(params)
+                };
+                drop(self.conn.exec_iter(&stmt, params).await?);
+                self.relay::<BinaryProtocol>(true).await
+            }
+        }
+    }
+
+    pub(crate) fn push_ok_packet(&mut self, ok: wire::Ok) {
+        self.status = ok.status & !StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
+        self.ps.push(&wire::ok_packet(&ok));
+    }
 }
 
 #[cfg(test)]
