@@ -478,7 +478,11 @@ impl MetaCache {
             if hex.is_empty() {
                 "''".to_string()
             } else {
-                format!("CONVERT(X'{hex}' USING utf8mb4)")
+                // An introducer, not CONVERT(): information_schema uses the schema and
+                // table names as lookup keys only when they are constants of this form
+                // (CONVERT() made the trigger lookup scan every table: 0.84 ms against
+                // 0.25 ms here on a small schema).
+                format!("_utf8mb4 X'{hex}'")
             }
         };
         let (schema, table) = (lit(&name.schema), lit(&name.table));

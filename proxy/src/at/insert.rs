@@ -28,11 +28,8 @@ impl StatementRun<'_> {
         original: Original<'_>,
         params: Vec<Value>,
     ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
-        let meta = self.meta(&plan.table).await.map_err(Failure::Clean)?;
+        let meta = self.insert_target(plan).await?;
         let name = meta.name.to_string();
-        if let Some(e) = super::refusals::table(&meta, SqlKind::Insert, &[]) {
-            return Err(Failure::Clean(e));
-        }
         let positions = match plan.select_key_positions(&meta) {
             Ok(p) => p,
             Err(e) => return Err(self.planning(&[&meta], e).await),
@@ -355,11 +352,8 @@ impl StatementRun<'_> {
         original: Original<'_>,
         params: Vec<Value>,
     ) -> Result<(Option<UndoItem>, wire::Ok), Failure> {
-        let meta = self.meta(&plan.table).await.map_err(Failure::Clean)?;
+        let meta = self.insert_target(plan).await?;
         let name = meta.name.to_string();
-        if let Some(e) = super::refusals::table(&meta, SqlKind::Insert, &[]) {
-            return Err(Failure::Clean(e));
-        }
         let (increment, no_auto_value_on_zero) = if meta.auto_increment_column().is_some() {
             let row: Option<(u64, String)> = self
                 .conn
@@ -426,5 +420,20 @@ impl StatementRun<'_> {
             after,
         };
         Ok((Some(item), ok))
+    }
+}
+
+impl StatementRun<'_> {
+    /// The table a plain INSERT or INSERT … SELECT writes, refused when AT could not undo
+    /// an insert into it (triggers, engine).
+    async fn insert_target(
+        &mut self,
+        plan: &InsertPlan,
+    ) -> Result<std::sync::Arc<rewind_undo_log::TableMeta>, Failure> {
+        let meta = self.meta(&plan.table).await.map_err(Failure::Clean)?;
+        match super::refusals::table(&meta, SqlKind::Insert, &[]) {
+            Some(e) => Err(Failure::Clean(e)),
+            None => Ok(meta),
+        }
     }
 }

@@ -126,39 +126,22 @@ pub(super) fn analyze_delete_join(d: &ast::Delete) -> Result<Dml> {
 }
 
 impl JoinDeletePlan {
-    /// `SELECT <table t's image columns> FROM <the join> WHERE … FOR UPDATE`: locks every
-    /// joined row. Takes all of the statement's parameters. A row joined several times
-    /// comes back several times; the caller keeps one per key.
+    /// `SELECT <table t's image columns> FROM <the join> WHERE … FOR UPDATE` (see
+    /// `join_image_sql`). Takes all of the statement's parameters.
     pub fn before_image_sql(&self, t: usize, meta: &TableMeta) -> String {
-        format!(
-            "SELECT {} FROM {}{} FOR UPDATE",
-            meta.image_columns(Some(&self.tables[t].qualifier)),
-            self.from,
-            self.selection
-                .as_ref()
-                .map(|w| format!(" WHERE {w}"))
-                .unwrap_or_default()
-        )
+        join_image_sql(&self.tables, &self.from, self.selection.as_deref(), t, meta)
     }
 
     /// The same DELETE with its condition narrowed to the locked keys of every target:
-    /// `DELETE <targets> FROM <join> WHERE (<condition>) AND (<t1 keys>) AND …`. Every
-    /// locked row still joins as it did (its partners are locked too), so exactly the
-    /// locked rows go. Parameters: the statement's, then each target's keys in `keyed`
-    /// order (`(index into tables, meta, number of keys)`).
+    /// `DELETE <targets> FROM <join> WHERE (<condition>) AND (<t1 keys>) AND …`, so exactly
+    /// the locked rows go. Parameters: the statement's, then each target's keys in `keyed`
+    /// order.
     pub fn by_keys_sql(&self, keyed: &[(usize, &TableMeta, usize)]) -> String {
-        let mut parts = vec![format!("({})", self.selection.as_deref().unwrap_or("TRUE"))];
-        for (t, meta, rows) in keyed {
-            parts.push(format!(
-                "({})",
-                join_keys_predicate(&self.tables[*t], meta, *rows)
-            ));
-        }
         format!(
             "DELETE {} FROM {} WHERE {}",
             self.target_list,
             self.from,
-            parts.join(" AND ")
+            join_narrowed(&self.tables, self.selection.as_deref(), keyed)
         )
     }
 }

@@ -74,14 +74,19 @@ pub struct JoinTable {
     name: String,
 }
 
-/// Parses one DML statement and classifies it.
-pub fn analyze(sql: &str) -> Result<Dml> {
-    let dialect = MySqlDialect {};
-    let mut statements = Parser::new(&dialect)
+/// The statements of `sql`, parsed as MySQL without unescaping literals (so re-printed
+/// predicates keep their exact original spelling).
+fn parse(sql: &str) -> Result<Vec<Statement>> {
+    Parser::new(&MySqlDialect {})
         .with_options(ParserOptions::new().with_unescape(false))
         .try_with_sql(sql)
         .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::Parse(e.to_string()))?;
+        .map_err(|e| Error::Parse(e.to_string()))
+}
+
+/// Parses one DML statement and classifies it.
+pub fn analyze(sql: &str) -> Result<Dml> {
+    let mut statements = parse(sql)?;
     if statements.len() != 1 {
         return Err(Error::Refused(format!(
             "{} statements in one query; send DML one statement at a time",
@@ -134,6 +139,41 @@ fn join_tables(froms: &[TableWithJoins], verb: &str) -> Result<Vec<JoinTable>> {
     Ok(tables)
 }
 
+/// A multi-table statement's before image of table `t`: `SELECT <t's image columns> FROM
+/// <the join> WHERE … FOR UPDATE`, which locks every joined row. A row joined several times
+/// comes back several times; the caller keeps one per key.
+fn join_image_sql(
+    tables: &[JoinTable],
+    from: &str,
+    selection: Option<&str>,
+    t: usize,
+    meta: &TableMeta,
+) -> String {
+    format!(
+        "SELECT {} FROM {from}{} FOR UPDATE",
+        meta.image_columns(Some(&tables[t].qualifier)),
+        selection.map(|w| format!(" WHERE {w}")).unwrap_or_default()
+    )
+}
+
+/// A multi-table statement's condition narrowed to the locked keys:
+/// `(<condition>) AND (<t1 keys>) AND …` for `keyed` = (index into `tables`, meta, number
+/// of keys). Every locked row still joins as it did (its partners are locked too).
+fn join_narrowed(
+    tables: &[JoinTable],
+    selection: Option<&str>,
+    keyed: &[(usize, &TableMeta, usize)],
+) -> String {
+    let mut parts = vec![format!("({})", selection.unwrap_or("TRUE"))];
+    for (t, meta, rows) in keyed {
+        parts.push(format!(
+            "({})",
+            join_keys_predicate(&tables[*t], meta, *rows)
+        ));
+    }
+    parts.join(" AND ")
+}
+
 /// `(<t>.pk = ? AND …) OR …` for `rows` keys of the join table `t`; `FALSE` for none.
 fn join_keys_predicate(t: &JoinTable, meta: &TableMeta, rows: usize) -> String {
     if rows == 0 {
@@ -154,12 +194,7 @@ fn join_keys_predicate(t: &JoinTable, meta: &TableMeta, rows: usize) -> String {
 /// other statements are not listed. Refuses derived tables and table functions as write
 /// targets, whose rows cannot be named.
 pub fn written_tables(sql: &str) -> Result<Vec<TableRef>> {
-    let dialect = MySqlDialect {};
-    let statements = Parser::new(&dialect)
-        .with_options(ParserOptions::new().with_unescape(false))
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::Parse(e.to_string()))?;
+    let statements = parse(sql)?;
     let mut out: Vec<TableRef> = Vec::new();
     let add_twj = |twj: &TableWithJoins, out: &mut Vec<TableRef>| -> Result<()> {
         for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
@@ -208,12 +243,7 @@ pub fn written_tables(sql: &str) -> Result<Vec<TableRef>> {
 /// Whether a `WITH …` statement only reads: a common table expression can also lead into
 /// an INSERT, UPDATE or DELETE (MySQL 8), which must not pass as a read.
 pub fn is_read_query(sql: &str) -> Result<bool> {
-    let dialect = MySqlDialect {};
-    let statements = Parser::new(&dialect)
-        .with_options(ParserOptions::new().with_unescape(false))
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::Parse(e.to_string()))?;
+    let statements = parse(sql)?;
     Ok(statements.iter().all(|st| match st {
         Statement::Query(q) => !matches!(
             q.body.as_ref(),

@@ -21,12 +21,7 @@ pub struct LockingSelect {
 /// `Ok(None)` when `sql` is not a `SELECT … FOR UPDATE`; refuses locking reads whose rows
 /// cannot be named by primary key (derived tables, table functions).
 pub fn analyze_locking_select(sql: &str) -> Result<Option<LockingSelect>> {
-    let dialect = MySqlDialect {};
-    let mut statements = Parser::new(&dialect)
-        .with_options(ParserOptions::new().with_unescape(false))
-        .try_with_sql(sql)
-        .and_then(|mut p| p.parse_statements())
-        .map_err(|e| Error::Parse(e.to_string()))?;
+    let mut statements = parse(sql)?;
     if statements.len() != 1 {
         return Ok(None);
     }

@@ -183,36 +183,22 @@ impl JoinUpdatePlan {
         Ok(out)
     }
 
-    /// `SELECT <table t's image columns> FROM <the join> WHERE … FOR UPDATE`: locks every
-    /// joined row. Parameters: the ON clauses' then the WHERE clause's (the statement's
-    /// parameters without the SET clause's). A row joined several times comes back several
-    /// times; the caller keeps one per key.
+    /// `SELECT <table t's image columns> FROM <the join> WHERE … FOR UPDATE` (see
+    /// `join_image_sql`). Parameters: the ON clauses' then the WHERE clause's (the
+    /// statement's parameters without the SET clause's).
     pub fn before_image_sql(&self, t: usize, meta: &TableMeta) -> String {
-        format!(
-            "SELECT {} FROM {}{} FOR UPDATE",
-            meta.image_columns(Some(&self.tables[t].qualifier)),
-            self.from,
-            self.selection
-                .as_ref()
-                .map(|w| format!(" WHERE {w}"))
-                .unwrap_or_default()
-        )
+        join_image_sql(&self.tables, &self.from, self.selection.as_deref(), t, meta)
     }
 
     /// The same UPDATE with its condition narrowed to the locked keys of every written
     /// table: `… WHERE (<condition>) AND ((t.pk = ?) OR …) AND …`. Parameters: all of the
     /// statement's, then each written table's keys in `keyed` order.
     pub fn by_keys_sql(&self, keyed: &[(usize, &TableMeta, usize)]) -> String {
-        let mut parts = vec![format!("({})", self.selection.as_deref().unwrap_or("TRUE"))];
-        for (t, meta, rows) in keyed {
-            let predicate = join_keys_predicate(&self.tables[*t], meta, *rows);
-            parts.push(format!("({predicate})"));
-        }
         format!(
             "UPDATE {} SET {} WHERE {}",
             self.from,
             self.assignments,
-            parts.join(" AND ")
+            join_narrowed(&self.tables, self.selection.as_deref(), keyed)
         )
     }
 }
