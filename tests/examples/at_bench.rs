@@ -52,7 +52,12 @@ async fn local(c: &mut Conn, xid: Option<&str>, id: i64, cents: i64) -> mysql_as
     let sign = if cents < 0 { "-" } else { "" };
     let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
     c.query_drop("BEGIN").await?;
-    c.exec_drop(sql, (amount, id)).await?;
+    if let Err(e) = c.exec_drop(sql, (amount, id)).await {
+        // As an application would: end the local transaction, so a failed transfer
+        // neither keeps its row locks nor leaves the connection bound to its XID.
+        let _ = c.query_drop("ROLLBACK").await;
+        return Err(e);
+    }
     c.query_drop("COMMIT").await
 }
 
