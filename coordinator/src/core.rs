@@ -97,10 +97,6 @@ impl Coordinator {
         }
     }
 
-    pub fn sequencer(&self) -> &Sequencer {
-        &self.seq
-    }
-
     pub fn proxies(&self) -> Arc<Proxies> {
         self.proxies.clone()
     }

@@ -27,21 +27,21 @@
 //!
 //! [`run`] wires it up on listeners the caller bound (tests use port 0).
 
-pub mod auth;
-pub mod cluster;
+mod auth;
+mod cluster;
 pub mod config;
-pub mod core;
-pub mod dispatch;
-pub mod engine;
-pub mod error;
-pub mod grpc;
-pub mod http;
-pub mod locked_tables;
-pub mod locks;
-pub mod metrics;
-pub mod sequencer;
-pub mod store;
-pub mod wal;
+mod core;
+mod dispatch;
+mod engine;
+mod error;
+mod grpc;
+mod http;
+mod locked_tables;
+mod locks;
+mod metrics;
+mod sequencer;
+mod store;
+mod wal;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -176,10 +176,6 @@ impl LockTable {
         self.held.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.held.is_empty()
-    }
-
     /// The tables holding at least one lock, per resource.
     pub fn tables(&self) -> HashMap<String, std::collections::HashSet<String>> {
         let mut ids: HashMap<u32, std::collections::HashSet<u32>> = HashMap::new();
@@ -197,10 +193,6 @@ impl LockTable {
                 )
             })
             .collect()
-    }
-
-    pub fn iter(&self) -> impl Iterator<Item = (&InternedKey, &Holder)> {
-        self.held.iter()
     }
 
     /// Bytes the held locks use: hash-table slots (including the control byte and spare

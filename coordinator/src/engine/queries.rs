@@ -59,17 +59,6 @@ impl Engine {
             .collect()
     }
 
-    /// Held locks: (resource, key, holder xid, holder rolling back).
-    pub fn held_locks(&self) -> Vec<(String, RowKey, XidNum)> {
-        self.locks
-            .iter()
-            .map(|(k, h)| {
-                let (r, parts) = self.locks.expand(k);
-                (r, parts, h.xid)
-            })
-            .collect()
-    }
-
     /// Held locks with their holder branch and since when, ordered by holder xid and
     /// branch (for the console); at most `limit`, and the total.
     pub fn held_locks_detail(&self, limit: usize) -> (Vec<HeldLock>, usize) {
