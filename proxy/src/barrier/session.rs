@@ -54,13 +54,17 @@ impl Session {
             if implicit || attempt > 0 {
                 self.conn.query_drop("START TRANSACTION").await?;
             }
-            let inserted = self
-                .conn
-                .exec_drop(
-                    self.shared.barrier.insert(),
-                    (&barrier.consumer, &barrier.message_id),
-                )
-                .await;
+            // Prepared once per session (the proxy's own statement cache on this backend
+            // connection), then one round trip per message.
+            let insert = self.shared.barrier.insert();
+            let inserted = match self.internal.get(&mut self.conn, &insert).await {
+                Ok(prepared) => {
+                    self.conn
+                        .exec_drop(&prepared, (&barrier.consumer, &barrier.message_id))
+                        .await
+                }
+                Err(e) => Err(e),
+            };
             match inserted {
                 Ok(()) => break,
                 // A backend the proxy has not prepared yet (it creates the table at start,
