@@ -2,7 +2,9 @@
 //! through the proxy, by N concurrent clients, first as plain local transactions, then as
 //! global transactions (begin and commit over gRPC, each UPDATE tagged with the XID in
 //! its own local transaction), and for reference the same local transactions straight
-//! against MariaDB. Prints throughput, p50 and p99 of each and the ratios.
+//! against MariaDB. Then the idempotent-consumer barrier's cost: the same local
+//! transactions in the text protocol, without and with a `BARRIER` hint (a fresh message
+//! id each) on their statement. Prints throughput, p50 and p99 of each and the ratios.
 //!
 //! usage: at_bench <proxy host:port> <mariadb host:port> <coordinator grpc URL> <clients> <seconds> <accounts>
 
@@ -21,6 +23,10 @@ enum Mode {
     Direct,
     Local,
     Global,
+    /// Local transactions in the text protocol (the barrier's reference).
+    LocalText,
+    /// The same, each statement behind a BARRIER with a new message id.
+    Barrier,
 }
 
 struct Run {
@@ -61,6 +67,32 @@ async fn local(c: &mut Conn, xid: Option<&str>, id: i64, cents: i64) -> mysql_as
     c.query_drop("COMMIT").await
 }
 
+/// One local transaction updating one account, in the text protocol, behind a barrier for
+/// consumer `barrier` (a fresh message id) when given.
+async fn local_text(
+    c: &mut Conn,
+    barrier: Option<&str>,
+    id: i64,
+    cents: i64,
+) -> mysql_async::Result<()> {
+    let sign = if cents < 0 { "-" } else { "" };
+    let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
+    let hint = match barrier {
+        Some(consumer) => format!(
+            "/*+ BARRIER('{consumer}', '{:032x}') */ ",
+            rand::random::<u128>()
+        ),
+        None => String::new(),
+    };
+    c.query_drop("BEGIN").await?;
+    let sql = format!("{hint}UPDATE account SET balance = balance + {amount} WHERE id = {id}");
+    if let Err(e) = c.query_drop(sql).await {
+        let _ = c.query_drop("ROLLBACK").await;
+        return Err(e);
+    }
+    c.query_drop("COMMIT").await
+}
+
 async fn client(
     mode: Mode,
     target: String,
@@ -92,6 +124,14 @@ async fn client(
             Mode::Direct | Mode::Local => {
                 local(&mut a, None, from, -cents).await.is_ok()
                     && local(&mut b, None, to, cents).await.is_ok()
+            }
+            Mode::LocalText | Mode::Barrier => {
+                let (ca, cb) = match mode {
+                    Mode::Barrier => (Some("bench-a"), Some("bench-b")),
+                    _ => (None, None),
+                };
+                local_text(&mut a, ca, from, -cents).await.is_ok()
+                    && local_text(&mut b, cb, to, cents).await.is_ok()
             }
             Mode::Global => {
                 let xid = tm
@@ -186,6 +226,8 @@ async fn main() {
         ("direct MariaDB, local", Mode::Direct, direct),
         ("proxy, local (no XID)", Mode::Local, proxy),
         ("proxy, global (AT)", Mode::Global, proxy),
+        ("proxy, local, text", Mode::LocalText, proxy),
+        ("proxy, local + BARRIER", Mode::Barrier, proxy),
     ] {
         // A short warm-up per mode (connections, prepared statements, table metadata).
         run(mode, target, grpc, clients, 2, accounts).await;
@@ -210,5 +252,9 @@ async fn main() {
     println!(
         "ratio local through proxy/direct:     {:.3}",
         results[1] / results[0]
+    );
+    println!(
+        "ratio with BARRIER/without (text):    {:.3}   (goal: cost <= 10 %)",
+        results[4] / results[3]
     );
 }
