@@ -6,8 +6,32 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// A port nobody listens on right now: bound, noted, released for the process to take.
+/// A port nobody listens on right now, for a process the test starts next.
+///
+/// Not the kernel's pick (`bind(:0)`): that comes from the ephemeral range, where every
+/// outgoing connection of a busy suite (MariaDB clients, gRPC) also takes its source port,
+/// so a port released here could be taken by one before the process binds it (seen: a
+/// cluster member failing with "Address already in use"). Ports below the ephemeral range
+/// are only ever taken by listeners; each is handed out once per test process.
 pub fn free_addr() -> SocketAddr {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    // Below Linux's default ephemeral range (32768–60999) and above well-known services.
+    const RANGE: std::ops::Range<u16> = 20_000..32_000;
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    let given = given.get_or_insert_with(HashSet::new);
+    for _ in 0..1_000 {
+        let port = rand::random_range(RANGE);
+        if given.contains(&port) {
+            continue;
+        }
+        if let Ok(l) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            given.insert(port);
+            return l.local_addr().expect("local addr");
+        }
+    }
+    // Everything tried was busy: fall back to the kernel's pick.
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind port 0");
     l.local_addr().expect("local addr")
 }

@@ -534,3 +534,63 @@ async fn t15_without_process_privilege_checks_the_schema() {
         .await
         .unwrap();
 }
+
+/// A trigger added after a branch committed locally but before its global rollback would
+/// fire on the undo statements: the rollback holds instead (retried, the reason shown as
+/// the branch's last error, nothing written, locks kept) and completes, byte-identical,
+/// once the trigger is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_trigger_added_before_the_rollback_holds_the_undo() {
+    let dir = TempDir::new("schema-undo-trigger");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_schema_undo_trigger";
+    base(db).await;
+    direct_exec(
+        db,
+        "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
+    )
+    .await;
+    let tables = ["acc", "pair", "audit_log"];
+    let before = checksums(db, &tables).await;
+    let xid = global(
+        &coord,
+        &proxy,
+        db,
+        &["UPDATE acc SET n = n + 1 WHERE id = 1"],
+        "undo trigger",
+    )
+    .await;
+    let written = checksums(db, &tables).await;
+    direct_exec(
+        db,
+        "CREATE TRIGGER t_upd BEFORE UPDATE ON acc FOR EACH ROW INSERT INTO audit_log (what) VALUES (NEW.n)",
+    )
+    .await;
+    let st = coord.rollback(&xid).await;
+    assert_ne!(
+        st, "rolled_back",
+        "the undo must not run through the new trigger"
+    );
+    eventually("the reason is shown", Duration::from_secs(20), || async {
+        coord.transaction(&xid).await["branches"][0]["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("trigger"))
+    })
+    .await;
+    assert_eq!(
+        checksums(db, &tables).await,
+        written,
+        "nothing undone, nothing fired"
+    );
+    assert!(
+        !coord.locks().await.is_empty(),
+        "the branch keeps its locks"
+    );
+    direct_exec(db, "DROP TRIGGER t_upd").await;
+    coord
+        .wait_status(&xid, "rolled_back", Duration::from_secs(60))
+        .await;
+    assert_eq!(checksums(db, &tables).await, before);
+    assert!(coord.locks().await.is_empty());
+}

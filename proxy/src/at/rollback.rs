@@ -122,6 +122,10 @@ pub(crate) async fn rollback_once(
         match outcome {
             CheckOutcome::Unchanged | CheckOutcome::AlreadyRestored => {}
             CheckOutcome::Restore => {
+                if let Some(why) = undo_refusal(shared, conn, item).await? {
+                    conn.query_drop("ROLLBACK").await?;
+                    return Ok(Some(UndoOutcome::Failure(why)));
+                }
                 let statements = match undo_statements(item) {
                     Ok(s) => s,
                     Err(e) => {
@@ -336,4 +340,53 @@ pub(crate) async fn resolve_in(
     conn.query_drop("COMMIT").await?;
     info!(action = ?action, "conflict resolved");
     Ok(UndoOutcome::Done)
+}
+
+/// Why the undo statements of `item` must not run now, or `None` when they may: the table
+/// gained a trigger or a cascading foreign key since the branch ran (it would fire on the
+/// undo and write rows no record covers), or a non-transactional engine. Read on the undo
+/// transaction's connection after its `FOR UPDATE` read, so the table's metadata lock is
+/// held and the answer stays true until the undo commits. The rollback is then retried
+/// (the coordinator shows the reason as the branch's last error) until the table is fixed.
+async fn undo_refusal(
+    shared: &Shared,
+    conn: &mut Conn,
+    item: &UndoItem,
+) -> Result<Option<String>, mysql_async::Error> {
+    use rewind_undo_log::{Error as UndoError, SqlKind};
+    let name = &item.table.name;
+    let definition = match shared
+        .metas
+        .definition(conn, &name.schema, &name.table)
+        .await
+    {
+        Ok(d) => d,
+        Err(UndoError::Mysql(e)) => return Err(e),
+        Err(e) => return Ok(Some(format!("reading the definition of {name}: {e}"))),
+    };
+    let meta = match shared.metas.get(name) {
+        Some(m) if m.definition == definition => m,
+        _ => match shared.metas.load(conn, &name.schema, &name.table).await {
+            Ok(m) => m,
+            Err(UndoError::Mysql(e)) => return Err(e),
+            Err(e) => return Ok(Some(format!("table {name} cannot be undone into: {e}"))),
+        },
+    };
+    // What the undo runs: inserted rows are deleted, deleted rows inserted, updated rows
+    // updated back.
+    let (kind, columns) = match item.kind {
+        SqlKind::Insert => (SqlKind::Delete, &[][..]),
+        SqlKind::Delete => (SqlKind::Insert, &[][..]),
+        SqlKind::Update => (SqlKind::Update, item.set_columns.as_slice()),
+    };
+    Ok(
+        crate::at::refusals::table(&meta, kind, columns).map(|e| match e {
+            crate::error::ProxyError::AtRefused(why) => format!(
+                "the undo would write a table that changed since the branch ran: {why}; the \
+                 rollback is retried until the table no longer has it (or an operator undoes \
+                 the rows by hand)"
+            ),
+            other => other.to_string(),
+        }),
+    )
 }
