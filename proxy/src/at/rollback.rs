@@ -310,6 +310,18 @@ pub(crate) async fn resolve_in(
         }]));
     }
     if action == ResolveAction::RestoreBefore {
+        // The restore may insert, update or delete the row: no kind of write may fire
+        // something on the table now.
+        let all: Vec<String> = key_row.column_names().map(str::to_owned).collect();
+        for (kind, columns) in [
+            (rewind_undo_log::SqlKind::Delete, &[][..]),
+            (rewind_undo_log::SqlKind::Update, all.as_slice()),
+        ] {
+            if let Some(why) = write_refusal(shared, conn, &table, kind, columns).await? {
+                conn.query_drop("ROLLBACK").await?;
+                return Ok(UndoOutcome::Failure(why));
+            }
+        }
         let statement =
             match overwrite_row(&item.table, &key_row, before.as_ref(), current.as_ref()) {
                 Ok(s) => s,
@@ -353,8 +365,27 @@ async fn undo_refusal(
     conn: &mut Conn,
     item: &UndoItem,
 ) -> Result<Option<String>, mysql_async::Error> {
-    use rewind_undo_log::{Error as UndoError, SqlKind};
-    let name = &item.table.name;
+    use rewind_undo_log::SqlKind;
+    // What the undo runs: inserted rows are deleted, deleted rows inserted, updated rows
+    // updated back.
+    let (kind, columns) = match item.kind {
+        SqlKind::Insert => (SqlKind::Delete, &[][..]),
+        SqlKind::Delete => (SqlKind::Insert, &[][..]),
+        SqlKind::Update => (SqlKind::Update, item.set_columns.as_slice()),
+    };
+    write_refusal(shared, conn, &item.table.name, kind, columns).await
+}
+
+/// Why a write of `kind` (an UPDATE of `columns`) by phase two must not run on `name`
+/// now, read from the table's current definition; see [`undo_refusal`].
+async fn write_refusal(
+    shared: &Shared,
+    conn: &mut Conn,
+    name: &rewind_undo_log::TableName,
+    kind: rewind_undo_log::SqlKind,
+    columns: &[String],
+) -> Result<Option<String>, mysql_async::Error> {
+    use rewind_undo_log::Error as UndoError;
     let definition = match shared
         .metas
         .definition(conn, &name.schema, &name.table)
@@ -372,19 +403,12 @@ async fn undo_refusal(
             Err(e) => return Ok(Some(format!("table {name} cannot be undone into: {e}"))),
         },
     };
-    // What the undo runs: inserted rows are deleted, deleted rows inserted, updated rows
-    // updated back.
-    let (kind, columns) = match item.kind {
-        SqlKind::Insert => (SqlKind::Delete, &[][..]),
-        SqlKind::Delete => (SqlKind::Insert, &[][..]),
-        SqlKind::Update => (SqlKind::Update, item.set_columns.as_slice()),
-    };
     Ok(
         crate::at::refusals::table(&meta, kind, columns).map(|e| match e {
             crate::error::ProxyError::AtRefused(why) => format!(
-                "the undo would write a table that changed since the branch ran: {why}; the \
-                 rollback is retried until the table no longer has it (or an operator undoes \
-                 the rows by hand)"
+                "the undo would write a table that changed since the branch ran: {why}; \
+                 nothing was written (a rollback is retried until the table no longer has it; \
+                 or settle the rows by hand)"
             ),
             other => other.to_string(),
         }),
