@@ -72,7 +72,7 @@ pub(super) fn analyze_delete_join(d: &ast::Delete) -> Result<Dml> {
         None if d.tables.is_empty() => (Vec::new(), from.as_slice()),
         None => (d.tables.iter().collect(), from.as_slice()),
     };
-    let tables = join_tables(froms, "DELETE")?;
+    let tables = join_tables(froms, "multi-table DELETE")?;
     let mut targets = Vec::with_capacity(target_names.len());
     for name in &target_names {
         // `t`, `db.t` or an alias; `t.*` spelled as a name ends in `*`, which MySQL

@@ -105,8 +105,9 @@ pub fn analyze(sql: &str) -> Result<Dml> {
 }
 
 /// Every table of `froms` (comma-separated references and their joins), in order, with
-/// the qualifier its columns take. Refuses derived tables and table functions.
-fn join_tables(froms: &[TableWithJoins], verb: &str) -> Result<Vec<JoinTable>> {
+/// the qualifier its columns take. Refuses derived tables and table functions, naming the
+/// `statement`.
+fn join_tables(froms: &[TableWithJoins], statement: &str) -> Result<Vec<JoinTable>> {
     let mut tables = Vec::new();
     for twj in froms {
         for factor in std::iter::once(&twj.relation).chain(twj.joins.iter().map(|j| &j.relation)) {
@@ -130,7 +131,7 @@ fn join_tables(froms: &[TableWithJoins], verb: &str) -> Result<Vec<JoinTable>> {
                 }
                 _ => {
                     return Err(Error::Refused(format!(
-                        "multi-table {verb} over a derived table or table function"
+                        "{statement} over a derived table or table function"
                     )))
                 }
             }

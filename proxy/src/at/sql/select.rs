@@ -40,34 +40,10 @@ pub fn analyze_locking_select(sql: &str) -> Result<Option<LockingSelect>> {
             "SELECT … FOR UPDATE over a UNION or other set operation".into(),
         ));
     };
-    let mut tables = Vec::new();
-    let mut factors = Vec::new();
-    for twj in &select.from {
-        factors.push(&twj.relation);
-        factors.extend(twj.joins.iter().map(|j| &j.relation));
-    }
-    for factor in factors {
-        match factor {
-            TableFactor::Table {
-                name,
-                alias,
-                args: None,
-                ..
-            } => {
-                let table = table_ref(name)?;
-                let qualifier = match alias {
-                    Some(a) => quote_ident(&ident_name(&a.name)),
-                    None => name.to_string(),
-                };
-                tables.push((table, qualifier));
-            }
-            _ => {
-                return Err(Error::Refused(
-                    "SELECT … FOR UPDATE over a derived table or table function".into(),
-                ))
-            }
-        }
-    }
+    let tables: Vec<(TableRef, String)> = join_tables(&select.from, "SELECT … FOR UPDATE")?
+        .into_iter()
+        .map(|t| (t.table, t.qualifier))
+        .collect();
     if tables.is_empty() {
         return Ok(None);
     }

@@ -106,7 +106,7 @@ pub(super) fn analyze_update_join(u: ast::Update) -> Result<Dml> {
             "multi-table UPDATE with ORDER BY or LIMIT".into(),
         ));
     }
-    let tables = join_tables(std::slice::from_ref(&u.table), "UPDATE")?;
+    let tables = join_tables(std::slice::from_ref(&u.table), "multi-table UPDATE")?;
     let mut targets = Vec::with_capacity(u.assignments.len());
     for a in &u.assignments {
         match &a.target {
