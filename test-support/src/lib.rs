@@ -30,7 +30,8 @@ pub use coordinator::{peers, Coordinator};
 pub use dir::TempDir;
 pub use http::{http, http_as, request, Answer};
 pub use mariadb::{
-    checksums, direct, direct_exec, direct_opts, dump, fresh_db, server_error, undo_rows, BACKEND,
+    checksums, direct, direct_exec, direct_opts, dump, fresh_db, root_opts, server_error,
+    undo_rows, BACKEND,
 };
 pub use process::{binary, free_addr, Process};
 pub use proxy::Proxy;

@@ -9,9 +9,15 @@ use mysql_async::{Conn, OptsBuilder};
 pub const BACKEND: &str = "mysql://root@127.0.0.1:3306";
 
 pub fn direct_opts(db: &str) -> OptsBuilder {
+    root_opts(3306, db)
+}
+
+/// Client options for `root` (no password) on 127.0.0.1:`port`, database `db`: MariaDB
+/// itself, or a proxy in front of it.
+pub fn root_opts(port: u16, db: &str) -> OptsBuilder {
     OptsBuilder::default()
         .ip_or_hostname("127.0.0.1")
-        .tcp_port(3306)
+        .tcp_port(port)
         .user(Some("root"))
         .db_name(Some(db))
         .prefer_socket(false)

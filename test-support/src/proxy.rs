@@ -96,12 +96,7 @@ impl Proxy {
     }
 
     pub fn opts(&self, db: &str) -> OptsBuilder {
-        OptsBuilder::default()
-            .ip_or_hostname("127.0.0.1")
-            .tcp_port(self.addr.port())
-            .user(Some("root"))
-            .db_name(Some(db))
-            .prefer_socket(false)
+        crate::mariadb::root_opts(self.addr.port(), db)
     }
 
     pub async fn conn(&self, db: &str) -> Conn {

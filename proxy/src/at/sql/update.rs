@@ -71,12 +71,7 @@ pub(super) fn analyze_update(u: ast::Update) -> Result<Dml> {
             }
         }
     }
-    let assignments = u
-        .assignments
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let assignments = joined(&u.assignments);
     let mut assigned = Vec::with_capacity(u.assignments.len());
     let mut params_before = 0;
     for a in &u.assignments {
@@ -124,12 +119,7 @@ pub(super) fn analyze_update_join(u: ast::Update) -> Result<Dml> {
         }
     }
     let from = u.table.to_string();
-    let assignments = u
-        .assignments
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(", ");
+    let assignments = joined(&u.assignments);
     Ok(Dml::UpdateJoin(JoinUpdatePlan {
         tables,
         from_params: count_placeholders(&from)?,
@@ -364,4 +354,13 @@ pub(super) fn assignable(meta: &TableMeta, column: &str) -> Result<String> {
         .find(|c| same_name(&c.name, column))
         .map(|c| c.name.clone())
         .ok_or_else(|| Error::MissingColumn(column.to_string()))
+}
+
+/// The SET clause's assignments re-printed as written, comma-separated.
+fn joined(assignments: &[ast::Assignment]) -> String {
+    assignments
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
