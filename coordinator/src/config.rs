@@ -34,9 +34,10 @@ pub struct Config {
     /// How long a console login lasts.
     pub operator_session_secs: u64,
     /// Who may call the API: `operator` (default) asks the operator credential for
-    /// operator actions (conflict resolution), the audit log and membership, and leaves
-    /// the application calls and reads of DESIGN.md open (begin, commit, rollback,
-    /// status, list, locks, conflicts); `all` asks it for every /api/v1 call.
+    /// operator actions (conflict resolution, outbox redrive), the audit log and
+    /// membership, and leaves the application calls and reads of DESIGN.md open (begin,
+    /// commit, rollback, status, list, locks, conflicts, outbox); `all` asks it for
+    /// every /api/v1 call.
     pub api_auth: ApiAuth,
     /// Cluster mode (Raft): absent for a single node.
     pub cluster: Option<ClusterConfig>,

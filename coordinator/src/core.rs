@@ -24,6 +24,9 @@ use crate::error::CoordinatorError;
 use crate::locked_tables::LockedTables;
 use crate::locks::RowKey;
 use crate::metrics::Op;
+use crate::outbox::{
+    DeadMessage, Outbox, OutboxReport, RedriveOutcome, ResourceOutbox, REDRIVE_WAIT,
+};
 use crate::sequencer::{now_ms, Sequencer};
 
 /// An XID as the API spells it → its number (unknown shapes are "not found").
@@ -39,6 +42,8 @@ pub struct Coordinator {
     proxies: Arc<Proxies>,
     /// Which tables each attached proxy checks writes without an XID on.
     locked_tables: Arc<LockedTables>,
+    /// The proxies' latest outbox reports and the redrives waiting for an answer.
+    outbox: Arc<Outbox>,
     /// How long a rollback request waits for the undo before answering its status.
     rollback_wait: Duration,
     /// How long a registration waits for proxies to confirm a newly locked table.
@@ -91,6 +96,7 @@ impl Coordinator {
             seq,
             proxies: Arc::new(Proxies::default()),
             locked_tables: Arc::new(LockedTables::default()),
+            outbox: Arc::new(Outbox::default()),
             rollback_wait,
             isolation_wait,
             shutdown,
@@ -319,6 +325,27 @@ impl Coordinator {
     pub fn proxy_detached(&self, conn: u64) {
         self.proxies.detach(conn);
         self.locked_tables.detach(conn);
+        self.outbox.detached(conn);
+    }
+
+    /// A proxy's read of a resource's outbox and barrier. Only a resource this stream
+    /// announced is taken: a proxy cannot overwrite the figures of a backend it does
+    /// not front.
+    pub fn outbox_report(&self, conn: u64, report: OutboxReport) {
+        if !self.proxies.serves(conn, &report.resource_id) {
+            tracing::warn!(resource = %report.resource_id, "outbox report for a resource this stream did not announce: ignored");
+            return;
+        }
+        self.outbox.store(conn, report, Instant::now(), now_ms());
+    }
+
+    pub fn outbox_redrive_result(&self, conn: u64, command_id: u64, outcome: RedriveOutcome) {
+        if !self.outbox.complete_redrive(conn, command_id, outcome) {
+            tracing::info!(
+                command_id,
+                "redrive answer nobody waits for (too late): ignored"
+            );
+        }
     }
 
     pub async fn branch_result(
@@ -348,6 +375,59 @@ impl Coordinator {
 
     pub fn table_locks_ack(&self, conn: u64, resource_id: &str, epoch: u64) {
         self.locked_tables.ack(conn, resource_id, epoch);
+    }
+
+    /// An operator's redrive of one DEAD outbox message: sent to a proxy attached for the
+    /// resource (the one that reported last, if still attached), answered once it acted
+    /// or after [`REDRIVE_WAIT`]. Not retried: the operator sees the outcome and decides.
+    pub async fn redrive(
+        &self,
+        resource_id: &str,
+        message_id: &str,
+    ) -> Result<(), CoordinatorError> {
+        if !self.outbox.knows(resource_id) && !self.proxies.attached(resource_id) {
+            return Err(CoordinatorError::ResourceNotFound(resource_id.to_string()));
+        }
+        let command_id = self.outbox.next_command_id();
+        let prefer = self.outbox.reporter(resource_id);
+        let msg = crate::dispatch::outbox_redrive(command_id, resource_id, message_id);
+        let Some(answer) = self.outbox.begin_redrive(command_id, || {
+            self.proxies.send_preferring(resource_id, prefer, msg)
+        }) else {
+            return Err(CoordinatorError::NoProxy(resource_id.to_string()));
+        };
+        let outcome = match tokio::time::timeout(REDRIVE_WAIT, answer).await {
+            Ok(Ok(outcome)) => outcome,
+            Ok(Err(_)) => {
+                return Err(CoordinatorError::ProxyFailed(
+                    "it detached before answering; the message may or may not be NEW \
+                     again: check the DEAD list once a proxy reports"
+                        .into(),
+                ))
+            }
+            Err(_) => {
+                self.outbox.abandon_redrive(command_id);
+                return Err(CoordinatorError::Timeout(format!(
+                    "the proxy did not answer within {} s; the message may or may not be NEW \
+                     again: check the DEAD list after its next report",
+                    REDRIVE_WAIT.as_secs()
+                )));
+            }
+        };
+        match outcome {
+            RedriveOutcome::Done => {
+                self.outbox.forget_dead(resource_id, message_id, true);
+                Ok(())
+            }
+            RedriveOutcome::NotDead => {
+                self.outbox.forget_dead(resource_id, message_id, false);
+                Err(CoordinatorError::MessageNotDead {
+                    resource_id: resource_id.to_string(),
+                    message_id: message_id.to_string(),
+                })
+            }
+            RedriveOutcome::Failed(why) => Err(CoordinatorError::ProxyFailed(why)),
+        }
     }
 
     // ---- time ----------------------------------------------------------------------------
@@ -536,9 +616,24 @@ impl Coordinator {
             .audit(before, limit)
     }
 
+    /// Every resource's latest outbox report, sorted by resource id. From this node's
+    /// memory: the reports are a cache of the databases, not replicated state.
+    pub fn outbox_reports(&self) -> Vec<ResourceOutbox> {
+        self.outbox.reports(Instant::now())
+    }
+
+    /// DEAD outbox messages, newest first, of one resource or all.
+    pub fn dead_messages(&self, resource_id: Option<&str>) -> Vec<(String, DeadMessage)> {
+        self.outbox.dead(resource_id)
+    }
+
     /// /metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
-        let e = self.seq.engine.lock().expect("engine lock");
-        self.seq.metrics.render(&e)
+        let mut text = {
+            let e = self.seq.engine.lock().expect("engine lock");
+            self.seq.metrics.render(&e)
+        };
+        crate::metrics::render_outbox(&mut text, &self.outbox_reports());
+        text
     }
 }

@@ -1,9 +1,10 @@
-//! Dispatch: sends the engine's phase-two and resolve commands to proxies. Keeps which
-//! proxy streams serve which resource ([`Proxies`]) and turns the engine's [`Effect`]s
-//! into stream messages ([`run`]). A command that
+//! Dispatch: sends the engine's phase-two and resolve commands, and operators' outbox
+//! redrives, to proxies. Keeps which proxy streams serve which resource ([`Proxies`])
+//! and turns the engine's [`Effect`]s into stream messages ([`run`]). A command that
 //! cannot be delivered (no proxy attached for the resource, or its queue is full) goes
 //! straight back to the state machine as a retryable failure, which schedules a retry
-//! with backoff; nothing is ever dropped.
+//! with backoff; nothing is ever dropped. A redrive that cannot be delivered is refused
+//! to the operator at once (see [`crate::outbox`]): nothing retries it behind their back.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -52,20 +53,57 @@ impl Proxies {
 
     /// Tries every stream serving `resource`; false if none took the message.
     fn send(&self, resource: &str, msg: CoordinatorMessage) -> bool {
+        self.send_preferring(resource, None, msg).is_some()
+    }
+
+    /// Tries the streams serving `resource`, `prefer` first when it is one of them;
+    /// answers the connection that took the message, `None` if none did.
+    pub fn send_preferring(
+        &self,
+        resource: &str,
+        prefer: Option<u64>,
+        msg: CoordinatorMessage,
+    ) -> Option<u64> {
         let map = self.by_resource.lock().expect("attached lock");
-        let Some(list) = map.get(resource) else {
-            return false;
-        };
+        let list = map.get(resource)?;
+        let preferred = list.iter().filter(|(c, _)| Some(*c) == prefer);
+        let others = list.iter().filter(|(c, _)| Some(*c) != prefer);
         let mut msg = Some(msg);
-        for (_, tx) in list {
+        for (conn, tx) in preferred.chain(others) {
             match tx.try_send(Ok(msg.take().expect("present"))) {
-                Ok(()) => return true,
+                Ok(()) => return Some(*conn),
                 Err(mpsc::error::TrySendError::Full(Ok(m)))
                 | Err(mpsc::error::TrySendError::Closed(Ok(m))) => msg = Some(m),
-                Err(_) => return false,
+                Err(_) => return None,
             }
         }
-        false
+        None
+    }
+
+    /// Whether connection `conn` announced `resource`.
+    pub fn serves(&self, conn: u64, resource: &str) -> bool {
+        let map = self.by_resource.lock().expect("attached lock");
+        map.get(resource)
+            .is_some_and(|list| list.iter().any(|(c, _)| *c == conn))
+    }
+
+    /// Whether any proxy is attached for `resource`.
+    pub fn attached(&self, resource: &str) -> bool {
+        let map = self.by_resource.lock().expect("attached lock");
+        map.contains_key(resource)
+    }
+}
+
+/// The stream message of an operator's redrive (see [`crate::outbox`]).
+pub fn outbox_redrive(command_id: u64, resource_id: &str, message_id: &str) -> CoordinatorMessage {
+    CoordinatorMessage {
+        kind: Some(coordinator_message::Kind::OutboxRedrive(
+            v1::OutboxRedrive {
+                command_id,
+                resource_id: resource_id.to_string(),
+                message_id: message_id.to_string(),
+            },
+        )),
     }
 }
 

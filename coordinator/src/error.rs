@@ -47,6 +47,24 @@ pub enum CoordinatorError {
     /// quorum or stepped down after proposing it). Read the transaction's status.
     #[error("outcome undetermined: {0}")]
     Undetermined(String),
+    /// No proxy ever announced or reported this resource.
+    #[error("resource {0:?} is unknown: no proxy is attached for it and none reported its outbox")]
+    ResourceNotFound(String),
+    /// A redrive found nothing to do.
+    #[error("no DEAD message {message_id:?} in the outbox of {resource_id:?} (it never existed, was redriven already or was published)")]
+    MessageNotDead {
+        resource_id: String,
+        message_id: String,
+    },
+    /// A command for a proxy found no stream to go out on.
+    #[error("no proxy attached for resource {0:?}: start or reconnect one, then try again")]
+    NoProxy(String),
+    /// The proxy answered that it could not act now.
+    #[error("the proxy could not act: {0}")]
+    ProxyFailed(String),
+    /// A proxy did not answer in time; what it did is unknown until its next report.
+    #[error("timeout: {0}")]
+    Timeout(String),
 }
 
 impl From<redb::Error> for CoordinatorError {
@@ -73,6 +91,11 @@ impl CoordinatorError {
             CoordinatorError::Forbidden(_) => "forbidden",
             CoordinatorError::NotLeader { .. } => "not_leader",
             CoordinatorError::Undetermined(_) => "undetermined",
+            CoordinatorError::ResourceNotFound(_) => "resource_not_found",
+            CoordinatorError::MessageNotDead { .. } => "message_not_dead",
+            CoordinatorError::NoProxy(_) => "no_proxy",
+            CoordinatorError::ProxyFailed(_) => "proxy_failed",
+            CoordinatorError::Timeout(_) => "timeout",
         }
     }
 
@@ -81,7 +104,9 @@ impl CoordinatorError {
             CoordinatorError::NotFound(_)
             | CoordinatorError::BadXid(_)
             | CoordinatorError::BranchNotFound(_)
-            | CoordinatorError::ConflictNotFound(_) => StatusCode::NOT_FOUND,
+            | CoordinatorError::ConflictNotFound(_)
+            | CoordinatorError::ResourceNotFound(_)
+            | CoordinatorError::MessageNotDead { .. } => StatusCode::NOT_FOUND,
             CoordinatorError::AlreadyDecided { .. }
             | CoordinatorError::NotActive { .. }
             | CoordinatorError::ConflictNotOpen(_) => StatusCode::CONFLICT,
@@ -91,9 +116,11 @@ impl CoordinatorError {
             CoordinatorError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
             CoordinatorError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             CoordinatorError::Forbidden(_) => StatusCode::FORBIDDEN,
-            CoordinatorError::NotLeader { .. } | CoordinatorError::Undetermined(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            CoordinatorError::NotLeader { .. }
+            | CoordinatorError::Undetermined(_)
+            | CoordinatorError::NoProxy(_)
+            | CoordinatorError::ProxyFailed(_)
+            | CoordinatorError::Timeout(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 }
@@ -105,7 +132,9 @@ impl From<CoordinatorError> for tonic::Status {
             CoordinatorError::NotFound(_)
             | CoordinatorError::BadXid(_)
             | CoordinatorError::BranchNotFound(_)
-            | CoordinatorError::ConflictNotFound(_) => tonic::Status::not_found(msg),
+            | CoordinatorError::ConflictNotFound(_)
+            | CoordinatorError::ResourceNotFound(_)
+            | CoordinatorError::MessageNotDead { .. } => tonic::Status::not_found(msg),
             CoordinatorError::AlreadyDecided { .. }
             | CoordinatorError::NotActive { .. }
             | CoordinatorError::ConflictNotOpen(_) => tonic::Status::failed_precondition(msg),
@@ -125,6 +154,10 @@ impl From<CoordinatorError> for tonic::Status {
                 s
             }
             CoordinatorError::Undetermined(_) => tonic::Status::unknown(msg),
+            CoordinatorError::NoProxy(_) | CoordinatorError::ProxyFailed(_) => {
+                tonic::Status::unavailable(msg)
+            }
+            CoordinatorError::Timeout(_) => tonic::Status::deadline_exceeded(msg),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! every read is the [`Coordinator`]'s.
 
 use rewind_protocol::v1::{
-    self, branch_result, proxy_message, register_branch_response, resolve_result,
-    resource_manager_server::ResourceManager, transaction_manager_server::TransactionManager,
+    self, branch_result, outbox_redrive_result, proxy_message, register_branch_response,
+    resolve_result, resource_manager_server::ResourceManager,
+    transaction_manager_server::TransactionManager,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -15,6 +16,7 @@ use crate::core::{parse_xid, Coordinator, RegisterAnswer};
 use crate::engine::{DirtyRow, ProxyAnswer};
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
+use crate::outbox::{DeadMessage, OutboxReport, RedriveOutcome};
 
 /// The gRPC services over the core.
 #[derive(Clone)]
@@ -62,6 +64,45 @@ fn dirty_rows(d: v1::DirtyWrite) -> Vec<DirtyRow> {
             current: r.current_json,
         })
         .collect()
+}
+
+fn outbox_report(r: v1::OutboxReport) -> OutboxReport {
+    OutboxReport {
+        resource_id: r.resource_id,
+        proxy_id: r.proxy_id,
+        broker: r.broker,
+        new_count: r.new_count,
+        held_count: r.held_count,
+        oldest_new_age_ms: r.oldest_new_age_ms,
+        dead_count: r.dead_count,
+        published_total: r.published_total,
+        failed_total: r.failed_total,
+        last_error: r.last_error,
+        dead: r
+            .dead
+            .into_iter()
+            .map(|d| DeadMessage {
+                message_id: d.message_id,
+                topic: d.topic,
+                msg_key: d.msg_key,
+                attempts: d.attempts,
+                last_error: d.last_error,
+                created_at_ms: d.created_at_ms,
+            })
+            .collect(),
+        barrier_rows: r.barrier_rows,
+        barrier_duplicates: r.barrier_duplicates,
+        read_at_ms: r.read_at_ms,
+    }
+}
+
+fn redrive_outcome(o: Option<outbox_redrive_result::Outcome>) -> RedriveOutcome {
+    match o {
+        Some(outbox_redrive_result::Outcome::Done(_)) => RedriveOutcome::Done,
+        Some(outbox_redrive_result::Outcome::NotDead(_)) => RedriveOutcome::NotDead,
+        Some(outbox_redrive_result::Outcome::Failure(f)) => RedriveOutcome::Failed(f.message),
+        None => RedriveOutcome::Failed("the proxy answered without an outcome".into()),
+    }
 }
 
 #[tonic::async_trait]
@@ -250,6 +291,12 @@ impl ResourceManager for GrpcServices {
                         }
                         Some(proxy_message::Kind::TableLocksAck(a)) => {
                             core.table_locks_ack(conn, &a.resource_id, a.epoch);
+                        }
+                        Some(proxy_message::Kind::OutboxReport(r)) => {
+                            core.outbox_report(conn, outbox_report(r));
+                        }
+                        Some(proxy_message::Kind::OutboxRedriveResult(r)) => {
+                            core.outbox_redrive_result(conn, r.command_id, redrive_outcome(r.outcome));
                         }
                         None => {}
                     }

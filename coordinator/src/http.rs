@@ -28,6 +28,7 @@ use crate::engine::{
 };
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
+use crate::outbox::{DeadMessage, ResourceOutbox};
 
 #[derive(Clone)]
 struct App {
@@ -53,6 +54,12 @@ pub fn router(core: Coordinator, body_limit: usize, auth: Arc<Auth>, api_auth: A
         .route("/api/v1/locks", get(locks))
         .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/conflicts/{id}/resolve", post(resolve))
+        .route("/api/v1/outbox", get(outbox))
+        .route("/api/v1/outbox/dead", get(outbox_dead))
+        .route(
+            "/api/v1/outbox/{resource_id}/messages/{message_id}/redrive",
+            post(redrive),
+        )
         .route("/api/v1/cluster", get(cluster_info))
         .route("/api/v1/cluster/members", post(cluster_add))
         .route(
@@ -678,6 +685,96 @@ async fn resolve(
     )
     .await;
     Ok(Json(body))
+}
+
+// ---- outbox ---------------------------------------------------------------------------
+
+fn outbox_json(r: &ResourceOutbox) -> Value {
+    let o = &r.report;
+    json!({
+        "resource_id": o.resource_id,
+        "proxy_id": o.proxy_id,
+        "broker": o.broker,
+        "new": o.new_count,
+        "held": o.held_count,
+        "oldest_new_age_ms": o.oldest_new_age_ms,
+        "dead": o.dead_count,
+        "published_total": o.published_total,
+        "failed_total": o.failed_total,
+        "last_error": o.last_error,
+        "barrier_rows": o.barrier_rows,
+        "barrier_duplicates": o.barrier_duplicates,
+        "read_at_ms": o.read_at_ms,
+        "received_at_ms": r.received_at_ms,
+        "stale": r.stale,
+    })
+}
+
+fn dead_json(resource_id: &str, d: &DeadMessage) -> Value {
+    json!({
+        "resource_id": resource_id,
+        "message_id": d.message_id,
+        "topic": d.topic,
+        "msg_key": d.msg_key,
+        "attempts": d.attempts,
+        "last_error": d.last_error,
+        "created_at_ms": d.created_at_ms,
+    })
+}
+
+/// Every resource's latest outbox report, sorted by resource id. Read like the
+/// conflicts: open to applications unless `api_auth = "all"`.
+async fn outbox(State(app): State<App>, h: HeaderMap) -> ApiResult {
+    application(&app, &h, false)?;
+    Ok(Json(Value::Array(
+        app.core.outbox_reports().iter().map(outbox_json).collect(),
+    )))
+}
+
+#[derive(Deserialize)]
+struct DeadQuery {
+    resource_id: Option<String>,
+}
+
+/// DEAD outbox messages, newest first, of every resource or of `?resource_id=`.
+async fn outbox_dead(
+    State(app): State<App>,
+    h: HeaderMap,
+    Query(q): Query<DeadQuery>,
+) -> ApiResult {
+    application(&app, &h, false)?;
+    let resource = q.resource_id.as_deref().filter(|r| !r.is_empty());
+    Ok(Json(Value::Array(
+        app.core
+            .dead_messages(resource)
+            .iter()
+            .map(|(r, d)| dead_json(r, d))
+            .collect(),
+    )))
+}
+
+/// Puts one DEAD message back to NEW through a proxy of its resource. Operator only,
+/// audited with what the proxy answered: `done`, `not dead` or `failed: …`.
+async fn redrive(
+    State(app): State<App>,
+    h: HeaderMap,
+    Path((resource_id, message_id)): Path<(String, String)>,
+) -> ApiResult {
+    let who = operator(&app, &h, true)?;
+    let r = app.core.redrive(&resource_id, &message_id).await;
+    let result = match &r {
+        Ok(()) => "done".to_string(),
+        Err(CoordinatorError::MessageNotDead { .. }) => "not dead".to_string(),
+        Err(e) => format!("failed: {e}"),
+    };
+    let target = format!("{resource_id}/{message_id}");
+    record_audit(&app, &who, "outbox redrive", &target, &result).await;
+    r?;
+    Ok(Json(json!({
+        "resource_id": resource_id,
+        "message_id": message_id,
+        "status": "new",
+    })))
 }
 
 async fn metrics(State(app): State<App>) -> impl IntoResponse {

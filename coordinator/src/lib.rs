@@ -18,6 +18,8 @@
 //! - [`store`] behind [`wal`]: redb tables the records land in, reloaded on start.
 //! - [`dispatch`]: sends the engine's phase-two and resolve commands to the proxies
 //!   that announced the branch's resource; their answers come back through [`grpc`].
+//! - [`outbox`]: the proxies' latest reports of their backends' outbox and barrier (a
+//!   cache, not replicated) and operators' redrives of DEAD messages awaiting an answer.
 //! - [`config`], [`metrics`]: the supporting cast.
 //!
 //! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
@@ -39,6 +41,7 @@ mod http;
 mod locked_tables;
 mod locks;
 mod metrics;
+mod outbox;
 mod sequencer;
 mod store;
 mod wal;

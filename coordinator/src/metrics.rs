@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use crate::engine::{Engine, GlobalStatus, Stats};
+use crate::outbox::ResourceOutbox;
 
 const BUCKETS_S: [f64; 12] = [
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
@@ -215,5 +216,103 @@ impl Metrics {
         self.batch_fsync
             .render(&mut out, "rewind_write_batch_seconds", "");
         out
+    }
+}
+
+/// The proxies' outbox reports, one series per resource. The `_total` figures are the
+/// reporting proxy's own counters, passed through as reported: they restart from 0 with
+/// the proxy, which Prometheus reads as a counter reset. A stale report's figures are
+/// still shown (the last known values); the console and API mark them stale.
+pub fn render_outbox(out: &mut String, reports: &[ResourceOutbox]) {
+    type Figure = fn(&ResourceOutbox) -> String;
+    let families: [(&str, &str, &str, Figure); 5] = [
+        (
+            "rewind_outbox_new",
+            "gauge",
+            "Outbox messages waiting to be published (status NEW), by resource.",
+            |r| r.report.new_count.to_string(),
+        ),
+        (
+            "rewind_outbox_dead",
+            "gauge",
+            "Outbox messages the relay gave up on (status DEAD), by resource.",
+            |r| r.report.dead_count.to_string(),
+        ),
+        (
+            "rewind_outbox_oldest_new_age_seconds",
+            "gauge",
+            "Age of the oldest NEW outbox message, by resource (0 when none).",
+            |r| (r.report.oldest_new_age_ms as f64 / 1000.0).to_string(),
+        ),
+        (
+            "rewind_outbox_published_total",
+            "counter",
+            "Outbox messages published by the resource's proxy since it started.",
+            |r| r.report.published_total.to_string(),
+        ),
+        (
+            "rewind_barrier_duplicates_total",
+            "counter",
+            "Duplicate messages the barrier refused through the resource's proxy since it started.",
+            |r| r.report.barrier_duplicates.to_string(),
+        ),
+    ];
+    for (name, kind, help, figure) in families {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for r in reports {
+            let _ = writeln!(
+                out,
+                "{name}{{resource_id=\"{}\"}} {}",
+                label_value(&r.report.resource_id),
+                figure(r)
+            );
+        }
+    }
+}
+
+/// A label value in the text format: backslash, double quote and newline escaped.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::OutboxReport;
+
+    #[test]
+    fn outbox_series_per_resource_with_escaped_labels() {
+        let r = |id: &str, new_count, age_ms| ResourceOutbox {
+            report: OutboxReport {
+                resource_id: id.into(),
+                new_count,
+                oldest_new_age_ms: age_ms,
+                dead_count: 2,
+                published_total: 9,
+                barrier_duplicates: 1,
+                ..OutboxReport::default()
+            },
+            received_at_ms: 0,
+            stale: false,
+        };
+        let mut out = String::new();
+        render_outbox(
+            &mut out,
+            &[r("127.0.0.1:3306", 4, 3200), r("a\"b\\c", 0, 0)],
+        );
+        for line in [
+            "# TYPE rewind_outbox_new gauge",
+            "rewind_outbox_new{resource_id=\"127.0.0.1:3306\"} 4",
+            "rewind_outbox_new{resource_id=\"a\\\"b\\\\c\"} 0",
+            "rewind_outbox_dead{resource_id=\"127.0.0.1:3306\"} 2",
+            "rewind_outbox_oldest_new_age_seconds{resource_id=\"127.0.0.1:3306\"} 3.2",
+            "# TYPE rewind_outbox_published_total counter",
+            "rewind_outbox_published_total{resource_id=\"127.0.0.1:3306\"} 9",
+            "rewind_barrier_duplicates_total{resource_id=\"127.0.0.1:3306\"} 1",
+        ] {
+            assert!(out.lines().any(|l| l == line), "{line:?} missing in\n{out}");
+        }
     }
 }

@@ -50,6 +50,20 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         pool.clone(),
         shutdown.clone(),
     ));
+    let outbox_keeper = tokio::spawn(crate::outbox::relay::housekeeping(
+        shared.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
+    // The relay has its own connections: a publish waiting for the broker holds one.
+    let relay = match (shared.outbox.enabled, relay_pool(&shared)) {
+        (true, Ok(relay_pool)) => Some(tokio::spawn(crate::outbox::relay::run(
+            shared.clone(),
+            relay_pool,
+            shutdown.clone(),
+        ))),
+        _ => None,
+    };
     let workers = Arc::new(Semaphore::new(shared.config.phase_two_connections));
     let mut attempt = 0;
     while !shutdown.is_cancelled() {
@@ -65,6 +79,10 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
     housekeeper.abort();
     barrier_keeper.abort();
+    outbox_keeper.abort();
+    if let Some(relay) = relay {
+        let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
+    }
     drop(commits);
     let _ = tokio::time::timeout(Duration::from_secs(2), committer).await;
     let _ = tokio::time::timeout(Duration::from_secs(2), pool.disconnect()).await;
@@ -94,6 +112,25 @@ pub(crate) fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error
     Ok(Pool::new(opts))
 }
 
+/// The relay's connections: READ COMMITTED (record locks only, so a sweep never blocks an
+/// application inserting into the outbox), UTC.
+fn relay_pool(shared: &Shared) -> Result<Pool, mysql_async::Error> {
+    let opts = mysql_async::Opts::from_url(&shared.config.backend)?;
+    let constraints = mysql_async::PoolConstraints::new(0, 2).expect("0 <= 2");
+    let opts = mysql_async::OptsBuilder::from_opts(opts)
+        .init(vec![
+            UNDO_SESSION_SETUP.to_string(),
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+        ])
+        .prefer_socket(false)
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                .with_reset_connection(false),
+        );
+    Ok(Pool::new(opts))
+}
+
 pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &CancellationToken) {
     let mut attempt = 0;
     loop {
@@ -103,6 +140,7 @@ pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &C
                 conn.query_drop(ddl).await?;
             }
             conn.query_drop(shared.barrier.ddl()).await?;
+            conn.query_drop(shared.outbox_table.ddl()).await?;
             Ok::<_, mysql_async::Error>(())
         }
         .await;
@@ -132,13 +170,14 @@ pub(crate) async fn attach(
 ) -> bool {
     let (url, channel) = shared.coordinator.current();
     let (tx, rx) = mpsc::channel::<v1::ProxyMessage>(1024);
+    let proxy_id = format!(
+        "rewind-proxy@{} pid {}",
+        shared.config.listen,
+        std::process::id()
+    );
     let announce = v1::ProxyMessage {
         kind: Some(proxy_message::Kind::Announce(v1::Announce {
-            proxy_id: format!(
-                "rewind-proxy@{} pid {}",
-                shared.config.listen,
-                std::process::id()
-            ),
+            proxy_id: proxy_id.clone(),
             resource_ids: vec![shared.resource_id.clone()],
         })),
     };
@@ -157,6 +196,13 @@ pub(crate) async fn attach(
         }
     };
     info!(%url, resource = %shared.resource_id, "attached to the coordinator");
+    // The console's figures go out on this stream while it lasts.
+    let _reporter = AbortOnDrop(tokio::spawn(crate::outbox::report::report_loop(
+        shared.clone(),
+        pool.clone(),
+        proxy_id,
+        tx.clone(),
+    )));
     // The coordinator takes the ack of epoch N as confirming the set of N, and drops
     // older epochs still pending. So acks go out in epoch order: each waits for the
     // previous one, whose drain (of tables added earlier, still in the later set) may
@@ -183,7 +229,9 @@ pub(crate) async fn attach(
         // Table-lock sets are applied at once, in stream order; phase-two work waits for
         // a worker.
         let permit = match &msg.kind {
-            Some(coordinator_message::Kind::TableLocks(_)) | None => None,
+            Some(coordinator_message::Kind::TableLocks(_))
+            | Some(coordinator_message::Kind::OutboxRedrive(_))
+            | None => None,
             Some(_) => match workers.clone().acquire_owned().await {
                 Ok(p) => Some(p),
                 Err(_) => return true,
@@ -280,8 +328,32 @@ pub(crate) async fn attach(
                     .instrument(span),
                 );
             }
+            Some(coordinator_message::Kind::OutboxRedrive(cmd)) => {
+                tokio::spawn(async move {
+                    let outcome =
+                        crate::outbox::report::redrive(&shared, &pool, &cmd.message_id).await;
+                    let result = v1::OutboxRedriveResult {
+                        command_id: cmd.command_id,
+                        outcome: Some(outcome),
+                    };
+                    let _ = tx
+                        .send(v1::ProxyMessage {
+                            kind: Some(proxy_message::Kind::OutboxRedriveResult(result)),
+                        })
+                        .await;
+                });
+            }
             None => {}
         }
+    }
+}
+
+/// Aborts a task when the owner goes (the stream it reports on ended).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -349,6 +421,10 @@ pub(crate) async fn committer(
             conn.exec_drop(sql, Params::Positional(params)).await
         }
         .await;
+        if r.is_ok() {
+            // Outbox rows these global transactions wrote are no longer held.
+            shared.outbox.kick();
+        }
         for (_, _, reply) in batch.drain(..) {
             let _ = reply.send(match &r {
                 Ok(()) => UndoOutcome::Done,

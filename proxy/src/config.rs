@@ -48,6 +48,56 @@ pub struct Config {
     /// Consumer barrier: a (consumer, message id) pair is remembered this many seconds; a
     /// duplicate delivered later than that is processed again.
     pub barrier_retention_secs: u64,
+    /// The local message table's relay (`[outbox]`).
+    pub outbox: OutboxConfig,
+}
+
+/// `[outbox]`: where and how the relay publishes `<undo_schema>.outbox` rows.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutboxConfig {
+    /// `amqp://…` / `amqps://…` (RabbitMQ: exchange below, routing key = topic,
+    /// persistent) or `nats://…` / `tls://…` (JetStream: subject = topic). Empty: no relay;
+    /// rows wait in the table.
+    pub broker: String,
+    /// AMQP exchange.
+    pub exchange: String,
+    /// AMQP: a message no queue is bound for is refused (retried, then DEAD) instead of
+    /// being dropped by the broker.
+    pub mandatory: bool,
+    /// Refusals by the broker before a row is DEAD.
+    pub max_attempts: u32,
+    /// Backoff after a refusal: doubles from `backoff_initial_ms` up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Bound on connecting and on one publish's confirm.
+    pub publish_timeout_ms: u64,
+    /// Sweep for rows written directly or stranded by a crash this often.
+    pub sweep_interval_ms: u64,
+    /// Rows taken per sweep.
+    pub batch: usize,
+    /// PUBLISHED rows are deleted this long after publication.
+    pub retention_secs: u64,
+    /// How often the proxy reports the outbox and barrier to the coordinator's console.
+    pub report_interval_ms: u64,
+}
+
+impl Default for OutboxConfig {
+    fn default() -> Self {
+        OutboxConfig {
+            broker: String::new(),
+            exchange: "amq.topic".into(),
+            mandatory: true,
+            max_attempts: 10,
+            backoff_initial_ms: 500,
+            backoff_max_ms: 60_000,
+            publish_timeout_ms: 5_000,
+            sweep_interval_ms: 1_000,
+            batch: 256,
+            retention_secs: 24 * 3600,
+            report_interval_ms: 5_000,
+        }
+    }
 }
 
 /// See [`Config::write_isolation`].
@@ -91,6 +141,7 @@ impl Default for Config {
             users: Vec::new(),
             write_isolation: WriteIsolation::All,
             barrier_retention_secs: 7 * 24 * 3600,
+            outbox: OutboxConfig::default(),
         }
     }
 }
@@ -122,6 +173,33 @@ impl Config {
         }
         if self.barrier_retention_secs == 0 {
             return Err("barrier_retention_secs must be positive".into());
+        }
+        let o = &self.outbox;
+        if !o.broker.is_empty() {
+            let scheme = o.broker.split("://").next().unwrap_or("");
+            if !o.broker.contains("://") || !["amqp", "amqps", "nats", "tls"].contains(&scheme) {
+                return Err(format!(
+                    "outbox.broker {:?}: expected amqp://, amqps://, nats:// or tls://",
+                    o.broker
+                ));
+            }
+        }
+        if o.max_attempts == 0 || o.batch == 0 {
+            return Err("outbox.max_attempts and outbox.batch must be positive".into());
+        }
+        if o.backoff_initial_ms == 0 || o.backoff_max_ms < o.backoff_initial_ms {
+            return Err("outbox: 0 < backoff_initial_ms <= backoff_max_ms".into());
+        }
+        if o.publish_timeout_ms == 0
+            || o.sweep_interval_ms == 0
+            || o.retention_secs == 0
+            || o.report_interval_ms == 0
+        {
+            return Err(
+                "outbox: publish_timeout_ms, sweep_interval_ms, retention_secs and \
+                 report_interval_ms must be positive"
+                    .into(),
+            );
         }
         Ok(())
     }

@@ -23,6 +23,7 @@
 //!   branch's commit protocol, global-lock waits, and phase two (rollback with the
 //!   dirty-write check, operator resolutions, undo housekeeping). See `at/mod.rs`.
 //! - [`barrier`]: the idempotent-consumer barrier (`/*+ BARRIER('<consumer>', '<id>') */`).
+//! - [`outbox`]: the local message table and its relay to RabbitMQ or NATS JetStream.
 //! - [`attach`]: the Attach stream to the coordinator, which delivers phase two and
 //!   write-isolation sets to the modes.
 //! - [`coordinator`]: the gRPC client that follows the cluster's leader.
@@ -83,6 +84,7 @@ mod coordinator;
 mod error;
 pub mod failpoint;
 mod handshake;
+mod outbox;
 mod packet;
 mod session;
 mod stacked;
@@ -129,6 +131,9 @@ pub struct Shared {
     pub undo: at::undo_table::UndoTable,
     /// Statements on the consumer barrier's table.
     pub barrier: barrier::BarrierTable,
+    /// Statements on the local message table, and the relay's kick and counters.
+    pub outbox_table: outbox::OutboxTable,
+    pub outbox: outbox::Outbox,
     /// Tables of this resource holding global locks, and the writes in flight to others.
     pub isolation: Arc<at::isolation::Isolation>,
 }
@@ -160,6 +165,8 @@ pub async fn run(
         metas: rewind_undo_log::MetaCache::new(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
         barrier: barrier::BarrierTable::new(&config.undo_schema),
+        outbox_table: outbox::OutboxTable::new(&config.undo_schema),
+        outbox: outbox::Outbox::new(!config.outbox.broker.is_empty()),
         isolation: Arc::default(),
         config,
         collations: Default::default(),

@@ -31,6 +31,9 @@ struct Cli {
     /// [default: host:port of --backend]
     #[arg(long)]
     resource_id: Option<String>,
+    /// Broker the outbox relay publishes to (amqp://… or nats://…); none by default
+    #[arg(long, value_name = "URL")]
+    outbox_broker: Option<String>,
 }
 
 #[tokio::main]
@@ -57,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = cli.backend {
         config.backend = v;
+    }
+    if let Some(v) = cli.outbox_broker {
+        config.outbox.broker = v;
     }
     if let Some(v) = cli.coordinator {
         config.coordinator = v;

@@ -15,17 +15,21 @@
 //! - [`http`]: one HTTP client (reqwest) for the coordinator's REST API and console.
 //! - [`coordinator`]: a coordinator process, single node or cluster member, and its API.
 //! - [`proxy`]: a proxy process in front of the test MariaDB.
+//! - [`brokers`]: a RabbitMQ queue and NATS JetStream streams to read what the relay sent.
 //! - [`mariadb`]: connections straight to MariaDB, fresh databases, checksums, dumps,
 //!   undo records, server errors.
 
+pub mod brokers;
 pub mod coordinator;
 pub mod dir;
 pub mod http;
 pub mod mariadb;
 pub mod process;
 pub mod proxy;
+pub mod relay;
 pub mod wait;
 
+pub use brokers::{amqp_addr, amqp_url, nats_addr, nats_url, AmqpQueue, JetStream};
 pub use coordinator::{peers, Coordinator};
 pub use dir::TempDir;
 pub use http::{http, http_as, request, Answer};
@@ -35,4 +39,5 @@ pub use mariadb::{
 };
 pub use process::{binary, free_addr, Process};
 pub use proxy::Proxy;
+pub use relay::TcpRelay;
 pub use wait::eventually;

@@ -16,6 +16,9 @@ const state = {
   txSelected: null,
   txLast: [],
   auditBefore: null,
+  redriving: new Set(),  // "<resource>/<message>" of redrives waiting for their proxy
+  redriveResults: {},    // "<resource>/<message>" → { ok, text } of the last redrive
+  redriveLog: [],        // the last few redrive results, newest first
   timer: null,
   busy: false,
 };
@@ -62,6 +65,16 @@ function ago(ms) {
     if (parts.length === 2) break;
   }
   return parts.join(" ") + " ago";
+}
+
+// A duration for people: "850 ms", "3.2 s", "5 min", "2.5 h", "3 d".
+function span(ms) {
+  if (!ms) return "—";
+  if (ms < 1000) return ms + " ms";
+  if (ms < 60000) return (ms / 1000).toFixed(1) + " s";
+  if (ms < 3600000) return Math.round(ms / 60000) + " min";
+  if (ms < 86400000) return (ms / 3600000).toFixed(1) + " h";
+  return Math.round(ms / 86400000) + " d";
 }
 
 function statusTag(st) {
@@ -206,7 +219,7 @@ async function refresh(background) {
   state.busy = true;
   try {
     await Promise.all([
-      ({ transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, audit: loadAudit })[state.view](),
+      ({ transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, messages: loadMessages, audit: loadAudit })[state.view](),
       loadOpenCount(),
     ]);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString(undefined, { hour12: false });
@@ -445,6 +458,83 @@ function openTx(xid) {
   $("tx-search").value = xid;
   state.txCursor = [];
   show("transactions");
+}
+
+// Messages (outbox and barrier) ----------------------------------------------------------
+
+async function loadMessages() {
+  const [outbox, dead] = await Promise.all([
+    api("GET", "/api/v1/outbox"),
+    api("GET", "/api/v1/outbox/dead"),
+  ]);
+  fill($("ob-rows"), outbox.data.map((r) => h("tr", {
+    class: "outbox-row" + (r.stale ? " stale" : ""),
+    dataset: { resource: r.resource_id },
+  },
+  h("td", { class: "mono" }, r.resource_id, h("div", { class: "muted" }, r.proxy_id)),
+  h("td", { class: r.broker ? "mono wrap" : "muted" }, r.broker || "no relay configured"),
+  h("td", { class: "num ob-new" }, r.new, r.held ? h("span", { class: "muted" }, ` (${r.held} held)`) : null),
+  h("td", { class: "num ob-age" }, span(r.oldest_new_age_ms)),
+  h("td", { class: "num ob-dead" + (r.dead ? " result-bad" : "") }, r.dead),
+  h("td", { class: "num" }, r.published_total),
+  h("td", { class: "num" }, r.failed_total),
+  h("td", { class: r.last_error ? "result-bad wrap" : "muted" }, r.last_error || "—"),
+  h("td", { class: "num" }, r.barrier_rows),
+  h("td", { class: "num" }, r.barrier_duplicates),
+  h("td", { title: "read by the proxy " + when(r.read_at_ms) },
+    ago(r.received_at_ms), " ", r.stale ? statusTag("stale") : null))));
+  $("ob-empty").hidden = outbox.data.length > 0;
+
+  fill($("redrive-log"), state.redriveLog.map((x) =>
+    h("li", { class: x.ok ? "result-ok" : "result-bad", dataset: { messageId: x.message_id } }, x.text)));
+  fill($("dead-rows"), dead.data.map((d) => {
+    const key = d.resource_id + "/" + d.message_id;
+    const result = state.redriveResults[key];
+    const busy = state.redriving.has(key);
+    return h("tr", { class: "dead-row", dataset: { resource: d.resource_id, messageId: d.message_id } },
+      h("td", { class: "mono" }, d.resource_id),
+      h("td", { class: "mono wrap" }, d.message_id),
+      h("td", { class: "mono" }, d.topic),
+      h("td", { class: "mono wrap" }, d.msg_key || "—"),
+      h("td", { class: "num" }, d.attempts),
+      h("td", { class: "result-bad wrap" }, d.last_error),
+      h("td", { title: when(d.created_at_ms) }, ago(d.created_at_ms)),
+      h("td", {},
+        h("button", {
+          class: "redrive primary",
+          "data-testid": "redrive",
+          disabled: busy,
+          onclick: () => redrive(d),
+        }, busy ? "Redriving…" : "Redrive"),
+        result ? h("span", { class: "redrive-result " + (result.ok ? "result-ok" : "result-bad") }, result.text) : null));
+  }));
+  $("dead-empty").hidden = dead.data.length > 0;
+}
+
+async function redrive(d) {
+  const key = d.resource_id + "/" + d.message_id;
+  if (state.redriving.has(key)) return;
+  state.redriving.add(key);
+  delete state.redriveResults[key];
+  await loadMessages().catch(() => {}); // show the button as busy
+  let result;
+  try {
+    await api("POST", `/api/v1/outbox/${encodeURIComponent(d.resource_id)}/messages/${encodeURIComponent(d.message_id)}/redrive`);
+    result = { ok: true, text: "Redriven: NEW again, the relay sends it next." };
+  } catch (e) {
+    result = { ok: false, text: e.status === 404 ? "Not DEAD any more: " + e.message : "Not redriven: " + e.message };
+  } finally {
+    state.redriving.delete(key);
+  }
+  state.redriveResults[key] = result;
+  state.redriveLog.unshift({ ok: result.ok, message_id: d.message_id, text: `${d.message_id} on ${d.resource_id}: ${result.text}` });
+  state.redriveLog.length = Math.min(state.redriveLog.length, 5);
+  // Straight away, not through refresh(): a background refresh in flight would skip it.
+  try {
+    await loadMessages();
+  } catch (e) {
+    if (e.status !== 401) banner("Could not refresh: " + e.message);
+  }
 }
 
 // Audit ----------------------------------------------------------------------------------

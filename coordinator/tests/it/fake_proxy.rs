@@ -1,12 +1,13 @@
 //! A fake proxy on the coordinator's Attach stream, for phase two without MariaDB. The
 //! rest of the harness (the coordinator process, HTTP, waiting) is `rewind-test-support`.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use rewind_protocol::v1::{
-    branch_result, coordinator_message, proxy_message, resolve_result, Announce, BranchAction,
-    BranchResult, CoordinatorMessage, DirtyRow, DirtyWrite, Done, ProxyMessage, ResolveResult,
-    TableLocksAck,
+    branch_result, coordinator_message, outbox_redrive_result, proxy_message, resolve_result,
+    Announce, BranchAction, BranchResult, CoordinatorMessage, DirtyRow, DirtyWrite, Done,
+    OutboxRedriveResult, ProxyMessage, ResolveResult, TableLocksAck,
 };
 use rewind_test_support::Coordinator;
 use tokio::sync::mpsc;
@@ -19,10 +20,23 @@ pub enum RollbackAnswer {
     Dirty,
 }
 
+/// How the fake proxy answers an outbox redrive.
+#[derive(Clone, PartialEq, Eq)]
+pub enum RedriveAnswer {
+    /// `done` for these message ids (once each), `not_dead` for any other.
+    DoneFor(HashSet<String>),
+    /// No answer at all (a proxy stuck on its backend).
+    Silent,
+}
+
 /// A fake proxy on the Attach stream: answers every phase-two command and records it.
+/// Dropping it closes the stream (the proxy detaches).
 pub struct FakeProxy {
     pub seen: Arc<Mutex<Vec<CoordinatorMessage>>>,
     pub rollback: Arc<Mutex<RollbackAnswer>>,
+    pub redrive: Arc<Mutex<RedriveAnswer>>,
+    /// The stream to the coordinator, for messages a test sends itself (reports).
+    tx: mpsc::Sender<ProxyMessage>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -45,7 +59,9 @@ impl FakeProxy {
             .into_inner();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let rollback = Arc::new(Mutex::new(RollbackAnswer::Done));
-        let (seen2, rollback2) = (seen.clone(), rollback.clone());
+        let redrive = Arc::new(Mutex::new(RedriveAnswer::DoneFor(HashSet::new())));
+        let (seen2, rollback2, redrive2) = (seen.clone(), rollback.clone(), redrive.clone());
+        let own_tx = tx.clone();
         let task = tokio::spawn(async move {
             while let Some(Ok(msg)) = inbound.next().await {
                 seen2.lock().unwrap().push(msg.clone());
@@ -87,6 +103,22 @@ impl FakeProxy {
                             resource_id: t.resource_id,
                         })
                     }
+                    Some(coordinator_message::Kind::OutboxRedrive(r)) => {
+                        let outcome = match &mut *redrive2.lock().unwrap() {
+                            RedriveAnswer::Silent => continue,
+                            RedriveAnswer::DoneFor(ids) => {
+                                if ids.remove(&r.message_id) {
+                                    outbox_redrive_result::Outcome::Done(Done {})
+                                } else {
+                                    outbox_redrive_result::Outcome::NotDead(Done {})
+                                }
+                            }
+                        };
+                        proxy_message::Kind::OutboxRedriveResult(OutboxRedriveResult {
+                            command_id: r.command_id,
+                            outcome: Some(outcome),
+                        })
+                    }
                     None => continue,
                 };
                 if tx.send(ProxyMessage { kind: Some(reply) }).await.is_err() {
@@ -97,8 +129,18 @@ impl FakeProxy {
         FakeProxy {
             seen,
             rollback,
+            redrive,
+            tx: own_tx,
             task,
         }
+    }
+
+    /// Sends one message on the stream, as the proxy would.
+    pub async fn send(&self, kind: proxy_message::Kind) {
+        self.tx
+            .send(ProxyMessage { kind: Some(kind) })
+            .await
+            .expect("the attach stream is open");
     }
 }
 

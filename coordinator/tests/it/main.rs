@@ -1,6 +1,6 @@
 //! Process-level tests of the real `rewind-coordinator` binary: one test binary, modules
 //! numbered by area. The process harness is `rewind-test-support`; `fake_proxy` answers
-//! phase two in place of a proxy.
+//! phase two (and outbox redrives) in place of a proxy.
 
 mod fake_proxy;
 mod t10_http_input;
@@ -9,6 +9,7 @@ mod t30_crash;
 mod t40_lifecycle;
 mod t50_operator;
 mod t60_cluster;
+mod t70_outbox;
 
 use rewind_protocol::v1::{register_branch_response, BeginRequest, LockKey, RegisterBranchRequest};
 use rewind_protocol::{ResourceManagerClient, TransactionManagerClient};

@@ -30,7 +30,10 @@ impl StatementRun<'_> {
                     meta.name
                 ))));
             }
-            if let Some(e) = super::refusals::table(meta, SqlKind::Delete, &[]) {
+            if let Some(e) = self
+                .outbox_refusal(&meta.name, false)
+                .or_else(|| super::refusals::table(meta, SqlKind::Delete, &[]))
+            {
                 return Err(Failure::Clean(e));
             }
         }
@@ -92,7 +95,10 @@ impl StatementRun<'_> {
     ) -> Result<(Option<UndoItem>, wire::Ok), Failure> {
         let meta = self.meta(&plan.table).await.map_err(Failure::Clean)?;
         let name = meta.name.to_string();
-        if let Some(e) = super::refusals::table(&meta, SqlKind::Delete, &[]) {
+        if let Some(e) = self
+            .outbox_refusal(&meta.name, false)
+            .or_else(|| super::refusals::table(&meta, SqlKind::Delete, &[]))
+        {
             return Err(Failure::Clean(e));
         }
         let sql = plan.before_image_sql(&meta);

@@ -190,6 +190,9 @@ impl StatementRun<'_> {
         params: Vec<Value>,
     ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
         let meta = self.meta(&plan.table).await.map_err(Failure::Clean)?;
+        if let Some(e) = self.outbox_refusal(&meta.name, false) {
+            return Err(Failure::Clean(e));
+        }
         let name = meta.name.to_string();
         let set_columns = match plan.on_duplicate_columns_in(&meta) {
             Ok(c) => c,
@@ -400,6 +403,13 @@ impl StatementRun<'_> {
                 },
             )
             .map_err(|e| poisoned(e.to_string()))?;
+        if let (Some(xid), true) = (self.xid, self.shared.outbox_table.is(&meta.name)) {
+            // The relay holds these messages until the global transaction commits; the
+            // after image below already carries the XID, so a rollback finds them intact.
+            self.hold_outbox(xid, &keys)
+                .await
+                .map_err(|e| poisoned(e.to_string()))?;
+        }
         let after = self
             .image_by_keys(&meta, &keys)
             .await
@@ -431,9 +441,42 @@ impl StatementRun<'_> {
         plan: &InsertPlan,
     ) -> Result<std::sync::Arc<rewind_undo_log::TableMeta>, Failure> {
         let meta = self.meta(&plan.table).await.map_err(Failure::Clean)?;
+        let plain = plan.select.is_none() && plan.on_duplicate.is_none() && !plan.replace;
+        if let Some(e) = self.outbox_refusal(&meta.name, plain && !plan.ignore) {
+            return Err(Failure::Clean(e));
+        }
         match super::refusals::table(&meta, SqlKind::Insert, &[]) {
             Some(e) => Err(Failure::Clean(e)),
             None => Ok(meta),
         }
+    }
+
+    /// Only a plain INSERT writes the outbox inside a global transaction: the relay owns
+    /// every other change to its rows, and rows of other shapes could not be held.
+    pub(super) fn outbox_refusal(
+        &self,
+        table: &rewind_undo_log::TableName,
+        plain_insert: bool,
+    ) -> Option<ProxyError> {
+        (self.xid.is_some() && !plain_insert && self.shared.outbox_table.is(table)).then(|| {
+            ProxyError::AtRefused(format!(
+                "writing {table} other than by a plain INSERT … VALUES in a global transaction \
+                 (the relay owns its rows once written)"
+            ))
+        })
+    }
+
+    /// Marks outbox rows an INSERT under `xid` wrote as held by it.
+    async fn hold_outbox(&mut self, xid: &str, keys: &[Vec<Value>]) -> Result<(), ProxyError> {
+        let mut params = Vec::with_capacity(keys.len() + 1);
+        params.push(Value::from(xid));
+        params.extend(keys.iter().filter_map(|k| k.first().cloned()));
+        self.conn
+            .exec_drop(
+                self.shared.outbox_table.hold(keys.len()),
+                mysql_async::Params::Positional(params),
+            )
+            .await?;
+        Ok(())
     }
 }

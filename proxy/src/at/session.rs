@@ -312,6 +312,7 @@ impl Session {
             stmts: &mut self.internal,
             shared: &self.shared,
             db,
+            xid: self.branch.as_ref().map(|b| b.xid.as_str()),
         }
     }
 

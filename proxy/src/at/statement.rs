@@ -38,6 +38,8 @@ pub struct StatementRun<'a> {
     pub stmts: &'a mut StmtCache,
     pub shared: &'a Shared,
     pub db: Option<&'a str>,
+    /// The global transaction the statement belongs to; `None` for an isolated write.
+    pub xid: Option<&'a str>,
 }
 
 /// Statements the proxy itself prepared on a session's backend connection. The pool's

@@ -31,7 +31,10 @@ impl StatementRun<'_> {
             }
         };
         for (t, cols) in &written {
-            if let Some(e) = super::refusals::table(&metas[*t], SqlKind::Update, cols) {
+            if let Some(e) = self
+                .outbox_refusal(&metas[*t].name, false)
+                .or_else(|| super::refusals::table(&metas[*t], SqlKind::Update, cols))
+            {
                 return Err(Failure::Clean(e));
             }
         }
@@ -116,7 +119,10 @@ impl StatementRun<'_> {
             Ok(c) => c,
             Err(e) => return Err(self.planning(&[&meta], e).await),
         };
-        if let Some(e) = super::refusals::table(&meta, SqlKind::Update, &set_columns) {
+        if let Some(e) = self
+            .outbox_refusal(&meta.name, false)
+            .or_else(|| super::refusals::table(&meta, SqlKind::Update, &set_columns))
+        {
             return Err(Failure::Clean(e));
         }
         if params.len() < plan.set_params {

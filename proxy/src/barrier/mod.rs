@@ -102,6 +102,11 @@ impl BarrierTable {
         )
     }
 
+    /// How many pairs are remembered.
+    pub fn count(&self) -> String {
+        format!("SELECT COUNT(*) FROM {}", self.table)
+    }
+
     /// Params: retention in seconds. At most 5,000 rows per statement.
     pub fn expire(&self) -> String {
         format!(

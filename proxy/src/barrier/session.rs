@@ -78,6 +78,8 @@ impl Session {
                 }
                 Err(mysql_async::Error::Server(e)) if e.code == 1062 => {
                     self.end_transaction("ROLLBACK").await?;
+                    let o = &self.shared.outbox;
+                    o.count(&o.barrier_duplicates, 1);
                     return Err(ProxyError::DuplicateMessage {
                         consumer: barrier.consumer,
                         message_id: barrier.message_id,

@@ -66,6 +66,8 @@ pub(crate) struct Prepared {
     pub(crate) plan: Option<Arc<crate::at::sql::Dml>>,
     /// The statement's BARRIER hint, if it has one.
     pub(crate) barrier: Option<Result<Barrier, &'static str>>,
+    /// The text mentions the outbox (see [`Session::outbox_written`]).
+    pub(crate) outbox: bool,
 }
 
 pub(crate) struct Session {
@@ -94,6 +96,10 @@ pub(crate) struct Session {
     /// nothing ran in it since: a barrier insert that InnoDB rolls back as a deadlock
     /// victim may then be retried without losing anything of the client's.
     pub(crate) fresh_tx: bool,
+    /// A statement mentioning the outbox ran since the last transaction ended: when the
+    /// next one ends (COMMIT, or the statement itself in autocommit), the relay is kicked,
+    /// so committed messages leave at once instead of at the next sweep.
+    pub(crate) outbox_written: bool,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -171,6 +177,7 @@ pub async fn serve(
         db: None,
         hide_in_trans: false,
         fresh_tx: false,
+        outbox_written: false,
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -268,6 +275,11 @@ impl Session {
                 return;
             }
             let result = self.command(cmd, body).await;
+            if self.outbox_written && self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() == 0
+            {
+                self.outbox_written = false;
+                self.shared.outbox.kick();
+            }
             if let Err(e) = result {
                 debug!(error = %e, "command failed");
                 if !matches!(e, ProxyError::ClientIo(_)) {
@@ -443,6 +455,9 @@ impl Session {
     }
 
     async fn query(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
+        if self.shared.outbox.enabled && crate::outbox::mentions_outbox(sql) {
+            self.outbox_written = true;
+        }
         if let Some(barrier) = Barrier::of(sql) {
             let kind = classify::classify(sql);
             return self
@@ -535,6 +550,7 @@ impl Session {
                 sql: std::str::from_utf8(sql).ok().map(Arc::from),
                 plan: None,
                 barrier: Barrier::of(sql),
+                outbox: crate::outbox::mentions_outbox(sql),
             },
         );
         Ok(())
@@ -549,6 +565,9 @@ impl Session {
             .stmts
             .get_mut(&id)
             .ok_or(ProxyError::UnknownStatement(id))?;
+        if p.outbox && self.shared.outbox.enabled {
+            self.outbox_written = true;
+        }
         let n = p.types.len();
         let mut values = Vec::with_capacity(n);
         if n > 0 {
