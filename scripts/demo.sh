@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The main job: makes sure MariaDB runs, builds Rewind, starts the coordinator
-# and the proxy, shows a working session through the proxy, then keeps both
-# running until Ctrl-C (or exits right away with REWIND_DEMO_ONCE=1).
+# The main job: makes sure MariaDB and the brokers (RabbitMQ, NATS) run, builds
+# Rewind, starts the coordinator and the proxy (its outbox relay publishing to
+# RabbitMQ), shows a global transaction rolled back and committed, then an order
+# written with its event, the event on RabbitMQ, and a redelivered duplicate
+# consumed once; keeps both running until Ctrl-C (or exits right away with
+# REWIND_DEMO_ONCE=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,11 +12,14 @@ PROXY_ADDR=${REWIND_PROXY_ADDR:-127.0.0.1:3307}
 GRPC_ADDR=${REWIND_GRPC_ADDR:-127.0.0.1:8091}
 HTTP_ADDR=${REWIND_HTTP_ADDR:-127.0.0.1:7091}
 DATA_DIR=${REWIND_DATA_DIR:-./data/coordinator}
+AMQP_URL=${REWIND_AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 
 scripts/ensure-mariadb.sh
+scripts/ensure-brokers.sh
 scripts/ensure-tools.sh
 echo "== building (release)"
 cargo build --release --locked -p rewind-proxy -p rewind-coordinator
+cargo build --release --locked -p rewind-tests --example outbox_demo
 
 mkdir -p "$DATA_DIR" data
 pids=()
@@ -39,9 +45,9 @@ target/release/rewind-coordinator --grpc-addr "$GRPC_ADDR" --http-addr "$HTTP_AD
 pids+=($!)
 wait_port "$HTTP_ADDR" rewind-coordinator
 
-echo "== starting rewind-proxy (MySQL protocol on $PROXY_ADDR -> 127.0.0.1:3306)"
+echo "== starting rewind-proxy (MySQL protocol on $PROXY_ADDR -> 127.0.0.1:3306, outbox -> RabbitMQ)"
 target/release/rewind-proxy --listen "$PROXY_ADDR" --backend mysql://root@127.0.0.1:3306 \
-    --coordinator "http://$GRPC_ADDR" >data/rewind-proxy.log 2>&1 &
+    --coordinator "http://$GRPC_ADDR" --outbox-broker "$AMQP_URL" >data/rewind-proxy.log 2>&1 &
 pids+=($!)
 wait_port "$PROXY_ADDR" rewind-proxy
 
@@ -58,6 +64,7 @@ CREATE TABLE IF NOT EXISTS rewind_demo_bank.account (id INT PRIMARY KEY, owner V
 CREATE TABLE IF NOT EXISTS rewind_demo_shop.orders (id INT PRIMARY KEY, item VARCHAR(40), paid DECIMAL(12,2));
 REPLACE INTO rewind_demo_bank.account VALUES (1, 'alice', 100.00);
 DELETE FROM rewind_demo_shop.orders;
+DROP TABLE IF EXISTS rewind_demo_shop.invoices;
 SELECT 'bank' AS db, id, owner, balance FROM rewind_demo_bank.account;
 SQL
 
@@ -86,6 +93,10 @@ order "$xid" 2
 echo "commit:   $(api "/$xid/commit")"
 show
 echo "status:   $(curl -fsS "http://$HTTP_ADDR/api/v1/transactions/$xid")"
+
+echo "== an order and its event (local message table), and a consumer that sees it twice"
+REWIND_TEST_AMQP_URL="$AMQP_URL" target/release/examples/outbox_demo "$PROXY_ADDR" rewind_demo_shop
+sql -e "SELECT message_id, topic, status, attempts FROM rewind.outbox ORDER BY id DESC LIMIT 1"
 
 if [ "${REWIND_DEMO_ONCE:-0}" = 1 ]; then
     echo "== done"

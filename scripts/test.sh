@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite: starts what the tests need, builds every binary once,
-# then runs unit, protocol and integration tests against real MariaDB.
+# then runs unit, protocol and integration tests against real MariaDB, RabbitMQ
+# and NATS JetStream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FEATURES="rewind-proxy/failpoints rewind-coordinator/failpoints"
 scripts/ensure-mariadb.sh
+scripts/ensure-brokers.sh
 scripts/ensure-tools.sh --browser
 # Formatting and lints gate everything else.
 cargo fmt --all --check
