@@ -234,6 +234,13 @@ async fn main() {
     let clients: usize = clients.parse().expect("clients");
     let secs: u64 = secs.parse().expect("seconds");
     setup(mariadb).await;
+    // The NATS proxy relays its outbox by itself; it only has to be up.
+    Conn::new(opts(nats_proxy))
+        .await
+        .expect("the NATS proxy")
+        .disconnect()
+        .await
+        .unwrap();
     // A consumer drains RabbitMQ and notes when each event arrived.
     let mut queue = AmqpQueue::bind(&["bench.#"]).await;
     let arrivals: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();

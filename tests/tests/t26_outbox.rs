@@ -30,6 +30,11 @@ struct Rig {
 /// A coordinator, a fresh database with an `orders` table, and a proxy whose undo schema
 /// (and so outbox) is the test's own, relaying to `broker` with `outbox` settings.
 async fn rig(name: &str, broker: &str, outbox: &str) -> Rig {
+    rig_with(name, broker, "", outbox).await
+}
+
+/// [`rig`] with top-level config keys `top` as well.
+async fn rig_with(name: &str, broker: &str, top: &str, outbox: &str) -> Rig {
     let dir = TempDir::new(&format!("outbox-{name}"));
     let coord = Coordinator::start(&dir, &[]).await;
     let schema = format!("rwt_ob_{name}");
@@ -49,7 +54,9 @@ async fn rig(name: &str, broker: &str, outbox: &str) -> Rig {
     let cfg = dir.0.join("proxy.toml");
     std::fs::write(
         &cfg,
-        format!("undo_schema = \"{schema}\"\n[outbox]\nbroker = \"{broker}\"\n{outbox}\n"),
+        format!(
+            "undo_schema = \"{schema}\"\n{top}\n[outbox]\nbroker = \"{broker}\"\n{outbox}\n"
+        ),
     )
     .unwrap();
     let cfg = cfg.to_string_lossy().into_owned();
@@ -206,7 +213,13 @@ async fn t26_a_commit_publishes_at_once_a_rollback_never() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t26_rows_written_straight_to_the_database_are_swept_in_key_order() {
-    let rig = rig("sweep", &amqp_url(), "sweep_interval_ms = 200\nbatch = 7").await;
+    let rig = rig_with(
+        "sweep",
+        &amqp_url(),
+        "undo_housekeeping_secs = 1",
+        "sweep_interval_ms = 200\nbatch = 7\nretention_secs = 3",
+    )
+    .await;
     let mut q = AmqpQueue::bind(&["t26.sweep.#"]).await;
     let mut d = direct(&rig.db).await;
     d.query_drop("BEGIN").await.unwrap();
@@ -241,6 +254,18 @@ async fn t26_rows_written_straight_to_the_database_are_swept_in_key_order() {
         rig.count("PUBLISHED").await == 40
     })
     .await;
+    // Published rows go after their retention (3 s here); nothing else is touched.
+    d.query_drop(format!(
+        "INSERT INTO {}.outbox (topic, payload, status) VALUES ('t26.sweep.dead', 'x', 'DEAD')",
+        rig.schema
+    ))
+    .await
+    .unwrap();
+    eventually("published rows expire", Duration::from_secs(15), || async {
+        rig.count("PUBLISHED").await == 0
+    })
+    .await;
+    assert_eq!(rig.count("DEAD").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
