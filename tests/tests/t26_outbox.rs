@@ -54,9 +54,7 @@ async fn rig_with(name: &str, broker: &str, top: &str, outbox: &str) -> Rig {
     let cfg = dir.0.join("proxy.toml");
     std::fs::write(
         &cfg,
-        format!(
-            "undo_schema = \"{schema}\"\n{top}\n[outbox]\nbroker = \"{broker}\"\n{outbox}\n"
-        ),
+        format!("undo_schema = \"{schema}\"\n{top}\n[outbox]\nbroker = \"{broker}\"\n{outbox}\n"),
     )
     .unwrap();
     let cfg = cfg.to_string_lossy().into_owned();

@@ -80,7 +80,7 @@ pub async fn run(shared: Arc<Shared>, pool: Pool, shutdown: CancellationToken) {
                     let pause = crate::coordinator::backoff(failures)
                         .max(Duration::from_millis(100))
                         .min(Duration::from_secs(5));
-                    if failures == 1 || failures % 20 == 0 {
+                    if failures == 1 || failures.is_multiple_of(20) {
                         warn!(error = %e, attempt = failures, "outbox relay failed; retrying");
                     }
                     shared.outbox.note_error(Some(e));
