@@ -173,10 +173,14 @@ async fn setup(mariadb: &str) {
         format!("CREATE TABLE {DB}.orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, item VARCHAR(40), amount INT)"),
         format!("CREATE TABLE {DB}.ledger (id BIGINT AUTO_INCREMENT PRIMARY KEY, msg VARCHAR(64), amount INT)"),
         format!("CREATE TABLE {DB}.total (id INT PRIMARY KEY, n BIGINT NOT NULL)"),
-        format!("INSERT INTO {DB}.total SELECT seq, 0 FROM seq_0_to_15"),
+        format!("INSERT INTO {DB}.total SELECT seq, 0 FROM test.seq_0_to_15"),
         "DELETE FROM rwb_ob_amqp.outbox".to_string(),
         "DELETE FROM rwb_ob_nats.outbox".to_string(),
         "DELETE FROM rwb_ob_amqp.barrier".to_string(),
+        // The same table with no relay reading it: what the row itself costs.
+        "DROP DATABASE IF EXISTS rwb_ob_idle".to_string(),
+        "CREATE DATABASE rwb_ob_idle".to_string(),
+        "CREATE TABLE rwb_ob_idle.outbox LIKE rwb_ob_amqp.outbox".to_string(),
     ] {
         c.query_drop(&s).await.unwrap_or_else(|e| panic!("{s}: {e}"));
     }
@@ -255,66 +259,78 @@ async fn main() {
     };
     let js = JetStream::create("RWB_OUTBOX", &["bench.>"]).await;
 
-    println!("== 1. a local transaction without and with an outbox insert ({clients} clients, {secs} s each)");
-    let direct = run(mariadb, Tx::Order, "rwb_ob_amqp", clients, secs).await;
-    show("direct MariaDB, order", &direct);
-    let direct_ev = run(mariadb, Tx::OrderWithEvent, "rwb_ob_amqp", clients, secs).await;
-    show("direct MariaDB, order + outbox row", &direct_ev);
-    let plain = run(amqp_proxy, Tx::Order, "rwb_ob_amqp", clients, secs).await;
-    show("proxy, order", &plain);
-    let with = run(amqp_proxy, Tx::OrderWithEvent, "rwb_ob_amqp", clients, secs).await;
-    show("proxy, order + outbox row (relayed)", &with);
-    println!(
-        "ratio with/without outbox row: proxy {:.3}, direct {:.3} (goal >= 0.9)",
+    // BENCH_PHASES=1,3 runs only those phases (all by default).
+    let phases = std::env::var("BENCH_PHASES").unwrap_or_else(|_| "1,2,3,4".into());
+    let phase = |n: &str| phases.split(',').any(|p| p.trim() == n);
+    if phase("1") {
+        println!("== 1. a local transaction without and with an outbox insert ({clients} clients, {secs} s each)");
+        let direct = run(mariadb, Tx::Order, "rwb_ob_amqp", clients, secs).await;
+        show("direct MariaDB, order", &direct);
+        let idle = run(mariadb, Tx::OrderWithEvent, "rwb_ob_idle", clients, secs).await;
+        show("direct MariaDB, order + row, no relay", &idle);
+        let direct_ev = run(mariadb, Tx::OrderWithEvent, "rwb_ob_amqp", clients, secs).await;
+        show("direct MariaDB, order + outbox row", &direct_ev);
+        let direct_nats = run(mariadb, Tx::OrderWithEvent, "rwb_ob_nats", clients, secs).await;
+        show("direct MariaDB, order + row, NATS relay", &direct_nats);
+        let plain = run(amqp_proxy, Tx::Order, "rwb_ob_amqp", clients, secs).await;
+        show("proxy, order", &plain);
+        let with = run(amqp_proxy, Tx::OrderWithEvent, "rwb_ob_amqp", clients, secs).await;
+        show("proxy, order + outbox row (relayed)", &with);
+        println!(
+        "ratio with/without outbox row: proxy {:.3}, direct {:.3}, direct without a relay {:.3} (goal >= 0.9)",
         with.rate() / plain.rate(),
-        direct_ev.rate() / direct.rate()
+        direct_ev.rate() / direct.rate(),
+        idle.rate() / direct.rate()
     );
-    let start = Instant::now();
-    while backlog(mariadb, "rwb_ob_amqp").await > 0 && start.elapsed() < Duration::from_secs(120) {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    println!(
-        "(relay caught up {:.1} s after the load)",
-        start.elapsed().as_secs_f64()
-    );
-
-    println!("== 2. commit -> delivery latency (one client, an order + event every 10 ms)");
-    let mut c = Conn::new(opts(amqp_proxy)).await.expect("proxy");
-    let mut committed = Vec::new();
-    for i in 0..500 {
-        let tag = format!("lat-{i}");
-        c.query_drop("BEGIN").await.unwrap();
-        c.exec_drop(
-            "INSERT INTO orders (item, amount) VALUES (?, ?)",
-            ("pen", 2),
-        )
-        .await
-        .unwrap();
-        c.exec_drop(
-            "INSERT INTO rwb_ob_amqp.outbox (topic, payload) VALUES ('bench.latency', ?)",
-            (&tag,),
-        )
-        .await
-        .unwrap();
-        c.query_drop("COMMIT").await.unwrap();
-        committed.push((tag, Instant::now()));
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    c.disconnect().await.unwrap();
-    let start = Instant::now();
-    let mut lat = loop {
-        let got = arrivals.lock().unwrap().clone();
-        let l: Vec<Duration> = committed
-            .iter()
-            .filter_map(|(t, at)| got.get(t).map(|a| a.saturating_duration_since(*at)))
-            .collect();
-        if l.len() == committed.len() || start.elapsed() > Duration::from_secs(30) {
-            break l;
+        let start = Instant::now();
+        while backlog(mariadb, "rwb_ob_amqp").await > 0
+            && start.elapsed() < Duration::from_secs(120)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    lat.sort();
-    println!(
+        println!(
+            "(relay caught up {:.1} s after the load)",
+            start.elapsed().as_secs_f64()
+        );
+    }
+    if phase("2") {
+        println!("== 2. commit -> delivery latency (one client, an order + event every 10 ms)");
+        let mut c = Conn::new(opts(amqp_proxy)).await.expect("proxy");
+        let mut committed = Vec::new();
+        for i in 0..500 {
+            let tag = format!("lat-{i}");
+            c.query_drop("BEGIN").await.unwrap();
+            c.exec_drop(
+                "INSERT INTO orders (item, amount) VALUES (?, ?)",
+                ("pen", 2),
+            )
+            .await
+            .unwrap();
+            c.exec_drop(
+                "INSERT INTO rwb_ob_amqp.outbox (topic, payload) VALUES ('bench.latency', ?)",
+                (&tag,),
+            )
+            .await
+            .unwrap();
+            c.query_drop("COMMIT").await.unwrap();
+            committed.push((tag, Instant::now()));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        c.disconnect().await.unwrap();
+        let start = Instant::now();
+        let mut lat = loop {
+            let got = arrivals.lock().unwrap().clone();
+            let l: Vec<Duration> = committed
+                .iter()
+                .filter_map(|(t, at)| got.get(t).map(|a| a.saturating_duration_since(*at)))
+                .collect();
+            if l.len() == committed.len() || start.elapsed() > Duration::from_secs(30) {
+                break l;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        lat.sort();
+        println!(
         "commit OK -> consumer receipt: {} of {} arrived, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms (goal p99 < 50 ms)",
         lat.len(),
         committed.len(),
@@ -322,32 +338,35 @@ async fn main() {
         pct(&lat, 0.99),
         pct(&lat, 1.0)
     );
-
-    println!("== 3. relay throughput (20,000 rows written straight to the outbox, 64 keys)");
-    let (rate, t) = relay_throughput(mariadb, "rwb_ob_amqp", "bench.bulk", 20_000).await;
-    println!("RabbitMQ (publisher confirms, persistent): {rate:>8.0} msg/s ({t:.1} s)");
-    let (rate, t) = relay_throughput(mariadb, "rwb_ob_nats", "bench.bulk", 20_000).await;
-    println!("NATS JetStream (publish acks):             {rate:>8.0} msg/s ({t:.1} s)");
-    println!("(JetStream stream holds {} messages)", js.count().await);
-
-    println!(
-        "== 4. the barrier's cost on a consumer transaction ({clients} clients, {secs} s each)"
-    );
-    let plain = run(amqp_proxy, Tx::Consume, "rwb_ob_amqp", clients, secs).await;
-    show("proxy, consumer transaction", &plain);
-    let barrier = run(
-        amqp_proxy,
-        Tx::ConsumeWithBarrier,
-        "rwb_ob_amqp",
-        clients,
-        secs,
-    )
-    .await;
-    show("proxy, consumer transaction + BARRIER", &barrier);
-    println!(
-        "ratio with/without barrier: {:.3} (goal >= 0.9, i.e. cost <= 10 %)",
-        barrier.rate() / plain.rate()
-    );
+    }
+    if phase("3") {
+        println!("== 3. relay throughput (20,000 rows written straight to the outbox, 64 keys)");
+        let (rate, t) = relay_throughput(mariadb, "rwb_ob_amqp", "bench.bulk", 20_000).await;
+        println!("RabbitMQ (publisher confirms, persistent): {rate:>8.0} msg/s ({t:.1} s)");
+        let (rate, t) = relay_throughput(mariadb, "rwb_ob_nats", "bench.bulk", 20_000).await;
+        println!("NATS JetStream (publish acks):             {rate:>8.0} msg/s ({t:.1} s)");
+        println!("(JetStream stream holds {} messages)", js.count().await);
+    }
+    if phase("4") {
+        println!(
+            "== 4. the barrier's cost on a consumer transaction ({clients} clients, {secs} s each)"
+        );
+        let plain = run(amqp_proxy, Tx::Consume, "rwb_ob_amqp", clients, secs).await;
+        show("proxy, consumer transaction", &plain);
+        let barrier = run(
+            amqp_proxy,
+            Tx::ConsumeWithBarrier,
+            "rwb_ob_amqp",
+            clients,
+            secs,
+        )
+        .await;
+        show("proxy, consumer transaction + BARRIER", &barrier);
+        println!(
+            "ratio with/without barrier: {:.3} (goal >= 0.9, i.e. cost <= 10 %)",
+            barrier.rate() / plain.rate()
+        );
+    }
     consumer.abort();
     js.delete().await;
 }

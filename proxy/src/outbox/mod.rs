@@ -84,7 +84,6 @@ impl OutboxTable {
              PRIMARY KEY (id), \
              UNIQUE KEY uk_message_id (message_id), \
              KEY idx_status (status, id), \
-             KEY idx_published (status, published_at), \
              CONSTRAINT outbox_topic CHECK (topic <> ''), \
              CONSTRAINT outbox_headers CHECK (headers IS NULL OR \
                (JSON_VALID(headers) AND JSON_TYPE(headers) = 'OBJECT'))\
@@ -138,11 +137,13 @@ impl OutboxTable {
         )
     }
 
-    /// Params: retention in seconds. At most 5,000 rows per statement.
+    /// Params: retention in seconds. At most 5,000 rows per statement, oldest first: rows
+    /// are published roughly in id order, so the scan of `idx_status`'s PUBLISHED range
+    /// stops early (one index fewer for every insert and mark to maintain).
     pub fn expire(&self) -> String {
         format!(
             "DELETE FROM {} WHERE status = 'PUBLISHED' \
-             AND published_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND LIMIT 5000",
+             AND published_at < UTC_TIMESTAMP(6) - INTERVAL ? SECOND ORDER BY id LIMIT 5000",
             self.table
         )
     }
