@@ -142,6 +142,47 @@ async fn t25_duplicates_are_refused_and_apply_nothing() {
     ))
     .await
     .unwrap();
+    // A query behind a barrier inside the client's transaction streams its rows (the
+    // proxy sends the barrier insert and the query in one round trip), and a statement
+    // that fails behind a fresh barrier reports its own error and keeps the barrier row
+    // in the transaction, for the client's ROLLBACK to remove.
+    c.query_drop("BEGIN").await.unwrap();
+    let n: Vec<i64> = c
+        .query(format!(
+            "/*+ BARRIER('{db}-reader', 'm-select') */ SELECT n FROM total"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(n, vec![116]);
+    c.query_drop("COMMIT").await.unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    let (code, _, _) = server_error(
+        c.query(format!(
+            "/*+ BARRIER('{db}-reader', 'm-select') */ SELECT n FROM total"
+        ))
+        .await
+        .map(|_: Vec<i64>| ()),
+    )
+    .unwrap();
+    assert_eq!(code, 1062);
+    c.query_drop("BEGIN").await.unwrap();
+    let (code, _, _) = server_error(
+        c.query_drop(format!(
+            "/*+ BARRIER('{db}-reader', 'm-bad') */ UPDATE no_such_table SET n = 1"
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(code, 1146);
+    assert_eq!(one(&mut c, "SELECT @@in_transaction").await, 1);
+    c.query_drop("ROLLBACK").await.unwrap();
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ BARRIER('{db}-reader', 'm-bad') */ UPDATE total SET n = n"
+    ))
+    .await
+    .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
     // Malformed hints and a barrier inside a global transaction are refused.
     let (code, _, _) = server_error(
         c.query_drop("/*+ BARRIER('only-one') */ UPDATE total SET n = 0")

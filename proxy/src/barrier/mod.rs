@@ -102,6 +102,19 @@ impl BarrierTable {
         )
     }
 
+    /// The insert with its values inline, for a multi-statement query: hex literals, so no
+    /// quoting or SQL mode can change them.
+    pub fn insert_literal(&self, consumer: &str, message_id: &str) -> String {
+        let hex = |s: &str| s.bytes().map(|b| format!("{b:02X}")).collect::<String>();
+        format!(
+            "INSERT INTO {} (consumer, message_id, created) VALUES \
+             (_utf8mb4 X'{}', _utf8mb4 X'{}', UTC_TIMESTAMP(6))",
+            self.table,
+            hex(consumer),
+            hex(message_id)
+        )
+    }
+
     /// How many pairs are remembered.
     pub fn count(&self) -> String {
         format!("SELECT COUNT(*) FROM {}", self.table)

@@ -12,6 +12,15 @@ use crate::session::{Session, Stmt};
 use crate::stacked;
 use crate::wire;
 
+/// How a pipelined barrier insert and statement went.
+enum Pipelined {
+    /// The insert went in; the statement's outcome (relayed, or its error).
+    Ran(Result<(), ProxyError>),
+    Duplicate,
+    /// The insert was a deadlock victim (the transaction is rolled back).
+    Deadlock(ProxyError),
+}
+
 /// How often a barrier insert chosen as a deadlock victim is retried. Each retry waits
 /// behind the transaction that holds the pair, so a handful is plenty.
 const DEADLOCK_RETRIES: u32 = 8;
@@ -50,6 +59,20 @@ impl Session {
         let fresh = implicit || self.fresh_tx;
         self.fresh_tx = false;
         let mut attempt = 0;
+        if let (Stmt::Text(sql), false) = (&stmt, implicit) {
+            // Inside the client's transaction, a text statement goes in the same round
+            // trip as its barrier insert: one multi-statement query, which the server
+            // stops at the insert if it fails, so the statement never runs behind a
+            // refused barrier.
+            match self.pipelined(&barrier, sql).await {
+                Pipelined::Ran(r) => return r,
+                Pipelined::Duplicate => return Err(self.duplicate(barrier).await?),
+                // The insert was a deadlock victim: InnoDB rolled the (fresh) transaction
+                // back; retried below, one statement at a time.
+                Pipelined::Deadlock(_) if fresh => attempt = 1,
+                Pipelined::Deadlock(e) => return Err(e),
+            }
+        }
         loop {
             if implicit || attempt > 0 {
                 self.conn.query_drop("START TRANSACTION").await?;
@@ -77,13 +100,7 @@ impl Session {
                     attempt += 1;
                 }
                 Err(mysql_async::Error::Server(e)) if e.code == 1062 => {
-                    self.end_transaction("ROLLBACK").await?;
-                    let o = &self.shared.outbox;
-                    o.count(&o.barrier_duplicates, 1);
-                    return Err(ProxyError::DuplicateMessage {
-                        consumer: barrier.consumer,
-                        message_id: barrier.message_id,
-                    });
+                    return Err(self.duplicate(barrier).await?);
                 }
                 // A deadlock among duplicates waiting on a first attempt that rolled back:
                 // InnoDB rolled this transaction back, and it held nothing but the barrier
@@ -140,6 +157,46 @@ impl Session {
                 Err(e.into())
             }
         }
+    }
+
+    /// A duplicate: the local transaction is rolled back and the client told.
+    async fn duplicate(&mut self, barrier: Barrier) -> Result<ProxyError, ProxyError> {
+        self.end_transaction("ROLLBACK").await?;
+        let o = &self.shared.outbox;
+        o.count(&o.barrier_duplicates, 1);
+        Ok(ProxyError::DuplicateMessage {
+            consumer: barrier.consumer,
+            message_id: barrier.message_id,
+        })
+    }
+
+    /// The barrier insert and the client's text statement in one query; the statement's
+    /// results are relayed as if it had been sent alone.
+    async fn pipelined(&mut self, barrier: &Barrier, sql: &[u8]) -> Pipelined {
+        let mut query = self
+            .shared
+            .barrier
+            .insert_literal(&barrier.consumer, &barrier.message_id)
+            .into_bytes();
+        query.extend_from_slice(b";\n");
+        query.extend_from_slice(sql);
+        match self.conn.query_iter(query).await {
+            Ok(r) => drop(r),
+            Err(mysql_async::Error::Server(e)) if e.code == 1062 => return Pipelined::Duplicate,
+            Err(mysql_async::Error::Server(e)) if e.code == 1213 => {
+                return Pipelined::Deadlock(mysql_async::Error::Server(e).into())
+            }
+            Err(e) => return Pipelined::Ran(Err(e.into())),
+        }
+        // The insert's OK is the proxy's; the statement's results are the client's.
+        let next = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut self.conn)
+            .next()
+            .await;
+        if let Err(e) = next {
+            self.status = wire::Ok::from_backend(&self.conn).status;
+            return Pipelined::Ran(Err(e.into()));
+        }
+        Pipelined::Ran(self.relay::<mysql_async::TextProtocol>(false).await)
     }
 
     /// Ends the proxy's (or the client's) transaction and takes the status flags it left.
