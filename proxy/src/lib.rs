@@ -118,6 +118,10 @@ pub struct Shared {
     pub pools: [mysql_async::Pool; 2],
     /// Version string in our handshake: the backend's, when it could be read at start.
     pub server_version: String,
+    /// The backend's global `wait_timeout` and `interactive_timeout` (seconds), when they
+    /// could be read at start: a client idle that long is disconnected, as the server
+    /// would (see `session::Session::idle_limit`).
+    pub idle_timeouts: std::sync::Mutex<Option<(u64, u64)>>,
     /// Collation id → (charset, collation) names, learnt from the backend on first use, so
     /// a client connecting with a non-default charset costs one `SET NAMES`, not a lookup.
     pub collations: std::sync::Mutex<std::collections::HashMap<u8, (String, String)>>,
@@ -149,7 +153,7 @@ pub async fn run(
         .validate()
         .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
     let pools = [pool(&config, false)?, pool(&config, true)?];
-    let server_version = backend_version(&pools[0]).await;
+    let (server_version, idle_timeouts) = backend_version(&pools[0]).await;
     let coordinator = coordinator::Coordinators::new(
         &config.coordinator,
         Duration::from_millis(config.coordinator_timeout_ms),
@@ -160,6 +164,7 @@ pub async fn run(
         logins: config.logins(),
         pools,
         server_version,
+        idle_timeouts: std::sync::Mutex::new(idle_timeouts),
         coordinator: Arc::new(coordinator),
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
@@ -265,15 +270,25 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
 /// The backend's own version string, as its handshake would show it (MariaDB 10+ prefixes
 /// "5.5.5-" so that MySQL drivers do not take it for MySQL 10), so drivers that pick
 /// features by version (Connector/J, PDO) behave as they would direct.
-async fn backend_version(pool: &mysql_async::Pool) -> String {
+///
+/// Also the backend's idle timeouts (global `wait_timeout`, `interactive_timeout`).
+async fn backend_version(pool: &mysql_async::Pool) -> (String, Option<(u64, u64)>) {
     let read = async {
         let mut conn = pool.get_conn().await?;
-        let v: Option<String> = conn.query_first("SELECT VERSION()").await?;
-        Ok::<_, mysql_async::Error>((conn.server_version(), v.unwrap_or_default()))
+        let v: Option<(String, u64, u64)> = conn
+            .query_first("SELECT VERSION(), @@global.wait_timeout, @@global.interactive_timeout")
+            .await?;
+        Ok::<_, mysql_async::Error>((conn.server_version(), v))
     };
     match tokio::time::timeout(Duration::from_secs(3), read).await {
-        Ok(Ok(((major, _, _), v))) if v.contains("MariaDB") && major >= 10 => format!("5.5.5-{v}"),
-        Ok(Ok((_, v))) if !v.is_empty() => v,
-        _ => "8.0.35-rewind".to_string(),
+        Ok(Ok(((major, _, _), Some((v, wait, interactive))))) => {
+            let v = if v.contains("MariaDB") && major >= 10 {
+                format!("5.5.5-{v}")
+            } else {
+                v
+            };
+            (v, Some((wait, interactive)))
+        }
+        _ => ("8.0.35-rewind".to_string(), None),
     }
 }

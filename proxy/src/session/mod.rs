@@ -100,6 +100,11 @@ pub(crate) struct Session {
     /// next one ends (COMMIT, or the statement itself in autocommit), the relay is kicked,
     /// so committed messages leave at once instead of at the next sweep.
     pub(crate) outbox_written: bool,
+    /// The session's `wait_timeout`: a client idle between commands for longer is
+    /// disconnected, as the backend would disconnect it (and will, on the backend
+    /// connection: the proxy ends the client's connection at the same moment, so the
+    /// client's driver sees a closed socket, not an error on its next command).
+    pub(crate) idle_limit: Option<Duration>,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -178,6 +183,7 @@ pub async fn serve(
         hide_in_trans: false,
         fresh_tx: false,
         outbox_written: false,
+        idle_limit: None,
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -240,12 +246,51 @@ impl Session {
             self.conn.query_drop(use_statement(db)).await?;
         }
         self.db = Some(db.map(|d| String::from_utf8_lossy(d).into_owned()));
+        self.idle_limit = None;
+        let timeouts = self.shared.idle_timeouts.lock().ok().and_then(|t| *t);
+        if let Some((wait, interactive)) = timeouts {
+            let secs = if self.caps.contains(CapabilityFlags::CLIENT_INTERACTIVE) {
+                // The server gives an interactive client interactive_timeout as its
+                // wait_timeout; the backend connection is not interactive, so say it.
+                if interactive != wait {
+                    self.conn
+                        .query_drop(format!("SET SESSION wait_timeout = {interactive}"))
+                        .await?;
+                }
+                interactive
+            } else {
+                wait
+            };
+            self.idle_limit = Some(Duration::from_secs(secs));
+        }
         Ok(())
+    }
+
+    /// Reads the session's `wait_timeout` again after a statement that may have set it
+    /// (and the globals, which a `SET GLOBAL` may have changed for later sessions).
+    async fn reread_idle_limit(&mut self) {
+        if self.idle_limit.is_none() || self.conn.is_disconnected() {
+            return;
+        }
+        let read: Result<Option<(u64, u64, u64)>, _> = self
+            .conn
+            .query_first(
+                "SELECT @@session.wait_timeout, @@global.wait_timeout, \
+                 @@global.interactive_timeout",
+            )
+            .await;
+        if let Ok(Some((secs, wait, interactive))) = read {
+            self.idle_limit = Some(Duration::from_secs(secs));
+            if let Ok(mut t) = self.shared.idle_timeouts.lock() {
+                *t = Some((wait, interactive));
+            }
+        }
     }
 
     async fn run(&mut self, shutdown: CancellationToken) {
         loop {
             self.ps.seq = 0;
+            let idle = self.idle_limit.unwrap_or(Duration::MAX);
             let pkt = tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => {
@@ -253,6 +298,11 @@ impl Session {
                     return;
                 }
                 r = self.ps.read_packet() => r,
+                _ = tokio::time::sleep(idle), if self.idle_limit.is_some() => {
+                    // wait_timeout: the server closes such a connection without a word.
+                    debug!(secs = idle.as_secs(), "client idle past wait_timeout; closing");
+                    return;
+                }
             };
             let pkt = match pkt {
                 Ok(Some(p)) => p,
@@ -274,7 +324,22 @@ impl Session {
             if cmd == COM_QUIT {
                 return;
             }
+            let timeout_set = match cmd {
+                COM_QUERY => mentions_wait_timeout(body),
+                COM_STMT_EXECUTE => Cursor::new(body).u32().ok().is_some_and(|id| {
+                    self.stmts.get(&id).is_some_and(|p| {
+                        p.sql
+                            .as_deref()
+                            .is_some_and(|q| mentions_wait_timeout(q.as_bytes()))
+                    })
+                }),
+                COM_RESET_CONNECTION => true,
+                _ => false,
+            };
             let result = self.command(cmd, body).await;
+            if timeout_set {
+                self.reread_idle_limit().await;
+            }
             if self.outbox_written && self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() == 0
             {
                 self.outbox_written = false;
@@ -282,7 +347,14 @@ impl Session {
             }
             if let Err(e) = result {
                 debug!(error = %e, "command failed");
-                if !matches!(e, ProxyError::ClientIo(_)) {
+                // The backend ended the session (KILL, restart, failover): end the client's
+                // connection the way the server would, with no packet, so its driver
+                // treats the connection as broken rather than a statement as failed.
+                let backend_gone =
+                    matches!(e, ProxyError::BackendUnavailable(_)) && self.conn.is_disconnected();
+                if backend_gone {
+                    info!(error = %e, "backend connection lost; closing the client's");
+                } else if !matches!(e, ProxyError::ClientIo(_)) {
                     self.ps.push(&wire::err_packet(&e));
                 }
                 if e.is_fatal() || self.conn.is_disconnected() {
@@ -707,6 +779,12 @@ impl Session {
             self.ps.push(&wire::eof_packet(self.caps, status, warnings));
         }
     }
+}
+
+/// Whether a statement may change the session's `wait_timeout` (by name, any case).
+fn mentions_wait_timeout(sql: &[u8]) -> bool {
+    sql.windows(12)
+        .any(|w| w.eq_ignore_ascii_case(b"wait_timeout"))
 }
 
 /// The start of the refused text, as MySQL quotes it in syntax errors.

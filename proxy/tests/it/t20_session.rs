@@ -205,3 +205,71 @@ async fn found_rows_flag_reaches_the_backend() {
     }
     proxy.stop().await;
 }
+
+/// What a client sees of an idle session after `wait_timeout`: `Err(true)` a server
+/// error packet, `Err(false)` a closed connection, `Ok` an answer.
+async fn after_idle(mut c: Conn, timeout: u64, idle: Duration) -> Result<(), bool> {
+    c.query_drop(format!("SET @@SESSION.wait_timeout = {timeout}"))
+        .await
+        .unwrap();
+    tokio::time::sleep(idle).await;
+    match c.query_drop("SELECT 1").await {
+        Ok(()) => Ok(()),
+        Err(mysql_async::Error::Server(_)) => Err(true),
+        Err(_) => Err(false),
+    }
+}
+
+/// A backend that ends an idle session ends the client's connection through the proxy as
+/// it would directly (a closed socket, which drivers and their pools recognise), not with
+/// an error packet on a connection left open; a session that keeps talking stays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wait_timeout_closes_the_client_connection_as_directly() {
+    let proxy = Proxy::start().await;
+    let idle = Duration::from_millis(3500);
+    let (direct_seen, proxied) = tokio::join!(
+        after_idle(direct("test").await, 2, idle),
+        after_idle(proxy.conn("test").await, 2, idle)
+    );
+    assert_eq!(direct_seen, Err(false), "MariaDB closes the connection");
+    assert_eq!(proxied, direct_seen);
+    // Set by a prepared statement, read back the same way; an active session stays open.
+    let mut c = proxy.conn("test").await;
+    c.exec_drop("SET @@SESSION.wait_timeout = ?", (2,))
+        .await
+        .unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        c.query_drop("SELECT 1").await.unwrap();
+    }
+    let v: Option<u64> = c.query_first("SELECT @@wait_timeout").await.unwrap();
+    assert_eq!(v, Some(2));
+    tokio::time::sleep(idle).await;
+    assert!(c.query_drop("SELECT 1").await.is_err());
+    proxy.stop().await;
+}
+
+/// After the backend session is killed, the next command finds the client's connection
+/// closed, through the proxy as directly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_backend_session_closes_the_client_connection_as_directly() {
+    let proxy = Proxy::start().await;
+    let mut killer = direct("test").await;
+    let mut seen = Vec::new();
+    for mut c in [direct("test").await, proxy.conn("test").await] {
+        let id: Option<u64> = c.query_first("SELECT CONNECTION_ID()").await.unwrap();
+        killer
+            .query_drop(format!("KILL CONNECTION {}", id.unwrap()))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        seen.push(match c.query_drop("SELECT 1").await {
+            Ok(()) => "answered".to_string(),
+            Err(mysql_async::Error::Server(e)) => format!("server error {}", e.code),
+            Err(_) => "connection closed".to_string(),
+        });
+    }
+    assert_eq!(seen[0], "connection closed", "MariaDB");
+    assert_eq!(seen[1], seen[0], "through the proxy");
+    proxy.stop().await;
+}
