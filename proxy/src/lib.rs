@@ -122,6 +122,9 @@ pub struct Shared {
     /// could be read at start: a client idle that long is disconnected, as the server
     /// would (see `session::Session::idle_limit`).
     pub idle_timeouts: std::sync::Mutex<Option<(u64, u64)>>,
+    /// The backend's `max_allowed_packet`, when it could be read at start: the longest
+    /// long-data parameter it accepts.
+    pub max_allowed_packet: Option<usize>,
     /// Collation id → (charset, collation) names, learnt from the backend on first use, so
     /// a client connecting with a non-default charset costs one `SET NAMES`, not a lookup.
     pub collations: std::sync::Mutex<std::collections::HashMap<u8, (String, String)>>,
@@ -153,7 +156,11 @@ pub async fn run(
         .validate()
         .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
     let pools = [pool(&config, false)?, pool(&config, true)?];
-    let (server_version, idle_timeouts) = backend_version(&pools[0]).await;
+    let (server_version, settings) = backend_version(&pools[0]).await;
+    let (idle_timeouts, max_allowed_packet) = match settings {
+        Some((wait, interactive, max)) => (Some((wait, interactive)), Some(max)),
+        None => (None, None),
+    };
     let coordinator = coordinator::Coordinators::new(
         &config.coordinator,
         Duration::from_millis(config.coordinator_timeout_ms),
@@ -165,6 +172,7 @@ pub async fn run(
         pools,
         server_version,
         idle_timeouts: std::sync::Mutex::new(idle_timeouts),
+        max_allowed_packet,
         coordinator: Arc::new(coordinator),
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
@@ -271,23 +279,27 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
 /// "5.5.5-" so that MySQL drivers do not take it for MySQL 10), so drivers that pick
 /// features by version (Connector/J, PDO) behave as they would direct.
 ///
-/// Also the backend's idle timeouts (global `wait_timeout`, `interactive_timeout`).
-async fn backend_version(pool: &mysql_async::Pool) -> (String, Option<(u64, u64)>) {
+/// Also the backend's idle timeouts (global `wait_timeout`, `interactive_timeout`) and
+/// `max_allowed_packet`.
+async fn backend_version(pool: &mysql_async::Pool) -> (String, Option<(u64, u64, usize)>) {
     let read = async {
         let mut conn = pool.get_conn().await?;
-        let v: Option<(String, u64, u64)> = conn
-            .query_first("SELECT VERSION(), @@global.wait_timeout, @@global.interactive_timeout")
+        let v: Option<(String, u64, u64, usize)> = conn
+            .query_first(
+                "SELECT VERSION(), @@global.wait_timeout, @@global.interactive_timeout, \
+                 @@global.max_allowed_packet",
+            )
             .await?;
         Ok::<_, mysql_async::Error>((conn.server_version(), v))
     };
     match tokio::time::timeout(Duration::from_secs(3), read).await {
-        Ok(Ok(((major, _, _), Some((v, wait, interactive))))) => {
+        Ok(Ok(((major, _, _), Some((v, wait, interactive, max))))) => {
             let v = if v.contains("MariaDB") && major >= 10 {
                 format!("5.5.5-{v}")
             } else {
                 v
             };
-            (v, Some((wait, interactive)))
+            (v, Some((wait, interactive, max)))
         }
         _ => ("8.0.35-rewind".to_string(), None),
     }

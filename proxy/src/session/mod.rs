@@ -642,6 +642,7 @@ impl Session {
         }
         let n = p.types.len();
         let mut values = Vec::with_capacity(n);
+        let mut too_long = false;
         if n > 0 {
             let bitmap = c.take(n.div_ceil(8))?;
             if c.u8()? == 1 {
@@ -660,6 +661,13 @@ impl Session {
             for (i, &(ty, fl)) in p.types.iter().enumerate() {
                 let null = bitmap[i / 8] & (1 << (i % 8)) != 0;
                 if let Some(data) = p.long_data.remove(&(i as u16)) {
+                    if self
+                        .shared
+                        .max_allowed_packet
+                        .is_some_and(|max| data.len() > max)
+                    {
+                        too_long = true;
+                    }
                     values.push(Value::Bytes(data));
                 } else if null || ty == ColumnType::MYSQL_TYPE_NULL {
                     values.push(Value::NULL);
@@ -670,6 +678,16 @@ impl Session {
                     values.push(v.0);
                 }
             }
+        }
+        if too_long {
+            // The server's own answer; the session goes on (the parameters are consumed).
+            return Err(ProxyError::Backend {
+                code: 1105,
+                state: "HY000".into(),
+                message: "Parameter of prepared statement which is set through \
+                          mysql_send_long_data() is longer than 'max_allowed_packet' bytes"
+                    .into(),
+            });
         }
         p.long_data.clear();
         if let Some(barrier) = p.barrier.clone() {
