@@ -25,6 +25,7 @@ pub fn server_capabilities() -> CapabilityFlags {
         | C::CLIENT_IGNORE_SPACE
         | C::CLIENT_PROTOCOL_41
         | C::CLIENT_INTERACTIVE
+        | C::CLIENT_LOCAL_FILES
         | C::CLIENT_IGNORE_SIGPIPE
         | C::CLIENT_TRANSACTIONS
         | C::CLIENT_RESERVED

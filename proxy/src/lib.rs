@@ -59,7 +59,7 @@
 //! - For clients without CLIENT_DEPRECATE_EOF, the EOF after column definitions carries the
 //!   previous statement's status flags; a result set followed by more results reports 0
 //!   warnings in its terminator.
-//! - No TLS, compression or LOAD DATA LOCAL INFILE (not advertised).
+//! - No TLS or compression (not advertised).
 //! - Backend unreachable is 1429 (ER_CONNECT_TO_FOREIGN_DATA_SOURCE): opensrv's `ErrorKind`
 //!   has no client-side 2003/2013 codes.
 //! - On the AT path the proxy runs its own statements on the client's connection (image
@@ -84,6 +84,7 @@ mod coordinator;
 mod error;
 pub mod failpoint;
 mod handshake;
+mod infile;
 mod outbox;
 mod packet;
 mod session;
@@ -262,6 +263,8 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
         .stmt_cache_size(0)
         // Leave the backend's session defaults alone.
         .wait_timeout(None)
+        // LOAD DATA LOCAL INFILE: the file comes from the client (see `infile`).
+        .local_infile_handler(Some(infile::Relay))
         .prefer_socket(false)
         .pool_opts(
             mysql_async::PoolOpts::default()

@@ -572,7 +572,27 @@ impl Session {
         } else {
             None
         };
-        drop(self.conn.query_iter(sql).await?);
+        if sql.windows(6).any(|w| w.eq_ignore_ascii_case(b"INFILE")) {
+            let load = matches!(classify::classify(sql), Kind::Other(ref w) if w == "LOAD");
+            if load
+                && !self.caps.contains(CapabilityFlags::CLIENT_LOCAL_FILES)
+                && mentions_local(sql)
+            {
+                // What MariaDB answers a client that did not enable local files.
+                return Err(ProxyError::Backend {
+                    code: 4166,
+                    state: "HY000".into(),
+                    message: "The used command is not allowed because the MariaDB server or \
+                              client has disabled the local infile capability"
+                        .into(),
+                });
+            }
+            // The backend may ask for a local file (a LOAD, possibly not the first
+            // statement of the query): the client is asked in turn.
+            self.query_relaying_infile(sql).await?
+        } else {
+            drop(self.conn.query_iter(sql).await?)
+        }
         let r = self.relay::<TextProtocol>(false).await;
         drop(ticket);
         if !was_in_trans && self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0 {
@@ -799,6 +819,15 @@ impl Session {
     }
 }
 
+/// Whether a LOAD statement is `LOAD DATA|XML [LOW_PRIORITY|CONCURRENT] LOCAL INFILE`: the
+/// word LOCAL before INFILE (comments between words are not expected here).
+fn mentions_local(sql: &[u8]) -> bool {
+    sql.split(|b| !(b.is_ascii_alphanumeric() || *b == b'_'))
+        .filter(|w| !w.is_empty())
+        .take_while(|w| !w.eq_ignore_ascii_case(b"INFILE"))
+        .any(|w| w.eq_ignore_ascii_case(b"LOCAL"))
+}
+
 /// Whether a statement may change the session's `wait_timeout` (by name, any case).
 fn mentions_wait_timeout(sql: &[u8]) -> bool {
     sql.windows(12)
@@ -888,6 +917,17 @@ impl Session {
     pub(crate) fn push_ok_packet(&mut self, ok: wire::Ok) {
         self.status = ok.status & !StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
         self.ps.push(&wire::ok_packet(&ok));
+    }
+}
+
+#[cfg(test)]
+mod local_tests {
+    #[test]
+    fn local_is_the_keyword_before_infile() {
+        use super::mentions_local as m;
+        assert!(m(b"LOAD DATA LOCAL INFILE '/tmp/x' INTO TABLE t"));
+        assert!(m(b"load data low_priority local infile 'x' into table t"));
+        assert!(!m(b"LOAD DATA INFILE '/usr/local/x' INTO TABLE t"));
     }
 }
 
