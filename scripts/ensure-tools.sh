@@ -2,7 +2,8 @@
 # Installs the client tools Rewind's scripts drive when they are missing: sysbench
 # and the mariadb command-line client; with --browser also Node.js, Chromium and the
 # admin console test's npm package (playwright-core, pinned by
-# tests/console/package-lock.json). Debian/Ubuntu.
+# tests/console/package-lock.json), and Go with go-sql-driver/mysql (Debian's packages:
+# the Go driver tests run its own suite through the proxy). Debian/Ubuntu.
 #
 #   scripts/ensure-tools.sh             # demo, benchmarks
 #   scripts/ensure-tools.sh --browser   # the test suite
@@ -18,6 +19,9 @@ if [ $browser = 1 ]; then
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
     command -v chromium >/dev/null 2>&1 || [ -n "${REWIND_CHROMIUM:-}" ] || missing+=(chromium)
+    command -v go >/dev/null 2>&1 || missing+=(golang-go)
+    [ -d /usr/share/gocode/src/github.com/go-sql-driver/mysql ] ||
+        missing+=(golang-github-go-sql-driver-mysql-dev)
 fi
 if [ ${#missing[@]} -gt 0 ]; then
     if ! command -v apt-get >/dev/null 2>&1; then

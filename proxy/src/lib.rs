@@ -265,6 +265,10 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
         .wait_timeout(None)
         // LOAD DATA LOCAL INFILE: the file comes from the client (see `infile`).
         .local_infile_handler(Some(infile::Relay))
+        // Read whatever the backend sends, as client libraries do: a row may be larger
+        // than max_allowed_packet (a LONGBLOB of exactly that size is); what the backend
+        // accepts is for it to say (its own error 1153).
+        .max_allowed_packet(Some(1 << 30))
         .prefer_socket(false)
         .pool_opts(
             mysql_async::PoolOpts::default()

@@ -44,6 +44,9 @@ const COM_RESET_CONNECTION: u8 = 0x1f;
 const MYSQL_OPTION_MULTI_STATEMENTS_ON: u16 = 0;
 const MYSQL_OPTION_MULTI_STATEMENTS_OFF: u16 = 1;
 
+/// How often an idle session checks that its backend connection is still there.
+const IDLE_CHECK: Duration = Duration::from_secs(1);
+
 /// Largest client packet accepted (MySQL's max_allowed_packet upper bound is 1 GB; 64 MB
 /// keeps one session's worst case bounded).
 const MAX_CLIENT_PACKET: usize = 64 * 1024 * 1024;
@@ -290,18 +293,44 @@ impl Session {
     async fn run(&mut self, shutdown: CancellationToken) {
         loop {
             self.ps.seq = 0;
-            let idle = self.idle_limit.unwrap_or(Duration::MAX);
-            let pkt = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    // Idle between commands: a running statement is never cut here.
-                    return;
-                }
-                r = self.ps.read_packet() => r,
-                _ = tokio::time::sleep(idle), if self.idle_limit.is_some() => {
-                    // wait_timeout: the server closes such a connection without a word.
-                    debug!(secs = idle.as_secs(), "client idle past wait_timeout; closing");
-                    return;
+            // Waiting for the next command, without ever cancelling a read in progress.
+            // Meanwhile: past wait_timeout the client is disconnected, as the server would
+            // disconnect it; and every IDLE_CHECK the backend connection is pinged, so a
+            // backend session ended by KILL, a restart or a failover ends the client's
+            // connection now, while its driver can still tell (a pool checks a connection
+            // before reusing it), rather than failing its next statement.
+            let started = tokio::time::Instant::now();
+            let deadline = self.idle_limit.map(|l| started + l);
+            let pkt = {
+                let conn = &mut self.conn;
+                let read = self.ps.read_packet();
+                tokio::pin!(read);
+                let mut next_check = started + IDLE_CHECK;
+                loop {
+                    let wake = deadline.map_or(next_check, |d| d.min(next_check));
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => {
+                            // Idle between commands: a running statement is never cut here.
+                            return;
+                        }
+                        r = &mut read => break r,
+                        _ = tokio::time::sleep_until(wake) => {
+                            let now = tokio::time::Instant::now();
+                            if deadline.is_some_and(|d| now >= d) {
+                                // wait_timeout: the server closes such a connection silently.
+                                debug!("client idle past wait_timeout; closing");
+                                return;
+                            }
+                            if now >= next_check {
+                                if let Err(e) = conn.ping().await {
+                                    info!(error = %e, "backend connection lost while idle; closing the client's");
+                                    return;
+                                }
+                                next_check = tokio::time::Instant::now() + IDLE_CHECK;
+                            }
+                        }
+                    }
                 }
             };
             let pkt = match pkt {

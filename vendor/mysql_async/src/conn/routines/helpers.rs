@@ -12,6 +12,9 @@ use mysql_common::{
 
 use crate::{error::LocalInfileError, queryable::Protocol, Conn, Error, Statement};
 
+/// Rewind patch: see `send_long_data`.
+const LONG_DATA_CHUNK: usize = 1 << 20;
+
 impl Conn {
     /// Helper, that sends all `Value::Bytes` in the given list of parameters as long data.
     pub(super) async fn send_long_data<'a, I>(
@@ -22,11 +25,11 @@ impl Conn {
     where
         I: Iterator<Item = &'a Value>,
     {
-        // Rewind patch: a long-data command must stay below the server's max_allowed_packet
-        // (a server whose limit is 16 MiB refuses a 16 MiB command and drops the session);
-        // upstream always sends chunks of MAX_PAYLOAD_LEN - 6 bytes, i.e. 16 MiB commands.
-        let max_command = self.stream_ref()?.get_max_allowed_packet().saturating_sub(1);
-        let chunk_len = (MAX_PAYLOAD_LEN - 6).min(max_command.saturating_sub(7)).max(1);
+        // Rewind patch: upstream sends a long parameter in chunks of MAX_PAYLOAD_LEN - 6
+        // bytes, i.e. 16 MiB commands, which a server whose max_allowed_packet is 16 MiB
+        // (MariaDB's default) refuses, ending the session. 1 MiB chunks fit any usual
+        // limit and cost nothing measurable (the server appends them).
+        let chunk_len = (MAX_PAYLOAD_LEN - 6).min(LONG_DATA_CHUNK);
         for (i, value) in params.enumerate() {
             if let Value::Bytes(bytes) = value {
                 let chunks = bytes.chunks(chunk_len);
