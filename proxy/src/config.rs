@@ -48,6 +48,11 @@ pub struct Config {
     /// Consumer barrier: a (consumer, message id) pair is remembered this many seconds; a
     /// duplicate delivered later than that is processed again.
     pub barrier_retention_secs: u64,
+    /// How often an idle client session pings its backend connection, so a backend
+    /// session ended by KILL, a restart or a failover closes the client's connection while
+    /// the client is idle (its pool then replaces it). 0: never (the client finds out on its
+    /// next command).
+    pub idle_check_ms: u64,
     /// The local message table's relay (`[outbox]`).
     pub outbox: OutboxConfig,
 }
@@ -141,6 +146,7 @@ impl Default for Config {
             users: Vec::new(),
             write_isolation: WriteIsolation::All,
             barrier_retention_secs: 7 * 24 * 3600,
+            idle_check_ms: 1_000,
             outbox: OutboxConfig::default(),
         }
     }

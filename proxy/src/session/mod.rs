@@ -44,9 +44,6 @@ const COM_RESET_CONNECTION: u8 = 0x1f;
 const MYSQL_OPTION_MULTI_STATEMENTS_ON: u16 = 0;
 const MYSQL_OPTION_MULTI_STATEMENTS_OFF: u16 = 1;
 
-/// How often an idle session checks that its backend connection is still there.
-const IDLE_CHECK: Duration = Duration::from_secs(1);
-
 /// Largest client packet accepted (MySQL's max_allowed_packet upper bound is 1 GB; 64 MB
 /// keeps one session's worst case bounded).
 const MAX_CLIENT_PACKET: usize = 64 * 1024 * 1024;
@@ -295,7 +292,7 @@ impl Session {
             self.ps.seq = 0;
             // Waiting for the next command, without ever cancelling a read in progress.
             // Meanwhile: past wait_timeout the client is disconnected, as the server would
-            // disconnect it; and every IDLE_CHECK the backend connection is pinged, so a
+            // disconnect it; and every `idle_check_ms` the backend connection is pinged, so a
             // backend session ended by KILL, a restart or a failover ends the client's
             // connection now, while its driver can still tell (a pool checks a connection
             // before reusing it), rather than failing its next statement.
@@ -305,7 +302,11 @@ impl Session {
                 let conn = &mut self.conn;
                 let read = self.ps.read_packet();
                 tokio::pin!(read);
-                let mut next_check = started + IDLE_CHECK;
+                let check = match self.shared.config.idle_check_ms {
+                    0 => Duration::from_secs(365 * 24 * 3600),
+                    ms => Duration::from_millis(ms),
+                };
+                let mut next_check = started + check;
                 loop {
                     let wake = deadline.map_or(next_check, |d| d.min(next_check));
                     tokio::select! {
@@ -327,7 +328,7 @@ impl Session {
                                     info!(error = %e, "backend connection lost while idle; closing the client's");
                                     return;
                                 }
-                                next_check = tokio::time::Instant::now() + IDLE_CHECK;
+                                next_check = tokio::time::Instant::now() + check;
                             }
                         }
                     }
