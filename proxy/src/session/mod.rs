@@ -105,6 +105,10 @@ pub(crate) struct Session {
     /// connection: the proxy ends the client's connection at the same moment, so the
     /// client's driver sees a closed socket, not an error on its next command).
     pub(crate) idle_limit: Option<Duration>,
+    /// Wakes the idle wait every `idle_check_ms` (one timer for the session's life).
+    pub(crate) ticker: tokio::time::Interval,
+    /// When the last command finished.
+    pub(crate) last_active: std::time::Instant,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -184,6 +188,16 @@ pub async fn serve(
         fresh_tx: false,
         outbox_written: false,
         idle_limit: None,
+        ticker: {
+            let every = Duration::from_millis(match shared.config.idle_check_ms {
+                0 => 1_000,
+                ms => ms,
+            });
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        },
+        last_active: std::time::Instant::now(),
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -291,24 +305,24 @@ impl Session {
         loop {
             self.ps.seq = 0;
             // Waiting for the next command, without ever cancelling a read in progress.
-            // Meanwhile: past wait_timeout the client is disconnected, as the server would
-            // disconnect it; and every `idle_check_ms` the backend connection is pinged, so a
-            // backend session ended by KILL, a restart or a failover ends the client's
-            // connection now, while its driver can still tell (a pool checks a connection
-            // before reusing it), rather than failing its next statement.
-            let started = tokio::time::Instant::now();
-            let deadline = self.idle_limit.map(|l| started + l);
+            // Meanwhile, on the session's ticker (no timer is made per command): past
+            // wait_timeout the client is disconnected, as the server would disconnect it;
+            // and an idle session pings its backend (`idle_check_ms`), so a backend session
+            // ended by KILL, a restart or a failover ends the client's connection now, while
+            // its driver can still tell (a pool checks a connection before reusing it),
+            // rather than failing its next statement.
             let pkt = {
                 let conn = &mut self.conn;
+                let ticker = &mut self.ticker;
+                let (since, limit) = (self.last_active, self.idle_limit);
+                // Ping only a session idle for at least half a period (not a busy one).
+                let ping_after = match self.shared.config.idle_check_ms {
+                    0 => None,
+                    ms => Some(Duration::from_millis(ms / 2)),
+                };
                 let read = self.ps.read_packet();
                 tokio::pin!(read);
-                let check = match self.shared.config.idle_check_ms {
-                    0 => Duration::from_secs(365 * 24 * 3600),
-                    ms => Duration::from_millis(ms),
-                };
-                let mut next_check = started + check;
                 loop {
-                    let wake = deadline.map_or(next_check, |d| d.min(next_check));
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => {
@@ -316,19 +330,18 @@ impl Session {
                             return;
                         }
                         r = &mut read => break r,
-                        _ = tokio::time::sleep_until(wake) => {
-                            let now = tokio::time::Instant::now();
-                            if deadline.is_some_and(|d| now >= d) {
+                        _ = ticker.tick() => {
+                            let idle = since.elapsed();
+                            if limit.is_some_and(|l| idle >= l) {
                                 // wait_timeout: the server closes such a connection silently.
                                 debug!("client idle past wait_timeout; closing");
                                 return;
                             }
-                            if now >= next_check {
+                            if ping_after.is_some_and(|p| idle >= p) {
                                 if let Err(e) = conn.ping().await {
                                     info!(error = %e, "backend connection lost while idle; closing the client's");
                                     return;
                                 }
-                                next_check = tokio::time::Instant::now() + check;
                             }
                         }
                     }
@@ -367,6 +380,7 @@ impl Session {
                 _ => false,
             };
             let result = self.command(cmd, body).await;
+            self.last_active = std::time::Instant::now();
             if timeout_set {
                 self.reread_idle_limit().await;
             }
