@@ -50,11 +50,6 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         pool.clone(),
         shutdown.clone(),
     ));
-    let outbox_keeper = tokio::spawn(crate::outbox::relay::housekeeping(
-        shared.clone(),
-        pool.clone(),
-        shutdown.clone(),
-    ));
     // The relay has its own connections: a publish waiting for the broker holds one.
     let relay = match (shared.outbox.enabled, relay_pool(&shared)) {
         (true, Ok(relay_pool)) => Some(tokio::spawn(crate::outbox::relay::run(
@@ -79,7 +74,6 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
     housekeeper.abort();
     barrier_keeper.abort();
-    outbox_keeper.abort();
     if let Some(relay) = relay {
         let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
     }

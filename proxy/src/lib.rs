@@ -24,6 +24,7 @@
 //!   dirty-write check, operator resolutions, undo housekeeping). See `at/mod.rs`.
 //! - [`barrier`]: the idempotent-consumer barrier (`/*+ BARRIER('<consumer>', '<id>') */`).
 //! - [`outbox`]: the local message table and its relay to RabbitMQ or NATS JetStream.
+//! - [`infile`]: `LOAD DATA LOCAL INFILE`, the backend's file request relayed to the client.
 //! - [`attach`]: the Attach stream to the coordinator, which delivers phase two and
 //!   write-isolation sets to the modes.
 //! - [`coordinator`]: the gRPC client that follows the cluster's leader.

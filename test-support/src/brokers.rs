@@ -58,6 +58,8 @@ pub struct Delivery {
     pub redelivered: bool,
     /// delivery_mode 2.
     pub persistent: bool,
+    pub content_type: String,
+    pub has_timestamp: bool,
     inner: lapin::message::Delivery,
 }
 
@@ -185,8 +187,30 @@ impl AmqpQueue {
             headers,
             redelivered: d.redelivered,
             persistent: *p.delivery_mode() == Some(2),
+            content_type: p
+                .content_type()
+                .as_ref()
+                .map(|s| s.to_string())
+                .unwrap_or_default(),
+            has_timestamp: p.timestamp().is_some(),
             inner: d,
         })
+    }
+
+    /// The next `n` deliveries (acknowledged), failing the test after 20 s.
+    pub async fn take(&mut self, n: usize) -> Vec<Delivery> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let d = self
+                .next(left)
+                .await
+                .unwrap_or_else(|| panic!("only {} of {n} messages arrived", got.len()));
+            d.ack().await;
+            got.push(d);
+        }
+        got
     }
 
     /// Deliveries (acknowledged) until none came for `quiet`.

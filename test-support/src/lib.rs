@@ -16,10 +16,12 @@
 //! - [`coordinator`]: a coordinator process, single node or cluster member, and its API.
 //! - [`proxy`]: a proxy process in front of the test MariaDB.
 //! - [`brokers`]: a RabbitMQ queue and NATS JetStream streams to read what the relay sent.
+//! - [`browser`]: the console tests' Chromium and their driver scripts' runs.
 //! - [`mariadb`]: connections straight to MariaDB, fresh databases, checksums, dumps,
 //!   undo records, server errors.
 
 pub mod brokers;
+pub mod browser;
 pub mod coordinator;
 pub mod dir;
 pub mod http;
@@ -30,6 +32,7 @@ pub mod relay;
 pub mod wait;
 
 pub use brokers::{amqp_addr, amqp_url, nats_addr, nats_url, AmqpQueue, JetStream};
+pub use browser::{chromium, run_console_driver};
 pub use coordinator::{peers, Coordinator};
 pub use dir::TempDir;
 pub use http::{http, http_as, request, Answer};

@@ -8,8 +8,7 @@
 //! Needs `node`, `chromium` and `tests/console/node_modules` (scripts/test.sh installs
 //! them); without them this test fails and says what is missing.
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -54,25 +53,9 @@ async fn conflicted(coord: &Coordinator, proxy: &Proxy, id: i64, dirty: i64) -> 
     (xid, conflict)
 }
 
-fn chromium() -> PathBuf {
-    if let Ok(p) = std::env::var("REWIND_CHROMIUM") {
-        return p.into();
-    }
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    panic!("no chromium: install Debian's `chromium` package (scripts/ensure-tools.sh) or set REWIND_CHROMIUM");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t80_operator_resolves_conflicts_in_the_console() {
     let driver_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
-    assert!(
-        driver_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run `npm ci --prefix tests/console` (scripts/test.sh does)"
-    );
     let browser = chromium();
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/console");
     let _ = std::fs::remove_dir_all(&artifacts);
@@ -123,28 +106,7 @@ async fn t80_operator_resolves_conflicts_in_the_console() {
         },
     });
 
-    let run = tokio::process::Command::new("node")
-        .arg("console.mjs")
-        .current_dir(&driver_dir)
-        .env("REWIND_CONSOLE", plan.to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run finished within 3 minutes")
-        .expect("node runs (install nodejs)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "console driver failed ({}):\n{stderr}\n{stdout}\nscreenshots so far in {}",
-        out.status,
-        artifacts.display()
-    );
-    let report: Json = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("driver report {stdout:?}: {e}"));
-    assert_eq!(report["ok"], true, "{report}");
+    run_console_driver(&driver_dir, "console.mjs", &plan).await;
     for name in ["02-transactions", "03-conflicts", "06-audit", "05-refused"] {
         let png = artifacts.join(format!("{name}.png"));
         let len = std::fs::metadata(&png).map(|m| m.len()).unwrap_or(0);

@@ -9,8 +9,7 @@
 //! Needs `node`, `chromium` and `tests/console/node_modules` (scripts/ensure-tools.sh
 //! --browser installs them) and RabbitMQ (scripts/ensure-brokers.sh).
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
@@ -20,18 +19,6 @@ use serde_json::{json, Value as Json};
 const SCHEMA: &str = "rwt_ob_console";
 const DB: &str = "rwt_console_msg";
 const DEAD_TOPIC: &str = "t81.nobody.x";
-
-fn chromium() -> PathBuf {
-    if let Ok(p) = std::env::var("REWIND_CHROMIUM") {
-        return p.into();
-    }
-    for p in ["/usr/bin/chromium", "/usr/bin/chromium-browser"] {
-        if Path::new(p).exists() {
-            return p.into();
-        }
-    }
-    panic!("no chromium: install Debian's `chromium` package (scripts/ensure-tools.sh --browser) or set REWIND_CHROMIUM");
-}
 
 /// `url` without its password, and the `:<password>@` part that must not be shown.
 fn without_password(url: &str) -> (String, Option<String>) {
@@ -67,10 +54,6 @@ async fn row_of(message_id: &str) -> Option<(String, u32)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t81_operator_redrives_a_dead_message_in_the_console() {
     let driver_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
-    assert!(
-        driver_dir.join("node_modules/playwright-core").exists(),
-        "playwright-core is not installed: run scripts/ensure-tools.sh --browser"
-    );
     let browser = chromium();
     let artifacts = Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/console");
     let shot = artifacts.join("messages.png");
@@ -182,27 +165,7 @@ async fn t81_operator_redrives_a_dead_message_in_the_console() {
         // The first is redriven, the second stays DEAD.
         "dead": dead,
     });
-    let run = tokio::process::Command::new("node")
-        .arg("messages.mjs")
-        .current_dir(&driver_dir)
-        .env("REWIND_CONSOLE", plan.to_string())
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(180), run)
-        .await
-        .expect("the browser run finished within 3 minutes")
-        .expect("node runs (install nodejs)");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "messages driver failed ({}):\n{stderr}\n{stdout}",
-        out.status
-    );
-    let report: Json = serde_json::from_str(stdout.lines().last().unwrap_or_default())
-        .unwrap_or_else(|e| panic!("driver report {stdout:?}: {e}"));
-    assert_eq!(report["ok"], true, "{report}");
+    run_console_driver(&driver_dir, "messages.mjs", &plan).await;
     let len = std::fs::metadata(&shot).map(|m| m.len()).unwrap_or(0);
     assert!(len > 1000, "screenshot {} saved", shot.display());
 

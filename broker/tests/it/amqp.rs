@@ -16,7 +16,7 @@ fn headers(i: usize) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_publishes_all_arrive_with_their_properties() {
     let rk = unique("rewind.test.amqp.concurrent");
-    let mut queue = Queue::bind(&rk).await;
+    let mut queue = Queue::bind(&[&rk]).await;
     let publisher = Publisher::new(BrokerConfig::new(amqp_url())).unwrap();
 
     let mut tasks = Vec::new();
@@ -66,7 +66,7 @@ async fn concurrent_publishes_all_arrive_with_their_properties() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn one_task_arrives_in_publish_order() {
     let rk = unique("rewind.test.amqp.order");
-    let mut queue = Queue::bind(&rk).await;
+    let mut queue = Queue::bind(&[&rk]).await;
     let publisher = Publisher::new(BrokerConfig::new(amqp_url())).unwrap();
     let ids: Vec<String> = (0..100).map(|i| format!("ordered-{i}")).collect();
 
@@ -108,7 +108,7 @@ async fn one_task_arrives_in_publish_order() {
 #[tokio::test]
 async fn content_type_header_becomes_the_property() {
     let rk = unique("rewind.test.amqp.ctype");
-    let mut queue = Queue::bind(&rk).await;
+    let mut queue = Queue::bind(&[&rk]).await;
     let publisher = Publisher::new(BrokerConfig::new(amqp_url())).unwrap();
     let hs = vec![
         ("Content-Type".to_string(), "application/json".to_string()),
@@ -163,7 +163,7 @@ async fn unroutable_is_an_error_when_mandatory() {
     }
     // The publisher stays usable, and a routable message next to it is fine.
     let rk2 = unique("rewind.test.amqp.somebody");
-    let mut queue = Queue::bind(&rk2).await;
+    let mut queue = Queue::bind(&[&rk2]).await;
     let ok = Message {
         topic: &rk2,
         message_id: "found-1",

@@ -9,7 +9,7 @@ use rewind_broker::{BrokerConfig, Message, PublishError, Publisher};
 use rewind_test_support::TcpRelay;
 
 use crate::nats::Stream;
-use crate::support::{addr_of, amqp_url, nats_url, unique, via, Queue};
+use crate::support::{amqp_addr, amqp_url, nats_addr, nats_url, unique, via, Queue};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
 /// Scheduling slack on top of the timeout on a loaded 2-core machine.
@@ -132,8 +132,8 @@ async fn scenario(p: &Publisher, relay: &TcpRelay, topic: &str) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn amqp_survives_a_cut_line() {
     let rk = unique("rewind.test.amqp.cut");
-    let mut queue = Queue::bind(&rk).await;
-    let relay = TcpRelay::start(addr_of(&amqp_url(), 5672)).await;
+    let mut queue = Queue::bind(&[&rk]).await;
+    let relay = TcpRelay::start(amqp_addr()).await;
     let mut config = BrokerConfig::new(via(&amqp_url(), relay.addr()));
     config.timeout = TIMEOUT;
     let publisher = Publisher::new(config).unwrap();
@@ -152,7 +152,7 @@ async fn amqp_survives_a_cut_line() {
 async fn nats_survives_a_cut_line() {
     let subject = unique("rewind.test.nats.cut");
     let stream = Stream::create(&subject).await;
-    let relay = TcpRelay::start(addr_of(&nats_url(), 4222)).await;
+    let relay = TcpRelay::start(nats_addr()).await;
     let mut config = BrokerConfig::new(via(&nats_url(), relay.addr()));
     config.timeout = TIMEOUT;
     let publisher = Publisher::new(config).unwrap();

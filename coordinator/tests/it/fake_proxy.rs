@@ -126,6 +126,21 @@ impl FakeProxy {
                 }
             }
         });
+        // Attached once the coordinator has processed the announce: it then sends each
+        // announced resource its write-isolation set (a loaded machine may take a while).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let sets = seen
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|m| matches!(m.kind, Some(coordinator_message::Kind::TableLocks(_))))
+                .count();
+            if sets >= resources.len() || std::time::Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         FakeProxy {
             seen,
             rollback,

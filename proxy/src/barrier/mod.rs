@@ -129,7 +129,8 @@ impl BarrierTable {
     }
 }
 
-/// Deletes expired barrier rows every `undo_housekeeping_secs` until `shutdown`.
+/// Every `undo_housekeeping_secs` until `shutdown`: deletes barrier pairs past
+/// `barrier_retention_secs` and published outbox rows past the outbox's `retention_secs`.
 pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: CancellationToken) {
     let every = Duration::from_secs(shared.config.undo_housekeeping_secs);
     loop {
@@ -137,24 +138,41 @@ pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: Cancellatio
             _ = tokio::time::sleep(every) => {}
             _ = shutdown.cancelled() => return,
         }
-        match expire(&shared, &pool).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(rows = n, "expired barrier rows deleted"),
-            Err(e) => tracing::warn!(error = %e, "barrier housekeeping failed; retried later"),
+        let expiring = [
+            (
+                "barrier pairs",
+                shared.barrier.expire(),
+                shared.config.barrier_retention_secs,
+            ),
+            (
+                "published outbox rows",
+                shared.outbox_table.expire(),
+                shared.config.outbox.retention_secs,
+            ),
+        ];
+        for (what, sql, retention) in expiring {
+            match delete_in_batches(&pool, &sql, retention).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "{what} past retention deleted"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "housekeeping of {what} failed; retried later")
+                }
+            }
         }
     }
 }
 
-/// One pass: deletes every expired row (in batches). Returns how many went.
-pub async fn expire(shared: &Shared, pool: &Pool) -> Result<u64, mysql_async::Error> {
+/// Runs `sql`, a `DELETE … LIMIT 5000` whose one parameter is a retention in seconds,
+/// until it deletes fewer than 5,000 rows. Returns how many went.
+async fn delete_in_batches(
+    pool: &Pool,
+    sql: &str,
+    retention: u64,
+) -> Result<u64, mysql_async::Error> {
     let mut conn = pool.get_conn().await?;
     let mut total = 0;
     loop {
-        conn.exec_drop(
-            shared.barrier.expire(),
-            (shared.config.barrier_retention_secs,),
-        )
-        .await?;
+        conn.exec_drop(sql, (retention,)).await?;
         let n = conn.affected_rows();
         total += n;
         if n < 5000 {

@@ -21,8 +21,9 @@
 //!   the row an attempt: capped exponential backoff, then DEAD after `max_attempts`. A
 //!   broker that cannot be reached costs no attempts: the whole relay backs off and the
 //!   backlog waits, so an outage never kills messages.
-//! - PUBLISHED rows are deleted `retention_secs` after publication; DEAD rows stay until an
-//!   operator redrives them from the console (audited by the coordinator).
+//! - PUBLISHED rows are deleted `retention_secs` after publication (by the barrier's
+//!   housekeeping, which expires both); DEAD rows stay until an operator redrives them from
+//!   the console (audited by the coordinator).
 //!
 //! - [`relay`]: the publishing loop; [`report`]: what the console shows, and redrive.
 

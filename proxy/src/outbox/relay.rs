@@ -393,39 +393,6 @@ fn parse_headers(text: Option<&str>) -> Vec<(String, String)> {
     }
 }
 
-/// Deletes PUBLISHED rows past their retention every `undo_housekeeping_secs`.
-pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: CancellationToken) {
-    let every = Duration::from_secs(shared.config.undo_housekeeping_secs);
-    loop {
-        tokio::select! {
-            _ = tokio::time::sleep(every) => {}
-            _ = shutdown.cancelled() => return,
-        }
-        let r = async {
-            let mut conn = pool.get_conn().await?;
-            let mut total = 0;
-            loop {
-                conn.exec_drop(
-                    shared.outbox_table.expire(),
-                    (shared.config.outbox.retention_secs,),
-                )
-                .await?;
-                let n = conn.affected_rows();
-                total += n;
-                if n < 5000 {
-                    return Ok::<_, mysql_async::Error>(total);
-                }
-            }
-        }
-        .await;
-        match r {
-            Ok(0) => {}
-            Ok(n) => info!(rows = n, "published outbox rows past retention deleted"),
-            Err(e) => warn!(error = %e, "outbox housekeeping failed; retried later"),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
