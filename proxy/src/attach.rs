@@ -51,7 +51,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         shutdown.clone(),
     ));
     // The relay has its own connections: a publish waiting for the broker holds one.
-    let relay = match (shared.outbox.enabled, relay_pool(&shared)) {
+    let relay = match (shared.outbox.enabled, own_pool(&shared, 2)) {
         (true, Ok(relay_pool)) => Some(tokio::spawn(crate::outbox::relay::run(
             shared.clone(),
             relay_pool,
@@ -83,12 +83,18 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 pub(crate) fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error> {
+    own_pool(shared, shared.config.phase_two_connections.max(1))
+}
+
+/// Connections for the proxy's own work on the backend (phase two, the outbox relay), at
+/// most `max`.
+fn own_pool(shared: &Shared, max: usize) -> Result<Pool, mysql_async::Error> {
     let opts = mysql_async::Opts::from_url(&shared.config.backend)?;
-    let max = shared.config.phase_two_connections.max(1);
     let constraints = mysql_async::PoolConstraints::new(0, max).expect("0 <= max");
     let opts = mysql_async::OptsBuilder::from_opts(opts)
         // UTC for TIMESTAMP images; READ COMMITTED so a lookup of a missing undo record
-        // takes no gap lock that would deadlock with a phase one inserting it.
+        // takes no gap lock that would deadlock with a phase one inserting it, and a relay
+        // sweep takes record locks only (never blocking an application's outbox insert).
         .init(vec![
             UNDO_SESSION_SETUP.to_string(),
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
@@ -101,25 +107,6 @@ pub(crate) fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error
             mysql_async::PoolOpts::default()
                 .with_constraints(constraints)
                 // Keep the session setup: every use ends its own transaction.
-                .with_reset_connection(false),
-        );
-    Ok(Pool::new(opts))
-}
-
-/// The relay's connections: READ COMMITTED (record locks only, so a sweep never blocks an
-/// application inserting into the outbox), UTC.
-fn relay_pool(shared: &Shared) -> Result<Pool, mysql_async::Error> {
-    let opts = mysql_async::Opts::from_url(&shared.config.backend)?;
-    let constraints = mysql_async::PoolConstraints::new(0, 2).expect("0 <= 2");
-    let opts = mysql_async::OptsBuilder::from_opts(opts)
-        .init(vec![
-            UNDO_SESSION_SETUP.to_string(),
-            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
-        ])
-        .prefer_socket(false)
-        .pool_opts(
-            mysql_async::PoolOpts::default()
-                .with_constraints(constraints)
                 .with_reset_connection(false),
         );
     Ok(Pool::new(opts))

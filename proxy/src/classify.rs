@@ -99,8 +99,14 @@ pub fn classify(sql: &[u8]) -> Kind {
 /// switched on). A byte search: a false positive only refuses a harmless SET inside a
 /// global transaction, never lets a commit slip by.
 pub fn mentions_autocommit(sql: &[u8]) -> bool {
-    sql.windows(10)
-        .any(|w| w.eq_ignore_ascii_case(b"autocommit"))
+    mentions(sql, b"autocommit")
+}
+
+/// Whether `sql` contains `word` in any ASCII case: the proxy's cheap byte search for
+/// statements that may need a closer look (false positives only cost that look).
+pub fn mentions(sql: &[u8], word: &[u8]) -> bool {
+    sql.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
 }
 
 /// Whether a statement may change the session's current database (`USE`, possibly inside

@@ -195,7 +195,7 @@ impl OutboxTable {
 /// Whether a statement's text may write the outbox: a cheap, case-insensitive look for
 /// the word (false positives only cost a sweep).
 pub fn mentions_outbox(sql: &[u8]) -> bool {
-    sql.windows(6).any(|w| w.eq_ignore_ascii_case(b"outbox"))
+    crate::classify::mentions(sql, b"outbox")
 }
 
 /// What sessions, phase two and the relay share about the outbox.

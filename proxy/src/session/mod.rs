@@ -616,7 +616,7 @@ impl Session {
         } else {
             None
         };
-        if sql.windows(6).any(|w| w.eq_ignore_ascii_case(b"INFILE")) {
+        if classify::mentions(sql, b"INFILE") {
             let load = matches!(classify::classify(sql), Kind::Other(ref w) if w == "LOAD");
             if load
                 && !self.caps.contains(CapabilityFlags::CLIENT_LOCAL_FILES)
@@ -874,8 +874,7 @@ fn mentions_local(sql: &[u8]) -> bool {
 
 /// Whether a statement may change the session's `wait_timeout` (by name, any case).
 fn mentions_wait_timeout(sql: &[u8]) -> bool {
-    sql.windows(12)
-        .any(|w| w.eq_ignore_ascii_case(b"wait_timeout"))
+    classify::mentions(sql, b"wait_timeout")
 }
 
 /// The start of the refused text, as MySQL quotes it in syntax errors.
