@@ -22,6 +22,11 @@ pub struct Config {
     pub phase_two_backoff_base_ms: u64,
     pub phase_two_backoff_cap_ms: u64,
     pub phase_two_command_timeout_ms: u64,
+    /// How long a TCC Confirm or Cancel call may take (at most the command timeout).
+    pub tcc_call_timeout_ms: u64,
+    /// Failed Confirm / Cancel calls after which a TCC branch is `stalled` and waits for
+    /// an operator (retry / mark done); 0 retries for ever.
+    pub tcc_max_attempts: u32,
     pub rollback_wait_ms: u64,
     pub write_isolation_wait_ms: u64,
     pub max_batch: usize,
@@ -130,6 +135,8 @@ impl Default for Config {
             phase_two_backoff_base_ms: 100,
             phase_two_backoff_cap_ms: 30_000,
             phase_two_command_timeout_ms: 10_000,
+            tcc_call_timeout_ms: 5_000,
+            tcc_max_attempts: 50,
             rollback_wait_ms: 10_000,
             write_isolation_wait_ms: 1_000,
             max_batch: 4096,
@@ -187,6 +194,11 @@ impl Config {
         }
         if self.phase_two_command_timeout_ms == 0 {
             return bad("phase_two_command_timeout_ms must be > 0");
+        }
+        if self.tcc_call_timeout_ms == 0
+            || self.tcc_call_timeout_ms > self.phase_two_command_timeout_ms
+        {
+            return bad("tcc_call_timeout_ms must be > 0 and <= phase_two_command_timeout_ms");
         }
         if self.max_batch == 0 {
             return bad("max_batch must be > 0");
@@ -249,6 +261,7 @@ impl Config {
             backoff_base_ms: self.phase_two_backoff_base_ms,
             backoff_cap_ms: self.phase_two_backoff_cap_ms,
             command_timeout_ms: self.phase_two_command_timeout_ms,
+            tcc_max_attempts: self.tcc_max_attempts,
         }
     }
 }

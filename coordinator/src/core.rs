@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Cluster;
 use crate::dispatch::{Proxies, StreamTx};
 use crate::engine::{
-    AuditEntry, Begin, BranchId, BranchResult, Commit, Conflict, ConflictState, GlobalRecord,
+    AuditEntry, Begin, BranchAction, BranchId, BranchResult, BranchStatus, OperateBranch,
+    RegisterTcc, TccCall, Commit, Conflict, ConflictState, GlobalRecord,
     GlobalStatus, HeldLock, ProxyAnswer, Registration, Report, Resolve, ResolveAction,
     ResolveResult, ResourceAvailable, Rollback, XidNum,
 };
@@ -238,6 +239,80 @@ impl Coordinator {
                 holder_rolling_back,
             },
         })
+    }
+
+    /// The initiator registers a TCC branch: its Confirm and Cancel URLs, and the payload
+    /// (JSON text) both receive.
+    pub async fn register_tcc(
+        &self,
+        xid: XidNum,
+        name: String,
+        call: TccCall,
+        request_id: String,
+    ) -> Result<BranchId, CoordinatorError> {
+        let t = Instant::now();
+        for (what, url) in [
+            ("confirm_url", &call.confirm_url),
+            ("cancel_url", &call.cancel_url),
+        ] {
+            crate::tcc::check_url(what, url).map_err(CoordinatorError::InvalidArgument)?;
+        }
+        if let Some(p) = &call.payload {
+            serde_json::from_str::<serde_json::Value>(p).map_err(|e| {
+                CoordinatorError::InvalidArgument(format!("payload is not JSON: {e}"))
+            })?;
+        }
+        if name.chars().count() > 200 || request_id.chars().count() > 200 {
+            return Err(CoordinatorError::InvalidArgument(
+                "name and request_id are at most 200 characters".into(),
+            ));
+        }
+        let req = RegisterTcc {
+            xid,
+            name,
+            call,
+            request_id,
+        };
+        let id = match self.seq.ask(req).await {
+            Err(CoordinatorError::NotFound(_)) => {
+                let status = self.status(xid).await?;
+                return Err(CoordinatorError::NotActive { xid, status });
+            }
+            other => other?,
+        };
+        self.seq.metrics.observe(Op::Register, t.elapsed());
+        tracing::debug!(xid = %rewind_protocol::xid::format(xid), branch_id = id, "TCC branch registered");
+        Ok(id)
+    }
+
+    /// An operator retries, or marks done, an unfinished TCC branch of a decided
+    /// transaction; answers the branch's status afterwards.
+    pub async fn operate_branch(
+        &self,
+        xid: XidNum,
+        branch_id: BranchId,
+        action: BranchAction,
+    ) -> Result<BranchStatus, CoordinatorError> {
+        match self
+            .seq
+            .ask(OperateBranch {
+                xid,
+                branch_id,
+                action,
+            })
+            .await
+        {
+            Err(CoordinatorError::NotFound(_)) => {
+                // Finished: every branch is done already.
+                let status = self.status(xid).await?;
+                Err(CoordinatorError::AlreadyDecided {
+                    xid,
+                    status,
+                    wanted: "operate on a branch of",
+                })
+            }
+            other => other,
+        }
     }
 
     /// A proxy says how a branch's local transaction ended.

@@ -1,5 +1,6 @@
 //! Dispatch: sends the engine's phase-two and resolve commands, and operators' outbox
-//! redrives, to proxies. Keeps which proxy streams serve which resource ([`Proxies`])
+//! redrives, to proxies (a TCC branch's phase two goes to its participant instead, see
+//! [`crate::tcc`]). Keeps which proxy streams serve which resource ([`Proxies`])
 //! and turns the engine's [`Effect`]s into stream messages ([`run`]). A command that
 //! cannot be delivered (no proxy attached for the resource, or its queue is full) goes
 //! straight back to the state machine as a retryable failure, which schedules a retry
@@ -111,6 +112,7 @@ pub fn outbox_redrive(command_id: u64, resource_id: &str, message_id: &str) -> C
 pub async fn run(
     mut effects: mpsc::UnboundedReceiver<Effect>,
     proxies: Arc<Proxies>,
+    tcc: crate::tcc::Caller,
     seq: Sequencer,
     shutdown: CancellationToken,
 ) {
@@ -124,8 +126,32 @@ pub async fn run(
                 command_id,
                 xid,
                 branch_id,
+                resource_id: _,
+                action,
+                tcc: Some(call),
+            } => {
+                // A participant's Confirm or Cancel: its own task, answered to the engine
+                // like a proxy's result.
+                let (caller, seq) = (tcc.clone(), seq.clone());
+                tokio::spawn(async move {
+                    let outcome = caller.call(xid, branch_id, action, &call).await;
+                    tracing::debug!(xid = %rewind_protocol::xid::format(xid), branch_id, ?action, ?outcome, "TCC phase two");
+                    seq.post(BranchResult {
+                        xid,
+                        branch_id,
+                        command_id,
+                        outcome,
+                    })
+                    .await;
+                });
+            }
+            Effect::SendBranch {
+                command_id,
+                xid,
+                branch_id,
                 resource_id,
                 action,
+                tcc: None,
             } => {
                 let msg = CoordinatorMessage {
                     kind: Some(coordinator_message::Kind::BranchCommand(BranchCommand {

@@ -25,6 +25,8 @@ pub enum CoordinatorError {
     },
     #[error("global transaction {} is {}, no longer accepting branches", rewind_protocol::xid::format(*.xid), .status.name())]
     NotActive { xid: XidNum, status: GlobalStatus },
+    #[error("global transaction {} is not decided yet: its branches' phase two has not begun", rewind_protocol::xid::format(*.0))]
+    NotDecided(XidNum),
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
     #[error("request body larger than {0} bytes")]
@@ -83,6 +85,7 @@ impl CoordinatorError {
             CoordinatorError::ConflictNotOpen(_) => "conflict_not_open",
             CoordinatorError::AlreadyDecided { .. } => "already_decided",
             CoordinatorError::NotActive { .. } => "not_active",
+            CoordinatorError::NotDecided(_) => "not_decided",
             CoordinatorError::InvalidArgument(_) => "invalid_argument",
             CoordinatorError::TooLarge(_) => "payload_too_large",
             CoordinatorError::Storage(_) => "storage",
@@ -109,6 +112,7 @@ impl CoordinatorError {
             | CoordinatorError::MessageNotDead { .. } => StatusCode::NOT_FOUND,
             CoordinatorError::AlreadyDecided { .. }
             | CoordinatorError::NotActive { .. }
+            | CoordinatorError::NotDecided(_)
             | CoordinatorError::ConflictNotOpen(_) => StatusCode::CONFLICT,
             CoordinatorError::InvalidArgument(_) => StatusCode::BAD_REQUEST,
             CoordinatorError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -137,6 +141,7 @@ impl From<CoordinatorError> for tonic::Status {
             | CoordinatorError::MessageNotDead { .. } => tonic::Status::not_found(msg),
             CoordinatorError::AlreadyDecided { .. }
             | CoordinatorError::NotActive { .. }
+            | CoordinatorError::NotDecided(_)
             | CoordinatorError::ConflictNotOpen(_) => tonic::Status::failed_precondition(msg),
             CoordinatorError::InvalidArgument(_) | CoordinatorError::TooLarge(_) => {
                 tonic::Status::invalid_argument(msg)

@@ -152,6 +152,24 @@ impl TransactionManager for GrpcServices {
         }))
     }
 
+    async fn register_tcc_branch(
+        &self,
+        req: Request<v1::RegisterTccBranchRequest>,
+    ) -> Result<Response<v1::RegisterTccBranchResponse>, GrpcStatus> {
+        let r = req.into_inner();
+        let xid = parse_xid(&r.xid)?;
+        let call = crate::engine::TccCall {
+            confirm_url: r.confirm_url,
+            cancel_url: r.cancel_url,
+            payload: (!r.payload_json.is_empty()).then_some(r.payload_json),
+        };
+        let branch_id = self
+            .0
+            .register_tcc(xid, r.name, call, r.request_id)
+            .await?;
+        Ok(Response::new(v1::RegisterTccBranchResponse { branch_id }))
+    }
+
     async fn status(
         &self,
         req: Request<v1::GlobalRequest>,

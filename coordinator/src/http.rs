@@ -24,7 +24,8 @@ use crate::auth::{Auth, Operator, COOKIE};
 use crate::config::ApiAuth;
 use crate::core::{parse_xid, Coordinator, ListFilter};
 use crate::engine::{
-    AuditEntry, Conflict, ConflictState, GlobalRecord, GlobalStatus, ResolveAction,
+    AuditEntry, BranchAction, BranchType, Conflict, ConflictState, GlobalRecord, GlobalStatus,
+    ResolveAction, TccCall,
 };
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
@@ -51,6 +52,11 @@ pub fn router(core: Coordinator, body_limit: usize, auth: Arc<Auth>, api_auth: A
         .route("/api/v1/transactions/{xid}", get(show))
         .route("/api/v1/transactions/{xid}/commit", post(commit))
         .route("/api/v1/transactions/{xid}/rollback", post(rollback))
+        .route("/api/v1/transactions/{xid}/branches", post(register_tcc))
+        .route(
+            "/api/v1/transactions/{xid}/branches/{branch_id}/{action}",
+            post(operate_branch),
+        )
         .route("/api/v1/locks", get(locks))
         .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/conflicts/{id}/resolve", post(resolve))
@@ -407,17 +413,35 @@ fn global_json(s: &GlobalRecord) -> Value {
             "status": h.status.name(),
             "at_ms": h.at_ms,
         })).collect::<Vec<_>>(),
-        "branches": s.branches.iter().map(|b| json!({
-            "branch_id": b.branch_id,
-            "resource_id": b.resource_id,
-            "status": b.status,
-            "lock_keys": b.lock_keys.iter().map(key_json).collect::<Vec<_>>(),
-            "locks_held": b.locks_held,
-            "registered_ms": b.registered_ms,
-            "phase_two_attempts": b.phase_two_attempts,
-            "last_error": b.last_error,
-        })).collect::<Vec<_>>(),
+        "branches": s.branches.iter().map(branch_json).collect::<Vec<_>>(),
     })
+}
+
+fn branch_json(b: &crate::engine::BranchRecord) -> Value {
+    let mut v = json!({
+        "branch_id": b.branch_id,
+        "type": b.branch_type,
+        "resource_id": b.resource_id,
+        "status": b.status,
+        "lock_keys": b.lock_keys.iter().map(key_json).collect::<Vec<_>>(),
+        "locks_held": b.locks_held,
+        "registered_ms": b.registered_ms,
+        "phase_two_attempts": b.phase_two_attempts,
+        "last_error": b.last_error,
+    });
+    if let (Some(t), Some(obj)) = (&b.tcc, v.as_object_mut()) {
+        obj.insert("name".into(), json!(b.resource_id));
+        obj.insert("confirm_url".into(), json!(t.confirm_url));
+        obj.insert("cancel_url".into(), json!(t.cancel_url));
+        let payload = t
+            .payload
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p).ok())
+            .unwrap_or(Value::Null);
+        obj.insert("payload".into(), payload);
+    }
+    debug_assert_eq!(b.tcc.is_some(), b.branch_type == BranchType::Tcc);
+    v
 }
 
 fn conflict_json(c: &Conflict) -> Value {
@@ -547,6 +571,99 @@ async fn commit(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>) -
 
 async fn rollback(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>) -> ApiResult {
     decide(&app, &h, &xid, false).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct BranchBody {
+    #[serde(rename = "type")]
+    branch_type: Option<String>,
+    name: Option<String>,
+    confirm_url: Option<String>,
+    cancel_url: Option<String>,
+    payload: Option<Value>,
+    request_id: Option<String>,
+}
+
+/// `POST /api/v1/transactions/{xid}/branches`: a TCC branch (the only type registered
+/// over HTTP; AT branches register through their proxy).
+async fn register_tcc(
+    State(app): State<App>,
+    h: HeaderMap,
+    Path(xid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    application(&app, &h, true)?;
+    let x = parse_xid(&xid)?;
+    let b: BranchBody = parse_body(&app, body)?;
+    match b.branch_type.as_deref() {
+        Some("tcc") => {}
+        other => {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "type must be \"tcc\" (AT and XA branches register through their proxy), not \
+                 {other:?}"
+            )))
+        }
+    }
+    let need = |v: Option<String>, what: &str| {
+        v.filter(|u| !u.is_empty())
+            .ok_or_else(|| CoordinatorError::InvalidArgument(format!("{what} is required")))
+    };
+    let call = TccCall {
+        confirm_url: need(b.confirm_url, "confirm_url")?,
+        cancel_url: need(b.cancel_url, "cancel_url")?,
+        payload: b.payload.map(|p| p.to_string()),
+    };
+    let id = app
+        .core
+        .register_tcc(
+            x,
+            b.name.unwrap_or_default(),
+            call,
+            b.request_id.unwrap_or_default(),
+        )
+        .await?;
+    Ok(Json(json!({"xid": xid, "branch_id": id, "type": "tcc"})))
+}
+
+/// `POST /api/v1/transactions/{xid}/branches/{branch_id}/retry | mark_done`: an
+/// operator's action on a TCC branch whose phase two keeps failing. Audited.
+async fn operate_branch(
+    State(app): State<App>,
+    h: HeaderMap,
+    Path((xid, branch_id, action)): Path<(String, String, String)>,
+) -> ApiResult {
+    let who = operator(&app, &h, true)?;
+    let act = match action.as_str() {
+        "retry" => BranchAction::Retry,
+        "mark_done" => BranchAction::MarkDone,
+        other => {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "unknown branch action {other:?} (retry, mark_done)"
+            )))
+        }
+    };
+    let r = async {
+        let x = parse_xid(&xid)?;
+        let b: u64 = branch_id.parse().map_err(|_| {
+            CoordinatorError::InvalidArgument(format!("branch id {branch_id:?} is not a number"))
+        })?;
+        app.core.operate_branch(x, b, act).await
+    }
+    .await;
+    let result = match &r {
+        Ok(st) => format!("ok: {}", json!(st).as_str().unwrap_or_default()),
+        Err(_) => result_text(&r),
+    };
+    record_audit(
+        &app,
+        &who,
+        &format!("branch {action}"),
+        &format!("transaction {xid} branch {branch_id}"),
+        &result,
+    )
+    .await;
+    Ok(Json(json!({"xid": xid, "branch_id": branch_id.parse::<u64>().unwrap_or_default(), "status": r?})))
 }
 
 #[derive(Deserialize)]

@@ -44,6 +44,7 @@ mod metrics;
 mod outbox;
 mod sequencer;
 mod store;
+mod tcc;
 mod wal;
 
 use std::sync::Arc;
@@ -166,6 +167,7 @@ pub async fn run(
     let dispatcher = tokio::spawn(dispatch::run(
         effects_rx,
         core.proxies(),
+        tcc::Caller::new(Duration::from_millis(config.tcc_call_timeout_ms)),
         seq.clone(),
         shutdown.clone(),
     ));

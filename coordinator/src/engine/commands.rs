@@ -28,6 +28,25 @@ pub struct Register {
     pub request_id: String,
 }
 
+/// The initiator registers a TCC branch before it calls the participant's Try.
+/// `request_id` (optional) makes a retried registration answer the same branch.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisterTcc {
+    pub xid: XidNum,
+    pub name: String,
+    pub call: TccCall,
+    #[serde(default)]
+    pub request_id: String,
+}
+
+/// An operator acts on one branch of a decided transaction (a TCC branch).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OperateBranch {
+    pub xid: XidNum,
+    pub branch_id: BranchId,
+    pub action: BranchAction,
+}
+
 /// A proxy reports how the branch's local transaction ended (phase one).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Report {
@@ -100,6 +119,8 @@ pub enum Command {
     /// Time passed: timeouts, retries, lost answers.
     Tick,
     Audit(Audit),
+    RegisterTcc(RegisterTcc),
+    OperateBranch(OperateBranch),
 }
 
 /// The answer to one command, one variant per command: [`Engine::apply`] builds each
@@ -114,6 +135,8 @@ pub enum Reply {
     Rollback(GlobalStatus),
     Resolve(u64),
     Audit(u64),
+    RegisterTcc(BranchId),
+    OperateBranch(BranchStatus),
     /// The commands nobody waits on: proxies' answers, resource availability, ticks.
     Noted,
 }
@@ -163,6 +186,8 @@ request! {
     Rollback => GlobalStatus, |Reply::Rollback(s)| s;
     Resolve => u64, |Reply::Resolve(id)| id;
     Audit => u64, |Reply::Audit(id)| id;
+    RegisterTcc => BranchId, |Reply::RegisterTcc(id)| id;
+    OperateBranch => BranchStatus, |Reply::OperateBranch(st)| st;
     BranchResult => (), |Reply::Noted| ();
     ResolveResult => (), |Reply::Noted| ();
     ResourceAvailable => (), |Reply::Noted| ();
@@ -198,6 +223,8 @@ impl Engine {
                 Ok(Reply::Noted)
             }
             Command::Audit(c) => Ok(Reply::Audit(self.audit_entry(c, now))),
+            Command::RegisterTcc(c) => self.register_tcc(c, now).map(Reply::RegisterTcc),
+            Command::OperateBranch(c) => self.operate_branch(c, now).map(Reply::OperateBranch),
         }
     }
 
@@ -344,6 +371,7 @@ impl Engine {
         s.branches.push(BranchEntry {
             id,
             resource_id,
+            tcc: None,
             status: BranchStatus::Registered,
             request_id,
             keys: compact,
@@ -357,6 +385,111 @@ impl Engine {
         self.dirty.insert(xid);
         self.stats.branches_registered += 1;
         Ok(Registration::Registered(id))
+    }
+
+    fn register_tcc(&mut self, c: RegisterTcc, now: u64) -> Result<BranchId, CoordinatorError> {
+        let RegisterTcc {
+            xid,
+            name,
+            call,
+            request_id,
+        } = c;
+        let s = self
+            .globals
+            .get(&xid)
+            .ok_or(CoordinatorError::NotFound(xid))?;
+        if !request_id.is_empty() {
+            if let Some(b) = s.branches.iter().find(|b| b.request_id == request_id) {
+                return Ok(b.id);
+            }
+        }
+        if s.status != GlobalStatus::Begin {
+            return Err(CoordinatorError::NotActive {
+                xid,
+                status: s.status,
+            });
+        }
+        let id = self.counters.next_branch;
+        self.counters.next_branch += 1;
+        self.counters_dirty = true;
+        let resource_id = if name.is_empty() {
+            crate::tcc::host_of(&call.confirm_url).to_string()
+        } else {
+            name
+        };
+        let request_id = if request_id.is_empty() {
+            format!("tcc-{id}")
+        } else {
+            request_id
+        };
+        let s = self.globals.get_mut(&xid).expect("checked");
+        s.branches.push(BranchEntry {
+            id,
+            resource_id,
+            tcc: Some(Box::new(call)),
+            status: BranchStatus::Registered,
+            request_id,
+            keys: Vec::new(),
+            locks_held: false,
+            registered_ms: now,
+            sends: 0,
+            last_error: None,
+            delivery: Delivery::default(),
+        });
+        s.updated_ms = now;
+        self.dirty.insert(xid);
+        self.stats.branches_registered += 1;
+        Ok(id)
+    }
+
+    /// Retry or mark done one unfinished TCC branch of a decided transaction.
+    fn operate_branch(
+        &mut self,
+        c: OperateBranch,
+        now: u64,
+    ) -> Result<BranchStatus, CoordinatorError> {
+        let OperateBranch {
+            xid,
+            branch_id,
+            action,
+        } = c;
+        let s = self
+            .globals
+            .get_mut(&xid)
+            .ok_or(CoordinatorError::NotFound(xid))?;
+        let committing = s.status.is_committing();
+        if !committing && !s.status.is_rolling_back() {
+            return Err(CoordinatorError::NotDecided(xid));
+        }
+        let b = s
+            .branches
+            .iter_mut()
+            .find(|b| b.id == branch_id)
+            .ok_or(CoordinatorError::BranchNotFound(branch_id))?;
+        if b.tcc.is_none() {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "branch {branch_id} is an AT branch: its rollback conflicts are resolved in \
+                 /api/v1/conflicts"
+            )));
+        }
+        let done = if committing {
+            BranchStatus::Committed
+        } else {
+            BranchStatus::RolledBack
+        };
+        if b.status == done {
+            return Ok(done);
+        }
+        b.delivery = Delivery::default();
+        b.status = match action {
+            BranchAction::Retry => BranchStatus::Registered,
+            BranchAction::MarkDone => done,
+        };
+        let status = b.status;
+        s.updated_ms = now;
+        self.dirty.insert(xid);
+        self.drive(xid, now);
+        Ok(status)
     }
 
     fn report(&mut self, c: Report, now: u64) -> Result<(), CoordinatorError> {

@@ -40,12 +40,15 @@ impl Engine {
                         continue;
                     }
                     pending = true;
-                    if b.delivery.in_flight.is_none() && b.delivery.next_at <= now {
+                    if b.status != BranchStatus::Stalled
+                        && b.delivery.in_flight.is_none()
+                        && b.delivery.next_at <= now
+                    {
                         let cmd = self.next_command;
                         self.next_command += 1;
                         b.delivery.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
                         b.sends = b.sends.saturating_add(1);
-                        sends.push((cmd, b.id, b.resource_id.clone(), Decision::Commit));
+                        sends.push((cmd, b.id, b.resource_id.clone(), b.tcc.clone(), Decision::Commit));
                     }
                 }
                 if !pending {
@@ -73,26 +76,30 @@ impl Engine {
                         s.set_status(GlobalStatus::RollbackFailed, now);
                         self.dirty.insert(xid);
                     }
+                    // A TCC branch whose Cancel keeps failing waits for an operator; the
+                    // older branches wait behind it (reverse order holds).
+                    Some(b) if b.status == BranchStatus::Stalled => {}
                     Some(b) => {
                         if b.delivery.in_flight.is_none() && b.delivery.next_at <= now {
                             let cmd = self.next_command;
                             self.next_command += 1;
                             b.delivery.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
                             b.sends = b.sends.saturating_add(1);
-                            sends.push((cmd, b.id, b.resource_id.clone(), Decision::Rollback));
+                            sends.push((cmd, b.id, b.resource_id.clone(), b.tcc.clone(), Decision::Rollback));
                         }
                     }
                 }
             }
             _ => {}
         }
-        for (command_id, branch_id, resource_id, action) in sends {
+        for (command_id, branch_id, resource_id, tcc, action) in sends {
             self.effects.push(Effect::SendBranch {
                 command_id,
                 xid,
                 branch_id,
                 resource_id,
                 action,
+                tcc,
             });
         }
         if let Some(st) = final_status {
@@ -201,7 +208,13 @@ impl Engine {
                 b.delivery.attempts += 1;
                 b.delivery.in_flight = None;
                 b.delivery.next_at = now + backoff(&self.cfg, branch_id, b.delivery.attempts);
-                tracing::info!(xid, branch_id, attempts = b.delivery.attempts, %msg, "phase two will be retried");
+                let max = self.cfg.tcc_max_attempts;
+                if b.tcc.is_some() && max > 0 && b.delivery.attempts >= max {
+                    b.status = BranchStatus::Stalled;
+                    tracing::warn!(xid, branch_id, attempts = b.delivery.attempts, %msg, "TCC phase two keeps failing; waiting for an operator");
+                } else {
+                    tracing::info!(xid, branch_id, attempts = b.delivery.attempts, %msg, "phase two will be retried");
+                }
                 b.last_error = Some(msg);
                 self.dirty.insert(xid);
                 let retrying = match s.status {
@@ -232,7 +245,7 @@ impl Engine {
                 }
                 GlobalStatus::Begin | GlobalStatus::RollbackFailed => {}
                 _ => {
-                    for b in &s.branches {
+                    for b in s.branches.iter().filter(|b| b.status != BranchStatus::Stalled) {
                         match b.delivery.in_flight {
                             Some((cmd, deadline)) if now >= deadline => {
                                 due.push((s.xid, Some((b.id, cmd))))

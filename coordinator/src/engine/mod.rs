@@ -147,6 +147,7 @@ impl Engine {
                 branches.push(BranchEntry {
                     id: b.branch_id,
                     resource_id: b.resource_id,
+                    tcc: b.tcc.map(Box::new),
                     status: b.status,
                     request_id: b.request_id,
                     keys,

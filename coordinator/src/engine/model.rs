@@ -187,6 +187,41 @@ pub enum BranchStatus {
     Committed,
     RolledBack,
     Conflict,
+    /// A TCC branch whose phase-two call failed `tcc_max_attempts` times: nothing is sent
+    /// until an operator retries it or marks it done.
+    Stalled,
+}
+
+/// What kind of participant a branch is (`type` in the API).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchType {
+    /// Phase two runs in a proxy: undo records, row images, global locks.
+    #[default]
+    At,
+    /// Phase two is an HTTP call to the participant's Confirm or Cancel URL.
+    Tcc,
+}
+
+/// What phase two of a TCC branch calls: `confirm_url` on global commit, `cancel_url`
+/// on rollback, each with `{"xid", "branch_id", "action", "payload"}`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TccCall {
+    pub confirm_url: String,
+    pub cancel_url: String,
+    /// JSON text, passed on as it was given (absent: `null`).
+    #[serde(default)]
+    pub payload: Option<String>,
+}
+
+/// An operator's action on a TCC branch that keeps failing (or any unfinished one).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchAction {
+    /// Call the participant again now (the attempt count starts over).
+    Retry,
+    /// The participant's phase two is known done (by other means): stop calling it.
+    MarkDone,
 }
 
 /// Phase-two scheduling of one branch. Volatile on purpose: after a restart every
@@ -204,7 +239,10 @@ pub(super) struct Delivery {
 #[derive(Clone, Debug)]
 pub(super) struct BranchEntry {
     pub(super) id: BranchId,
+    /// For a TCC branch, its name (or the Confirm URL's host when it has none).
     pub(super) resource_id: String,
+    /// A TCC branch's calls (`None`: an AT branch).
+    pub(super) tcc: Option<Box<TccCall>>,
     pub(super) status: BranchStatus,
     pub(super) request_id: String,
     pub(super) keys: Vec<InternedKey>,
@@ -328,6 +366,11 @@ pub struct BranchRecord {
     pub phase_two_attempts: u32,
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Absent in records written before TCC existed: those are AT branches.
+    #[serde(default)]
+    pub branch_type: BranchType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tcc: Option<TccCall>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -403,6 +446,8 @@ pub enum Effect {
         branch_id: BranchId,
         resource_id: String,
         action: Decision,
+        /// A TCC branch: call the participant instead of a proxy.
+        tcc: Option<Box<TccCall>>,
     },
     SendResolve {
         command_id: u64,
@@ -454,6 +499,9 @@ pub struct EngineConfig {
     pub backoff_cap_ms: u64,
     /// How long to wait for a proxy's answer to a phase-two command before resending.
     pub command_timeout_ms: u64,
+    /// Failed Confirm / Cancel calls after which a TCC branch waits for an operator
+    /// (0: retried for ever).
+    pub tcc_max_attempts: u32,
 }
 
 /// Events worth counting, drained by the sequencer for /metrics.

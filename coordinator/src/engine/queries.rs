@@ -173,6 +173,12 @@ pub(super) fn record_of(locks: &LockTable, s: &GlobalTx, finished_ms: Option<u64
                 registered_ms: b.registered_ms,
                 phase_two_attempts: b.sends,
                 last_error: b.last_error.clone(),
+                branch_type: if b.tcc.is_some() {
+                    BranchType::Tcc
+                } else {
+                    BranchType::At
+                },
+                tcc: b.tcc.as_deref().cloned(),
             })
             .collect(),
     }

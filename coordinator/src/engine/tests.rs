@@ -9,6 +9,7 @@ fn cfg() -> EngineConfig {
         backoff_base_ms: 100,
         backoff_cap_ms: 1_000,
         command_timeout_ms: 500,
+        tcc_max_attempts: 3,
     }
 }
 
@@ -814,4 +815,211 @@ fn t63_backoff_is_capped_and_jittered() {
     }
     let spread: HashSet<u64> = (0..50).map(|s| backoff(&c, s, 5)).collect();
     assert!(spread.len() > 10, "jitter spreads retries");
+}
+
+// ---- TCC branches ----------------------------------------------------------------------
+
+impl T {
+    fn tcc(&mut self, xid: XidNum, name: &str) -> BranchId {
+        let call = TccCall {
+            confirm_url: format!("http://{name}/confirm"),
+            cancel_url: format!("http://{name}/cancel"),
+            payload: Some(r#"{"amount":5}"#.into()),
+        };
+        match self
+            .e
+            .apply(
+                Command::RegisterTcc(RegisterTcc {
+                    xid,
+                    name: name.into(),
+                    call,
+                    request_id: String::new(),
+                }),
+                self.now,
+            )
+            .unwrap()
+        {
+            Reply::RegisterTcc(b) => b,
+            r => panic!("{r:?}"),
+        }
+    }
+    fn operate(&mut self, xid: XidNum, branch_id: BranchId, action: BranchAction) -> BranchStatus {
+        match self
+            .e
+            .apply(
+                Command::OperateBranch(OperateBranch {
+                    xid,
+                    branch_id,
+                    action,
+                }),
+                self.now,
+            )
+            .unwrap()
+        {
+            Reply::OperateBranch(s) => s,
+            r => panic!("{r:?}"),
+        }
+    }
+    fn branch_status(&self, xid: XidNum, b: BranchId) -> BranchStatus {
+        let rec = self.e.record(xid).expect("unfinished");
+        rec.branches.iter().find(|x| x.branch_id == b).unwrap().status
+    }
+}
+
+#[test]
+fn tcc_branches_call_their_participant_and_mix_with_at_in_reverse_order() {
+    let mut t = T::new();
+    let x = t.begin();
+    let at = t.branch(x, "db1", &[("t", "1")]);
+    let c1 = t.tcc(x, "pay");
+    let c2 = t.tcc(x, "stock");
+    let rec = t.e.record(x).unwrap();
+    let types: Vec<BranchType> = rec.branches.iter().map(|b| b.branch_type).collect();
+    assert_eq!(types, [BranchType::At, BranchType::Tcc, BranchType::Tcc]);
+    assert!(rec.branches[1].lock_keys.is_empty() && !rec.branches[1].locks_held);
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now).unwrap();
+    // Newest first, one at a time: stock's Cancel, then pay's, then the AT undo.
+    let mut order = Vec::new();
+    for _ in 0..3 {
+        let effects = t.e.take_effects();
+        assert_eq!(effects.len(), 1, "{effects:?}");
+        let Effect::SendBranch {
+            command_id,
+            branch_id,
+            action,
+            tcc,
+            ..
+        } = effects.into_iter().next().unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(action, Decision::Rollback);
+        assert_eq!(tcc.is_some(), branch_id != at);
+        order.push(branch_id);
+        t.result(x, (command_id, branch_id, action), ProxyAnswer::Done);
+    }
+    assert_eq!(order, [c2, c1, at]);
+    assert_eq!(t.status(x), None, "finished");
+}
+
+#[test]
+fn a_tcc_branch_that_keeps_failing_waits_for_an_operator() {
+    let mut t = T::new();
+    let x = t.begin();
+    let b = t.tcc(x, "pay");
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now).unwrap();
+    for attempt in 1..=3 {
+        let s = t.sends();
+        assert_eq!(s.len(), 1, "attempt {attempt}");
+        t.result(x, s[0], ProxyAnswer::Retryable("503".into()));
+        t.now += 10_000;
+        t.e.apply(Command::Tick, t.now).unwrap();
+    }
+    assert_eq!(t.branch_status(x, b), BranchStatus::Stalled);
+    assert_eq!(t.status(x), Some(GlobalStatus::CommitRetrying));
+    t.now += 100_000;
+    t.e.apply(Command::Tick, t.now).unwrap();
+    assert!(t.sends().is_empty(), "a stalled branch is not called");
+    // Retry: called again at once, and its success finishes the transaction.
+    assert_eq!(t.operate(x, b, BranchAction::Retry), BranchStatus::Registered);
+    let s = t.sends();
+    assert_eq!(s.len(), 1);
+    t.result(x, s[0], ProxyAnswer::Retryable("503".into()));
+    assert_eq!(t.branch_status(x, b), BranchStatus::Registered, "attempts start over");
+    t.now += 10_000;
+    t.e.apply(Command::Tick, t.now).unwrap();
+    let s = t.sends();
+    t.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(t.status(x), None);
+}
+
+#[test]
+fn an_operator_marks_a_stalled_cancel_done_and_the_rollback_goes_on() {
+    let mut t = T::new();
+    let x = t.begin();
+    let at = t.branch(x, "db1", &[("t", "1")]);
+    let b = t.tcc(x, "pay");
+    // Not decided yet: nothing to operate on.
+    assert!(matches!(
+        t.e.apply(
+            Command::OperateBranch(OperateBranch {
+                xid: x,
+                branch_id: b,
+                action: BranchAction::MarkDone
+            }),
+            t.now
+        ),
+        Err(CoordinatorError::NotDecided(_))
+    ));
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now).unwrap();
+    for _ in 0..3 {
+        let s = t.sends();
+        assert_eq!(s, vec![(s[0].0, b, Decision::Rollback)]);
+        t.result(x, s[0], ProxyAnswer::Retryable("down".into()));
+        t.now += 10_000;
+        t.e.apply(Command::Tick, t.now).unwrap();
+    }
+    assert_eq!(t.branch_status(x, b), BranchStatus::Stalled);
+    assert!(t.sends().is_empty(), "the older AT branch waits behind it");
+    // An AT branch is not the operator's to mark.
+    assert!(t
+        .e
+        .apply(
+            Command::OperateBranch(OperateBranch {
+                xid: x,
+                branch_id: at,
+                action: BranchAction::MarkDone
+            }),
+            t.now
+        )
+        .is_err());
+    assert_eq!(t.operate(x, b, BranchAction::MarkDone), BranchStatus::RolledBack);
+    let s = t.sends();
+    assert_eq!(s, vec![(s[0].0, at, Decision::Rollback)]);
+    t.result(x, s[0], ProxyAnswer::Done);
+    assert_eq!(t.status(x), None);
+}
+
+#[test]
+fn tcc_registration_is_refused_once_decided_and_repeats_by_request_id() {
+    let mut t = T::new();
+    let x = t.begin();
+    let reg = |id: &str| {
+        Command::RegisterTcc(RegisterTcc {
+            xid: x,
+            name: String::new(),
+            call: TccCall {
+                confirm_url: "http://h:1/c".into(),
+                cancel_url: "http://h:1/x".into(),
+                payload: None,
+            },
+            request_id: id.into(),
+        })
+    };
+    let a = t.e.apply(reg("r1"), t.now).unwrap();
+    assert_eq!(t.e.apply(reg("r1"), t.now).unwrap(), a);
+    let rec = t.e.record(x).unwrap();
+    assert_eq!(rec.branches.len(), 1);
+    assert_eq!(rec.branches[0].resource_id, "h:1", "named by the confirm URL's host");
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now).unwrap();
+    assert!(matches!(
+        t.e.apply(reg("r2"), t.now),
+        Err(CoordinatorError::NotActive { .. })
+    ));
+}
+
+#[test]
+fn tcc_records_survive_a_restart() {
+    let mut t = T::new();
+    let x = t.begin();
+    t.tcc(x, "pay");
+    let w = t.e.take_writes();
+    let rec: GlobalRecord = serde_json::from_slice(&w.active[0].1).unwrap();
+    let e = Engine::restore(cfg(), Counters::default(), vec![rec.clone()], vec![]);
+    assert_eq!(e.record(x).unwrap(), rec);
+    assert_eq!(rec.branches[0].tcc.as_ref().unwrap().payload.as_deref(), Some(r#"{"amount":5}"#));
+    // Records written before TCC existed read as AT branches.
+    let old = r#"{"branch_id":1,"resource_id":"db","status":"registered","request_id":"r","lock_keys":[],"locks_held":false}"#;
+    let b: BranchRecord = serde_json::from_str(old).unwrap();
+    assert_eq!((b.branch_type, b.tcc), (BranchType::At, None));
 }
