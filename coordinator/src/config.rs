@@ -293,6 +293,8 @@ mod tests {
             "phase_two_backoff_base_ms",
             "phase_two_backoff_cap_ms",
             "phase_two_command_timeout_ms",
+            "tcc_call_timeout_ms",
+            "tcc_max_attempts",
             "rollback_wait_ms",
             "write_isolation_wait_ms",
             "max_batch",
@@ -305,7 +307,7 @@ mod tests {
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 20);
+        assert_eq!(table.len(), 22);
     }
 
     #[test]

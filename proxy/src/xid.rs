@@ -1,21 +1,55 @@
-//! Cheap detection of the `/*+ XID('...') */` tag in a statement's leading comment.
+//! Cheap detection of hints in a statement's leading comment: the `/*+ XID('...') */` tag,
+//! and the arguments of any other hint (`BARRIER(…)`, `TCC(…)`).
 //!
 //! Untagged statements must not pay for SQL parsing, so this is a byte scan of the leading
-//! comment only: skip whitespace, require `/*`, look for `XID(` before the closing `*/`.
+//! comment only: skip whitespace, require `/*`, look for `NAME(` before the closing `*/`.
 //! Everything after the first comment is never looked at.
 
 /// Returns the XID of a statement tagged in its leading comment, or `None`.
 pub fn leading_xid(sql: &[u8]) -> Option<&[u8]> {
-    match leading_hint(sql, b"XID")?.as_slice() {
-        [xid] if !xid.is_empty() => Some(xid),
+    match leading_hint(sql, b"XID")?.ok()?.as_slice() {
+        [HintArg::Quoted(xid)] if !xid.is_empty() => Some(xid),
         _ => None,
     }
 }
 
-/// The quoted arguments of hint `name` (`NAME('a', "b")`) in a statement's leading comment,
-/// or `None` when the comment does not carry it well-formed. The name matches
-/// case-insensitively and only as a whole word; arguments are taken verbatim (no escapes).
-pub fn leading_hint<'a>(sql: &'a [u8], name: &[u8]) -> Option<Vec<&'a [u8]>> {
+/// One argument of a hint: quoted text (`'a'` or `"a"`, verbatim, no escapes), or a bare
+/// unsigned integer (`42`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HintArg<'a> {
+    Quoted(&'a [u8]),
+    Number(&'a [u8]),
+}
+
+impl<'a> HintArg<'a> {
+    /// The text of a quoted argument.
+    pub fn quoted(self) -> Option<&'a [u8]> {
+        match self {
+            HintArg::Quoted(t) => Some(t),
+            HintArg::Number(_) => None,
+        }
+    }
+
+    /// The argument as an unsigned 64-bit integer, bare (`42`) or quoted (`'42'`).
+    pub fn number(self) -> Option<u64> {
+        let (HintArg::Quoted(digits) | HintArg::Number(digits)) = self;
+        if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(digits).ok()?.parse().ok()
+    }
+}
+
+/// A hint whose name is there but whose arguments do not parse (unquoted words, a
+/// missing comma or parenthesis, an unterminated quote).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Malformed;
+
+/// The arguments of hint `name` (`NAME('a', "b", 42)`) in a statement's leading comment:
+/// `None` when the comment does not name it, `Some(Err(Malformed))` when it does but the
+/// arguments do not parse. The name matches case-insensitively and only as a whole word
+/// followed by `(`.
+pub fn leading_hint<'a>(sql: &'a [u8], name: &[u8]) -> Option<Result<Vec<HintArg<'a>>, Malformed>> {
     let start = sql.iter().position(|b| !b.is_ascii_whitespace())?;
     let rest = &sql[start..];
     if !rest.starts_with(b"/*") {
@@ -30,18 +64,32 @@ pub fn leading_hint<'a>(sql: &'a [u8], name: &[u8]) -> Option<Vec<&'a [u8]>> {
             && comment[i + name.len()] == b'('
             && (i == 0 || !word(comment[i - 1]))
     })?;
-    let mut args = &comment[at + name.len() + 1..];
+    Some(arguments(&comment[at + name.len() + 1..]).ok_or(Malformed))
+}
+
+/// The arguments after a hint's `(`, up to its `)`.
+fn arguments(mut args: &[u8]) -> Option<Vec<HintArg<'_>>> {
     let mut out = Vec::new();
     loop {
         let open = args.iter().position(|b| !b.is_ascii_whitespace())?;
-        let quote = args[open];
-        if quote != b'\'' && quote != b'"' {
-            return None;
-        }
-        let value = &args[open + 1..];
-        let close = value.iter().position(|&b| b == quote)?;
-        out.push(&value[..close]);
-        let after = &value[close + 1..];
+        let after = match args[open] {
+            quote @ (b'\'' | b'"') => {
+                let value = &args[open + 1..];
+                let close = value.iter().position(|&b| b == quote)?;
+                out.push(HintArg::Quoted(&value[..close]));
+                &value[close + 1..]
+            }
+            b'0'..=b'9' => {
+                let digits = &args[open..];
+                let len = digits
+                    .iter()
+                    .position(|b| !b.is_ascii_digit())
+                    .unwrap_or(digits.len());
+                out.push(HintArg::Number(&digits[..len]));
+                &digits[len..]
+            }
+            _ => return None,
+        };
         let next = after.iter().position(|b| !b.is_ascii_whitespace())?;
         match after[next] {
             b')' => return Some(out),
@@ -53,41 +101,85 @@ pub fn leading_hint<'a>(sql: &'a [u8], name: &[u8]) -> Option<Vec<&'a [u8]>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{leading_hint, leading_xid};
+    use super::{leading_hint, leading_xid, HintArg, Malformed};
+
+    /// The quoted arguments' texts (`None` for a bare number).
+    fn quoted<'a>(sql: &'a [u8], name: &[u8]) -> Option<Vec<Option<&'a [u8]>>> {
+        let args = leading_hint(sql, name)?.ok()?;
+        Some(args.into_iter().map(HintArg::quoted).collect())
+    }
 
     #[test]
     fn hints_with_several_arguments() {
         assert_eq!(
-            leading_hint(
+            quoted(
                 b"/*+ BARRIER('orders', \"m-1\") */ INSERT INTO t VALUES (1)",
                 b"BARRIER"
             ),
-            Some(vec![&b"orders"[..], &b"m-1"[..]])
+            Some(vec![Some(&b"orders"[..]), Some(&b"m-1"[..])])
         );
         assert_eq!(
-            leading_hint(b"/*+ barrier( 'c' ,'m' ) */ DO 1", b"BARRIER").map(|v| v.len()),
-            Some(2)
+            leading_hint(b"/*+ barrier( 'c' ,'m' ) */ DO 1", b"BARRIER")
+                .map(|v| v.map(|v| v.len())),
+            Some(Ok(2))
         );
         assert_eq!(
             leading_hint(b"/*+ MYBARRIER('c', 'm') */ DO 1", b"BARRIER"),
             None
         );
         assert_eq!(
-            leading_hint(b"/*+ BARRIER('c' 'm') */ DO 1", b"BARRIER"),
-            None
-        );
-        assert_eq!(
-            leading_hint(b"/*+ BARRIER('c', m) */ DO 1", b"BARRIER"),
-            None
-        );
-        assert_eq!(
             leading_hint(b"DO 1 /*+ BARRIER('c', 'm') */", b"BARRIER"),
             None
         );
+        // Named, but not well-formed: the caller can tell it from an absent hint.
+        for bad in [
+            &b"/*+ BARRIER('c' 'm') */ DO 1"[..],
+            b"/*+ BARRIER('c', m) */ DO 1",
+            b"/*+ BARRIER('c', 'm' */ DO 1",
+            b"/*+ BARRIER('c', 'm */ DO 1",
+            b"/*+ BARRIER('c',) */ DO 1",
+            b"/*+ TCC('x', 7a, 'try') */ DO 1",
+            b"/*+ TCC('x', -7, 'try') */ DO 1",
+        ] {
+            let name = if bad.starts_with(b"/*+ TCC") { &b"TCC"[..] } else { b"BARRIER" };
+            assert_eq!(
+                leading_hint(bad, name),
+                Some(Err(Malformed)),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
         // Both hints in one comment.
         let sql = b"/*+ XID('rw-1') BARRIER('c', 'm') */ UPDATE t SET a = 1";
         assert_eq!(leading_xid(sql), Some(&b"rw-1"[..]));
-        assert_eq!(leading_hint(sql, b"BARRIER").map(|v| v.len()), Some(2));
+        assert_eq!(quoted(sql, b"BARRIER").map(|v| v.len()), Some(2));
+    }
+
+    #[test]
+    fn bare_integers_are_arguments() {
+        assert_eq!(
+            leading_hint(b"/*+ TCC('rw-1', 42, 'try') */ UPDATE t SET a = 1", b"TCC"),
+            Some(Ok(vec![
+                HintArg::Quoted(b"rw-1"),
+                HintArg::Number(b"42"),
+                HintArg::Quoted(b"try")
+            ]))
+        );
+        assert_eq!(
+            leading_hint(b"/*+TCC( 'x' ,7 ,'cancel' )*/DO 1", b"TCC")
+                .and_then(Result::ok)
+                .map(|a| a[1].number()),
+            Some(Some(7))
+        );
+        // A number may also be quoted; anything but digits, or past u64, is no number.
+        assert_eq!(HintArg::Quoted(b"18446744073709551615").number(), Some(u64::MAX));
+        assert_eq!(HintArg::Number(b"18446744073709551616").number(), None);
+        assert_eq!(HintArg::Quoted(b"7 ").number(), None);
+        assert_eq!(HintArg::Quoted(b"").number(), None);
+        assert_eq!(HintArg::Number(b"0").number(), Some(0));
+        assert_eq!(HintArg::Number(b"1").quoted(), None);
+        // An XID is quoted text, never a number.
+        assert_eq!(leading_xid(b"/*+ XID(12) */ SELECT 1"), None);
     }
 
     #[test]

@@ -28,6 +28,7 @@ use mysql_async::Pool;
 use rewind_undo_log::undo_sql::quote_ident;
 use tokio_util::sync::CancellationToken;
 
+use crate::xid::HintArg;
 use crate::Shared;
 
 /// A statement's barrier: who consumes, and which message.
@@ -41,11 +42,13 @@ impl Barrier {
     /// The `BARRIER('<consumer>', '<message_id>')` hint of a statement's leading comment.
     /// `Err` names what is wrong with a hint that is there but unusable.
     pub fn of(sql: &[u8]) -> Option<Result<Barrier, &'static str>> {
-        let args = crate::xid::leading_hint(sql, b"BARRIER")?;
-        let [consumer, message_id] = args.as_slice() else {
-            return Some(Err(
-                "BARRIER takes two quoted arguments: BARRIER('<consumer>', '<message_id>')",
-            ));
+        const USAGE: &str =
+            "BARRIER takes two quoted arguments: BARRIER('<consumer>', '<message_id>')";
+        let Ok(args) = crate::xid::leading_hint(sql, b"BARRIER")? else {
+            return Some(Err(USAGE));
+        };
+        let [HintArg::Quoted(consumer), HintArg::Quoted(message_id)] = args.as_slice() else {
+            return Some(Err(USAGE));
         };
         let text = |b: &[u8]| String::from_utf8(b.to_vec()).ok();
         Some(match (text(consumer), text(message_id)) {
@@ -201,6 +204,15 @@ mod tests {
         ));
         assert!(matches!(
             Barrier::of(b"/*+ BARRIER('billing', '') */ DO 1"),
+            Some(Err(_))
+        ));
+        // Named but unusable: an error, never a statement run without its barrier.
+        assert!(matches!(
+            Barrier::of(b"/*+ BARRIER('billing', 42) */ DO 1"),
+            Some(Err(_))
+        ));
+        assert!(matches!(
+            Barrier::of(b"/*+ BARRIER('billing' 'm') */ DO 1"),
             Some(Err(_))
         ));
         let long = format!("/*+ BARRIER('c', '{}') */ DO 1", "x".repeat(192));
