@@ -40,6 +40,9 @@ pub async fn request(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Result<Answer> {
+    // The workspace builds reqwest with rustls for the coordinator's TCC calls (cargo
+    // unifies features), so a client needs a crypto provider even for plain http://.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(30))

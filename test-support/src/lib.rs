@@ -17,6 +17,7 @@
 //! - [`proxy`]: a proxy process in front of the test MariaDB.
 //! - [`brokers`]: a RabbitMQ queue and NATS JetStream streams to read what the relay sent.
 //! - [`browser`]: the console tests' Chromium and their driver scripts' runs.
+//! - [`go`]: Go programs under `tests/go/`, and the example TCC participant.
 //! - [`mariadb`]: connections straight to MariaDB, fresh databases, checksums, dumps,
 //!   undo records, server errors.
 
@@ -24,6 +25,7 @@ pub mod brokers;
 pub mod browser;
 pub mod coordinator;
 pub mod dir;
+pub mod go;
 pub mod http;
 pub mod mariadb;
 pub mod process;
@@ -35,6 +37,7 @@ pub use brokers::{amqp_addr, amqp_url, nats_addr, nats_url, AmqpQueue, JetStream
 pub use browser::{chromium, run_console_driver};
 pub use coordinator::{peers, Coordinator};
 pub use dir::TempDir;
+pub use go::{build_go, go, TccParticipant, GOPATH, GO_DRIVER};
 pub use http::{http, http_as, request, Answer};
 pub use mariadb::{
     checksums, direct, direct_exec, direct_opts, dump, fresh_db, root_opts, server_error,

@@ -13,31 +13,9 @@
 //! golang-github-go-sql-driver-mysql-dev); without them these tests fail and say so.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use rewind_test_support::*;
-
-const GOPATH: &str = "/usr/share/gocode";
-const DRIVER: &str = "github.com/go-sql-driver/mysql";
-
-fn go() -> Command {
-    assert!(
-        Command::new("go").arg("version").output().is_ok()
-            && Path::new(GOPATH).join("src").join(DRIVER).is_dir(),
-        "needs go and go-sql-driver/mysql: run scripts/ensure-tools.sh --browser"
-    );
-    let mut c = Command::new("go");
-    c.env("GO111MODULE", "off")
-        .env("GOPATH", GOPATH)
-        .env("GOFLAGS", "")
-        .env("GOCACHE", std::env::temp_dir().join("rewind-go-cache"));
-    c
-}
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 async fn proxy(dir: &TempDir) -> (Coordinator, Proxy) {
     let coord = Coordinator::start(dir, &[]).await;
@@ -48,19 +26,7 @@ async fn proxy(dir: &TempDir) -> (Coordinator, Proxy) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t95_a_go_pool_survives_ended_sessions_and_sends_16_mib_as_directly() {
     let dir = TempDir::new("go-sessions");
-    let bin = dir.0.join("sessions");
-    let built = go()
-        .current_dir(workspace().join("tests/go/sessions"))
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg(".")
-        .output()
-        .unwrap();
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let bin = build_go(&dir, "sessions");
     let (_coord, proxy) = proxy(&dir).await;
     let kill_dsn = "root@tcp(127.0.0.1:3306)/test".to_string();
     let run = |port: u16| {
@@ -107,7 +73,7 @@ async fn t95_the_go_drivers_own_suite_gives_the_same_results_through_the_proxy()
     let (_coord, proxy) = proxy(&dir).await;
     let suite = |port: u16| {
         let mut c = go();
-        c.args(["test", "-count=1", "-v", DRIVER])
+        c.args(["test", "-count=1", "-v", GO_DRIVER])
             .env("MYSQL_TEST_USER", "root")
             .env("MYSQL_TEST_PASS", "")
             .env("MYSQL_TEST_PROT", "tcp")
