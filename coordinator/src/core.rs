@@ -16,10 +16,10 @@ use tokio_util::sync::CancellationToken;
 use crate::cluster::Cluster;
 use crate::dispatch::{Proxies, StreamTx};
 use crate::engine::{
-    AuditEntry, Begin, BranchAction, BranchId, BranchResult, BranchStatus, OperateBranch,
-    RegisterTcc, TccCall, Commit, Conflict, ConflictState, GlobalRecord,
-    GlobalStatus, HeldLock, ProxyAnswer, Registration, Report, Resolve, ResolveAction,
-    ResolveResult, ResourceAvailable, Rollback, XidNum,
+    AuditEntry, Begin, BranchAction, BranchId, BranchResult, BranchStatus, Commit, Conflict,
+    ConflictState, GlobalRecord, GlobalStatus, HeldLock, OperateBranch, ProxyAnswer, RegisterTcc,
+    Registration, Report, Resolve, ResolveAction, ResolveResult, ResourceAvailable, Rollback,
+    TccCall, XidNum,
 };
 use crate::error::CoordinatorError;
 use crate::locked_tables::LockedTables;

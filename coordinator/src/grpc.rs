@@ -163,10 +163,7 @@ impl TransactionManager for GrpcServices {
             cancel_url: r.cancel_url,
             payload: (!r.payload_json.is_empty()).then_some(r.payload_json),
         };
-        let branch_id = self
-            .0
-            .register_tcc(xid, r.name, call, r.request_id)
-            .await?;
+        let branch_id = self.0.register_tcc(xid, r.name, call, r.request_id).await?;
         Ok(Response::new(v1::RegisterTccBranchResponse { branch_id }))
     }
 

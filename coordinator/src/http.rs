@@ -663,7 +663,9 @@ async fn operate_branch(
         &result,
     )
     .await;
-    Ok(Json(json!({"xid": xid, "branch_id": branch_id.parse::<u64>().unwrap_or_default(), "status": r?})))
+    Ok(Json(
+        json!({"xid": xid, "branch_id": branch_id.parse::<u64>().unwrap_or_default(), "status": r?}),
+    ))
 }
 
 #[derive(Deserialize)]

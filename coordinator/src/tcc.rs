@@ -129,7 +129,10 @@ mod tests {
 
     #[test]
     fn urls_are_checked_and_named_by_host() {
-        assert_eq!(host_of("http://pay.internal:8080/tcc/confirm"), "pay.internal:8080");
+        assert_eq!(
+            host_of("http://pay.internal:8080/tcc/confirm"),
+            "pay.internal:8080"
+        );
         assert_eq!(host_of("https://u:p@h/x?y"), "h");
         assert!(check_url("confirm_url", "http://127.0.0.1:9/c").is_ok());
         assert!(check_url("confirm_url", "ftp://h/c").is_err());

@@ -48,7 +48,13 @@ impl Engine {
                         self.next_command += 1;
                         b.delivery.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
                         b.sends = b.sends.saturating_add(1);
-                        sends.push((cmd, b.id, b.resource_id.clone(), b.tcc.clone(), Decision::Commit));
+                        sends.push((
+                            cmd,
+                            b.id,
+                            b.resource_id.clone(),
+                            b.tcc.clone(),
+                            Decision::Commit,
+                        ));
                     }
                 }
                 if !pending {
@@ -85,7 +91,13 @@ impl Engine {
                             self.next_command += 1;
                             b.delivery.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
                             b.sends = b.sends.saturating_add(1);
-                            sends.push((cmd, b.id, b.resource_id.clone(), b.tcc.clone(), Decision::Rollback));
+                            sends.push((
+                                cmd,
+                                b.id,
+                                b.resource_id.clone(),
+                                b.tcc.clone(),
+                                Decision::Rollback,
+                            ));
                         }
                     }
                 }
@@ -245,7 +257,11 @@ impl Engine {
                 }
                 GlobalStatus::Begin | GlobalStatus::RollbackFailed => {}
                 _ => {
-                    for b in s.branches.iter().filter(|b| b.status != BranchStatus::Stalled) {
+                    for b in s
+                        .branches
+                        .iter()
+                        .filter(|b| b.status != BranchStatus::Stalled)
+                    {
                         match b.delivery.in_flight {
                             Some((cmd, deadline)) if now >= deadline => {
                                 due.push((s.xid, Some((b.id, cmd))))

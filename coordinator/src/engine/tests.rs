@@ -862,7 +862,11 @@ impl T {
     }
     fn branch_status(&self, xid: XidNum, b: BranchId) -> BranchStatus {
         let rec = self.e.record(xid).expect("unfinished");
-        rec.branches.iter().find(|x| x.branch_id == b).unwrap().status
+        rec.branches
+            .iter()
+            .find(|x| x.branch_id == b)
+            .unwrap()
+            .status
     }
 }
 
@@ -877,7 +881,8 @@ fn tcc_branches_call_their_participant_and_mix_with_at_in_reverse_order() {
     let types: Vec<BranchType> = rec.branches.iter().map(|b| b.branch_type).collect();
     assert_eq!(types, [BranchType::At, BranchType::Tcc, BranchType::Tcc]);
     assert!(rec.branches[1].lock_keys.is_empty() && !rec.branches[1].locks_held);
-    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     // Newest first, one at a time: stock's Cancel, then pay's, then the AT undo.
     let mut order = Vec::new();
     for _ in 0..3 {
@@ -907,7 +912,8 @@ fn a_tcc_branch_that_keeps_failing_waits_for_an_operator() {
     let mut t = T::new();
     let x = t.begin();
     let b = t.tcc(x, "pay");
-    t.e.apply(Command::Commit(Commit { xid: x }), t.now).unwrap();
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
     for attempt in 1..=3 {
         let s = t.sends();
         assert_eq!(s.len(), 1, "attempt {attempt}");
@@ -921,11 +927,18 @@ fn a_tcc_branch_that_keeps_failing_waits_for_an_operator() {
     t.e.apply(Command::Tick, t.now).unwrap();
     assert!(t.sends().is_empty(), "a stalled branch is not called");
     // Retry: called again at once, and its success finishes the transaction.
-    assert_eq!(t.operate(x, b, BranchAction::Retry), BranchStatus::Registered);
+    assert_eq!(
+        t.operate(x, b, BranchAction::Retry),
+        BranchStatus::Registered
+    );
     let s = t.sends();
     assert_eq!(s.len(), 1);
     t.result(x, s[0], ProxyAnswer::Retryable("503".into()));
-    assert_eq!(t.branch_status(x, b), BranchStatus::Registered, "attempts start over");
+    assert_eq!(
+        t.branch_status(x, b),
+        BranchStatus::Registered,
+        "attempts start over"
+    );
     t.now += 10_000;
     t.e.apply(Command::Tick, t.now).unwrap();
     let s = t.sends();
@@ -951,7 +964,8 @@ fn an_operator_marks_a_stalled_cancel_done_and_the_rollback_goes_on() {
         ),
         Err(CoordinatorError::NotDecided(_))
     ));
-    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now).unwrap();
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
     for _ in 0..3 {
         let s = t.sends();
         assert_eq!(s, vec![(s[0].0, b, Decision::Rollback)]);
@@ -973,7 +987,10 @@ fn an_operator_marks_a_stalled_cancel_done_and_the_rollback_goes_on() {
             t.now
         )
         .is_err());
-    assert_eq!(t.operate(x, b, BranchAction::MarkDone), BranchStatus::RolledBack);
+    assert_eq!(
+        t.operate(x, b, BranchAction::MarkDone),
+        BranchStatus::RolledBack
+    );
     let s = t.sends();
     assert_eq!(s, vec![(s[0].0, at, Decision::Rollback)]);
     t.result(x, s[0], ProxyAnswer::Done);
@@ -1000,8 +1017,12 @@ fn tcc_registration_is_refused_once_decided_and_repeats_by_request_id() {
     assert_eq!(t.e.apply(reg("r1"), t.now).unwrap(), a);
     let rec = t.e.record(x).unwrap();
     assert_eq!(rec.branches.len(), 1);
-    assert_eq!(rec.branches[0].resource_id, "h:1", "named by the confirm URL's host");
-    t.e.apply(Command::Commit(Commit { xid: x }), t.now).unwrap();
+    assert_eq!(
+        rec.branches[0].resource_id, "h:1",
+        "named by the confirm URL's host"
+    );
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
     assert!(matches!(
         t.e.apply(reg("r2"), t.now),
         Err(CoordinatorError::NotActive { .. })
@@ -1017,7 +1038,10 @@ fn tcc_records_survive_a_restart() {
     let rec: GlobalRecord = serde_json::from_slice(&w.active[0].1).unwrap();
     let e = Engine::restore(cfg(), Counters::default(), vec![rec.clone()], vec![]);
     assert_eq!(e.record(x).unwrap(), rec);
-    assert_eq!(rec.branches[0].tcc.as_ref().unwrap().payload.as_deref(), Some(r#"{"amount":5}"#));
+    assert_eq!(
+        rec.branches[0].tcc.as_ref().unwrap().payload.as_deref(),
+        Some(r#"{"amount":5}"#)
+    );
     // Records written before TCC existed read as AT branches.
     let old = r#"{"branch_id":1,"resource_id":"db","status":"registered","request_id":"r","lock_keys":[],"locks_held":false}"#;
     let b: BranchRecord = serde_json::from_str(old).unwrap();
