@@ -444,3 +444,71 @@ async fn t28_registration_over_grpc_and_bad_input_refused() {
     let (code, b) = e.post(&path, &good(p)).await;
     assert_eq!(code, 409, "decided: no more branches: {b}");
 }
+
+/// The console (real Chromium, `tests/console/tcc.mjs`): each branch with its type, the
+/// stalled one with its error and actions; the operator calls its Confirm again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t28_the_console_shows_branch_types_and_an_operator_retries_a_stalled_one() {
+    let e = env("console", &["a", "b"], "tcc_max_attempts = 3").await;
+    let at_db = "rwt_tcc_console_at";
+    fresh_db(at_db).await;
+    direct_exec(
+        at_db,
+        "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)",
+    )
+    .await;
+    direct_exec(at_db, "INSERT INTO acct VALUES (1, 100)").await;
+    let x = e.coord.begin(120_000).await;
+    let mut c = e.proxy.conn(at_db).await;
+    c.query_drop(format!(
+        "/*+ XID('{x}') */ UPDATE acct SET bal = bal - 10 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    drop(c);
+    let a = e.branch(&x, 0, 30).await;
+    let b = e.branch(&x, 1, 40).await;
+    e.parts[1].set_failing(true).await;
+    e.coord.commit(&x).await;
+    eventually("b stalls", Duration::from_secs(20), || async {
+        e.branch_json(&x, b).await["status"] == "stalled"
+    })
+    .await;
+    e.parts[1].set_failing(false).await;
+    let branches: Vec<Json> = e.coord.transaction(&x).await["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|br| json!({"branch_id": br["branch_id"], "type": br["type"]}))
+        .collect();
+    assert_eq!(branches.len(), 3);
+    let driver_dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("console");
+    let plan = json!({
+        "url": format!("http://{}/", e.coord.http),
+        "secret": e.coord.token(),
+        "chromium": chromium(),
+        "artifacts": std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("artifacts/console"),
+        "xid": x,
+        "stalled": b,
+        "confirm_url": e.parts[1].url("confirm"),
+        "branches": branches,
+    });
+    run_console_driver(&driver_dir, "tcc.mjs", &plan).await;
+    e.coord
+        .wait_status(&x, "committed", Duration::from_secs(10))
+        .await;
+    assert_eq!(account(&e.dbs[0]).await, (70, 0));
+    assert_eq!(
+        account(&e.dbs[1]).await,
+        (60, 0),
+        "b confirmed once, by the operator's retry"
+    );
+    let audit = e.coord.audit().await;
+    assert!(
+        audit.iter().any(|en| en["action"] == "branch retry"
+            && en["who"] == "admin"
+            && en["result"].as_str().unwrap_or_default().starts_with("ok")),
+        "{audit:?}"
+    );
+    let _ = a;
+}

@@ -303,12 +303,13 @@ async function loadDetail(xid) {
     h("h3", {}, "Branches"),
     t.branches.length === 0 ? h("p", { class: "muted" }, "No branch registered.") :
       h("table", { class: "grid" },
-        h("thead", {}, h("tr", {}, ["Branch", "Resource", "Status", "Lock keys", "Registered", "Phase-two attempts", "Last error"].map((x) => h("th", {}, x)))),
-        h("tbody", {}, t.branches.map((b) => h("tr", {},
+        h("thead", {}, h("tr", {}, ["Branch", "Type", "Resource", "Status", "Lock keys / calls", "Registered", "Phase-two attempts", "Last error"].map((x) => h("th", {}, x)))),
+        h("tbody", {}, t.branches.map((b) => h("tr", { "data-testid": "branch", dataset: { branch: b.branch_id, type: b.type || "at" } },
           h("td", {}, b.branch_id),
+          h("td", {}, h("span", { class: "type" }, (b.type || "at").toUpperCase())),
           h("td", { class: "mono" }, b.resource_id),
-          h("td", {}, statusTag(b.status)),
-          h("td", {}, h("details", {},
+          h("td", {}, statusTag(b.status), branchActions(t, b)),
+          h("td", {}, b.type === "tcc" ? tccCalls(b) : h("details", {},
             h("summary", {}, `${b.lock_keys.length} key(s)` + (b.locks_held ? ", held" : ", released")),
             h("ul", {}, b.lock_keys.slice(0, 200).map((k) => h("li", { class: "mono wrap" }, `${k.table} [${pkText(k.pk)}]`))),
             b.lock_keys.length > 200 ? h("p", { class: "muted" }, `… and ${b.lock_keys.length - 200} more`) : null)),
@@ -316,6 +317,45 @@ async function loadDetail(xid) {
           h("td", {}, b.phase_two_attempts),
           h("td", { class: b.last_error ? "result-bad" : "muted" }, b.last_error || "—")))))
   );
+}
+
+function tccCalls(b) {
+  return h("details", {},
+    h("summary", {}, "Confirm / Cancel"),
+    h("ul", { class: "calls" },
+      h("li", {}, h("b", {}, "Confirm "), h("span", { class: "mono" }, b.confirm_url)),
+      h("li", {}, h("b", {}, "Cancel "), h("span", { class: "mono" }, b.cancel_url)),
+      h("li", {}, h("b", {}, "Payload "), h("span", { class: "mono" }, JSON.stringify(b.payload)))));
+}
+
+// A TCC branch of a decided transaction that has not finished its phase two: an operator
+// may call the participant again now, or mark it done (audited).
+const DECIDED = ["committing", "commit_retrying", "rolling_back", "timeout_rolling_back", "rollback_retrying", "rollback_failed"];
+
+function branchActions(t, b) {
+  if (b.type !== "tcc" || !DECIDED.includes(t.status) || b.status === "committed" || b.status === "rolled_back") return null;
+  const call = t.status.startsWith("commit") ? "Confirm" : "Cancel";
+  return h("div", { class: "actions branch-actions" },
+    h("button", { class: "primary", "data-testid": "branch-retry", onclick: () => confirmBranch(t, b, "retry", call) }, `Call ${call} again`),
+    h("button", { class: "danger", "data-testid": "branch-mark_done", onclick: () => confirmBranch(t, b, "mark_done", call) }, "Mark done"));
+}
+
+async function confirmBranch(t, b, action, call) {
+  const body = action === "retry" ?
+    [h("p", {}, `Calls ${b.resource_id}'s ${call} (${call === "Confirm" ? b.confirm_url : b.cancel_url}) again now; the attempt count starts over.`),
+     h("p", {}, "The participant's fence makes a repeated call harmless.")] :
+    [h("p", {}, `Records branch ${b.branch_id} of ${t.xid} as done without calling ${b.resource_id} again.`),
+     h("p", {}, `Only if you know its ${call} took effect (or made it so by hand): the coordinator will never call it again.`)];
+  const yes = await ask(action === "retry" ? `Call ${call} again?` : "Mark the branch done?", body,
+    action === "retry" ? `Call ${call} again` : "Mark done", action !== "retry");
+  if (!yes) return;
+  try {
+    await api("POST", `/api/v1/transactions/${encodeURIComponent(t.xid)}/branches/${b.branch_id}/${action}`);
+    banner(null);
+  } catch (e) {
+    banner(`Branch ${b.branch_id}: ${e.message}`);
+  }
+  await refresh();
 }
 
 // Conflicts ------------------------------------------------------------------------------
