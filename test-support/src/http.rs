@@ -31,6 +31,17 @@ impl Answer {
     }
 }
 
+/// A client that keeps connections open (for load generators; tests use [`request`]).
+pub fn keep_alive_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .no_proxy()
+        .build()
+        .expect("an HTTP client builds")
+}
+
 /// One request to `http://{addr}{path}`. The body, if any, is sent as it is (it need
 /// not be valid JSON), labelled `application/json` as the API's clients do.
 pub async fn request(

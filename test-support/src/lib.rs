@@ -38,7 +38,7 @@ pub use browser::{chromium, run_console_driver};
 pub use coordinator::{peers, Coordinator};
 pub use dir::TempDir;
 pub use go::{build_go, go, TccParticipant, GOPATH, GO_DRIVER};
-pub use http::{http, http_as, request, Answer};
+pub use http::{http, http_as, keep_alive_client, request, Answer};
 pub use mariadb::{
     checksums, direct, direct_exec, direct_opts, dump, fresh_db, root_opts, server_error,
     undo_rows, BACKEND,

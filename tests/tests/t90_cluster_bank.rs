@@ -303,3 +303,132 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
         members.kill(i);
     }
 }
+
+/// TCC on the cluster: branches registered at one leader are confirmed or cancelled by
+/// the next. The leader is killed -9 after registration (the decision is taken by the
+/// new leader) and again while a Confirm is in flight (the new leader calls again; the
+/// fence keeps it once). No effect lost, none doubled, no decision flipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t90_tcc_branches_survive_leader_kills() {
+    let dir = TempDir::new("cluster-tcc");
+    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
+    let members = Arc::new(Members {
+        addrs: addrs.clone(),
+        procs: Mutex::new(vec![None, None, None]),
+        peers: peers(&addrs),
+    });
+    for i in 0..3 {
+        members.start(&dir, i).await;
+    }
+    members.leader(Duration::from_secs(20)).await;
+    let urls = addrs
+        .iter()
+        .map(|(g, _)| format!("http://{g}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "ctcc"]).await;
+    let db = "rwt_ctcc";
+    fresh_db(db).await;
+    let dsn = format!("root@tcp({})/{db}?interpolateParams=true", proxy.addr);
+    let p = TccParticipant::start(&dir, "participant", &dsn, true).await;
+    direct_exec(db, "INSERT INTO tcc_account VALUES (1, 1000, 0)").await;
+    let account = || async {
+        direct(db)
+            .await
+            .query_first::<(i64, i64), _>("SELECT balance, frozen FROM tcc_account WHERE id = 1")
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let branch = |xid: String, amount: i64| {
+        let (m, p) = (members.clone(), &p);
+        async move {
+            let body = serde_json::json!({"type": "tcc", "confirm_url": p.url("confirm"),
+                "cancel_url": p.url("cancel"), "payload": {"account": 1, "amount": amount},
+                "request_id": format!("{xid}-r")});
+            let b = m
+                .call(
+                    "POST",
+                    &format!("/api/v1/transactions/{xid}/branches"),
+                    Some(&body),
+                )
+                .await["branch_id"]
+                .as_u64()
+                .unwrap();
+            let (code, text) = p.try_phase(&xid, b, 1, amount).await;
+            assert_eq!(code, 200, "{text}");
+            b
+        }
+    };
+    let begin = || async {
+        members
+            .call(
+                "POST",
+                "/api/v1/transactions",
+                Some(&serde_json::json!({"timeout_ms": 120_000})),
+            )
+            .await["xid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let wait = |xid: String, status: &'static str| {
+        let m = members.clone();
+        async move {
+            let start = Instant::now();
+            while m.status(&xid).await != status {
+                assert!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "{xid} never {status}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+
+    // 1. Registered and tried under one leader; it dies; the next one commits.
+    let x1 = begin().await;
+    branch(x1.clone(), 100).await;
+    let x2 = begin().await;
+    branch(x2.clone(), 50).await;
+    let (l, _) = members.leader(Duration::from_secs(20)).await;
+    members.kill(l);
+    members
+        .call("POST", &format!("/api/v1/transactions/{x1}/commit"), None)
+        .await;
+    members
+        .call("POST", &format!("/api/v1/transactions/{x2}/rollback"), None)
+        .await;
+    wait(x1.clone(), "committed").await;
+    wait(x2.clone(), "rolled_back").await;
+    assert_eq!(
+        account().await,
+        (900, 0),
+        "x1 confirmed once, x2 cancelled once"
+    );
+    members.start(&dir, l).await;
+
+    // 2. The leader dies while a Confirm is in flight (the participant is slow).
+    let x3 = begin().await;
+    branch(x3.clone(), 200).await;
+    p.set_delay(2000).await;
+    members
+        .call("POST", &format!("/api/v1/transactions/{x3}/commit"), None)
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (l, _) = members.leader(Duration::from_secs(20)).await;
+    members.kill(l);
+    wait(x3.clone(), "committed").await;
+    assert_eq!(account().await, (700, 0), "x3 confirmed once");
+    // A decision never flips: the opposite one is refused.
+    let (_, h) = members.leader(Duration::from_secs(20)).await;
+    let (code, _) = http(
+        h,
+        "POST",
+        &format!("/api/v1/transactions/{x3}/rollback"),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(code, 409);
+}
