@@ -121,6 +121,7 @@ pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &C
                 conn.query_drop(ddl).await?;
             }
             conn.query_drop(shared.barrier.ddl()).await?;
+            conn.query_drop(shared.tcc_fence.ddl()).await?;
             conn.query_drop(shared.outbox_table.ddl()).await?;
             Ok::<_, mysql_async::Error>(())
         }

@@ -48,6 +48,9 @@ pub struct Config {
     /// Consumer barrier: a (consumer, message id) pair is remembered this many seconds; a
     /// duplicate delivered later than that is processed again.
     pub barrier_retention_secs: u64,
+    /// TCC fence: a branch's phase rows are remembered this many seconds; a Confirm or
+    /// Cancel repeated later than that runs again, a Try later than its Cancel applies.
+    pub tcc_fence_retention_secs: u64,
     /// How often an idle client session pings its backend connection, so a backend
     /// session ended by KILL, a restart or a failover closes the client's connection while
     /// the client is idle (its pool then replaces it). 0: never (the client finds out on its
@@ -146,6 +149,7 @@ impl Default for Config {
             users: Vec::new(),
             write_isolation: WriteIsolation::All,
             barrier_retention_secs: 7 * 24 * 3600,
+            tcc_fence_retention_secs: 7 * 24 * 3600,
             idle_check_ms: 1_000,
             outbox: OutboxConfig::default(),
         }
@@ -177,8 +181,10 @@ impl Config {
         if self.undo_housekeeping_secs == 0 {
             return Err("undo_housekeeping_secs must be positive".into());
         }
-        if self.barrier_retention_secs == 0 {
-            return Err("barrier_retention_secs must be positive".into());
+        if self.barrier_retention_secs == 0 || self.tcc_fence_retention_secs == 0 {
+            return Err(
+                "barrier_retention_secs and tcc_fence_retention_secs must be positive".into(),
+            );
         }
         let o = &self.outbox;
         if !o.broker.is_empty() {

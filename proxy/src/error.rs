@@ -85,6 +85,22 @@ pub enum ProxyError {
         consumer: String,
         message_id: String,
     },
+    /// The TCC fence saw this phase of the branch done already (a repeated Try, Confirm
+    /// or Cancel), or a Cancel with nothing to undo (its Try never committed): the local
+    /// transaction was rolled back, nothing of it applied; the participant answers success.
+    #[error("TCC phase already done: {what} (branch {branch_id} of global transaction '{xid}'); the local transaction was rolled back and nothing of it applied")]
+    TccPhaseDone {
+        what: &'static str,
+        xid: String,
+        branch_id: u64,
+    },
+    /// A Try that arrived after its branch's Cancel (suspension): refused for good.
+    #[error("XAER_NOTA: TCC Try of branch {branch_id} of global transaction '{xid}' arrived after its Cancel and was refused; the local transaction was rolled back and nothing of it applied")]
+    TccSuspended { xid: String, branch_id: u64 },
+    /// A Cancel (with work of the client's before its tag) met its Try committing
+    /// meanwhile: nothing applied; run the Cancel again, it will find the Try.
+    #[error("TCC Cancel of branch {branch_id} of global transaction '{xid}' raced its Try committing; the local transaction was rolled back and nothing of it applied: run the Cancel again")]
+    TccCancelRaced { xid: String, branch_id: u64 },
     /// A hint in a statement's leading comment that is there but unusable.
     #[error("Incorrect arguments to hint: {0}")]
     BadHint(&'static str),
@@ -134,6 +150,9 @@ impl ProxyError {
             e @ ProxyError::NoDatabase => own(ErrorKind::ER_NO_DB_ERROR, e.to_string()),
             e @ ProxyError::NoSuchTable(_) => own(ErrorKind::ER_NO_SUCH_TABLE, e.to_string()),
             e @ ProxyError::DuplicateMessage { .. } => own(ErrorKind::ER_DUP_ENTRY, e.to_string()),
+            e @ ProxyError::TccPhaseDone { .. } => own(ErrorKind::ER_DUP_ENTRY, e.to_string()),
+            e @ ProxyError::TccSuspended { .. } => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
+            e @ ProxyError::TccCancelRaced { .. } => own(ErrorKind::ER_LOCK_WAIT_TIMEOUT, e.to_string()),
             e @ ProxyError::BadHint(_) => own(ErrorKind::ER_WRONG_ARGUMENTS, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
         }
@@ -214,5 +233,29 @@ mod tests {
         .to_mysql();
         assert_eq!((code, &state), (1045, b"28000"));
         assert_eq!(ProxyError::TooManyConnections.to_mysql().0, 1040);
+    }
+
+    #[test]
+    fn tcc_fence_refusals_are_the_codes_participants_handle() {
+        let (xid, branch_id) = ("rw-1".to_string(), 3);
+        let (code, state, msg) = ProxyError::TccPhaseDone {
+            what: "repeated confirm",
+            xid: xid.clone(),
+            branch_id,
+        }
+        .to_mysql();
+        assert_eq!((code, &state), (1062, b"23000"));
+        assert!(
+            msg.starts_with("TCC phase already done: repeated confirm"),
+            "{msg}"
+        );
+        let (code, state, _) = ProxyError::TccSuspended {
+            xid: xid.clone(),
+            branch_id,
+        }
+        .to_mysql();
+        assert_eq!((code, &state), (1397, b"XAE04"));
+        let (code, _, _) = ProxyError::TccCancelRaced { xid, branch_id }.to_mysql();
+        assert_eq!(code, 1205);
     }
 }

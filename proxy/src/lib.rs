@@ -16,13 +16,18 @@
 //!   It only classifies a command and hands it on: untagged statements straight to the
 //!   backend, statements of a global transaction to the mode that owns them.
 //! - [`wire`]: encoding of OK / EOF / ERR, column definitions and text/binary rows.
-//! - [`xid`]: the cheap leading-comment XID detector; [`classify`]: first-keyword classes.
+//! - [`xid`]: the cheap leading-comment hint reader (XID and the other hints' arguments);
+//!   [`classify`]: first-keyword classes.
 //! - [`stacked`]: the cheap second-statement detector for clients without multi-statements.
 //! - [`at`]: AT mode, all of it: the session's AT path (binding, refusals, write isolation's
 //!   routing), the SQL analysis, images and key-restricted writes per statement kind, the
 //!   branch's commit protocol, global-lock waits, and phase two (rollback with the
 //!   dirty-write check, operator resolutions, undo housekeeping). See `at/mod.rs`.
 //! - [`barrier`]: the idempotent-consumer barrier (`/*+ BARRIER('<consumer>', '<id>') */`).
+//! - [`tcc`]: the TCC fence (`/*+ TCC('<xid>', <branch_id>, 'try'|'confirm'|'cancel') */`):
+//!   repeated phases, empty rollbacks and suspended Tries refused in the participant's own
+//!   local transaction. It and the barrier write their rows first through the session's
+//!   [`session::guarded`] (the implicit transaction, deadlock retries, refusals).
 //! - [`outbox`]: the local message table and its relay to RabbitMQ or NATS JetStream.
 //! - [`infile`]: `LOAD DATA LOCAL INFILE`, the backend's file request relayed to the client.
 //! - [`attach`]: the Attach stream to the coordinator, which delivers phase two and
@@ -90,6 +95,7 @@ mod outbox;
 mod packet;
 mod session;
 mod stacked;
+mod tcc;
 mod wire;
 mod xid;
 
@@ -140,6 +146,9 @@ pub struct Shared {
     pub undo: at::undo_table::UndoTable,
     /// Statements on the consumer barrier's table.
     pub barrier: barrier::BarrierTable,
+    /// Statements on the TCC fence's table, and how fenced statements went.
+    pub tcc_fence: tcc::FenceTable,
+    pub tcc_counts: tcc::Counts,
     /// Statements on the local message table, and the relay's kick and counters.
     pub outbox_table: outbox::OutboxTable,
     pub outbox: outbox::Outbox,
@@ -180,6 +189,8 @@ pub async fn run(
         metas: rewind_undo_log::MetaCache::new(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
         barrier: barrier::BarrierTable::new(&config.undo_schema),
+        tcc_fence: tcc::FenceTable::new(&config.undo_schema),
+        tcc_counts: tcc::Counts::default(),
         outbox_table: outbox::OutboxTable::new(&config.undo_schema),
         outbox: outbox::Outbox::new(!config.outbox.broker.is_empty()),
         isolation: Arc::default(),

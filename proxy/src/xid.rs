@@ -22,14 +22,6 @@ pub enum HintArg<'a> {
 }
 
 impl<'a> HintArg<'a> {
-    /// The text of a quoted argument.
-    pub fn quoted(self) -> Option<&'a [u8]> {
-        match self {
-            HintArg::Quoted(t) => Some(t),
-            HintArg::Number(_) => None,
-        }
-    }
-
     /// The argument as an unsigned 64-bit integer, bare (`42`) or quoted (`'42'`).
     pub fn number(self) -> Option<u64> {
         let (HintArg::Quoted(digits) | HintArg::Number(digits)) = self;
@@ -106,7 +98,11 @@ mod tests {
     /// The quoted arguments' texts (`None` for a bare number).
     fn quoted<'a>(sql: &'a [u8], name: &[u8]) -> Option<Vec<Option<&'a [u8]>>> {
         let args = leading_hint(sql, name)?.ok()?;
-        Some(args.into_iter().map(HintArg::quoted).collect())
+        let text = |a| match a {
+            HintArg::Quoted(t) => Some(t),
+            HintArg::Number(_) => None,
+        };
+        Some(args.into_iter().map(text).collect())
     }
 
     #[test]
@@ -141,7 +137,11 @@ mod tests {
             b"/*+ TCC('x', 7a, 'try') */ DO 1",
             b"/*+ TCC('x', -7, 'try') */ DO 1",
         ] {
-            let name = if bad.starts_with(b"/*+ TCC") { &b"TCC"[..] } else { b"BARRIER" };
+            let name = if bad.starts_with(b"/*+ TCC") {
+                &b"TCC"[..]
+            } else {
+                b"BARRIER"
+            };
             assert_eq!(
                 leading_hint(bad, name),
                 Some(Err(Malformed)),
@@ -172,12 +172,14 @@ mod tests {
             Some(Some(7))
         );
         // A number may also be quoted; anything but digits, or past u64, is no number.
-        assert_eq!(HintArg::Quoted(b"18446744073709551615").number(), Some(u64::MAX));
+        assert_eq!(
+            HintArg::Quoted(b"18446744073709551615").number(),
+            Some(u64::MAX)
+        );
         assert_eq!(HintArg::Number(b"18446744073709551616").number(), None);
         assert_eq!(HintArg::Quoted(b"7 ").number(), None);
         assert_eq!(HintArg::Quoted(b"").number(), None);
         assert_eq!(HintArg::Number(b"0").number(), Some(0));
-        assert_eq!(HintArg::Number(b"1").quoted(), None);
         // An XID is quoted text, never a number.
         assert_eq!(leading_xid(b"/*+ XID(12) */ SELECT 1"), None);
     }

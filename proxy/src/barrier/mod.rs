@@ -133,9 +133,11 @@ impl BarrierTable {
 }
 
 /// Every `undo_housekeeping_secs` until `shutdown`: deletes barrier pairs past
-/// `barrier_retention_secs` and published outbox rows past the outbox's `retention_secs`.
+/// `barrier_retention_secs`, TCC fence rows past `tcc_fence_retention_secs` and published
+/// outbox rows past the outbox's `retention_secs`; logs the fence's figures when they moved.
 pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: CancellationToken) {
     let every = Duration::from_secs(shared.config.undo_housekeeping_secs);
+    let mut fenced = shared.tcc_counts.read();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -146,6 +148,11 @@ pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: Cancellatio
                 "barrier pairs",
                 shared.barrier.expire(),
                 shared.config.barrier_retention_secs,
+            ),
+            (
+                "TCC fence rows",
+                shared.tcc_fence.expire(),
+                shared.config.tcc_fence_retention_secs,
             ),
             (
                 "published outbox rows",
@@ -161,6 +168,19 @@ pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: Cancellatio
                     tracing::warn!(error = %e, "housekeeping of {what} failed; retried later")
                 }
             }
+        }
+        let now = shared.tcc_counts.read();
+        if now != fenced {
+            let [passed, repeated, empty_rollbacks, suspended, raced] = now;
+            tracing::info!(
+                passed,
+                repeated,
+                empty_rollbacks,
+                suspended,
+                raced,
+                "TCC fence since start"
+            );
+            fenced = now;
         }
     }
 }

@@ -2,6 +2,10 @@
 //! matching the client's CLIENT_FOUND_ROWS, then relay commands one at a time until
 //! COM_QUIT, EOF, a fatal error or shutdown. Dropping the `Conn` returns it to the pool,
 //! which resets it (COM_RESET_CONNECTION) before anyone else gets it.
+//!
+//! - [`guarded`]: a statement behind rows a mode writes first (the barrier, the TCC fence).
+
+pub(crate) mod guarded;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -24,6 +28,7 @@ use crate::error::ProxyError;
 use crate::handshake;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
 use crate::stacked;
+use crate::tcc::Tcc;
 use crate::wire;
 use crate::xid;
 use crate::Shared;
@@ -66,6 +71,8 @@ pub(crate) struct Prepared {
     pub(crate) plan: Option<Arc<crate::at::sql::Dml>>,
     /// The statement's BARRIER hint, if it has one.
     pub(crate) barrier: Option<Result<Barrier, &'static str>>,
+    /// The statement's TCC hint, if it has one.
+    pub(crate) tcc: Option<Result<Tcc, &'static str>>,
     /// The text mentions the outbox (see [`Session::outbox_written`]).
     pub(crate) outbox: bool,
 }
@@ -574,6 +581,12 @@ impl Session {
         if self.shared.outbox.enabled && crate::outbox::mentions_outbox(sql) {
             self.outbox_written = true;
         }
+        if let Some(tcc) = Tcc::of(sql) {
+            let kind = classify::classify(sql);
+            return self
+                .with_tcc(tcc, at::Stmt::Text(sql), Vec::new(), &kind)
+                .await;
+        }
         if let Some(barrier) = Barrier::of(sql) {
             let kind = classify::classify(sql);
             return self
@@ -686,6 +699,7 @@ impl Session {
                 sql: std::str::from_utf8(sql).ok().map(Arc::from),
                 plan: None,
                 barrier: Barrier::of(sql),
+                tcc: Tcc::of(sql),
                 outbox: crate::outbox::mentions_outbox(sql),
             },
         );
@@ -754,6 +768,15 @@ impl Session {
             });
         }
         p.long_data.clear();
+        if let Some(tcc) = p.tcc.clone() {
+            let kind = p.kind.clone();
+            let st = at::Stmt::Prepared {
+                id,
+                stmt: p.stmt.clone(),
+                sql: p.sql.clone(),
+            };
+            return self.with_tcc(tcc, st, values, &kind).await;
+        }
         if let Some(barrier) = p.barrier.clone() {
             let kind = p.kind.clone();
             let st = at::Stmt::Prepared {
@@ -896,8 +919,8 @@ fn use_statement(db: &[u8]) -> Vec<u8> {
     q
 }
 
-/// A statement being run for a mode (AT, the barrier): COM_QUERY text or a prepared
-/// statement being executed.
+/// A statement being run for a mode (AT, the barrier, the TCC fence): COM_QUERY text or a
+/// prepared statement being executed.
 #[derive(Clone)]
 pub enum Stmt<'a> {
     /// COM_QUERY text.
