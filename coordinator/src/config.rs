@@ -22,7 +22,8 @@ pub struct Config {
     pub phase_two_backoff_base_ms: u64,
     pub phase_two_backoff_cap_ms: u64,
     pub phase_two_command_timeout_ms: u64,
-    /// How long a TCC Confirm or Cancel call may take (at most the command timeout).
+    /// How long a TCC Confirm or Cancel call may take (capped at the command timeout,
+    /// so that a configuration written before TCC existed keeps starting).
     pub tcc_call_timeout_ms: u64,
     /// Failed Confirm / Cancel calls after which a TCC branch is `stalled` and waits for
     /// an operator (retry / mark done); 0 retries for ever.
@@ -195,10 +196,8 @@ impl Config {
         if self.phase_two_command_timeout_ms == 0 {
             return bad("phase_two_command_timeout_ms must be > 0");
         }
-        if self.tcc_call_timeout_ms == 0
-            || self.tcc_call_timeout_ms > self.phase_two_command_timeout_ms
-        {
-            return bad("tcc_call_timeout_ms must be > 0 and <= phase_two_command_timeout_ms");
+        if self.tcc_call_timeout_ms == 0 {
+            return bad("tcc_call_timeout_ms must be > 0");
         }
         if self.max_batch == 0 {
             return bad("max_batch must be > 0");
@@ -264,6 +263,14 @@ impl Config {
             tcc_max_attempts: self.tcc_max_attempts,
         }
     }
+
+    /// The TCC call timeout in force: never longer than the engine waits for an answer.
+    pub fn tcc_call_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.tcc_call_timeout_ms
+                .min(self.phase_two_command_timeout_ms),
+        )
+    }
 }
 
 #[cfg(test)]
@@ -315,5 +322,10 @@ mod tests {
         assert!(toml::from_str::<Config>("grpc_adr = \"1.2.3.4:1\"").is_err());
         let c: Config = toml::from_str("tick_ms = 0").unwrap();
         assert!(c.validate().is_err());
+        // A command timeout below the TCC call timeout's default (a configuration older
+        // than TCC) still starts, with the call timeout capped.
+        let c: Config = toml::from_str("phase_two_command_timeout_ms = 2000").unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.tcc_call_timeout(), std::time::Duration::from_millis(2000));
     }
 }

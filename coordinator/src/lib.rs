@@ -167,7 +167,7 @@ pub async fn run(
     let dispatcher = tokio::spawn(dispatch::run(
         effects_rx,
         core.proxies(),
-        tcc::Caller::new(Duration::from_millis(config.tcc_call_timeout_ms)),
+        tcc::Caller::new(config.tcc_call_timeout()),
         seq.clone(),
         shutdown.clone(),
     ));

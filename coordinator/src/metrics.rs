@@ -126,7 +126,7 @@ impl Metrics {
     }
 
     pub fn render(&self, engine: &Engine) -> String {
-        let (active, branches) = engine.census();
+        let (active, branches, stalled) = engine.census();
         let mut out = String::new();
         out.push_str("# HELP rewind_transactions Unfinished global transactions by status.\n# TYPE rewind_transactions gauge\n");
         for (i, st) in GlobalStatus::ALL.iter().enumerate() {
@@ -155,6 +155,11 @@ impl Metrics {
                 "rewind_branches",
                 "Branches of unfinished global transactions.",
                 branches,
+            ),
+            (
+                "rewind_branches_stalled",
+                "TCC branches whose phase two failed tcc_max_attempts times, waiting for an operator.",
+                stalled,
             ),
             (
                 "rewind_locks_held",

@@ -333,18 +333,8 @@ impl Engine {
                 )));
             }
         }
-        let s = self
-            .globals
-            .get(&xid)
-            .ok_or(CoordinatorError::NotFound(xid))?;
-        if let Some(b) = s.branches.iter().find(|b| b.request_id == request_id) {
-            return Ok(Registration::Registered(b.id));
-        }
-        if s.status != GlobalStatus::Begin {
-            return Err(CoordinatorError::NotActive {
-                xid,
-                status: s.status,
-            });
+        if let Some(id) = self.accepting_branches(xid, &request_id)? {
+            return Ok(Registration::Registered(id));
         }
         let mut compact: Vec<InternedKey> = keys
             .iter()
@@ -364,26 +354,7 @@ impl Engine {
                 holder_rolling_back,
             });
         }
-        let id = self.counters.next_branch;
-        self.counters.next_branch += 1;
-        self.counters_dirty = true;
-        let s = self.globals.get_mut(&xid).expect("checked");
-        s.branches.push(BranchEntry {
-            id,
-            resource_id,
-            tcc: None,
-            status: BranchStatus::Registered,
-            request_id,
-            keys: compact,
-            locks_held: true,
-            registered_ms: now,
-            sends: 0,
-            last_error: None,
-            delivery: Delivery::default(),
-        });
-        s.updated_ms = now;
-        self.dirty.insert(xid);
-        self.stats.branches_registered += 1;
+        let id = self.add_branch(xid, resource_id, request_id, None, compact, now);
         Ok(Registration::Registered(id))
     }
 
@@ -394,13 +365,43 @@ impl Engine {
             call,
             request_id,
         } = c;
+        if let Some(id) = self.accepting_branches(xid, &request_id)? {
+            return Ok(id);
+        }
+        let resource_id = if name.is_empty() {
+            crate::tcc::host_of(&call.confirm_url).to_string()
+        } else {
+            name
+        };
+        let request_id = if request_id.is_empty() {
+            format!("tcc-{}", self.counters.next_branch)
+        } else {
+            request_id
+        };
+        Ok(self.add_branch(
+            xid,
+            resource_id,
+            request_id,
+            Some(Box::new(call)),
+            Vec::new(),
+            now,
+        ))
+    }
+
+    /// The branch an earlier registration with `request_id` got (`Ok(Some)`), or `Ok(None)`
+    /// when `xid` takes a new branch; refused once it is decided.
+    fn accepting_branches(
+        &self,
+        xid: XidNum,
+        request_id: &str,
+    ) -> Result<Option<BranchId>, CoordinatorError> {
         let s = self
             .globals
             .get(&xid)
             .ok_or(CoordinatorError::NotFound(xid))?;
         if !request_id.is_empty() {
             if let Some(b) = s.branches.iter().find(|b| b.request_id == request_id) {
-                return Ok(b.id);
+                return Ok(Some(b.id));
             }
         }
         if s.status != GlobalStatus::Begin {
@@ -409,28 +410,36 @@ impl Engine {
                 status: s.status,
             });
         }
+        Ok(None)
+    }
+
+    /// Adds a branch to `xid` (checked by [`Engine::accepting_branches`]); an AT branch's
+    /// `keys` are already acquired.
+    fn add_branch(
+        &mut self,
+        xid: XidNum,
+        resource_id: String,
+        request_id: String,
+        tcc: Option<Box<TccCall>>,
+        keys: Vec<InternedKey>,
+        now: u64,
+    ) -> BranchId {
         let id = self.counters.next_branch;
         self.counters.next_branch += 1;
         self.counters_dirty = true;
-        let resource_id = if name.is_empty() {
-            crate::tcc::host_of(&call.confirm_url).to_string()
-        } else {
-            name
-        };
-        let request_id = if request_id.is_empty() {
-            format!("tcc-{id}")
-        } else {
-            request_id
-        };
-        let s = self.globals.get_mut(&xid).expect("checked");
+        let s = self
+            .globals
+            .get_mut(&xid)
+            .expect("checked by accepting_branches");
         s.branches.push(BranchEntry {
             id,
             resource_id,
-            tcc: Some(Box::new(call)),
             status: BranchStatus::Registered,
             request_id,
-            keys: Vec::new(),
-            locks_held: false,
+            // An AT branch's keys were acquired by its registration; a TCC branch has none.
+            locks_held: tcc.is_none(),
+            tcc,
+            keys,
             registered_ms: now,
             sends: 0,
             last_error: None,
@@ -439,7 +448,7 @@ impl Engine {
         s.updated_ms = now;
         self.dirty.insert(xid);
         self.stats.branches_registered += 1;
-        Ok(id)
+        id
     }
 
     /// Retry or mark done one unfinished TCC branch of a decided transaction.

@@ -134,18 +134,24 @@ impl Engine {
         self.locks.approx_bytes()
     }
 
-    /// Unfinished transactions by status and their branch count, for /metrics.
-    pub fn census(&self) -> ([u64; 10], u64) {
+    /// Unfinished transactions by status, their branch count and how many of those
+    /// branches are stalled (waiting for an operator), for /metrics.
+    pub fn census(&self) -> ([u64; 10], u64, u64) {
         let mut by = [0u64; 10];
-        let mut branches = 0;
+        let (mut branches, mut stalled) = (0, 0);
         for s in self.globals.values() {
             by[GlobalStatus::ALL
                 .iter()
                 .position(|x| *x == s.status)
                 .unwrap_or(0)] += 1;
             branches += s.branches.len() as u64;
+            stalled += s
+                .branches
+                .iter()
+                .filter(|b| b.status == BranchStatus::Stalled)
+                .count() as u64;
         }
-        (by, branches)
+        (by, branches, stalled)
     }
 }
 
