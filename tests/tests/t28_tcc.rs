@@ -243,6 +243,14 @@ async fn t28_a_branch_that_keeps_failing_waits_for_an_operator_who_retries_it() 
         "nothing retries behind the operator's back"
     );
     assert_eq!(account(db).await, (70, 30));
+    let metrics = request(e.coord.http, "GET", "/metrics", None, &[])
+        .await
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.body).into_owned();
+    assert!(
+        metrics.contains("\nrewind_branches_stalled 1\n"),
+        "{metrics}"
+    );
 
     let path = format!("/api/v1/transactions/{x}/branches/{b}/retry");
     let (code, body) = e.coord.http("POST", &path, None).await;
@@ -409,30 +417,20 @@ async fn t28_registration_over_grpc_and_bad_input_refused() {
 
     // gRPC: the same branch, named by the confirm URL's host when unnamed.
     let mut tm = e.coord.tm().await;
+    let req = rewind_protocol::v1::RegisterTccBranchRequest {
+        xid: x.clone(),
+        name: String::new(),
+        confirm_url: p.url("confirm"),
+        cancel_url: p.url("cancel"),
+        payload_json: r#"{"account": 1, "amount": 5}"#.into(),
+        request_id: "once".into(),
+    };
     let r = tm
-        .register_tcc_branch(rewind_protocol::v1::RegisterTccBranchRequest {
-            xid: x.clone(),
-            name: String::new(),
-            confirm_url: p.url("confirm"),
-            cancel_url: p.url("cancel"),
-            payload_json: r#"{"account": 1, "amount": 5}"#.into(),
-            request_id: "once".into(),
-        })
+        .register_tcc_branch(req.clone())
         .await
         .unwrap()
         .into_inner();
-    let again = tm
-        .register_tcc_branch(rewind_protocol::v1::RegisterTccBranchRequest {
-            xid: x.clone(),
-            name: String::new(),
-            confirm_url: p.url("confirm"),
-            cancel_url: p.url("cancel"),
-            payload_json: r#"{"account": 1, "amount": 5}"#.into(),
-            request_id: "once".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let again = tm.register_tcc_branch(req).await.unwrap().into_inner();
     assert_eq!(
         r.branch_id, again.branch_id,
         "the same request id: the same branch"

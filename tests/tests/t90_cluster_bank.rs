@@ -93,6 +93,28 @@ impl Members {
         self.procs.lock().unwrap()[i] = Some(c);
     }
 
+    /// Three members started on free ports, a leader elected; the proxies' `--coordinator`
+    /// list.
+    async fn cluster(dir: &TempDir) -> (Arc<Members>, String) {
+        let addrs: Vec<(SocketAddr, SocketAddr)> =
+            (0..3).map(|_| (free_addr(), free_addr())).collect();
+        let members = Arc::new(Members {
+            addrs: addrs.clone(),
+            procs: Mutex::new(vec![None, None, None]),
+            peers: peers(&addrs),
+        });
+        for i in 0..3 {
+            members.start(dir, i).await;
+        }
+        members.leader(Duration::from_secs(20)).await;
+        let urls = addrs
+            .iter()
+            .map(|(g, _)| format!("http://{g}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        (members, urls)
+    }
+
     fn kill(&self, i: usize) {
         if let Some(mut c) = self.procs.lock().unwrap()[i].take() {
             c.process.kill();
@@ -145,21 +167,7 @@ async fn branch(conn: &mut mysql_async::Conn, xid: &str, id: i64, delta: i64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_bank_on_a_cluster_survives_leader_kills() {
     let dir = TempDir::new("cluster-bank");
-    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
-    let members = Arc::new(Members {
-        addrs: addrs.clone(),
-        procs: Mutex::new(vec![None, None, None]),
-        peers: peers(&addrs),
-    });
-    for i in 0..3 {
-        members.start(&dir, i).await;
-    }
-    members.leader(Duration::from_secs(20)).await;
-    let urls = addrs
-        .iter()
-        .map(|(g, _)| format!("http://{g}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (members, urls) = Members::cluster(&dir).await;
     let a = Proxy::start(&dir, "proxy-a", &urls, &["--resource-id", "cbank-a"]).await;
     let b = Proxy::start(&dir, "proxy-b", &urls, &["--resource-id", "cbank-b"]).await;
     setup("rwt_cbank_a").await;
@@ -311,21 +319,7 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_tcc_branches_survive_leader_kills() {
     let dir = TempDir::new("cluster-tcc");
-    let addrs: Vec<(SocketAddr, SocketAddr)> = (0..3).map(|_| (free_addr(), free_addr())).collect();
-    let members = Arc::new(Members {
-        addrs: addrs.clone(),
-        procs: Mutex::new(vec![None, None, None]),
-        peers: peers(&addrs),
-    });
-    for i in 0..3 {
-        members.start(&dir, i).await;
-    }
-    members.leader(Duration::from_secs(20)).await;
-    let urls = addrs
-        .iter()
-        .map(|(g, _)| format!("http://{g}"))
-        .collect::<Vec<_>>()
-        .join(",");
+    let (members, urls) = Members::cluster(&dir).await;
     let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "ctcc"]).await;
     let db = "rwt_ctcc";
     fresh_db(db).await;
