@@ -37,6 +37,18 @@ pub async fn direct_exec(db: &str, sql: &str) {
     c.disconnect().await.unwrap();
 }
 
+/// Runs a cleanup `DELETE` on a table other tests write concurrently (the proxy's barrier
+/// or fence table) under READ COMMITTED: no gap locks, so it cannot deadlock with their
+/// inserts (under REPEATABLE READ it did).
+pub async fn delete_shared_rows(db: &str, sql: &str) {
+    let mut c = direct(db).await;
+    c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .unwrap();
+    c.query_drop(sql).await.unwrap();
+    c.disconnect().await.unwrap();
+}
+
 /// Drops and creates database `db` (utf8mb4), empty, for one test.
 pub async fn fresh_db(db: &str) {
     let mut c = direct("mysql").await;

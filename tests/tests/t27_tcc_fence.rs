@@ -38,7 +38,7 @@ async fn setup_in(db: &str, schema: &str) {
     for s in SETUP {
         direct_exec(db, s).await;
     }
-    direct_exec(
+    delete_shared_rows(
         db,
         &format!("DELETE FROM {schema}.tcc_fence WHERE xid LIKE '{db}-%'"),
     )
