@@ -388,7 +388,7 @@ impl Coordinator {
     /// and it learns which of their tables hold global locks.
     pub async fn proxy_attached(&self, conn: u64, tx: &StreamTx, resources: Vec<String>) {
         self.proxies.announce(conn, tx, &resources);
-        let locked = self.seq.engine.lock().expect("engine lock").locked_tables();
+        let locked = crate::sequencer::lock_engine(&self.seq.engine).locked_tables();
         self.locked_tables.attach(conn, tx, &resources, |r| {
             locked.get(r).cloned().unwrap_or_default()
         });
@@ -510,7 +510,7 @@ impl Coordinator {
     /// Time passed: one tick, unless nothing is unfinished (an idle coordinator logs,
     /// and in a cluster replicates, no ticks).
     pub async fn tick(&self) {
-        let idle = self.seq.engine.lock().expect("engine lock").is_idle();
+        let idle = crate::sequencer::lock_engine(&self.seq.engine).is_idle();
         if !idle {
             self.seq.post(crate::engine::Command::Tick).await;
         }
@@ -518,7 +518,7 @@ impl Coordinator {
 
     /// Tables whose last lock went leave the proxies' write-isolation sets.
     pub fn prune_locked_tables(&self) {
-        let locked = self.seq.engine.lock().expect("engine lock").locked_tables();
+        let locked = crate::sequencer::lock_engine(&self.seq.engine).locked_tables();
         self.locked_tables
             .prune(|r| locked.get(r).cloned().unwrap_or_default());
     }
@@ -537,7 +537,7 @@ impl Coordinator {
     /// Status from memory, else from the finished store.
     pub async fn status(&self, xid: XidNum) -> Result<GlobalStatus, CoordinatorError> {
         self.seq.linearizable().await?;
-        if let Some(s) = self.seq.engine.lock().expect("engine lock").status_of(xid) {
+        if let Some(s) = crate::sequencer::lock_engine(&self.seq.engine).status_of(xid) {
             return Ok(s);
         }
         Ok(self.finished(xid).await?.status)
@@ -547,7 +547,7 @@ impl Coordinator {
     /// store.
     pub async fn record(&self, xid: XidNum) -> Result<GlobalRecord, CoordinatorError> {
         self.seq.linearizable().await?;
-        if let Some(r) = self.seq.engine.lock().expect("engine lock").record(xid) {
+        if let Some(r) = crate::sequencer::lock_engine(&self.seq.engine).record(xid) {
             return Ok(r);
         }
         self.finished(xid).await
@@ -565,7 +565,7 @@ impl Coordinator {
             return Ok(rec);
         }
         let in_flight = {
-            let engine = self.seq.engine.lock().expect("engine lock");
+            let engine = crate::sequencer::lock_engine(&self.seq.engine);
             if let Some(rec) = engine.record(xid) {
                 return Ok(rec);
             }
@@ -581,7 +581,7 @@ impl Coordinator {
                 .ok_or(CoordinatorError::NotFound(xid));
         }
         let _ = tokio::time::timeout(Duration::from_secs(5), applied.changed()).await;
-        if let Some(rec) = self.seq.engine.lock().expect("engine lock").record(xid) {
+        if let Some(rec) = crate::sequencer::lock_engine(&self.seq.engine).record(xid) {
             return Ok(rec);
         }
         self.seq
@@ -665,7 +665,7 @@ impl Coordinator {
     /// Dirty-write conflicts, newest first, optionally of one transaction.
     pub async fn conflicts(&self, xid: Option<XidNum>) -> Result<Vec<Conflict>, CoordinatorError> {
         self.seq.linearizable().await?;
-        let e = self.seq.engine.lock().expect("engine lock");
+        let e = crate::sequencer::lock_engine(&self.seq.engine);
         Ok(e.conflicts()
             .rev()
             .filter(|c| xid.is_none_or(|x| c.xid == x))
@@ -705,7 +705,7 @@ impl Coordinator {
     /// /metrics in the Prometheus text format.
     pub fn metrics_text(&self) -> String {
         let mut text = {
-            let e = self.seq.engine.lock().expect("engine lock");
+            let e = crate::sequencer::lock_engine(&self.seq.engine);
             self.seq.metrics.render(&e)
         };
         crate::metrics::render_outbox(&mut text, &self.outbox_reports());

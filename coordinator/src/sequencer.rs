@@ -12,7 +12,7 @@
 //! instead: it is answered once a quorum has it durably and this node applied it
 //! ([`crate::cluster::state_machine`]); a few batches may be in flight at once.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -69,7 +69,16 @@ impl Sequencer {
         let (e2, s2, m2) = (engine.clone(), store.clone(), metrics.clone());
         std::thread::Builder::new()
             .name("rewind-sequencer".into())
-            .spawn(move || writer_loop(rx, e2, s2, max_batch, effects, applied_tx, m2))
+            .spawn(move || {
+                let run = std::panic::AssertUnwindSafe(|| {
+                    writer_loop(rx, e2, s2, max_batch, effects, applied_tx, m2)
+                });
+                if std::panic::catch_unwind(run).is_err() {
+                    // Nothing is written any more: stop rather than answer nothing.
+                    tracing::error!("the sequencer panicked; stopping the coordinator");
+                    std::process::exit(70);
+                }
+            })
             .expect("spawn sequencer thread");
         Sequencer {
             tx,
@@ -156,7 +165,7 @@ impl Sequencer {
         let mut applied = self.applied.clone();
         let _ = tokio::time::timeout(timeout, async {
             loop {
-                if done(&self.engine.lock().expect("engine lock")) {
+                if done(&crate::sequencer::lock_engine(&self.engine)) {
                     return;
                 }
                 if applied.changed().await.is_err() {
@@ -177,10 +186,23 @@ pub fn apply_locked(
     store: &Store,
     batches: impl IntoIterator<Item = Option<Batch>>,
 ) -> BatchOutput {
-    let mut e = engine.lock().expect("engine lock");
+    let mut e = lock_engine(engine);
     let applied = e.apply_batches(batches);
     store.announce();
     applied
+}
+
+/// The engine's lock. A panic while it was held (a bug in the state machine) leaves the
+/// in-memory state unknown: rather than serve from it (or panic in every later request),
+/// the process stops with exit code 70, and a restart reloads what is durable.
+pub fn lock_engine(engine: &Mutex<Engine>) -> MutexGuard<'_, Engine> {
+    engine.lock().unwrap_or_else(|_| {
+        tracing::error!(
+            "the engine's state was left behind by a panic; stopping the coordinator \
+             (a restart reloads what is durable)"
+        );
+        std::process::exit(70)
+    })
 }
 
 fn writer_loop(

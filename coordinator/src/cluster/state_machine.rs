@@ -136,7 +136,7 @@ impl StateMachine {
 
     fn capture(&self) -> Result<Vec<u8>> {
         let (counters, active, conflicts, audit) = {
-            let e = self.engine.lock().expect("engine lock");
+            let e = crate::sequencer::lock_engine(&self.engine);
             (
                 e.counters(),
                 e.records(None),
@@ -332,7 +332,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_err)?;
         let mut fresh = Engine::restore(self.cfg.clone(), st.counters, st.active, st.conflicts);
         fresh.restore_audit(st.audit);
-        *self.engine.lock().expect("engine lock") = fresh;
+        *crate::sequencer::lock_engine(&self.engine) = fresh;
         self.save_snapshot(StoredSnapshot {
             meta: meta.clone(),
             data,

@@ -12,6 +12,11 @@ use super::{Engine, AUDIT_IN_MEMORY};
 use crate::error::CoordinatorError;
 use crate::locks::{InternedKey, RowKey};
 
+/// With the `failpoints` feature, a transaction begun with this name panics in the state
+/// machine (see the coordinator's crash tests).
+#[cfg(feature = "failpoints")]
+pub const PANIC_FAILPOINT: &str = "rewind-failpoint: panic in the state machine";
+
 /// Start a global transaction (`timeout_ms` 0: the configured default).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Begin {
@@ -273,6 +278,12 @@ impl Engine {
 
     fn begin(&mut self, c: Begin, now: u64) -> XidNum {
         let Begin { name, timeout_ms } = c;
+        // Test hook: a bug in the state machine, as the tests of the process's reaction
+        // to one need it. Compiled in only with the `failpoints` feature.
+        #[cfg(feature = "failpoints")]
+        if name == PANIC_FAILPOINT {
+            panic!("failpoint: a panic in the state machine");
+        }
         let xid = self.counters.next_xid;
         self.counters.next_xid += 1;
         self.counters_dirty = true;

@@ -239,3 +239,34 @@ async fn t30_kill_9_under_load_loses_nothing_acknowledged() {
     )
     .await;
 }
+
+/// A bug in the state machine (a failpoint panics while the engine is locked) stops the
+/// process with exit code 70 instead of leaving it up with a poisoned engine that fails
+/// every later request; a restart serves what was durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_a_panic_in_the_state_machine_stops_the_process() {
+    let dir = TempDir::new("coord-panic");
+    let mut c = Coordinator::start(&dir, &[]).await;
+    let before = c.begin(600_000).await;
+    let body = serde_json::json!({"name": "rewind-failpoint: panic in the state machine"});
+    let r = rewind_test_support::http(c.http, "POST", "/api/v1/transactions", Some(&body)).await;
+    assert!(
+        !matches!(r, Ok((200, _))),
+        "the request that hit the bug is not answered as a success: {r:?}"
+    );
+    let status = c
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the coordinator stops");
+    assert_eq!(status.code(), Some(70), "{status:?}");
+    assert!(c.process.log_text().contains("stopping the coordinator"));
+    c.restart().await;
+    assert_eq!(
+        c.status(&before).await,
+        "begin",
+        "what was durable is served"
+    );
+    let after = c.begin(600_000).await;
+    assert_ne!(after, before);
+}
