@@ -21,6 +21,33 @@ pub(super) fn backoff(cfg: &EngineConfig, seed: u64, attempts: u32) -> u64 {
     half + if half == 0 { 0 } else { x % (half + 1) }
 }
 
+/// `b`'s phase-two command when one is due (none in flight, its backoff over): marked in
+/// flight under a new command id.
+fn due_send(
+    next_command: &mut u64,
+    cfg: &EngineConfig,
+    xid: XidNum,
+    b: &mut BranchEntry,
+    action: Decision,
+    now: u64,
+) -> Option<Effect> {
+    if b.delivery.in_flight.is_some() || b.delivery.next_at > now {
+        return None;
+    }
+    let command_id = *next_command;
+    *next_command += 1;
+    b.delivery.in_flight = Some((command_id, now + cfg.command_timeout_ms));
+    b.sends = b.sends.saturating_add(1);
+    Some(Effect::SendBranch {
+        command_id,
+        xid,
+        branch_id: b.id,
+        resource_id: b.resource_id.clone(),
+        action,
+        tcc: b.tcc.clone(),
+    })
+}
+
 impl Engine {
     /// Sends whatever phase-two work is due for `xid`, and finishes it when all is done.
     pub(super) fn drive(&mut self, xid: XidNum, now: u64) {
@@ -40,20 +67,14 @@ impl Engine {
                         continue;
                     }
                     pending = true;
-                    if b.status != BranchStatus::Stalled
-                        && b.delivery.in_flight.is_none()
-                        && b.delivery.next_at <= now
-                    {
-                        let cmd = self.next_command;
-                        self.next_command += 1;
-                        b.delivery.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
-                        b.sends = b.sends.saturating_add(1);
-                        sends.push((
-                            cmd,
-                            b.id,
-                            b.resource_id.clone(),
-                            b.tcc.clone(),
+                    if b.status != BranchStatus::Stalled {
+                        sends.extend(due_send(
+                            &mut self.next_command,
+                            &self.cfg,
+                            xid,
+                            b,
                             Decision::Commit,
+                            now,
                         ));
                     }
                 }
@@ -85,35 +106,19 @@ impl Engine {
                     // A TCC branch whose Cancel keeps failing waits for an operator; the
                     // older branches wait behind it (reverse order holds).
                     Some(b) if b.status == BranchStatus::Stalled => {}
-                    Some(b) => {
-                        if b.delivery.in_flight.is_none() && b.delivery.next_at <= now {
-                            let cmd = self.next_command;
-                            self.next_command += 1;
-                            b.delivery.in_flight = Some((cmd, now + self.cfg.command_timeout_ms));
-                            b.sends = b.sends.saturating_add(1);
-                            sends.push((
-                                cmd,
-                                b.id,
-                                b.resource_id.clone(),
-                                b.tcc.clone(),
-                                Decision::Rollback,
-                            ));
-                        }
-                    }
+                    Some(b) => sends.extend(due_send(
+                        &mut self.next_command,
+                        &self.cfg,
+                        xid,
+                        b,
+                        Decision::Rollback,
+                        now,
+                    )),
                 }
             }
             _ => {}
         }
-        for (command_id, branch_id, resource_id, tcc, action) in sends {
-            self.effects.push(Effect::SendBranch {
-                command_id,
-                xid,
-                branch_id,
-                resource_id,
-                action,
-                tcc,
-            });
-        }
+        self.effects.extend(sends);
         if let Some(st) = final_status {
             let mut s = self.globals.remove(&xid).expect("present");
             s.set_status(st, now);
