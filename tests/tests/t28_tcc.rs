@@ -88,6 +88,30 @@ impl Env {
         self.coord.http("POST", path, Some(body.as_bytes())).await
     }
 
+    /// A global transaction with an AT branch (10 taken from `acct` 1 of `at_db`, a fresh
+    /// database with 100 there) and TCC branches on participants 0 (30) and 1 (40), each
+    /// tried: the xid and the two TCC branch ids.
+    async fn mixed_transaction(&self, at_db: &str) -> (String, u64, u64) {
+        fresh_db(at_db).await;
+        direct_exec(
+            at_db,
+            "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)",
+        )
+        .await;
+        direct_exec(at_db, "INSERT INTO acct VALUES (1, 100)").await;
+        let x = self.coord.begin(120_000).await;
+        let mut c = self.proxy.conn(at_db).await;
+        c.query_drop(format!(
+            "/*+ XID('{x}') */ UPDATE acct SET bal = bal - 10 WHERE id = 1"
+        ))
+        .await
+        .unwrap();
+        drop(c);
+        let a = self.branch(&x, 0, 30).await;
+        let b = self.branch(&x, 1, 40).await;
+        (x, a, b)
+    }
+
     /// Register and Try: the participant froze `amount`.
     async fn branch(&self, xid: &str, i: usize, amount: i64) -> u64 {
         let b = self.register(xid, i, amount).await;
@@ -284,24 +308,7 @@ async fn mixed(commit: bool) {
     let tag = if commit { "mixc" } else { "mixr" };
     let mut e = env(tag, &["a", "b"], "").await;
     let at_db = format!("rwt_tcc_{tag}_at");
-    fresh_db(&at_db).await;
-    direct_exec(
-        &at_db,
-        "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)",
-    )
-    .await;
-    direct_exec(&at_db, "INSERT INTO acct VALUES (1, 100)").await;
-
-    let x = e.coord.begin(120_000).await;
-    let mut c = e.proxy.conn(&at_db).await;
-    c.query_drop(format!(
-        "/*+ XID('{x}') */ UPDATE acct SET bal = bal - 10 WHERE id = 1"
-    ))
-    .await
-    .unwrap();
-    drop(c);
-    let a = e.branch(&x, 0, 30).await;
-    let b = e.branch(&x, 1, 40).await;
+    let (x, a, b) = e.mixed_transaction(&at_db).await;
     let types: Vec<Json> = e.coord.transaction(&x).await["branches"]
         .as_array()
         .unwrap()
@@ -449,23 +456,7 @@ async fn t28_registration_over_grpc_and_bad_input_refused() {
 async fn t28_the_console_shows_branch_types_and_an_operator_retries_a_stalled_one() {
     let e = env("console", &["a", "b"], "tcc_max_attempts = 3").await;
     let at_db = "rwt_tcc_console_at";
-    fresh_db(at_db).await;
-    direct_exec(
-        at_db,
-        "CREATE TABLE acct (id INT PRIMARY KEY, bal INT NOT NULL)",
-    )
-    .await;
-    direct_exec(at_db, "INSERT INTO acct VALUES (1, 100)").await;
-    let x = e.coord.begin(120_000).await;
-    let mut c = e.proxy.conn(at_db).await;
-    c.query_drop(format!(
-        "/*+ XID('{x}') */ UPDATE acct SET bal = bal - 10 WHERE id = 1"
-    ))
-    .await
-    .unwrap();
-    drop(c);
-    let a = e.branch(&x, 0, 30).await;
-    let b = e.branch(&x, 1, 40).await;
+    let (x, a, b) = e.mixed_transaction(at_db).await;
     e.parts[1].set_failing(true).await;
     e.coord.commit(&x).await;
     eventually("b stalls", Duration::from_secs(20), || async {
