@@ -245,6 +245,7 @@ async fn main() {
                                 resource_id: res.to_string(),
                                 lock_keys: keys,
                                 request_id: format!("{c}-{n}-{b}"),
+                                ..Default::default()
                             })
                             .await?
                             .into_inner();
@@ -344,6 +345,7 @@ async fn main() {
             resource_id: "db1".into(),
             lock_keys: keys,
             request_id: format!("hold-{b}"),
+            ..Default::default()
         })
         .await
         .unwrap();

@@ -187,6 +187,8 @@ impl Coordinator {
         resource_id: String,
         keys: Vec<RowKey>,
         request_id: String,
+        xa: bool,
+        owner: String,
     ) -> Result<RegisterAnswer, CoordinatorError> {
         let t = Instant::now();
         let tables: BTreeSet<String> = keys.iter().map(|k| k.table.clone()).collect();
@@ -214,6 +216,8 @@ impl Coordinator {
             resource_id,
             keys,
             request_id,
+            xa,
+            owner,
         };
         let answer = match self.seq.ask(req).await {
             Err(CoordinatorError::NotFound(_)) => {
@@ -386,8 +390,14 @@ impl Coordinator {
 
     /// A proxy announced the resources it serves: phase two for them may go to it now,
     /// and it learns which of their tables hold global locks.
-    pub async fn proxy_attached(&self, conn: u64, tx: &StreamTx, resources: Vec<String>) {
-        self.proxies.announce(conn, tx, &resources);
+    pub async fn proxy_attached(
+        &self,
+        conn: u64,
+        tx: &StreamTx,
+        proxy_id: String,
+        resources: Vec<String>,
+    ) {
+        self.proxies.announce(conn, tx, proxy_id, &resources);
         let locked = crate::sequencer::lock_engine(&self.seq.engine).locked_tables();
         self.locked_tables.attach(conn, tx, &resources, |r| {
             locked.get(r).cloned().unwrap_or_default()
@@ -541,6 +551,26 @@ impl Coordinator {
             return Ok(s);
         }
         Ok(self.finished(xid).await?.status)
+    }
+
+    /// What is known of an XA branch a proxy found prepared in its database: the global
+    /// transaction's record (`None`: never heard of) and the branch registered under
+    /// that XA branch qualifier, if any.
+    pub async fn xa_branch_state(
+        &self,
+        xid: XidNum,
+        bqual: &str,
+    ) -> Result<Option<(GlobalStatus, Option<crate::engine::BranchRecord>)>, CoordinatorError> {
+        match self.record(xid).await {
+            Ok(rec) => {
+                let branch = rec.branches.into_iter().find(|b| {
+                    b.branch_type == crate::engine::BranchType::Xa && b.request_id == bqual
+                });
+                Ok(Some((rec.status, branch)))
+            }
+            Err(CoordinatorError::NotFound(_)) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The record of an active transaction from memory, else of a finished one from the

@@ -26,6 +26,8 @@ pub type StreamTx = mpsc::Sender<Result<CoordinatorMessage, tonic::Status>>;
 pub struct Proxies {
     next_conn: std::sync::atomic::AtomicU64,
     by_resource: Mutex<HashMap<String, Vec<(u64, StreamTx)>>>,
+    /// The connection of each attached proxy, by its Announce id.
+    by_proxy_id: Mutex<HashMap<String, u64>>,
 }
 
 impl Proxies {
@@ -34,7 +36,13 @@ impl Proxies {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
 
-    pub fn announce(&self, conn: u64, tx: &StreamTx, resources: &[String]) {
+    pub fn announce(&self, conn: u64, tx: &StreamTx, proxy_id: String, resources: &[String]) {
+        if !proxy_id.is_empty() {
+            self.by_proxy_id
+                .lock()
+                .expect("attached lock")
+                .insert(proxy_id, conn);
+        }
         let mut map = self.by_resource.lock().expect("attached lock");
         for r in resources {
             let list = map.entry(r.clone()).or_default();
@@ -45,6 +53,10 @@ impl Proxies {
     }
 
     pub fn detach(&self, conn: u64) {
+        self.by_proxy_id
+            .lock()
+            .expect("attached lock")
+            .retain(|_, c| *c != conn);
         let mut map = self.by_resource.lock().expect("attached lock");
         map.retain(|_, list| {
             list.retain(|(c, _)| *c != conn);
@@ -79,6 +91,15 @@ impl Proxies {
             }
         }
         None
+    }
+
+    /// The connection of the attached proxy that announced itself as `proxy_id`.
+    fn conn_of(&self, proxy_id: &str) -> Option<u64> {
+        self.by_proxy_id
+            .lock()
+            .expect("attached lock")
+            .get(proxy_id)
+            .copied()
     }
 
     /// Whether connection `conn` announced `resource`.
@@ -129,6 +150,7 @@ pub async fn run(
                 resource_id: _,
                 action,
                 tcc: Some(call),
+                xa: _,
             } => {
                 // A participant's Confirm or Cancel: its own task, answered to the engine
                 // like a proxy's result.
@@ -152,6 +174,7 @@ pub async fn run(
                 resource_id,
                 action,
                 tcc: None,
+                xa,
             } => {
                 let msg = CoordinatorMessage {
                     kind: Some(coordinator_message::Kind::BranchCommand(BranchCommand {
@@ -163,9 +186,13 @@ pub async fn run(
                             Decision::Commit => BranchAction::Commit,
                             Decision::Rollback => BranchAction::Rollback,
                         } as i32,
+                        xa_bqual: xa.as_ref().map(|x| x.bqual.clone()).unwrap_or_default(),
                     })),
                 };
-                let sent = proxies.send(&resource_id, msg);
+                // An XA branch goes to the proxy holding its prepared transaction while
+                // that one is attached; any proxy of the resource can finish it otherwise.
+                let prefer = xa.as_ref().and_then(|x| proxies.conn_of(&x.owner));
+                let sent = proxies.send_preferring(&resource_id, prefer, msg).is_some();
                 let span = tracing::debug_span!("phase_two", xid = %rewind_protocol::xid::format(xid), branch_id);
                 span.in_scope(|| tracing::debug!(?action, %resource_id, sent, "phase-two command"));
                 if !sent {

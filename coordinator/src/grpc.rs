@@ -188,6 +188,12 @@ impl ResourceManager for GrpcServices {
     ) -> Result<Response<v1::RegisterBranchResponse>, GrpcStatus> {
         let r = req.into_inner();
         let xid = parse_xid(&r.xid)?;
+        let xa = !r.xa_bqual.is_empty();
+        if xa && r.xa_bqual != r.request_id {
+            return Err(GrpcStatus::invalid_argument(
+                "an XA branch's xa_bqual must equal its request_id",
+            ));
+        }
         let keys = r
             .lock_keys
             .into_iter()
@@ -195,7 +201,7 @@ impl ResourceManager for GrpcServices {
             .collect::<Result<Vec<_>, _>>()?;
         let answer = self
             .0
-            .register(xid, r.resource_id, keys, r.request_id)
+            .register(xid, r.resource_id, keys, r.request_id, xa, r.proxy_id)
             .instrument(tracing::debug_span!("register", xid = %r.xid))
             .await?;
         let outcome = match answer {
@@ -223,6 +229,30 @@ impl ResourceManager for GrpcServices {
         Ok(Response::new(v1::RegisterBranchResponse {
             outcome: Some(outcome),
         }))
+    }
+
+    async fn xa_branch_state(
+        &self,
+        req: Request<v1::XaBranchStateRequest>,
+    ) -> Result<Response<v1::XaBranchStateResponse>, GrpcStatus> {
+        let r = req.into_inner();
+        let xid = parse_xid(&r.xid)?;
+        let answer = match self.0.xa_branch_state(xid, &r.xa_bqual).await? {
+            None => v1::XaBranchStateResponse::default(),
+            Some((status, branch)) => v1::XaBranchStateResponse {
+                global_found: true,
+                status: status.to_proto() as i32,
+                branch_id: branch.as_ref().map_or(0, |b| b.branch_id),
+                branch_finished: branch.is_some_and(|b| {
+                    matches!(
+                        b.status,
+                        crate::engine::BranchStatus::Committed
+                            | crate::engine::BranchStatus::RolledBack
+                    )
+                }),
+            },
+        };
+        Ok(Response::new(answer))
     }
 
     async fn report_branch(
@@ -283,7 +313,7 @@ impl ResourceManager for GrpcServices {
                     match msg.kind {
                         Some(proxy_message::Kind::Announce(a)) => {
                             tracing::info!(proxy = %a.proxy_id, resources = ?a.resource_ids, "proxy attached");
-                            core.proxy_attached(conn, &tx, a.resource_ids).await;
+                            core.proxy_attached(conn, &tx, a.proxy_id, a.resource_ids).await;
                         }
                         Some(proxy_message::Kind::BranchResult(r)) => {
                             let Ok(xid) = parse_xid(&r.xid) else { continue };

@@ -440,6 +440,11 @@ fn branch_json(b: &crate::engine::BranchRecord) -> Value {
             .unwrap_or(Value::Null);
         obj.insert("payload".into(), payload);
     }
+    if let (BranchType::Xa, Some(obj)) = (b.branch_type, v.as_object_mut()) {
+        // The XA transaction in the resource's database: XA RECOVER shows it as
+        // (gtrid = xid, bqual).
+        obj.insert("xa_bqual".into(), json!(b.request_id));
+    }
     debug_assert_eq!(b.tcc.is_some(), b.branch_type == BranchType::Tcc);
     v
 }

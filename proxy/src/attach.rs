@@ -50,6 +50,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
         pool.clone(),
         shutdown.clone(),
     ));
+    let xa_recovery = tokio::spawn(crate::xa::phase_two::recovery_loop(
+        shared.clone(),
+        pool.clone(),
+        shutdown.clone(),
+    ));
     // The relay has its own connections: a publish waiting for the broker holds one.
     let relay = match (shared.outbox.enabled, own_pool(&shared, 2)) {
         (true, Ok(relay_pool)) => Some(tokio::spawn(crate::outbox::relay::run(
@@ -74,6 +79,7 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     }
     housekeeper.abort();
     barrier_keeper.abort();
+    xa_recovery.abort();
     if let Some(relay) = relay {
         let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
     }
@@ -123,6 +129,7 @@ pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &C
             conn.query_drop(shared.barrier.ddl()).await?;
             conn.query_drop(shared.tcc_fence.ddl()).await?;
             conn.query_drop(shared.outbox_table.ddl()).await?;
+            conn.query_drop(shared.xa_proof.ddl()).await?;
             Ok::<_, mysql_async::Error>(())
         }
         .await;
@@ -142,6 +149,16 @@ pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &C
     }
 }
 
+/// This proxy process's id in its Announce (and in XA registrations, so the coordinator
+/// sends an XA branch's phase two to the proxy holding its prepared transaction).
+pub(crate) fn proxy_id(shared: &Shared) -> String {
+    format!(
+        "rewind-proxy@{} pid {}",
+        shared.config.listen,
+        std::process::id()
+    )
+}
+
 /// One Attach session; returns whether it got as far as a stream.
 pub(crate) async fn attach(
     shared: &Arc<Shared>,
@@ -152,11 +169,7 @@ pub(crate) async fn attach(
 ) -> bool {
     let (url, channel) = shared.coordinator.current();
     let (tx, rx) = mpsc::channel::<v1::ProxyMessage>(1024);
-    let proxy_id = format!(
-        "rewind-proxy@{} pid {}",
-        shared.config.listen,
-        std::process::id()
-    );
+    let proxy_id = proxy_id(shared);
     let announce = v1::ProxyMessage {
         kind: Some(proxy_message::Kind::Announce(v1::Announce {
             proxy_id: proxy_id.clone(),
@@ -350,6 +363,20 @@ pub(crate) async fn branch_command(
             "this proxy serves resource {:?}, not {:?}",
             shared.resource_id, cmd.resource_id
         ));
+    }
+    if !cmd.xa_bqual.is_empty() {
+        let commit = match BranchAction::try_from(cmd.action) {
+            Ok(BranchAction::Commit) => true,
+            Ok(BranchAction::Rollback) => false,
+            _ => return UndoOutcome::Failure(format!("unknown branch action {}", cmd.action)),
+        };
+        let outcome =
+            crate::xa::phase_two::finish(shared, pool, &cmd.xid, &cmd.xa_bqual, commit).await;
+        if commit && outcome == UndoOutcome::Done {
+            // Outbox rows the branch wrote are visible now.
+            shared.outbox.kick();
+        }
+        return outcome;
     }
     match BranchAction::try_from(cmd.action) {
         Ok(BranchAction::Commit) => {

@@ -58,6 +58,29 @@ pub struct Config {
     pub idle_check_ms: u64,
     /// The local message table's relay (`[outbox]`).
     pub outbox: OutboxConfig,
+    /// What a plain `/*+ XID('…') */` tag makes of a local transaction: an AT branch
+    /// (undo from row images) or an XA branch (XA START … XA PREPARE). `XA('…')` always
+    /// means XA.
+    pub branch_mode: BranchMode,
+    /// Prepared XA branches whose backend connection is kept for phase two; past this,
+    /// a prepared branch's connection is closed and phase two runs on another (the
+    /// prepared transaction survives the disconnect).
+    pub xa_max_pinned: usize,
+    /// How often prepared XA transactions in the backend (XA RECOVER) are matched against
+    /// the coordinator, so one whose proxy died before registering it is rolled back.
+    pub xa_recovery_secs: u64,
+    /// Proof rows of XA branches (what tells a committed branch from a rolled-back one
+    /// after a lost answer) are kept this many seconds.
+    pub xa_proof_retention_secs: u64,
+}
+
+/// See [`Config::branch_mode`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BranchMode {
+    #[default]
+    At,
+    Xa,
 }
 
 /// `[outbox]`: where and how the relay publishes `<undo_schema>.outbox` rows.
@@ -152,6 +175,10 @@ impl Default for Config {
             tcc_fence_retention_secs: 7 * 24 * 3600,
             idle_check_ms: 1_000,
             outbox: OutboxConfig::default(),
+            branch_mode: BranchMode::At,
+            xa_max_pinned: 256,
+            xa_recovery_secs: 30,
+            xa_proof_retention_secs: 7 * 24 * 3600,
         }
     }
 }
@@ -180,6 +207,9 @@ impl Config {
         }
         if self.undo_housekeeping_secs == 0 {
             return Err("undo_housekeeping_secs must be positive".into());
+        }
+        if self.xa_recovery_secs == 0 || self.xa_proof_retention_secs == 0 {
+            return Err("xa_recovery_secs and xa_proof_retention_secs must be positive".into());
         }
         if self.barrier_retention_secs == 0 || self.tcc_fence_retention_secs == 0 {
             return Err(

@@ -219,6 +219,7 @@ impl Coordinators {
                     resource_id: resource_id.to_string(),
                     lock_keys: keys.to_vec(),
                     request_id: request_id.to_string(),
+                    ..Default::default()
                 };
                 async move { ResourceManagerClient::new(ch).register_branch(req).await }
             })
@@ -236,6 +237,52 @@ impl Coordinators {
                 "registration answer without outcome".into(),
             )),
         }
+    }
+
+    /// Registers an XA branch already prepared in the database as XA transaction
+    /// (`xid`, `bqual`); `bqual` is also the registration's request id.
+    pub async fn register_xa(
+        &self,
+        xid: &str,
+        resource_id: &str,
+        bqual: &str,
+        proxy_id: &str,
+    ) -> Result<u64, CallError> {
+        let r = self
+            .call("register XA branch", |ch| {
+                let req = v1::RegisterBranchRequest {
+                    xid: xid.to_string(),
+                    resource_id: resource_id.to_string(),
+                    lock_keys: Vec::new(),
+                    request_id: bqual.to_string(),
+                    xa_bqual: bqual.to_string(),
+                    proxy_id: proxy_id.to_string(),
+                };
+                async move { ResourceManagerClient::new(ch).register_branch(req).await }
+            })
+            .await?;
+        match r.outcome {
+            Some(register_branch_response::Outcome::Registered(b)) => Ok(b.branch_id),
+            _ => Err(CallError::Invalid(
+                "an XA branch registration was answered without a branch".into(),
+            )),
+        }
+    }
+
+    /// What the coordinator knows of the XA branch (`xid`, `bqual`) (see XaBranchState).
+    pub async fn xa_branch_state(
+        &self,
+        xid: &str,
+        bqual: &str,
+    ) -> Result<v1::XaBranchStateResponse, CallError> {
+        self.call("XA branch state", |ch| {
+            let req = v1::XaBranchStateRequest {
+                xid: xid.to_string(),
+                xa_bqual: bqual.to_string(),
+            };
+            async move { ResourceManagerClient::new(ch).xa_branch_state(req).await }
+        })
+        .await
     }
 
     pub async fn report(

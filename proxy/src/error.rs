@@ -101,6 +101,10 @@ pub enum ProxyError {
     /// meanwhile: nothing applied; run the Cancel again, it will find the Try.
     #[error("TCC Cancel of branch {branch_id} of global transaction '{xid}' raced its Try committing; the local transaction was rolled back and nothing of it applied: run the Cancel again")]
     TccCancelRaced { xid: String, branch_id: u64 },
+    /// An XA branch was prepared but the coordinator could not be reached to register
+    /// it: it stays prepared and follows its global transaction's outcome.
+    #[error("XAER_RMERR: {0}")]
+    XaInDoubt(String),
     /// A hint in a statement's leading comment that is there but unusable.
     #[error("Incorrect arguments to hint: {0}")]
     BadHint(&'static str),
@@ -154,6 +158,7 @@ impl ProxyError {
             e @ ProxyError::TccSuspended { .. } => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
             e @ ProxyError::TccCancelRaced { .. } => own(ErrorKind::ER_LOCK_WAIT_TIMEOUT, e.to_string()),
             e @ ProxyError::BadHint(_) => own(ErrorKind::ER_WRONG_ARGUMENTS, e.to_string()),
+            e @ ProxyError::XaInDoubt(_) => own(ErrorKind::ER_XAER_RMERR, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
         }
     }

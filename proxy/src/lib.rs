@@ -97,6 +97,7 @@ mod session;
 mod stacked;
 mod tcc;
 mod wire;
+mod xa;
 mod xid;
 
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -154,6 +155,10 @@ pub struct Shared {
     pub outbox: outbox::Outbox,
     /// Tables of this resource holding global locks, and the writes in flight to others.
     pub isolation: Arc<at::isolation::Isolation>,
+    /// Statements on the XA branches' proof rows, and the connections of prepared XA
+    /// branches kept for their phase two.
+    pub xa_proof: xa::ProofTable,
+    pub xa_pinned: xa::Pinned,
 }
 
 /// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
@@ -194,6 +199,8 @@ pub async fn run(
         outbox_table: outbox::OutboxTable::new(&config.undo_schema),
         outbox: outbox::Outbox::new(!config.outbox.broker.is_empty()),
         isolation: Arc::default(),
+        xa_proof: xa::ProofTable::new(&config.undo_schema),
+        xa_pinned: xa::Pinned::default(),
         config,
         collations: Default::default(),
     });

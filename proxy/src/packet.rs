@@ -26,6 +26,16 @@ pub struct PacketStream {
     pub seq: u8,
     /// Largest logical packet accepted from the client (max_allowed_packet).
     max_packet: usize,
+    /// Writes so far: a [`Mark`] is good only while none happened since.
+    writes: u64,
+}
+
+/// A point in the output to take back to (see [`PacketStream::rewind`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Mark {
+    len: usize,
+    seq: u8,
+    writes: u64,
 }
 
 impl PacketStream {
@@ -38,6 +48,7 @@ impl PacketStream {
             out: Vec::with_capacity(4096),
             seq: 0,
             max_packet,
+            writes: 0,
         }
     }
 
@@ -105,6 +116,26 @@ impl PacketStream {
         }
     }
 
+    /// The current end of the output.
+    pub fn mark(&self) -> Mark {
+        Mark {
+            len: self.out.len(),
+            seq: self.seq,
+            writes: self.writes,
+        }
+    }
+
+    /// Takes back every packet pushed since `mark`; false (and nothing changed) when some
+    /// of them were written out already.
+    pub fn rewind(&mut self, mark: Mark) -> bool {
+        if mark.writes != self.writes || mark.len > self.out.len() {
+            return false;
+        }
+        self.out.truncate(mark.len);
+        self.seq = mark.seq;
+        true
+    }
+
     /// Writes the buffer out if it has grown past the flush threshold.
     pub async fn maybe_flush(&mut self) -> Result<(), ProxyError> {
         if self.out.len() >= FLUSH_AT {
@@ -115,6 +146,7 @@ impl PacketStream {
 
     pub async fn flush(&mut self) -> Result<(), ProxyError> {
         if !self.out.is_empty() {
+            self.writes += 1;
             self.writer.write_all(&self.out).await?;
             self.out.clear();
             if self.out.capacity() > 4 * FLUSH_AT {

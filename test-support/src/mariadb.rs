@@ -127,3 +127,23 @@ pub fn server_error<T: std::fmt::Debug>(
     }
     .context("server error expected")
 }
+
+/// Rewind's prepared XA transactions in the test MariaDB (`XA RECOVER`, formatID "RWND")
+/// whose global XID starts with `xid_prefix`: their (gtrid, bqual).
+pub async fn xa_prepared(xid_prefix: &str) -> Vec<(String, String)> {
+    const FORMAT_ID: i64 = 0x52574e44;
+    let mut c = direct("mysql").await;
+    let rows: Vec<(i64, i64, i64, Vec<u8>)> = c.query("XA RECOVER").await.expect("XA RECOVER");
+    c.disconnect().await.unwrap();
+    rows.into_iter()
+        .filter(|(format, ..)| *format == FORMAT_ID)
+        .map(|(_, g, _, data)| {
+            let (g, b) = data.split_at(g as usize);
+            (
+                String::from_utf8_lossy(g).into_owned(),
+                String::from_utf8_lossy(b).into_owned(),
+            )
+        })
+        .filter(|(g, _)| g.starts_with(xid_prefix))
+        .collect()
+}

@@ -309,7 +309,7 @@ async function loadDetail(xid) {
           h("td", {}, h("span", { class: "type" }, (b.type || "at").toUpperCase())),
           h("td", { class: "mono" }, b.resource_id),
           h("td", {}, statusTag(b.status), branchActions(t, b)),
-          h("td", {}, b.type === "tcc" ? tccCalls(b) : h("details", {},
+          h("td", {}, b.type === "tcc" ? tccCalls(b) : b.type === "xa" ? h("span", { class: "mono wrap", "data-testid": "xa-id" }, `XA '${t.xid}','${b.xa_bqual}'`) : h("details", {},
             h("summary", {}, `${b.lock_keys.length} key(s)` + (b.locks_held ? ", held" : ", released")),
             h("ul", {}, b.lock_keys.slice(0, 200).map((k) => h("li", { class: "mono wrap" }, `${k.table} [${pkText(k.pk)}]`))),
             b.lock_keys.length > 200 ? h("p", { class: "muted" }, `… and ${b.lock_keys.length - 200} more`) : null)),

@@ -31,6 +31,12 @@ pub struct Register {
     pub resource_id: String,
     pub keys: Vec<RowKey>,
     pub request_id: String,
+    /// An XA branch, prepared in the database under XA id (xid, request_id): no keys.
+    #[serde(default)]
+    pub xa: bool,
+    /// The registering proxy's Announce id (empty: unknown).
+    #[serde(default)]
+    pub owner: String,
 }
 
 /// The initiator registers a TCC branch before it calls the participant's Try.
@@ -50,6 +56,13 @@ pub struct OperateBranch {
     pub xid: XidNum,
     pub branch_id: BranchId,
     pub action: BranchAction,
+}
+
+/// What a new branch is, for [`Engine::add_branch`].
+pub(super) enum NewBranch {
+    At,
+    Tcc(Box<TccCall>),
+    Xa { owner: String },
 }
 
 /// A proxy reports how the branch's local transaction ended (phase one).
@@ -320,7 +333,14 @@ impl Engine {
             resource_id,
             keys,
             request_id,
+            xa,
+            owner,
         } = c;
+        if xa && !keys.is_empty() {
+            return Err(CoordinatorError::InvalidArgument(
+                "an XA branch takes no lock keys".into(),
+            ));
+        }
         if resource_id.is_empty() {
             return Err(CoordinatorError::InvalidArgument(
                 "resource_id must not be empty".into(),
@@ -365,7 +385,12 @@ impl Engine {
                 holder_rolling_back,
             });
         }
-        let id = self.add_branch(xid, resource_id, request_id, None, compact, now);
+        let kind = if xa {
+            NewBranch::Xa { owner }
+        } else {
+            NewBranch::At
+        };
+        let id = self.add_branch(xid, resource_id, request_id, kind, compact, now);
         Ok(Registration::Registered(id))
     }
 
@@ -393,7 +418,7 @@ impl Engine {
             xid,
             resource_id,
             request_id,
-            Some(Box::new(call)),
+            NewBranch::Tcc(Box::new(call)),
             Vec::new(),
             now,
         ))
@@ -431,7 +456,7 @@ impl Engine {
         xid: XidNum,
         resource_id: String,
         request_id: String,
-        tcc: Option<Box<TccCall>>,
+        kind: NewBranch,
         keys: Vec<InternedKey>,
         now: u64,
     ) -> BranchId {
@@ -442,14 +467,26 @@ impl Engine {
             .globals
             .get_mut(&xid)
             .expect("checked by accepting_branches");
+        let (tcc, xa, owner) = match kind {
+            NewBranch::At => (None, false, String::new()),
+            NewBranch::Tcc(call) => (Some(call), false, String::new()),
+            NewBranch::Xa { owner } => (None, true, owner),
+        };
         s.branches.push(BranchEntry {
             id,
             resource_id,
-            status: BranchStatus::Registered,
+            // An XA branch registers once it is prepared: its phase one is done.
+            status: if xa {
+                BranchStatus::PhaseOneDone
+            } else {
+                BranchStatus::Registered
+            },
             request_id,
-            // An AT branch's keys were acquired by its registration; a TCC branch has none.
-            locks_held: tcc.is_none(),
+            // An AT branch's keys were acquired by its registration; TCC and XA have none.
+            locks_held: tcc.is_none() && !xa,
             tcc,
+            xa,
+            owner,
             keys,
             registered_ms: now,
             sends: 0,

@@ -45,6 +45,10 @@ fn due_send(
         resource_id: b.resource_id.clone(),
         action,
         tcc: b.tcc.clone(),
+        xa: b.xa.then(|| XaTarget {
+            bqual: b.request_id.clone(),
+            owner: b.owner.clone(),
+        }),
     })
 }
 

@@ -148,6 +148,8 @@ impl Engine {
                     id: b.branch_id,
                     resource_id: b.resource_id,
                     tcc: b.tcc.map(Box::new),
+                    xa: b.branch_type == BranchType::Xa,
+                    owner: b.owner,
                     status: b.status,
                     request_id: b.request_id,
                     keys,

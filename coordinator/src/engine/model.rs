@@ -201,6 +201,9 @@ pub enum BranchType {
     At,
     /// Phase two is an HTTP call to the participant's Confirm or Cancel URL.
     Tcc,
+    /// An XA transaction prepared in a proxy's database: phase two is `XA COMMIT` /
+    /// `XA ROLLBACK` there. No images, no global locks.
+    Xa,
 }
 
 /// What phase two of a TCC branch calls: `confirm_url` on global commit, `cancel_url`
@@ -241,8 +244,12 @@ pub(super) struct BranchEntry {
     pub(super) id: BranchId,
     /// For a TCC branch, its name (or the Confirm URL's host when it has none).
     pub(super) resource_id: String,
-    /// A TCC branch's calls (`None`: an AT branch).
+    /// A TCC branch's calls (`None`: an AT or XA branch).
     pub(super) tcc: Option<Box<TccCall>>,
+    /// An XA branch: its XA branch qualifier is `request_id`.
+    pub(super) xa: bool,
+    /// The proxy that registered the branch (its Announce id); empty when unknown.
+    pub(super) owner: String,
     pub(super) status: BranchStatus,
     pub(super) request_id: String,
     pub(super) keys: Vec<InternedKey>,
@@ -371,6 +378,9 @@ pub struct BranchRecord {
     pub branch_type: BranchType,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tcc: Option<TccCall>,
+    /// The proxy that registered the branch (XA), empty when unknown.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub owner: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -448,11 +458,21 @@ pub enum Effect {
         action: Decision,
         /// A TCC branch: call the participant instead of a proxy.
         tcc: Option<Box<TccCall>>,
+        /// An XA branch: where it is prepared.
+        xa: Option<XaTarget>,
     },
     SendResolve {
         command_id: u64,
         conflict: Box<ConflictCommand>,
     },
+}
+
+/// Where an XA branch's phase two goes: the XA branch qualifier, and the proxy that
+/// prepared it (preferred while attached: it holds the prepared transaction).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct XaTarget {
+    pub bqual: String,
+    pub owner: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -181,10 +181,13 @@ pub(super) fn record_of(locks: &LockTable, s: &GlobalTx, finished_ms: Option<u64
                 last_error: b.last_error.clone(),
                 branch_type: if b.tcc.is_some() {
                     BranchType::Tcc
+                } else if b.xa {
+                    BranchType::Xa
                 } else {
                     BranchType::At
                 },
                 tcc: b.tcc.as_deref().cloned(),
+                owner: b.owner.clone(),
             })
             .collect(),
     }

@@ -61,6 +61,8 @@ impl T {
                     resource_id: res.into(),
                     keys,
                     request_id: req,
+                    xa: false,
+                    owner: String::new(),
                 }),
                 self.now,
             )
@@ -265,6 +267,8 @@ fn t21_register_is_idempotent_by_request_id_and_refused_when_not_begin() {
             resource_id: "db1".into(),
             keys: vec![key("t", "1")],
             request_id: "r1".into(),
+            xa: false,
+            owner: String::new(),
         })
     };
     let first = t.e.apply(cmd(x), t.now).unwrap();
@@ -281,6 +285,8 @@ fn t21_register_is_idempotent_by_request_id_and_refused_when_not_begin() {
         resource_id: "db1".into(),
         keys: vec![],
         request_id: "r2".into(),
+        xa: false,
+        owner: String::new(),
     });
     assert!(matches!(
         t.e.apply(new, t.now),
@@ -318,6 +324,8 @@ fn t22_empty_keys_and_ids_are_invalid() {
                 resource_id: res.into(),
                 keys: vec![k],
                 request_id: req.into(),
+                xa: false,
+                owner: String::new(),
             }),
             t.now,
         );
@@ -1046,4 +1054,60 @@ fn tcc_records_survive_a_restart() {
     let old = r#"{"branch_id":1,"resource_id":"db","status":"registered","request_id":"r","lock_keys":[],"locks_held":false}"#;
     let b: BranchRecord = serde_json::from_str(old).unwrap();
     assert_eq!((b.branch_type, b.tcc), (BranchType::At, None));
+}
+
+#[test]
+fn an_xa_branch_is_prepared_when_it_registers_and_carries_its_qualifier() {
+    let mut t = T::new();
+    let x = t.begin();
+    let xa = |keys: Vec<RowKey>, req: &str| {
+        Command::Register(Register {
+            xid: x,
+            resource_id: "db1".into(),
+            keys,
+            request_id: req.into(),
+            xa: true,
+            owner: "proxy-1".into(),
+        })
+    };
+    assert!(matches!(
+        t.e.apply(xa(vec![key("t", "1")], "q0"), t.now),
+        Err(CoordinatorError::InvalidArgument(_))
+    ));
+    let Reply::Register(Registration::Registered(id)) = t.e.apply(xa(vec![], "q1"), t.now).unwrap()
+    else {
+        panic!()
+    };
+    // The same qualifier again answers the same branch (a retried registration).
+    let Reply::Register(Registration::Registered(again)) =
+        t.e.apply(xa(vec![], "q1"), t.now).unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!(again, id);
+    let rec = t.e.record(x).unwrap();
+    let b = &rec.branches[0];
+    assert_eq!(
+        (b.branch_type, b.status, b.locks_held),
+        (BranchType::Xa, BranchStatus::PhaseOneDone, false)
+    );
+    t.e.apply(Command::Commit(Commit { xid: x }), t.now)
+        .unwrap();
+    let Some(Effect::SendBranch {
+        command_id,
+        branch_id,
+        action,
+        xa: Some(target),
+        ..
+    }) = t.e.take_effects().pop()
+    else {
+        panic!()
+    };
+    assert_eq!((branch_id, action), (id, Decision::Commit));
+    assert_eq!(
+        (target.bqual.as_str(), target.owner.as_str()),
+        ("q1", "proxy-1")
+    );
+    t.result(x, (command_id, branch_id, action), ProxyAnswer::Done);
+    assert!(t.e.record(x).is_none(), "finished");
 }

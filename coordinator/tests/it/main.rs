@@ -47,6 +47,7 @@ pub async fn register(
             resource_id: resource.into(),
             lock_keys: keys,
             request_id: format!("{}", rand::random::<u64>()),
+            ..Default::default()
         })
         .await?
         .into_inner();

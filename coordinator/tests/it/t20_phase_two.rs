@@ -167,6 +167,7 @@ async fn t22_timeout_rolls_back_and_waiter_fails_fast() {
             resource_id: "db1".into(),
             lock_keys: vec![key("t", &[b"1"])],
             request_id: "w".into(),
+            ..Default::default()
         })
         .await
         .unwrap()

@@ -21,7 +21,7 @@ use crate::at::undo_table::{STATUS_MARKER, STATUS_NORMAL};
 use crate::Shared;
 
 /// What one phase-two or resolve attempt came to.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub enum UndoOutcome {
     Done,
     DirtyWrite(Vec<v1::DirtyRow>),

@@ -285,7 +285,7 @@ impl Session {
     }
 
     /// Unknown, malformed or finished XIDs are refused before anything runs.
-    async fn check_xid(&self, xid: &str) -> Result<(), ProxyError> {
+    pub(crate) async fn check_xid(&self, xid: &str) -> Result<(), ProxyError> {
         if rewind_protocol::xid::parse(xid).is_none() {
             return Err(ProxyError::UnknownXid(format!(
                 "{xid:?} is not a global transaction id (begin one with the coordinator's \

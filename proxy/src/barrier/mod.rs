@@ -155,6 +155,11 @@ pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: Cancellatio
                 shared.config.tcc_fence_retention_secs,
             ),
             (
+                "XA proof rows",
+                shared.xa_proof.expire(),
+                shared.config.xa_proof_retention_secs,
+            ),
+            (
                 "published outbox rows",
                 shared.outbox_table.expire(),
                 shared.config.outbox.retention_secs,

@@ -30,6 +30,7 @@ use crate::packet::{put_lenenc_int, Cursor, PacketStream};
 use crate::stacked;
 use crate::tcc::Tcc;
 use crate::wire;
+use crate::xa::session::Route as XaRoute;
 use crate::xid;
 use crate::Shared;
 
@@ -75,6 +76,10 @@ pub(crate) struct Prepared {
     pub(crate) tcc: Option<Result<Tcc, &'static str>>,
     /// The text mentions the outbox (see [`Session::outbox_written`]).
     pub(crate) outbox: bool,
+    /// The statement's XA tag (`XA('…')`, or `XID('…')` with `branch_mode = "xa"`).
+    pub(crate) xa_tag: Option<Result<String, &'static str>>,
+    /// The text as the client sent it: to prepare it again on another backend connection.
+    pub(crate) raw: Arc<[u8]>,
 }
 
 pub(crate) struct Session {
@@ -116,6 +121,14 @@ pub(crate) struct Session {
     pub(crate) ticker: tokio::time::Interval,
     /// When the last command finished.
     pub(crate) last_active: std::time::Instant,
+    /// The XA branch the current local transaction is (XA mode).
+    pub(crate) xa: Option<crate::xa::session::Bound>,
+    /// The session created a temporary table (which cannot move to another backend
+    /// connection, as an XA branch's session must).
+    pub(crate) temp_tables: bool,
+    /// The next statement id given to the client: the proxy's own numbering, so a
+    /// session moved to another backend connection keeps its statements' ids.
+    pub(crate) next_stmt_id: u32,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -205,6 +218,9 @@ pub async fn serve(
             t
         },
         last_active: std::time::Instant::now(),
+        xa: None,
+        temp_tables: false,
+        next_stmt_id: 1,
     };
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e).await;
@@ -220,6 +236,13 @@ pub async fn serve(
     }
     s.run(shutdown).await;
     s.ps.shutdown().await;
+    if s.xa.is_some() {
+        // A client gone before its COMMIT: the branch is rolled back, and the connection
+        // that held it never goes back to the pool.
+        s.xa_abandon().await;
+        crate::xa::discard(s.conn).await;
+        return;
+    }
     // Dropping `s.conn` hands it back to the pool, whose COM_RESET_CONNECTION also closes
     // the client's prepared statements on the backend.
 }
@@ -444,6 +467,8 @@ impl Session {
             COM_RESET_CONNECTION => {
                 // The reset closes every prepared statement on the backend and rolls back
                 // an open transaction (a bound one was never registered: nothing to tell).
+                self.xa_reset().await?;
+                self.temp_tables = false;
                 self.stmts.clear();
                 self.internal.clear();
                 self.branch = None;
@@ -530,6 +555,8 @@ impl Session {
         let scramble = handshake::new_scramble();
         let auth = handshake::auth_switch(&mut self.ps, &scramble).await?;
         handshake::check_login(&self.shared.logins, &user, &scramble, &auth, &self.peer)?;
+        self.xa_reset().await?;
+        self.temp_tables = false;
         self.stmts.clear();
         self.internal.clear();
         self.branch = None;
@@ -571,6 +598,16 @@ impl Session {
         ))
     }
 
+    /// Before a reset: an XA branch in progress is rolled back (or the session ends).
+    async fn xa_reset(&mut self) -> Result<(), ProxyError> {
+        if self.xa.is_some() && !self.xa_abandon().await {
+            return Err(ProxyError::BackendUnavailable(
+                "an XA branch could not be rolled back before the reset".into(),
+            ));
+        }
+        Ok(())
+    }
+
     fn push_ok(&mut self) {
         let ok = wire::Ok::from_backend(&self.conn);
         self.status = ok.status & !StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
@@ -593,9 +630,29 @@ impl Session {
                 .with_barrier(barrier, at::Stmt::Text(sql), Vec::new(), &kind)
                 .await;
         }
+        let xa_tag = crate::xa::tag_of(sql, self.shared.config.branch_mode);
+        if self.xa.is_none() && xa_tag.is_none() {
+            return self.query_plain(sql, false).await;
+        }
+        let kind = classify::classify(sql);
+        match self
+            .xa_route(&kind, sql, xa_tag, xid::leading_xid(sql))
+            .await
+        {
+            XaRoute::Done(r) => r,
+            XaRoute::Plain => self.query_plain(sql, true).await,
+            XaRoute::PlainThenPrepare(mark) => {
+                let ran = self.query_plain(sql, true).await;
+                self.xa_after_plain(mark, ran).await
+            }
+        }
+    }
+
+    /// A statement no mode took (`xa`: XA mode saw it first, so no XID tag binds AT).
+    async fn query_plain(&mut self, sql: &[u8], xa: bool) -> Result<(), ProxyError> {
         let was_in_trans = self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0;
         self.fresh_tx = false;
-        let tag = xid::leading_xid(sql);
+        let tag = if xa { None } else { xid::leading_xid(sql) };
         if tag.is_some() || self.branch.is_some() {
             let tag = tag.map(|t| String::from_utf8_lossy(t).into_owned());
             return self.at_query(sql, tag).await;
@@ -659,13 +716,17 @@ impl Session {
             // DDL through this proxy: table metadata is reloaded on next use (DDL made
             // elsewhere is caught by the definition check before every AT write).
             self.shared.metas.clear();
+            if classify::mentions(sql, b"TEMPORARY") {
+                self.temp_tables = true;
+            }
         }
         r
     }
 
     async fn prepare(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
         let stmt = self.conn.prep(sql).await?;
-        let id = stmt.id();
+        let id = self.next_stmt_id;
+        self.next_stmt_id = self.next_stmt_id.checked_add(1).unwrap_or(1);
         let params = stmt.params().to_vec();
         let columns = stmt.columns();
         let mut b = vec![0x00];
@@ -701,6 +762,8 @@ impl Session {
                 barrier: Barrier::of(sql),
                 tcc: Tcc::of(sql),
                 outbox: crate::outbox::mentions_outbox(sql),
+                xa_tag: crate::xa::tag_of(sql, self.shared.config.branch_mode),
+                raw: Arc::from(sql),
             },
         );
         Ok(())
@@ -786,9 +849,35 @@ impl Session {
             };
             return self.with_barrier(barrier, st, values, &kind).await;
         }
+        if self.xa.is_some() || p.xa_tag.is_some() {
+            let (kind, tag, raw) = (p.kind.clone(), p.xa_tag.clone(), p.raw.clone());
+            let any_tag = xid::leading_xid(&raw);
+            return match self.xa_route(&kind, &raw, tag, any_tag).await {
+                XaRoute::Done(r) => r,
+                XaRoute::Plain => self.execute_plain(id, values, true).await,
+                XaRoute::PlainThenPrepare(mark) => {
+                    let ran = self.execute_plain(id, values, true).await;
+                    self.xa_after_plain(mark, ran).await
+                }
+            };
+        }
+        self.execute_plain(id, values, false).await
+    }
+
+    /// An execute no mode took (`xa`: XA mode saw it first, so no XID tag binds AT).
+    async fn execute_plain(
+        &mut self,
+        id: u32,
+        values: Vec<Value>,
+        xa: bool,
+    ) -> Result<(), ProxyError> {
+        let p = self
+            .stmts
+            .get(&id)
+            .ok_or(ProxyError::UnknownStatement(id))?;
         let begins = p.kind == Kind::Begin;
         self.fresh_tx = false;
-        if p.tag.is_some() || self.branch.is_some() {
+        if (p.tag.is_some() && !xa) || self.branch.is_some() {
             return self.at_execute(id, values).await;
         }
         let stmt = p.stmt.clone();
