@@ -1,8 +1,8 @@
 //! Load generator for `bench/at`: money transfers (one UPDATE in each of two schemas)
 //! through the proxy, by N concurrent clients, first as plain local transactions, then as
 //! global transactions (begin and commit over gRPC, each UPDATE tagged with the XID in
-//! its own local transaction), and for reference the same local transactions straight
-//! against MariaDB. Then the idempotent-consumer barrier's cost: the same local
+//! its own local transaction) in AT mode and in XA mode (the same tag spelled `XA`), and
+//! for reference the same local transactions straight against MariaDB. Then the idempotent-consumer barrier's cost: the same local
 //! transactions in the text protocol, without and with a `BARRIER` hint (a fresh message
 //! id each) on their statement. Prints throughput, p50 and p99 of each and the ratios.
 //!
@@ -23,6 +23,8 @@ enum Mode {
     Direct,
     Local,
     Global,
+    /// Global transactions whose branches are XA branches.
+    GlobalXa,
     /// Local transactions in the text protocol (the barrier's reference).
     LocalText,
     /// The same, each statement behind a BARRIER with a new message id.
@@ -47,11 +49,17 @@ fn opts(addr: &str, db: &str) -> OptsBuilder {
         .stmt_cache_size(16)
 }
 
-/// One local transaction updating one account.
-async fn local(c: &mut Conn, xid: Option<&str>, id: i64, cents: i64) -> mysql_async::Result<()> {
+/// One local transaction updating one account; tagged with `xid` under hint `hint`
+/// (`XID` or `XA`) when given.
+async fn local(
+    c: &mut Conn,
+    xid: Option<(&str, &str)>,
+    id: i64,
+    cents: i64,
+) -> mysql_async::Result<()> {
     let sql = match xid {
-        Some(x) => {
-            format!("/*+ XID('{x}') */ UPDATE account SET balance = balance + ? WHERE id = ?")
+        Some((hint, x)) => {
+            format!("/*+ {hint}('{x}') */ UPDATE account SET balance = balance + ? WHERE id = ?")
         }
         None => "UPDATE account SET balance = balance + ? WHERE id = ?".to_string(),
     };
@@ -133,7 +141,8 @@ async fn client(
                 local_text(&mut a, ca, from, -cents).await.is_ok()
                     && local_text(&mut b, cb, to, cents).await.is_ok()
             }
-            Mode::Global => {
+            Mode::Global | Mode::GlobalXa => {
+                let hint = if mode == Mode::GlobalXa { "XA" } else { "XID" };
                 let xid = tm
                     .begin(BeginRequest {
                         name: "bench".into(),
@@ -143,8 +152,10 @@ async fn client(
                     .expect("begin")
                     .into_inner()
                     .xid;
-                let ok = local(&mut a, Some(&xid), from, -cents).await.is_ok()
-                    && local(&mut b, Some(&xid), to, cents).await.is_ok();
+                let ok = local(&mut a, Some((hint, &xid)), from, -cents)
+                    .await
+                    .is_ok()
+                    && local(&mut b, Some((hint, &xid)), to, cents).await.is_ok();
                 let req = GlobalRequest { xid };
                 if ok {
                     tm.commit(req).await.is_ok()
@@ -226,6 +237,7 @@ async fn main() {
         ("direct MariaDB, local", Mode::Direct, direct),
         ("proxy, local (no XID)", Mode::Local, proxy),
         ("proxy, global (AT)", Mode::Global, proxy),
+        ("proxy, global (XA)", Mode::GlobalXa, proxy),
         ("proxy, local, text", Mode::LocalText, proxy),
         ("proxy, local + BARRIER", Mode::Barrier, proxy),
     ] {
@@ -246,6 +258,14 @@ async fn main() {
         results[2] / results[1]
     );
     println!(
+        "ratio XA global/local (proxy):        {:.3}",
+        results[3] / results[1]
+    );
+    println!(
+        "ratio XA global/AT global:            {:.3}",
+        results[3] / results[2]
+    );
+    println!(
         "ratio global/direct MariaDB:          {:.3}",
         results[2] / results[0]
     );
@@ -255,6 +275,6 @@ async fn main() {
     );
     println!(
         "ratio with BARRIER/without (text):    {:.3}   (goal: cost <= 10 %)",
-        results[4] / results[3]
+        results[5] / results[4]
     );
 }

@@ -2,7 +2,9 @@
 //! workers making transfers as global transactions; a share rolled back, a share left to
 //! time out. Afterwards every account holds exactly its opening balance plus the transfers
 //! whose global transaction committed (so the total is unchanged), no undo record and no
-//! global lock is left, and every transaction ended in a final status.
+//! global lock is left, and every transaction ended in a final status. Once in AT mode,
+//! once in XA mode with one proxy killed -9 and restarted mid-run (then no prepared XA
+//! transaction may be left either).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -92,32 +94,75 @@ fn err(e: mysql_async::Error) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t20_concurrent_transfers_keep_every_balance_exact() {
-    let dir = TempDir::new("bank");
+    bank(false).await;
+}
+
+/// The bank in XA mode (`branch_mode = "xa"`: the same tagged SQL), with proxy b killed -9
+/// and restarted while transfers run: branches it had prepared are finished by the
+/// restarted proxy or by recovery, whatever the coordinator decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_xa_transfers_keep_every_balance_exact_across_a_proxy_kill() {
+    bank(true).await;
+}
+
+/// A session's connection to a proxy, made again after the proxy was killed.
+async fn connect(opts: &mysql_async::OptsBuilder, xa: bool) -> mysql_async::Conn {
+    for _ in 0..200 {
+        if let Ok(mut c) = mysql_async::Conn::new(opts.clone()).await {
+            if xa {
+                // A prepared branch holds its row locks until phase two; a transfer waiting
+                // on one held by a transfer waiting on it (across the two databases, which
+                // no single database sees) gives up quickly instead of after 50 s.
+                if c.query_drop("SET SESSION innodb_lock_wait_timeout = 2")
+                    .await
+                    .is_err()
+                {
+                    continue;
+                }
+            }
+            return c;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("cannot connect to the proxy");
+}
+
+async fn bank(xa: bool) {
+    let tag = if xa { "xa" } else { "at" };
+    let dir = TempDir::new(&format!("bank-{tag}"));
     let coord = Arc::new(Coordinator::start(&dir, &["--config", &write_config(&dir)]).await);
+    let proxy_cfg = dir.0.join("proxy.toml");
+    std::fs::write(
+        &proxy_cfg,
+        format!("branch_mode = \"{tag}\"\nxa_recovery_secs = 1\n"),
+    )
+    .unwrap();
+    let proxy_cfg = proxy_cfg.display().to_string();
+    let (db_a, db_b) = (format!("rwt_bank_{tag}_a"), format!("rwt_bank_{tag}_b"));
     let a = Proxy::start(
         &dir,
         "proxy-a",
         &coord.grpc_url(),
-        &["--resource-id", "bank-a"],
+        &["--resource-id", "bank-a", "--config", &proxy_cfg],
     )
     .await;
-    let b = Proxy::start(
+    let mut b = Proxy::start(
         &dir,
         "proxy-b",
         &coord.grpc_url(),
-        &["--resource-id", "bank-b"],
+        &["--resource-id", "bank-b", "--config", &proxy_cfg],
     )
     .await;
-    setup("rwt_bank_a").await;
-    setup("rwt_bank_b").await;
-    let (pa, pb) = (a.opts("rwt_bank_a"), b.opts("rwt_bank_b"));
+    setup(&db_a).await;
+    setup(&db_b).await;
+    let (pa, pb) = (a.opts(&db_a), b.opts(&db_b));
 
     let mut workers = Vec::new();
     for w in 0..WORKERS {
         let (coord, pa, pb) = (coord.clone(), pa.clone(), pb.clone());
         workers.push(tokio::spawn(async move {
-            let mut ca = mysql_async::Conn::new(pa).await.unwrap();
-            let mut cb = mysql_async::Conn::new(pb).await.unwrap();
+            let mut ca = connect(&pa, xa).await;
+            let mut cb = connect(&pb, xa).await;
             let mut done = Vec::new();
             for i in 0..TRANSFERS_PER_WORKER {
                 let (from, to, cents, plan, a_to_b) = {
@@ -155,12 +200,22 @@ async fn t20_concurrent_transfers_keep_every_balance_exact() {
                 for r in [&first, &second] {
                     if let Err((code, msg)) = r {
                         // Lock waits give up (1205); a transaction left to time out may
-                        // do so before its second branch (1397).
+                        // do so before its second branch (1397). In XA mode the killed
+                        // proxy drops connections (no code) and refuses to start while
+                        // it is down, and an XA branch whose PREPARE or registration
+                        // failed says it was rolled back (1402).
+                        let xa_ok = xa && matches!(*code, 0 | 1402 | 2013 | 1927);
                         assert!(
-                            *code == 1205 || (*code == 1397 && plan == Plan::TimeOut),
+                            *code == 1205 || (*code == 1397 && plan == Plan::TimeOut) || xa_ok,
                             "unexpected refusal {code}: {msg}"
                         );
                     }
+                }
+                if ca.ping().await.is_err() {
+                    ca = connect(&pa, xa).await;
+                }
+                if cb.ping().await.is_err() {
+                    cb = connect(&pb, xa).await;
                 }
                 match plan {
                     Plan::Commit if ok => {
@@ -185,6 +240,11 @@ async fn t20_concurrent_transfers_keep_every_balance_exact() {
             }
             done
         }));
+    }
+    if xa {
+        // kill -9 of proxy b while transfers run, then a restart on the same port.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        b.restart().await;
     }
     let mut transfers = Vec::new();
     for w in workers {
@@ -224,12 +284,25 @@ async fn t20_concurrent_transfers_keep_every_balance_exact() {
         }
     }
     assert!(committed > 0, "some transfers must commit");
-    assert_eq!(balances("rwt_bank_a").await, expected_a, "side a");
-    assert_eq!(balances("rwt_bank_b").await, expected_b, "side b");
-    let total: i64 = balances("rwt_bank_a")
+    if xa {
+        eventually(
+            "no prepared XA branch left",
+            Duration::from_secs(30),
+            || async {
+                xa_prepared("")
+                    .await
+                    .iter()
+                    .all(|(g, _)| !transfers.iter().any(|(t, ..)| &t.xid == g))
+            },
+        )
+        .await;
+    }
+    assert_eq!(balances(&db_a).await, expected_a, "side a");
+    assert_eq!(balances(&db_b).await, expected_b, "side b");
+    let total: i64 = balances(&db_a)
         .await
         .values()
-        .chain(balances("rwt_bank_b").await.values())
+        .chain(balances(&db_b).await.values())
         .sum();
     assert_eq!(total, 2 * ACCOUNTS * OPENING);
     eventually("no undo record left", Duration::from_secs(20), || async {
@@ -245,7 +318,7 @@ async fn t20_concurrent_transfers_keep_every_balance_exact() {
     for (t, ..) in &transfers {
         *by_status.entry(coord.status(&t.xid).await).or_default() += 1;
     }
-    eprintln!("bank outcomes: {by_status:?}");
+    eprintln!("bank ({tag}) outcomes: {by_status:?}");
     for status in ["committed", "rolled_back", "timeout_rolled_back"] {
         assert!(
             by_status.get(status).copied().unwrap_or(0) > 0,

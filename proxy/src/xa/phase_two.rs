@@ -10,7 +10,9 @@
 //! `XA RECOVER` that this proxy does not hold are matched against the coordinator. A
 //! branch it registered is left to the coordinator's phase two (or, if that already
 //! finished, given the same outcome); a branch it never registered is rolled back once
-//! its global transaction can take no more branches (its client never got an OK). MariaDB
+//! its global transaction can take no more branches (its client never got an OK). A
+//! branch of a global transaction the coordinator does not know at all is left alone:
+//! another deployment's coordinator may own it. MariaDB
 //! refuses to finish a branch whose preparing session is still connected, so a branch
 //! another proxy is still registering is never touched.
 
@@ -181,7 +183,12 @@ pub async fn recover_once(shared: &Shared, pool: &Pool) -> Result<usize, String>
             continue;
         }
         let commit = match shared.coordinator.xa_branch_state(&id.xid, &id.bqual).await {
-            Ok(s) if !s.global_found => false,
+            // Another deployment's branch (several coordinators may share a database
+            // server), or one whose transaction was forgotten long ago: never touched.
+            Ok(s) if !s.global_found => {
+                debug!(xid = %id.xid, bqual = %id.bqual, "prepared XA branch of a transaction this coordinator does not know; left alone");
+                continue;
+            }
             Ok(s) => {
                 let status = GlobalStatus::try_from(s.status).unwrap_or(GlobalStatus::Unspecified);
                 let committing = matches!(
@@ -201,7 +208,7 @@ pub async fn recover_once(shared: &Shared, pool: &Pool) -> Result<usize, String>
                 // Registered and finished (yet still prepared here), or never registered.
                 s.branch_id != 0 && committing
             }
-            Err(CallError::NotFound(_) | CallError::Invalid(_)) => false,
+            Err(CallError::NotFound(_) | CallError::Invalid(_)) => continue,
             Err(e) => return Err(e.to_string()),
         };
         let verb = if commit { "COMMIT" } else { "ROLLBACK" };
