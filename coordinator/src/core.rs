@@ -17,9 +17,9 @@ use crate::cluster::Cluster;
 use crate::dispatch::{Proxies, StreamTx};
 use crate::engine::{
     AuditEntry, Begin, BranchAction, BranchId, BranchResult, BranchStatus, Commit, Conflict,
-    ConflictState, GlobalRecord, GlobalStatus, HeldLock, OperateBranch, ProxyAnswer, RegisterTcc,
-    Registration, Report, Resolve, ResolveAction, ResolveResult, ResourceAvailable, Rollback,
-    TccCall, XidNum,
+    ConflictState, GlobalRecord, GlobalStatus, HeldLock, OperateBranch, PreparedXa, ProxyAnswer,
+    RegisterTcc, Registration, Report, Resolve, ResolveAction, ResolveResult, ResourceAvailable,
+    Rollback, TccCall, XidNum,
 };
 use crate::error::CoordinatorError;
 use crate::locked_tables::LockedTables;
@@ -29,6 +29,7 @@ use crate::outbox::{
     DeadMessage, Outbox, OutboxReport, RedriveOutcome, ResourceOutbox, REDRIVE_WAIT,
 };
 use crate::sequencer::{now_ms, Sequencer};
+use crate::xa_waits::{XaLockReport, XaWaiter, XaWaits};
 
 /// An XID as the API spells it → its number (unknown shapes are "not found").
 pub fn parse_xid(xid: &str) -> Result<XidNum, CoordinatorError> {
@@ -45,6 +46,8 @@ pub struct Coordinator {
     locked_tables: Arc<LockedTables>,
     /// The proxies' latest outbox reports and the redrives waiting for an answer.
     outbox: Arc<Outbox>,
+    /// The proxies' latest reads of who waits on their prepared XA branches' row locks.
+    xa_waits: Arc<XaWaits>,
     /// How long a rollback request waits for the undo before answering its status.
     rollback_wait: Duration,
     /// How long a registration waits for proxies to confirm a newly locked table.
@@ -98,6 +101,7 @@ impl Coordinator {
             proxies: Arc::new(Proxies::default()),
             locked_tables: Arc::new(LockedTables::default()),
             outbox: Arc::new(Outbox::default()),
+            xa_waits: Arc::new(XaWaits::default()),
             rollback_wait,
             isolation_wait,
             shutdown,
@@ -411,6 +415,7 @@ impl Coordinator {
         self.proxies.detach(conn);
         self.locked_tables.detach(conn);
         self.outbox.detached(conn);
+        self.xa_waits.detached(conn);
     }
 
     /// A proxy's read of a resource's outbox and barrier. Only a resource this stream
@@ -422,6 +427,16 @@ impl Coordinator {
             return;
         }
         self.outbox.store(conn, report, Instant::now(), now_ms());
+    }
+
+    /// A proxy's read of who waits on its prepared XA branches; like an outbox report,
+    /// only for a resource the stream announced.
+    pub fn xa_lock_report(&self, conn: u64, report: XaLockReport) {
+        if !self.proxies.serves(conn, &report.resource_id) {
+            tracing::warn!(resource = %report.resource_id, "XA lock report for a resource this stream did not announce: ignored");
+            return;
+        }
+        self.xa_waits.store(conn, report, Instant::now());
     }
 
     pub fn outbox_redrive_result(&self, conn: u64, command_id: u64, outcome: RedriveOutcome) {
@@ -656,6 +671,23 @@ impl Coordinator {
             out.truncate(limit);
         }
         Ok(out)
+    }
+
+    /// The XA branches of unfinished transactions whose phase two has not finished (so
+    /// prepared in their database, holding row locks), oldest first, each with the
+    /// sessions its proxy last saw waiting on those locks.
+    pub async fn prepared_xa(&self) -> Result<Vec<(PreparedXa, Vec<XaWaiter>)>, CoordinatorError> {
+        self.seq.linearizable().await?;
+        let prepared = crate::sequencer::lock_engine(&self.seq.engine).prepared_xa();
+        let mut waiters = self.xa_waits.by_branch(Instant::now());
+        Ok(prepared
+            .into_iter()
+            .map(|p| {
+                let key = (rewind_protocol::xid::format(p.xid), p.bqual.clone());
+                let w = waiters.remove(&key).unwrap_or_default();
+                (p, w)
+            })
+            .collect())
     }
 
     /// Held locks by holder, at most `limit`, and how many there are in all.

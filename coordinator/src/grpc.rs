@@ -17,6 +17,7 @@ use crate::engine::{DirtyRow, ProxyAnswer};
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
 use crate::outbox::{DeadMessage, OutboxReport, RedriveOutcome};
+use crate::xa_waits::{XaLockReport, XaWaiter};
 
 /// The gRPC services over the core.
 #[derive(Clone)]
@@ -64,6 +65,26 @@ fn dirty_rows(d: v1::DirtyWrite) -> Vec<DirtyRow> {
             current: r.current_json,
         })
         .collect()
+}
+
+fn xa_lock_report(r: v1::XaLockReport) -> XaLockReport {
+    XaLockReport {
+        resource_id: r.resource_id,
+        proxy_id: r.proxy_id,
+        pinned: r.pinned,
+        waits: r
+            .waits
+            .into_iter()
+            .map(|w| XaWaiter {
+                xid: w.xid,
+                bqual: w.bqual,
+                thread_id: w.thread_id,
+                query: w.query,
+                waiting_ms: w.waiting_ms,
+            })
+            .collect(),
+        read_at_ms: r.read_at_ms,
+    }
 }
 
 fn outbox_report(r: v1::OutboxReport) -> OutboxReport {
@@ -342,6 +363,9 @@ impl ResourceManager for GrpcServices {
                         }
                         Some(proxy_message::Kind::OutboxRedriveResult(r)) => {
                             core.outbox_redrive_result(conn, r.command_id, redrive_outcome(r.outcome));
+                        }
+                        Some(proxy_message::Kind::XaLockReport(r)) => {
+                            core.xa_lock_report(conn, xa_lock_report(r));
                         }
                         None => {}
                     }

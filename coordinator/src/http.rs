@@ -25,11 +25,12 @@ use crate::config::ApiAuth;
 use crate::core::{parse_xid, Coordinator, ListFilter};
 use crate::engine::{
     AuditEntry, BranchAction, BranchType, Conflict, ConflictState, GlobalRecord, GlobalStatus,
-    ResolveAction, TccCall,
+    PreparedXa, ResolveAction, TccCall,
 };
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
 use crate::outbox::{DeadMessage, ResourceOutbox};
+use crate::xa_waits::XaWaiter;
 
 #[derive(Clone)]
 struct App {
@@ -52,6 +53,7 @@ pub fn router(core: Coordinator, body_limit: usize, auth: Arc<Auth>, api_auth: A
         .route("/api/v1/transactions/{xid}", get(show))
         .route("/api/v1/transactions/{xid}/commit", post(commit))
         .route("/api/v1/transactions/{xid}/rollback", post(rollback))
+        .route("/api/v1/transactions/{xid}/force", post(force))
         .route("/api/v1/transactions/{xid}/branches", post(register_tcc))
         .route(
             "/api/v1/transactions/{xid}/branches/{branch_id}/{action}",
@@ -60,6 +62,7 @@ pub fn router(core: Coordinator, body_limit: usize, auth: Arc<Auth>, api_auth: A
         .route("/api/v1/locks", get(locks))
         .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/conflicts/{id}/resolve", post(resolve))
+        .route("/api/v1/xa", get(prepared_xa))
         .route("/api/v1/outbox", get(outbox))
         .route("/api/v1/outbox/dead", get(outbox_dead))
         .route(
@@ -580,6 +583,56 @@ async fn rollback(State(app): State<App>, h: HeaderMap, Path(xid): Path<String>)
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
+struct ForceBody {
+    decision: Option<String>,
+}
+
+/// `POST /api/v1/transactions/{xid}/force {"decision": "commit"|"rollback"}`: an
+/// operator decides a transaction whose application will not (typically one whose
+/// prepared XA branch blocks other sessions). The same calls as the public commit and
+/// rollback, so refused (409) the same way when already decided the other way; operator
+/// only, audited as `force commit` / `force rollback`.
+async fn force(
+    State(app): State<App>,
+    h: HeaderMap,
+    Path(xid): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult {
+    let who = operator(&app, &h, true)?;
+    let b: ForceBody = parse_body(&app, body)?;
+    let commit = match b.decision.as_deref() {
+        Some("commit") => true,
+        Some("rollback") => false,
+        other => {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "body must be {{\"decision\": \"commit\"|\"rollback\"}}, not decision {other:?}"
+            )))
+        }
+    };
+    let r = async {
+        let x = parse_xid(&xid)?;
+        if commit {
+            app.core.commit(x).await
+        } else {
+            app.core.rollback(x).await
+        }
+    }
+    .await;
+    let action = if commit {
+        "force commit"
+    } else {
+        "force rollback"
+    };
+    let result = match &r {
+        Ok(st) => format!("ok: {}", st.name()),
+        Err(_) => result_text(&r),
+    };
+    record_audit(&app, &who, action, &format!("transaction {xid}"), &result).await;
+    Ok(Json(json!({"xid": xid, "status": r?.name()})))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 struct BranchBody {
     #[serde(rename = "type")]
     branch_type: Option<String>,
@@ -809,6 +862,41 @@ async fn resolve(
     )
     .await;
     Ok(Json(body))
+}
+
+// ---- XA --------------------------------------------------------------------------------
+
+fn prepared_xa_json(p: &PreparedXa, waiters: &[XaWaiter], now_ms: u64) -> Value {
+    json!({
+        "xid": rewind_protocol::xid::format(p.xid),
+        "branch_id": p.branch_id,
+        "resource_id": p.resource_id,
+        "xa_bqual": p.bqual,
+        "registered_ms": p.registered_ms,
+        "age_ms": now_ms.saturating_sub(p.registered_ms),
+        "status": p.status.name(),
+        "branch_status": p.branch_status,
+        "waiters": waiters.iter().map(|w| json!({
+            "thread_id": w.thread_id,
+            "query": w.query,
+            "waiting_ms": w.waiting_ms,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+/// `GET /api/v1/xa`: the prepared XA branches, oldest first, with the sessions waiting
+/// on their row locks. Operator only: the waiters' SQL is other applications' data.
+async fn prepared_xa(State(app): State<App>, h: HeaderMap) -> ApiResult {
+    operator(&app, &h, false)?;
+    let now = crate::sequencer::now_ms();
+    let branches: Vec<Value> = app
+        .core
+        .prepared_xa()
+        .await?
+        .iter()
+        .map(|(p, w)| prepared_xa_json(p, w, now))
+        .collect();
+    Ok(Json(json!({ "branches": branches })))
 }
 
 // ---- outbox ---------------------------------------------------------------------------

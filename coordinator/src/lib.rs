@@ -20,6 +20,8 @@
 //!   that announced the branch's resource; their answers come back through [`grpc`].
 //! - [`outbox`]: the proxies' latest reports of their backends' outbox and barrier (a
 //!   cache, not replicated) and operators' redrives of DEAD messages awaiting an answer.
+//! - [`xa_waits`]: the sessions waiting on prepared XA branches' row locks, as the
+//!   proxies holding those branches last saw them (a cache like [`outbox`]).
 //! - [`config`], [`metrics`]: the supporting cast.
 //!
 //! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
@@ -46,6 +48,7 @@ mod sequencer;
 mod store;
 mod tcc;
 mod wal;
+mod xa_waits;
 
 use std::sync::Arc;
 use std::time::Duration;

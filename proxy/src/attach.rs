@@ -80,6 +80,11 @@ pub async fn run(shared: Arc<Shared>, shutdown: CancellationToken) {
     housekeeper.abort();
     barrier_keeper.abort();
     xa_recovery.abort();
+    // Prepared XA branches stay prepared in the database; their connections are closed,
+    // never handed back to a pool whose reset could end them.
+    for conn in shared.xa_pinned.drain() {
+        crate::xa::discard(conn).await;
+    }
     if let Some(relay) = relay {
         let _ = tokio::time::timeout(Duration::from_secs(5), relay).await;
     }

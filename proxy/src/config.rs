@@ -109,7 +109,8 @@ pub struct OutboxConfig {
     pub batch: usize,
     /// PUBLISHED rows are deleted this long after publication.
     pub retention_secs: u64,
-    /// How often the proxy reports the outbox and barrier to the coordinator's console.
+    /// How often the proxy reports the outbox and barrier, and the lock waits on its
+    /// prepared XA branches, to the coordinator's console.
     pub report_interval_ms: u64,
 }
 

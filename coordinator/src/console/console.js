@@ -19,6 +19,8 @@ const state = {
   redriving: new Set(),  // "<resource>/<message>" of redrives waiting for their proxy
   redriveResults: {},    // "<resource>/<message>" → { ok, text } of the last redrive
   redriveLog: [],        // the last few redrive results, newest first
+  forcing: new Set(),    // xids whose forced decision is on its way
+  forceLog: [],          // the last few forced decisions' results, newest first
   timer: null,
   busy: false,
 };
@@ -219,7 +221,7 @@ async function refresh(background) {
   state.busy = true;
   try {
     await Promise.all([
-      ({ transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, messages: loadMessages, audit: loadAudit })[state.view](),
+      ({ transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, xa: loadXa, messages: loadMessages, audit: loadAudit })[state.view](),
       loadOpenCount(),
     ]);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString(undefined, { hour12: false });
@@ -498,6 +500,72 @@ function openTx(xid) {
   $("tx-search").value = xid;
   state.txCursor = [];
   show("transactions");
+}
+
+// XA (prepared branches and who waits on them) --------------------------------------------
+
+function waitersList(b) {
+  if (!b.waiters.length) return h("span", { class: "muted" }, "none");
+  return h("ul", { class: "waiters" }, b.waiters.map((w) =>
+    h("li", { class: "xa-waiter", "data-testid": "xa-waiter", dataset: { thread: w.thread_id } },
+      h("b", {}, "thread " + w.thread_id), " · waiting ", h("span", { class: "waited" }, w.waiting_ms ? span(w.waiting_ms) : "< 1 s"),
+      h("span", { class: "query mono" }, w.query || "(no statement)"))));
+}
+
+async function loadXa() {
+  const { data } = await api("GET", "/api/v1/xa");
+  const branches = data.branches;
+  fill($("xa-log"), state.forceLog.map((x) =>
+    h("li", { class: x.ok ? "result-ok" : "result-bad", dataset: { xid: x.xid } }, x.text)));
+  fill($("xa-rows"), branches.map((b) => {
+    const busy = state.forcing.has(b.xid);
+    const undecided = b.status === "begin";
+    return h("tr", {
+      class: "xa-row" + (b.waiters.length ? " blocking" : ""),
+      "data-testid": "xa-row",
+      dataset: { xid: b.xid, bqual: b.xa_bqual },
+    },
+    h("td", { class: "mono" }, h("a", { href: "#", "data-testid": "xa-xid", onclick: (e) => { e.preventDefault(); openTx(b.xid); } }, b.xid)),
+    h("td", { class: "mono" }, b.resource_id),
+    h("td", {}, b.branch_id, h("div", { class: "muted mono wrap", title: "XA branch qualifier" }, b.xa_bqual)),
+    h("td", { class: "xa-age", title: "registered " + when(b.registered_ms) }, span(b.age_ms)),
+    h("td", {}, statusTag(b.status)),
+    h("td", {}, waitersList(b)),
+    h("td", {}, undecided ? h("div", { class: "actions branch-actions" },
+      h("button", { class: "primary", "data-testid": "force-commit", disabled: busy, onclick: () => confirmForce(b, "commit") }, "Force commit"),
+      h("button", { class: "danger", "data-testid": "force-rollback", disabled: busy, onclick: () => confirmForce(b, "rollback") }, "Force rollback"))
+      : h("span", { class: "muted" }, "decided: phase two is running")));
+  }));
+  $("xa-empty").hidden = branches.length > 0;
+}
+
+async function confirmForce(b, decision) {
+  const waiting = b.waiters.length ? ` ${b.waiters.length} session(s) wait on its row locks.` : "";
+  const body = decision === "commit" ?
+    [h("p", {}, `Commits global transaction ${b.xid} now: every branch of it, this prepared XA branch on ${b.resource_id} included, is committed.${waiting}`),
+     h("p", {}, "Only if you know its application meant to commit (or will not come back): the decision is final.")] :
+    [h("p", {}, `Rolls back global transaction ${b.xid} now: every branch of it is undone, this prepared XA branch on ${b.resource_id} with XA ROLLBACK.${waiting}`),
+     h("p", {}, "Its application's COMMIT will be refused: the decision is final.")];
+  const label = decision === "commit" ? "Force commit" : "Force rollback";
+  if (!await ask(label + "?", body, label, decision === "rollback")) return;
+  state.forcing.add(b.xid);
+  await loadXa().catch(() => {}); // show the buttons as busy
+  let entry;
+  try {
+    const { data } = await api("POST", `/api/v1/transactions/${encodeURIComponent(b.xid)}/force`, { decision });
+    entry = { ok: true, xid: b.xid, text: `${b.xid}: ${label.toLowerCase()} — now ${data.status.replace(/_/g, " ")}` };
+  } catch (e) {
+    entry = { ok: false, xid: b.xid, text: `${b.xid}: ${label.toLowerCase()} refused — ${e.message}` };
+  } finally {
+    state.forcing.delete(b.xid);
+  }
+  state.forceLog.unshift(entry);
+  state.forceLog.length = Math.min(state.forceLog.length, 5);
+  try {
+    await loadXa();
+  } catch (e) {
+    if (e.status !== 401) banner("Could not refresh: " + e.message);
+  }
 }
 
 // Messages (outbox and barrier) ----------------------------------------------------------

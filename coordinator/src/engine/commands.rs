@@ -32,10 +32,12 @@ pub struct Register {
     pub keys: Vec<RowKey>,
     pub request_id: String,
     /// An XA branch, prepared in the database under XA id (xid, request_id): no keys.
-    #[serde(default)]
+    /// (Both XA fields are left out of an AT registration's log entry, which stays as it
+    /// was before XA existed.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub xa: bool,
     /// The registering proxy's Announce id (empty: unknown).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
 }
 
@@ -645,6 +647,9 @@ mod tests {
         let old = r#"{"Register":{"xid":1,"resource_id":"db","keys":[{"table":"t","pk":[[49]]}],"request_id":"r"}}"#;
         let c: Command = serde_json::from_str(old).unwrap();
         assert_eq!(serde_json::to_string(&c).unwrap(), old);
+        let xa = r#"{"Register":{"xid":1,"resource_id":"db","keys":[],"request_id":"q","xa":true,"owner":"p"}}"#;
+        let c: Command = serde_json::from_str(xa).unwrap();
+        assert_eq!(serde_json::to_string(&c).unwrap(), xa);
         let old = r#"{"BranchResult":{"xid":1,"branch_id":2,"command_id":3,"outcome":{"Retryable":"x"}}}"#;
         let c: Command = serde_json::from_str(old).unwrap();
         assert_eq!(serde_json::to_string(&c).unwrap(), old);

@@ -314,6 +314,22 @@ pub struct HeldLock {
     pub status: GlobalStatus,
 }
 
+/// An XA branch of an unfinished transaction whose phase two has not finished: its XA
+/// transaction is (or is about to be) prepared in the resource's database, holding its
+/// row locks there.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PreparedXa {
+    pub xid: XidNum,
+    /// The global transaction's status.
+    pub status: GlobalStatus,
+    pub branch_id: BranchId,
+    pub branch_status: BranchStatus,
+    pub resource_id: String,
+    /// The XA branch qualifier (the branch's request id).
+    pub bqual: String,
+    pub registered_ms: u64,
+}
+
 /// One entry of a global transaction's timeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StatusChange {

@@ -88,6 +88,36 @@ impl Engine {
         (out, total)
     }
 
+    /// XA branches of unfinished transactions not yet committed or rolled back, oldest
+    /// registration first (for the console's XA view).
+    pub fn prepared_xa(&self) -> Vec<PreparedXa> {
+        let mut out: Vec<PreparedXa> = self
+            .globals
+            .values()
+            .flat_map(|s| {
+                s.branches
+                    .iter()
+                    .filter(|b| {
+                        b.xa && !matches!(
+                            b.status,
+                            BranchStatus::Committed | BranchStatus::RolledBack
+                        )
+                    })
+                    .map(|b| PreparedXa {
+                        xid: s.xid,
+                        status: s.status,
+                        branch_id: b.id,
+                        branch_status: b.status,
+                        resource_id: b.resource_id.clone(),
+                        bqual: b.request_id.clone(),
+                        registered_ms: b.registered_ms,
+                    })
+            })
+            .collect();
+        out.sort_by_key(|p| (p.registered_ms, p.xid, p.branch_id));
+        out
+    }
+
     /// Exact lookup of keys; entries held by `asking` are skipped.
     pub fn query_locks(
         &self,

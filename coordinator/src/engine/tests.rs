@@ -1111,3 +1111,58 @@ fn an_xa_branch_is_prepared_when_it_registers_and_carries_its_qualifier() {
     t.result(x, (command_id, branch_id, action), ProxyAnswer::Done);
     assert!(t.e.record(x).is_none(), "finished");
 }
+
+#[test]
+fn prepared_xa_lists_the_xa_branches_until_their_phase_two_is_done() {
+    let mut t = T::new();
+    let x = t.begin();
+    let other = t.begin();
+    let register = |xid, req: &str, xa| {
+        Command::Register(Register {
+            xid,
+            resource_id: "db1".into(),
+            keys: vec![],
+            request_id: req.into(),
+            xa,
+            owner: "proxy-1".into(),
+        })
+    };
+    let Reply::Register(Registration::Registered(id)) =
+        t.e.apply(register(x, "q1", true), t.now).unwrap()
+    else {
+        panic!()
+    };
+    // An AT branch is no XA branch.
+    t.e.apply(register(other, "r1", false), t.now).unwrap();
+    let listed = t.e.prepared_xa();
+    assert_eq!(
+        listed,
+        [PreparedXa {
+            xid: x,
+            status: GlobalStatus::Begin,
+            branch_id: id,
+            branch_status: BranchStatus::PhaseOneDone,
+            resource_id: "db1".into(),
+            bqual: "q1".into(),
+            registered_ms: t.now,
+        }]
+    );
+    t.e.apply(Command::Rollback(Rollback { xid: x }), t.now)
+        .unwrap();
+    let Some(Effect::SendBranch {
+        command_id,
+        branch_id,
+        action,
+        ..
+    }) = t.e.take_effects().pop()
+    else {
+        panic!()
+    };
+    assert_eq!(
+        t.e.prepared_xa()[0].status,
+        GlobalStatus::RollingBack,
+        "listed while its rollback runs"
+    );
+    t.result(x, (command_id, branch_id, action), ProxyAnswer::Done);
+    assert!(t.e.prepared_xa().is_empty(), "gone once rolled back");
+}

@@ -1,6 +1,7 @@
 //! What the console shows of this backend's outbox and barrier, sent to the coordinator on
-//! the Attach stream every `report_interval_ms`, and the operator's redrive of a DEAD
-//! message, which arrives on the same stream.
+//! the Attach stream every `report_interval_ms` (together with the XA lock waits, read by
+//! [`crate::xa::lock_waits`]), and the operator's redrive of a DEAD message, which arrives
+//! on the same stream.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -81,8 +82,9 @@ pub(crate) async fn read(
     Ok(report)
 }
 
-/// Sends a report every `report_interval_ms` until the stream closes (the caller aborts
-/// this with the stream).
+/// Sends a report, and one of the XA lock waits, every `report_interval_ms` until the
+/// stream closes (the caller aborts this with the stream). Each is read on its own: an
+/// outbox that cannot be read does not hide who waits on a prepared branch.
 pub(crate) async fn report_loop(
     shared: std::sync::Arc<Shared>,
     pool: Pool,
@@ -101,6 +103,17 @@ pub(crate) async fn report_loop(
                 }
             }
             Err(e) => tracing::debug!(error = %e, "outbox report not read"),
+        }
+        match crate::xa::lock_waits::read(&shared, &pool, &proxy_id).await {
+            Ok(report) => {
+                let msg = v1::ProxyMessage {
+                    kind: Some(proxy_message::Kind::XaLockReport(report)),
+                };
+                if tx.send(msg).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "XA lock waits not read"),
         }
         tokio::time::sleep(every).await;
     }

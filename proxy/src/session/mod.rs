@@ -241,10 +241,9 @@ pub async fn serve(
         // that held it never goes back to the pool.
         s.xa_abandon().await;
         crate::xa::discard(s.conn).await;
-        return;
     }
-    // Dropping `s.conn` hands it back to the pool, whose COM_RESET_CONNECTION also closes
-    // the client's prepared statements on the backend.
+    // Otherwise dropping `s.conn` hands it back to the pool, whose COM_RESET_CONNECTION
+    // also closes the client's prepared statements on the backend.
 }
 
 async fn send_error_and_close(ps: &mut PacketStream, e: &ProxyError) {

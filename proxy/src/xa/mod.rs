@@ -21,8 +21,11 @@
 //! - [`session`]: the client session's side (binding, COMMIT, ROLLBACK, disconnect).
 //! - [`phase_two`]: XA COMMIT / ROLLBACK for the coordinator, and recovery of prepared
 //!   branches nobody registered.
+//! - [`lock_waits`]: the backend sessions waiting on the row locks of the branches held
+//!   here, for the coordinator's console.
 //! - [`state`]: carrying a session over to a new backend connection.
 
+pub(crate) mod lock_waits;
 pub(crate) mod phase_two;
 pub(crate) mod session;
 pub(crate) mod state;
@@ -198,8 +201,21 @@ impl Pinned {
             .contains_key(bqual)
     }
 
-    pub fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    /// Every kept connection, for closing at shutdown.
+    pub fn drain(&self) -> Vec<Conn> {
+        let mut m = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        m.drain().map(|(_, c)| c).collect()
+    }
+
+    /// (qualifier, backend thread id) of every pinned connection: InnoDB names that
+    /// thread as the blocker of whoever waits on the branch's row locks.
+    pub fn threads(&self) -> Vec<(String, u32)> {
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(bqual, conn)| (bqual.clone(), conn.id()))
+            .collect()
     }
 }
 

@@ -221,8 +221,7 @@ impl Session {
         let Some(b) = self.xa.take() else {
             return Ok(());
         };
-        let _ = self.conn.query_drop(b.id.statement("END")).await;
-        if let Err(e) = self.conn.query_drop(b.id.statement("ROLLBACK")).await {
+        if let Err(e) = end_and_rollback(&mut self.conn, &b.id).await {
             self.xa = Some(b);
             return Err(ProxyError::BackendUnavailable(format!(
                 "XA ROLLBACK failed ({e}); the connection is closed, which rolls the branch back"
@@ -238,8 +237,7 @@ impl Session {
         if self.conn.is_disconnected() {
             return;
         }
-        let _ = self.conn.query_drop(id.statement("END")).await;
-        if let Err(e) = self.conn.query_drop(id.statement("ROLLBACK")).await {
+        if let Err(e) = end_and_rollback(&mut self.conn, id).await {
             tracing::debug!(xid = %id.xid, error = %e, "XA ROLLBACK of an unprepared branch failed");
         }
     }
@@ -413,8 +411,7 @@ impl Session {
         if self.conn.is_disconnected() {
             return true;
         }
-        let _ = self.conn.query_drop(b.id.statement("END")).await;
-        match self.conn.query_drop(b.id.statement("ROLLBACK")).await {
+        match end_and_rollback(&mut self.conn, &b.id).await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(xid = %b.id.xid, error = %e, "XA ROLLBACK of an abandoned branch failed; closing its connection");
@@ -423,4 +420,14 @@ impl Session {
             }
         }
     }
+}
+
+/// `XA END` (which fails harmlessly on a branch already ended or marked rollback-only)
+/// and `XA ROLLBACK` of an unprepared branch on its own connection.
+async fn end_and_rollback(
+    conn: &mut mysql_async::Conn,
+    id: &XaId,
+) -> Result<(), mysql_async::Error> {
+    let _ = conn.query_drop(id.statement("END")).await;
+    conn.query_drop(id.statement("ROLLBACK")).await
 }
