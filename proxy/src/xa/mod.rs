@@ -219,8 +219,8 @@ impl Pinned {
     }
 }
 
-/// Closes a connection for good: a connection that held an XA transaction never goes
-/// back to the pool.
+/// Closes a connection for good: a connection whose XA transaction is not known to be
+/// finished never goes back to the pool (one whose XA COMMIT or ROLLBACK succeeded does).
 pub async fn discard(conn: Conn) {
     if let Err(e) = conn.disconnect().await {
         tracing::debug!(error = %e, "closing an XA connection failed");

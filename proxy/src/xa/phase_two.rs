@@ -47,12 +47,16 @@ pub async fn finish(
     let verb = if commit { "COMMIT" } else { "ROLLBACK" };
     crate::failpoint::hit("xa-before-phase-two").await;
     if let Some(mut conn) = shared.xa_pinned.take(bqual) {
-        let r = conn.query_drop(id.statement(verb)).await;
-        super::discard(conn).await;
-        match r {
+        match conn.query_drop(id.statement(verb)).await {
+            // Finished: the connection holds nothing any more and goes back to the client
+            // pool, whose reset clears the session it carried (a new connection per XA
+            // branch cost a connect and a login each).
             Ok(()) => return UndoOutcome::Done,
-            // Closing the connection detached the branch: any connection finishes it now.
-            Err(e) => debug!(%xid, %bqual, error = %e, "XA {verb} on the pinned connection failed"),
+            Err(e) => {
+                // Closing the connection detaches the branch: any connection finishes it.
+                super::discard(conn).await;
+                debug!(%xid, %bqual, error = %e, "XA {verb} on the pinned connection failed");
+            }
         }
     }
     let mut conn = match pool.get_conn().await {
