@@ -489,3 +489,62 @@ async fn t29_coordinator_killed_between_branches() {
     }
     assert!(xa_prepared(&xid).await.is_empty());
 }
+
+/// The coordinator is gone between PREPARE and the registration: the client hears 1401
+/// (`XAER_RMERR`, in doubt) and the branch stays prepared. Back up, the coordinator never
+/// heard of the branch and times the global transaction out; recovery then rolls the
+/// orphan back, and nothing of it is applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t29_coordinator_unreachable_after_prepare_leaves_the_branch_in_doubt() {
+    let dir = TempDir::new("xa-doubt");
+    let db = "rwt_xa_doubt";
+    setup(db).await;
+    let original = checksums(db, TABLES).await;
+    let mut coord = Coordinator::start(&dir, &["--config", &coordinator_config(&dir)]).await;
+    let cfg = dir.0.join("proxy.toml");
+    std::fs::write(
+        &cfg,
+        "xa_recovery_secs = 1\ncoordinator_timeout_ms = 300\ncoordinator_retry_ms = 1000\n",
+    )
+    .unwrap();
+    let proxy = Proxy::start_with(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--config", &cfg.display().to_string()],
+        "xa-after-prepare=sleep(1500)",
+    )
+    .await;
+    let xid = coord.begin(5_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop(format!("/*+ XA('{xid}') */ BEGIN"))
+        .await
+        .unwrap();
+    c.query_drop("UPDATE item SET qty = -1 WHERE id <= 5")
+        .await
+        .unwrap();
+    let commit = tokio::spawn(async move {
+        let r = c.query_drop("COMMIT").await;
+        (r, c)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    coord.kill();
+    let (r, mut c) = commit.await.unwrap();
+    let e = r.unwrap_err();
+    assert_eq!(code(&e), 1401, "{e}");
+    assert_eq!(xa_prepared(&xid).await.len(), 1, "in doubt: still prepared");
+    // The session itself goes on, on its new connection.
+    let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM item").await.unwrap();
+    assert_eq!(n, Some(20));
+    coord.restart().await;
+    coord
+        .wait_status(&xid, "timeout_rolled_back", Duration::from_secs(20))
+        .await;
+    eventually(
+        "recovery rolls the branch back",
+        Duration::from_secs(20),
+        || async { xa_prepared(&xid).await.is_empty() },
+    )
+    .await;
+    assert_eq!(checksums(db, TABLES).await, original);
+}
