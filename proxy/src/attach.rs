@@ -99,7 +99,7 @@ pub(crate) fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error
 
 /// Connections for the proxy's own work on the backend (phase two, the outbox relay), at
 /// most `max`.
-fn own_pool(shared: &Shared, max: usize) -> Result<Pool, mysql_async::Error> {
+pub(crate) fn own_pool(shared: &Shared, max: usize) -> Result<Pool, mysql_async::Error> {
     let opts = mysql_async::Opts::from_url(&shared.config.backend)?;
     let constraints = mysql_async::PoolConstraints::new(0, max).expect("0 <= max");
     let opts = mysql_async::OptsBuilder::from_opts(opts)
@@ -357,7 +357,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
+/// Runs one phase-two command and counts its outcome.
 pub(crate) async fn branch_command(
+    shared: &Shared,
+    pool: &Pool,
+    commits: &mpsc::Sender<(String, u64, oneshot::Sender<UndoOutcome>)>,
+    cmd: &v1::BranchCommand,
+) -> UndoOutcome {
+    let outcome = run_branch_command(shared, pool, commits, cmd).await;
+    match BranchAction::try_from(cmd.action) {
+        Ok(BranchAction::Commit) => shared.metrics.phase_two(true, &outcome),
+        Ok(BranchAction::Rollback) => shared.metrics.phase_two(false, &outcome),
+        _ => {}
+    }
+    outcome
+}
+
+async fn run_branch_command(
     shared: &Shared,
     pool: &Pool,
     commits: &mpsc::Sender<(String, u64, oneshot::Sender<UndoOutcome>)>,

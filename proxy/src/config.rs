@@ -9,6 +9,9 @@ use serde::Deserialize;
 pub struct Config {
     /// Address the MySQL listener binds.
     pub listen: String,
+    /// Address of the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); empty:
+    /// none.
+    pub admin_addr: String,
     /// Backend MySQL/MariaDB URL; its user+password are the only accepted login when
     /// `users` is empty.
     pub backend: String,
@@ -156,6 +159,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             listen: "127.0.0.1:3307".into(),
+            admin_addr: "127.0.0.1:9307".into(),
             backend: "mysql://root@127.0.0.1:3306".into(),
             coordinator: "http://127.0.0.1:8091".into(),
             undo_schema: "rewind".into(),
@@ -197,6 +201,12 @@ impl Config {
         }
         mysql_async::Opts::from_url(&self.backend)
             .map_err(|e| format!("backend URL {:?}: {e}", self.backend))?;
+        if !self.admin_addr.is_empty() && !self.admin_addr.contains(':') {
+            return Err(format!(
+                "admin_addr {:?}: expected host:port, or empty for no admin listener",
+                self.admin_addr
+            ));
+        }
         if self.undo_schema.is_empty() {
             return Err("undo_schema must not be empty".into());
         }
@@ -283,6 +293,18 @@ mod tests {
         let c = Config::from_toml(text).expect("example parses");
         c.validate().expect("example validates");
         assert_eq!(c.users.len(), 2);
+        assert_eq!(c.admin_addr, Config::default().admin_addr);
+    }
+
+    #[test]
+    fn admin_addr_is_host_port_or_empty() {
+        let with = |admin_addr: &str| Config {
+            admin_addr: admin_addr.into(),
+            ..Config::default()
+        };
+        assert!(with("").validate().is_ok());
+        assert!(with("0.0.0.0:9307").validate().is_ok());
+        assert!(with("9307").validate().is_err());
     }
 
     #[test]

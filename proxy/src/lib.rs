@@ -33,6 +33,8 @@
 //! - [`attach`]: the Attach stream to the coordinator, which delivers phase two and
 //!   write-isolation sets to the modes.
 //! - [`coordinator`]: the gRPC client that follows the cluster's leader.
+//! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); [`metrics`]:
+//!   the counters sessions, modes and phase two bump, and their Prometheus text.
 //! - [`failpoint`]: test hooks (the `failpoints` feature only).
 //! - [`error`]: the one error enum and its one mapping to MySQL error packets.
 //! - [`config`]: configuration (TOML, defaults, validation).
@@ -81,6 +83,7 @@
 //! against MariaDB at 127.0.0.1:3306). `bench/passthrough` measures throughput, p95 and
 //! CPU per query against direct, and RSS with 1,000 idle clients.
 
+mod admin;
 pub mod at;
 mod attach;
 mod barrier;
@@ -91,6 +94,7 @@ mod error;
 pub mod failpoint;
 mod handshake;
 mod infile;
+mod metrics;
 mod outbox;
 mod packet;
 mod session;
@@ -159,6 +163,8 @@ pub struct Shared {
     /// branches kept for their phase two.
     pub xa_proof: xa::ProofTable,
     pub xa_pinned: xa::Pinned,
+    /// What `/metrics` shows (see [`admin`]).
+    pub metrics: metrics::Metrics,
 }
 
 /// Serves clients from `listener` until `shutdown` is cancelled; then stops accepting, lets
@@ -201,12 +207,24 @@ pub async fn run(
         isolation: Arc::default(),
         xa_proof: xa::ProofTable::new(&config.undo_schema),
         xa_pinned: xa::Pinned::default(),
+        metrics: metrics::Metrics::default(),
         config,
         collations: Default::default(),
     });
     // Phase two (undo on rollback, record deletes on commit) and undo housekeeping run
     // beside the sessions and stop with them.
     let phase_two = tokio::spawn(attach::run(shared.clone(), shutdown.clone()));
+    // The admin listener outlives the drain (its figures stay readable, `/readyz` says
+    // "shutting down") and stops last.
+    let admin_stop = CancellationToken::new();
+    let admin = admin_listener(&shared.config.admin_addr).await.map(|l| {
+        tokio::spawn(admin::serve(
+            shared.clone(),
+            l,
+            shutdown.clone(),
+            admin_stop.clone(),
+        ))
+    });
     // Taken before serving: the (max_connections + 1)th client gets error 1040.
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
@@ -244,7 +262,7 @@ pub async fn run(
                 );
             }
             Err(_) => {
-                tracker.spawn(reject_too_many(stream).instrument(span));
+                tracker.spawn(reject_too_many(stream, shared.clone()).instrument(span));
             }
         }
     }
@@ -255,6 +273,10 @@ pub async fn run(
         warn!("shutdown grace period over; closing remaining connections");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), phase_two).await;
+    admin_stop.cancel();
+    if let Some(admin) = admin {
+        let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
+    }
     for p in shared.pools.iter() {
         let _ = tokio::time::timeout(Duration::from_secs(2), p.clone().disconnect()).await;
     }
@@ -263,12 +285,29 @@ pub async fn run(
 }
 
 /// MySQL sends "Too many connections" in place of the greeting.
-async fn reject_too_many(stream: tokio::net::TcpStream) {
+async fn reject_too_many(stream: tokio::net::TcpStream, shared: Arc<Shared>) {
     let mut ps = packet::PacketStream::new(stream, 1024);
-    ps.push(&wire::err_packet_before_handshake(
-        &ProxyError::TooManyConnections,
-    ));
+    let err = wire::err_packet_before_handshake(&ProxyError::TooManyConnections);
+    shared.metrics.error_sent(&err);
+    ps.push(&err);
     ps.shutdown().await;
+}
+
+/// The admin listener, bound at `addr` (empty: none). A port that cannot be bound is
+/// logged and the proxy serves SQL without it: the admin endpoints are for operators and
+/// must not keep clients from their database (two proxies on one host with the default,
+/// say); an orchestrator probing `/readyz` sees the problem.
+async fn admin_listener(addr: &str) -> Option<TcpListener> {
+    if addr.is_empty() {
+        return None;
+    }
+    match TcpListener::bind(addr).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(addr, error = %e, "admin listener not started: cannot bind");
+            None
+        }
+    }
 }
 
 fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyError> {

@@ -15,6 +15,9 @@ struct Cli {
     /// MySQL listener address [default: 127.0.0.1:3307]
     #[arg(long)]
     listen: Option<String>,
+    /// Admin HTTP listener (/metrics, /healthz, /readyz); "" for none [default: 127.0.0.1:9307]
+    #[arg(long, value_name = "ADDR")]
+    admin_addr: Option<String>,
     /// Backend MySQL/MariaDB URL [default: mysql://root@127.0.0.1:3306]
     #[arg(long)]
     backend: Option<String>,
@@ -57,6 +60,9 @@ async fn main() -> anyhow::Result<()> {
     };
     if let Some(v) = cli.listen {
         config.listen = v;
+    }
+    if let Some(v) = cli.admin_addr {
+        config.admin_addr = v;
     }
     if let Some(v) = cli.backend {
         config.backend = v;

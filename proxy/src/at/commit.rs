@@ -10,6 +10,7 @@ use rewind_undo_log::UndoRecord;
 
 use crate::coordinator::{CallError, Registration};
 use crate::error::ProxyError;
+use crate::metrics::{Mode, PhaseOne};
 use crate::wire;
 use crate::Shared;
 
@@ -21,6 +22,17 @@ use super::Branch;
 /// On any failure before the COMMIT the local transaction is rolled back and the error
 /// says so. Returns the COMMIT's OK.
 pub async fn commit(
+    conn: &mut Conn,
+    shared: &Shared,
+    branch: Branch,
+    commit_sql: &[u8],
+) -> Result<wire::Ok, ProxyError> {
+    let r = phase_one(conn, shared, branch, commit_sql).await;
+    shared.metrics.phase_one(Mode::At, PhaseOne::of(&r));
+    r
+}
+
+async fn phase_one(
     conn: &mut Conn,
     shared: &Shared,
     branch: Branch,

@@ -26,6 +26,7 @@ use crate::classify::{self, Kind};
 use crate::config::WriteIsolation;
 use crate::error::ProxyError;
 use crate::handshake;
+use crate::metrics::Command;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
 use crate::stacked;
 use crate::tcc::Tcc;
@@ -160,11 +161,12 @@ pub async fn serve(
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             info!(error = %e, "handshake failed");
-            send_error_and_close(&mut ps, &e).await;
+            send_error_and_close(&mut ps, &e, &shared).await;
             return;
         }
         Err(_) => {
-            send_error_and_close(&mut ps, &ProxyError::Malformed("handshake timed out")).await;
+            let e = ProxyError::Malformed("handshake timed out");
+            send_error_and_close(&mut ps, &e, &shared).await;
             return;
         }
     };
@@ -181,12 +183,12 @@ pub async fn serve(
                 other => other,
             };
             info!(error = %e, "no backend connection");
-            send_error_and_close(&mut ps, &e).await;
+            send_error_and_close(&mut ps, &e, &shared).await;
             return;
         }
         Err(_) => {
             let e = ProxyError::BackendUnavailable("timed out getting a connection".into());
-            send_error_and_close(&mut ps, &e).await;
+            send_error_and_close(&mut ps, &e, &shared).await;
             return;
         }
     };
@@ -222,8 +224,10 @@ pub async fn serve(
         temp_tables: false,
         next_stmt_id: 1,
     };
+    // Open from here: the session serves commands until it ends.
+    let _open = shared.metrics.session_opened();
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
-        send_error_and_close(&mut s.ps, &e).await;
+        send_error_and_close(&mut s.ps, &e, &shared).await;
         return;
     }
     let ok = wire::Ok {
@@ -246,9 +250,11 @@ pub async fn serve(
     // also closes the client's prepared statements on the backend.
 }
 
-async fn send_error_and_close(ps: &mut PacketStream, e: &ProxyError) {
+async fn send_error_and_close(ps: &mut PacketStream, e: &ProxyError, shared: &Shared) {
     if !matches!(e, ProxyError::ClientIo(_)) {
-        ps.push(&wire::err_packet(e));
+        let err = wire::err_packet(e);
+        shared.metrics.error_sent(&err);
+        ps.push(&err);
     }
     ps.shutdown().await;
 }
@@ -381,13 +387,14 @@ impl Session {
                 Ok(None) => return,
                 Err(e) => {
                     debug!(error = %e, "bad client packet");
-                    send_error_and_close(&mut self.ps, &e).await;
+                    send_error_and_close(&mut self.ps, &e, &self.shared).await;
                     return;
                 }
             };
             let Some((&cmd, body)) = pkt.split_first() else {
-                self.ps
-                    .push(&wire::err_packet(&ProxyError::Malformed("empty packet")));
+                let err = wire::err_packet(&ProxyError::Malformed("empty packet"));
+                self.shared.metrics.error_sent(&err);
+                self.ps.push(&err);
                 if self.ps.flush().await.is_err() {
                     return;
                 }
@@ -408,8 +415,18 @@ impl Session {
                 COM_RESET_CONNECTION => true,
                 _ => false,
             };
+            let started = std::time::Instant::now();
             let result = self.command(cmd, body).await;
             self.last_active = std::time::Instant::now();
+            let counted = match cmd {
+                COM_QUERY => Command::Query,
+                COM_STMT_PREPARE => Command::Prepare,
+                COM_STMT_EXECUTE => Command::Execute,
+                _ => Command::Other,
+            };
+            self.shared
+                .metrics
+                .command(counted, self.last_active - started);
             if timeout_set {
                 self.reread_idle_limit().await;
             }
@@ -428,7 +445,9 @@ impl Session {
                 if backend_gone {
                     info!(error = %e, "backend connection lost; closing the client's");
                 } else if !matches!(e, ProxyError::ClientIo(_)) {
-                    self.ps.push(&wire::err_packet(&e));
+                    let err = wire::err_packet(&e);
+                    self.shared.metrics.error_sent(&err);
+                    self.ps.push(&err);
                 }
                 if e.is_fatal() || self.conn.is_disconnected() {
                     self.ps.shutdown().await;

@@ -201,6 +201,11 @@ impl Pinned {
             .contains_key(bqual)
     }
 
+    /// How many connections are kept (for `/metrics`).
+    pub fn count(&self) -> usize {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+
     /// Every kept connection, for closing at shutdown.
     pub fn drain(&self) -> Vec<Conn> {
         let mut m = self.conns.lock().unwrap_or_else(|p| p.into_inner());

@@ -263,6 +263,7 @@ impl Session {
             Ok(st) => st,
             Err(e) => {
                 self.xa_rollback_on_conn(&id).await;
+                self.shared.metrics.xa_rolled_back();
                 return Err(fail(format!("reading the session's state failed: {e}")));
             }
         };
@@ -273,12 +274,14 @@ impl Session {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 self.xa_rollback_on_conn(&id).await;
+                self.shared.metrics.xa_rolled_back();
                 return Err(fail(format!(
                     "no backend connection for the session to continue on: {e}"
                 )));
             }
             Err(_) => {
                 self.xa_rollback_on_conn(&id).await;
+                self.shared.metrics.xa_rolled_back();
                 return Err(fail(
                     "no backend connection for the session to continue on in time".into(),
                 ));
@@ -299,6 +302,7 @@ impl Session {
             Ok(s) => s,
             Err(e) => {
                 self.xa_rollback_on_conn(&id).await;
+                self.shared.metrics.xa_rolled_back();
                 return Err(fail(format!(
                     "readying a new backend connection failed: {e}"
                 )));
@@ -320,6 +324,7 @@ impl Session {
                 self.xa_rollback_on_conn(&id).await;
                 self.refresh_status().await;
             }
+            self.shared.metrics.xa_rolled_back();
             return Err(fail(format!("XA PREPARE failed: {e}")));
         }
         crate::failpoint::hit("xa-after-prepare").await;
@@ -336,6 +341,7 @@ impl Session {
         match registered {
             Ok(branch_id) => {
                 tracing::debug!(xid = %id.xid, branch_id, bqual = %id.bqual, implicit = b.implicit, "XA branch prepared and registered");
+                self.shared.metrics.xa_committed();
                 self.move_to(fresh, fresh_status, statements, &st, Some(id));
                 crate::failpoint::hit("xa-after-register").await;
                 Ok(wire::Ok {
@@ -346,6 +352,7 @@ impl Session {
             Err(CallError::Unavailable(why)) => {
                 // Registered or not, nobody can tell now: the branch stays prepared and
                 // the coordinator's answer decides it later (recovery asks).
+                self.shared.metrics.xa_failed();
                 self.move_to(fresh, fresh_status, statements, &st, None);
                 Err(ProxyError::XaInDoubt(format!(
                     "the XA branch was prepared but the coordinator could not be reached to \
@@ -362,6 +369,7 @@ impl Session {
                 } else {
                     self.refresh_status().await;
                 }
+                self.shared.metrics.xa_rolled_back();
                 Err(ProxyError::UnknownXid(format!(
                     "{e}; the XA branch was rolled back"
                 )))
