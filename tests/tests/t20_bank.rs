@@ -139,18 +139,33 @@ async fn bank(xa: bool) {
     .unwrap();
     let proxy_cfg = proxy_cfg.display().to_string();
     let (db_a, db_b) = (format!("rwt_bank_{tag}_a"), format!("rwt_bank_{tag}_b"));
+    let admin = free_addr();
     let a = Proxy::start(
         &dir,
         "proxy-a",
         &coord.grpc_url(),
-        &["--resource-id", "bank-a", "--config", &proxy_cfg],
+        &[
+            "--resource-id",
+            "bank-a",
+            "--config",
+            &proxy_cfg,
+            "--admin-addr",
+            &admin.to_string(),
+        ],
     )
     .await;
     let mut b = Proxy::start(
         &dir,
         "proxy-b",
         &coord.grpc_url(),
-        &["--resource-id", "bank-b", "--config", &proxy_cfg],
+        &[
+            "--resource-id",
+            "bank-b",
+            "--config",
+            &proxy_cfg,
+            "--admin-addr",
+            "",
+        ],
     )
     .await;
     setup(&db_a).await;
@@ -241,6 +256,20 @@ async fn bank(xa: bool) {
             done
         }));
     }
+    // Proxy a's metrics, scraped while the transfers run.
+    let scraping = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scraper = {
+        let scraping = scraping.clone();
+        tokio::spawn(async move {
+            let (mut scrapes, mut most_sessions) = (0, 0.0f64);
+            while scraping.load(std::sync::atomic::Ordering::Relaxed) {
+                most_sessions = most_sessions.max(metric(admin, "rewind_proxy_sessions").await);
+                scrapes += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            (scrapes, most_sessions)
+        })
+    };
     if xa {
         // kill -9 of proxy b while transfers run, then a restart on the same port.
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -250,6 +279,13 @@ async fn bank(xa: bool) {
     for w in workers {
         transfers.extend(w.await.unwrap());
     }
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (scrapes, most_sessions) = scraper.await.unwrap();
+    assert!(scrapes > 0, "no scrape during the run");
+    assert!(
+        most_sessions >= WORKERS as f64,
+        "proxy a served its {WORKERS} workers: {most_sessions} sessions seen"
+    );
 
     // Every transaction reaches a final status (time-outs included).
     let mut expected_a: HashMap<i64, i64> = (1..=ACCOUNTS).map(|i| (i, OPENING)).collect();
@@ -284,6 +320,16 @@ async fn bank(xa: bool) {
         }
     }
     assert!(committed > 0, "some transfers must commit");
+    // Every committed transfer had a branch through proxy a whose phase one committed.
+    let branches = metric(
+        admin,
+        &format!("rewind_proxy_branches_total{{mode=\"{tag}\",outcome=\"committed\"}}"),
+    )
+    .await;
+    assert!(
+        branches >= committed as f64,
+        "proxy a counted {branches} committed {tag} branches for {committed} committed transfers"
+    );
     if xa {
         eventually(
             "no prepared XA branch left",
@@ -332,4 +378,17 @@ fn write_config(dir: &TempDir) -> String {
     let path = dir.0.join("coordinator.toml");
     std::fs::write(&path, "tick_ms = 50\nphase_two_backoff_base_ms = 20\n").unwrap();
     path.display().to_string()
+}
+
+/// One sample of proxy `admin`'s `/metrics` (0 when the series is not there).
+async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let a = request(admin, "GET", "/metrics", None, &[])
+        .await
+        .expect("GET /metrics");
+    assert_eq!(a.status, 200);
+    String::from_utf8(a.body)
+        .expect("UTF-8 metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
 }
