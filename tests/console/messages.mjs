@@ -13,47 +13,7 @@ import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const plan = JSON.parse(process.env.REWIND_CONSOLE || "{}");
-const TIMEOUT = 15000;
-
-function expect(cond, what) {
-  if (!cond) throw new Error("console expectation failed: " + what);
-}
-
-/// Polls `probe` until `ok(value)` holds; the last value is in the failure message.
-async function until(page, what, probe, ok, within = TIMEOUT) {
-  const end = Date.now() + within;
-  let last;
-  for (;;) {
-    last = await probe();
-    if (ok(last)) return last;
-    if (Date.now() > end) throw new Error(`console expectation failed: ${what}: ${JSON.stringify(last)}`);
-    await page.waitForTimeout(100);
-  }
-}
-
-async function newPage(browser, errors) {
-  const ctx = await browser.newContext({ viewport: { width: 1366, height: 800 } });
-  const page = await ctx.newPage();
-  page.setDefaultTimeout(TIMEOUT);
-  page.on("pageerror", (e) => errors.push(String(e)));
-  return { ctx, page };
-}
-
-async function login(page) {
-  await page.goto(plan.url);
-  await page.getByTestId("login-name").fill("admin");
-  await page.getByTestId("login-secret").fill(plan.secret);
-  await page.getByTestId("login-submit").click();
-  await page.getByTestId("operator").waitFor({ state: "visible" });
-}
-
-/// A row's cells keyed by its table's column headers.
-async function rowByHeader(page, table, row) {
-  const heads = await page.locator(`[data-testid="${table}"] thead th`).allTextContents();
-  const cells = await row.locator(":scope > td").allTextContents();
-  return Object.fromEntries(heads.map((h, i) => [h, (cells[i] ?? "").trim()]));
-}
+import { expect, login, newPage, plan, rowByHeader, until } from "./common.mjs";
 
 const resourceRow = (page) => page.locator(`tr.outbox-row[data-resource="${plan.resource}"]`);
 const deadRow = (page, id) =>

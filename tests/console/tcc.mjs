@@ -13,12 +13,7 @@ import { chromium } from "playwright-core";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const plan = JSON.parse(process.env.REWIND_CONSOLE || "{}");
-const TIMEOUT = 15000;
-
-function expect(cond, what) {
-  if (!cond) throw new Error("console expectation failed: " + what);
-}
+import { expect, plan, TIMEOUT } from "./common.mjs";
 
 async function main() {
   mkdirSync(plan.artifacts, { recursive: true });

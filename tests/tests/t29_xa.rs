@@ -338,6 +338,36 @@ async fn t29_a_client_gone_before_commit_leaves_nothing() {
         .is_empty());
 }
 
+/// A proxy armed with `failpoint` (an abort around XA PREPARE) runs `update` as an XA
+/// branch of a new global transaction and dies in the client's COMMIT. Returns the dead
+/// proxy (to restart) and the xid.
+async fn dies_preparing(
+    dir: &TempDir,
+    coord: &Coordinator,
+    cfg: &str,
+    failpoint: &str,
+    db: &str,
+    update: &str,
+) -> (Proxy, String) {
+    let mut proxy = Proxy::start_with(
+        dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--config", cfg],
+        failpoint,
+    )
+    .await;
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop(format!("/*+ XA('{xid}') */ BEGIN"))
+        .await
+        .unwrap();
+    c.query_drop(update).await.unwrap();
+    assert!(c.query_drop("COMMIT").await.is_err(), "the proxy died");
+    proxy.wait_exit(Duration::from_secs(10)).await;
+    (proxy, xid)
+}
+
 /// kill -9 of the proxy right after PREPARE: registered (then committed by a restarted
 /// proxy on the global commit) or not yet (then rolled back by recovery once the global
 /// transaction rolled back). Either way `XA RECOVER` ends empty.
@@ -350,24 +380,15 @@ async fn t29_proxy_killed_after_prepare() {
     let cfg = proxy_config(&dir, "proxy", "at");
 
     // Registered, then killed: the global commit is carried out by the restarted proxy.
-    let mut proxy = Proxy::start_with(
+    let (mut proxy, xid) = dies_preparing(
         &dir,
-        "proxy",
-        &coord.grpc_url(),
-        &["--config", &cfg],
+        &coord,
+        &cfg,
         "xa-after-register=abort",
+        db,
+        "UPDATE item SET qty = qty + 5 WHERE id <= 3",
     )
     .await;
-    let xid = coord.begin(60_000).await;
-    let mut c = proxy.conn(db).await;
-    c.query_drop(format!("/*+ XA('{xid}') */ BEGIN"))
-        .await
-        .unwrap();
-    c.query_drop("UPDATE item SET qty = qty + 5 WHERE id <= 3")
-        .await
-        .unwrap();
-    assert!(c.query_drop("COMMIT").await.is_err(), "the proxy died");
-    proxy.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(
         xa_prepared(&xid).await.len(),
         1,
@@ -392,24 +413,15 @@ async fn t29_proxy_killed_after_prepare() {
     // Prepared but killed before registering: the global rollback knows no branch, and
     // recovery rolls the orphan back.
     proxy.kill();
-    let mut proxy = Proxy::start_with(
+    let (mut proxy, xid) = dies_preparing(
         &dir,
-        "proxy",
-        &coord.grpc_url(),
-        &["--config", &cfg],
+        &coord,
+        &cfg,
         "xa-after-prepare=abort",
+        db,
+        "UPDATE item SET qty = 0 WHERE id <= 3",
     )
     .await;
-    let xid = coord.begin(60_000).await;
-    let mut c = proxy.conn(db).await;
-    c.query_drop(format!("/*+ XA('{xid}') */ BEGIN"))
-        .await
-        .unwrap();
-    c.query_drop("UPDATE item SET qty = 0 WHERE id <= 3")
-        .await
-        .unwrap();
-    assert!(c.query_drop("COMMIT").await.is_err(), "the proxy died");
-    proxy.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(xa_prepared(&xid).await.len(), 1, "an orphan, prepared");
     assert!(branch_types(&coord, &xid).await.is_empty());
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
