@@ -47,6 +47,48 @@ pub struct Config {
     pub api_auth: ApiAuth,
     /// Cluster mode (Raft): absent for a single node.
     pub cluster: Option<ClusterConfig>,
+    /// The message service: half messages, their check-back and their broker.
+    pub messages: MessagesConfig,
+}
+
+/// `[messages]`: half messages (`POST /api/v1/messages`) and message branches.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct MessagesConfig {
+    /// Where confirmed messages are published: `amqp://…` (RabbitMQ) or `nats://…`
+    /// (JetStream). Empty: confirmed messages wait, their publish failing with
+    /// "no broker configured", until one is (or they are `dead`).
+    pub broker: String,
+    /// AMQP exchange (routing key = topic).
+    pub exchange: String,
+    /// A message still `prepared` this long after it was created is checked back, unless
+    /// its prepare asked for another delay.
+    pub check_after_ms: u64,
+    /// Check-backs deciding nothing before the message is `undecided` (0: never).
+    pub max_checks: u32,
+    /// Cap on the wait between check-backs (they double from `check_after_ms`).
+    pub check_backoff_cap_ms: u64,
+    /// Failed publishes before a message is `dead` (0: retried for ever).
+    pub max_publish_attempts: u32,
+    /// Bound on one publish (connecting included).
+    pub publish_timeout_ms: u64,
+    /// Publishes in flight at once.
+    pub max_in_flight: usize,
+}
+
+impl Default for MessagesConfig {
+    fn default() -> Self {
+        MessagesConfig {
+            broker: String::new(),
+            exchange: "amq.topic".into(),
+            check_after_ms: 5_000,
+            max_checks: 10,
+            check_backoff_cap_ms: 60_000,
+            max_publish_attempts: 20,
+            publish_timeout_ms: 5_000,
+            max_in_flight: 256,
+        }
+    }
 }
 
 /// A coordinator cluster: this node's id and every member's addresses.
@@ -148,6 +190,7 @@ impl Default for Config {
             operator_session_secs: 8 * 3600,
             api_auth: ApiAuth::Operator,
             cluster: None,
+            messages: MessagesConfig::default(),
         }
     }
 }
@@ -214,6 +257,16 @@ impl Config {
         if self.data_dir.as_os_str().is_empty() {
             return bad("data_dir must not be empty");
         }
+        let m = &self.messages;
+        if m.check_after_ms == 0 || m.check_backoff_cap_ms < m.check_after_ms {
+            return bad("messages: check_after_ms must be > 0 and <= check_backoff_cap_ms");
+        }
+        if m.publish_timeout_ms == 0 || m.max_in_flight == 0 {
+            return bad("messages: publish_timeout_ms and max_in_flight must be > 0");
+        }
+        if !m.broker.is_empty() && !m.broker.contains("://") {
+            return bad("messages.broker: want amqp://… or nats://…");
+        }
         if self.operator_session_secs == 0 {
             return bad("operator_session_secs must be > 0");
         }
@@ -261,6 +314,10 @@ impl Config {
             backoff_cap_ms: self.phase_two_backoff_cap_ms,
             command_timeout_ms: self.phase_two_command_timeout_ms,
             tcc_max_attempts: self.tcc_max_attempts,
+            msg_check_after_ms: self.messages.check_after_ms,
+            msg_max_checks: self.messages.max_checks,
+            msg_check_cap_ms: self.messages.check_backoff_cap_ms,
+            msg_max_publish_attempts: self.messages.max_publish_attempts,
         }
     }
 
@@ -311,10 +368,11 @@ mod tests {
             "operators",
             "operator_session_secs",
             "api_auth",
+            "messages",
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 22);
+        assert_eq!(table.len(), 23);
     }
 
     #[test]

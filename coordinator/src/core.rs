@@ -108,6 +108,12 @@ impl Coordinator {
         }
     }
 
+    /// The sequencer, for the modes that keep their calls beside this file
+    /// ([`crate::messages`]).
+    pub(crate) fn seq(&self) -> &Sequencer {
+        &self.seq
+    }
+
     pub fn proxies(&self) -> Arc<Proxies> {
         self.proxies.clone()
     }

@@ -1,6 +1,7 @@
-//! Dispatch: sends the engine's phase-two and resolve commands, and operators' outbox
-//! redrives, to proxies (a TCC branch's phase two goes to its participant instead, see
-//! [`crate::tcc`]). Keeps which proxy streams serve which resource ([`Proxies`])
+//! Dispatch: sends the engine's phase-two and resolve commands, message check-backs, and
+//! operators' outbox redrives, to proxies (a TCC branch's phase two goes to its participant
+//! instead, see [`crate::tcc`]; a confirmed message to the broker, see
+//! [`crate::messages`]). Keeps which proxy streams serve which resource ([`Proxies`])
 //! and turns the engine's [`Effect`]s into stream messages ([`run`]). A command that
 //! cannot be delivered (no proxy attached for the resource, or its queue is full) goes
 //! straight back to the state machine as a retryable failure, which schedules a retry
@@ -65,7 +66,7 @@ impl Proxies {
     }
 
     /// Tries every stream serving `resource`; false if none took the message.
-    fn send(&self, resource: &str, msg: CoordinatorMessage) -> bool {
+    pub(crate) fn send(&self, resource: &str, msg: CoordinatorMessage) -> bool {
         self.send_preferring(resource, None, msg).is_some()
     }
 
@@ -134,6 +135,7 @@ pub async fn run(
     mut effects: mpsc::UnboundedReceiver<Effect>,
     proxies: Arc<Proxies>,
     tcc: crate::tcc::Caller,
+    publisher: crate::messages::Publisher,
     seq: Sequencer,
     shutdown: CancellationToken,
 ) {
@@ -207,6 +209,18 @@ pub async fn run(
                     .await;
                 }
             }
+            Effect::CheckMessage {
+                command_id,
+                message_id,
+                resource_id,
+            } => {
+                crate::messages::send_check(&proxies, &seq, command_id, message_id, resource_id)
+                    .await;
+            }
+            Effect::PublishMessage {
+                command_id,
+                message,
+            } => publisher.publish(command_id, message).await,
             Effect::SendResolve {
                 command_id,
                 conflict,

@@ -58,6 +58,17 @@ pub enum CoordinatorError {
         resource_id: String,
         message_id: String,
     },
+    #[error("message {0:?} not found")]
+    MessageNotFound(String),
+    /// A message cannot do what was asked in its state (bound elsewhere, a branch's, …).
+    #[error("{0}")]
+    MessageRefused(String),
+    #[error("message {message_id} is {}: cannot {wanted} it", .status.name())]
+    MessageDecided {
+        message_id: String,
+        status: crate::engine::MessageStatus,
+        wanted: &'static str,
+    },
     /// A command for a proxy found no stream to go out on.
     #[error("no proxy attached for resource {0:?}: start or reconnect one, then try again")]
     NoProxy(String),
@@ -97,6 +108,9 @@ impl CoordinatorError {
             CoordinatorError::ResourceNotFound(_) => "resource_not_found",
             CoordinatorError::MessageNotDead { .. } => "message_not_dead",
             CoordinatorError::NoProxy(_) => "no_proxy",
+            CoordinatorError::MessageNotFound(_) => "message_not_found",
+            CoordinatorError::MessageRefused(_) => "message_refused",
+            CoordinatorError::MessageDecided { .. } => "already_decided",
             CoordinatorError::ProxyFailed(_) => "proxy_failed",
             CoordinatorError::Timeout(_) => "timeout",
         }
@@ -109,7 +123,11 @@ impl CoordinatorError {
             | CoordinatorError::BranchNotFound(_)
             | CoordinatorError::ConflictNotFound(_)
             | CoordinatorError::ResourceNotFound(_)
-            | CoordinatorError::MessageNotDead { .. } => StatusCode::NOT_FOUND,
+            | CoordinatorError::MessageNotDead { .. }
+            | CoordinatorError::MessageNotFound(_) => StatusCode::NOT_FOUND,
+            CoordinatorError::MessageRefused(_) | CoordinatorError::MessageDecided { .. } => {
+                StatusCode::CONFLICT
+            }
             CoordinatorError::AlreadyDecided { .. }
             | CoordinatorError::NotActive { .. }
             | CoordinatorError::NotDecided(_)
@@ -138,7 +156,11 @@ impl From<CoordinatorError> for tonic::Status {
             | CoordinatorError::BranchNotFound(_)
             | CoordinatorError::ConflictNotFound(_)
             | CoordinatorError::ResourceNotFound(_)
-            | CoordinatorError::MessageNotDead { .. } => tonic::Status::not_found(msg),
+            | CoordinatorError::MessageNotDead { .. }
+            | CoordinatorError::MessageNotFound(_) => tonic::Status::not_found(msg),
+            CoordinatorError::MessageRefused(_) | CoordinatorError::MessageDecided { .. } => {
+                tonic::Status::failed_precondition(msg)
+            }
             CoordinatorError::AlreadyDecided { .. }
             | CoordinatorError::NotActive { .. }
             | CoordinatorError::NotDecided(_)

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 use tracing::Instrument;
 
 use crate::core::{parse_xid, Coordinator, RegisterAnswer};
-use crate::engine::{DirtyRow, ProxyAnswer};
+use crate::engine::{CheckOutcome, ConsumedItem, DirtyRow, ProxyAnswer};
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
 use crate::outbox::{DeadMessage, OutboxReport, RedriveOutcome};
@@ -276,6 +276,36 @@ impl ResourceManager for GrpcServices {
         Ok(Response::new(answer))
     }
 
+    async fn bind_message(
+        &self,
+        req: Request<v1::BindMessageRequest>,
+    ) -> Result<Response<v1::BindMessageResponse>, GrpcStatus> {
+        let r = req.into_inner();
+        self.0
+            .bind_message(r.message_id, r.resource_id, r.proxy_id)
+            .await?;
+        Ok(Response::new(v1::BindMessageResponse {}))
+    }
+
+    async fn decide_message(
+        &self,
+        req: Request<v1::DecideMessageRequest>,
+    ) -> Result<Response<v1::DecideMessageResponse>, GrpcStatus> {
+        let r = req.into_inner();
+        let by = if r.resource_id.is_empty() {
+            "producer".to_string()
+        } else {
+            format!("producer on {}", r.resource_id)
+        };
+        let status = self
+            .0
+            .decide_message(r.message_id, r.commit, by, false)
+            .await?;
+        Ok(Response::new(v1::DecideMessageResponse {
+            status: status.name().to_string(),
+        }))
+    }
+
     async fn report_branch(
         &self,
         req: Request<v1::ReportBranchRequest>,
@@ -366,6 +396,29 @@ impl ResourceManager for GrpcServices {
                         }
                         Some(proxy_message::Kind::XaLockReport(r)) => {
                             core.xa_lock_report(conn, xa_lock_report(r));
+                        }
+                        Some(proxy_message::Kind::MessageCheckResult(r)) => {
+                            use v1::message_check_result::Outcome;
+                            let outcome = match r.outcome {
+                                Some(Outcome::Committed(_)) => CheckOutcome::Committed,
+                                Some(Outcome::RolledBack(_)) => CheckOutcome::RolledBack,
+                                Some(Outcome::Running(_)) => CheckOutcome::Running,
+                                Some(Outcome::Failure(f)) => CheckOutcome::Failed(f.message),
+                                None => CheckOutcome::Failed("check result without outcome".into()),
+                            };
+                            core.message_checked(r.message_id, r.command_id, outcome).await;
+                        }
+                        Some(proxy_message::Kind::MessagesConsumed(m)) => {
+                            if !core.proxies().serves(conn, &m.resource_id) {
+                                tracing::warn!(resource = %m.resource_id, "consumed report for a resource this stream did not announce: ignored");
+                                continue;
+                            }
+                            let items = m.consumed.into_iter().map(|c| ConsumedItem {
+                                message_id: c.message_id,
+                                consumer: c.consumer,
+                                at_ms: c.at_ms,
+                            }).collect();
+                            core.messages_consumed(items).await;
                         }
                         None => {}
                     }

@@ -42,6 +42,7 @@ mod grpc;
 mod http;
 mod locked_tables;
 mod locks;
+mod messages;
 mod metrics;
 mod outbox;
 mod sequencer;
@@ -120,6 +121,7 @@ pub async fn run(
             let mut engine =
                 engine::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);
             engine.restore_audit(loaded.audit);
+            engine.restore_messages(loaded.messages);
             sequencer::Sequencer::start(engine, store, config.max_batch, effects_tx, metrics)
         }
         Some(c) => {
@@ -152,6 +154,9 @@ pub async fn run(
         shutdown.clone(),
     );
 
+    // Confirmed half messages go to the broker from whichever node leads.
+    let publisher = messages::Publisher::new(&config.messages, seq.clone())?;
+
     // Tables whose last lock went leave the proxies' write-isolation sets.
     let isolation_pruner = {
         let (core, shutdown) = (core.clone(), shutdown.clone());
@@ -171,6 +176,7 @@ pub async fn run(
         effects_rx,
         core.proxies(),
         tcc::Caller::new(config.tcc_call_timeout()),
+        publisher.clone(),
         seq.clone(),
         shutdown.clone(),
     ));
@@ -277,5 +283,6 @@ pub async fn run(
     pruner.abort();
     isolation_pruner.abort();
     dispatcher.abort();
+    publisher.close().await;
     Ok(())
 }

@@ -128,6 +128,16 @@ impl Metrics {
     pub fn render(&self, engine: &Engine) -> String {
         let (active, branches, stalled) = engine.census();
         let mut out = String::new();
+        let messages = engine.message_census();
+        out.push_str("# HELP rewind_messages Half messages the coordinator holds in memory, by status (final ones only for a minute).\n# TYPE rewind_messages gauge\n");
+        for st in crate::engine::MessageStatus::ALL {
+            let _ = writeln!(
+                out,
+                "rewind_messages{{status=\"{}\"}} {}",
+                st.name(),
+                messages.get(&st).copied().unwrap_or(0)
+            );
+        }
         out.push_str("# HELP rewind_transactions Unfinished global transactions by status.\n# TYPE rewind_transactions gauge\n");
         for (i, st) in GlobalStatus::ALL.iter().enumerate() {
             let _ = writeln!(

@@ -13,6 +13,9 @@
 //! - `conflicts`: id → dirty-write conflict (kept for audit).
 //! - `audit`: id → operator action (kept; operator actions are few).
 //! - `meta`: id counters, so XIDs and branch ids are never reused.
+//! - `messages`: message id → half message; `messages_by_time`: (created_ms, id) for
+//!   listing and pruning; `messages_in_memory`: the ids the engine still holds (not final,
+//!   or final only moments ago), restored into it on start.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -23,7 +26,8 @@ use redb::{
 };
 
 use crate::engine::{
-    AuditEntry, Conflict, Counters, GlobalRecord, GlobalStatus, Writes, XidNum, AUDIT_IN_MEMORY,
+    AuditEntry, Conflict, ConsumedItem, Counters, GlobalRecord, GlobalStatus, MessageRecord,
+    MessageStatus, MessageWrite, Writes, XidNum, AUDIT_IN_MEMORY,
 };
 use crate::error::CoordinatorError;
 use crate::wal::Wal;
@@ -34,6 +38,12 @@ const FINISHED_BY_TIME: TableDefinition<(u64, u64), ()> = TableDefinition::new("
 const CONFLICTS: TableDefinition<u64, &[u8]> = TableDefinition::new("conflicts");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const AUDIT: TableDefinition<u64, &[u8]> = TableDefinition::new("audit");
+const MESSAGES: TableDefinition<&str, &[u8]> = TableDefinition::new("messages");
+const MESSAGES_BY_TIME: TableDefinition<(u64, &str), ()> = TableDefinition::new("messages_by_time");
+const MESSAGES_IN_MEMORY: TableDefinition<&str, ()> = TableDefinition::new("messages_in_memory");
+
+/// Messages one list scans at most in the store (a filter on a rare status stops there).
+const MESSAGE_SCAN_LIMIT: usize = 50_000;
 
 pub struct Store {
     db: Database,
@@ -55,10 +65,22 @@ struct Pending {
     audit: BTreeMap<u64, Vec<u8>>,
     counters: Option<Counters>,
     raft: Option<Vec<u8>>,
+    /// Message id → (created_ms, record, still in the engine's memory).
+    messages: BTreeMap<String, (u64, Vec<u8>, bool)>,
 }
 
 impl Pending {
+    fn merge_messages(&mut self, writes: &[MessageWrite]) {
+        for m in writes {
+            self.messages.insert(
+                m.message_id.clone(),
+                (m.created_ms, m.record.clone(), m.in_memory),
+            );
+        }
+    }
+
     fn merge(&mut self, w: &Writes) {
+        self.merge_messages(&w.messages);
         for (xid, b) in &w.active {
             self.active.insert(*xid, Some(b.clone()));
         }
@@ -95,6 +117,8 @@ pub struct Loaded {
     pub audit: Vec<AuditEntry>,
     /// Cluster mode: where in the Raft log this state stands (see [`Writes::raft`]).
     pub raft: Option<Vec<u8>>,
+    /// The half messages the engine held when it stopped.
+    pub messages: Vec<MessageRecord>,
 }
 
 fn corrupt(e: serde_json::Error) -> CoordinatorError {
@@ -118,6 +142,9 @@ impl Store {
             txn.open_table(CONFLICTS).map_err(storage)?;
             txn.open_table(META).map_err(storage)?;
             txn.open_table(AUDIT).map_err(storage)?;
+            txn.open_table(MESSAGES).map_err(storage)?;
+            txn.open_table(MESSAGES_BY_TIME).map_err(storage)?;
+            txn.open_table(MESSAGES_IN_MEMORY).map_err(storage)?;
         }
         txn.commit().map_err(storage)?;
         let checkpoint = {
@@ -207,12 +234,26 @@ impl Store {
             .get("raft_applied")
             .map_err(storage)?
             .map(|v| v.value().to_vec());
+        let mut messages = Vec::new();
+        let records = txn.open_table(MESSAGES).map_err(storage)?;
+        for row in txn
+            .open_table(MESSAGES_IN_MEMORY)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (id, _) = row.map_err(storage)?;
+            if let Some(v) = records.get(id.value()).map_err(storage)? {
+                messages.push(serde_json::from_slice(v.value()).map_err(corrupt)?);
+            }
+        }
         Ok(Loaded {
             counters,
             active,
             conflicts,
             audit,
             raft,
+            messages,
         })
     }
 
@@ -242,20 +283,26 @@ impl Store {
     }
 
     fn write_inner(&self, w: &Writes) -> Result<(), CoordinatorError> {
-        let payload = encode_writes(w);
         let mut log = self.log.lock().expect("log lock");
+        // Consumed reports for messages only the store holds become whole records here,
+        // under the log lock, so the log replays records, never read-modify-writes.
+        let consumed = self.consumed_writes(&w.consumed)?;
+        let payload = encode_writes(w, &consumed);
         let lsn = log.lsn + 1;
         if log.wal.fits(payload.len()) {
             log.wal.append(lsn, &payload).map_err(|e| {
                 CoordinatorError::Storage(format!("appending to {}: {e}", log.wal.path().display()))
             })?;
-            self.pending.lock().expect("pending lock").merge(w);
+            let mut pending = self.pending.lock().expect("pending lock");
+            pending.merge(w);
+            pending.merge_messages(&consumed);
         } else {
             // Log full: checkpoint everything logged so far plus this batch in one
             // durable redb commit. Readers wait on `pending` meanwhile, so they never
             // see a record vanish from the overlay before it is in redb.
             let mut pending = self.pending.lock().expect("pending lock");
             pending.merge(w);
+            pending.merge_messages(&consumed);
             let txn = self.db.begin_write().map_err(storage)?;
             apply(&txn, &pending)?;
             set_checkpoint(&txn, lsn)?;
@@ -265,6 +312,133 @@ impl Store {
         }
         log.lsn = lsn;
         Ok(())
+    }
+
+    /// The records of stored messages marked consumed by `items` (those that change).
+    fn consumed_writes(
+        &self,
+        items: &[ConsumedItem],
+    ) -> Result<Vec<MessageWrite>, CoordinatorError> {
+        let mut out: Vec<MessageWrite> = Vec::new();
+        for item in items {
+            let known = out.iter().position(|m| m.message_id == item.message_id);
+            let mut rec = match known {
+                Some(i) => serde_json::from_slice(&out[i].record).map_err(corrupt)?,
+                None => match self.message(&item.message_id)? {
+                    Some(r) => r,
+                    None => continue,
+                },
+            };
+            if !crate::engine::messages::consume_stored(&mut rec, item) {
+                continue;
+            }
+            let w = MessageWrite {
+                message_id: rec.message_id.clone(),
+                created_ms: rec.created_ms,
+                record: serde_json::to_vec(&rec).expect("records serialize"),
+                in_memory: false,
+            };
+            match known {
+                Some(i) => out[i] = w,
+                None => out.push(w),
+            }
+        }
+        Ok(out)
+    }
+
+    /// A stored message (the engine's memory has the newer state of the ones it holds).
+    pub fn message(&self, id: &str) -> Result<Option<MessageRecord>, CoordinatorError> {
+        if let Some((_, b, _)) = self.pending.lock().expect("pending lock").messages.get(id) {
+            return Ok(Some(serde_json::from_slice(b).map_err(corrupt)?));
+        }
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(MESSAGES).map_err(storage)?;
+        match table.get(id).map_err(storage)? {
+            Some(v) => Ok(Some(serde_json::from_slice(v.value()).map_err(corrupt)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Stored messages, newest first, optionally of one status, created before
+    /// `before_ms` (a page cursor).
+    pub fn list_messages(
+        &self,
+        status: Option<MessageStatus>,
+        before_ms: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<MessageRecord>, CoordinatorError> {
+        let before = before_ms.unwrap_or(u64::MAX);
+        let mut out: BTreeMap<(u64, String), MessageRecord> = BTreeMap::new();
+        let keep = |r: &MessageRecord| status.is_none_or(|s| s == r.status);
+        let overlay: Vec<Vec<u8>> = {
+            let p = self.pending.lock().expect("pending lock");
+            p.messages
+                .values()
+                .filter(|(at, _, _)| *at < before)
+                .map(|(_, b, _)| b.clone())
+                .collect()
+        };
+        for b in overlay {
+            let r: MessageRecord = serde_json::from_slice(&b).map_err(corrupt)?;
+            if keep(&r) {
+                out.insert((r.created_ms, r.message_id.clone()), r);
+            }
+        }
+        let txn = self.db.begin_read().map_err(storage)?;
+        let by_time = txn.open_table(MESSAGES_BY_TIME).map_err(storage)?;
+        let records = txn.open_table(MESSAGES).map_err(storage)?;
+        let mut found = 0;
+        for row in by_time
+            .range(..(before, ""))
+            .map_err(storage)?
+            .rev()
+            .take(MESSAGE_SCAN_LIMIT)
+        {
+            if found >= limit {
+                break;
+            }
+            let (k, _) = row.map_err(storage)?;
+            let (at, id) = k.value();
+            if out.contains_key(&(at, id.to_string())) {
+                continue;
+            }
+            if let Some(v) = records.get(id).map_err(storage)? {
+                let r: MessageRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
+                if keep(&r) {
+                    found += 1;
+                    out.insert((at, id.to_string()), r);
+                }
+            }
+        }
+        Ok(out.into_values().rev().take(limit).collect())
+    }
+
+    /// Every stored message the engine does not hold (for a cluster snapshot).
+    pub fn messages_not_in_memory(&self) -> Result<Vec<MessageRecord>, CoordinatorError> {
+        let _log = self.log.lock().expect("log lock");
+        let mut out: BTreeMap<String, MessageRecord> = BTreeMap::new();
+        let txn = self.db.begin_read().map_err(storage)?;
+        let in_memory = txn.open_table(MESSAGES_IN_MEMORY).map_err(storage)?;
+        for row in txn
+            .open_table(MESSAGES)
+            .map_err(storage)?
+            .iter()
+            .map_err(storage)?
+        {
+            let (id, v) = row.map_err(storage)?;
+            if in_memory.get(id.value()).map_err(storage)?.is_none() {
+                let r: MessageRecord = serde_json::from_slice(v.value()).map_err(corrupt)?;
+                out.insert(r.message_id.clone(), r);
+            }
+        }
+        for (id, (_, b, mem)) in &self.pending.lock().expect("pending lock").messages {
+            if *mem {
+                out.remove(id);
+            } else {
+                out.insert(id.clone(), serde_json::from_slice(b).map_err(corrupt)?);
+            }
+        }
+        Ok(out.into_values().collect())
     }
 
     pub fn finished(&self, xid: XidNum) -> Result<Option<GlobalRecord>, CoordinatorError> {
@@ -359,6 +533,18 @@ impl Store {
             let mut table = txn.open_table(t).map_err(storage)?;
             table.retain(|_, _| false).map_err(storage)?;
         }
+        txn.open_table(MESSAGES)
+            .map_err(storage)?
+            .retain(|_, _| false)
+            .map_err(storage)?;
+        txn.open_table(MESSAGES_BY_TIME)
+            .map_err(storage)?
+            .retain(|_, _| false)
+            .map_err(storage)?;
+        txn.open_table(MESSAGES_IN_MEMORY)
+            .map_err(storage)?
+            .retain(|_, _| false)
+            .map_err(storage)?;
         txn.open_table(FINISHED_BY_TIME)
             .map_err(storage)?
             .retain(|_, _| false)
@@ -397,6 +583,30 @@ impl Store {
             for (at, xid) in old {
                 by_time.remove((at, xid)).map_err(storage)?;
                 finished.remove(xid).map_err(storage)?;
+                n += 1;
+            }
+            // Messages created before the cut that the engine no longer holds.
+            let mut by_time = txn.open_table(MESSAGES_BY_TIME).map_err(storage)?;
+            let mut records = txn.open_table(MESSAGES).map_err(storage)?;
+            let in_memory = txn.open_table(MESSAGES_IN_MEMORY).map_err(storage)?;
+            let pending = self.pending.lock().expect("pending lock");
+            let mut old: Vec<(u64, String)> = Vec::new();
+            for row in by_time
+                .range((0, "")..(before_ms, ""))
+                .map_err(storage)?
+                .take(10_000)
+            {
+                let (k, _) = row.map_err(storage)?;
+                let (at, id) = k.value();
+                let held = in_memory.get(id).map_err(storage)?.is_some()
+                    || pending.messages.contains_key(id);
+                if !held {
+                    old.push((at, id.to_string()));
+                }
+            }
+            for (at, id) in old {
+                by_time.remove((at, id.as_str())).map_err(storage)?;
+                records.remove(id.as_str()).map_err(storage)?;
                 n += 1;
             }
         }
@@ -443,6 +653,20 @@ fn apply(txn: &WriteTransaction, p: &Pending) -> Result<(), CoordinatorError> {
             .insert("counters", bytes.as_slice())
             .map_err(storage)?;
     }
+    let mut messages = txn.open_table(MESSAGES).map_err(storage)?;
+    let mut by_time = txn.open_table(MESSAGES_BY_TIME).map_err(storage)?;
+    let mut in_memory = txn.open_table(MESSAGES_IN_MEMORY).map_err(storage)?;
+    for (id, (at, bytes, mem)) in &p.messages {
+        messages
+            .insert(id.as_str(), bytes.as_slice())
+            .map_err(storage)?;
+        by_time.insert((*at, id.as_str()), ()).map_err(storage)?;
+        if *mem {
+            in_memory.insert(id.as_str(), ()).map_err(storage)?;
+        } else {
+            in_memory.remove(id.as_str()).map_err(storage)?;
+        }
+    }
     if let Some(r) = &p.raft {
         txn.open_table(META)
             .map_err(storage)?
@@ -458,7 +682,7 @@ fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 /// The log record of a batch: counts, fixed-width integers, length-prefixed records.
-fn encode_writes(w: &Writes) -> Vec<u8> {
+fn encode_writes(w: &Writes, consumed: &[MessageWrite]) -> Vec<u8> {
     let size: usize = w.active.iter().map(|a| a.1.len() + 12).sum::<usize>()
         + w.finished.iter().map(|f| f.2.len() + 20).sum::<usize>()
         + w.conflicts.iter().map(|c| c.1.len() + 12).sum::<usize>()
@@ -481,15 +705,40 @@ fn encode_writes(w: &Writes) -> Vec<u8> {
         out.extend_from_slice(&id.to_le_bytes());
         put_bytes(&mut out, b);
     }
-    // Tag 1 (three counters) is what records written before the audit log carry.
-    match &w.counters {
-        Some(c) => {
-            out.push(2);
-            for v in [c.next_xid, c.next_branch, c.next_conflict, c.next_audit] {
-                out.extend_from_slice(&v.to_le_bytes());
-            }
+    // Tag 1 (three counters) is what records written before the audit log carry; 2 has
+    // four. Bit 0x10 ("sections") says every later section is written, each with its
+    // count: audit entries, the Raft position (a flag, then the bytes), messages. Older
+    // records end with optional audit and Raft sections instead, and decode as before.
+    let sections = !w.messages.is_empty() || !consumed.is_empty();
+    let tag = if w.counters.is_some() { 2 } else { 0 } | if sections { 0x10 } else { 0 };
+    out.push(tag);
+    if let Some(c) = &w.counters {
+        for v in [c.next_xid, c.next_branch, c.next_conflict, c.next_audit] {
+            out.extend_from_slice(&v.to_le_bytes());
         }
-        None => out.push(0),
+    }
+    if sections {
+        out.extend_from_slice(&(w.audit.len() as u32).to_le_bytes());
+        for (id, b) in &w.audit {
+            out.extend_from_slice(&id.to_le_bytes());
+            put_bytes(&mut out, b);
+        }
+        match &w.raft {
+            Some(r) => {
+                out.push(1);
+                put_bytes(&mut out, r);
+            }
+            None => out.push(0),
+        }
+        let all: Vec<&MessageWrite> = w.messages.iter().chain(consumed).collect();
+        out.extend_from_slice(&(all.len() as u32).to_le_bytes());
+        for m in all {
+            put_bytes(&mut out, m.message_id.as_bytes());
+            out.extend_from_slice(&m.created_ms.to_le_bytes());
+            out.push(m.in_memory as u8);
+            put_bytes(&mut out, &m.record);
+        }
+        return out;
     }
     // Optional trailing sections (absent in older records): audit entries, then (only
     // in cluster mode, and then the audit count is always written) the Raft position.
@@ -544,22 +793,49 @@ fn decode_writes(data: &[u8]) -> Result<Writes, CoordinatorError> {
         let id = r.u64()?;
         w.conflicts.push((id, r.bytes()?));
     }
-    match r.take(1)? {
-        [0] => {}
-        [tag @ (1 | 2)] => {
-            let tag = *tag;
+    let tag = r.take(1)?[0];
+    match tag & 0x0f {
+        0 => {}
+        n @ (1 | 2) => {
             w.counters = Some(Counters {
                 next_xid: r.u64()?,
                 next_branch: r.u64()?,
                 next_conflict: r.u64()?,
-                next_audit: if tag == 2 { r.u64()? } else { 0 },
+                next_audit: if n == 2 { r.u64()? } else { 0 },
             });
         }
-        other => {
+        _ => {
             return Err(CoordinatorError::Storage(format!(
-                "log record with unknown counters tag {other:?}"
+                "log record with unknown counters tag {tag}"
             )))
         }
+    }
+    if tag & 0x10 != 0 {
+        for _ in 0..r.u32()? {
+            let id = r.u64()?;
+            w.audit.push((id, r.bytes()?));
+        }
+        if r.take(1)? == [1] {
+            w.raft = Some(r.bytes()?);
+        }
+        for _ in 0..r.u32()? {
+            let id = String::from_utf8(r.bytes()?)
+                .map_err(|_| CoordinatorError::Storage("message id not UTF-8".into()))?;
+            let created_ms = r.u64()?;
+            let in_memory = r.take(1)? == [1];
+            w.messages.push(MessageWrite {
+                message_id: id,
+                created_ms,
+                record: r.bytes()?,
+                in_memory,
+            });
+        }
+        return Ok(w);
+    }
+    if tag & !0x1f != 0 {
+        return Err(CoordinatorError::Storage(format!(
+            "log record with unknown tag {tag}"
+        )));
     }
     if !r.0.is_empty() {
         for _ in 0..r.u32()? {
@@ -713,6 +989,116 @@ mod tests {
             store.finished(1).unwrap().unwrap().status,
             GlobalStatus::Committed
         );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn msg(id: &str, created_ms: u64, status: MessageStatus) -> MessageRecord {
+        MessageRecord {
+            message_id: id.into(),
+            topic: "t".into(),
+            key: None,
+            payload: "p".into(),
+            headers: vec![],
+            status,
+            resource_id: None,
+            proxy_id: None,
+            xid: None,
+            branch_id: None,
+            check_after_ms: 5000,
+            created_ms,
+            updated_ms: created_ms,
+            checks: 0,
+            publish_failures: 0,
+            last_error: None,
+            consumers: vec![],
+            history: vec![],
+        }
+    }
+
+    fn mw(m: &MessageRecord, in_memory: bool) -> MessageWrite {
+        MessageWrite {
+            message_id: m.message_id.clone(),
+            created_ms: m.created_ms,
+            record: serde_json::to_vec(m).unwrap(),
+            in_memory,
+        }
+    }
+
+    #[test]
+    fn messages_replay_list_consume_and_prune() {
+        let dir = std::env::temp_dir().join(format!(
+            "rewind-store-msg-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        let (store, _) = Store::open(&dir, 1 << 20).unwrap();
+        let mut w = Writes::default();
+        w.messages
+            .push(mw(&msg("a", 10, MessageStatus::Prepared), true));
+        w.messages
+            .push(mw(&msg("b", 20, MessageStatus::Sent), false));
+        w.messages
+            .push(mw(&msg("c", 30, MessageStatus::Cancelled), false));
+        store.write(&w).unwrap();
+        // A consumer's report for a message only the store has becomes its record.
+        let mut w = Writes::default();
+        w.consumed.push(ConsumedItem {
+            message_id: "b".into(),
+            consumer: "billing".into(),
+            at_ms: 25,
+        });
+        // … but never for a cancelled one.
+        w.consumed.push(ConsumedItem {
+            message_id: "c".into(),
+            consumer: "billing".into(),
+            at_ms: 35,
+        });
+        store.write(&w).unwrap();
+        drop(store);
+        // Replayed from the log alone.
+        let (store, loaded) = Store::open(&dir, 1 << 20).unwrap();
+        assert_eq!(
+            loaded
+                .messages
+                .iter()
+                .map(|m| m.message_id.as_str())
+                .collect::<Vec<_>>(),
+            vec!["a"],
+            "only what the engine held comes back into it"
+        );
+        let b = store.message("b").unwrap().unwrap();
+        assert_eq!(b.status, MessageStatus::Consumed);
+        assert_eq!(b.consumers, vec!["billing"]);
+        assert_eq!(
+            store.message("c").unwrap().unwrap().status,
+            MessageStatus::Cancelled
+        );
+        let all: Vec<_> = store
+            .list_messages(None, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.message_id)
+            .collect();
+        assert_eq!(all, vec!["c", "b", "a"]);
+        let consumed = store
+            .list_messages(Some(MessageStatus::Consumed), None, 10)
+            .unwrap();
+        assert_eq!(consumed.len(), 1);
+        assert_eq!(store.list_messages(None, Some(30), 10).unwrap().len(), 2);
+        // A checkpoint (tiny log) moves them into redb; pruning keeps what is held.
+        drop(store);
+        let (store, _) = Store::open(&dir, 4096).unwrap();
+        let big = "x".repeat(5000);
+        let mut d = msg("d", 40, MessageStatus::Sent);
+        d.payload = big;
+        let mut w = Writes::default();
+        w.messages.push(mw(&d, false));
+        store.write(&w).unwrap();
+        assert_eq!(store.prune(35).unwrap(), 2, "b and c pruned, a held");
+        assert!(store.message("a").unwrap().is_some());
+        assert!(store.message("b").unwrap().is_none());
+        assert_eq!(store.messages_not_in_memory().unwrap().len(), 1);
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }

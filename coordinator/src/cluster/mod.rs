@@ -138,6 +138,7 @@ pub async fn open(
         loaded.conflicts,
     );
     engine.restore_audit(loaded.audit);
+    engine.restore_messages(loaded.messages);
     let engine = Arc::new(Mutex::new(engine));
     let store = Arc::new(store);
     let (applied_tx, applied) = watch::channel(0);

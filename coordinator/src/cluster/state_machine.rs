@@ -31,7 +31,8 @@ use tokio::sync::{mpsc, watch};
 
 use super::{BatchReply, Member, NodeId, TypeConfig};
 use crate::engine::{
-    AuditEntry, BatchOutput, Conflict, Counters, Effect, Engine, EngineConfig, GlobalRecord, Writes,
+    AuditEntry, BatchOutput, Conflict, Counters, Effect, Engine, EngineConfig, GlobalRecord,
+    MessageRecord, MessageWrite, Writes,
 };
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -55,6 +56,12 @@ struct SnapshotState {
     audit: Vec<AuditEntry>,
     /// (xid, finished_ms, record) of the finished transactions kept for inspection.
     finished: Vec<(u64, u64, GlobalRecord)>,
+    /// Half messages the engine holds (absent in snapshots older than messages).
+    #[serde(default)]
+    messages: Vec<MessageRecord>,
+    /// Stored messages it no longer holds.
+    #[serde(default)]
+    messages_done: Vec<MessageRecord>,
 }
 
 #[derive(Clone, Serialize, Deserialize)]
@@ -135,15 +142,20 @@ impl StateMachine {
     }
 
     fn capture(&self) -> Result<Vec<u8>> {
-        let (counters, active, conflicts, audit) = {
+        let (counters, active, conflicts, audit, messages) = {
             let e = crate::sequencer::lock_engine(&self.engine);
             (
                 e.counters(),
                 e.records(None),
                 e.conflicts().cloned().collect(),
                 e.audit_all(),
+                e.all_messages(),
             )
         };
+        let mut messages_done = self.store.messages_not_in_memory().map_err(sm_err)?;
+        let held: std::collections::HashSet<&str> =
+            messages.iter().map(|m| m.message_id.as_str()).collect();
+        messages_done.retain(|m| !held.contains(m.message_id.as_str()));
         let mut finished = Vec::new();
         for (xid, at, bytes) in self.store.all_finished().map_err(sm_err)? {
             let rec: GlobalRecord = serde_json::from_slice(&bytes).map_err(snap_err)?;
@@ -155,6 +167,8 @@ impl StateMachine {
             conflicts,
             audit,
             finished,
+            messages,
+            messages_done,
         })
         .map_err(snap_err)
     }
@@ -324,6 +338,19 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             audit: st.audit.iter().map(|a| (a.id, json(a))).collect(),
             counters: Some(st.counters),
             raft: Some(self.raft_meta()),
+            messages: st
+                .messages
+                .iter()
+                .map(|m| (m, true))
+                .chain(st.messages_done.iter().map(|m| (m, false)))
+                .map(|(m, in_memory)| MessageWrite {
+                    message_id: m.message_id.clone(),
+                    created_ms: m.created_ms,
+                    record: json(m),
+                    in_memory,
+                })
+                .collect(),
+            consumed: Vec::new(),
         };
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || store.replace_all(&w))
@@ -332,6 +359,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(sm_err)?;
         let mut fresh = Engine::restore(self.cfg.clone(), st.counters, st.active, st.conflicts);
         fresh.restore_audit(st.audit);
+        fresh.restore_messages(st.messages);
         *crate::sequencer::lock_engine(&self.engine) = fresh;
         self.save_snapshot(StoredSnapshot {
             meta: meta.clone(),

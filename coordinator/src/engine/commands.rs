@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::messages::*;
 use super::model::*;
 use super::{Engine, AUDIT_IN_MEMORY};
 use crate::error::CoordinatorError;
@@ -64,7 +65,11 @@ pub struct OperateBranch {
 pub(super) enum NewBranch {
     At,
     Tcc(Box<TccCall>),
-    Xa { owner: String },
+    Xa {
+        owner: String,
+    },
+    /// A message branch of this message.
+    Msg(String),
 }
 
 /// A proxy reports how the branch's local transaction ended (phase one).
@@ -141,6 +146,13 @@ pub enum Command {
     Audit(Audit),
     RegisterTcc(RegisterTcc),
     OperateBranch(OperateBranch),
+    PrepareMessage(PrepareMessage),
+    BindMessage(BindMessage),
+    DecideMessage(DecideMessage),
+    RedriveMessage(RedriveMessage),
+    MessageChecked(MessageChecked),
+    MessagePublished(MessagePublished),
+    MessagesConsumed(MessagesConsumed),
 }
 
 /// The answer to one command, one variant per command: [`Engine::apply`] builds each
@@ -157,6 +169,8 @@ pub enum Reply {
     Audit(u64),
     RegisterTcc(BranchId),
     OperateBranch(BranchStatus),
+    Message(Box<MessageRecord>),
+    MessageStatus(MessageStatus),
     /// The commands nobody waits on: proxies' answers, resource availability, ticks.
     Noted,
 }
@@ -211,6 +225,13 @@ request! {
     BranchResult => (), |Reply::Noted| ();
     ResolveResult => (), |Reply::Noted| ();
     ResourceAvailable => (), |Reply::Noted| ();
+    PrepareMessage => MessageRecord, |Reply::Message(m)| *m;
+    BindMessage => MessageStatus, |Reply::MessageStatus(s)| s;
+    DecideMessage => MessageStatus, |Reply::MessageStatus(s)| s;
+    RedriveMessage => MessageStatus, |Reply::MessageStatus(s)| s;
+    MessageChecked => (), |Reply::Noted| ();
+    MessagePublished => (), |Reply::Noted| ();
+    MessagesConsumed => (), |Reply::Noted| ();
 }
 
 impl Engine {
@@ -245,6 +266,24 @@ impl Engine {
             Command::Audit(c) => Ok(Reply::Audit(self.audit_entry(c, now))),
             Command::RegisterTcc(c) => self.register_tcc(c, now).map(Reply::RegisterTcc),
             Command::OperateBranch(c) => self.operate_branch(c, now).map(Reply::OperateBranch),
+            Command::PrepareMessage(c) => self
+                .prepare_message(c, now)
+                .map(|m| Reply::Message(Box::new(m))),
+            Command::BindMessage(c) => self.bind_message(c, now).map(Reply::MessageStatus),
+            Command::DecideMessage(c) => self.decide_message(c, now).map(Reply::MessageStatus),
+            Command::RedriveMessage(c) => self.redrive_message(c, now).map(Reply::MessageStatus),
+            Command::MessageChecked(c) => {
+                self.message_checked(c, now);
+                Ok(Reply::Noted)
+            }
+            Command::MessagePublished(c) => {
+                self.message_published(c, now);
+                Ok(Reply::Noted)
+            }
+            Command::MessagesConsumed(c) => {
+                self.messages_consumed(c, now);
+                Ok(Reply::Noted)
+            }
         }
     }
 
@@ -428,7 +467,7 @@ impl Engine {
 
     /// The branch an earlier registration with `request_id` got (`Ok(Some)`), or `Ok(None)`
     /// when `xid` takes a new branch; refused once it is decided.
-    fn accepting_branches(
+    pub(super) fn accepting_branches(
         &self,
         xid: XidNum,
         request_id: &str,
@@ -453,7 +492,7 @@ impl Engine {
 
     /// Adds a branch to `xid` (checked by [`Engine::accepting_branches`]); an AT branch's
     /// `keys` are already acquired.
-    fn add_branch(
+    pub(super) fn add_branch(
         &mut self,
         xid: XidNum,
         resource_id: String,
@@ -469,10 +508,11 @@ impl Engine {
             .globals
             .get_mut(&xid)
             .expect("checked by accepting_branches");
-        let (tcc, xa, owner) = match kind {
-            NewBranch::At => (None, false, String::new()),
-            NewBranch::Tcc(call) => (Some(call), false, String::new()),
-            NewBranch::Xa { owner } => (None, true, owner),
+        let (tcc, xa, owner, msg) = match kind {
+            NewBranch::At => (None, false, String::new(), None),
+            NewBranch::Tcc(call) => (Some(call), false, String::new(), None),
+            NewBranch::Xa { owner } => (None, true, owner, None),
+            NewBranch::Msg(id) => (None, false, String::new(), Some(id)),
         };
         s.branches.push(BranchEntry {
             id,
@@ -484,8 +524,9 @@ impl Engine {
                 BranchStatus::Registered
             },
             request_id,
-            // An AT branch's keys were acquired by its registration; TCC and XA have none.
-            locks_held: tcc.is_none() && !xa,
+            // An AT branch's keys were acquired by its registration; the others have none.
+            locks_held: tcc.is_none() && !xa && msg.is_none(),
+            msg,
             tcc,
             xa,
             owner,
@@ -525,6 +566,11 @@ impl Engine {
             .iter_mut()
             .find(|b| b.id == branch_id)
             .ok_or(CoordinatorError::BranchNotFound(branch_id))?;
+        if b.msg.is_some() {
+            return Err(CoordinatorError::InvalidArgument(format!(
+                "branch {branch_id} is a message branch: the engine itself finishes it"
+            )));
+        }
         if b.tcc.is_none() {
             return Err(CoordinatorError::InvalidArgument(format!(
                 "branch {branch_id} is an AT branch: its rollback conflicts are resolved in \

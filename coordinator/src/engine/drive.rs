@@ -7,12 +7,16 @@ use super::queries::record_of;
 use super::{encode, Engine};
 
 pub(super) fn backoff(cfg: &EngineConfig, seed: u64, attempts: u32) -> u64 {
-    let exp = cfg
-        .backoff_base_ms
+    backoff_between(cfg.backoff_base_ms, cfg.backoff_cap_ms, seed, attempts)
+}
+
+/// `base` doubled per attempt after the first, capped at `cap`, with deterministic jitter
+/// in [exp/2, exp] so retries of many branches or messages spread out without the state
+/// machine owning a random source.
+pub(super) fn backoff_between(base: u64, cap: u64, seed: u64, attempts: u32) -> u64 {
+    let exp = base
         .saturating_mul(1u64 << attempts.saturating_sub(1).min(20))
-        .min(cfg.backoff_cap_ms);
-    // Deterministic jitter in [exp/2, exp] so retries of many branches spread out
-    // without the state machine owning a random source.
+        .min(cap);
     let mut x = seed ^ (attempts as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -59,6 +63,7 @@ impl Engine {
             return;
         };
         let mut sends = Vec::new();
+        let mut messages: Vec<(String, bool)> = Vec::new();
         let mut final_status = None;
         match s.status {
             GlobalStatus::Committing | GlobalStatus::CommitRetrying => {
@@ -68,6 +73,14 @@ impl Engine {
                         b.status,
                         BranchStatus::Committed | BranchStatus::PhaseOneFailed
                     ) {
+                        continue;
+                    }
+                    if let Some(id) = &b.msg {
+                        // A message branch: confirmed here, published by the engine.
+                        messages.push((id.clone(), true));
+                        b.status = BranchStatus::Committed;
+                        s.updated_ms = now;
+                        self.dirty.insert(xid);
                         continue;
                     }
                     pending = true;
@@ -89,7 +102,19 @@ impl Engine {
             GlobalStatus::RollingBack
             | GlobalStatus::TimeoutRollingBack
             | GlobalStatus::RollbackRetrying => {
-                // Strictly one branch at a time, newest registration first.
+                // Strictly one branch at a time, newest registration first; message
+                // branches are dropped in the engine on the way.
+                while let Some(b) = s
+                    .branches
+                    .iter_mut()
+                    .rev()
+                    .find(|b| b.status != BranchStatus::RolledBack && b.msg.is_some())
+                {
+                    messages.push((b.msg.clone().expect("message branch"), false));
+                    b.status = BranchStatus::RolledBack;
+                    s.updated_ms = now;
+                    self.dirty.insert(xid);
+                }
                 match s
                     .branches
                     .iter_mut()
@@ -123,6 +148,9 @@ impl Engine {
             _ => {}
         }
         self.effects.extend(sends);
+        for (id, commit) in messages {
+            self.finish_message_branch(&id, commit, xid, now);
+        }
         if let Some(st) = final_status {
             let mut s = self.globals.remove(&xid).expect("present");
             s.set_status(st, now);
@@ -254,6 +282,7 @@ impl Engine {
     }
 
     pub(super) fn tick(&mut self, now: u64) {
+        self.tick_messages(now);
         let mut due = Vec::new();
         for s in self.globals.values_mut() {
             match s.status {

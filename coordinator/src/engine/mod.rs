@@ -30,6 +30,7 @@ use crate::locks::{InternedKey, LockTable};
 pub mod commands;
 mod conflicts;
 mod drive;
+pub mod messages;
 pub mod model;
 mod queries;
 
@@ -38,6 +39,11 @@ use crate::locks::RowKey;
 pub use commands::*;
 #[cfg(test)]
 use drive::backoff;
+pub use messages::{
+    BindMessage, CheckOutcome, ConsumedItem, DecideMessage, MessageChecked, MessagePublished,
+    MessageRecord, MessageStatus, MessageWrite, MessagesConsumed, PrepareMessage, PublishOutcome,
+    RedriveMessage,
+};
 pub use model::*;
 use queries::record_of;
 
@@ -80,6 +86,7 @@ pub struct Engine {
     counters_dirty: bool,
     effects: Vec<Effect>,
     stats: Stats,
+    messages: messages::Messages,
 }
 
 /// The first XID number of a new coordinator data directory: uniform below 2^52 (so
@@ -115,6 +122,7 @@ impl Engine {
             counters_dirty: false,
             effects: Vec::new(),
             stats: Stats::default(),
+            messages: messages::Messages::default(),
         }
     }
 
@@ -149,6 +157,7 @@ impl Engine {
                     resource_id: b.resource_id,
                     tcc: b.tcc.map(Box::new),
                     xa: b.branch_type == BranchType::Xa,
+                    msg: b.message_id,
                     owner: b.owner,
                     status: b.status,
                     request_id: b.request_id,
@@ -274,6 +283,7 @@ impl Engine {
                 }
             }
         }
+        self.take_message_writes(&mut w);
         if std::mem::take(&mut self.counters_dirty) {
             w.counters = Some(self.counters);
         }

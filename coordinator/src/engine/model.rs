@@ -204,6 +204,9 @@ pub enum BranchType {
     /// An XA transaction prepared in a proxy's database: phase two is `XA COMMIT` /
     /// `XA ROLLBACK` there. No images, no global locks.
     Xa,
+    /// A half message sent when the transaction commits and dropped when it rolls back
+    /// (phase two runs in the engine itself).
+    Msg,
 }
 
 /// What phase two of a TCC branch calls: `confirm_url` on global commit, `cancel_url`
@@ -248,6 +251,8 @@ pub(super) struct BranchEntry {
     pub(super) tcc: Option<Box<TccCall>>,
     /// An XA branch: its XA branch qualifier is `request_id`.
     pub(super) xa: bool,
+    /// A message branch: its message's id.
+    pub(super) msg: Option<String>,
     /// The proxy that registered the branch (its Announce id); empty when unknown.
     pub(super) owner: String,
     pub(super) status: BranchStatus,
@@ -397,6 +402,9 @@ pub struct BranchRecord {
     /// The proxy that registered the branch (XA), empty when unknown.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub owner: String,
+    /// A message branch's message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -481,6 +489,17 @@ pub enum Effect {
         command_id: u64,
         conflict: Box<ConflictCommand>,
     },
+    /// Ask a proxy of `resource_id` whether the message's local transaction committed.
+    CheckMessage {
+        command_id: u64,
+        message_id: String,
+        resource_id: String,
+    },
+    /// Publish a confirmed message to the broker.
+    PublishMessage {
+        command_id: u64,
+        message: Box<super::messages::MessageRecord>,
+    },
 }
 
 /// Where an XA branch's phase two goes: the XA branch qualifier, and the proxy that
@@ -513,6 +532,10 @@ pub struct Writes {
     pub conflicts: Vec<(u64, Vec<u8>)>,
     pub audit: Vec<(u64, Vec<u8>)>,
     pub counters: Option<Counters>,
+    /// Half messages changed (or gone from memory), and consumed reports for messages
+    /// the store alone has (see [`super::messages`]).
+    pub messages: Vec<super::messages::MessageWrite>,
+    pub consumed: Vec<super::messages::ConsumedItem>,
     /// Cluster mode: the Raft log position (and membership) these writes bring the
     /// state machine to, stored atomically with them (opaque to the store).
     pub raft: Option<Vec<u8>>,
@@ -538,6 +561,14 @@ pub struct EngineConfig {
     /// Failed Confirm / Cancel calls after which a TCC branch waits for an operator
     /// (0: retried for ever).
     pub tcc_max_attempts: u32,
+    /// A half message still prepared this long after it was created is checked back.
+    pub msg_check_after_ms: u64,
+    /// Check-backs that decide nothing before a message is `undecided` (0: never).
+    pub msg_max_checks: u32,
+    /// Cap on the wait between check-backs.
+    pub msg_check_cap_ms: u64,
+    /// Failed publishes after which a message is `dead` (0: retried for ever).
+    pub msg_max_publish_attempts: u32,
 }
 
 /// Events worth counting, drained by the sequencer for /metrics.

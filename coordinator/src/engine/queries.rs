@@ -209,7 +209,9 @@ pub(super) fn record_of(locks: &LockTable, s: &GlobalTx, finished_ms: Option<u64
                 registered_ms: b.registered_ms,
                 phase_two_attempts: b.sends,
                 last_error: b.last_error.clone(),
-                branch_type: if b.tcc.is_some() {
+                branch_type: if b.msg.is_some() {
+                    BranchType::Msg
+                } else if b.tcc.is_some() {
                     BranchType::Tcc
                 } else if b.xa {
                     BranchType::Xa
@@ -218,6 +220,7 @@ pub(super) fn record_of(locks: &LockTable, s: &GlobalTx, finished_ms: Option<u64
                 },
                 tcc: b.tcc.as_deref().cloned(),
                 owner: b.owner.clone(),
+                message_id: b.msg.clone(),
             })
             .collect(),
     }

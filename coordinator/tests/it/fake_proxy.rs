@@ -103,6 +103,20 @@ impl FakeProxy {
                             resource_id: t.resource_id,
                         })
                     }
+                    // It has no database to look in: the check decides nothing.
+                    Some(coordinator_message::Kind::MessageCheck(c)) => {
+                        proxy_message::Kind::MessageCheckResult(
+                            rewind_protocol::v1::MessageCheckResult {
+                                command_id: c.command_id,
+                                message_id: c.message_id,
+                                outcome: Some(
+                                    rewind_protocol::v1::message_check_result::Outcome::Running(
+                                        Done {},
+                                    ),
+                                ),
+                            },
+                        )
+                    }
                     Some(coordinator_message::Kind::OutboxRedrive(r)) => {
                         let outcome = match &mut *redrive2.lock().unwrap() {
                             RedriveAnswer::Silent => continue,

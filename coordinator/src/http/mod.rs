@@ -7,6 +7,8 @@
 //! Every operator action lands in the audit log (through the state machine) with its
 //! result, failures included.
 
+mod messages;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -59,6 +61,19 @@ pub fn router(core: Coordinator, body_limit: usize, auth: Arc<Auth>, api_auth: A
             "/api/v1/transactions/{xid}/branches/{branch_id}/{action}",
             post(operate_branch),
         )
+        .route(
+            "/api/v1/transactions/{xid}/messages",
+            post(messages::prepare_branch),
+        )
+        .route(
+            "/api/v1/messages",
+            post(messages::prepare).get(messages::list),
+        )
+        .route("/api/v1/messages/{id}", get(messages::show))
+        .route("/api/v1/messages/{id}/commit", post(messages::commit))
+        .route("/api/v1/messages/{id}/rollback", post(messages::rollback))
+        .route("/api/v1/messages/{id}/force", post(messages::force))
+        .route("/api/v1/messages/{id}/redrive", post(messages::redrive))
         .route("/api/v1/locks", get(locks))
         .route("/api/v1/conflicts", get(conflicts))
         .route("/api/v1/conflicts/{id}/resolve", post(resolve))
@@ -163,21 +178,21 @@ fn console_asset(content_type: &'static str, body: &'static str) -> Response {
 async fn console_page() -> Response {
     console_asset(
         "text/html; charset=utf-8",
-        include_str!("console/index.html"),
+        include_str!("../console/index.html"),
     )
 }
 
 async fn console_js() -> Response {
     console_asset(
         "text/javascript; charset=utf-8",
-        include_str!("console/console.js"),
+        include_str!("../console/console.js"),
     )
 }
 
 async fn console_css() -> Response {
     console_asset(
         "text/css; charset=utf-8",
-        include_str!("console/console.css"),
+        include_str!("../console/console.css"),
     )
 }
 
@@ -442,6 +457,9 @@ fn branch_json(b: &crate::engine::BranchRecord) -> Value {
             .and_then(|p| serde_json::from_str::<Value>(p).ok())
             .unwrap_or(Value::Null);
         obj.insert("payload".into(), payload);
+    }
+    if let (Some(id), Some(obj)) = (&b.message_id, v.as_object_mut()) {
+        obj.insert("message_id".into(), json!(id));
     }
     if let (BranchType::Xa, Some(obj)) = (b.branch_type, v.as_object_mut()) {
         // The XA transaction in the resource's database: XA RECOVER shows it as

@@ -2,6 +2,8 @@
 
 use super::*;
 
+mod messages;
+
 fn cfg() -> EngineConfig {
     EngineConfig {
         default_timeout_ms: 1_000,
@@ -10,6 +12,10 @@ fn cfg() -> EngineConfig {
         backoff_cap_ms: 1_000,
         command_timeout_ms: 500,
         tcc_max_attempts: 3,
+        msg_check_after_ms: 1_000,
+        msg_max_checks: 3,
+        msg_check_cap_ms: 4_000,
+        msg_max_publish_attempts: 2,
     }
 }
 
