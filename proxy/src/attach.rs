@@ -1,7 +1,8 @@
 //! The `Attach` stream: this proxy's standing connection to the coordinator, over which
 //! it announces its resource and receives phase two (branch commit and rollback, operator
-//! resolutions) and write-isolation sets; it also keeps the undo table and starts the
-//! undo housekeeping.
+//! resolutions), write-isolation sets and half messages' check-backs; it also keeps the
+//! undo table and starts the undo housekeeping, and carries the proxy's reports (outbox,
+//! XA lock waits, consumed half messages).
 //!
 //! Everything here is idempotent and keeps no state of its own: the undo records live in
 //! the backend and the decisions in the coordinator, so any proxy announcing the same
@@ -10,6 +11,7 @@
 //! - Commit: the branch's undo record is deleted, in batches shared by many branches, and
 //!   answered once the batch is durable.
 //! - Rollback and resolve: see [`crate::at::rollback`].
+//! - A half message's check-back: see [`crate::msg::check`].
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -132,6 +134,7 @@ pub(crate) async fn ensure_undo_table(shared: &Shared, pool: &Pool, shutdown: &C
                 conn.query_drop(ddl).await?;
             }
             conn.query_drop(shared.barrier.ddl()).await?;
+            conn.query_drop(shared.msg_check.ddl()).await?;
             conn.query_drop(shared.tcc_fence.ddl()).await?;
             conn.query_drop(shared.outbox_table.ddl()).await?;
             conn.query_drop(shared.xa_proof.ddl()).await?;
@@ -203,6 +206,11 @@ pub(crate) async fn attach(
         proxy_id,
         tx.clone(),
     )));
+    // So do committed barrier pairs, for the coordinator's consumed messages.
+    let _consumed = AbortOnDrop(tokio::spawn(crate::msg::consumed::send_loop(
+        shared.clone(),
+        tx.clone(),
+    )));
     // The coordinator takes the ack of epoch N as confirming the set of N, and drops
     // older epochs still pending. So acks go out in epoch order: each waits for the
     // previous one, whose drain (of tables added earlier, still in the later set) may
@@ -227,10 +235,12 @@ pub(crate) async fn attach(
             }
         };
         // Table-lock sets are applied at once, in stream order; phase-two work waits for
-        // a worker.
+        // a worker. A check-back probe waits for no worker: it holds its connection at
+        // most about a second, and the stream must never wait behind phase two for it.
         let permit = match &msg.kind {
             Some(coordinator_message::Kind::TableLocks(_))
             | Some(coordinator_message::Kind::OutboxRedrive(_))
+            | Some(coordinator_message::Kind::MessageCheck(_))
             | None => None,
             Some(_) => match workers.clone().acquire_owned().await {
                 Ok(p) => Some(p),
@@ -342,6 +352,26 @@ pub(crate) async fn attach(
                         })
                         .await;
                 });
+            }
+            Some(coordinator_message::Kind::MessageCheck(cmd)) => {
+                let span = tracing::info_span!("message_check", message_id = %cmd.message_id);
+                tokio::spawn(
+                    async move {
+                        let outcome = crate::msg::check::check(&shared, &pool, &cmd).await;
+                        let result = v1::MessageCheckResult {
+                            command_id: cmd.command_id,
+                            message_id: cmd.message_id,
+                            outcome: Some(outcome),
+                        };
+                        // A closed stream loses the answer; the coordinator checks again.
+                        let _ = tx
+                            .send(v1::ProxyMessage {
+                                kind: Some(proxy_message::Kind::MessageCheckResult(result)),
+                            })
+                            .await;
+                    }
+                    .instrument(span),
+                );
             }
             None => {}
         }

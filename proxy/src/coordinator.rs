@@ -6,7 +6,8 @@
 //! in the configured list. Retries stop after `retry_for`, so a caller holding a client's
 //! local transaction open waits a bounded time. Only idempotent calls are retried: status
 //! and lock queries are reads, RegisterBranch carries a request id the coordinator
-//! deduplicates by, and ReportBranch is idempotent by nature.
+//! deduplicates by, and ReportBranch, BindMessage and DecideMessage are idempotent by
+//! nature.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -301,6 +302,47 @@ impl Coordinators {
         })
         .await
         .map(|_| ())
+    }
+
+    /// A half message's local transaction runs on `resource_id` (see BindMessage):
+    /// `NotFound` for an unknown message, `NotActive` for one decided, part of a global
+    /// transaction or bound elsewhere (the coordinator's text says which).
+    pub async fn bind_message(
+        &self,
+        message_id: &str,
+        resource_id: &str,
+        proxy_id: &str,
+    ) -> Result<(), CallError> {
+        self.call("bind message", |ch| {
+            let req = v1::BindMessageRequest {
+                message_id: message_id.to_string(),
+                resource_id: resource_id.to_string(),
+                proxy_id: proxy_id.to_string(),
+            };
+            async move { ResourceManagerClient::new(ch).bind_message(req).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// A half message's local transaction committed (`commit`) or rolled back; answers the
+    /// message's status. `NotActive`: it was decided the other way.
+    pub async fn decide_message(
+        &self,
+        message_id: &str,
+        commit: bool,
+        resource_id: &str,
+    ) -> Result<String, CallError> {
+        self.call("decide message", |ch| {
+            let req = v1::DecideMessageRequest {
+                message_id: message_id.to_string(),
+                commit,
+                resource_id: resource_id.to_string(),
+            };
+            async move { ResourceManagerClient::new(ch).decide_message(req).await }
+        })
+        .await
+        .map(|r| r.status)
     }
 
     /// Which of `keys` other global transactions hold (`xid`'s own locks excluded).

@@ -101,6 +101,17 @@ pub enum ProxyError {
     /// meanwhile: nothing applied; run the Cancel again, it will find the Try.
     #[error("TCC Cancel of branch {branch_id} of global transaction '{xid}' raced its Try committing; the local transaction was rolled back and nothing of it applied: run the Cancel again")]
     TccCancelRaced { xid: String, branch_id: u64 },
+    /// The coordinator refused a MSG tag (no such message, already decided, part of a
+    /// global transaction, bound to another resource): nothing was applied.
+    #[error("XAER_NOTA: {0}; nothing was applied and the local transaction is unchanged")]
+    MessageRefused(String),
+    /// A MSG tag whose message another transaction already decided (its check row is
+    /// committed): the local transaction was rolled back, nothing of it applied.
+    #[error("XAER_NOTA: message '{message_id}' {how}")]
+    MessageGone {
+        message_id: String,
+        how: &'static str,
+    },
     /// An XA branch was prepared but the coordinator could not be reached to register
     /// it: it stays prepared and follows its global transaction's outcome.
     #[error("XAER_RMERR: {0}")]
@@ -157,6 +168,8 @@ impl ProxyError {
             e @ ProxyError::TccPhaseDone { .. } => own(ErrorKind::ER_DUP_ENTRY, e.to_string()),
             e @ ProxyError::TccSuspended { .. } => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
             e @ ProxyError::TccCancelRaced { .. } => own(ErrorKind::ER_LOCK_WAIT_TIMEOUT, e.to_string()),
+            e @ ProxyError::MessageRefused(_) => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
+            e @ ProxyError::MessageGone { .. } => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
             e @ ProxyError::BadHint(_) => own(ErrorKind::ER_WRONG_ARGUMENTS, e.to_string()),
             e @ ProxyError::XaInDoubt(_) => own(ErrorKind::ER_XAER_RMERR, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
@@ -262,5 +275,26 @@ mod tests {
         assert_eq!((code, &state), (1397, b"XAE04"));
         let (code, _, _) = ProxyError::TccCancelRaced { xid, branch_id }.to_mysql();
         assert_eq!(code, 1205);
+    }
+
+    #[test]
+    fn half_message_refusals_are_xaer_nota() {
+        let (code, state, msg) =
+            ProxyError::MessageRefused("message m is cancelled".into()).to_mysql();
+        assert_eq!((code, &state), (1397, b"XAE04"));
+        assert!(
+            msg.starts_with("XAER_NOTA: message m is cancelled"),
+            "{msg}"
+        );
+        let (code, _, msg) = ProxyError::MessageGone {
+            message_id: "m".into(),
+            how: "was already committed by another local transaction",
+        }
+        .to_mysql();
+        assert_eq!(code, 1397);
+        assert_eq!(
+            msg,
+            "XAER_NOTA: message 'm' was already committed by another local transaction"
+        );
     }
 }

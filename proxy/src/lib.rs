@@ -24,6 +24,9 @@
 //!   branch's commit protocol, global-lock waits, and phase two (rollback with the
 //!   dirty-write check, operator resolutions, undo housekeeping). See `at/mod.rs`.
 //! - [`barrier`]: the idempotent-consumer barrier (`/*+ BARRIER('<consumer>', '<id>') */`).
+//! - [`msg`]: half messages (`/*+ MSG('<message_id>') */`): the producer's check row in its
+//!   own local transaction, the commit or rollback told to the coordinator when it ends, the
+//!   check-back probe, and committed barrier pairs reported as consumed.
 //! - [`tcc`]: the TCC fence (`/*+ TCC('<xid>', <branch_id>, 'try'|'confirm'|'cancel') */`):
 //!   repeated phases, empty rollbacks and suspended Tries refused in the participant's own
 //!   local transaction. It and the barrier write their rows first through the session's
@@ -95,6 +98,7 @@ pub mod failpoint;
 mod handshake;
 mod infile;
 mod metrics;
+mod msg;
 mod outbox;
 mod packet;
 mod session;
@@ -151,6 +155,9 @@ pub struct Shared {
     pub undo: at::undo_table::UndoTable,
     /// Statements on the consumer barrier's table.
     pub barrier: barrier::BarrierTable,
+    /// Statements on the half messages' check table, and their figures and consumed queue.
+    pub msg_check: msg::CheckTable,
+    pub messages: msg::Messages,
     /// Statements on the TCC fence's table, and how fenced statements went.
     pub tcc_fence: tcc::FenceTable,
     pub tcc_counts: tcc::Counts,
@@ -200,6 +207,8 @@ pub async fn run(
         metas: rewind_undo_log::MetaCache::new(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
         barrier: barrier::BarrierTable::new(&config.undo_schema),
+        msg_check: msg::CheckTable::new(&config.undo_schema),
+        messages: msg::Messages::default(),
         tcc_fence: tcc::FenceTable::new(&config.undo_schema),
         tcc_counts: tcc::Counts::default(),
         outbox_table: outbox::OutboxTable::new(&config.undo_schema),

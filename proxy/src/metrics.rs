@@ -230,6 +230,7 @@ impl Metrics {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         }
         let o = &shared.outbox;
+        let m = &shared.messages;
         let counters = [
             (
                 "rewind_proxy_sessions_total",
@@ -245,6 +246,21 @@ impl Metrics {
                 "rewind_proxy_outbox_failed_total",
                 "Outbox publish attempts the broker refused or that failed since start.",
                 o.failed.load(Relaxed),
+            ),
+            (
+                "rewind_proxy_messages_bound_total",
+                "Half messages whose MSG tag the coordinator accepted (BindMessage).",
+                m.bound.load(Relaxed),
+            ),
+            (
+                "rewind_proxy_messages_consumed_reported_total",
+                "Committed barrier pairs sent to the coordinator as consumed messages.",
+                m.consumed.reported.load(Relaxed),
+            ),
+            (
+                "rewind_proxy_messages_consumed_dropped_total",
+                "Committed barrier pairs dropped from a full queue before they were sent.",
+                m.consumed.dropped.load(Relaxed),
             ),
         ];
         for (name, help, v) in counters {
@@ -315,7 +331,39 @@ impl Metrics {
                 );
             }
         }
+        labelled(
+            &mut out,
+            "rewind_proxy_messages_decided_total",
+            "Half messages whose local transaction ended, by what the proxy told the \
+             coordinator (unsure: nothing, left to check-back).",
+            "decision",
+            DECISIONS.iter().zip(&m.decided),
+        );
+        labelled(
+            &mut out,
+            "rewind_proxy_message_checks_total",
+            "Check-back probes of half messages run by this proxy, by outcome.",
+            "outcome",
+            CHECKS.iter().zip(&m.checks),
+        );
         out
+    }
+}
+
+const DECISIONS: [&str; 3] = ["commit", "rollback", "unsure"];
+const CHECKS: [&str; 4] = ["committed", "rolled_back", "running", "failure"];
+
+/// A counter with one label, one line per value.
+fn labelled<'a>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    label: &str,
+    values: impl Iterator<Item = (&'a &'a str, &'a AtomicU64)>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, n) in values {
+        let _ = writeln!(out, "{name}{{{label}=\"{value}\"}} {}", n.load(Relaxed));
     }
 }
 

@@ -132,8 +132,8 @@ impl BarrierTable {
     }
 }
 
-/// Every `undo_housekeeping_secs` until `shutdown`: deletes barrier pairs past
-/// `barrier_retention_secs`, TCC fence rows past `tcc_fence_retention_secs` and published
+/// Every `undo_housekeeping_secs` until `shutdown`: deletes barrier pairs and half
+/// messages' check rows past `barrier_retention_secs`, TCC fence rows past `tcc_fence_retention_secs` and published
 /// outbox rows past the outbox's `retention_secs`; logs the fence's figures when they moved.
 pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: CancellationToken) {
     let every = Duration::from_secs(shared.config.undo_housekeeping_secs);
@@ -147,6 +147,11 @@ pub async fn housekeeping(shared: Arc<Shared>, pool: Pool, shutdown: Cancellatio
             (
                 "barrier pairs",
                 shared.barrier.expire(),
+                shared.config.barrier_retention_secs,
+            ),
+            (
+                "half-message check rows",
+                shared.msg_check.expire(),
                 shared.config.barrier_retention_secs,
             ),
             (

@@ -28,7 +28,13 @@ impl Session {
             ));
         }
         self.single_statement(&stmt, Barrier::HINT)?;
-        self.guarded(&barrier, stmt, params, kind).await
+        let implicit = !self.in_transaction();
+        let r = self.guarded(&barrier, stmt, params, kind).await;
+        if implicit {
+            // The proxy's own transaction: its pair is reported if it committed.
+            self.msg.wrapped(&r);
+        }
+        r
     }
 }
 
@@ -66,5 +72,10 @@ impl Guard for Barrier {
             consumer: self.consumer.clone(),
             message_id: self.message_id.clone(),
         }))
+    }
+
+    /// The pair is reported to the coordinator (consumed) once the transaction commits.
+    fn written(&self, s: &mut Session) {
+        s.msg.barrier_written(self);
     }
 }

@@ -1,4 +1,5 @@
-//! A client statement behind guard rows: what the consumer barrier and the TCC fence share.
+//! A client statement behind guard rows: what the consumer barrier, the TCC fence and a
+//! half message's check row share.
 //! A mode (a [`Guard`]) inserts its rows into the statement's own local transaction before
 //! the statement runs, and the primary key decides (insert-first: no locking read, no
 //! UPDATE of guard rows, which deadlock under REPEATABLE READ). This module owns the
@@ -21,6 +22,7 @@ use mysql_async::{Params, Value};
 
 use crate::classify::Kind;
 use crate::error::ProxyError;
+use crate::msg::End;
 use crate::session::{Session, Stmt};
 use crate::{stacked, wire};
 
@@ -74,12 +76,19 @@ pub(crate) trait Guard {
 
     /// What a duplicate key on the [`Guard::insert_literal`] insert means.
     async fn duplicate(&self, s: &mut Session, tx: GuardTx) -> Result<Verdict, mysql_async::Error>;
+
+    /// The rows are in the statement's transaction and the statement runs next: a mode
+    /// that acts when the transaction ends (the barrier's consumed pairs, half messages)
+    /// notes them in the session here. Nothing by default.
+    fn written(&self, _s: &mut Session) {}
 }
 
 /// How a pipelined guard insert and statement went.
 enum Pipelined {
     /// The insert went in; the statement's outcome (relayed, or its error).
     Ran(Result<(), ProxyError>),
+    /// The insert failed (not a duplicate, not a deadlock); the statement did not run.
+    Failed(ProxyError),
     Duplicate,
     /// The insert was a deadlock victim (the transaction is rolled back).
     Deadlock(ProxyError),
@@ -111,7 +120,11 @@ impl Session {
                 // The server stops a multi-statement query at the insert if it fails, so
                 // the statement never runs behind refused rows.
                 match self.pipelined(insert, sql).await {
-                    Pipelined::Ran(r) => return r,
+                    Pipelined::Ran(r) => {
+                        guard.written(self);
+                        return r;
+                    }
+                    Pipelined::Failed(e) => return Err(e),
                     Pipelined::Duplicate => {
                         let verdict = guard.duplicate(self, tx).await?;
                         return self.refused::<G>(verdict, tx).await;
@@ -159,7 +172,10 @@ impl Session {
                 }
             };
             match verdict {
-                Verdict::Run if !tx.own => break,
+                Verdict::Run if !tx.own => {
+                    guard.written(self);
+                    break;
+                }
                 Verdict::Again if !tx.fresh => {
                     // The client's work goes; the rows are written again, alone.
                     self.end_transaction("ROLLBACK").await?;
@@ -278,7 +294,7 @@ impl Session {
             Err(mysql_async::Error::Server(e)) if e.code == 1213 => {
                 return Pipelined::Deadlock(mysql_async::Error::Server(e).into())
             }
-            Err(e) => return Pipelined::Ran(Err(e.into())),
+            Err(e) => return Pipelined::Failed(e.into()),
         }
         // The insert's OK is the proxy's; the statement's results are the client's.
         let next = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut self.conn)
@@ -291,10 +307,17 @@ impl Session {
         Pipelined::Ran(self.relay::<mysql_async::TextProtocol>(false).await)
     }
 
-    /// Ends the proxy's (or the client's) transaction and takes the status flags it left.
+    /// Ends the proxy's (or the client's) transaction and takes the status flags it left;
+    /// what the transaction carried for its end (half messages, barrier pairs) is settled
+    /// as `sql` says once the command is answered.
     pub(crate) async fn end_transaction(&mut self, sql: &str) -> Result<(), ProxyError> {
         self.conn.query_drop(sql).await?;
         self.status = wire::Ok::from_backend(&self.conn).status;
+        self.msg.end(if sql == "COMMIT" {
+            End::Commit
+        } else {
+            End::Rollback
+        });
         Ok(())
     }
 }

@@ -3,7 +3,8 @@
 //! COM_QUIT, EOF, a fatal error or shutdown. Dropping the `Conn` returns it to the pool,
 //! which resets it (COM_RESET_CONNECTION) before anyone else gets it.
 //!
-//! - [`guarded`]: a statement behind rows a mode writes first (the barrier, the TCC fence).
+//! - [`guarded`]: a statement behind rows a mode writes first (the barrier, the TCC fence,
+//!   a half message's check row).
 
 pub(crate) mod guarded;
 
@@ -27,6 +28,7 @@ use crate::config::WriteIsolation;
 use crate::error::ProxyError;
 use crate::handshake;
 use crate::metrics::Command;
+use crate::msg::Msg;
 use crate::packet::{put_lenenc_int, Cursor, PacketStream};
 use crate::stacked;
 use crate::tcc::Tcc;
@@ -37,17 +39,17 @@ use crate::Shared;
 
 const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
-const COM_QUERY: u8 = 0x03;
+pub(crate) const COM_QUERY: u8 = 0x03;
 const COM_STATISTICS: u8 = 0x09;
-const COM_CHANGE_USER: u8 = 0x11;
+pub(crate) const COM_CHANGE_USER: u8 = 0x11;
 const COM_PING: u8 = 0x0e;
 const COM_STMT_PREPARE: u8 = 0x16;
-const COM_STMT_EXECUTE: u8 = 0x17;
+pub(crate) const COM_STMT_EXECUTE: u8 = 0x17;
 const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 const COM_STMT_CLOSE: u8 = 0x19;
 const COM_STMT_RESET: u8 = 0x1a;
 const COM_SET_OPTION: u8 = 0x1b;
-const COM_RESET_CONNECTION: u8 = 0x1f;
+pub(crate) const COM_RESET_CONNECTION: u8 = 0x1f;
 const MYSQL_OPTION_MULTI_STATEMENTS_ON: u16 = 0;
 const MYSQL_OPTION_MULTI_STATEMENTS_OFF: u16 = 1;
 
@@ -75,6 +77,8 @@ pub(crate) struct Prepared {
     pub(crate) barrier: Option<Result<Barrier, &'static str>>,
     /// The statement's TCC hint, if it has one.
     pub(crate) tcc: Option<Result<Tcc, &'static str>>,
+    /// The statement's MSG hint (a half message), if it has one.
+    pub(crate) msg: Option<Result<Msg, &'static str>>,
     /// The text mentions the outbox (see [`Session::outbox_written`]).
     pub(crate) outbox: bool,
     /// The statement's XA tag (`XA('…')`, or `XID('…')` with `branch_mode = "xa"`).
@@ -127,6 +131,9 @@ pub(crate) struct Session {
     /// The session created a temporary table (which cannot move to another backend
     /// connection, as an XA branch's session must).
     pub(crate) temp_tables: bool,
+    /// Half messages bound and barrier pairs recorded in the current local transaction,
+    /// settled when it ends (see [`crate::msg::session`]).
+    pub(crate) msg: crate::msg::session::Marks,
     /// The next statement id given to the client: the proxy's own numbering, so a
     /// session moved to another backend connection keeps its statements' ids.
     pub(crate) next_stmt_id: u32,
@@ -222,6 +229,7 @@ pub async fn serve(
         last_active: std::time::Instant::now(),
         xa: None,
         temp_tables: false,
+        msg: Default::default(),
         next_stmt_id: 1,
     };
     // Open from here: the session serves commands until it ends.
@@ -240,6 +248,10 @@ pub async fn serve(
     }
     s.run(shutdown).await;
     s.ps.shutdown().await;
+    if let Some(ended) = s.abandoned() {
+        // The client went mid-transaction: the backend session's end rolls it back.
+        ended.settle(&shared);
+    }
     if s.xa.is_some() {
         // A client gone before its COMMIT: the branch is rolled back, and the connection
         // that held it never goes back to the pool.
@@ -435,6 +447,9 @@ impl Session {
                 self.outbox_written = false;
                 self.shared.outbox.kick();
             }
+            // Decided now, settled once the answer is written: a commit is never announced
+            // before the client has its OK, and never delays it.
+            let ended = self.transaction_end(cmd, body, &result);
             if let Err(e) = result {
                 debug!(error = %e, "command failed");
                 // The backend ended the session (KILL, restart, failover): end the client's
@@ -451,10 +466,18 @@ impl Session {
                 }
                 if e.is_fatal() || self.conn.is_disconnected() {
                     self.ps.shutdown().await;
+                    if let Some(ended) = ended {
+                        ended.settle(&self.shared);
+                    }
                     return;
                 }
             }
-            if self.ps.flush().await.is_err() {
+            let flushed = self.ps.flush().await.is_ok();
+            if let Some(ended) = ended {
+                // A client gone after its COMMIT was sent still committed.
+                ended.settle(&self.shared);
+            }
+            if !flushed {
                 return;
             }
         }
@@ -636,6 +659,12 @@ impl Session {
         if self.shared.outbox.enabled && crate::outbox::mentions_outbox(sql) {
             self.outbox_written = true;
         }
+        if let Some(msg) = Msg::of(sql) {
+            let kind = classify::classify(sql);
+            return self
+                .with_msg(msg, at::Stmt::Text(sql), Vec::new(), &kind)
+                .await;
+        }
         if let Some(tcc) = Tcc::of(sql) {
             let kind = classify::classify(sql);
             return self
@@ -779,6 +808,7 @@ impl Session {
                 plan: None,
                 barrier: Barrier::of(sql),
                 tcc: Tcc::of(sql),
+                msg: Msg::of(sql),
                 outbox: crate::outbox::mentions_outbox(sql),
                 xa_tag: crate::xa::tag_of(sql, self.shared.config.branch_mode),
                 raw: Arc::from(sql),
@@ -849,6 +879,15 @@ impl Session {
             });
         }
         p.long_data.clear();
+        if let Some(msg) = p.msg.clone() {
+            let kind = p.kind.clone();
+            let st = at::Stmt::Prepared {
+                id,
+                stmt: p.stmt.clone(),
+                sql: p.sql.clone(),
+            };
+            return self.with_msg(msg, st, values, &kind).await;
+        }
         if let Some(tcc) = p.tcc.clone() {
             let kind = p.kind.clone();
             let st = at::Stmt::Prepared {
