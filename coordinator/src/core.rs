@@ -541,7 +541,7 @@ impl Coordinator {
     /// Time passed: one tick, unless nothing is unfinished (an idle coordinator logs,
     /// and in a cluster replicates, no ticks).
     pub async fn tick(&self) {
-        let idle = crate::sequencer::lock_engine(&self.seq.engine).is_idle();
+        let idle = crate::sequencer::lock_engine(&self.seq.engine).is_idle(now_ms());
         if !idle {
             self.seq.post(crate::engine::Command::Tick).await;
         }

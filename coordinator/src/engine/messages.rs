@@ -849,6 +849,15 @@ impl Engine {
         }
     }
 
+    /// When the earliest message is due (`None`: none ever is without news).
+    pub fn next_message_due(&self) -> Option<u64> {
+        self.messages
+            .due
+            .first()
+            .map(|(due, _)| *due)
+            .filter(|due| *due != u64::MAX)
+    }
+
     /// The message from memory (the store has the ones that left it).
     pub fn message(&self, id: &str) -> Option<MessageRecord> {
         self.messages.get(id).cloned()

@@ -31,8 +31,10 @@ impl Engine {
 
     /// No unfinished transaction: a tick would change nothing (time-outs and phase-two
     /// retries all belong to unfinished transactions), so none is logged.
-    pub fn is_idle(&self) -> bool {
-        self.globals.is_empty()
+    /// Nothing a tick at `now` would act on: no unfinished transaction, and no half
+    /// message due (a check, a publish, leaving memory).
+    pub fn is_idle(&self, now: u64) -> bool {
+        self.globals.is_empty() && self.next_message_due().is_none_or(|due| due > now)
     }
 
     /// The id counters (for a cluster snapshot).
