@@ -14,6 +14,7 @@
 //! - [`wait`]: [`eventually`], polling a condition with a deadline.
 //! - [`http`]: one HTTP client (reqwest) for the coordinator's REST API and console.
 //! - [`coordinator`]: a coordinator process, single node or cluster member, and its API.
+//! - [`cluster`]: three coordinators as a Raft cluster, and calls at its leader.
 //! - [`proxy`]: a proxy process in front of the test MariaDB.
 //! - [`brokers`]: a RabbitMQ queue and NATS JetStream streams to read what the relay sent.
 //! - [`browser`]: the console tests' Chromium and their driver scripts' runs.
@@ -23,6 +24,7 @@
 
 pub mod brokers;
 pub mod browser;
+pub mod cluster;
 pub mod coordinator;
 pub mod dir;
 pub mod go;
@@ -35,6 +37,7 @@ pub mod wait;
 
 pub use brokers::{amqp_addr, amqp_url, nats_addr, nats_url, AmqpQueue, JetStream};
 pub use browser::{chromium, run_console_driver};
+pub use cluster::CoordinatorCluster;
 pub use coordinator::{peers, Coordinator};
 pub use dir::TempDir;
 pub use go::{build_go, go, TccParticipant, GOPATH, GO_DRIVER};

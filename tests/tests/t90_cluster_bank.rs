@@ -6,127 +6,19 @@
 //! undo record or global lock is left.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use mysql_async::prelude::Queryable;
 use rand::Rng;
 use rewind_test_support::*;
-use serde_json::Value as Json;
 
 const ACCOUNTS: i64 = 10;
 const WORKERS: usize = 8;
 const TRANSFERS_PER_WORKER: usize = 14;
 const OPENING: i64 = 100_000;
 
-struct Members {
-    addrs: Vec<(SocketAddr, SocketAddr)>,
-    procs: Mutex<Vec<Option<Coordinator>>>,
-    peers: String,
-}
-
-impl Members {
-    /// The HTTP address of the node that says it leads (and the others agree).
-    async fn leader(&self, within: Duration) -> (usize, SocketAddr) {
-        let start = Instant::now();
-        loop {
-            for (i, (_, h)) in self.addrs.iter().enumerate() {
-                if let Ok((200, v)) = http(*h, "GET", "/healthz", None).await {
-                    if v["role"] == "leader" {
-                        return (i, *h);
-                    }
-                }
-            }
-            assert!(start.elapsed() < within, "no leader within {within:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    /// An API call at the leader, following it across elections and retrying while
-    /// there is none (a lost answer is retried too: every call here is idempotent, or,
-    /// for begin, harmless to repeat).
-    async fn call(&self, method: &str, path: &str, body: Option<&Json>) -> Json {
-        let start = Instant::now();
-        loop {
-            let (_, h) = self.leader(Duration::from_secs(30)).await;
-            match http(h, method, path, body).await {
-                Ok((200, v)) => return v,
-                Ok((503, _)) | Err(_) => {}
-                Ok((code, v)) => panic!("{method} {path}: {code} {v}"),
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(60),
-                "{method} {path} never answered"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    async fn status(&self, xid: &str) -> String {
-        self.call("GET", &format!("/api/v1/transactions/{xid}"), None)
-            .await["status"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
-    }
-
-    async fn start(&self, dir: &TempDir, i: usize) {
-        let (g, h) = self.addrs[i];
-        let id = (i + 1).to_string();
-        let c = Coordinator::start_at(
-            dir,
-            &format!("node{id}"),
-            g,
-            h,
-            &[
-                "--config",
-                &config(dir),
-                "--node-id",
-                &id,
-                "--peers",
-                &self.peers,
-            ],
-            &[],
-        )
-        .await;
-        self.procs.lock().unwrap()[i] = Some(c);
-    }
-
-    /// Three members started on free ports, a leader elected; the proxies' `--coordinator`
-    /// list.
-    async fn cluster(dir: &TempDir) -> (Arc<Members>, String) {
-        let addrs: Vec<(SocketAddr, SocketAddr)> =
-            (0..3).map(|_| (free_addr(), free_addr())).collect();
-        let members = Arc::new(Members {
-            addrs: addrs.clone(),
-            procs: Mutex::new(vec![None, None, None]),
-            peers: peers(&addrs),
-        });
-        for i in 0..3 {
-            members.start(dir, i).await;
-        }
-        members.leader(Duration::from_secs(20)).await;
-        let urls = addrs
-            .iter()
-            .map(|(g, _)| format!("http://{g}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        (members, urls)
-    }
-
-    fn kill(&self, i: usize) {
-        if let Some(mut c) = self.procs.lock().unwrap()[i].take() {
-            c.process.kill();
-        }
-    }
-}
-
-fn config(dir: &TempDir) -> String {
-    let path = dir.0.join("member.toml");
-    std::fs::write(&path, "tick_ms = 50\nphase_two_backoff_base_ms = 20\n").unwrap();
-    path.display().to_string()
-}
+/// Every member's configuration: quick ticks and retries.
+const MEMBER_CONFIG: &str = "tick_ms = 50\nphase_two_backoff_base_ms = 20\n";
 
 async fn setup(db: &str) {
     fresh_db(db).await;
@@ -167,7 +59,7 @@ async fn branch(conn: &mut mysql_async::Conn, xid: &str, id: i64, delta: i64) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_bank_on_a_cluster_survives_leader_kills() {
     let dir = TempDir::new("cluster-bank");
-    let (members, urls) = Members::cluster(&dir).await;
+    let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
     let a = Proxy::start(&dir, "proxy-a", &urls, &["--resource-id", "cbank-a"]).await;
     let b = Proxy::start(&dir, "proxy-b", &urls, &["--resource-id", "cbank-b"]).await;
     setup("rwt_cbank_a").await;
@@ -252,7 +144,7 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
         let (nl, _) = members.leader(Duration::from_secs(30)).await;
         assert_ne!(nl, l);
         failovers.push(t.elapsed());
-        members.start(&dir, l).await;
+        members.restart(&dir, l).await;
     }
     eprintln!("failovers (kill to a new leader): {failovers:?}");
 
@@ -319,7 +211,7 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_tcc_branches_survive_leader_kills() {
     let dir = TempDir::new("cluster-tcc");
-    let (members, urls) = Members::cluster(&dir).await;
+    let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
     let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "ctcc"]).await;
     let db = "rwt_ctcc";
     fresh_db(db).await;
@@ -400,7 +292,7 @@ async fn t90_tcc_branches_survive_leader_kills() {
         (900, 0),
         "x1 confirmed once, x2 cancelled once"
     );
-    members.start(&dir, l).await;
+    members.restart(&dir, l).await;
 
     // 2. The leader dies while a Confirm is in flight (the participant is slow).
     let x3 = begin().await;
