@@ -5,6 +5,8 @@
 const STATUSES = ["begin", "committing", "committed", "rolling_back", "rolled_back",
   "timeout_rolling_back", "timeout_rolled_back", "commit_retrying", "rollback_retrying",
   "rollback_failed"];
+// Half messages' statuses, in the order of a message's life.
+const MSG_STATUSES = ["prepared", "confirmed", "sent", "consumed", "cancelled", "undecided", "dead"];
 const PAGE = 50;
 const REFRESH_MS = 2000;
 
@@ -21,6 +23,11 @@ const state = {
   redriveLog: [],        // the last few redrive results, newest first
   forcing: new Set(),    // xids whose forced decision is on its way
   forceLog: [],          // the last few forced decisions' results, newest first
+  hmCursor: [],          // stack of { before_ms, skip } cursors of the half-message pages shown so far
+  hmLast: [],            // the half messages of the page shown
+  hmSelected: null,      // the message whose page is open (null: the lists)
+  hmDeciding: new Set(), // message ids whose commit / drop / redrive is on its way
+  hmLog: [],             // the last few of those results, newest first
   timer: null,
   busy: false,
 };
@@ -221,8 +228,12 @@ async function refresh(background) {
   state.busy = true;
   try {
     await Promise.all([
-      ({ transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, xa: loadXa, messages: loadMessages, audit: loadAudit })[state.view](),
+      ({
+        transactions: loadTransactions, conflicts: loadConflicts, locks: loadLocks, xa: loadXa,
+        messages: loadMessages, "half-messages": loadHalfMessages, audit: loadAudit,
+      })[state.view](),
       loadOpenCount(),
+      loadUndecidedCount(),
     ]);
     $("updated").textContent = "updated " + new Date().toLocaleTimeString(undefined, { hour12: false });
     banner(null);
@@ -243,6 +254,14 @@ async function loadOpenCount() {
   const n = data.length;
   const b = $("open-count");
   b.textContent = n;
+  b.hidden = n === 0;
+}
+
+async function loadUndecidedCount() {
+  const { data } = await api("GET", "/api/v1/messages?status=undecided&limit=1000");
+  const n = data.length;
+  const b = $("undecided-count");
+  b.textContent = n >= 1000 ? "1000+" : n;
   b.hidden = n === 0;
 }
 
@@ -311,7 +330,7 @@ async function loadDetail(xid) {
           h("td", {}, h("span", { class: "type" }, (b.type || "at").toUpperCase())),
           h("td", { class: "mono" }, b.resource_id),
           h("td", {}, statusTag(b.status), branchActions(t, b)),
-          h("td", {}, b.type === "tcc" ? tccCalls(b) : b.type === "xa" ? h("span", { class: "mono wrap", "data-testid": "xa-id" }, `XA '${t.xid}','${b.xa_bqual}'`) : h("details", {},
+          h("td", {}, b.message_id ? messageLink(b.message_id, "branch-message") : b.type === "tcc" ? tccCalls(b) : b.type === "xa" ? h("span", { class: "mono wrap", "data-testid": "xa-id" }, `XA '${t.xid}','${b.xa_bqual}'`) : h("details", {},
             h("summary", {}, `${b.lock_keys.length} key(s)` + (b.locks_held ? ", held" : ", released")),
             h("ul", {}, b.lock_keys.slice(0, 200).map((k) => h("li", { class: "mono wrap" }, `${k.table} [${pkText(k.pk)}]`))),
             b.lock_keys.length > 200 ? h("p", { class: "muted" }, `… and ${b.lock_keys.length - 200} more`) : null)),
@@ -645,6 +664,241 @@ async function redrive(d) {
   }
 }
 
+// Half messages (the message service) --------------------------------------------------
+
+function messageLink(id, testid) {
+  return h("a", { href: "#", class: "mono wrap", "data-testid": testid, dataset: { messageId: id },
+    onclick: (e) => { e.preventDefault(); openMessage(id); } }, id);
+}
+
+// The lists, or one message's page, whichever the state says.
+function hmLayout() {
+  $("hm-list-part").hidden = !!state.hmSelected;
+  $("hm-page").hidden = !state.hmSelected;
+}
+
+function openMessage(id) {
+  state.hmSelected = id;
+  hmLayout();
+  fill($("hm-page"), h("p", { class: "muted" }, "Loading " + id + " …"));
+  if (state.view !== "half-messages") show("half-messages");
+  // Straight away, not only through refresh(): a background refresh in flight skips it.
+  reloadHalfMessages();
+}
+
+function closeMessage() {
+  state.hmSelected = null;
+  hmLayout();
+  reloadHalfMessages();
+}
+
+async function reloadHalfMessages() {
+  try {
+    await loadHalfMessages();
+  } catch (e) {
+    if (e.status !== 401) banner("Could not refresh: " + e.message);
+  }
+}
+
+async function loadHalfMessages() {
+  fill($("hm-log"), state.hmLog.map((x) =>
+    h("li", { class: x.ok ? "result-ok" : "result-bad", dataset: { messageId: x.message_id } }, x.text)));
+  const selected = state.hmSelected;
+  if (selected) {
+    await loadMessagePage(selected);
+  } else {
+    await loadMessageLists();
+  }
+  hmLayout();
+}
+
+async function loadMessageLists() {
+  const p = new URLSearchParams();
+  const st = $("hm-status").value;
+  if (st) p.set("status", st);
+  // Pages go by creation time; messages created in the same millisecond as the last one
+  // shown are asked for again and left out (`skip`), so none is lost at a page boundary.
+  const cursor = state.hmCursor[state.hmCursor.length - 1];
+  const limit = PAGE + (cursor ? cursor.skip.length : 0);
+  p.set("limit", limit);
+  if (cursor) p.set("before_ms", cursor.before_ms);
+  const [undecided, list] = await Promise.all([
+    api("GET", "/api/v1/messages?status=undecided&limit=1000"),
+    api("GET", "/api/v1/messages?" + p),
+  ]);
+  const now = Date.now();
+  fill($("hm-undecided-rows"), undecided.data.map((m) => {
+    const busy = state.hmDeciding.has(m.message_id);
+    return h("tr", { class: "hm-undecided-row", "data-testid": "hm-undecided-row", dataset: { messageId: m.message_id } },
+      h("td", {}, messageLink(m.message_id, "hm-open")),
+      h("td", { class: "mono" }, m.topic),
+      h("td", { class: "mono" }, m.resource_id || "—", m.proxy_id ? h("div", { class: "muted" }, m.proxy_id) : null),
+      h("td", { class: "hm-age", title: "prepared " + when(m.created_ms) }, span(Math.max(1, now - m.created_ms))),
+      h("td", { class: "num" }, m.checks),
+      h("td", { class: m.last_error ? "result-bad wrap" : "muted" }, m.last_error || "—"),
+      h("td", {}, h("div", { class: "actions branch-actions" },
+        h("button", { class: "primary", "data-testid": "hm-commit", disabled: busy, onclick: () => confirmMessage(m, "commit") }, "Commit"),
+        h("button", { class: "danger", "data-testid": "hm-drop", disabled: busy, onclick: () => confirmMessage(m, "drop") }, "Drop"))));
+  }));
+  $("hm-undecided-empty").hidden = undecided.data.length > 0;
+
+  const skip = new Set(cursor ? cursor.skip : []);
+  const data = list.data.filter((m) => !skip.has(m.message_id)).slice(0, PAGE);
+  state.hmLast = data;
+  fill($("hm-rows"), data.map((m) => h("tr", {
+    class: "clickable hm-row",
+    "data-testid": "hm-row",
+    dataset: { messageId: m.message_id, status: m.status },
+    onclick: () => openMessage(m.message_id),
+  },
+  h("td", { class: "mono wrap" }, m.message_id),
+  h("td", { class: "mono" }, m.topic),
+  h("td", {}, statusTag(m.status)),
+  h("td", { class: m.resource_id ? "mono" : "muted" }, m.resource_id || "—"),
+  h("td", {}, when(m.created_ms)),
+  h("td", { title: when(m.updated_ms) }, ago(m.updated_ms)),
+  h("td", { class: "num" }, m.checks),
+  h("td", { class: m.last_error ? "result-bad wrap" : "muted" }, m.last_error || "—"))));
+  $("hm-empty").hidden = data.length > 0;
+  $("hm-newer").disabled = state.hmCursor.length === 0;
+  $("hm-older").disabled = list.data.length < limit;
+}
+
+function olderMessages() {
+  const last = state.hmLast[state.hmLast.length - 1];
+  if (!last) return;
+  const ms = last.created_ms;
+  const skip = new Set(state.hmLast.filter((m) => m.created_ms === ms).map((m) => m.message_id));
+  const prev = state.hmCursor[state.hmCursor.length - 1];
+  // More messages of one millisecond than a page holds: keep skipping the earlier ones.
+  if (prev && prev.before_ms === ms + 1) prev.skip.forEach((id) => skip.add(id));
+  state.hmCursor.push({ before_ms: ms + 1, skip: [...skip] });
+  reloadHalfMessages();
+}
+
+function field(name, key, ...value) {
+  return [h("dt", {}, name), h("dd", { dataset: { field: key } }, ...value)];
+}
+
+async function loadMessagePage(id) {
+  let m;
+  try {
+    m = (await api("GET", "/api/v1/messages/" + encodeURIComponent(id))).data;
+  } catch (e) {
+    if (e.status === 404) {
+      fill($("hm-page"), backButton(), h("p", { class: "muted" }, "No message " + id + " on this coordinator."));
+      return;
+    }
+    throw e;
+  }
+  if (state.hmSelected !== id) return; // the operator went elsewhere meanwhile
+  const history = m.history || [];
+  const headers = Object.entries(m.headers || {});
+  const consumers = m.consumers || [];
+  fill($("hm-page"),
+    backButton(),
+    h("h2", {}, h("span", { class: "mono", "data-testid": "hm-id" }, m.message_id), " ",
+      h("span", { "data-testid": "hm-status-tag" }, statusTag(m.status))),
+    messageActions(m),
+    h("dl", { "data-testid": "hm-fields" },
+      field("Topic", "topic", h("span", { class: "mono" }, m.topic)),
+      field("Key", "key", m.key ? h("span", { class: "mono" }, m.key) : "—"),
+      field("Status", "status", m.status),
+      field("Producer's resource", "resource", m.resource_id ? h("span", { class: "mono" }, m.resource_id) :
+        h("span", { class: "muted" }, m.xid ? "— (a message branch)" :
+          m.status === "prepared" ? "not known yet: no proxy has seen its MSG tag" : "— (no proxy saw its MSG tag)")),
+      field("Through proxy", "proxy", m.proxy_id ? h("span", { class: "mono" }, m.proxy_id) : "—"),
+      field("Global transaction", "xid", m.xid ?
+        [h("a", { href: "#", class: "mono", "data-testid": "hm-xid", onclick: (e) => { e.preventDefault(); openTx(m.xid); } }, m.xid),
+          ` · branch ${m.branch_id}`] :
+        h("span", { class: "muted" }, "none: its producer's local transaction decides it")),
+      m.xid ? null : field("Check-back", "check_after", span(m.check_after_ms) + " after it was prepared, while still undecided"),
+      field("Created", "created", when(m.created_ms)),
+      field("Updated", "updated", when(m.updated_ms), " ", h("span", { class: "muted" }, "(" + ago(m.updated_ms) + ")")),
+      field("Check-backs", "checks", String(m.checks), h("span", { class: "muted" }, " that decided nothing")),
+      field("Failed publishes", "publish_failures", String(m.publish_failures)),
+      field("Last error", "last_error", m.last_error ? h("span", { class: "result-bad wrap" }, m.last_error) : "—"),
+      field("Consumers", "consumers", consumers.length ?
+        h("ul", { class: "calls" }, consumers.map((c) => h("li", { class: "mono" }, c))) :
+        h("span", { class: "muted" }, "none has consumed it through a Rewind barrier yet"))),
+    h("h3", {}, "Life"),
+    h("ol", { class: "timeline hm-timeline", "data-testid": "hm-timeline" }, history.map((ev) =>
+      h("li", { class: "hm-event", dataset: { event: ev.event, at: ev.at_ms } },
+        h("span", { class: "hm-when" }, when(ev.at_ms)), " ",
+        statusTag(ev.event), " ",
+        h("span", { class: "muted" }, "+" + (ev.at_ms - m.created_ms > 0 ? span(ev.at_ms - m.created_ms) : "0 ms")),
+        ev.detail ? h("div", { class: "hm-detail wrap" }, ev.detail) : null))),
+    h("h3", {}, "Payload"),
+    h("pre", { class: "payload mono", "data-testid": "hm-payload" }, m.payload),
+    h("h3", {}, "Headers"),
+    headers.length === 0 ? h("p", { class: "muted", "data-testid": "hm-headers" }, "none") :
+      h("table", { class: "grid", "data-testid": "hm-headers" },
+        h("thead", {}, h("tr", {}, h("th", {}, "Header"), h("th", {}, "Value"))),
+        h("tbody", {}, headers.map(([k, v]) => h("tr", {},
+          h("td", { class: "mono" }, k), h("td", { class: "mono wrap" }, v))))));
+}
+
+function backButton() {
+  return h("div", { class: "toolbar" },
+    h("button", { "data-testid": "hm-back", onclick: closeMessage }, "\u2190 All half messages"));
+}
+
+function messageActions(m) {
+  const busy = state.hmDeciding.has(m.message_id);
+  if (m.status === "dead") {
+    return h("div", { class: "actions" },
+      h("button", { class: "primary", "data-testid": "hm-redrive", disabled: busy, onclick: () => confirmRedrive(m) }, "Redrive"));
+  }
+  if (m.status !== "undecided" && m.status !== "prepared") return null;
+  if (m.xid) return h("p", { class: "muted" }, "Its global transaction decides it: commit or roll back that.");
+  return h("div", { class: "actions" },
+    h("button", { class: "primary", "data-testid": "hm-commit", disabled: busy, onclick: () => confirmMessage(m, "commit") }, "Commit"),
+    h("button", { class: "danger", "data-testid": "hm-drop", disabled: busy, onclick: () => confirmMessage(m, "drop") }, "Drop"));
+}
+
+async function confirmMessage(m, decision) {
+  const where = m.resource_id ? `on ${m.resource_id}` : "(its resource is not known)";
+  const checked = m.status === "undecided" ? "could not confirm" : "has not yet confirmed";
+  const tried = m.checks ? ` (${m.checks} check-back(s)` + (m.last_error ? `; the last said: ${m.last_error})` : ")") : "";
+  const body = decision === "commit" ?
+    [h("p", {}, `Commits message ${m.message_id} (topic ${m.topic}): it will be published to its consumers, `,
+      `although check-back ${checked} that its producer's local transaction ${where} committed${tried}.`),
+     h("p", {}, "Only if you know that transaction committed: consumers will act on the message, and the decision is final.")] :
+    [h("p", {}, `Drops message ${m.message_id} (topic ${m.topic}): it is cancelled and never sent.`),
+     h("p", {}, `If its producer's local transaction ${where} did commit, its consumers will never hear of it. The decision is final.`)];
+  const label = decision === "commit" ? "Commit" : "Drop";
+  if (!await ask(`${label} the message?`, body, label + " message", decision === "drop")) return;
+  await messageCall(m, `/api/v1/messages/${encodeURIComponent(m.message_id)}/force`, { decision }, decision);
+}
+
+async function confirmRedrive(m) {
+  const body = [
+    h("p", {}, `Publishes dead message ${m.message_id} (topic ${m.topic}) again: it goes back to confirmed, `,
+      "its attempts cleared, and is sent next under the same message id."),
+    h("p", {}, `It failed ${m.publish_failures} publish attempt(s)` + (m.last_error ? `; the last error: ${m.last_error}.` : ".") +
+      " Unless the cause is gone (for example, no queue was bound to its topic), it will go dead again."),
+  ];
+  if (!await ask("Redrive the message?", body, "Redrive", false)) return;
+  await messageCall(m, `/api/v1/messages/${encodeURIComponent(m.message_id)}/redrive`, undefined, "redrive");
+}
+
+async function messageCall(m, path, body, what) {
+  state.hmDeciding.add(m.message_id);
+  await loadHalfMessages().catch(() => {}); // show the buttons as busy
+  let entry;
+  try {
+    const { data } = await api("POST", path, body);
+    entry = { ok: true, message_id: m.message_id, text: `${m.message_id}: ${what} — now ${data.status}` };
+  } catch (e) {
+    entry = { ok: false, message_id: m.message_id, text: `${m.message_id}: ${what} refused — ${e.message}` };
+  } finally {
+    state.hmDeciding.delete(m.message_id);
+  }
+  state.hmLog.unshift(entry);
+  state.hmLog.length = Math.min(state.hmLog.length, 5);
+  await reloadHalfMessages();
+}
+
 // Audit ----------------------------------------------------------------------------------
 
 async function loadAudit(more) {
@@ -670,7 +924,10 @@ async function start() {
   fill($("tx-status"), h("option", { value: "" }, "any"), STATUSES.map((s) => h("option", { value: s }, s.replace(/_/g, " "))));
   $("login-form").addEventListener("submit", login);
   $("logout").addEventListener("click", logout);
-  document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => show(b.dataset.view)));
+  document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => {
+    if (b.dataset.view === "half-messages") state.hmSelected = null;
+    show(b.dataset.view);
+  }));
   $("live").addEventListener("change", startTimer);
   $("tx-status").addEventListener("change", () => { state.txCursor = []; refresh(); });
   let typing;
@@ -684,6 +941,10 @@ async function start() {
   });
   $("tx-newer").addEventListener("click", () => { state.txCursor.pop(); refresh(); });
   $("cf-all").addEventListener("change", () => refresh());
+  fill($("hm-status"), h("option", { value: "" }, "all"), MSG_STATUSES.map((s) => h("option", { value: s }, s)));
+  $("hm-status").addEventListener("change", () => { state.hmCursor = []; reloadHalfMessages(); });
+  $("hm-older").addEventListener("click", olderMessages);
+  $("hm-newer").addEventListener("click", () => { state.hmCursor.pop(); reloadHalfMessages(); });
   $("audit-more").addEventListener("click", () => loadAudit(true));
   // A reloaded page keeps its session (the cookie) and gets its CSRF token back.
   try {
