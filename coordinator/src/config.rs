@@ -92,7 +92,7 @@ impl Default for MessagesConfig {
 }
 
 /// A coordinator cluster: this node's id and every member's addresses.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Deserialize, PartialEq)]
 #[serde(default, deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's id (one of `members`).
@@ -108,7 +108,25 @@ pub struct ClusterConfig {
     pub election_timeout_max_ms: u64,
     /// Log entries between snapshots (then the log before the snapshot is purged).
     pub snapshot_every_entries: u64,
+    /// Shared by every member (at least 16 characters; or the `REWIND_CLUSTER_SECRET`
+    /// environment variable): each Raft message carries an HMAC-SHA256 of itself under
+    /// this key and the sender's node id, and a member answers only messages from
+    /// current members with a valid one. Empty: Raft messages are taken from anyone who
+    /// reaches the gRPC port (logged as a warning at start; kept only so clusters
+    /// configured before the secret existed still start).
+    pub secret: String,
+    /// Largest Raft message a member accepts or decodes (a log batch, a snapshot chunk).
+    pub max_message_bytes: usize,
 }
+
+impl std::fmt::Debug for ClusterSecret<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "(none)" } else { "(set)" })
+    }
+}
+
+/// Shows whether a secret is set, never the secret.
+pub struct ClusterSecret<'a>(pub &'a str);
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -129,7 +147,24 @@ impl Default for ClusterConfig {
             election_timeout_min_ms: 500,
             election_timeout_max_ms: 1000,
             snapshot_every_entries: 20_000,
+            secret: String::new(),
+            max_message_bytes: 256 << 20,
         }
+    }
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterConfig")
+            .field("node_id", &self.node_id)
+            .field("members", &self.members)
+            .field("heartbeat_ms", &self.heartbeat_ms)
+            .field("election_timeout_min_ms", &self.election_timeout_min_ms)
+            .field("election_timeout_max_ms", &self.election_timeout_max_ms)
+            .field("snapshot_every_entries", &self.snapshot_every_entries)
+            .field("secret", &ClusterSecret(&self.secret))
+            .field("max_message_bytes", &self.max_message_bytes)
+            .finish()
     }
 }
 
@@ -291,6 +326,14 @@ impl Config {
             }
             if c.snapshot_every_entries < 100 {
                 return bad("cluster.snapshot_every_entries must be >= 100");
+            }
+            if !c.secret.is_empty() && c.secret.len() < 16 {
+                return bad("cluster.secret must be at least 16 characters");
+            }
+            if c.max_message_bytes < (4 << 20) {
+                return bad(
+                    "cluster.max_message_bytes must be >= 4194304 (a snapshot chunk is 3 MiB)",
+                );
             }
         }
         for (name, secret) in &self.operators {

@@ -237,8 +237,10 @@ pub async fn run(
             let raft = core.cluster().map(|c| {
                 RaftServer::new(cluster::network::RaftService {
                     raft: c.raft.clone(),
+                    auth: c.auth.clone(),
                 })
-                .max_decoding_message_size(usize::MAX)
+                .max_decoding_message_size(c.auth.max_message_bytes())
+                .max_encoding_message_size(c.auth.max_message_bytes())
             });
             tonic::transport::Server::builder()
                 .tcp_nodelay(true)

@@ -62,6 +62,14 @@ async fn main() -> anyhow::Result<()> {
         c.members = rewind_coordinator::config::ClusterConfig::parse_members(peers)?;
         config.cluster = Some(c);
     }
+    if let (Some(c), Ok(secret)) = (
+        config.cluster.as_mut(),
+        std::env::var("REWIND_CLUSTER_SECRET"),
+    ) {
+        if !secret.is_empty() {
+            c.secret = secret;
+        }
+    }
     config.validate()?;
 
     let grpc = tokio::net::TcpListener::bind(config.grpc_addr)

@@ -15,6 +15,8 @@ pub struct CoordinatorCluster {
     peers: String,
     /// The members' configuration file.
     config: String,
+    /// The cluster secret every member is started with (`REWIND_CLUSTER_SECRET`).
+    pub secret: String,
 }
 
 impl CoordinatorCluster {
@@ -30,6 +32,7 @@ impl CoordinatorCluster {
             procs: Mutex::new(vec![None, None, None]),
             peers: peers(&addrs),
             config: path.display().to_string(),
+            secret: format!("test-secret-{:032x}", rand::random::<u128>()),
         });
         for i in 0..3 {
             cluster.restart(dir, i).await;
@@ -113,7 +116,7 @@ impl CoordinatorCluster {
                 "--peers",
                 &self.peers,
             ],
-            &[],
+            &[("REWIND_CLUSTER_SECRET", self.secret.clone())],
         )
         .await;
         self.procs.lock().unwrap()[i] = Some(c);

@@ -104,6 +104,8 @@ pub struct Cluster {
     /// Whether this node leads, from the Raft metrics (read on every request).
     leader: Arc<AtomicBool>,
     pub log: log_store::LogStore,
+    /// Who may talk Raft to this member (the server side of [`network`] checks it).
+    pub auth: Arc<network::RaftAuth>,
 }
 
 /// What [`open`] hands the rest of the coordinator.
@@ -155,6 +157,11 @@ pub async fn open(
         data_dir,
     );
     let log = log_store::LogStore::open(data_dir).map_err(CoordinatorError::Storage)?;
+    let auth = Arc::new(network::RaftAuth::new(
+        cfg.node_id,
+        &cfg.secret,
+        cfg.max_message_bytes,
+    ));
     let raft_cfg = openraft::Config {
         cluster_name: "rewind".into(),
         heartbeat_interval: cfg.heartbeat_ms,
@@ -173,6 +180,7 @@ pub async fn open(
         Arc::new(raft_cfg),
         network::Network {
             partition: network::Partition::from_env(),
+            auth: auth.clone(),
         },
         log.clone(),
         sm,
@@ -235,6 +243,7 @@ pub async fn open(
             node_id: cfg.node_id,
             leader,
             log,
+            auth,
         }),
         engine,
         store,

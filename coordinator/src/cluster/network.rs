@@ -6,6 +6,12 @@
 //! off), other transport failures are `Network`, and a Raft error the peer answered
 //! travels back as data (`RemoteError`). Server side ([`RaftService`]): hands the
 //! request to the local [`openraft::Raft`] and answers its result.
+//!
+//! Only members talk Raft ([`RaftAuth`]): with `cluster.secret` set, every request
+//! carries the sender's node id and an HMAC-SHA256, under the secret, of sender,
+//! receiver, method and payload; a member answers only a current member (voter or
+//! learner) with a valid code, and refuses anything else with `permission_denied`,
+//! logged. Messages are bounded by `cluster.max_message_bytes` both ways.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -33,6 +39,124 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftErro
 
 pub struct Network {
     pub partition: Option<Arc<Partition>>,
+    pub auth: Arc<RaftAuth>,
+}
+
+/// The header naming the sending member.
+const NODE_HEADER: &str = "rewind-raft-node";
+/// The header carrying the message's HMAC (hex).
+const MAC_HEADER: &str = "rewind-raft-mac";
+
+/// Who may talk Raft to this member, and how this member signs what it sends.
+pub struct RaftAuth {
+    node_id: NodeId,
+    key: Option<ring::hmac::Key>,
+    max_message_bytes: usize,
+    /// Refusals are logged at most once a second (an open port attracts scanners).
+    last_warned: Mutex<Option<Instant>>,
+}
+
+impl RaftAuth {
+    pub fn new(node_id: NodeId, secret: &str, max_message_bytes: usize) -> RaftAuth {
+        if secret.is_empty() {
+            tracing::warn!(
+                "cluster.secret is not set: any host that reaches the gRPC port can send this \
+                 member Raft messages; set the same secret (or REWIND_CLUSTER_SECRET) on every \
+                 member"
+            );
+        }
+        RaftAuth {
+            node_id,
+            key: (!secret.is_empty())
+                .then(|| ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes())),
+            max_message_bytes,
+            last_warned: Mutex::new(None),
+        }
+    }
+
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
+    }
+
+    fn input(from: NodeId, to: NodeId, method: &str, payload: &[u8]) -> Vec<u8> {
+        let mut m = format!("rewind-raft/1 {from} {to} {method} ").into_bytes();
+        m.extend_from_slice(payload);
+        m
+    }
+
+    /// Marks `req` (to member `to`) as this member's.
+    fn sign(&self, to: NodeId, method: &str, req: &mut tonic::Request<RaftPayload>) {
+        let from = self.node_id;
+        if let Ok(v) = from.to_string().parse() {
+            req.metadata_mut().insert(NODE_HEADER, v);
+        }
+        if let Some(key) = &self.key {
+            let tag = ring::hmac::sign(key, &Self::input(from, to, method, &req.get_ref().json));
+            let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+            if let Ok(v) = hex.parse() {
+                req.metadata_mut().insert(MAC_HEADER, v);
+            }
+        }
+    }
+
+    /// Whether `req` comes from a current member (`is_member`) and, with a secret, is
+    /// signed by one; `permission_denied` (logged) otherwise.
+    fn verify(
+        &self,
+        method: &str,
+        req: &tonic::Request<RaftPayload>,
+        is_member: impl Fn(NodeId) -> bool,
+    ) -> Result<(), tonic::Status> {
+        let header = |name: &str| {
+            req.metadata()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let peer = req
+            .remote_addr()
+            .map_or_else(|| "unknown".to_string(), |a| a.to_string());
+        let refuse = |why: &str| {
+            self.warn(&peer, method, why);
+            Err(tonic::Status::permission_denied(format!(
+                "Raft {method} refused: {why}"
+            )))
+        };
+        let Some(from) = header(NODE_HEADER).and_then(|v| v.parse::<NodeId>().ok()) else {
+            return refuse("no sending member named");
+        };
+        if let Some(key) = &self.key {
+            let Some(mac) = header(MAC_HEADER).and_then(|h| unhex(&h)) else {
+                return refuse("not signed with the cluster secret");
+            };
+            let input = Self::input(from, self.node_id, method, &req.get_ref().json);
+            if ring::hmac::verify(key, &input, &mac).is_err() {
+                return refuse("signature does not match the cluster secret");
+            }
+        }
+        if !is_member(from) {
+            return refuse(&format!("node {from} is not a member of this cluster"));
+        }
+        Ok(())
+    }
+
+    fn warn(&self, peer: &str, method: &str, why: &str) {
+        let mut last = self.last_warned.lock().unwrap_or_else(|e| e.into_inner());
+        if last.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+            *last = Some(Instant::now());
+            tracing::warn!(%peer, method, reason = why, "refused a Raft message (further refusals within a second are not logged)");
+        }
+    }
+}
+
+fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
 }
 
 impl RaftNetworkFactory<TypeConfig> for Network {
@@ -44,6 +168,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             url: format!("http://{}", node.grpc),
             client: None,
             partition: self.partition.clone(),
+            auth: self.auth.clone(),
         }
     }
 }
@@ -53,6 +178,7 @@ pub struct Peer {
     url: String,
     client: Option<RaftClient<Channel>>,
     partition: Option<Arc<Partition>>,
+    auth: Arc<RaftAuth>,
 }
 
 /// Failpoint for partition tests (like the proxy's `REWIND_FAILPOINTS`): with
@@ -141,11 +267,22 @@ impl Peer {
                 .connect()
                 .await
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
-            self.client = Some(RaftClient::new(ch).max_decoding_message_size(usize::MAX));
+            let max = self.auth.max_message_bytes();
+            self.client = Some(
+                RaftClient::new(ch)
+                    .max_decoding_message_size(max)
+                    .max_encoding_message_size(max),
+            );
         }
         let client = self.client.as_mut().expect("connected");
         let mut request = tonic::Request::new(RaftPayload { json });
         request.set_timeout(ttl);
+        let method = match call {
+            Call::Append => "append_entries",
+            Call::Vote => "vote",
+            Call::Snapshot => "install_snapshot",
+        };
+        self.auth.sign(self.target, method, &mut request);
         let res = match call {
             Call::Append => client.append_entries(request).await,
             Call::Vote => client.vote(request).await,
@@ -195,10 +332,25 @@ impl RaftNetwork<TypeConfig> for Peer {
     }
 }
 
-/// The server side: the local Raft answers its peers.
+/// The server side: the local Raft answers its peers (members only, see [`RaftAuth`]).
 #[derive(Clone)]
 pub struct RaftService {
     pub raft: Raft,
+    pub auth: Arc<RaftAuth>,
+}
+
+impl RaftService {
+    fn admit(&self, method: &str, req: &tonic::Request<RaftPayload>) -> Result<(), tonic::Status> {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        // A member not initialized yet (a new cluster's, or one being added) knows no
+        // membership: the secret alone admits its leader-to-be.
+        let unknown = membership.nodes().next().is_none();
+        self.auth.verify(method, req, |id| {
+            unknown || membership.get_node(&id).is_some()
+        })
+    }
 }
 
 fn decode<T: DeserializeOwned>(p: &RaftPayload) -> Result<T, tonic::Status> {
@@ -218,6 +370,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.admit("append_entries", &req)?;
         let r: AppendEntriesRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.append_entries(r).await)
     }
@@ -226,6 +379,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.admit("vote", &req)?;
         let r: VoteRequest<NodeId> = decode(req.get_ref())?;
         encode(&self.raft.vote(r).await)
     }
@@ -234,6 +388,7 @@ impl raft_server::Raft for RaftService {
         &self,
         req: tonic::Request<RaftPayload>,
     ) -> Result<tonic::Response<RaftPayload>, tonic::Status> {
+        self.admit("install_snapshot", &req)?;
         let r: InstallSnapshotRequest<TypeConfig> = decode(req.get_ref())?;
         encode(&self.raft.install_snapshot(r).await)
     }
