@@ -197,24 +197,25 @@ impl Coordinator {
             .ok_or_else(|| CoordinatorError::MessageNotFound(id.to_string()))
     }
 
-    /// Messages newest first: those the engine holds, then stored ones.
+    /// Messages newest first (by creation time, then id): those the engine holds, then
+    /// stored ones; `before` = (created_ms, message_id) pages on from the last one shown.
     pub async fn list_messages(
         &self,
         status: Option<MessageStatus>,
-        before_ms: Option<u64>,
+        before: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, CoordinatorError> {
         self.seq().linearizable().await?;
         let limit = limit.clamp(1, MESSAGE_LIST_LIMIT);
-        let before = before_ms.unwrap_or(u64::MAX);
+        let cursor = before.unwrap_or((u64::MAX, ""));
         let mut out: Vec<MessageRecord> = crate::sequencer::lock_engine(&self.seq().engine)
             .messages_in_memory(status)
             .into_iter()
-            .filter(|m| m.created_ms < before)
+            .filter(|m| (m.created_ms, m.message_id.as_str()) < cursor)
             .collect();
         let held: std::collections::HashSet<String> =
             out.iter().map(|m| m.message_id.clone()).collect();
-        for m in self.seq().store.list_messages(status, before_ms, limit)? {
+        for m in self.seq().store.list_messages(status, before, limit)? {
             if !held.contains(&m.message_id) {
                 out.push(m);
             }

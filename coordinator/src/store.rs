@@ -359,23 +359,25 @@ impl Store {
         }
     }
 
-    /// Stored messages, newest first, optionally of one status, created before
-    /// `before_ms` (a page cursor).
+    /// Stored messages, newest first, optionally of one status, older than the cursor
+    /// `before` = (created_ms, message_id) of the last one a page showed (ties on the
+    /// millisecond are ordered by id, so no page skips one).
     pub fn list_messages(
         &self,
         status: Option<MessageStatus>,
-        before_ms: Option<u64>,
+        before: Option<(u64, &str)>,
         limit: usize,
     ) -> Result<Vec<MessageRecord>, CoordinatorError> {
-        let before = before_ms.unwrap_or(u64::MAX);
+        let (before, before_id) = before.unwrap_or((u64::MAX, ""));
+        let older = |at: u64, id: &str| (at, id) < (before, before_id);
         let mut out: BTreeMap<(u64, String), MessageRecord> = BTreeMap::new();
         let keep = |r: &MessageRecord| status.is_none_or(|s| s == r.status);
         let overlay: Vec<Vec<u8>> = {
             let p = self.pending.lock().expect("pending lock");
             p.messages
-                .values()
-                .filter(|(at, _, _)| *at < before)
-                .map(|(_, b, _)| b.clone())
+                .iter()
+                .filter(|(id, (at, _, _))| older(*at, id))
+                .map(|(_, (_, b, _))| b.clone())
                 .collect()
         };
         for b in overlay {
@@ -389,7 +391,7 @@ impl Store {
         let records = txn.open_table(MESSAGES).map_err(storage)?;
         let mut found = 0;
         for row in by_time
-            .range(..(before, ""))
+            .range(..(before, before_id))
             .map_err(storage)?
             .rev()
             .take(MESSAGE_SCAN_LIMIT)
@@ -1085,7 +1087,17 @@ mod tests {
             .list_messages(Some(MessageStatus::Consumed), None, 10)
             .unwrap();
         assert_eq!(consumed.len(), 1);
-        assert_eq!(store.list_messages(None, Some(30), 10).unwrap().len(), 2);
+        assert_eq!(
+            store.list_messages(None, Some((30, "")), 10).unwrap().len(),
+            2
+        );
+        assert_eq!(
+            store
+                .list_messages(None, Some((30, "d")), 10)
+                .unwrap()
+                .len(),
+            3
+        );
         // A checkpoint (tiny log) moves them into redb; pruning keeps what is held.
         drop(store);
         let (store, _) = Store::open(&dir, 4096).unwrap();

@@ -228,7 +228,7 @@ async function main() {
     expect(await page.getByTestId("hm-page").getByTestId("hm-commit").count() === 0, "E is decided by its transaction, not here");
     await page.getByTestId("hm-xid").click();
     await page.locator("#view-transactions").waitFor({ state: "visible" });
-    const branch = page.locator('[data-testid="branch"][data-type="msg"]');
+    const branch = page.locator('[data-testid="branch"][data-type="message"]');
     await branch.waitFor();
     const link = branch.getByTestId("branch-message");
     expect(await link.textContent() === ids.e, "the branch shows E's id");

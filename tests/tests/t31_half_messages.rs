@@ -427,7 +427,7 @@ async fn t31_message_branch_follows_the_global_transaction() {
             .iter()
             .map(|b| b["type"].as_str().unwrap())
             .collect();
-        assert_eq!(types, ["at", "msg"], "{tx}");
+        assert_eq!(types, ["at", "message"], "{tx}");
         // The application cannot decide a branch's message itself.
         let (code, _) = coord
             .http("POST", &format!("/api/v1/messages/{id}/commit"), None)

@@ -77,7 +77,7 @@ async fn t91_half_messages_survive_leader_kills() {
             for i in 0..MESSAGES_PER_PRODUCER {
                 let n = (w * 1000 + i) as i64;
                 let id = format!("{run}-{n}");
-                let commit = rand::thread_rng().gen_bool(0.6);
+                let commit = rand::rng().random_bool(0.6);
                 produce(&cluster, &mut conn, &topic, &id, n, commit).await;
                 ids.push((id, n));
                 if conn.ping().await.is_err() {

@@ -636,7 +636,18 @@ impl Engine {
         m.in_flight = None;
         m.rec.checks = m.rec.checks.saturating_add(1);
         m.rec.last_error = Some(why.clone());
-        m.rec.event(now, "checked", why);
+        // Checks of one undecided stretch share one history entry (a message checked at
+        // the capped interval for days must not push its earlier life out of history).
+        let detail = format!("check {}: {why}", m.rec.checks);
+        let entries = m.rec.history.len();
+        match m.rec.history.last_mut() {
+            Some(last) if last.event == "checked" && entries > 1 => {
+                last.at_ms = now;
+                last.detail = detail;
+                m.rec.updated_ms = now;
+            }
+            _ => m.rec.event(now, "checked", detail),
+        }
         if m.rec.status == MessageStatus::Prepared
             && self.cfg.msg_max_checks > 0
             && m.rec.checks >= self.cfg.msg_max_checks

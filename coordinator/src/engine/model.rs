@@ -205,7 +205,8 @@ pub enum BranchType {
     /// `XA ROLLBACK` there. No images, no global locks.
     Xa,
     /// A half message sent when the transaction commits and dropped when it rolls back
-    /// (phase two runs in the engine itself).
+    /// (phase two runs in the engine itself). `message` in the API, as DESIGN.md names it.
+    #[serde(rename = "message")]
     Msg,
 }
 

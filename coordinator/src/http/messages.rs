@@ -208,12 +208,14 @@ pub(super) async fn show(
 #[derive(Deserialize)]
 pub(super) struct ListQuery {
     status: Option<String>,
-    /// Only messages created before this time (Unix ms): the next page's cursor.
+    /// The next page's cursor: messages older than the last one shown, its
+    /// `created_ms` and (to order ties on the millisecond) its `message_id`.
     before_ms: Option<u64>,
+    before_id: Option<String>,
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/messages?status=…&before_ms=…&limit=…`: newest first.
+/// `GET /api/v1/messages?status=…&before_ms=…&before_id=…&limit=…`: newest first.
 pub(super) async fn list(
     State(app): State<App>,
     h: HeaderMap,
@@ -231,7 +233,12 @@ pub(super) async fn list(
     };
     let out = app
         .core
-        .list_messages(status, q.before_ms, q.limit.unwrap_or(100))
+        .list_messages(
+            status,
+            q.before_ms
+                .map(|ms| (ms, q.before_id.as_deref().unwrap_or_default())),
+            q.limit.unwrap_or(100),
+        )
         .await?;
     Ok(Json(Value::Array(
         out.iter().map(|m| message_json(m, false)).collect(),

@@ -247,15 +247,7 @@ fn check_back_decides_or_goes_undecided() {
             .collect();
     assert_eq!(
         hist,
-        [
-            "prepared",
-            "bound",
-            "checked",
-            "checked",
-            "checked",
-            "undecided",
-            "cancelled"
-        ]
+        ["prepared", "bound", "checked", "undecided", "cancelled"]
     );
 }
 
