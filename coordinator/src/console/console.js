@@ -23,7 +23,7 @@ const state = {
   redriveLog: [],        // the last few redrive results, newest first
   forcing: new Set(),    // xids whose forced decision is on its way
   forceLog: [],          // the last few forced decisions' results, newest first
-  hmCursor: [],          // stack of { before_ms, skip } cursors of the half-message pages shown so far
+  hmCursor: [],          // stack of { before_ms, before_id } cursors of the half-message pages shown so far
   hmLast: [],            // the half messages of the page shown
   hmSelected: null,      // the message whose page is open (null: the lists)
   hmDeciding: new Set(), // message ids whose commit / drop / redrive is on its way
@@ -716,12 +716,14 @@ async function loadMessageLists() {
   const p = new URLSearchParams();
   const st = $("hm-status").value;
   if (st) p.set("status", st);
-  // Pages go by creation time; messages created in the same millisecond as the last one
-  // shown are asked for again and left out (`skip`), so none is lost at a page boundary.
+  // Pages go by (creation time, id) of the last message shown: exact, ties included.
   const cursor = state.hmCursor[state.hmCursor.length - 1];
-  const limit = PAGE + (cursor ? cursor.skip.length : 0);
+  const limit = PAGE;
   p.set("limit", limit);
-  if (cursor) p.set("before_ms", cursor.before_ms);
+  if (cursor) {
+    p.set("before_ms", cursor.before_ms);
+    p.set("before_id", cursor.before_id);
+  }
   const [undecided, list] = await Promise.all([
     api("GET", "/api/v1/messages?status=undecided&limit=1000"),
     api("GET", "/api/v1/messages?" + p),
@@ -742,8 +744,7 @@ async function loadMessageLists() {
   }));
   $("hm-undecided-empty").hidden = undecided.data.length > 0;
 
-  const skip = new Set(cursor ? cursor.skip : []);
-  const data = list.data.filter((m) => !skip.has(m.message_id)).slice(0, PAGE);
+  const data = list.data;
   state.hmLast = data;
   fill($("hm-rows"), data.map((m) => h("tr", {
     class: "clickable hm-row",
@@ -767,12 +768,7 @@ async function loadMessageLists() {
 function olderMessages() {
   const last = state.hmLast[state.hmLast.length - 1];
   if (!last) return;
-  const ms = last.created_ms;
-  const skip = new Set(state.hmLast.filter((m) => m.created_ms === ms).map((m) => m.message_id));
-  const prev = state.hmCursor[state.hmCursor.length - 1];
-  // More messages of one millisecond than a page holds: keep skipping the earlier ones.
-  if (prev && prev.before_ms === ms + 1) prev.skip.forEach((id) => skip.add(id));
-  state.hmCursor.push({ before_ms: ms + 1, skip: [...skip] });
+  state.hmCursor.push({ before_ms: last.created_ms, before_id: last.message_id });
   reloadHalfMessages();
 }
 
