@@ -84,7 +84,13 @@ async fn t40_proxy_dies_after_local_commit() {
         .wait_status(&xid, "rolled_back", Duration::from_secs(20))
         .await;
     assert_eq!(checksums(db, TABLES).await, original);
-    assert_eq!(undo_rows(Some(&xid)).await, (0, 0));
+    // No undo record is left. A marker may be: the restarted proxy's attach makes the
+    // coordinator resend the rollback it may already have in flight (phase-two commands
+    // are at least once), and a rollback that finds no record leaves the marker that
+    // stops a late phase one; housekeeping deletes it later.
+    let (records, markers) = undo_rows(Some(&xid)).await;
+    assert_eq!(records, 0, "the undo record is gone");
+    assert!(markers <= 1, "{markers} markers");
     assert!(coord.locks().await.is_empty());
 }
 
