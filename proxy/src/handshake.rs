@@ -66,35 +66,14 @@ pub async fn accept(
         .read_packet()
         .await?
         .ok_or(ProxyError::Malformed("connection closed during handshake"))?;
-    let mut c = Cursor::new(&pkt);
-    let client_caps = CapabilityFlags::from_bits_truncate(c.u32()?);
-    if !client_caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
-        return Err(ProxyError::Unsupported("pre-4.1 client protocol"));
-    }
-    let caps = client_caps & server_capabilities();
-    let _max_packet = c.u32()?;
-    let charset = c.u8()?;
-    c.take(23)?;
-    let user = String::from_utf8_lossy(c.nul_str()).into_owned();
-    let mut auth = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) {
-        c.lenenc_bytes()?.to_vec()
-    } else if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
-        let n = c.u8()? as usize;
-        c.take(n)?.to_vec()
-    } else {
-        c.nul_str().to_vec()
-    };
-    let database = if caps.contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB) && !c.is_empty() {
-        Some(c.nul_str().to_vec()).filter(|d| !d.is_empty())
-    } else {
-        None
-    };
-    let plugin = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) && !c.is_empty() {
-        c.nul_str().to_vec()
-    } else {
-        NATIVE.to_vec()
-    };
-    // Connection attributes (if any) are accepted and ignored.
+    let Response {
+        caps,
+        charset,
+        user,
+        mut auth,
+        database,
+        plugin,
+    } = parse_response(&pkt)?;
 
     if plugin != NATIVE && caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) {
         // Ask for mysql_native_password with the same scramble.
@@ -125,6 +104,61 @@ pub async fn accept(
         charset,
         user,
         database,
+    })
+}
+
+/// A client's HandshakeResponse41, as sent.
+#[derive(Debug)]
+pub(crate) struct Response {
+    /// The client's capabilities, narrowed to what we offered.
+    pub caps: CapabilityFlags,
+    pub charset: u8,
+    pub user: String,
+    pub auth: Vec<u8>,
+    pub database: Option<Vec<u8>>,
+    /// The client's auth plugin (mysql_native_password when it names none).
+    pub plugin: Vec<u8>,
+}
+
+/// Parses a HandshakeResponse41. Every field is bounds-checked: a short or garbled packet
+/// is [`ProxyError::Malformed`], never a panic.
+pub(crate) fn parse_response(pkt: &[u8]) -> Result<Response, ProxyError> {
+    let mut c = Cursor::new(pkt);
+    let client_caps = CapabilityFlags::from_bits_truncate(c.u32()?);
+    if !client_caps.contains(CapabilityFlags::CLIENT_PROTOCOL_41) {
+        return Err(ProxyError::Unsupported("pre-4.1 client protocol"));
+    }
+    let caps = client_caps & server_capabilities();
+    let _max_packet = c.u32()?;
+    let charset = c.u8()?;
+    c.take(23)?;
+    let user = String::from_utf8_lossy(c.nul_str()).into_owned();
+    let auth = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH_LENENC_CLIENT_DATA) {
+        c.lenenc_bytes()?.to_vec()
+    } else if caps.contains(CapabilityFlags::CLIENT_SECURE_CONNECTION) {
+        let n = c.u8()? as usize;
+        c.take(n)?.to_vec()
+    } else {
+        c.nul_str().to_vec()
+    };
+    let database = if caps.contains(CapabilityFlags::CLIENT_CONNECT_WITH_DB) && !c.is_empty() {
+        Some(c.nul_str().to_vec()).filter(|d| !d.is_empty())
+    } else {
+        None
+    };
+    let plugin = if caps.contains(CapabilityFlags::CLIENT_PLUGIN_AUTH) && !c.is_empty() {
+        c.nul_str().to_vec()
+    } else {
+        NATIVE.to_vec()
+    };
+    // Connection attributes (if any) are accepted and ignored.
+    Ok(Response {
+        caps,
+        charset,
+        user,
+        auth,
+        database,
+        plugin,
     })
 }
 
@@ -167,7 +201,7 @@ pub fn check_login(
     }
 }
 
-fn password_matches(scramble: &[u8; 20], password: &str, response: &[u8]) -> bool {
+pub(crate) fn password_matches(scramble: &[u8; 20], password: &str, response: &[u8]) -> bool {
     // Some clients terminate an empty response with a NUL.
     let response = if response == [0] { &[][..] } else { response };
     match mysql_common::scramble::scramble_native(scramble, password.as_bytes()) {

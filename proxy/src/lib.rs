@@ -38,7 +38,8 @@
 //! - [`coordinator`]: the gRPC client that follows the cluster's leader.
 //! - [`admin`]: the admin HTTP listener (`/metrics`, `/healthz`, `/readyz`); [`metrics`]:
 //!   the counters sessions, modes and phase two bump, and their Prometheus text.
-//! - [`failpoint`]: test hooks (the `failpoints` feature only).
+//! - [`failpoint`]: test hooks (the `failpoints` feature only); `fuzzing`: entry points
+//!   for `fuzz/`'s targets (`--cfg fuzzing` only).
 //! - [`error`]: the one error enum and its one mapping to MySQL error packets.
 //! - [`config`]: configuration (TOML, defaults, validation).
 //!
@@ -95,6 +96,8 @@ pub mod config;
 mod coordinator;
 mod error;
 pub mod failpoint;
+#[cfg(fuzzing)]
+pub mod fuzzing;
 mod handshake;
 mod infile;
 mod metrics;

@@ -2,7 +2,7 @@
 //! 16 MB - 1 split across packets, and an output buffer flushed at ~64 KB so that result
 //! rows are streamed, never collected.
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 
@@ -71,32 +71,7 @@ impl PacketStream {
     }
 
     async fn read_rest(&mut self, first: u8) -> Result<Vec<u8>, ProxyError> {
-        let mut payload = Vec::new();
-        let mut started = false;
-        loop {
-            let mut header = [0u8; 4];
-            if !started {
-                header[0] = first;
-                started = true;
-                self.reader.read_exact(&mut header[1..]).await?;
-            } else {
-                self.reader.read_exact(&mut header).await?;
-            }
-            let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
-            if header[3] != self.seq {
-                return Err(ProxyError::OutOfOrder);
-            }
-            self.seq = self.seq.wrapping_add(1);
-            if payload.len() + len > self.max_packet {
-                return Err(ProxyError::PacketTooLarge);
-            }
-            let start = payload.len();
-            payload.resize(start + len, 0);
-            self.reader.read_exact(&mut payload[start..]).await?;
-            if len < MAX_PAYLOAD {
-                return Ok(payload);
-            }
-        }
+        read_frames(&mut self.reader, first, &mut self.seq, self.max_packet).await
     }
 
     /// Appends one logical packet to the output buffer, splitting it as needed.
@@ -160,6 +135,51 @@ impl PacketStream {
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;
         let _ = self.writer.shutdown().await;
+    }
+}
+
+/// The rest of one logical packet whose first header byte is `first`: its frames joined,
+/// `seq` checked and advanced per frame, at most `max_packet` bytes. Generic over the reader
+/// so the framing can be fed from memory (`fuzz/`).
+///
+/// A frame's payload is taken as it arrives, never allocated from its header up front: a
+/// client sending only a header that claims 16 MB would otherwise make the session hold
+/// 16 MB while it waits for bytes that never come.
+pub(crate) async fn read_frames<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    first: u8,
+    seq: &mut u8,
+    max_packet: usize,
+) -> Result<Vec<u8>, ProxyError> {
+    let mut payload = Vec::new();
+    let mut started = false;
+    loop {
+        let mut header = [0u8; 4];
+        if !started {
+            header[0] = first;
+            started = true;
+            reader.read_exact(&mut header[1..]).await?;
+        } else {
+            reader.read_exact(&mut header).await?;
+        }
+        let len = u32::from_le_bytes([header[0], header[1], header[2], 0]) as usize;
+        if header[3] != *seq {
+            return Err(ProxyError::OutOfOrder);
+        }
+        *seq = seq.wrapping_add(1);
+        if payload.len() + len > max_packet {
+            return Err(ProxyError::PacketTooLarge);
+        }
+        let got = (&mut *reader)
+            .take(len as u64)
+            .read_to_end(&mut payload)
+            .await?;
+        if got < len {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        if len < MAX_PAYLOAD {
+            return Ok(payload);
+        }
     }
 }
 
@@ -296,6 +316,29 @@ mod tests {
             r.read_packet().await,
             Err(ProxyError::PacketTooLarge)
         ));
+    }
+
+    #[tokio::test]
+    async fn a_header_without_its_payload_is_an_error() {
+        // 16 MB - 1 announced, 3 bytes sent, then the end: read as they come (nothing is
+        // allocated for the rest), and the short frame is an error.
+        let mut input: &[u8] = &[0xFF, 0xFF, 0, b'a', b'b', b'c'];
+        let mut seq = 0;
+        let r = read_frames(&mut input, 0xFF, &mut seq, 1 << 26).await;
+        assert!(
+            matches!(&r, Err(ProxyError::ClientIo(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof),
+            "{r:?}"
+        );
+        // An empty frame is an empty packet; the limit holds for a frame read from memory.
+        let mut seq = 0;
+        let empty = read_frames(&mut &[0u8, 0, 0][..], 0, &mut seq, 0).await;
+        assert_eq!(empty.unwrap(), b"");
+        let two = [0u8, 0, 1, b'x', b'y'];
+        let r = read_frames(&mut &two[..], 2, &mut seq, 1).await;
+        assert!(matches!(r, Err(ProxyError::PacketTooLarge)), "{r:?}");
+        seq = 1;
+        let r = read_frames(&mut &two[..], 2, &mut seq, 2).await;
+        assert_eq!(r.unwrap(), b"xy");
     }
 
     #[test]

@@ -221,6 +221,14 @@ impl UndoRecord {
                 if size > MAX_RECORD_LEN {
                     return Err(Error::Codec(format!("claims {size} bytes uncompressed")));
                 }
+                // LZ4 never expands a byte into more than 255: a larger claim is corrupt, and
+                // believing it would allocate up to MAX_RECORD_LEN for a few bytes of input.
+                if size > payload.len().saturating_mul(255) {
+                    return Err(Error::Codec(format!(
+                        "claims {size} bytes uncompressed from {} compressed",
+                        payload.len()
+                    )));
+                }
                 std::borrow::Cow::Owned(
                     lz4_flex::block::decompress_size_prepended(payload)
                         .map_err(|e| Error::Codec(e.to_string()))?,
@@ -463,6 +471,11 @@ pub(crate) mod tests {
         assert!(UndoRecord::decode(b"XYZ\x01\x00{}").is_err());
         assert!(UndoRecord::decode(b"RWU\x01\x07{}").is_err());
         assert!(UndoRecord::decode(b"RWU\x01\x01\xff\xff\xff\xff").is_err());
+        // A size the compressed bytes cannot hold is refused before anything is allocated.
+        assert!(matches!(
+            UndoRecord::decode(b"RWU\x01\x01\xff\xff\xff\x3f\x00"),
+            Err(Error::Codec(e)) if e.contains("from 5 compressed")
+        ));
         let mut truncated = sample_item(SqlKind::Insert, 10_000);
         truncated.set_columns.clear();
         let full = UndoRecord {
@@ -489,6 +502,44 @@ pub(crate) mod tests {
             .map(LockKey::encode)
             .collect();
         assert_eq!(keys, ["shop.all%60types:1", "shop.all%60types:2"]);
+    }
+
+    /// Seeds for the `undo_record` fuzz target: records as phase one writes them, in both
+    /// codecs. Run by hand after a format change:
+    /// `cargo test -p rewind-undo-log --lib -- --ignored write_fuzz_seeds`.
+    #[test]
+    #[ignore = "writes fuzz/corpus/undo_record"]
+    fn write_fuzz_seeds() {
+        let dir =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/undo_record");
+        std::fs::create_dir_all(&dir).unwrap();
+        let records = [
+            ("empty", UndoRecord::default()),
+            (
+                "update-delete",
+                UndoRecord {
+                    items: vec![
+                        sample_item(SqlKind::Update, 10),
+                        sample_item(SqlKind::Delete, 0),
+                    ],
+                },
+            ),
+            (
+                "insert",
+                UndoRecord {
+                    items: vec![sample_item(SqlKind::Insert, 0)],
+                },
+            ),
+            (
+                "insert-lz4",
+                UndoRecord {
+                    items: vec![sample_item(SqlKind::Insert, 6000)],
+                },
+            ),
+        ];
+        for (name, record) in records {
+            std::fs::write(dir.join(format!("seed-{name}")), record.encode().unwrap()).unwrap();
+        }
     }
 
     #[test]

@@ -582,7 +582,12 @@ fn decode(ty: &ColumnType, v: &mysql_async::Value, column: &str) -> Result<Value
         TypeKind::Time => match v {
             M::Time(negative, days, hours, minutes, seconds, micros) => Value::Time {
                 negative: *negative,
-                hours: days * 24 + u32::from(*hours),
+                // A day count past u32 hours is no TIME any server sends: refuse it rather
+                // than store a wrapped value.
+                hours: days
+                    .checked_mul(24)
+                    .and_then(|h| h.checked_add(u32::from(*hours)))
+                    .ok_or_else(bad)?,
                 minutes: *minutes,
                 seconds: *seconds,
                 micros: *micros,
@@ -759,6 +764,25 @@ mod tests {
 
     fn dec(c: &Column, v: M) -> TypedValue {
         TypedValue::from_mysql(&v, c).unwrap()
+    }
+
+    #[test]
+    fn a_binary_time_too_long_for_its_hours_is_refused() {
+        // Found by the undo_record fuzz target: `days * 24` overflowed (a panic in debug
+        // builds, a wrong value in release ones).
+        let c = col(My::MYSQL_TYPE_TIME);
+        let huge = M::Time(false, 0x7f7f_7f7f, 127, 127, 127, 0);
+        assert!(matches!(
+            TypedValue::from_mysql(&huge, &c),
+            Err(Error::Decode {
+                kind: TypeKind::Time,
+                ..
+            })
+        ));
+        let edge = M::Time(true, u32::MAX / 24, 15, 0, 0, 0);
+        assert!(TypedValue::from_mysql(&edge, &c).is_ok());
+        let past = M::Time(true, u32::MAX / 24, 16, 0, 0, 0);
+        assert!(TypedValue::from_mysql(&past, &c).is_err());
     }
 
     #[test]

@@ -194,10 +194,17 @@ pub(super) fn cell(expr: &ast::Expr, next_param: &mut usize) -> Result<Cell> {
                 )))
             }
             V::Null if !negative => Some(Cell::Literal(mysql_async::Value::NULL)),
-            // X'00FF': the bytes themselves (an odd digit count is the server's error).
-            V::HexStringLiteral(h) if !negative && h.len() % 2 == 0 => (0..h.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(&h[i..i + 2], 16).ok())
+            // X'00FF': the bytes themselves (an odd digit count is the server's error). The
+            // tokenizer keeps whatever stands between the quotes, so pairs are taken as
+            // bytes, not string slices (`X'é0'` must not split a character), and anything
+            // but hex digits leaves the value to the server.
+            V::HexStringLiteral(h) if !negative && h.len() % 2 == 0 => h
+                .as_bytes()
+                .chunks(2)
+                .map(|pair| {
+                    let digit = |b: u8| char::from(b).to_digit(16);
+                    Some((digit(pair[0])? * 16 + digit(pair[1])?) as u8)
+                })
                 .collect::<Option<Vec<u8>>>()
                 .map(|b| Cell::Literal(mysql_async::Value::Bytes(b))),
             _ => None,

@@ -326,6 +326,18 @@ fn insert_keys_the_server_computes_are_refused() {
         refused_keys(r"INSERT INTO t (id) VALUES ('a\'b')", &auto_meta()).contains("expression")
     );
     assert!(refused_keys("INSERT INTO t (id, a) VALUES (1)", &auto_meta()).contains("1 values"));
+    // Found by the `sql` fuzz target: a hex literal with a multi-byte character panicked
+    // (a string slice inside 'é'). Not hex digits: the server's to judge, so no key here.
+    for sql in [
+        "INSERT INTO t (id, a) VALUES (X'0\u{e9}0', 1)",
+        "INSERT INTO t (id, a) VALUES (X'+1', 1)",
+        "INSERT INTO t (id, a) VALUES (X'0g', 1)",
+    ] {
+        assert!(
+            refused_keys(sql, &auto_meta()).contains("expression"),
+            "{sql}"
+        );
+    }
 }
 
 #[test]
