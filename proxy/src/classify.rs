@@ -33,6 +33,22 @@ pub enum Kind {
     Other(String),
 }
 
+impl Kind {
+    /// BEGIN, COMMIT, ROLLBACK and the savepoint statements: they open, end or act on
+    /// the transaction itself rather than do work inside it.
+    pub fn is_transaction_control(&self) -> bool {
+        matches!(
+            self,
+            Kind::Begin
+                | Kind::Commit
+                | Kind::Rollback
+                | Kind::RollbackTo(_)
+                | Kind::Savepoint(_)
+                | Kind::ReleaseSavepoint(_)
+        )
+    }
+}
+
 /// Classifies `sql` by its first keywords, skipping leading whitespace and comments.
 pub fn classify(sql: &[u8]) -> Kind {
     let mut words = Words { s: sql, at: 0 };

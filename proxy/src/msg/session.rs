@@ -197,15 +197,7 @@ impl Session {
                     .into(),
             ));
         }
-        if matches!(
-            kind,
-            Kind::Begin
-                | Kind::Commit
-                | Kind::Rollback
-                | Kind::RollbackTo(_)
-                | Kind::Savepoint(_)
-                | Kind::ReleaseSavepoint(_)
-        ) {
+        if kind.is_transaction_control() {
             // BEGIN would commit the check row on its own; COMMIT and ROLLBACK end the
             // transaction the row must share with the producer's work.
             return Err(ProxyError::AtRefused(

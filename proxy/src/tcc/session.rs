@@ -40,15 +40,7 @@ impl Session {
                     .into(),
             ));
         }
-        if matches!(
-            kind,
-            Kind::Begin
-                | Kind::Commit
-                | Kind::Rollback
-                | Kind::RollbackTo(_)
-                | Kind::Savepoint(_)
-                | Kind::ReleaseSavepoint(_)
-        ) {
+        if kind.is_transaction_control() {
             // BEGIN would commit the fence rows on their own; COMMIT and ROLLBACK end the
             // transaction the fence must share with the phase's work.
             return Err(ProxyError::AtRefused(
