@@ -1,5 +1,9 @@
 // What every console driver shares: the plan the Rust test passes in REWIND_CONSOLE, the
-// timeout, expectations, polling, a page, the operator's login, and a table row by header.
+// timeout, the browser, expectations, polling, a page, the operator's login, and a table
+// row by header.
+
+import { chromium } from "playwright-core";
+import { mkdirSync } from "node:fs";
 
 export const plan = JSON.parse(process.env.REWIND_CONSOLE || "{}");
 export const TIMEOUT = 15000;
@@ -18,6 +22,16 @@ export async function until(page, what, probe, ok, within = TIMEOUT) {
     if (Date.now() > end) throw new Error(`console expectation failed: ${what}: ${JSON.stringify(last)}`);
     await page.waitForTimeout(100);
   }
+}
+
+/// The plan's Chromium, headless, with the plan's artifacts directory made.
+export async function launch() {
+  mkdirSync(plan.artifacts, { recursive: true });
+  return chromium.launch({
+    executablePath: plan.chromium,
+    // Root in a container has no user namespace for Chromium's sandbox.
+    args: ["--no-sandbox", "--disable-dev-shm-usage"],
+  });
 }
 
 export async function newPage(browser, errors) {

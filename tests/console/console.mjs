@@ -7,11 +7,9 @@
 // REWIND_CONSOLE (see `Plan` there). Output: screenshots in its `artifacts` folder and
 // one JSON line on stdout; any failed expectation throws, so the exit code is non-zero.
 
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { expect, plan, TIMEOUT } from "./common.mjs";
+import { TIMEOUT, expect, launch, plan } from "./common.mjs";
 
 async function shot(page, name) {
   const path = join(plan.artifacts, name + ".png");
@@ -30,12 +28,7 @@ async function imageRow(card, column) {
 }
 
 async function main() {
-  mkdirSync(plan.artifacts, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: plan.chromium,
-    // Root in a container has no user namespace for Chromium's sandbox.
-    args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   const shots = [];
   try {
     const ctx = await browser.newContext({ viewport: { width: 1366, height: 800 } });

@@ -11,11 +11,9 @@
 // (half-messages-a.png: A's page; half-messages.png: the view after the decisions) and one
 // JSON line on stdout; any failed expectation throws, so the exit code is non-zero.
 
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { expect, login, newPage, plan, rowByHeader, until } from "./common.mjs";
+import { expect, launch, login, newPage, plan, rowByHeader, until } from "./common.mjs";
 
 const ids = plan.ids;
 const listRow = (page, id) => page.locator(`#hm-rows tr.hm-row[data-message-id="${id}"]`);
@@ -80,12 +78,7 @@ async function filter(page, status) {
 }
 
 async function main() {
-  mkdirSync(plan.artifacts, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: plan.chromium,
-    // Root in a container has no user namespace for Chromium's sandbox.
-    args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   const errors = [];
   const report = {};
   try {

@@ -9,11 +9,9 @@
 // screenshot in its `artifacts` folder and one JSON line on stdout; any failed
 // expectation throws, so the exit code is non-zero.
 
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { expect, login, newPage, plan, rowByHeader, until } from "./common.mjs";
+import { expect, launch, login, newPage, plan, rowByHeader, until } from "./common.mjs";
 
 const resourceRow = (page) => page.locator(`tr.outbox-row[data-resource="${plan.resource}"]`);
 const deadRow = (page, id) =>
@@ -32,12 +30,7 @@ async function redriveByHand(page, id) {
 }
 
 async function main() {
-  mkdirSync(plan.artifacts, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: plan.chromium,
-    // Root in a container has no user namespace for Chromium's sandbox.
-    args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   const errors = [];
   const report = {};
   try {

@@ -9,18 +9,12 @@
 // Input: REWIND_CONSOLE (url, secret, chromium, artifacts, xid, stalled, branches).
 // Output: a screenshot and one JSON line on stdout; a failed expectation throws.
 
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { expect, plan, TIMEOUT } from "./common.mjs";
+import { TIMEOUT, expect, launch, plan } from "./common.mjs";
 
 async function main() {
-  mkdirSync(plan.artifacts, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: plan.chromium,
-    args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   const errors = [];
   const report = {};
   try {

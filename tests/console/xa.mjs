@@ -11,11 +11,9 @@
 // session; xa-forced.png: after the rollback) and one JSON line on
 // stdout; any failed expectation throws, so the exit code is non-zero.
 
-import { chromium } from "playwright-core";
-import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-import { expect, login, newPage, plan, rowByHeader, until } from "./common.mjs";
+import { expect, launch, login, newPage, plan, rowByHeader, until } from "./common.mjs";
 
 /// The status codes of what a page could send by hand, without the console's help.
 async function byHand(page) {
@@ -40,12 +38,7 @@ async function txStatus(page) {
 }
 
 async function main() {
-  mkdirSync(plan.artifacts, { recursive: true });
-  const browser = await chromium.launch({
-    executablePath: plan.chromium,
-    // Root in a container has no user namespace for Chromium's sandbox.
-    args: ["--no-sandbox", "--disable-dev-shm-usage"],
-  });
+  const browser = await launch();
   const errors = [];
   const report = {};
   try {
