@@ -232,6 +232,15 @@ impl Messages {
     pub(super) fn get(&self, id: &str) -> Option<&MessageRecord> {
         self.by_id.get(id).map(|m| &m.rec)
     }
+
+    /// The message a command names, or `message_not_found`.
+    fn find(&self, id: &str) -> Result<&Msg, CoordinatorError> {
+        self.by_id.get(id).ok_or_else(|| not_found(id))
+    }
+
+    fn find_mut(&mut self, id: &str) -> Result<&mut Msg, CoordinatorError> {
+        self.by_id.get_mut(id).ok_or_else(|| not_found(id))
+    }
 }
 
 /// One consumer's barrier with a message id committed (through a proxy of `resource`).
@@ -439,11 +448,7 @@ impl Engine {
         c: BindMessage,
         now: u64,
     ) -> Result<MessageStatus, CoordinatorError> {
-        let m = self
-            .messages
-            .by_id
-            .get_mut(&c.message_id)
-            .ok_or_else(|| not_found(&c.message_id))?;
+        let m = self.messages.find_mut(&c.message_id)?;
         let rec = &mut m.rec;
         if rec.xid.is_some() {
             return Err(CoordinatorError::MessageRefused(format!(
@@ -485,11 +490,7 @@ impl Engine {
         c: DecideMessage,
         now: u64,
     ) -> Result<MessageStatus, CoordinatorError> {
-        let m = self
-            .messages
-            .by_id
-            .get(&c.message_id)
-            .ok_or_else(|| not_found(&c.message_id))?;
+        let m = self.messages.find(&c.message_id)?;
         if m.rec.xid.is_some() && !c.operator {
             return Err(CoordinatorError::MessageRefused(format!(
                 "message {} belongs to global transaction {}: commit or roll back that",
@@ -562,11 +563,7 @@ impl Engine {
         c: RedriveMessage,
         now: u64,
     ) -> Result<MessageStatus, CoordinatorError> {
-        let m = self
-            .messages
-            .by_id
-            .get_mut(&c.message_id)
-            .ok_or_else(|| not_found(&c.message_id))?;
+        let m = self.messages.find_mut(&c.message_id)?;
         if m.rec.status != MessageStatus::Dead {
             return Err(CoordinatorError::MessageRefused(format!(
                 "message {} is {}, not dead",
