@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Installs the client tools Rewind's scripts drive when they are missing: sysbench
-# and the mariadb command-line client; with --browser also Node.js, Chromium and the
+# Installs the client tools Rewind's scripts drive when they are missing: sysbench,
+# HAProxy (bench/passthrough's byte-relay reference) and the mariadb command-line client; with --browser also Node.js, Chromium and the
 # admin console test's npm package (playwright-core, pinned by
 # tests/console/package-lock.json), and Go with go-sql-driver/mysql (Debian's packages:
 # the Go driver tests run its own suite through the proxy). Debian/Ubuntu.
@@ -14,6 +14,7 @@ browser=0
 missing=()
 command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ $browser = 1 ]; then
     command -v node >/dev/null 2>&1 || missing+=(nodejs)

@@ -39,6 +39,10 @@ pub struct Config {
     pub undo_retention_secs: u64,
     /// Client sessions served at once; the next one gets error 1040.
     pub max_connections: usize,
+    /// Threads client sessions run on, each a single-threaded runtime with its own
+    /// backend connections (a session never changes thread: no cross-thread wake-up on
+    /// a query's path). 0: one per available core.
+    pub session_threads: usize,
     /// Seconds running statements get to finish after SIGTERM before connections are cut.
     pub shutdown_grace_secs: u64,
     /// Seconds allowed for a client handshake and for getting a backend connection.
@@ -172,6 +176,7 @@ impl Default for Config {
             undo_housekeeping_secs: 300,
             undo_retention_secs: 3_600,
             max_connections: 1024,
+            session_threads: 0,
             shutdown_grace_secs: 30,
             connect_timeout_secs: 10,
             users: Vec::new(),

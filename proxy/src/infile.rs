@@ -68,7 +68,7 @@ impl Session {
     pub(crate) async fn query_relaying_infile(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
         let (tx, mut requests) = mpsc::channel::<Request>(1);
         let backend_thread = self.conn.id();
-        let pool = self.shared.pools[0].clone();
+        let pool = self.pools[0].clone();
         let conn = &mut self.conn;
         let ps = &mut self.ps;
         let query = BRIDGE.scope(

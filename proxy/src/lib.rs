@@ -12,6 +12,7 @@
 //! - [`packet`]: framing (length + sequence id, 16 MB splits), a buffered writer flushed at
 //!   64 KB so results stream, and a bounds-checked cursor for client bytes.
 //! - [`handshake`]: HandshakeV10, capability negotiation, mysql_native_password check.
+//! - [`shards`]: the session threads (single-threaded runtimes) sessions are spread over.
 //! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`.
 //!   It only classifies a command and hands it on: untagged statements straight to the
 //!   backend, statements of a global transaction to the mode that owns them.
@@ -105,6 +106,7 @@ mod msg;
 mod outbox;
 mod packet;
 mod session;
+mod shards;
 mod stacked;
 mod tcc;
 mod wire;
@@ -135,6 +137,8 @@ pub struct Shared {
     pub logins: Vec<config::User>,
     /// Backend pools by the client's CLIENT_FOUND_ROWS (index 0 = off, 1 = on): the flag
     /// changes UPDATE's affected-rows count, so a backend connection must match its client.
+    /// Sessions take theirs from their session thread's own pair (see [`shards`]); these
+    /// serve the process's runtime.
     pub pools: [mysql_async::Pool; 2],
     /// Version string in our handshake: the backend's, when it could be read at start.
     pub server_version: String,
@@ -188,6 +192,10 @@ pub async fn run(
         .validate()
         .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
     let pools = [pool(&config, false)?, pool(&config, true)?];
+    // Sessions run on their own threads, each with its own pools (see `shards`).
+    let shards = shards::Shards::start(config.session_threads, || {
+        Ok([pool(&config, false)?, pool(&config, true)?])
+    })?;
     let (server_version, settings) = backend_version(&pools[0]).await;
     let (idle_timeouts, max_allowed_packet) = match settings {
         Some((wait, interactive, max)) => (Some((wait, interactive)), Some(max)),
@@ -263,14 +271,32 @@ pub async fn run(
         let span = tracing::info_span!("conn", conn_id);
         match limit.clone().try_acquire_owned() {
             Ok(permit) => {
+                // The socket moves to the session's thread and registers with its driver.
+                let stream = match stream.into_std() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        warn!(error = %e, "accepted socket unusable");
+                        continue;
+                    }
+                };
+                let shard = shards.pick();
+                let counted = shard.enter();
+                let pools = shard.pools.clone();
                 let shared = shared.clone();
                 let shutdown = shutdown.clone();
-                tracker.spawn(
+                tracker.spawn_on(
                     async move {
-                        session::serve(stream, conn_id, shared, shutdown).await;
+                        match tokio::net::TcpStream::from_std(stream) {
+                            Ok(stream) => {
+                                session::serve(stream, conn_id, shared, pools, shutdown).await
+                            }
+                            Err(e) => warn!(error = %e, "accepted socket unusable"),
+                        }
+                        drop(counted);
                         drop(permit);
                     }
                     .instrument(span),
+                    &shard.handle,
                 );
             }
             Err(_) => {
@@ -289,6 +315,7 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     }
+    shards.stop().await;
     for p in shared.pools.iter() {
         let _ = tokio::time::timeout(Duration::from_secs(2), p.clone().disconnect()).await;
     }

@@ -90,6 +90,9 @@ pub(crate) struct Prepared {
 pub(crate) struct Session {
     pub(crate) ps: PacketStream,
     pub(crate) conn: Conn,
+    /// Its session thread's backend pools (by CLIENT_FOUND_ROWS): where a replacement
+    /// connection comes from.
+    pub(crate) pools: [mysql_async::Pool; 2],
     /// Negotiated capabilities (client's ∩ ours): decide EOF vs OK terminators.
     pub(crate) caps: CapabilityFlags,
     pub(crate) stmts: HashMap<u32, Prepared>,
@@ -144,6 +147,7 @@ pub async fn serve(
     stream: TcpStream,
     conn_id: u32,
     shared: Arc<Shared>,
+    pools: [mysql_async::Pool; 2],
     shutdown: CancellationToken,
 ) {
     let peer = stream
@@ -180,7 +184,7 @@ pub async fn serve(
     debug!(user = %hello.user, "authenticated");
 
     let found_rows = hello.caps.contains(CapabilityFlags::CLIENT_FOUND_ROWS);
-    let pool = &shared.pools[usize::from(found_rows)];
+    let pool = &pools[usize::from(found_rows)];
     let conn = match tokio::time::timeout(timeout, pool.get_conn()).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
@@ -202,6 +206,7 @@ pub async fn serve(
     let mut s = Session {
         ps,
         conn,
+        pools,
         caps: hello.caps,
         stmts: HashMap::new(),
         status: StatusFlags::SERVER_STATUS_AUTOCOMMIT.bits(),

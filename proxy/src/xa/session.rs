@@ -268,7 +268,7 @@ impl Session {
             }
         };
         let found_rows = self.caps.contains(CapabilityFlags::CLIENT_FOUND_ROWS);
-        let pool = &self.shared.pools[usize::from(found_rows)];
+        let pool = &self.pools[usize::from(found_rows)];
         let timeout = std::time::Duration::from_secs(self.shared.config.connect_timeout_secs);
         let mut fresh = match tokio::time::timeout(timeout, pool.get_conn()).await {
             Ok(Ok(c)) => c,
