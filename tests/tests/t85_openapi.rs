@@ -1,6 +1,7 @@
 //! The coordinator's API description against the coordinator itself: the OpenAPI
 //! document it serves at `/api/v1/openapi.json` (generated from its handlers) is valid
-//! OpenAPI 3.1 and names the calls DESIGN.md lists; then schemathesis (PyPI, pinned by
+//! OpenAPI 3.1 and names the calls DESIGN.md lists; an operator logs in; with a few
+//! transactions and messages to act on, schemathesis (PyPI, pinned by
 //! `scripts/ensure-tools.sh --browser` into `tests/.venv`) generates requests from it,
 //! valid and invalid, for a bounded time, with an operator's credential, and checks every
 //! answer: no 5xx, only documented statuses, bodies and headers as described, invalid
@@ -136,12 +137,58 @@ async fn t85_the_api_answers_as_its_description_says() {
         "{who}"
     );
 
-    // Phase 3: schemathesis, bounded in time.
+    // Phase 3: things to act on, so that generated calls reach past "not found": open
+    // transactions (one with a TCC branch, whose participant is a closed local port),
+    // a decided one, a prepared message and a message branch. Half of the generated
+    // `{xid}` and message `{id}` path values are drawn from these.
+    let mut xids = Vec::new();
+    for _ in 0..4 {
+        xids.push(coord.begin(600_000).await);
+    }
+    let tcc =
+        serde_json::json!({"type": "tcc", "name": "t85", "confirm_url": "http://127.0.0.1:9/c",
+        "cancel_url": "http://127.0.0.1:9/x", "payload": {"n": 1}})
+        .to_string();
+    let (code, v) = coord
+        .http(
+            "POST",
+            &format!("/api/v1/transactions/{}/branches", xids[0]),
+            Some(tcc.as_bytes()),
+        )
+        .await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(coord.rollback(&xids[3]).await, "rolled_back");
+    let mut messages = Vec::new();
+    for path in [
+        "/api/v1/messages".to_string(),
+        format!("/api/v1/transactions/{}/messages", xids[1]),
+    ] {
+        let m = serde_json::json!({"topic": "t85", "payload": {"n": 1}}).to_string();
+        let (code, v) = coord.http("POST", &path, Some(m.as_bytes())).await;
+        assert_eq!(code, 200, "{v}");
+        messages.push(v["message_id"].as_str().unwrap().to_string());
+    }
+    let config = dir.0.join("schemathesis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[dictionaries.xids]\nvalues = {xids:?}\n\
+             [dictionaries.messages]\nvalues = {messages:?}\n\
+             [parameters]\n\"path.xid\" = {{ dictionary = \"xids\", probability = 0.5 }}\n\
+             [[operations]]\ninclude-path-regex = \"^/api/v1/messages/\"\n\
+             parameters = {{ \"path.id\" = {{ dictionary = \"messages\", probability = 0.5 }} }}\n"
+        ),
+    )
+    .unwrap();
+
+    // Phase 4: schemathesis, bounded in time.
     let bearer = format!("Authorization: Bearer {}", coord.token());
     let out_file = dir.0.join("schemathesis.txt");
     let started = Instant::now();
     let run = tokio::process::Command::new(&st)
         .args([
+            "--config-file",
+            &config.display().to_string(),
             "run",
             &format!("http://{}{}", coord.http, "/api/v1/openapi.json"),
             "--header",
