@@ -191,11 +191,7 @@ impl From<CoordinatorError> for tonic::Status {
 
 impl axum::response::IntoResponse for CoordinatorError {
     fn into_response(self) -> axum::response::Response {
-        let mut body = serde_json::json!({"error": self.kind(), "message": self.to_string()});
-        if let CoordinatorError::NotLeader { grpc, http } = &self {
-            body["leader_grpc"] = serde_json::json!(grpc);
-            body["leader_http"] = serde_json::json!(http);
-        }
+        let body = crate::http::ErrorBody::from(&self);
         (self.http_status(), axum::Json(body)).into_response()
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! # Layout
 //! Modules in the order a request travels through them:
-//! - [`grpc`], [`http`]: adapters. rewind.v1 gRPC; the REST API of DESIGN.md, the admin
-//!   console, /metrics, /healthz. They parse, call the core, and format; [`auth`] says
+//! - [`grpc`], [`http`]: adapters. rewind.v1 gRPC; the REST API of DESIGN.md with its
+//!   OpenAPI description (generated from the handlers), the admin console, /metrics,
+//!   /healthz. They parse, call the core, and format; [`auth`] says
 //!   who the operator is, [`error`] maps every refusal to a gRPC or HTTP status.
 //! - [`core`]: [`core::Coordinator`], the one type that decides (begin, register,
 //!   report, commit, rollback, resolve, audit) and serves the bounded read models.

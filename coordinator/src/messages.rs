@@ -32,25 +32,36 @@ use crate::sequencer::Sequencer;
 /// Most messages one list answers.
 pub const MESSAGE_LIST_LIMIT: usize = 1_000;
 
-/// The body of `POST /api/v1/messages` (and of a message branch).
-#[derive(Debug, Deserialize)]
+/// The body of `POST /api/v1/messages` (and of a message branch, which takes no
+/// `resource_id` or `check_after_ms`: its global transaction decides it).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewMessage {
+    /// 1 to 255 bytes.
+    #[schema(min_length = 1, max_length = 255)]
     pub topic: String,
+    /// Ordering key, at most 255 bytes.
     #[serde(default)]
+    #[schema(max_length = 255)]
     pub key: Option<String>,
-    /// A string is published as it is; any other JSON value as its JSON text.
+    /// A string is published as it is; any other JSON value (not `null`) as its JSON
+    /// text.
+    #[schema(value_type = Value)]
     pub payload: serde_json::Value,
     /// String values only.
     #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, String>>)]
     pub headers: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The resource the producer's local transaction runs on, when known in advance.
     #[serde(default)]
     pub resource_id: Option<String>,
+    /// When check-back starts for a message still prepared (default 5000).
     #[serde(default)]
     pub check_after_ms: Option<u64>,
     /// Optional: the caller's own id (letters, digits, `-_.:`), which makes a retried
     /// prepare answer the same message. Absent: the coordinator picks one.
     #[serde(default)]
+    #[schema(pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     pub message_id: Option<String>,
 }
 

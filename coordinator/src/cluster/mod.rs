@@ -55,6 +55,53 @@ impl std::fmt::Display for Member {
     }
 }
 
+/// A member's view of the cluster, as `GET /api/v1/cluster` and `/healthz` show it.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct ClusterStatus {
+    #[schema(value_type = u64)]
+    pub node_id: NodeId,
+    pub role: Role,
+    pub term: u64,
+    /// The leader's node id (`null` while none is elected or known).
+    #[schema(required = true, value_type = Option<u64>)]
+    pub leader: Option<NodeId>,
+    #[schema(required = true)]
+    pub leader_grpc: Option<String>,
+    #[schema(required = true)]
+    pub leader_http: Option<String>,
+    #[schema(required = true)]
+    pub last_log_index: Option<u64>,
+    #[schema(required = true)]
+    pub last_applied: Option<u64>,
+    /// The index the latest snapshot covers.
+    #[schema(required = true)]
+    pub snapshot: Option<u64>,
+    /// Entries in this member's Raft log (not yet compacted into a snapshot).
+    pub log_entries: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+/// This member's Raft role.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Leader,
+    Follower,
+    Candidate,
+    Learner,
+    Shutdown,
+}
+
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct MemberStatus {
+    #[schema(value_type = u64)]
+    pub node_id: NodeId,
+    pub grpc: String,
+    pub http: String,
+    /// A learner (still catching up) is not a voter.
+    pub voter: bool,
+}
+
 /// One log entry: a batch of commands applied in order at the leader's `now_ms`.
 pub use crate::engine::Batch;
 
@@ -304,45 +351,45 @@ impl Cluster {
     }
 
     /// `/healthz` and the cluster API: role, term, leader, members and log state.
-    pub fn describe(&self) -> serde_json::Value {
+    pub fn describe(&self) -> ClusterStatus {
         // Read before borrowing the metrics: the borrow holds the watch's lock.
         let log_entries = self.log.entries();
         let metrics = self.raft.metrics();
         let m = metrics.borrow();
         let role = match m.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
+            ServerState::Leader => Role::Leader,
+            ServerState::Follower => Role::Follower,
+            ServerState::Candidate => Role::Candidate,
+            ServerState::Learner => Role::Learner,
+            ServerState::Shutdown => Role::Shutdown,
         };
         let membership = m.membership_config.membership();
         let voters: BTreeSet<NodeId> = membership.voter_ids().collect();
-        let members: Vec<serde_json::Value> = membership
+        let members = membership
             .nodes()
-            .map(|(id, n)| {
-                serde_json::json!({
-                    "node_id": id, "grpc": n.grpc, "http": n.http,
-                    "voter": voters.contains(id),
-                })
+            .map(|(id, n)| MemberStatus {
+                node_id: *id,
+                grpc: n.grpc.clone(),
+                http: n.http.clone(),
+                voter: voters.contains(id),
             })
             .collect();
         let leader = m
             .current_leader
             .and_then(|l| membership.get_node(&l).map(|n| (l, n.clone())));
-        serde_json::json!({
-            "node_id": self.node_id,
-            "role": role,
-            "term": m.current_term,
-            "leader": leader.as_ref().map(|(l, _)| l),
-            "leader_grpc": leader.as_ref().map(|(_, n)| n.grpc.clone()),
-            "leader_http": leader.as_ref().map(|(_, n)| n.http.clone()),
-            "last_log_index": m.last_log_index,
-            "last_applied": m.last_applied.map(|l| l.index),
-            "snapshot": m.snapshot.map(|l| l.index),
-            "log_entries": log_entries,
-            "members": members,
-        })
+        ClusterStatus {
+            node_id: self.node_id,
+            role,
+            term: m.current_term,
+            leader: leader.as_ref().map(|(l, _)| *l),
+            leader_grpc: leader.as_ref().map(|(_, n)| n.grpc.clone()),
+            leader_http: leader.as_ref().map(|(_, n)| n.http.clone()),
+            last_log_index: m.last_log_index,
+            last_applied: m.last_applied.map(|l| l.index),
+            snapshot: m.snapshot.map(|l| l.index),
+            log_entries,
+            members,
+        }
     }
 
     fn voters(&self) -> BTreeSet<NodeId> {

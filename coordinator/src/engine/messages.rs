@@ -37,7 +37,7 @@ const HISTORY_LIMIT: usize = 48;
 /// Consumers a message remembers.
 const CONSUMERS_LIMIT: usize = 16;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MessageStatus {
     Prepared,

@@ -10,7 +10,9 @@ use crate::locks::{InternedKey, RowKey};
 pub type XidNum = u64;
 pub type BranchId = u64;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// `utoipa::ToSchema` on the enums the HTTP API shows: its OpenAPI description takes their
+// values from these types (a derive, no I/O: the engine stays pure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum GlobalStatus {
     Begin,
@@ -178,7 +180,7 @@ impl GlobalStatus {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BranchStatus {
     Registered,
@@ -193,7 +195,7 @@ pub enum BranchStatus {
 }
 
 /// What kind of participant a branch is (`type` in the API).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BranchType {
     /// Phase two runs in a proxy: undo records, row images, global locks.
@@ -222,7 +224,7 @@ pub struct TccCall {
 }
 
 /// An operator's action on a TCC branch that keeps failing (or any unfinished one).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum BranchAction {
     /// Call the participant again now (the attempt count starts over).
@@ -408,7 +410,7 @@ pub struct BranchRecord {
     pub message_id: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ResolveAction {
     RestoreBefore,
@@ -416,7 +418,7 @@ pub enum ResolveAction {
     Retry,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", tag = "state")]
 pub enum ConflictState {
     /// Waiting for an operator.

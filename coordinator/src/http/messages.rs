@@ -5,60 +5,24 @@
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
-use serde_json::{json, Value};
+use serde_json::Value;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::{IntoParams, ToSchema};
 
+use super::bodies::{Message, MessageDecided, MessageDetail};
+use super::openapi::{BodyRefused, CredentialRefused, Unavailable};
 use super::{
-    application, operator, parse_body, parse_xid, record_audit, result_text, ApiResult, App,
+    application, operator, parse_body, record_audit, result_text, Answer, ApiPath, ApiQuery, App,
+    ErrorBody,
 };
-use crate::engine::{MessageRecord, MessageStatus};
+use crate::core::parse_xid;
+use crate::engine::MessageStatus;
 use crate::error::CoordinatorError;
 use crate::messages::NewMessage;
-
-/// A message as the API shows it; `full` adds the payload, headers and history.
-pub(super) fn message_json(m: &MessageRecord, full: bool) -> Value {
-    let mut v = json!({
-        "message_id": m.message_id,
-        "topic": m.topic,
-        "key": m.key,
-        "status": m.status.name(),
-        "resource_id": m.resource_id,
-        "proxy_id": m.proxy_id,
-        "xid": m.xid.map(rewind_protocol::xid::format),
-        "branch_id": m.branch_id,
-        "check_after_ms": m.check_after_ms,
-        "created_ms": m.created_ms,
-        "updated_ms": m.updated_ms,
-        "checks": m.checks,
-        "publish_failures": m.publish_failures,
-        "last_error": m.last_error,
-        "consumers": m.consumers,
-    });
-    if full {
-        if let Some(obj) = v.as_object_mut() {
-            obj.insert("payload".into(), json!(m.payload));
-            let headers: serde_json::Map<String, Value> = m
-                .headers
-                .iter()
-                .map(|(k, v)| (k.clone(), json!(v)))
-                .collect();
-            obj.insert("headers".into(), Value::Object(headers));
-            obj.insert(
-                "history".into(),
-                Value::Array(
-                    m.history
-                        .iter()
-                        .map(|e| json!({"at_ms": e.at_ms, "event": e.event, "detail": e.detail}))
-                        .collect(),
-                ),
-            );
-        }
-    }
-    v
-}
 
 fn new_message(
     app: &App,
@@ -76,83 +40,176 @@ fn new_message(
         .map_err(|e| CoordinatorError::InvalidArgument(format!("message: {e}")))
 }
 
-/// `POST /api/v1/messages`: a prepared message, durable and invisible to consumers.
+/// Prepares a half message: durable and invisible to consumers until confirmed (by the
+/// producer's local transaction tagged `/*+ MSG('<message_id>') */`, or a commit call).
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    operation_id = "prepare_message",
+    tag = "messages",
+    request_body = NewMessage,
+    responses(
+        (status = 200, description = "Prepared (a retry with the same `message_id`: the same message)", body = Message),
+        (status = 409, description = "`message_refused`: that `message_id` names another message", body = ErrorBody),
+        BodyRefused,
+        CredentialRefused,
+        Unavailable,
+    ),
+    security((), ("operator_token" = []), ("console_session" = [], "csrf_token" = [])),
+)]
 pub(super) async fn prepare(
     State(app): State<App>,
     h: HeaderMap,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> Answer<Message> {
     application(&app, &h, true)?;
     let m = new_message(&app, body)?;
     let rec = app.core.prepare_message(m, None).await?;
-    Ok(Json(message_json(&rec, false)))
+    Ok(Json(Message::from(&rec)))
 }
 
-/// `POST /api/v1/transactions/{xid}/messages`: a message branch, sent after the global
-/// commit and dropped on rollback.
+/// Adds a message branch to a global transaction: sent after the global commit, dropped
+/// on rollback.
+#[utoipa::path(
+    post,
+    path = "/api/v1/transactions/{xid}/messages",
+    operation_id = "prepare_message_branch",
+    tag = "messages",
+    params(("xid" = String, Path, description = "The global transaction id")),
+    request_body = NewMessage,
+    responses(
+        (status = 200, description = "Prepared as a branch", body = Message),
+        (status = 404, description = "`not_found`: no such transaction", body = ErrorBody),
+        (status = 409, description = "`not_active`: the transaction is decided already; `message_refused`", body = ErrorBody),
+        BodyRefused,
+        CredentialRefused,
+        Unavailable,
+    ),
+    security((), ("operator_token" = []), ("console_session" = [], "csrf_token" = [])),
+)]
 pub(super) async fn prepare_branch(
     State(app): State<App>,
     h: HeaderMap,
-    Path(xid): Path<String>,
+    ApiPath(xid): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> Answer<Message> {
     application(&app, &h, true)?;
     let x = parse_xid(&xid)?;
     let m = new_message(&app, body)?;
     let rec = app.core.prepare_message(m, Some(x)).await?;
-    Ok(Json(message_json(&rec, false)))
+    Ok(Json(Message::from(&rec)))
 }
 
+/// Confirms a prepared message (write-once: the same again answers 200).
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/{id}/commit",
+    operation_id = "commit_message",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "Decided", body = MessageDecided),
+        (status = 404, description = "`message_not_found`", body = ErrorBody),
+        (status = 409, description = "`already_decided` the other way, or `message_refused` (a branch's: its transaction decides)", body = ErrorBody),
+        CredentialRefused,
+        Unavailable,
+    ),
+    security((), ("operator_token" = []), ("console_session" = [], "csrf_token" = [])),
+)]
 pub(super) async fn commit(
     State(app): State<App>,
     h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
+    ApiPath(id): ApiPath<String>,
+) -> Answer<MessageDecided> {
     decide(&app, &h, id, true).await
 }
 
+/// Cancels a prepared message (write-once: the same again answers 200).
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/{id}/rollback",
+    operation_id = "rollback_message",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "Decided", body = MessageDecided),
+        (status = 404, description = "`message_not_found`", body = ErrorBody),
+        (status = 409, description = "`already_decided` the other way, or `message_refused` (a branch's: its transaction decides)", body = ErrorBody),
+        CredentialRefused,
+        Unavailable,
+    ),
+    security((), ("operator_token" = []), ("console_session" = [], "csrf_token" = [])),
+)]
 pub(super) async fn rollback(
     State(app): State<App>,
     h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
+    ApiPath(id): ApiPath<String>,
+) -> Answer<MessageDecided> {
     decide(&app, &h, id, false).await
 }
 
 /// The application's decision: write-once (the same again answers 200, the opposite 409).
-async fn decide(app: &App, h: &HeaderMap, id: String, commit: bool) -> ApiResult {
+async fn decide(app: &App, h: &HeaderMap, id: String, commit: bool) -> Answer<MessageDecided> {
     application(app, h, true)?;
     let st = app
         .core
         .decide_message(id.clone(), commit, "application".into(), false)
         .await?;
-    Ok(Json(json!({"message_id": id, "status": st.name()})))
+    Ok(Json(MessageDecided {
+        message_id: id,
+        status: st,
+    }))
 }
 
-#[derive(Deserialize, Default)]
+#[derive(Deserialize, Clone, Copy, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum MessageForce {
+    Commit,
+    Drop,
+}
+
+#[derive(Deserialize, Default, ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct ForceBody {
-    decision: Option<String>,
+pub(super) struct ForceMessage {
+    #[schema(required = true, value_type = MessageForce)]
+    decision: Option<MessageForce>,
 }
 
-/// `POST /api/v1/messages/{id}/force {"decision": "commit"|"drop"}`: an operator decides
-/// a message check-back could not (undecided, or still prepared). Audited as
-/// `message commit` / `message drop`; 409 when it was decided the other way.
+/// An operator decides a message check-back could not (undecided, or still prepared):
+/// `commit` publishes it, `drop` cancels it. Audited as `message commit` /
+/// `message drop`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/{id}/force",
+    operation_id = "force_message",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id")),
+    request_body = ForceMessage,
+    responses(
+        (status = 200, description = "Decided", body = MessageDecided),
+        (status = 404, description = "`message_not_found`", body = ErrorBody),
+        (status = 409, description = "`already_decided` the other way, or `message_refused`", body = ErrorBody),
+        BodyRefused,
+        CredentialRefused,
+        Unavailable,
+    ),
+    security(("operator_token" = []), ("console_session" = [], "csrf_token" = [])),
+)]
 pub(super) async fn force(
     State(app): State<App>,
     h: HeaderMap,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     body: Result<Bytes, BytesRejection>,
-) -> ApiResult {
+) -> Answer<MessageDecided> {
     let who = operator(&app, &h, true)?;
-    let b: ForceBody = parse_body(&app, body)?;
-    let commit = match b.decision.as_deref() {
-        Some("commit") => true,
-        Some("drop") => false,
-        other => {
-            return Err(CoordinatorError::InvalidArgument(format!(
-                "body must be {{\"decision\": \"commit\"|\"drop\"}}, not decision {other:?}"
-            )))
+    let b: ForceMessage = parse_body(&app, body)?;
+    let commit = match b.decision {
+        Some(MessageForce::Commit) => true,
+        Some(MessageForce::Drop) => false,
+        None => {
+            return Err(CoordinatorError::InvalidArgument(
+                "body must be {\"decision\": \"commit\"|\"drop\"}".into(),
+            ))
         }
     };
     let r = app
@@ -169,15 +226,33 @@ pub(super) async fn force(
         Err(_) => result_text(&r),
     };
     record_audit(&app, &who, action, &format!("message {id}"), &result).await;
-    Ok(Json(json!({"message_id": id, "status": r?.name()})))
+    Ok(Json(MessageDecided {
+        message_id: id,
+        status: r?,
+    }))
 }
 
-/// `POST /api/v1/messages/{id}/redrive`: a dead message is published again. Audited.
+/// A dead message (its broker refused it too often) is published again. Audited.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages/{id}/redrive",
+    operation_id = "redrive_message",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "Confirmed again: it is published next", body = MessageDecided),
+        (status = 404, description = "`message_not_found`", body = ErrorBody),
+        (status = 409, description = "`message_refused`: not dead", body = ErrorBody),
+        CredentialRefused,
+        Unavailable,
+    ),
+    security(("operator_token" = []), ("console_session" = [], "csrf_token" = [])),
+)]
 pub(super) async fn redrive(
     State(app): State<App>,
     h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
+    ApiPath(id): ApiPath<String>,
+) -> Answer<MessageDecided> {
     let who = operator(&app, &h, true)?;
     let r = app
         .core
@@ -191,36 +266,80 @@ pub(super) async fn redrive(
         &result_text(&r),
     )
     .await;
-    Ok(Json(json!({"message_id": id, "status": r?.name()})))
+    Ok(Json(MessageDecided {
+        message_id: id,
+        status: r?,
+    }))
 }
 
-/// `GET /api/v1/messages/{id}`: the message's whole life.
+/// A message's whole life: payload, headers, history with timestamps.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{id}",
+    operation_id = "get_message",
+    tag = "messages",
+    params(("id" = String, Path, description = "The message id")),
+    responses(
+        (status = 200, description = "The message", body = MessageDetail),
+        (status = 404, description = "`message_not_found`", body = ErrorBody),
+        CredentialRefused,
+        Unavailable,
+    ),
+    security((), ("operator_token" = []), ("console_session" = [])),
+)]
 pub(super) async fn show(
     State(app): State<App>,
     h: HeaderMap,
-    Path(id): Path<String>,
-) -> ApiResult {
+    ApiPath(id): ApiPath<String>,
+) -> Answer<MessageDetail> {
     application(&app, &h, false)?;
     let rec = app.core.message(&id).await?;
-    Ok(Json(message_json(&rec, true)))
+    Ok(Json(MessageDetail::from(&rec)))
 }
 
-#[derive(Deserialize)]
+/// `?status=`: a message status, or empty for all.
+fn status_filter() -> Schema {
+    let names = std::iter::once("").chain(MessageStatus::ALL.iter().map(|s| s.name()));
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(names))
+        .description(Some("Only messages in this status (empty: all)"))
+        .into()
+}
+
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct ListQuery {
+    #[param(schema_with = status_filter)]
     status: Option<String>,
     /// The next page's cursor: messages older than the last one shown, its
     /// `created_ms` and (to order ties on the millisecond) its `message_id`.
     before_ms: Option<u64>,
     before_id: Option<String>,
+    /// At most this many (default 100, capped by the coordinator).
     limit: Option<usize>,
 }
 
-/// `GET /api/v1/messages?status=…&before_ms=…&before_id=…&limit=…`: newest first.
+/// Half messages, newest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    operation_id = "list_messages",
+    tag = "messages",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "Newest first", body = Vec<Message>),
+        (status = 400, description = "`invalid_argument`: an unknown status or a malformed parameter", body = ErrorBody),
+        CredentialRefused,
+        Unavailable,
+    ),
+    security((), ("operator_token" = []), ("console_session" = [])),
+)]
 pub(super) async fn list(
     State(app): State<App>,
     h: HeaderMap,
-    Query(q): Query<ListQuery>,
-) -> ApiResult {
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> Answer<Vec<Message>> {
     application(&app, &h, false)?;
     let status = match q.status.as_deref() {
         None | Some("") => None,
@@ -240,7 +359,5 @@ pub(super) async fn list(
             q.limit.unwrap_or(100),
         )
         .await?;
-    Ok(Json(Value::Array(
-        out.iter().map(|m| message_json(m, false)).collect(),
-    )))
+    Ok(Json(out.iter().map(Message::from).collect()))
 }
