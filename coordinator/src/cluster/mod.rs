@@ -127,6 +127,7 @@ pub async fn open(
     loaded: Loaded,
     effects: mpsc::UnboundedSender<Effect>,
     metrics: Arc<Metrics>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<Opened, CoordinatorError> {
     let applied_pos: state_machine::Applied = match &loaded.raft {
         Some(b) => serde_json::from_slice(b)
@@ -181,6 +182,7 @@ pub async fn open(
         network::Network {
             partition: network::Partition::from_env(),
             auth: auth.clone(),
+            tls,
         },
         log.clone(),
         sm,
