@@ -15,8 +15,8 @@
 //!   certificates required; a proxy without one cannot reach the coordinator (1429); a
 //!   three-member cluster over mutual TLS elects a leader and commits.
 //!
-//! Not covered: the Go driver (no Go toolchain in this environment's test set-up for
-//! TLS; `t95_go_driver` covers the driver in plain).
+//! Not covered: go-sql-driver/mysql over TLS (`tls=custom`): the machine this was written
+//! on has no Go toolchain; `t95_go_driver` covers the driver in plain.
 
 use std::path::Path;
 use std::time::Duration;
