@@ -49,6 +49,25 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The message service: half messages, their check-back and their broker.
     pub messages: MessagesConfig,
+    /// TLS on the gRPC listener (`[tls]`): absent, plain. HTTP stays plain.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[tls]`: the gRPC listener's certificate, and whom it asks for one.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// This node's certificate chain and private key (PEM files). Served to gRPC clients;
+    /// in a cluster also shown to another member that asks for a client certificate (so
+    /// a member's certificate is for both server and client authentication).
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// CA certificate(s) (PEM): set, every gRPC client (proxies, the other members,
+    /// applications) must present a certificate that chains to one (mutual TLS).
+    pub client_ca: PathBuf,
+    /// CA certificate(s) (PEM) the other members' certificates must chain to (cluster
+    /// mode). Empty: `client_ca`.
+    pub ca: PathBuf,
 }
 
 /// `[messages]`: half messages (`POST /api/v1/messages`) and message branches.
@@ -228,6 +247,7 @@ impl Default for Config {
             api_auth: ApiAuth::Operator,
             cluster: None,
             messages: MessagesConfig::default(),
+            tls: None,
         }
     }
 }
@@ -338,6 +358,17 @@ impl Config {
                 );
             }
         }
+        if let Some(t) = &self.tls {
+            if t.cert.as_os_str().is_empty() || t.key.as_os_str().is_empty() {
+                return bad("tls: cert and key are both required");
+            }
+            if self.cluster.is_some()
+                && t.ca.as_os_str().is_empty()
+                && t.client_ca.as_os_str().is_empty()
+            {
+                return bad("tls in a cluster: set tls.ca (or tls.client_ca) to verify the other members' certificates");
+            }
+        }
         for (name, secret) in &self.operators {
             if name.is_empty() || name.len() > 64 || name.chars().any(|c| c.is_control()) {
                 return bad("operator names must be 1..=64 printable characters");
@@ -430,5 +461,19 @@ mod tests {
         let c: Config = toml::from_str("phase_two_command_timeout_ms = 2000").unwrap();
         assert!(c.validate().is_ok());
         assert_eq!(c.tcc_call_timeout(), std::time::Duration::from_millis(2000));
+        // [tls]: a certificate and its key; a cluster also needs a CA for its members.
+        assert!(toml::from_str::<Config>("[tls]\ncert = \"c\"\nkye = \"k\"").is_err());
+        let c: Config = toml::from_str("[tls]\ncert = \"c.pem\"").unwrap();
+        assert!(c.validate().is_err());
+        let mut c: Config = toml::from_str("[tls]\ncert = \"c.pem\"\nkey = \"k.pem\"").unwrap();
+        assert!(c.validate().is_ok());
+        c.cluster = Some(ClusterConfig {
+            node_id: 1,
+            members: ClusterConfig::parse_members("1=a:1/a:2").unwrap(),
+            ..ClusterConfig::default()
+        });
+        assert!(c.validate().is_err());
+        c.tls.as_mut().unwrap().client_ca = "ca.pem".into();
+        assert!(c.validate().is_ok());
     }
 }

@@ -23,7 +23,8 @@
 //!   cache, not replicated) and operators' redrives of DEAD messages awaiting an answer.
 //! - [`xa_waits`]: the sessions waiting on prepared XA branches' row locks, as the
 //!   proxies holding those branches last saw them (a cache like [`outbox`]).
-//! - [`config`], [`metrics`]: the supporting cast.
+//! - [`config`], [`metrics`], [`tls`] (the gRPC listener's and the Raft clients'
+//!   certificates): the supporting cast.
 //!
 //! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
 //! a global transaction is `GlobalTx`); its `phase_two` executes branch commands (here:
@@ -49,6 +50,7 @@ mod outbox;
 mod sequencer;
 mod store;
 mod tcc;
+mod tls;
 mod wal;
 mod xa_waits;
 
@@ -82,6 +84,22 @@ pub async fn run(
     config
         .validate()
         .map_err(|e| CoordinatorError::InvalidArgument(e.to_string()))?;
+    // rustls on ring everywhere (gRPC TLS, TCC calls); no aws-lc.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let grpc_tls = config.tls.as_ref().map(tls::load).transpose()?;
+    let mut grpc_server = tonic::transport::Server::builder();
+    if let Some(t) = &grpc_tls {
+        grpc_server = grpc_server
+            .tls_config(t.server.clone())
+            .map_err(|e| CoordinatorError::InvalidArgument(format!("tls: {e}")))?;
+        tracing::info!(
+            mutual = config
+                .tls
+                .as_ref()
+                .is_some_and(|t| !t.client_ca.as_os_str().is_empty()),
+            "gRPC over TLS"
+        );
+    }
     let (store, loaded) = store::Store::open(&config.data_dir, config.wal_bytes)?;
     let auth = Arc::new(auth::Auth::load(
         &config.operators,
@@ -135,6 +153,7 @@ pub async fn run(
                 loaded,
                 effects_tx,
                 metrics.clone(),
+                grpc_tls.as_ref().and_then(|t| t.peers.clone()),
             )
             .await?;
             tracing::info!(node = c.node_id, members = c.members.len(), "cluster mode");
@@ -243,7 +262,7 @@ pub async fn run(
                 .max_decoding_message_size(c.auth.max_message_bytes())
                 .max_encoding_message_size(c.auth.max_message_bytes())
             });
-            tonic::transport::Server::builder()
+            grpc_server
                 .tcp_nodelay(true)
                 .add_service(TransactionManagerServer::with_interceptor(
                     grpc::GrpcServices(core.clone()),

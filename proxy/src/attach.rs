@@ -113,6 +113,7 @@ pub(crate) fn own_pool(shared: &Shared, max: usize) -> Result<Pool, mysql_async:
             "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
         ])
         .prefer_socket(false)
+        .ssl_opts(shared.backend_ssl.clone())
         // An undo UPDATE must count the row it matched even when the row already holds
         // those values (the statement left it unchanged): affected rows = found rows.
         .client_found_rows(true)

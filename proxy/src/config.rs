@@ -79,6 +79,42 @@ pub struct Config {
     /// Proof rows of XA branches (what tells a committed branch from a rolled-back one
     /// after a lost answer) are kept this many seconds.
     pub xa_proof_retention_secs: u64,
+    /// Client TLS: the MySQL listener's certificate chain and private key (PEM files).
+    /// Set, the handshake offers TLS and a client that asks for it gets it; empty: the
+    /// listener is plain only.
+    pub tls_cert: String,
+    pub tls_key: String,
+    /// A client that logs in without TLS gets MySQL's error 3159 and is disconnected
+    /// (MySQL's `require_secure_transport`); needs `tls_cert`.
+    pub require_secure_transport: bool,
+    /// TLS on the backend connections (see [`BackendTls`]).
+    pub backend_tls: BackendTls,
+    /// The CA certificate(s) (PEM) the backend's certificate must chain to.
+    pub backend_tls_ca: String,
+    /// TLS to the coordinator: the CA certificate(s) (PEM) its gRPC certificate must chain
+    /// to. Set, the coordinator addresses are `https://` (a bare `host:port` is taken as
+    /// one); empty, `http://`.
+    pub coordinator_tls_ca: String,
+    /// The certificate chain and key (PEM) this proxy shows a coordinator that asks for
+    /// client certificates (mutual TLS); needs `coordinator_tls_ca`.
+    pub coordinator_tls_cert: String,
+    pub coordinator_tls_key: String,
+}
+
+/// See [`Config::backend_tls`]; MySQL's `--ssl-mode` values of the same names.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendTls {
+    /// Plain connections.
+    #[default]
+    Off,
+    /// Encrypted; the backend's certificate is not checked.
+    Required,
+    /// Encrypted; the certificate must chain to `backend_tls_ca`, whatever name it has.
+    VerifyCa,
+    /// Encrypted; the certificate must chain to `backend_tls_ca` (or, without one, to a
+    /// public root) and name the host in `backend`.
+    VerifyIdentity,
 }
 
 /// See [`Config::branch_mode`].
@@ -189,6 +225,14 @@ impl Default for Config {
             xa_max_pinned: 256,
             xa_recovery_secs: 30,
             xa_proof_retention_secs: 7 * 24 * 3600,
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            require_secure_transport: false,
+            backend_tls: BackendTls::Off,
+            backend_tls_ca: String::new(),
+            coordinator_tls_ca: String::new(),
+            coordinator_tls_cert: String::new(),
+            coordinator_tls_key: String::new(),
         }
     }
 }
@@ -259,6 +303,51 @@ impl Config {
                     .into(),
             );
         }
+        self.validate_tls()
+    }
+
+    /// The TLS keys' combinations (the files themselves are read at start, see
+    /// [`crate::tls`]).
+    fn validate_tls(&self) -> Result<(), String> {
+        if self.tls_cert.is_empty() != self.tls_key.is_empty() {
+            return Err("tls_cert and tls_key go together: set both or neither".into());
+        }
+        if self.require_secure_transport && self.tls_cert.is_empty() {
+            return Err("require_secure_transport needs tls_cert and tls_key".into());
+        }
+        match self.backend_tls {
+            BackendTls::Off if !self.backend_tls_ca.is_empty() => {
+                return Err("backend_tls_ca is set but backend_tls is \"off\"".into());
+            }
+            BackendTls::VerifyCa if self.backend_tls_ca.is_empty() => {
+                return Err("backend_tls = \"verify_ca\" needs backend_tls_ca".into());
+            }
+            _ => {}
+        }
+        if self.coordinator_tls_cert.is_empty() != self.coordinator_tls_key.is_empty() {
+            return Err(
+                "coordinator_tls_cert and coordinator_tls_key go together: set both or neither"
+                    .into(),
+            );
+        }
+        let tls = !self.coordinator_tls_ca.is_empty();
+        if !tls && !self.coordinator_tls_cert.is_empty() {
+            return Err("coordinator_tls_cert needs coordinator_tls_ca".into());
+        }
+        // tonic would connect to an http:// address in the clear even with TLS set up.
+        let wrong = if tls { "http://" } else { "https://" };
+        if let Some(url) = self
+            .coordinator
+            .split(',')
+            .map(str::trim)
+            .find(|u| u.starts_with(wrong))
+        {
+            return Err(if tls {
+                format!("coordinator {url:?}: with coordinator_tls_ca set, use https://")
+            } else {
+                format!("coordinator {url:?}: https:// needs coordinator_tls_ca")
+            });
+        }
         Ok(())
     }
 
@@ -316,6 +405,27 @@ mod tests {
     fn unknown_keys_are_rejected() {
         assert!(Config::from_toml("listen = \"x\"\nbogus = 1\n").is_err());
         assert!(Config::from_toml("[[users]]\nname = \"a\"\npasword = \"typo\"\n").is_err());
+    }
+
+    #[test]
+    fn tls_keys_come_in_working_combinations() {
+        let ok = |text: &str| Config::from_toml(text).unwrap().validate();
+        assert!(
+            ok("tls_cert = \"c.pem\"\ntls_key = \"k.pem\"\nrequire_secure_transport = true")
+                .is_ok()
+        );
+        assert!(ok("tls_cert = \"c.pem\"").is_err());
+        assert!(ok("require_secure_transport = true").is_err());
+        assert!(ok("backend_tls = \"verify_ca\"").is_err());
+        assert!(ok("backend_tls = \"verify_ca\"\nbackend_tls_ca = \"ca.pem\"").is_ok());
+        assert!(ok("backend_tls = \"required\"").is_ok());
+        assert!(ok("backend_tls_ca = \"ca.pem\"").is_err());
+        assert!(Config::from_toml("backend_tls = \"verify\"").is_err());
+        assert!(ok("coordinator = \"https://c:1\"").is_err());
+        assert!(ok("coordinator = \"https://c:1\"\ncoordinator_tls_ca = \"ca.pem\"").is_ok());
+        assert!(ok("coordinator = \"c:1\"\ncoordinator_tls_ca = \"ca.pem\"").is_ok());
+        assert!(ok("coordinator = \"http://c:1\"\ncoordinator_tls_ca = \"ca.pem\"").is_err());
+        assert!(ok("coordinator = \"c:1\"\ncoordinator_tls_cert = \"c.pem\"\ncoordinator_tls_key = \"k.pem\"").is_err());
     }
 
     #[test]

@@ -20,7 +20,7 @@ use rewind_protocol::v1::{
     transaction_manager_client::TransactionManagerClient,
 };
 use rewind_protocol::GlobalStatus;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Response, Status};
 
 /// Metadata key a non-leader puts its leader's gRPC URL in.
@@ -65,24 +65,33 @@ pub struct Coordinators {
     call_timeout: Duration,
     /// How long a call keeps retrying an unreachable or leaderless cluster.
     retry_for: Duration,
+    /// TLS on every channel (`https://` URLs), leader hints' included.
+    tls: Option<ClientTlsConfig>,
 }
 
 impl Coordinators {
-    /// `list`: comma-separated gRPC URLs (`http://host:port`). Connections are lazy: the
-    /// proxy starts and serves untagged traffic with no coordinator up.
-    pub fn new(list: &str, call_timeout: Duration, retry_for: Duration) -> Result<Self, String> {
+    /// `list`: comma-separated gRPC URLs (`http://host:port`, or `https://` with `tls`).
+    /// Connections are lazy: the proxy starts and serves untagged traffic with no
+    /// coordinator up.
+    pub fn new(
+        list: &str,
+        call_timeout: Duration,
+        retry_for: Duration,
+        tls: Option<ClientTlsConfig>,
+    ) -> Result<Self, String> {
+        let scheme = scheme(tls.is_some());
         let urls: Vec<String> = list
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(normalize)
+            .map(|u| normalize(u, scheme))
             .collect();
         if urls.is_empty() {
             return Err("no coordinator address given".into());
         }
         let mut channels = HashMap::new();
         for u in &urls {
-            channels.insert(u.clone(), channel(u, call_timeout)?);
+            channels.insert(u.clone(), channel(u, call_timeout, &tls)?);
         }
         Ok(Coordinators {
             current: Mutex::new(urls[0].clone()),
@@ -90,6 +99,7 @@ impl Coordinators {
             channels: Mutex::new(channels),
             call_timeout,
             retry_for,
+            tls,
         })
     }
 
@@ -102,7 +112,7 @@ impl Coordinators {
         }
         // A leader hint that failed to parse never becomes current, so this is a
         // configured URL whose channel was built at start.
-        let ch = channel(&url, self.call_timeout).unwrap_or_else(|_| {
+        let ch = channel(&url, self.call_timeout, &self.tls).unwrap_or_else(|_| {
             channels
                 .values()
                 .next()
@@ -119,7 +129,7 @@ impl Coordinators {
         let hint = status
             .and_then(|s| s.metadata().get(LEADER_METADATA))
             .and_then(|v| v.to_str().ok())
-            .map(normalize)
+            .map(|h| normalize(h, scheme(self.tls.is_some())))
             .filter(|h| !h.is_empty() && h != failed);
         let mut current = lock(&self.current);
         if *current != failed {
@@ -128,7 +138,7 @@ impl Coordinators {
         if let Some(hint) = hint {
             let mut channels = lock(&self.channels);
             if !channels.contains_key(&hint) {
-                match channel(&hint, self.call_timeout) {
+                match channel(&hint, self.call_timeout, &self.tls) {
                     Ok(ch) => {
                         channels.insert(hint.clone(), ch);
                     }
@@ -364,19 +374,34 @@ impl Coordinators {
     }
 }
 
-/// `host:port` becomes `http://host:port`; a trailing `/` is dropped.
-fn normalize(url: &str) -> String {
+fn scheme(tls: bool) -> &'static str {
+    if tls {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// `host:port` becomes `<scheme>://host:port` (leader hints are bare addresses); a
+/// trailing `/` is dropped.
+fn normalize(url: &str, scheme: &str) -> String {
     let url = url.trim().trim_end_matches('/');
     if url.contains("://") {
         url.to_string()
     } else {
-        format!("http://{url}")
+        format!("{scheme}://{url}")
     }
 }
 
-fn channel(url: &str, timeout: Duration) -> Result<Channel, String> {
-    Ok(Endpoint::from_shared(url.to_string())
-        .map_err(|e| format!("coordinator URL {url:?}: {e}"))?
+fn channel(url: &str, timeout: Duration, tls: &Option<ClientTlsConfig>) -> Result<Channel, String> {
+    let mut endpoint = Endpoint::from_shared(url.to_string())
+        .map_err(|e| format!("coordinator URL {url:?}: {e}"))?;
+    if let Some(tls) = tls {
+        endpoint = endpoint
+            .tls_config(tls.clone())
+            .map_err(|e| format!("coordinator URL {url:?}: TLS: {e}"))?;
+    }
+    Ok(endpoint
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .connect_lazy())
@@ -404,6 +429,7 @@ mod tests {
             "127.0.0.1:1, http://127.0.0.1:2/",
             Duration::from_secs(1),
             Duration::from_secs(1),
+            None,
         )
         .unwrap();
         assert_eq!(c.urls, ["http://127.0.0.1:1", "http://127.0.0.1:2"]);
@@ -424,6 +450,15 @@ mod tests {
             "http://127.0.0.1:1",
             "a hint outside the list rotates back"
         );
-        assert!(Coordinators::new(" , ", Duration::ZERO, Duration::ZERO).is_err());
+        assert!(Coordinators::new(" , ", Duration::ZERO, Duration::ZERO, None).is_err());
+        // With TLS, bare addresses and leader hints are https://.
+        let tls = Some(ClientTlsConfig::new());
+        let c = Coordinators::new("127.0.0.1:1", Duration::ZERO, Duration::ZERO, tls).unwrap();
+        assert_eq!(c.current().0, "https://127.0.0.1:1");
+        let mut s = Status::unavailable("not the leader");
+        s.metadata_mut()
+            .insert(LEADER_METADATA, "127.0.0.1:3".parse().unwrap());
+        c.fail_over("https://127.0.0.1:1", Some(&s));
+        assert_eq!(c.current().0, "https://127.0.0.1:3");
     }
 }

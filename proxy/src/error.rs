@@ -5,6 +5,10 @@
 
 use opensrv_mysql::ErrorKind;
 
+/// MySQL 5.7's ER_SECURE_TRANSPORT_REQUIRED and its SQLSTATE: newer than the codes
+/// opensrv's `ErrorKind` knows.
+const ER_SECURE_TRANSPORT_REQUIRED: (u16, [u8; 5]) = (3159, *b"HY000");
+
 /// Everything that can go wrong while serving one client session.
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -119,6 +123,15 @@ pub enum ProxyError {
     /// A hint in a statement's leading comment that is there but unusable.
     #[error("Incorrect arguments to hint: {0}")]
     BadHint(&'static str),
+    /// `require_secure_transport` and a client that logged in without TLS.
+    #[error(
+        "Connections using insecure transport are prohibited while --require_secure_transport=ON."
+    )]
+    InsecureTransport,
+    /// The configuration cannot work (a missing file, keys that do not go together): the
+    /// proxy does not start. Never sent to a client.
+    #[error("invalid configuration: {0}")]
+    Config(String),
     /// Client socket failure: nothing can be sent any more.
     #[error("client i/o: {0}")]
     ClientIo(#[from] std::io::Error),
@@ -172,6 +185,11 @@ impl ProxyError {
             e @ ProxyError::MessageGone { .. } => own(ErrorKind::ER_XAER_NOTA, e.to_string()),
             e @ ProxyError::BadHint(_) => own(ErrorKind::ER_WRONG_ARGUMENTS, e.to_string()),
             e @ ProxyError::XaInDoubt(_) => own(ErrorKind::ER_XAER_RMERR, e.to_string()),
+            e @ ProxyError::InsecureTransport => {
+                let (code, state) = ER_SECURE_TRANSPORT_REQUIRED;
+                (code, state, e.to_string())
+            }
+            e @ ProxyError::Config(_) => own(ErrorKind::ER_UNKNOWN_ERROR, e.to_string()),
             e @ ProxyError::ClientIo(_) => own(ErrorKind::ER_NET_READ_ERROR, e.to_string()),
         }
     }
@@ -188,6 +206,8 @@ impl ProxyError {
                 | ProxyError::Shutdown
                 | ProxyError::TooManyConnections
                 | ProxyError::AccessDenied { .. }
+                | ProxyError::InsecureTransport
+                | ProxyError::Config(_)
         )
     }
 }
@@ -251,6 +271,12 @@ mod tests {
         .to_mysql();
         assert_eq!((code, &state), (1045, b"28000"));
         assert_eq!(ProxyError::TooManyConnections.to_mysql().0, 1040);
+        let (code, state, msg) = ProxyError::InsecureTransport.to_mysql();
+        assert_eq!((code, &state), (3159, b"HY000"));
+        assert_eq!(
+            msg,
+            "Connections using insecure transport are prohibited while --require_secure_transport=ON."
+        );
     }
 
     #[test]

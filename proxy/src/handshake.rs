@@ -1,6 +1,7 @@
-//! Connection phase: HandshakeV10 with a fresh scramble, the client's HandshakeResponse41,
-//! an AuthSwitch to mysql_native_password when the client wanted another plugin, and the
-//! scramble check (mysql_common's `scramble_native`).
+//! Connection phase: HandshakeV10 with a fresh scramble (offering CLIENT_SSL when the
+//! listener has a certificate), the client's SSLRequest and the switch to TLS if it sent
+//! one, its HandshakeResponse41, an AuthSwitch to mysql_native_password when the client
+//! wanted another plugin, and the scramble check (mysql_common's `scramble_native`).
 
 use mysql_async::consts::{CapabilityFlags, StatusFlags};
 use rand::Rng;
@@ -8,12 +9,14 @@ use rand::Rng;
 use crate::config::User;
 use crate::error::ProxyError;
 use crate::packet::{Cursor, PacketStream};
+use crate::tls::ClientTls;
 
 const NATIVE: &[u8] = b"mysql_native_password";
 
-/// What the proxy offers. No SSL, no compression, no LOCAL INFILE, no session tracking (the
-/// proxy does not relay them); CLIENT_LONG_PASSWORD also tells MariaDB clients "this is a
-/// MySQL server", so they use no MariaDB-only extensions.
+/// What the proxy offers a session (CLIENT_SSL aside, offered with a certificate and not
+/// part of what a session negotiates). No compression, no session tracking (the proxy
+/// does not relay them); CLIENT_LONG_PASSWORD also tells MariaDB clients "this is a MySQL
+/// server", so they use no MariaDB-only extensions.
 pub fn server_capabilities() -> CapabilityFlags {
     use CapabilityFlags as C;
     C::CLIENT_LONG_PASSWORD
@@ -49,23 +52,39 @@ pub struct ClientHello {
 }
 
 /// Runs the whole connection phase up to (not including) the final OK, which the session
-/// sends once it holds a backend connection.
+/// sends once it holds a backend connection. With `tls`, a client may switch to TLS first
+/// (and must, when it is required).
 pub async fn accept(
     ps: &mut PacketStream,
     conn_id: u32,
     server_version: &str,
     logins: &[User],
     peer_host: &str,
+    tls: Option<&ClientTls>,
 ) -> Result<ClientHello, ProxyError> {
     let scramble = new_scramble();
     ps.seq = 0;
-    ps.push(&handshake_v10(conn_id, server_version, &scramble));
+    ps.push(&handshake_v10(
+        conn_id,
+        server_version,
+        &scramble,
+        tls.is_some(),
+    ));
     ps.flush().await?;
 
-    let pkt = ps
-        .read_packet()
-        .await?
-        .ok_or(ProxyError::Malformed("connection closed during handshake"))?;
+    let closed = ProxyError::Malformed("connection closed during handshake");
+    let mut pkt = ps.read_packet().await?.ok_or(closed)?;
+    if let Some(tls) = tls {
+        if asks_for_tls(&pkt) {
+            // The SSLRequest (seq 1); the full response follows over TLS (seq 2).
+            ps.start_tls(&tls.acceptor).await?;
+            pkt = ps.read_packet().await?.ok_or(ProxyError::Malformed(
+                "connection closed after the TLS handshake",
+            ))?;
+        } else if tls.required {
+            return Err(ProxyError::InsecureTransport);
+        }
+    }
     let Response {
         caps,
         charset,
@@ -104,6 +123,14 @@ pub async fn accept(
         charset,
         user,
         database,
+    })
+}
+
+/// Whether the client's first answer asks for TLS: CLIENT_SSL in its capabilities (an
+/// SSLRequest is the response's first 32 bytes, the rest of it comes over TLS).
+pub(crate) fn asks_for_tls(pkt: &[u8]) -> bool {
+    Cursor::new(pkt).u32().is_ok_and(|caps| {
+        CapabilityFlags::from_bits_truncate(caps).contains(CapabilityFlags::CLIENT_SSL)
     })
 }
 
@@ -229,8 +256,12 @@ pub fn new_scramble() -> [u8; 20] {
     s
 }
 
-fn handshake_v10(conn_id: u32, version: &str, scramble: &[u8; 20]) -> Vec<u8> {
-    let caps = server_capabilities().bits();
+fn handshake_v10(conn_id: u32, version: &str, scramble: &[u8; 20], tls: bool) -> Vec<u8> {
+    let mut caps = server_capabilities();
+    if tls {
+        caps |= CapabilityFlags::CLIENT_SSL;
+    }
+    let caps = caps.bits();
     let mut b = Vec::with_capacity(128);
     b.push(10);
     b.extend_from_slice(version.as_bytes());
@@ -254,6 +285,28 @@ fn handshake_v10(conn_id: u32, version: &str, scramble: &[u8; 20]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tls_is_offered_only_with_a_certificate_and_asked_for_by_client_ssl() {
+        let offered = |tls| {
+            let hs = handshake_v10(1, "v", &[b'a'; 20], tls);
+            // Lower capability half after version, id, scramble part and filler.
+            let at = 1 + 2 + 4 + 8 + 1;
+            let lower = u16::from_le_bytes([hs[at], hs[at + 1]]);
+            u32::from(lower) & CapabilityFlags::CLIENT_SSL.bits() != 0
+        };
+        assert!(offered(true));
+        assert!(!offered(false));
+        let mut request = (CapabilityFlags::CLIENT_SSL | CapabilityFlags::CLIENT_PROTOCOL_41)
+            .bits()
+            .to_le_bytes()
+            .to_vec();
+        request.resize(32, 0);
+        assert!(asks_for_tls(&request));
+        request[1] = 0; // CLIENT_SSL is 0x800
+        assert!(!asks_for_tls(&request));
+        assert!(!asks_for_tls(&[0x00, 0x08]));
+    }
 
     #[test]
     fn scramble_check() {

@@ -9,9 +9,13 @@
 //! # Layout
 //!
 //! Modules follow a client's bytes; each transaction mode owns one folder.
-//! - [`packet`]: framing (length + sequence id, 16 MB splits), a buffered writer flushed at
-//!   64 KB so results stream, and a bounds-checked cursor for client bytes.
-//! - [`handshake`]: HandshakeV10, capability negotiation, mysql_native_password check.
+//! - [`packet`]: the client's socket (plain TCP or TLS), framing (length + sequence id,
+//!   16 MB splits), a buffered writer flushed at 64 KB so results stream, and a
+//!   bounds-checked cursor for client bytes.
+//! - [`handshake`]: HandshakeV10, the switch to TLS on an SSLRequest, capability
+//!   negotiation, mysql_native_password check.
+//! - [`tls`]: certificates and keys read at start: the client listener's, the backend
+//!   connections' and the coordinator channels' TLS.
 //! - [`shards`]: the session threads (single-threaded runtimes) sessions are spread over.
 //! - [`session`]: one task per client; the command loop relaying to a `mysql_async::Conn`.
 //!   It only classifies a command and hands it on: untagged statements straight to the
@@ -72,7 +76,10 @@
 //! - For clients without CLIENT_DEPRECATE_EOF, the EOF after column definitions carries the
 //!   previous statement's status flags; a result set followed by more results reports 0
 //!   warnings in its terminator.
-//! - No TLS or compression (not advertised).
+//! - TLS with the client is the proxy's own (`tls_cert`), independent of TLS to the backend
+//!   (`backend_tls`): `Ssl_cipher` and the other `Ssl_%` status variables describe the
+//!   proxy's backend connection, not the client's. TLS 1.2 and 1.3 only (rustls); client
+//!   certificates are not asked for. No compression (not advertised).
 //! - Backend unreachable is 1429 (ER_CONNECT_TO_FOREIGN_DATA_SOURCE): opensrv's `ErrorKind`
 //!   has no client-side 2003/2013 codes.
 //! - On the AT path the proxy runs its own statements on the client's connection (image
@@ -109,6 +116,7 @@ mod session;
 mod shards;
 mod stacked;
 mod tcc;
+mod tls;
 mod wire;
 mod xa;
 mod xid;
@@ -133,6 +141,10 @@ const SESSION_ID_BASE: u32 = 0x8000_0000;
 /// What every session reads; built once by [`run`].
 pub struct Shared {
     pub config: Config,
+    /// The client listener's TLS, when it has a certificate.
+    pub client_tls: Option<tls::ClientTls>,
+    /// TLS options of every backend connection (`backend_tls`), when not off.
+    pub backend_ssl: Option<mysql_async::SslOpts>,
     /// Accepted (user, password) pairs.
     pub logins: Vec<config::User>,
     /// Backend pools by the client's CLIENT_FOUND_ROWS (index 0 = off, 1 = on): the flag
@@ -188,13 +200,22 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> Result<(), ProxyError> {
-    config
-        .validate()
-        .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
-    let pools = [pool(&config, false)?, pool(&config, true)?];
+    config.validate().map_err(ProxyError::Config)?;
+    // mysql_async builds its TLS client configs on the process's default provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client_tls = tls::client_tls(&config).map_err(ProxyError::Config)?;
+    let backend_ssl = tls::backend_ssl(&config).map_err(ProxyError::Config)?;
+    let coordinator_tls = tls::coordinator_tls(&config).map_err(ProxyError::Config)?;
+    let pools = [
+        pool(&config, false, &backend_ssl)?,
+        pool(&config, true, &backend_ssl)?,
+    ];
     // Sessions run on their own threads, each with its own pools (see `shards`).
     let shards = shards::Shards::start(config.session_threads, || {
-        Ok([pool(&config, false)?, pool(&config, true)?])
+        Ok([
+            pool(&config, false, &backend_ssl)?,
+            pool(&config, true, &backend_ssl)?,
+        ])
     })?;
     let (server_version, settings) = backend_version(&pools[0]).await;
     let (idle_timeouts, max_allowed_packet) = match settings {
@@ -205,9 +226,18 @@ pub async fn run(
         &config.coordinator,
         Duration::from_millis(config.coordinator_timeout_ms),
         Duration::from_millis(config.coordinator_retry_ms),
+        coordinator_tls,
     )
-    .map_err(|e| ProxyError::BackendUnavailable(format!("invalid config: {e}")))?;
+    .map_err(ProxyError::Config)?;
+    if client_tls.is_some() {
+        info!(
+            required = config.require_secure_transport,
+            "client TLS offered"
+        );
+    }
     let shared = Arc::new(Shared {
+        client_tls,
+        backend_ssl,
         logins: config.logins(),
         pools,
         server_version,
@@ -349,7 +379,11 @@ async fn admin_listener(addr: &str) -> Option<TcpListener> {
     }
 }
 
-fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyError> {
+fn pool(
+    config: &Config,
+    found_rows: bool,
+    ssl: &Option<mysql_async::SslOpts>,
+) -> Result<mysql_async::Pool, ProxyError> {
     let opts = mysql_async::Opts::from_url(&config.backend)
         .map_err(|e| ProxyError::BackendUnavailable(e.to_string()))?;
     let constraints = mysql_async::PoolConstraints::new(0, config.max_connections.max(1))
@@ -367,6 +401,7 @@ fn pool(config: &Config, found_rows: bool) -> Result<mysql_async::Pool, ProxyErr
         // accepts is for it to say (its own error 1153).
         .max_allowed_packet(Some(1 << 30))
         .prefer_socket(false)
+        .ssl_opts(ssl.clone())
         .pool_opts(
             mysql_async::PoolOpts::default()
                 .with_constraints(constraints)
@@ -405,6 +440,15 @@ async fn backend_version(pool: &mysql_async::Pool) -> (String, Option<(u64, u64,
             };
             (v, Some((wait, interactive, max)))
         }
-        _ => ("8.0.35-rewind".to_string(), None),
+        other => {
+            // Serve anyway (the backend may come up later); a TLS refusal shows here first.
+            let why = match other {
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => "no answer within 3 s".into(),
+                Ok(Ok(_)) => "no version row".into(),
+            };
+            warn!(error = %why, "backend not reachable at start; announcing a default version");
+            ("8.0.35-rewind".to_string(), None)
+        }
     }
 }

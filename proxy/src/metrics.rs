@@ -128,6 +128,8 @@ pub struct Metrics {
     /// Client sessions past the handshake, not yet ended.
     sessions: AtomicI64,
     sessions_total: AtomicU64,
+    /// Of those, the sessions over TLS.
+    tls_sessions_total: AtomicU64,
     /// Per [`Command`]: its latency, whose count is the command count.
     commands: [Histogram; 4],
     /// Error packets sent to clients, by MySQL error code.
@@ -143,6 +145,7 @@ impl Default for Metrics {
         Metrics {
             sessions: AtomicI64::new(0),
             sessions_total: AtomicU64::new(0),
+            tls_sessions_total: AtomicU64::new(0),
             commands: [const { Histogram::new() }; 4],
             errors: Mutex::new(BTreeMap::new()),
             branches: [const { [const { AtomicU64::new(0) }; 3] }; 2],
@@ -161,9 +164,13 @@ impl Drop for OpenSession<'_> {
 }
 
 impl Metrics {
-    /// A client session starts serving commands; it counts as open until the guard drops.
-    pub fn session_opened(&self) -> OpenSession<'_> {
+    /// A client session (over TLS: `tls`) starts serving commands; it counts as open until
+    /// the guard drops.
+    pub fn session_opened(&self, tls: bool) -> OpenSession<'_> {
         self.sessions_total.fetch_add(1, Relaxed);
+        if tls {
+            self.tls_sessions_total.fetch_add(1, Relaxed);
+        }
         self.sessions.fetch_add(1, Relaxed);
         OpenSession(self)
     }
@@ -236,6 +243,11 @@ impl Metrics {
                 "rewind_proxy_sessions_total",
                 "Client sessions opened since start.",
                 self.sessions_total.load(Relaxed),
+            ),
+            (
+                "rewind_proxy_tls_sessions_total",
+                "Client sessions opened over TLS since start.",
+                self.tls_sessions_total.load(Relaxed),
             ),
             (
                 "rewind_proxy_outbox_published_total",
@@ -429,12 +441,13 @@ mod tests {
     #[test]
     fn session_guard_closes_the_session() {
         let m = Metrics::default();
-        let a = m.session_opened();
-        let b = m.session_opened();
+        let a = m.session_opened(false);
+        let b = m.session_opened(true);
         drop(a);
         assert_eq!(m.sessions.load(Relaxed), 1);
         drop(b);
         assert_eq!(m.sessions.load(Relaxed), 0);
         assert_eq!(m.sessions_total.load(Relaxed), 2);
+        assert_eq!(m.tls_sessions_total.load(Relaxed), 1);
     }
 }

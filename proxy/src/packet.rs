@@ -1,10 +1,16 @@
 //! MySQL packet framing on the client side: 3-byte length + sequence id, payloads of
 //! 16 MB - 1 split across packets, and an output buffer flushed at ~64 KB so that result
-//! rows are streamed, never collected.
+//! rows are streamed, never collected. Underneath, the client's socket: plain TCP, or
+//! TLS once the client asked for it ([`PacketStream::start_tls`]).
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::rustls::ServerConnection;
+use tokio_rustls::TlsAcceptor;
 
 use crate::error::ProxyError;
 
@@ -16,10 +22,73 @@ const FLUSH_AT: usize = 64 * 1024;
 /// so a client that stalls mid-packet cannot hold a session forever.
 const MID_PACKET_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Read buffer of a client connection.
+const READ_BUFFER: usize = 16 * 1024;
+
+/// A client's socket: an enum rather than a boxed trait object, so the plain path costs
+/// one match per read or write and no allocation.
+pub enum ClientStream {
+    Plain(TcpStream),
+    /// Boxed once per connection: rustls's state is large, and the enum stays small for
+    /// the plain sessions.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    /// During an upgrade, and after a failed one: nothing can be read or written.
+    Closed,
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "client connection closed")
+}
+
+impl AsyncRead for ClientStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+            ClientStream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+}
+
+impl AsyncWrite for ClientStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+            ClientStream::Closed => Poll::Ready(Err(closed())),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+            ClientStream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            ClientStream::Closed => Poll::Ready(Ok(())),
+        }
+    }
+}
+
 /// One client connection's framed stream.
 pub struct PacketStream {
-    reader: BufReader<OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    /// The socket, read through a buffer; writes go through `out` and then straight to the
+    /// socket (tokio's `BufReader` passes writes through).
+    stream: BufReader<ClientStream>,
     /// Encoded packets not yet written; bounded by `FLUSH_AT` plus one row.
     out: Vec<u8>,
     /// Next sequence id, expected on read and used on write.
@@ -41,10 +110,8 @@ pub struct Mark {
 impl PacketStream {
     pub fn new(stream: TcpStream, max_packet: usize) -> Self {
         let _ = stream.set_nodelay(true);
-        let (r, w) = stream.into_split();
         PacketStream {
-            reader: BufReader::with_capacity(16 * 1024, r),
-            writer: w,
+            stream: BufReader::with_capacity(READ_BUFFER, ClientStream::Plain(stream)),
             out: Vec::with_capacity(4096),
             seq: 0,
             max_packet,
@@ -56,7 +123,7 @@ impl PacketStream {
     /// the first header byte.
     pub async fn read_packet(&mut self) -> Result<Option<Vec<u8>>, ProxyError> {
         let mut first = [0u8; 1];
-        match self.reader.read_exact(&mut first).await {
+        match self.stream.read_exact(&mut first).await {
             Ok(_) => {}
             // A clean close between commands is not an error.
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
@@ -71,7 +138,32 @@ impl PacketStream {
     }
 
     async fn read_rest(&mut self, first: u8) -> Result<Vec<u8>, ProxyError> {
-        read_frames(&mut self.reader, first, &mut self.seq, self.max_packet).await
+        read_frames(&mut self.stream, first, &mut self.seq, self.max_packet).await
+    }
+
+    /// Whether the connection runs over TLS.
+    pub fn is_tls(&self) -> bool {
+        matches!(self.stream.get_ref(), ClientStream::Tls(_))
+    }
+
+    /// Switches a plain connection to TLS, right after the client's SSLRequest: the TLS
+    /// handshake, then packets continue over TLS with their sequence ids going on.
+    ///
+    /// The client sends its ClientHello right behind the SSLRequest, so the read buffer
+    /// may already hold part of it: those bytes are handed to rustls before anything more
+    /// is read from the socket. A failed handshake leaves the stream closed.
+    pub async fn start_tls(&mut self, acceptor: &TlsAcceptor) -> Result<(), ProxyError> {
+        let plain = std::mem::replace(&mut self.stream, BufReader::new(ClientStream::Closed));
+        let early = plain.buffer().to_vec();
+        let ClientStream::Plain(tcp) = plain.into_inner() else {
+            return Err(ProxyError::Malformed("a second SSLRequest"));
+        };
+        let mut fed = Ok(());
+        let accept = acceptor.accept_with(tcp, |conn| fed = feed(conn, &early));
+        fed?;
+        let tls = accept.await?;
+        self.stream = BufReader::with_capacity(READ_BUFFER, ClientStream::Tls(Box::new(tls)));
+        Ok(())
     }
 
     /// Appends one logical packet to the output buffer, splitting it as needed.
@@ -122,7 +214,9 @@ impl PacketStream {
     pub async fn flush(&mut self) -> Result<(), ProxyError> {
         if !self.out.is_empty() {
             self.writes += 1;
-            self.writer.write_all(&self.out).await?;
+            self.stream.write_all(&self.out).await?;
+            // rustls may keep records back until flushed; a no-op on plain TCP.
+            self.stream.flush().await?;
             self.out.clear();
             if self.out.capacity() > 4 * FLUSH_AT {
                 // A huge row grew the buffer: give the memory back.
@@ -134,8 +228,22 @@ impl PacketStream {
 
     pub async fn shutdown(&mut self) {
         let _ = self.flush().await;
-        let _ = self.writer.shutdown().await;
+        let _ = self.stream.shutdown().await;
     }
+}
+
+/// Hands bytes read from the socket before the TLS handshake to rustls, and lets it
+/// process them: the handshake then answers a ClientHello that is already complete
+/// instead of waiting on the socket for bytes that were already read.
+fn feed(conn: &mut ServerConnection, mut early: &[u8]) -> io::Result<()> {
+    while !early.is_empty() {
+        if conn.read_tls(&mut early)? == 0 {
+            break;
+        }
+        conn.process_new_packets()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    }
+    Ok(())
 }
 
 /// The rest of one logical packet whose first header byte is `first`: its frames joined,
@@ -339,6 +447,95 @@ mod tests {
         seq = 1;
         let r = read_frames(&mut &two[..], 2, &mut seq, 2).await;
         assert_eq!(r.unwrap(), b"xy");
+    }
+
+    /// A TLS acceptor for "localhost" and a connector trusting it.
+    fn tls_pair() -> (TlsAcceptor, tokio_rustls::TlsConnector) {
+        use std::sync::Arc;
+        use tokio_rustls::rustls;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let ck = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(ck.signing_key.serialize_der().into());
+        let server = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![ck.cert.der().clone()], key)
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ck.cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        (
+            TlsAcceptor::from(Arc::new(server)),
+            tokio_rustls::TlsConnector::from(Arc::new(client)),
+        )
+    }
+
+    #[tokio::test]
+    async fn tls_starts_with_the_client_hello_already_buffered() {
+        let (acceptor, connector) = tls_pair();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move {
+            let mut tcp = TcpStream::connect(addr).await.unwrap();
+            tcp.write_all(&[4, 0, 0, 1, b's', b's', b'l', b'!'])
+                .await
+                .unwrap();
+            let name = "localhost".try_into().unwrap();
+            let mut tls = connector.connect(name, tcp).await.unwrap();
+            tls.write_all(&[2, 0, 0, 2, b'h', b'i']).await.unwrap();
+            tls.flush().await.unwrap();
+            let mut answer = [0u8; 6];
+            tls.read_exact(&mut answer).await.unwrap();
+            answer
+        });
+        let (sock, _) = listener.accept().await.unwrap();
+        // The ClientHello follows the SSLRequest at once: wait until both are in, so the
+        // first read takes the two together.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut ps = PacketStream::new(sock, 1024);
+        ps.seq = 1; // after the greeting
+        assert_eq!(ps.read_packet().await.unwrap().unwrap(), b"ssl!");
+        assert!(
+            !ps.stream.buffer().is_empty(),
+            "the ClientHello was read early"
+        );
+        tokio::time::timeout(std::time::Duration::from_secs(5), ps.start_tls(&acceptor))
+            .await
+            .expect("the handshake answers the buffered ClientHello")
+            .unwrap();
+        assert!(ps.is_tls());
+        assert_eq!(ps.read_packet().await.unwrap().unwrap(), b"hi");
+        ps.push(b"ok");
+        ps.flush().await.unwrap();
+        assert_eq!(client.await.unwrap(), [2, 0, 0, 3, b'o', b'k']);
+    }
+
+    #[tokio::test]
+    async fn a_garbage_client_hello_fails_the_upgrade_only() {
+        let (acceptor, _) = tls_pair();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut c = TcpStream::connect(addr).await.unwrap();
+        c.write_all(&[1, 0, 0, 1, b'x']).await.unwrap();
+        c.write_all(&[0x16, 3, 1, 0, 5, 1, 2, 3, 4, 5])
+            .await
+            .unwrap();
+        c.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+        let (sock, _) = listener.accept().await.unwrap();
+        let mut ps = PacketStream::new(sock, 1024);
+        ps.seq = 1;
+        ps.read_packet().await.unwrap().unwrap();
+        let r = ps.start_tls(&acceptor).await;
+        assert!(matches!(r, Err(ProxyError::ClientIo(_))), "{r:?}");
+        assert!(!ps.is_tls());
+        // The stream is closed: reads fail, a shutdown is harmless.
+        assert!(ps.read_packet().await.is_err());
+        ps.shutdown().await;
     }
 
     #[test]

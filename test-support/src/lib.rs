@@ -21,6 +21,7 @@
 //! - [`go`]: Go programs under `tests/go/`, and the example TCC participant.
 //! - [`mariadb`]: connections straight to MariaDB, fresh databases, checksums, dumps,
 //!   undo records, server errors.
+//! - [`tls`]: certificates made at test time, and a throwaway MariaDB serving TLS.
 
 pub mod brokers;
 pub mod browser;
@@ -33,6 +34,7 @@ pub mod mariadb;
 pub mod process;
 pub mod proxy;
 pub mod relay;
+pub mod tls;
 pub mod wait;
 
 pub use brokers::{amqp_addr, amqp_url, nats_addr, nats_url, AmqpQueue, JetStream};
@@ -49,4 +51,5 @@ pub use mariadb::{
 pub use process::{binary, free_addr, Process};
 pub use proxy::Proxy;
 pub use relay::TcpRelay;
+pub use tls::{TestCerts, TlsMariaDb};
 pub use wait::eventually;

@@ -34,6 +34,28 @@ impl Proxy {
         extra: &[&str],
         failpoints: &str,
     ) -> Proxy {
+        Self::start_as(dir, name, coordinators, extra, failpoints, true).await
+    }
+
+    /// As [`Proxy::start`], but waiting only until it serves: for a proxy that cannot
+    /// attach to its coordinator.
+    pub async fn start_unattached(
+        dir: &TempDir,
+        name: &str,
+        coordinators: &str,
+        extra: &[&str],
+    ) -> Proxy {
+        Self::start_as(dir, name, coordinators, extra, "", false).await
+    }
+
+    async fn start_as(
+        dir: &TempDir,
+        name: &str,
+        coordinators: &str,
+        extra: &[&str],
+        failpoints: &str,
+        attached: bool,
+    ) -> Proxy {
         let addr = free_addr();
         let mut args = vec![
             "--listen".to_string(),
@@ -45,7 +67,7 @@ impl Proxy {
         ];
         args.extend(extra.iter().map(|s| s.to_string()));
         let log = dir.0.join(format!("{name}.log"));
-        let process = Self::launch(addr, &args, &log, failpoints).await;
+        let process = Self::launch(addr, &args, &log, failpoints, attached).await;
         Proxy {
             process,
             addr,
@@ -53,7 +75,13 @@ impl Proxy {
         }
     }
 
-    async fn launch(addr: SocketAddr, args: &[String], log: &Path, failpoints: &str) -> Process {
+    async fn launch(
+        addr: SocketAddr,
+        args: &[String],
+        log: &Path,
+        failpoints: &str,
+        attached: bool,
+    ) -> Process {
         // The log is appended to across restarts: count the attachments before this one.
         let attached_before = std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -65,11 +93,12 @@ impl Proxy {
             "the proxy serves and attaches",
             Duration::from_secs(30),
             || async move {
-                let attached = std::fs::read_to_string(log)
+                let attachments = std::fs::read_to_string(log)
                     .unwrap_or_default()
                     .matches("attached to the coordinator")
                     .count();
-                attached > attached_before && tokio::net::TcpStream::connect(addr).await.is_ok()
+                (!attached || attachments > attached_before)
+                    && tokio::net::TcpStream::connect(addr).await.is_ok()
             },
         )
         .await;
@@ -84,7 +113,7 @@ impl Proxy {
     pub async fn restart(&mut self) {
         self.process.kill();
         let log = self.process.log.clone();
-        self.process = Self::launch(self.addr, &self.args, &log, "").await;
+        self.process = Self::launch(self.addr, &self.args, &log, "", true).await;
     }
 
     /// Waits until the process has exited (a failpoint aborted it).

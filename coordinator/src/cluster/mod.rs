@@ -174,6 +174,7 @@ pub async fn open(
     loaded: Loaded,
     effects: mpsc::UnboundedSender<Effect>,
     metrics: Arc<Metrics>,
+    tls: Option<tonic::transport::ClientTlsConfig>,
 ) -> Result<Opened, CoordinatorError> {
     let applied_pos: state_machine::Applied = match &loaded.raft {
         Some(b) => serde_json::from_slice(b)
@@ -228,6 +229,7 @@ pub async fn open(
         network::Network {
             partition: network::Partition::from_env(),
             auth: auth.clone(),
+            tls,
         },
         log.clone(),
         sm,

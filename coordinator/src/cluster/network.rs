@@ -1,7 +1,9 @@
 //! Raft messages between coordinators over the `rewind.v1.Raft` gRPC service, each an
 //! openraft request or answer in its serde JSON form ([`RaftPayload`]).
 //!
-//! Client side ([`Network`]): one lazily connected channel per peer, every call bounded
+//! Client side ([`Network`]): one lazily connected channel per peer (over TLS when the
+//! members serve gRPC with `[tls]`: their certificates checked against the cluster's CA,
+//! this member's own shown when asked for), every call bounded
 //! by openraft's own deadline; a refused connection is `Unreachable` (openraft backs
 //! off), other transport failures are `Network`, and a Raft error the peer answered
 //! travels back as data (`RemoteError`). Server side ([`RaftService`]): hands the
@@ -31,7 +33,7 @@ use rewind_protocol::v1::raft_server;
 use rewind_protocol::v1::RaftPayload;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 use super::{Member, NodeId, Raft, TypeConfig};
 
@@ -40,6 +42,8 @@ type RpcErr<E = openraft::error::Infallible> = RPCError<NodeId, Member, RaftErro
 pub struct Network {
     pub partition: Option<Arc<Partition>>,
     pub auth: Arc<RaftAuth>,
+    /// TLS to the other members (`https://`), when they serve it.
+    pub tls: Option<ClientTlsConfig>,
 }
 
 /// The header naming the sending member.
@@ -163,12 +167,14 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = Peer;
 
     async fn new_client(&mut self, target: NodeId, node: &Member) -> Peer {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         Peer {
             target,
-            url: format!("http://{}", node.grpc),
+            url: format!("{scheme}://{}", node.grpc),
             client: None,
             partition: self.partition.clone(),
             auth: self.auth.clone(),
+            tls: self.tls.clone(),
         }
     }
 }
@@ -179,6 +185,7 @@ pub struct Peer {
     client: Option<RaftClient<Channel>>,
     partition: Option<Arc<Partition>>,
     auth: Arc<RaftAuth>,
+    tls: Option<ClientTlsConfig>,
 }
 
 /// Failpoint for partition tests (like the proxy's `REWIND_FAILPOINTS`): with
@@ -259,10 +266,15 @@ impl Peer {
         }
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if self.client.is_none() {
-            let ep = Endpoint::from_shared(self.url.clone())
+            let mut ep = Endpoint::from_shared(self.url.clone())
                 .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true);
+            if let Some(tls) = &self.tls {
+                ep = ep
+                    .tls_config(tls.clone())
+                    .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            }
             let ch = ep
                 .connect()
                 .await

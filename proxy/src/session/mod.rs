@@ -165,6 +165,7 @@ pub async fn serve(
             &shared.server_version,
             &shared.logins,
             &peer,
+            shared.client_tls.as_ref(),
         ),
     )
     .await
@@ -238,7 +239,7 @@ pub async fn serve(
         next_stmt_id: 1,
     };
     // Open from here: the session serves commands until it ends.
-    let _open = shared.metrics.session_opened();
+    let _open = shared.metrics.session_opened(s.ps.is_tls());
     if let Err(e) = s.initialise(hello.charset, hello.database.as_deref()).await {
         send_error_and_close(&mut s.ps, &e, &shared).await;
         return;
