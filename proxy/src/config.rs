@@ -41,7 +41,8 @@ pub struct Config {
     pub max_connections: usize,
     /// Threads client sessions run on, each a single-threaded runtime with its own
     /// backend connections (a session never changes thread: no cross-thread wake-up on
-    /// a query's path). 0: one per available core.
+    /// a query's path). 0 (default): sessions share the process's work-stealing runtime.
+    /// Experimental: see `shards`.
     pub session_threads: usize,
     /// Seconds running statements get to finish after SIGTERM before connections are cut.
     pub shutdown_grace_secs: u64,

@@ -210,13 +210,17 @@ pub async fn run(
         pool(&config, false, &backend_ssl)?,
         pool(&config, true, &backend_ssl)?,
     ];
-    // Sessions run on their own threads, each with its own pools (see `shards`).
-    let shards = shards::Shards::start(config.session_threads, || {
-        Ok([
-            pool(&config, false, &backend_ssl)?,
-            pool(&config, true, &backend_ssl)?,
-        ])
-    })?;
+    // With `session_threads`, sessions run on their own threads, each with its own pools
+    // (see `shards`); otherwise on this runtime with these pools.
+    let shards = match config.session_threads {
+        0 => None,
+        n => Some(shards::Shards::start(n, || {
+            Ok([
+                pool(&config, false, &backend_ssl)?,
+                pool(&config, true, &backend_ssl)?,
+            ])
+        })?),
+    };
     let (server_version, settings) = backend_version(&pools[0]).await;
     let (idle_timeouts, max_allowed_packet) = match settings {
         Some((wait, interactive, max)) => (Some((wait, interactive)), Some(max)),
@@ -300,6 +304,17 @@ pub async fn run(
         let conn_id = next_id.fetch_add(1, Ordering::Relaxed) | SESSION_ID_BASE;
         let span = tracing::info_span!("conn", conn_id);
         match limit.clone().try_acquire_owned() {
+            Ok(permit) if shards.is_none() => {
+                let (shared, pools) = (shared.clone(), shared.pools.clone());
+                let shutdown = shutdown.clone();
+                tracker.spawn(
+                    async move {
+                        session::serve(stream, conn_id, shared, pools, shutdown).await;
+                        drop(permit);
+                    }
+                    .instrument(span),
+                );
+            }
             Ok(permit) => {
                 // The socket moves to the session's thread and registers with its driver.
                 let stream = match stream.into_std() {
@@ -309,7 +324,7 @@ pub async fn run(
                         continue;
                     }
                 };
-                let shard = shards.pick();
+                let shard = shards.as_ref().expect("session threads").pick();
                 let counted = shard.enter();
                 let pools = shard.pools.clone();
                 let shared = shared.clone();
@@ -345,7 +360,9 @@ pub async fn run(
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;
     }
-    shards.stop().await;
+    if let Some(shards) = shards {
+        shards.stop().await;
+    }
     for p in shared.pools.iter() {
         let _ = tokio::time::timeout(Duration::from_secs(2), p.clone().disconnect()).await;
     }

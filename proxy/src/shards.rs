@@ -1,5 +1,14 @@
-//! Session threads: client sessions run on `session_threads` single-threaded tokio
-//! runtimes, one OS thread each, instead of the process's work-stealing runtime.
+//! Session threads (opt-in, `session_threads` > 0): client sessions run on that many
+//! single-threaded tokio runtimes, one OS thread each, instead of the process's
+//! work-stealing runtime.
+//!
+//! Opt-in because it has not yet been shown to pay: on this project's shared 2-core
+//! machine, with other builds running, bench/passthrough's 1-client point select
+//! was too noisy to tell the two shapes apart (HAProxy itself added 100–250 µs there),
+//! and strace showed the work-stealing runtime already serving a lone session from one
+//! thread (2 epoll_wait, 2 sendto, 2 recvfrom per query, almost no futex calls). Measure
+//! both on a quiet machine (`BENCH_PROXY_CONFIG`, see bench/passthrough) before
+//! making it the default.
 //!
 //! A session is one task that alternates between its client socket and its backend
 //! connection. On the work-stealing runtime each wake-up may land on another worker
@@ -56,16 +65,11 @@ pub(crate) struct Shards {
 }
 
 impl Shards {
-    /// Starts `n` session threads (0: one per available core), each with pools made by
-    /// `pools`.
+    /// Starts `n` (≥ 1) session threads, each with pools made by `pools`.
     pub(crate) fn start(
         n: usize,
         pools: impl Fn() -> Result<[mysql_async::Pool; 2], ProxyError>,
     ) -> Result<Shards, ProxyError> {
-        let n = match n {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
         let mut shards = Vec::with_capacity(n);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {

@@ -273,3 +273,67 @@ async fn a_killed_backend_session_closes_the_client_connection_as_directly() {
     assert_eq!(seen[1], seen[0], "through the proxy");
     proxy.stop().await;
 }
+
+/// With `session_threads`, sessions run on the proxy's own session threads (each with its
+/// own backend pools): statements, prepared statements and transactions work on every
+/// thread at once, a pooled backend connection comes back reset, and the proxy stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_threads_serve_sessions_with_their_own_pools() {
+    let db = "rwp_session_threads";
+    fresh_db(db).await;
+    direct(db)
+        .await
+        .query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+        .await
+        .unwrap();
+    let proxy = Proxy::with(Config {
+        backend: BACKEND.into(),
+        session_threads: 2,
+        ..Config::default()
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..8i64 {
+        let mut c = proxy.conn(db).await;
+        clients.push(tokio::spawn(async move {
+            c.query_drop("SET @mine = 'left behind'").await.unwrap();
+            c.query_drop("BEGIN").await.unwrap();
+            c.exec_drop("INSERT INTO t VALUES (?, ?)", (i, i * 10))
+                .await
+                .unwrap();
+            c.query_drop("COMMIT").await.unwrap();
+            let v: Option<i64> = c
+                .exec_first("SELECT v FROM t WHERE id = ?", (i,))
+                .await
+                .unwrap();
+            assert_eq!(v, Some(i * 10));
+            c.disconnect().await.unwrap();
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    // Both session threads exist (their names say which runtime served the sessions).
+    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert_eq!(
+        names
+            .iter()
+            .filter(|n| n.starts_with("rewind-session-"))
+            .count(),
+        2,
+        "{names:?}"
+    );
+    // The next sessions reuse the threads' pooled connections, reset.
+    for _ in 0..4 {
+        let mut c = proxy.conn(db).await;
+        let v: Option<Option<String>> = c.query_first("SELECT @mine").await.unwrap();
+        assert_eq!(v, Some(None));
+        let n: Option<i64> = c.query_first("SELECT COUNT(*) FROM t").await.unwrap();
+        assert_eq!(n, Some(8));
+    }
+    proxy.stop().await;
+}
