@@ -49,6 +49,9 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// The message service: half messages, their check-back and their broker.
     pub messages: MessagesConfig,
+    /// OTLP/gRPC endpoint to export traces to (e.g. `http://127.0.0.1:4317`); empty:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else traces are off.
+    pub otlp_endpoint: String,
 }
 
 /// `[messages]`: half messages (`POST /api/v1/messages`) and message branches.
@@ -228,6 +231,7 @@ impl Default for Config {
             api_auth: ApiAuth::Operator,
             cluster: None,
             messages: MessagesConfig::default(),
+            otlp_endpoint: String::new(),
         }
     }
 }

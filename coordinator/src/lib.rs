@@ -23,7 +23,8 @@
 //!   cache, not replicated) and operators' redrives of DEAD messages awaiting an answer.
 //! - [`xa_waits`]: the sessions waiting on prepared XA branches' row locks, as the
 //!   proxies holding those branches last saw them (a cache like [`outbox`]).
-//! - [`config`], [`metrics`]: the supporting cast.
+//! - [`config`], [`metrics`], [`traces`] (OpenTelemetry spans, README "Traces"): the
+//!   supporting cast.
 //!
 //! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
 //! a global transaction is `GlobalTx`); its `phase_two` executes branch commands (here:
@@ -49,6 +50,7 @@ mod outbox;
 mod sequencer;
 mod store;
 mod tcc;
+mod traces;
 mod wal;
 mod xa_waits;
 

@@ -79,6 +79,9 @@ pub struct Config {
     /// Proof rows of XA branches (what tells a committed branch from a rolled-back one
     /// after a lost answer) are kept this many seconds.
     pub xa_proof_retention_secs: u64,
+    /// OTLP/gRPC endpoint to export traces to (e.g. `http://127.0.0.1:4317`); empty:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else traces are off (no spans are made).
+    pub otlp_endpoint: String,
 }
 
 /// See [`Config::branch_mode`].
@@ -189,6 +192,7 @@ impl Default for Config {
             xa_max_pinned: 256,
             xa_recovery_secs: 30,
             xa_proof_retention_secs: 7 * 24 * 3600,
+            otlp_endpoint: String::new(),
         }
     }
 }
