@@ -418,10 +418,11 @@ mod tests {
             "operator_session_secs",
             "api_auth",
             "messages",
+            "otlp_endpoint",
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 23);
+        assert_eq!(table.len(), 24);
     }
 
     #[test]
