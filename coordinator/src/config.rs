@@ -51,6 +51,9 @@ pub struct Config {
     pub messages: MessagesConfig,
     /// TLS on the gRPC listener (`[tls]`): absent, plain. HTTP stays plain.
     pub tls: Option<TlsConfig>,
+    /// OTLP/gRPC endpoint to export traces to (e.g. `http://127.0.0.1:4317`); empty:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else traces are off.
+    pub otlp_endpoint: String,
 }
 
 /// `[tls]`: the gRPC listener's certificate, and whom it asks for one.
@@ -248,6 +251,7 @@ impl Default for Config {
             cluster: None,
             messages: MessagesConfig::default(),
             tls: None,
+            otlp_endpoint: String::new(),
         }
     }
 }
@@ -445,10 +449,11 @@ mod tests {
             "operator_session_secs",
             "api_auth",
             "messages",
+            "otlp_endpoint",
         ] {
             assert!(table.contains_key(key), "example lacks {key}");
         }
-        assert_eq!(table.len(), 23);
+        assert_eq!(table.len(), 24);
     }
 
     #[test]

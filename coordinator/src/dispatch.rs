@@ -178,6 +178,12 @@ pub async fn run(
                 tcc: None,
                 xa,
             } => {
+                let span = crate::traces::PhaseTwo::start(
+                    xid,
+                    branch_id,
+                    &resource_id,
+                    matches!(action, Decision::Commit),
+                );
                 let msg = CoordinatorMessage {
                     kind: Some(coordinator_message::Kind::BranchCommand(BranchCommand {
                         command_id,
@@ -189,12 +195,14 @@ pub async fn run(
                             Decision::Rollback => BranchAction::Rollback,
                         } as i32,
                         xa_bqual: xa.as_ref().map(|x| x.bqual.clone()).unwrap_or_default(),
+                        traceparent: span.traceparent(),
                     })),
                 };
                 // An XA branch goes to the proxy holding its prepared transaction while
                 // that one is attached; any proxy of the resource can finish it otherwise.
                 let prefer = xa.as_ref().and_then(|x| proxies.conn_of(&x.owner));
                 let sent = proxies.send_preferring(&resource_id, prefer, msg).is_some();
+                span.sent(sent);
                 let span = tracing::debug_span!("phase_two", xid = %rewind_protocol::xid::format(xid), branch_id);
                 span.in_scope(|| tracing::debug!(?action, %resource_id, sent, "phase-two command"));
                 if !sent {

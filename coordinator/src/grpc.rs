@@ -12,11 +12,14 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status as GrpcStatus, Streaming};
 use tracing::Instrument;
 
+use rewind_protocol::trace;
+
 use crate::core::{parse_xid, Coordinator, RegisterAnswer};
 use crate::engine::{CheckOutcome, ConsumedItem, DirtyRow, ProxyAnswer};
 use crate::error::CoordinatorError;
 use crate::locks::RowKey;
 use crate::outbox::{DeadMessage, OutboxReport, RedriveOutcome};
+use crate::traces::Call;
 use crate::xa_waits::{XaLockReport, XaWaiter};
 
 /// The gRPC services over the core.
@@ -132,8 +135,14 @@ impl TransactionManager for GrpcServices {
         &self,
         req: Request<v1::BeginRequest>,
     ) -> Result<Response<v1::BeginResponse>, GrpcStatus> {
+        let span = Call::begin(trace::extract(req.metadata()), "grpc");
         let r = req.into_inner();
-        let xid = self.0.begin(r.name, r.timeout_ms).await?;
+        let xid = self.0.begin(r.name, r.timeout_ms).await;
+        if let Ok(x) = &xid {
+            span.begun(*x);
+        }
+        span.end(&xid, |_| "begin".into());
+        let xid = xid?;
         Ok(Response::new(v1::BeginResponse {
             xid: rewind_protocol::xid::format(xid),
         }))
@@ -143,13 +152,17 @@ impl TransactionManager for GrpcServices {
         &self,
         req: Request<v1::GlobalRequest>,
     ) -> Result<Response<v1::GlobalResponse>, GrpcStatus> {
+        let caller = trace::extract(req.metadata());
         let xid_s = req.into_inner().xid;
         let xid = parse_xid(&xid_s)?;
+        let span = Call::decide(xid, true, caller);
         let st = self
             .0
             .commit(xid)
             .instrument(tracing::info_span!("commit", xid = %xid_s))
-            .await?;
+            .await;
+        span.end(&st, |s| s.name().to_string());
+        let st = st?;
         Ok(Response::new(v1::GlobalResponse {
             xid: xid_s,
             status: st.to_proto() as i32,
@@ -160,13 +173,17 @@ impl TransactionManager for GrpcServices {
         &self,
         req: Request<v1::GlobalRequest>,
     ) -> Result<Response<v1::GlobalResponse>, GrpcStatus> {
+        let caller = trace::extract(req.metadata());
         let xid_s = req.into_inner().xid;
         let xid = parse_xid(&xid_s)?;
+        let span = Call::decide(xid, false, caller);
         let st = self
             .0
             .rollback(xid)
             .instrument(tracing::info_span!("rollback", xid = %xid_s))
-            .await?;
+            .await;
+        span.end(&st, |s| s.name().to_string());
+        let st = st?;
         Ok(Response::new(v1::GlobalResponse {
             xid: xid_s,
             status: st.to_proto() as i32,
@@ -207,8 +224,10 @@ impl ResourceManager for GrpcServices {
         &self,
         req: Request<v1::RegisterBranchRequest>,
     ) -> Result<Response<v1::RegisterBranchResponse>, GrpcStatus> {
+        let caller = trace::extract(req.metadata());
         let r = req.into_inner();
         let xid = parse_xid(&r.xid)?;
+        let span = Call::register(xid, &r.resource_id, caller);
         let xa = !r.xa_bqual.is_empty();
         if xa && r.xa_bqual != r.request_id {
             return Err(GrpcStatus::invalid_argument(
@@ -224,7 +243,16 @@ impl ResourceManager for GrpcServices {
             .0
             .register(xid, r.resource_id, keys, r.request_id, xa, r.proxy_id)
             .instrument(tracing::debug_span!("register", xid = %r.xid))
-            .await?;
+            .await;
+        if let Ok(RegisterAnswer::Registered(id)) = &answer {
+            span.set("branch_id", *id as i64);
+        }
+        span.end(&answer, |a| match a {
+            RegisterAnswer::Registered(_) => "registered".into(),
+            RegisterAnswer::LockConflict { .. } => "lock_conflict".into(),
+            RegisterAnswer::Unconfirmed { .. } => "unconfirmed".into(),
+        });
+        let answer = answer?;
         let outcome = match answer {
             RegisterAnswer::Registered(id) => {
                 register_branch_response::Outcome::Registered(v1::Registered { branch_id: id })

@@ -24,7 +24,8 @@
 //! - [`xa_waits`]: the sessions waiting on prepared XA branches' row locks, as the
 //!   proxies holding those branches last saw them (a cache like [`outbox`]).
 //! - [`config`], [`metrics`], [`tls`] (the gRPC listener's and the Raft clients'
-//!   certificates): the supporting cast.
+//!   certificates), [`traces`] (OpenTelemetry spans, README "Traces"): the supporting
+//!   cast.
 //!
 //! Words kept apart from the proxy's: the proxy's `session` is a client connection (here:
 //! a global transaction is `GlobalTx`); its `phase_two` executes branch commands (here:
@@ -51,6 +52,7 @@ mod sequencer;
 mod store;
 mod tcc;
 mod tls;
+mod traces;
 mod wal;
 mod xa_waits;
 

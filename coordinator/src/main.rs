@@ -24,6 +24,9 @@ struct Args {
     /// TOML config file (see rewind-coordinator.example.toml); flags override it
     #[arg(long)]
     config: Option<PathBuf>,
+    /// OTLP/gRPC endpoint for traces (empty: OTEL_EXPORTER_OTLP_ENDPOINT, else off)
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
     /// Cluster mode: this node's id (one of --peers)
     #[arg(long, requires = "peers")]
     node_id: Option<u64>,
@@ -56,6 +59,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(d) = args.data_dir {
         config.data_dir = d;
     }
+    if let Some(e) = args.otlp_endpoint {
+        config.otlp_endpoint = e;
+    }
     if let (Some(id), Some(peers)) = (args.node_id, &args.peers) {
         let mut c = config.cluster.take().unwrap_or_default();
         c.node_id = id;
@@ -80,6 +86,23 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding HTTP on {}", config.http_addr))?;
     tracing::info!(grpc = %grpc.local_addr()?, http = %http.local_addr()?, "rewind-coordinator listening");
 
+    let mut resource = vec![rewind_protocol::trace::KeyValue::new(
+        "rewind.grpc_addr",
+        config.grpc_addr.to_string(),
+    )];
+    if let Some(c) = &config.cluster {
+        resource.push(rewind_protocol::trace::KeyValue::new(
+            "rewind.node_id",
+            c.node_id as i64,
+        ));
+    }
+    let traces =
+        rewind_protocol::trace::init("rewind-coordinator", &config.otlp_endpoint, resource)
+            .map_err(|e| anyhow::anyhow!("traces: {e}"))?;
+    if traces.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
+
     let shutdown = CancellationToken::new();
     let trigger = shutdown.clone();
     tokio::spawn(async move {
@@ -100,6 +123,11 @@ async fn main() -> anyhow::Result<()> {
         }
         trigger.cancel();
     });
-    run(config, grpc, http, shutdown).await?;
+    let r = run(config, grpc, http, shutdown).await;
+    if let Some(t) = traces {
+        // Flush what is still queued (the exporter runs on its own thread).
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    r?;
     Ok(())
 }

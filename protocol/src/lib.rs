@@ -8,6 +8,8 @@
 //!   committed).
 //! - [`xid`]: the one place that says what an XID string may look like, shared by the
 //!   proxy (parsing `/*+ XID('...') */` tags) and the coordinator.
+//! - [`trace`]: OpenTelemetry traces both processes export (OTLP pipeline, W3C
+//!   `traceparent` parse/format, gRPC metadata propagation).
 
 /// Generated protobuf messages and tonic clients/servers for `rewind.v1`.
 #[allow(clippy::all, missing_docs)]
@@ -15,6 +17,7 @@ pub mod v1 {
     tonic::include_proto!("rewind.v1");
 }
 
+pub mod trace;
 pub mod xid;
 
 pub use v1::{

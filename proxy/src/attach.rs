@@ -395,7 +395,39 @@ pub(crate) async fn branch_command(
     commits: &mpsc::Sender<(String, u64, oneshot::Sender<UndoOutcome>)>,
     cmd: &v1::BranchCommand,
 ) -> UndoOutcome {
+    // `at.phase_two`, child of the coordinator's `branch.phase_two` (traces on).
+    let span = rewind_protocol::trace::enabled().then(|| {
+        use rewind_protocol::trace::{self, KeyValue};
+        let parent = trace::parse_traceparent(&cmd.traceparent)
+            .map(trace::remote)
+            .unwrap_or_default();
+        let action = match BranchAction::try_from(cmd.action) {
+            Ok(BranchAction::Commit) => "commit",
+            Ok(BranchAction::Rollback) => "rollback",
+            _ => "unknown",
+        };
+        trace::start(
+            "at.phase_two",
+            &parent,
+            vec![
+                KeyValue::new("xid", cmd.xid.clone()),
+                KeyValue::new("branch_id", cmd.branch_id as i64),
+                KeyValue::new("resource_id", cmd.resource_id.clone()),
+                KeyValue::new("action", action),
+                KeyValue::new("xa", !cmd.xa_bqual.is_empty()),
+            ],
+        )
+    });
     let outcome = run_branch_command(shared, pool, commits, cmd).await;
+    if let Some(cx) = span {
+        let name = match &outcome {
+            UndoOutcome::Done => "done".to_string(),
+            UndoOutcome::DirtyWrite(rows) => format!("dirty_write: {} rows", rows.len()),
+            UndoOutcome::Failure(why) => format!("failure: {why}"),
+        };
+        rewind_protocol::trace::set(&cx, "outcome", name);
+        rewind_protocol::trace::end(&cx);
+    }
     match BranchAction::try_from(cmd.action) {
         Ok(BranchAction::Commit) => shared.metrics.phase_two(true, &outcome),
         Ok(BranchAction::Rollback) => shared.metrics.phase_two(false, &outcome),

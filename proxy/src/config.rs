@@ -100,6 +100,9 @@ pub struct Config {
     /// client certificates (mutual TLS); needs `coordinator_tls_ca`.
     pub coordinator_tls_cert: String,
     pub coordinator_tls_key: String,
+    /// OTLP/gRPC endpoint to export traces to (e.g. `http://127.0.0.1:4317`); empty:
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT` if set, else traces are off (no spans are made).
+    pub otlp_endpoint: String,
 }
 
 /// See [`Config::backend_tls`]; MySQL's `--ssl-mode` values of the same names.
@@ -234,6 +237,7 @@ impl Default for Config {
             coordinator_tls_ca: String::new(),
             coordinator_tls_cert: String::new(),
             coordinator_tls_key: String::new(),
+            otlp_endpoint: String::new(),
         }
     }
 }

@@ -222,16 +222,18 @@ impl Coordinators {
         resource_id: &str,
         keys: &[v1::LockKey],
         request_id: &str,
+        span: Option<&rewind_protocol::trace::Context>,
     ) -> Result<Registration, CallError> {
         let r = self
             .call("register branch", |ch| {
-                let req = v1::RegisterBranchRequest {
+                let mut req = tonic::Request::new(v1::RegisterBranchRequest {
                     xid: xid.to_string(),
                     resource_id: resource_id.to_string(),
                     lock_keys: keys.to_vec(),
                     request_id: request_id.to_string(),
                     ..Default::default()
-                };
+                });
+                rewind_protocol::trace::inject(&mut req, span);
                 async move { ResourceManagerClient::new(ch).register_branch(req).await }
             })
             .await?;

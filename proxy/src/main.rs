@@ -34,6 +34,9 @@ struct Cli {
     /// [default: host:port of --backend]
     #[arg(long)]
     resource_id: Option<String>,
+    /// OTLP/gRPC endpoint for traces (empty: OTEL_EXPORTER_OTLP_ENDPOINT, else off)
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
     /// Broker the outbox relay publishes to (amqp://… or nats://…); none by default
     #[arg(long, value_name = "URL")]
     outbox_broker: Option<String>,
@@ -82,7 +85,22 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.resource_id {
         config.resource_id = v;
     }
+    if let Some(v) = cli.otlp_endpoint {
+        config.otlp_endpoint = v;
+    }
     config.validate().map_err(anyhow::Error::msg)?;
+    let traces = rewind_protocol::trace::init(
+        "rewind-proxy",
+        &config.otlp_endpoint,
+        vec![
+            rewind_protocol::trace::KeyValue::new("resource_id", config.resource()),
+            rewind_protocol::trace::KeyValue::new("rewind.listen", config.listen.clone()),
+        ],
+    )
+    .map_err(|e| anyhow::anyhow!("traces: {e}"))?;
+    if traces.is_some() {
+        tracing::info!("exporting traces over OTLP");
+    }
 
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
@@ -102,6 +120,11 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!("shutdown signal: draining");
         trigger.cancel();
     });
-    rewind_proxy::run(listener, config, shutdown).await?;
+    let r = rewind_proxy::run(listener, config, shutdown).await;
+    if let Some(t) = traces {
+        // Flush what is still queued (the exporter runs on its own thread).
+        let _ = tokio::task::spawn_blocking(move || t.shutdown()).await;
+    }
+    r?;
     Ok(())
 }

@@ -13,6 +13,44 @@ pub fn leading_xid(sql: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// The W3C `traceparent` a statement carries, read only while traces are on (the caller
+/// checks): a `TRACEPARENT('00-…-…-01')` hint in the leading comment (beside `XID(…)`), or
+/// the sqlcommenter form `traceparent='00-…-…-01'` in any comment of the statement (as
+/// Google's sqlcommenter and OpenTelemetry's SQL instrumentations append it). A malformed
+/// value counts as none: it never fails the statement.
+pub fn traceparent(sql: &[u8]) -> Option<rewind_protocol::trace::SpanContext> {
+    let parse = |v: &[u8]| rewind_protocol::trace::parse_traceparent(std::str::from_utf8(v).ok()?);
+    if let Some(Ok(args)) = leading_hint(sql, b"TRACEPARENT") {
+        if let [HintArg::Quoted(v)] = args.as_slice() {
+            if let Some(sc) = parse(v) {
+                return Some(sc);
+            }
+        }
+    }
+    // sqlcommenter: `/*key='value',traceparent='…'*/`, usually trailing.
+    let key = b"traceparent='";
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let mut rest = sql;
+    while let Some(open) = rest.windows(2).position(|w| w == b"/*") {
+        let body = &rest[open + 2..];
+        let close = body.windows(2).position(|w| w == b"*/")?;
+        let comment = &body[..close];
+        let found = (0..(comment.len() + 1).saturating_sub(key.len())).find(|&i| {
+            comment[i..i + key.len()].eq_ignore_ascii_case(key) && (i == 0 || !word(comment[i - 1]))
+        });
+        if let Some(at) = found {
+            let value = &comment[at + key.len()..];
+            if let Some(end) = value.iter().position(|&b| b == b'\'') {
+                if let Some(sc) = parse(&value[..end]) {
+                    return Some(sc);
+                }
+            }
+        }
+        rest = &body[close + 2..];
+    }
+    None
+}
+
 /// One argument of a hint: quoted text (`'a'` or `"a"`, verbatim, no escapes), or a bare
 /// unsigned integer (`42`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +131,55 @@ fn arguments(mut args: &[u8]) -> Option<Vec<HintArg<'_>>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{leading_hint, leading_xid, HintArg, Malformed};
+    use super::{leading_hint, leading_xid, traceparent, HintArg, Malformed};
+
+    #[test]
+    fn traceparent_in_a_hint_or_a_sqlcommenter_comment() {
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let ids = |sql: &str| {
+            traceparent(sql.as_bytes())
+                .map(|sc| (sc.trace_id().to_string(), sc.span_id().to_string()))
+        };
+        let want = Some((
+            "4bf92f3577b34da6a3ce929d0e0e4736".to_string(),
+            "00f067aa0ba902b7".to_string(),
+        ));
+        // Leading hint, beside the XID (which still reads).
+        let hinted = format!("/*+ XID('rw-1') TRACEPARENT('{tp}') */ UPDATE t SET a = 1");
+        assert_eq!(ids(&hinted), want);
+        assert_eq!(leading_xid(hinted.as_bytes()), Some(&b"rw-1"[..]));
+        // sqlcommenter, trailing, among other keys, any case of the key.
+        let commented = format!(
+            "/*+ XID('rw-1') */ UPDATE t SET a = 1 /*action='pay',traceparent='{tp}',x='y'*/"
+        );
+        assert_eq!(ids(&commented), want);
+        assert_eq!(
+            ids(&format!("UPDATE t SET a = 1 /*TraceParent='{tp}'*/")),
+            want
+        );
+        // A malformed hint falls back to a comment; malformed everywhere is none.
+        assert_eq!(
+            ids(&format!(
+                "/*+ TRACEPARENT('00-xyz') */ DO 1 /*traceparent='{tp}'*/"
+            )),
+            want
+        );
+        for none in [
+            "UPDATE t SET a = 1".to_string(),
+            "/*+ XID('rw-1') */ UPDATE t SET a = 1".to_string(),
+            "/*+ TRACEPARENT('00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7') */ DO 1"
+                .to_string(),
+            "DO 1 /*traceparent='00-00000000000000000000000000000000-00f067aa0ba902b7-01'*/"
+                .to_string(),
+            format!("/*+ TRACEPARENT('{tp}' */ DO 1"),
+            format!("DO 1 /*traceparent='{tp}"),
+            format!("DO 1 /*xtraceparent='{tp}'*/"),
+            format!("DO 1 /*traceparent=\"{tp}\"*/"),
+            format!("SELECT 'traceparent=''{tp}'''"),
+        ] {
+            assert_eq!(ids(&none), None, "{none}");
+        }
+    }
 
     /// The quoted arguments' texts (`None` for a bare number).
     fn quoted<'a>(sql: &'a [u8], name: &[u8]) -> Option<Vec<Option<&'a [u8]>>> {

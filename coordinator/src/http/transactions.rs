@@ -5,6 +5,8 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue};
+
+use crate::traces::Call;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
@@ -69,10 +71,16 @@ pub(super) async fn begin(
 ) -> Answer<Begun> {
     application(&app, &h, true)?;
     let b: BeginBody = parse_body(&app, body)?;
+    let span = Call::begin(crate::traces::from_headers(&h), "http");
     let xid = app
         .core
         .begin(b.name.unwrap_or_default(), b.timeout_ms.unwrap_or(0))
-        .await?;
+        .await;
+    if let Ok(x) = &xid {
+        span.begun(*x);
+    }
+    span.end(&xid, |_| "begin".into());
+    let xid = xid?;
     Ok(Json(Begun {
         xid: rewind_protocol::xid::format(xid),
         status: GlobalStatus::Begin,
@@ -176,11 +184,14 @@ async fn decide(app: &App, h: &HeaderMap, xid: &str, commit: bool) -> Answer<Dec
     let who = application(app, h, true)?;
     let r = async {
         let x = parse_xid(xid)?;
-        if commit {
+        let span = Call::decide(x, commit, crate::traces::from_headers(h));
+        let r = if commit {
             app.core.commit(x).await
         } else {
             app.core.rollback(x).await
-        }
+        };
+        span.end(&r, |s| s.name().to_string());
+        r
     }
     .await;
     if let Some(who) = who {

@@ -14,6 +14,9 @@ pub struct Branch {
     savepoints: Vec<(String, usize)>,
     /// The proxy opened the local transaction for an autocommit statement and commits it.
     pub implicit: bool,
+    /// The `at.branch` span (traces on, from the first DML statement on); it ends with
+    /// the branch.
+    pub trace: Option<rewind_protocol::trace::Context>,
 }
 
 impl Branch {
@@ -23,6 +26,7 @@ impl Branch {
             items: Vec::new(),
             savepoints: Vec::new(),
             implicit,
+            trace: None,
         }
     }
 

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
 use mysql_async::Conn;
+use rewind_protocol::trace::{self, KeyValue};
 use rewind_protocol::v1;
 use rewind_undo_log::UndoRecord;
 
@@ -27,8 +28,17 @@ pub async fn commit(
     branch: Branch,
     commit_sql: &[u8],
 ) -> Result<wire::Ok, ProxyError> {
+    let span = branch.trace.clone();
     let r = phase_one(conn, shared, branch, commit_sql).await;
     shared.metrics.phase_one(Mode::At, PhaseOne::of(&r));
+    if let Some(cx) = span {
+        let outcome = match &r {
+            Ok(_) => "committed".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        trace::set(&cx, "outcome", outcome);
+        trace::end(&cx);
+    }
     r
 }
 
@@ -39,6 +49,15 @@ async fn phase_one(
     commit_sql: &[u8],
 ) -> Result<wire::Ok, ProxyError> {
     let xid = branch.xid;
+    let span = branch.trace;
+    // A child span of `at.branch` (`None`: traces off, or no span for this branch).
+    let child = |name: &'static str, attrs: Vec<KeyValue>| {
+        span.as_ref().map(|cx| {
+            let mut attrs = attrs;
+            attrs.push(KeyValue::new("xid", xid.clone()));
+            trace::start(name, cx, attrs)
+        })
+    };
     let record = UndoRecord {
         items: branch.items,
     };
@@ -51,11 +70,21 @@ async fn phase_one(
     let request_id = format!("{:032x}", rand::random::<u128>());
     let interval = Duration::from_millis(shared.config.lock_retry_interval_ms);
     let mut attempt = 0;
+    let registering_span = child(
+        "at.register",
+        vec![KeyValue::new("locks", keys.len() as i64)],
+    );
     let (branch_id, registered_at) = loop {
         let registering = std::time::Instant::now();
         let r = shared
             .coordinator
-            .register(&xid, &shared.resource_id, &keys, &request_id)
+            .register(
+                &xid,
+                &shared.resource_id,
+                &keys,
+                &request_id,
+                registering_span.as_ref(),
+            )
             .await;
         match r {
             Ok(Registration::Registered(id)) => break (id, registering),
@@ -100,6 +129,16 @@ async fn phase_one(
         }
     };
     tracing::debug!(%xid, branch_id, locks = keys.len(), "branch registered");
+    if let Some(cx) = &registering_span {
+        trace::set(cx, "branch_id", branch_id as i64);
+        trace::set(cx, "attempts", i64::from(attempt) + 1);
+        trace::end(cx);
+    }
+    if let Some(cx) = &span {
+        trace::set(cx, "branch_id", branch_id as i64);
+    }
+    let child =
+        |name: &'static str| child(name, vec![KeyValue::new("branch_id", branch_id as i64)]);
     crate::failpoint::hit("after-register").await;
     // A rollback that finds no undo record leaves a marker, which housekeeping removes
     // `undo_retention_secs` after the transaction finished. A phase one stalled since its
@@ -114,9 +153,11 @@ async fn phase_one(
         report(shared, &xid, branch_id, false);
         return Err(err);
     }
+    let inserting = child("at.undo_insert");
     let inserted = conn
         .exec_drop(shared.undo.insert(), (branch_id, xid.as_str(), info))
         .await;
+    ended(inserting, &inserted);
     if let Err(e) = inserted {
         let why = match &e {
             mysql_async::Error::Server(s) if s.code == 1062 => {
@@ -129,7 +170,10 @@ async fn phase_one(
         return Err(err);
     }
     crate::failpoint::hit("before-local-commit").await;
-    if let Err(e) = conn.query_drop(commit_sql).await {
+    let committing = child("at.commit");
+    let committed = conn.query_drop(commit_sql).await;
+    ended(committing, &committed);
+    if let Err(e) = committed {
         // A server error means the COMMIT did not happen; a lost connection leaves it
         // unknown, and the coordinator's rollback finds the record or leaves a marker.
         if matches!(e, mysql_async::Error::Server(_)) {
@@ -140,6 +184,18 @@ async fn phase_one(
     crate::failpoint::hit("after-local-commit").await;
     report(shared, &xid, branch_id, true);
     Ok(wire::Ok::from_backend(conn))
+}
+
+/// Ends a child span with its step's outcome.
+fn ended<T, E: std::fmt::Display>(span: Option<trace::Context>, r: &Result<T, E>) {
+    if let Some(cx) = span {
+        let outcome = match r {
+            Ok(_) => "ok".to_string(),
+            Err(e) => format!("error: {e}"),
+        };
+        trace::set(&cx, "outcome", outcome);
+        trace::end(&cx);
+    }
 }
 
 /// Tells the coordinator how phase one ended, off the client's path.

@@ -13,6 +13,7 @@ use crate::at::sql as analyze;
 use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use mysql_async::Value;
+use rewind_protocol::trace::{self, KeyValue};
 use rewind_protocol::GlobalStatus;
 
 use super::refusals::Refusal;
@@ -129,9 +130,13 @@ impl Session {
             return Err(Refusal::Stacked.into());
         }
         let kind = classify::classify(sql);
+        if trace::enabled() {
+            self.client_span = crate::xid::traceparent(sql);
+        }
         let r = self
             .at_statement(kind, tag, Stmt::Text(sql), Vec::new())
             .await;
+        self.client_span = None;
         self.settle_binding(r).await
     }
 
@@ -145,12 +150,16 @@ impl Session {
             .get(&id)
             .ok_or(ProxyError::UnknownStatement(id))?;
         let (kind, tag) = (p.kind.clone(), p.tag.clone());
+        if trace::enabled() {
+            self.client_span = crate::xid::traceparent(&p.raw);
+        }
         let stmt = Stmt::Prepared {
             id,
             stmt: p.stmt.clone(),
             sql: p.sql.clone(),
         };
         let r = self.at_statement(kind, tag, stmt, values).await;
+        self.client_span = None;
         self.settle_binding(r).await
     }
 
@@ -363,6 +372,7 @@ impl Session {
             self.branch = Some(Branch::new(xid, implicit));
         }
         let implicit = self.branch.as_ref().is_some_and(|b| b.implicit);
+        let span = trace::enabled().then(|| self.statement_span());
         let db = match self.current_db().await {
             Ok(db) => db,
             Err(e) => return Err(self.end_implicit(implicit, e).await),
@@ -375,6 +385,15 @@ impl Session {
             .statement(db.as_deref())
             .run_dml(&plan, original, params)
             .await;
+        if let Some(cx) = span {
+            let outcome = match &run {
+                Ok((items, _)) => format!("ok: {} rows recorded", items.len()),
+                Err(Failure::Clean(e) | Failure::Poisoned(e)) => format!("error: {e}"),
+                Err(Failure::Stale(_)) => "stale metadata".into(),
+            };
+            trace::set(&cx, "outcome", outcome);
+            trace::end(&cx);
+        }
         match run {
             Ok((items, mut ok)) => {
                 let branch = self.branch.as_mut().expect("bound above");
@@ -403,6 +422,35 @@ impl Session {
                 Err(e)
             }
         }
+    }
+
+    /// Traces on, a DML statement of the bound branch: starts the branch's `at.branch`
+    /// span if this is its first (child of the client's span, if the statement carries
+    /// one) and answers the statement's `at.statement` span (child of the client's span
+    /// if it carries one, else of `at.branch`).
+    fn statement_span(&mut self) -> trace::Context {
+        let client = self.client_span.clone().map(trace::remote);
+        let branch = self.branch.as_mut().expect("bound before");
+        let xid = KeyValue::new("xid", branch.xid.clone());
+        let branch_cx = branch
+            .trace
+            .get_or_insert_with(|| {
+                trace::start(
+                    "at.branch",
+                    &client.clone().unwrap_or_default(),
+                    vec![
+                        xid.clone(),
+                        KeyValue::new("resource_id", self.shared.resource_id.clone()),
+                        KeyValue::new("implicit", branch.implicit),
+                    ],
+                )
+            })
+            .clone();
+        trace::start(
+            "at.statement",
+            client.as_ref().unwrap_or(&branch_cx),
+            vec![xid],
+        )
     }
 
     /// A statement of an implicit (proxy-opened) branch failed cleanly: the branch ends

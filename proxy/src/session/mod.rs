@@ -112,6 +112,9 @@ pub(crate) struct Session {
     /// Set while relaying the result of a statement the proxy wrapped in its own
     /// transaction: the client, in autocommit, must not see the in-transaction flag.
     pub(crate) hide_in_trans: bool,
+    /// The client's span (a `traceparent` in the statement on the AT path) while that
+    /// statement runs; only looked for while traces are on.
+    pub(crate) client_span: Option<rewind_protocol::trace::SpanContext>,
     /// The last statement opened the current transaction (BEGIN / START TRANSACTION) and
     /// nothing ran in it since: a barrier insert that InnoDB rolls back as a deadlock
     /// victim may then be retried without losing anything of the client's.
@@ -220,6 +223,7 @@ pub async fn serve(
         internal: StmtCache::default(),
         db: None,
         hide_in_trans: false,
+        client_span: None,
         fresh_tx: false,
         outbox_written: false,
         idle_limit: None,
