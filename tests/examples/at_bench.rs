@@ -36,6 +36,51 @@ struct Run {
     errors: usize,
     latencies: Vec<Duration>,
     elapsed: Duration,
+    /// CPU time (user + system) each watched process spent during the run.
+    cpu: Vec<Duration>,
+}
+
+/// Processes whose CPU time is reported per transfer: `BENCH_PIDS="proxy:123 mariadbd:45"`.
+fn watched() -> Vec<(String, u32)> {
+    std::env::var("BENCH_PIDS")
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| {
+            let (name, pid) = w.rsplit_once(':')?;
+            Some((name.to_string(), pid.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux).
+fn clock_ticks() -> u64 {
+    static HZ: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *HZ.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&hz| hz > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// User + system CPU time of a process so far (`/proc/<pid>/stat`, fields 14 and 15).
+fn cpu_of(pid: u32) -> Duration {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return Duration::ZERO;
+    };
+    // The command name (field 2) may hold spaces: count fields after its closing paren.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    Duration::from_micros(f.iter().sum::<u64>() * 1_000_000 / clock_ticks())
 }
 
 fn opts(addr: &str, db: &str) -> OptsBuilder {
@@ -194,6 +239,8 @@ async fn run(
             stop.clone(),
         )));
     }
+    let pids = watched();
+    let cpu_before: Vec<Duration> = pids.iter().map(|(_, p)| cpu_of(*p)).collect();
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
@@ -202,6 +249,7 @@ async fn run(
         errors: 0,
         latencies: Vec::new(),
         elapsed: Duration::ZERO,
+        cpu: Vec::new(),
     };
     for t in tasks {
         let (d, e, l) = t.await.expect("client");
@@ -210,6 +258,11 @@ async fn run(
         r.latencies.extend(l);
     }
     r.elapsed = started.elapsed();
+    r.cpu = pids
+        .iter()
+        .zip(cpu_before)
+        .map(|((_, p), b)| cpu_of(*p).saturating_sub(b))
+        .collect();
     r.latencies.sort();
     r
 }
@@ -232,15 +285,28 @@ async fn main() {
     let clients: usize = args[4].parse().expect("clients");
     let secs: u64 = args[5].parse().expect("seconds");
     let accounts: i64 = args[6].parse().expect("accounts");
-    let mut results = Vec::new();
-    for (name, mode, target) in [
+    // `BENCH_MODES="local global"`: only the modes whose names contain one of these words
+    // (the ratios then print only where both sides ran).
+    let only: Vec<String> = std::env::var("BENCH_MODES")
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect();
+    let mut results = [f64::NAN; 6];
+    for (i, (name, mode, target)) in [
         ("direct MariaDB, local", Mode::Direct, direct),
         ("proxy, local (no XID)", Mode::Local, proxy),
         ("proxy, global (AT)", Mode::Global, proxy),
         ("proxy, global (XA)", Mode::GlobalXa, proxy),
         ("proxy, local, text", Mode::LocalText, proxy),
         ("proxy, local + BARRIER", Mode::Barrier, proxy),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if !only.is_empty() && !only.iter().any(|w| name.contains(w.as_str())) {
+            continue;
+        }
         // A short warm-up per mode (connections, prepared statements, table metadata).
         run(mode, target, grpc, clients, 2, accounts).await;
         let r = run(mode, target, grpc, clients, secs, accounts).await;
@@ -251,30 +317,28 @@ async fn main() {
             pct(&r.latencies, 0.99),
             r.errors
         );
-        results.push(tps);
+        if !r.cpu.is_empty() && r.transfers > 0 {
+            let per: Vec<String> = watched()
+                .iter()
+                .zip(&r.cpu)
+                .map(|((name, _), c)| {
+                    format!("{name} {:.0}", c.as_secs_f64() * 1e6 / r.transfers as f64)
+                })
+                .collect();
+            println!("{:<24} CPU µs per transfer: {}", "", per.join(", "));
+        }
+        results[i] = tps;
     }
-    println!(
-        "ratio global/local (through the proxy): {:.3}   (target >= 0.5)",
-        results[2] / results[1]
-    );
-    println!(
-        "ratio XA global/local (proxy):        {:.3}",
-        results[3] / results[1]
-    );
-    println!(
-        "ratio XA global/AT global:            {:.3}",
-        results[3] / results[2]
-    );
-    println!(
-        "ratio global/direct MariaDB:          {:.3}",
-        results[2] / results[0]
-    );
-    println!(
-        "ratio local through proxy/direct:     {:.3}",
-        results[1] / results[0]
-    );
-    println!(
-        "ratio with BARRIER/without (text):    {:.3}   (goal: cost <= 10 %)",
-        results[5] / results[4]
-    );
+    let ratio = |label: &str, a: usize, b: usize, goal: &str| {
+        let r = results[a] / results[b];
+        if r.is_finite() {
+            println!("ratio {label:<34} {r:.3}   {goal}");
+        }
+    };
+    ratio("global/local (through the proxy):", 2, 1, "(goal >= 0.3)");
+    ratio("XA global/local (proxy):", 3, 1, "");
+    ratio("XA global/AT global:", 3, 2, "");
+    ratio("global/direct MariaDB:", 2, 0, "");
+    ratio("local through proxy/direct:", 1, 0, "");
+    ratio("with BARRIER/without (text):", 5, 4, "(goal: cost <= 10 %)");
 }

@@ -484,6 +484,62 @@ async fn t13_xid_errors() {
     assert_eq!(checksums(db, TABLES).await, before);
 }
 
+/// A long-lived connection running one global transaction after another leaves no
+/// prepared statements behind on its backend connection: the proxy's own statements
+/// (images, the undo insert) are prepared once per session. Before, every branch
+/// prepared its undo insert anew and never closed it, so a busy connection would have
+/// filled the server's `max_prepared_stmt_count` for everyone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t16_branches_leave_no_prepared_statements_behind() {
+    let dir = TempDir::new("stmt-leak");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_stmt_leak";
+    setup(db).await;
+    let mut c = proxy.conn(db).await;
+    // Prepared minus closed on the session's backend connection (the client itself
+    // prepares nothing: text protocol throughout).
+    async fn open_statements(c: &mut Conn) -> i64 {
+        let rows: Vec<(String, i64)> = c
+            .query(
+                "SHOW SESSION STATUS WHERE Variable_name IN ('Com_stmt_prepare', 'Com_stmt_close')",
+            )
+            .await
+            .unwrap();
+        let get = |name: &str| rows.iter().find(|(n, _)| n == name).map(|r| r.1).unwrap();
+        get("Com_stmt_prepare") - get("Com_stmt_close")
+    }
+    async fn transfer(c: &mut Conn, coord: &Coordinator, i: usize) {
+        let xid = coord.begin(60_000).await;
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE acc SET bal = bal + 1 WHERE id = {}",
+            1 + i % 5
+        ))
+        .await
+        .unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+        let status = coord.commit(&xid).await;
+        assert!(status == "committing" || status == "committed", "{status}");
+    }
+    // Warm: every statement text the loop uses (the before image's predicate is the
+    // statement's own, so each id is a statement of its own in the session's cache).
+    for i in 0..5 {
+        transfer(&mut c, &coord, i).await;
+    }
+    let warm = open_statements(&mut c).await;
+    for i in 0..20 {
+        transfer(&mut c, &coord, i).await;
+    }
+    let after = open_statements(&mut c).await;
+    assert_eq!(
+        after,
+        warm,
+        "20 more branches on one connection left {} prepared statements open on the backend",
+        after - warm
+    );
+}
+
 /// The coordinator is gone when a branch commits: the proxy rolls the local transaction
 /// back and says so (never a silent commit without undo record and locks).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

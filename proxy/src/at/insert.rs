@@ -471,11 +471,12 @@ impl StatementRun<'_> {
         let mut params = Vec::with_capacity(keys.len() + 1);
         params.push(Value::from(xid));
         params.extend(keys.iter().filter_map(|k| k.first().cloned()));
+        // Through the session's statement cache: a statement prepared on the client's
+        // backend connection by SQL text alone is never closed (the pool's cache is off).
+        let sql = self.shared.outbox_table.hold(keys.len());
+        let stmt = self.stmts.get(self.conn, &sql).await?;
         self.conn
-            .exec_drop(
-                self.shared.outbox_table.hold(keys.len()),
-                mysql_async::Params::Positional(params),
-            )
+            .exec_drop(&stmt, mysql_async::Params::Positional(params))
             .await?;
         Ok(())
     }

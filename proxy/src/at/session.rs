@@ -207,7 +207,14 @@ impl Session {
         match kind {
             Kind::Commit => match self.branch.take() {
                 Some(b) if !b.items.is_empty() => {
-                    let ok = super::commit(&mut self.conn, &self.shared, b, stmt.bytes()).await?;
+                    let ok = super::commit(
+                        &mut self.conn,
+                        &mut self.internal,
+                        &self.shared,
+                        b,
+                        stmt.bytes(),
+                    )
+                    .await?;
                     self.push_ok_packet(ok);
                     Ok(())
                 }
@@ -404,7 +411,14 @@ impl Session {
                         self.conn.query_drop("COMMIT").await?;
                         wire::Ok::from_backend(&self.conn)
                     } else {
-                        super::commit(&mut self.conn, &self.shared, branch, b"COMMIT").await?
+                        super::commit(
+                            &mut self.conn,
+                            &mut self.internal,
+                            &self.shared,
+                            branch,
+                            b"COMMIT",
+                        )
+                        .await?
                     };
                     ok.status = committed.status;
                 }
