@@ -170,6 +170,8 @@ pub struct Shared {
     pub resource_id: String,
     /// Table metadata for images, shared by all sessions.
     pub metas: rewind_undo_log::MetaCache,
+    /// Which transactions hold which table definitions confirmed (see `at::definitions`).
+    pub definitions: Arc<at::definitions::Witness>,
     /// Statements on the undo_log table.
     pub undo: at::undo_table::UndoTable,
     /// Statements on the consumer barrier's table.
@@ -250,6 +252,7 @@ pub async fn run(
         coordinator: Arc::new(coordinator),
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
+        definitions: Arc::default(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
         barrier: barrier::BarrierTable::new(&config.undo_schema),
         msg_check: msg::CheckTable::new(&config.undo_schema),

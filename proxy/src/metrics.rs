@@ -358,9 +358,24 @@ impl Metrics {
             "outcome",
             CHECKS.iter().zip(&m.checks),
         );
+        let d = &shared.definitions.counts;
+        labelled(
+            &mut out,
+            "rewind_proxy_definition_checks_total",
+            "Table definitions confirmed before AT writes, by how: read before the write \
+             (query), skipped while another transaction held it confirmed (skipped), then \
+             settled at commit by that holder's answer (proven) or read at commit \
+             (query_at_commit).",
+            "how",
+            DEFINITION_CHECKS
+                .iter()
+                .zip([&d.queried, &d.skipped, &d.proven, &d.queried_at_commit]),
+        );
         out
     }
 }
+
+const DEFINITION_CHECKS: [&str; 4] = ["query", "skipped", "proven", "query_at_commit"];
 
 const DECISIONS: [&str; 3] = ["commit", "rollback", "unsure"];
 const CHECKS: [&str; 4] = ["committed", "rolled_back", "running", "failure"];

@@ -594,3 +594,143 @@ async fn t15_trigger_added_before_the_rollback_holds_the_undo() {
     assert_eq!(checksums(db, &tables).await, before);
     assert!(coord.locks().await.is_empty());
 }
+
+/// A sample of the proxy's `/metrics` (0 when absent).
+async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
+    let answer = request(admin, "GET", "/metrics", None, &[]).await.unwrap();
+    assert_eq!(answer.status, 200);
+    let text = String::from_utf8_lossy(&answer.body).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Two global transactions write the same table at once: the first reads the table's
+/// definition before its write and holds it confirmed (its metadata lock) until its
+/// COMMIT; the second, while that holder is registered, writes without the query, and its
+/// commit is settled by the holder's later answer (a proof). Both commit; a global
+/// rollback of each is byte-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_concurrent_writers_share_one_definition_check() {
+    let dir = TempDir::new("schema-shared-check");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let admin = free_addr();
+    let admin_arg = admin.to_string();
+    let proxy = Proxy::start(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--admin-addr", &admin_arg],
+    )
+    .await;
+    let db = "rwt_schema_shared_check";
+    base(db).await;
+    let before = checksums(db, &["acc"]).await;
+    let series = |how: &str| format!("rewind_proxy_definition_checks_total{{how=\"{how}\"}}");
+    let (x1, x2) = (coord.begin(60_000).await, coord.begin(60_000).await);
+    let (mut a, mut b) = (proxy.conn(db).await, proxy.conn(db).await);
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop(format!(
+        "/*+ XID('{x1}') */ UPDATE acc SET bal = bal + 1 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    let skipped = metric(admin, &series("skipped")).await;
+    b.query_drop("BEGIN").await.unwrap();
+    b.query_drop(format!(
+        "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        metric(admin, &series("skipped")).await,
+        skipped + 1.0,
+        "the second writer skips the query while the first holds the definition"
+    );
+    // The holder answers again (its undo insert) after the second writer's write: proof.
+    let (proven, at_commit) = (
+        metric(admin, &series("proven")).await,
+        metric(admin, &series("query_at_commit")).await,
+    );
+    a.query_drop("COMMIT").await.unwrap();
+    b.query_drop("COMMIT").await.unwrap();
+    assert_eq!(metric(admin, &series("proven")).await, proven + 1.0);
+    assert_eq!(metric(admin, &series("query_at_commit")).await, at_commit);
+    assert_eq!(coord.rollback(&x2).await, "rolled_back");
+    assert_eq!(coord.rollback(&x1).await, "rolled_back");
+    assert_eq!(checksums(db, &["acc"]).await, before);
+    assert_eq!(undo_rows(Some(&x1)).await, (0, 0));
+    assert_eq!(undo_rows(Some(&x2)).await, (0, 0));
+}
+
+/// The holder's metadata lock goes behind the proxy's back (its backend connection is
+/// killed), a trigger is added directly, and a second writer, seeing the holder still
+/// registered, writes with the metadata from before (no trigger known). Its COMMIT finds
+/// no proof, reads the definition, and rolls the local transaction back with 1402: nothing
+/// is applied (not the row, not the trigger's write). Retried, the statement is refused
+/// for the trigger as any global write on that table is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_definition_changed_behind_a_dead_holder_rolls_back_at_commit() {
+    let dir = TempDir::new("schema-dead-holder");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_schema_dead_holder";
+    base(db).await;
+    direct_exec(
+        db,
+        "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
+    )
+    .await;
+    let before = checksums(db, &["acc", "audit_log"]).await;
+    let (x1, x2) = (coord.begin(60_000).await, coord.begin(60_000).await);
+    let (mut a, mut b) = (proxy.conn(db).await, proxy.conn(db).await);
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop(format!(
+        "/*+ XID('{x1}') */ UPDATE acc SET bal = bal + 1 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    let holder: Option<u64> = a.query_first("SELECT CONNECTION_ID()").await.unwrap();
+    direct_exec(db, &format!("KILL CONNECTION {}", holder.unwrap())).await;
+    // The holder's metadata lock is gone with its connection: the trigger goes in.
+    direct_exec(
+        db,
+        "CREATE TRIGGER t_upd BEFORE UPDATE ON acc FOR EACH ROW INSERT INTO audit_log (what) VALUES (NEW.id)",
+    )
+    .await;
+    b.query_drop("BEGIN").await.unwrap();
+    b.query_drop(format!(
+        "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
+    ))
+    .await
+    .expect("written with the metadata from before: the holder is still registered");
+    let (code, _, msg) = server_error(b.query_drop("COMMIT").await).unwrap();
+    assert_eq!(code, 1402, "{msg}");
+    assert!(
+        msg.contains("definition") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    let in_trans: Option<i64> = b.query_first("SELECT @@in_transaction").await.unwrap();
+    assert_eq!(in_trans, Some(0), "the local transaction is rolled back");
+    assert_eq!(
+        checksums(db, &["acc", "audit_log"]).await,
+        before,
+        "nothing applied: neither the row nor the trigger's write"
+    );
+    // Planned again with the new metadata: refused for the trigger, before anything runs.
+    b.query_drop("BEGIN").await.unwrap();
+    let (code, _, msg) = server_error(
+        b.query_drop(format!(
+            "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
+        ))
+        .await,
+    )
+    .unwrap();
+    assert_eq!(code, 1235, "{msg}");
+    assert!(msg.contains("trigger"), "{msg}");
+    b.query_drop("ROLLBACK").await.unwrap();
+    drop(a);
+    assert_eq!(checksums(db, &["acc", "audit_log"]).await, before);
+    let _ = coord.rollback(&x1).await;
+    let _ = coord.rollback(&x2).await;
+}

@@ -17,6 +17,9 @@ pub struct Branch {
     /// The `at.branch` span (traces on, from the first DML statement on); it ends with
     /// the branch.
     pub trace: Option<rewind_protocol::trace::Context>,
+    /// Table definitions this local transaction confirmed or still has to (see
+    /// `at::definitions`).
+    pub checks: super::definitions::Checks,
 }
 
 impl Branch {
@@ -27,6 +30,7 @@ impl Branch {
             savepoints: Vec::new(),
             implicit,
             trace: None,
+            checks: Default::default(),
         }
     }
 
@@ -40,6 +44,8 @@ impl Branch {
     /// `ROLLBACK TO name` succeeded: the statements after it are undone locally, so their
     /// items go (the savepoint itself stays, later ones go, as in MySQL).
     pub fn rollback_to(&mut self, name: &str) {
+        // MariaDB releases metadata locks taken after the savepoint.
+        self.checks.lost();
         let name = name.to_lowercase();
         if let Some(i) = self.savepoints.iter().position(|(n, _)| *n == name) {
             let keep = self.savepoints[i].1;

@@ -54,6 +54,7 @@ async fn phase_one(
 ) -> Result<wire::Ok, ProxyError> {
     let xid = branch.xid;
     let span = branch.trace;
+    let mut checks = branch.checks;
     // A child span of `at.branch` (`None`: traces off, or no span for this branch).
     let child = |name: &'static str, attrs: Vec<KeyValue>| {
         span.as_ref().map(|cx| {
@@ -68,7 +69,10 @@ async fn phase_one(
     let prepared = record.lock_keys().and_then(|k| Ok((k, record.encode()?)));
     let (keys, info) = match prepared {
         Ok(x) => x,
-        Err(e) => return Err(abort(conn, format!("the undo record cannot be written: {e}")).await),
+        Err(e) => {
+            checks.lost();
+            return Err(abort(conn, format!("the undo record cannot be written: {e}")).await);
+        }
     };
     let keys: Vec<v1::LockKey> = keys.into_iter().map(|k| proto_key(shared, k)).collect();
     let request_id = format!("{:032x}", rand::random::<u128>());
@@ -115,6 +119,7 @@ async fn phase_one(
                             }
                         )
                     };
+                    checks.lost();
                     rollback(conn).await;
                     return Err(ProxyError::GlobalLockTimeout(format!(
                         "{why}; the local transaction was rolled back"
@@ -124,12 +129,16 @@ async fn phase_one(
                 tokio::time::sleep(interval).await;
             }
             Err(CallError::NotFound(m) | CallError::NotActive(m)) => {
+                checks.lost();
                 rollback(conn).await;
                 return Err(ProxyError::UnknownXid(format!(
                     "{m}; the local transaction was rolled back"
                 )));
             }
-            Err(e) => return Err(abort(conn, format!("registering the branch failed: {e}")).await),
+            Err(e) => {
+                checks.lost();
+                return Err(abort(conn, format!("registering the branch failed: {e}")).await);
+            }
         }
     };
     tracing::debug!(%xid, branch_id, locks = keys.len(), "branch registered");
@@ -149,6 +158,7 @@ async fn phase_one(
     // registration for a good part of that time must not insert its record any more (it
     // could land after the marker is gone): it gives up instead.
     if registered_at.elapsed() > Duration::from_secs(shared.config.undo_retention_secs) / 2 {
+        checks.lost();
         let err = abort(
             conn,
             "phase one stalled between registering the branch and writing its undo record".into(),
@@ -157,11 +167,28 @@ async fn phase_one(
         report(shared, &xid, branch_id, false);
         return Err(err);
     }
+    // Writes planned on metadata another transaction held confirmed: proven (likeliest
+    // now, after the registration's wait) or read now.
+    if let Err(why) = checks.settle(conn, shared).await {
+        checks.lost();
+        let err = abort(conn, why).await;
+        report(shared, &xid, branch_id, false);
+        return Err(err);
+    }
     let inserting = child("at.undo_insert");
     let inserted = match stmts.get(conn, &shared.undo.insert()).await {
-        Ok(stmt) => conn.exec_drop(&stmt, (branch_id, xid.as_str(), info)).await,
+        Ok(stmt) => {
+            let stamp = checks.before_request(&shared.definitions);
+            let r = conn.exec_drop(&stmt, (branch_id, xid.as_str(), info)).await;
+            if r.is_ok() {
+                checks.answered(&shared.definitions, stamp);
+            }
+            r
+        }
         Err(e) => Err(e),
     };
+    // COMMIT or ROLLBACK comes next: this transaction's metadata locks go with it.
+    drop(checks);
     ended(inserting, &inserted);
     if let Err(e) = inserted {
         let why = match &e {

@@ -16,6 +16,7 @@
 
 pub(crate) mod branch;
 pub(crate) mod commit;
+pub(crate) mod definitions;
 pub(crate) mod delete;
 pub(crate) mod housekeeping;
 pub(crate) mod insert;

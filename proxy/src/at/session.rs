@@ -170,6 +170,12 @@ impl Session {
         if self.branch.is_none() {
             return r;
         }
+        if r.is_err() {
+            // The server may have ended the transaction (a deadlock): its metadata locks too.
+            if let Some(b) = &mut self.branch {
+                b.checks.lost();
+            }
+        }
         if r.is_err() && !self.conn.is_disconnected() {
             // Error packets carry no status flags: ask with a statement that does nothing.
             if self.conn.query_drop("DO 0").await.is_ok() {
@@ -323,12 +329,17 @@ impl Session {
 
     /// The AT context for one statement on this session's backend connection.
     fn statement<'a>(&'a mut self, db: Option<&'a str>) -> StatementRun<'a> {
+        let (xid, checks) = match &mut self.branch {
+            Some(b) => (Some(b.xid.as_str()), Some(&mut b.checks)),
+            None => (None, None),
+        };
         StatementRun {
             conn: &mut self.conn,
             stmts: &mut self.internal,
             shared: &self.shared,
             db,
-            xid: self.branch.as_ref().map(|b| b.xid.as_str()),
+            xid,
+            checks,
         }
     }
 

@@ -18,6 +18,7 @@
 //! metadata from going stale; the statement kinds live beside it.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 
 use crate::at::sql::{self as analyze, Dml};
 use mysql_async::prelude::Queryable;
@@ -25,6 +26,7 @@ use mysql_async::{Conn, Params, Statement, Value};
 use rewind_undo_log::undo_sql::MAX_STATEMENT_PARAMS;
 use rewind_undo_log::{Error as UndoError, RowImage, TableMeta, TableName, UndoItem};
 
+use super::definitions::Checks;
 use crate::error::ProxyError;
 use crate::wire;
 use crate::Shared;
@@ -40,6 +42,9 @@ pub struct StatementRun<'a> {
     pub db: Option<&'a str>,
     /// The global transaction the statement belongs to; `None` for an isolated write.
     pub xid: Option<&'a str>,
+    /// The bound transaction's table-definition checks (`None` for an isolated write,
+    /// which confirms every definition before it writes).
+    pub checks: Option<&'a mut Checks>,
 }
 
 /// Statements the proxy itself prepared on a session's backend connection. The pool's
@@ -138,7 +143,10 @@ impl StatementRun<'_> {
         params: Vec<Value>,
     ) -> Result<Vec<mysql_async::Row>, mysql_async::Error> {
         let stmt = self.stmts.get(self.conn, sql).await?;
-        self.conn.exec(&stmt, params_of(params)).await
+        let stamp = self.before_request();
+        let r = self.conn.exec(&stmt, params_of(params)).await;
+        self.answered(stamp, r.is_ok());
+        r
     }
 }
 
@@ -149,8 +157,35 @@ impl StatementRun<'_> {
         params: Vec<Value>,
     ) -> Result<wire::Ok, mysql_async::Error> {
         let stmt = self.stmts.get(self.conn, sql).await?;
-        self.conn.exec_drop(&stmt, params_of(params)).await?;
+        let stamp = self.before_request();
+        let r = self.conn.exec_drop(&stmt, params_of(params)).await;
+        self.answered(stamp, r.is_ok());
+        r?;
         Ok(wire::Ok::from_backend(self.conn))
+    }
+}
+
+impl StatementRun<'_> {
+    /// A stamp for a request of a transaction that holds table definitions confirmed (its
+    /// answer proves them held; see `at::definitions`).
+    fn before_request(&self) -> Option<u64> {
+        self.checks
+            .as_ref()
+            .and_then(|c| c.before_request(&self.shared.definitions))
+    }
+
+    /// The request stamped `stamp` was answered (`ok`) or failed.
+    fn answered(&mut self, stamp: Option<u64>, ok: bool) {
+        let in_trans = wire::Ok::from_backend(self.conn).status
+            & mysql_async::consts::StatusFlags::SERVER_STATUS_IN_TRANS.bits()
+            != 0;
+        if let Some(checks) = self.checks.as_deref_mut() {
+            if ok && in_trans {
+                checks.answered(&self.shared.definitions, stamp);
+            } else {
+                checks.lost();
+            }
+        }
     }
 }
 
@@ -232,7 +267,14 @@ impl StatementRun<'_> {
     ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
         let mut changed = Vec::new();
         for _ in 0..STALE_RETRIES {
-            match self.run_dml_once(dml, original, params.clone()).await {
+            let r = self.run_dml_once(dml, original, params.clone()).await;
+            if let Some(checks) = self.checks.as_deref_mut() {
+                match &r {
+                    Ok(_) => checks.stamp_pending(&self.shared.definitions),
+                    Err(_) => checks.statement_failed(),
+                }
+            }
+            match r {
                 Err(Failure::Stale(tables)) => {
                     reload(self.shared, &tables);
                     changed = tables;
@@ -319,14 +361,33 @@ impl StatementRun<'_> {
     /// Confirms that `metas` still describe their tables; [`Failure::Stale`] names those that
     /// changed. Called before a statement writes (after its before image locked the rows, so
     /// no new child row of a cascading foreign key can appear under them either).
+    ///
+    /// In a global transaction (see `at::definitions`): a table this transaction confirmed
+    /// already needs nothing; one whose definition another transaction holds confirmed is
+    /// written without the query and settled at commit; any other is read now, and held
+    /// confirmed from then on.
     pub(super) async fn confirm(&mut self, metas: &[&TableMeta]) -> Result<(), Failure> {
         let mut stale: Vec<TableName> = Vec::new();
+        let witness = self.shared.definitions.clone();
         for meta in metas {
             if stale.contains(&meta.name) {
                 continue;
             }
+            if let Some(checks) = self.checks.as_deref_mut() {
+                if checks.confirmed(meta) {
+                    continue;
+                }
+                if witness.held(meta) {
+                    checks.defer(meta);
+                    witness.counts.skipped.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+            witness.counts.queried.fetch_add(1, Ordering::Relaxed);
             if self.definition(&meta.name).await? != meta.definition {
                 stale.push(meta.name.clone());
+            } else if let Some(checks) = self.checks.as_deref_mut() {
+                checks.hold(&witness, &meta.name, &meta.definition);
             }
         }
         if stale.is_empty() {
@@ -408,14 +469,13 @@ impl StatementRun<'_> {
         original: Original<'_>,
         params: &[Value],
     ) -> Result<wire::Ok, mysql_async::Error> {
-        match original {
-            Original::Text(sql) => self.conn.query_drop(sql).await?,
-            Original::Prepared(stmt) => {
-                self.conn
-                    .exec_drop(stmt, params_of(params.to_vec()))
-                    .await?
-            }
-        }
+        let stamp = self.before_request();
+        let r = match original {
+            Original::Text(sql) => self.conn.query_drop(sql).await,
+            Original::Prepared(stmt) => self.conn.exec_drop(stmt, params_of(params.to_vec())).await,
+        };
+        self.answered(stamp, r.is_ok());
+        r?;
         Ok(wire::Ok::from_backend(self.conn))
     }
 }
