@@ -605,6 +605,25 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Two global transactions on two proxy connections; the first has written acc (row 1)
+/// in its open local transaction, so it holds acc's definition confirmed. The XIDs and the
+/// connections, the first writer's first.
+async fn first_writer_holds(
+    coord: &Coordinator,
+    proxy: &Proxy,
+    db: &str,
+) -> (String, String, mysql_async::Conn, mysql_async::Conn) {
+    let (x1, x2) = (coord.begin(60_000).await, coord.begin(60_000).await);
+    let (mut a, b) = (proxy.conn(db).await, proxy.conn(db).await);
+    a.query_drop("BEGIN").await.unwrap();
+    a.query_drop(format!(
+        "/*+ XID('{x1}') */ UPDATE acc SET bal = bal + 1 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    (x1, x2, a, b)
+}
+
 /// Two global transactions write the same table at once: the first reads the table's
 /// definition before its write and holds it confirmed (its metadata lock) until its
 /// COMMIT; the second, while that holder is registered, writes without the query, and its
@@ -627,14 +646,7 @@ async fn t15_concurrent_writers_share_one_definition_check() {
     base(db).await;
     let before = checksums(db, &["acc"]).await;
     let series = |how: &str| format!("rewind_proxy_definition_checks_total{{how=\"{how}\"}}");
-    let (x1, x2) = (coord.begin(60_000).await, coord.begin(60_000).await);
-    let (mut a, mut b) = (proxy.conn(db).await, proxy.conn(db).await);
-    a.query_drop("BEGIN").await.unwrap();
-    a.query_drop(format!(
-        "/*+ XID('{x1}') */ UPDATE acc SET bal = bal + 1 WHERE id = 1"
-    ))
-    .await
-    .unwrap();
+    let (x1, x2, mut a, mut b) = first_writer_holds(&coord, &proxy, db).await;
     let skipped = metric(admin, &series("skipped")).await;
     b.query_drop("BEGIN").await.unwrap();
     b.query_drop(format!(
@@ -682,14 +694,7 @@ async fn t15_definition_changed_behind_a_dead_holder_rolls_back_at_commit() {
     )
     .await;
     let before = checksums(db, &["acc", "audit_log"]).await;
-    let (x1, x2) = (coord.begin(60_000).await, coord.begin(60_000).await);
-    let (mut a, mut b) = (proxy.conn(db).await, proxy.conn(db).await);
-    a.query_drop("BEGIN").await.unwrap();
-    a.query_drop(format!(
-        "/*+ XID('{x1}') */ UPDATE acc SET bal = bal + 1 WHERE id = 1"
-    ))
-    .await
-    .unwrap();
+    let (x1, x2, mut a, mut b) = first_writer_holds(&coord, &proxy, db).await;
     let holder: Option<u64> = a.query_first("SELECT CONNECTION_ID()").await.unwrap();
     direct_exec(db, &format!("KILL CONNECTION {}", holder.unwrap())).await;
     // The holder's metadata lock is gone with its connection: the trigger goes in.
