@@ -31,6 +31,8 @@ pub struct Config {
     pub rollback_wait_ms: u64,
     pub write_isolation_wait_ms: u64,
     pub max_batch: usize,
+    /// Size of the pre-zeroed write-ahead log file in front of redb: the store's
+    /// (`coordinator.wal`) and, in a cluster, the Raft log's (`raft-log.wal`) each.
     pub wal_bytes: u64,
     pub http_body_limit_bytes: usize,
     pub shutdown_grace_ms: u64,

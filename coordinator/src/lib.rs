@@ -156,6 +156,7 @@ pub async fn run(
                 effects_tx,
                 metrics.clone(),
                 grpc_tls.as_ref().and_then(|t| t.peers.clone()),
+                config.wal_bytes,
             )
             .await?;
             tracing::info!(node = c.node_id, members = c.members.len(), "cluster mode");

@@ -175,6 +175,7 @@ pub async fn open(
     effects: mpsc::UnboundedSender<Effect>,
     metrics: Arc<Metrics>,
     tls: Option<tonic::transport::ClientTlsConfig>,
+    wal_bytes: u64,
 ) -> Result<Opened, CoordinatorError> {
     let applied_pos: state_machine::Applied = match &loaded.raft {
         Some(b) => serde_json::from_slice(b)
@@ -204,7 +205,7 @@ pub async fn open(
         metrics,
         data_dir,
     );
-    let log = log_store::LogStore::open(data_dir).map_err(CoordinatorError::Storage)?;
+    let log = log_store::LogStore::open(data_dir, wal_bytes).map_err(CoordinatorError::Storage)?;
     let auth = Arc::new(network::RaftAuth::new(
         cfg.node_id,
         &cfg.secret,
