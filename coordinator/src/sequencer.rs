@@ -3,7 +3,10 @@
 //! resulting records durable as ONE write-ahead-log record (one `fdatasync`, see
 //! [`crate::store`]), and only then answers the callers and hands the effects
 //! (phase-two sends) to the dispatcher. A command is therefore acknowledged only once
-//! durable, and many callers share one sync.
+//! durable, and many callers share one sync. The exception is a batch holding only
+//! phase-one reports and proxies' phase-two answers ([`Command::needs_sync`]): it is
+//! written without a sync of its own and made durable by the next batch's (measured
+//! under `bench/coordinator`: 4,472–5,166 → 5,610–5,883 tx/s, alternated runs).
 //!
 //! Readers take the engine mutex briefly and may see state a few microseconds before it
 //! is durable; that is conservative for locks and harmless for statuses.
@@ -231,6 +234,7 @@ fn writer_loop(
         }
         let (commands, waiting): (Vec<Command>, Vec<Option<ReplyTx>>) =
             batch.drain(..).map(|r| (r.cmd, r.reply)).unzip();
+        let sync = commands.iter().any(Command::needs_sync);
         let batch = Batch {
             now_ms: now_ms(),
             xid_base: 0,
@@ -249,7 +253,7 @@ fn writer_loop(
             .filter_map(|(tx, res)| Some((tx?, res)))
             .collect();
         let started = std::time::Instant::now();
-        if let Err(err) = store.write(&writes) {
+        if let Err(err) = store.write_with(&writes, sync) {
             // The in-memory state is now ahead of the disk. The only safe move is to
             // stop and let a restart reload what is durable.
             tracing::error!(%err, "durable write failed; stopping the coordinator");

@@ -272,7 +272,14 @@ impl Store {
     /// Makes a batch durable (returns after its log record is on disk). Ends an
     /// [`Store::announce`]d batch, failed or not.
     pub fn write(&self, w: &Writes) -> Result<(), CoordinatorError> {
-        let r = self.write_inner(w);
+        self.write_with(w, true)
+    }
+
+    /// [`Store::write`], or (`sync` false) a batch whose loss in a crash is harmless: it
+    /// becomes durable with the next synced batch, and a crash before that loses it with
+    /// nothing after it. See [`crate::engine::Command::needs_sync`].
+    pub fn write_with(&self, w: &Writes, sync: bool) -> Result<(), CoordinatorError> {
+        let r = self.write_inner(w, sync);
         // Saturating: writes made without an announcement (tests) do not wrap it.
         let _ = self.in_flight.fetch_update(
             std::sync::atomic::Ordering::AcqRel,
@@ -282,7 +289,7 @@ impl Store {
         r
     }
 
-    fn write_inner(&self, w: &Writes) -> Result<(), CoordinatorError> {
+    fn write_inner(&self, w: &Writes, sync: bool) -> Result<(), CoordinatorError> {
         let mut log = self.log.lock().expect("log lock");
         // Consumed reports for messages only the store holds become whole records here,
         // under the log lock, so the log replays records, never read-modify-writes.
@@ -290,7 +297,7 @@ impl Store {
         let payload = encode_writes(w, &consumed);
         let lsn = log.lsn + 1;
         if log.wal.fits(payload.len()) {
-            log.wal.append(lsn, &payload).map_err(|e| {
+            log.wal.append_with(lsn, &payload, sync).map_err(|e| {
                 CoordinatorError::Storage(format!("appending to {}: {e}", log.wal.path().display()))
             })?;
             let mut pending = self.pending.lock().expect("pending lock");

@@ -155,6 +155,19 @@ pub enum Command {
     MessagesConsumed(MessagesConsumed),
 }
 
+impl Command {
+    /// Whether a batch holding this command must be durable before anyone hears of its
+    /// results. Not for two: a phase-one report (informational: a branch without one is
+    /// driven through phase two like any other) and a proxy's phase-two answer (losing
+    /// one is the lost-answer path phase two already takes: the command is sent again
+    /// and every phase-two action is idempotent). Such a batch is written without a sync
+    /// of its own; the next synced batch makes it durable, and a crash before that loses
+    /// it together with everything after it, nothing that depended on it being durable.
+    pub fn needs_sync(&self) -> bool {
+        !matches!(self, Command::Report(_) | Command::BranchResult(_))
+    }
+}
+
 /// The answer to one command, one variant per command: [`Engine::apply`] builds each
 /// from its own command's handler, and [`Request::from_reply`] takes it apart again.
 /// Only the batch path (sequencer, Raft state machine) carries it untyped.
