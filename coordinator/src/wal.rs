@@ -180,18 +180,25 @@ impl Wal {
     }
 }
 
+/// A fresh directory under the system's temporary one, for tests of files on disk.
+#[cfg(test)]
+pub(crate) fn test_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "rewind-{name}-{}-{}",
+        std::process::id(),
+        rand::random::<u64>()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn records_survive_reopen_and_torn_tail_is_ignored() {
-        let dir = std::env::temp_dir().join(format!(
-            "rewind-wal-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("wal");
         let path = dir.join("wal");
         let (mut w, recs) = Wal::open(&path, 4096, 0).unwrap();
         assert!(recs.is_empty());
@@ -223,12 +230,7 @@ mod tests {
     /// later record is synced), in sequence with the synced ones around it.
     #[test]
     fn unsynced_records_are_replayed_in_order() {
-        let dir = std::env::temp_dir().join(format!(
-            "rewind-wal-unsynced-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("wal-unsynced");
         let path = dir.join("wal");
         let (mut w, _) = Wal::open(&path, 4096, 0).unwrap();
         w.append(1, b"synced").unwrap();
@@ -253,12 +255,7 @@ mod tests {
 
     #[test]
     fn records_written_with_the_legacy_check_are_still_read() {
-        let dir = std::env::temp_dir().join(format!(
-            "rewind-wal-legacy-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = test_dir("wal-legacy");
         let path = dir.join("wal");
         let (w, _) = Wal::open(&path, 4096, 0).unwrap();
         let mut off = 0;

@@ -514,16 +514,6 @@ mod tests {
         }
     }
 
-    fn dir(name: &str) -> std::path::PathBuf {
-        let d = std::env::temp_dir().join(format!(
-            "rewind-raftlog-{name}-{}-{}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        std::fs::create_dir_all(&d).unwrap();
-        d
-    }
-
     async fn append(s: &LogStore, es: Vec<Ent>) {
         let op = encode_append(&es).unwrap();
         lock(&s.tail).append(es);
@@ -544,7 +534,7 @@ mod tests {
     /// only in the log file.
     #[tokio::test]
     async fn the_log_reads_back_through_checkpoints_and_reopen() {
-        let d = dir("reopen");
+        let d = crate::wal::test_dir("raftlog-reopen");
         let mut s = LogStore::open(&d, 4096).unwrap();
         for i in 1..=40u64 {
             append(&s, vec![entry(1, i)]).await;
