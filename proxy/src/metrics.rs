@@ -138,6 +138,10 @@ pub struct Metrics {
     branches: [[AtomicU64; 3]; 2],
     /// Phase-two commands run by this proxy, by action × outcome.
     phase_two: [[AtomicU64; 3]; 2],
+    /// Backend statements kept for a later prepare of the same text (`session::reuse`),
+    /// and the prepares answered from one.
+    kept_statements: AtomicI64,
+    reused_prepares: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -150,6 +154,8 @@ impl Default for Metrics {
             errors: Mutex::new(BTreeMap::new()),
             branches: [const { [const { AtomicU64::new(0) }; 3] }; 2],
             phase_two: [const { [const { AtomicU64::new(0) }; 3] }; 2],
+            kept_statements: AtomicI64::new(0),
+            reused_prepares: AtomicU64::new(0),
         }
     }
 }
@@ -218,6 +224,22 @@ impl Metrics {
         self.phase_two[usize::from(!commit)][o].fetch_add(1, Relaxed);
     }
 
+    /// A backend statement is to be kept for reuse: `false` when the process keeps `limit`
+    /// already (then it is not kept).
+    pub fn statement_kept(&self, limit: i64) -> bool {
+        self.kept_statements
+            .fetch_update(Relaxed, Relaxed, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    /// A kept backend statement was taken by a prepare (`reused`) or closed or forgotten.
+    pub fn statement_released(&self, reused: bool) {
+        self.kept_statements.fetch_sub(1, Relaxed);
+        if reused {
+            self.reused_prepares.fetch_add(1, Relaxed);
+        }
+    }
+
     /// The Prometheus text of every figure, with the gauges other modules own.
     pub fn render(&self, shared: &Shared) -> String {
         let mut out = String::with_capacity(8 * 1024);
@@ -231,6 +253,12 @@ impl Metrics {
                 "rewind_proxy_xa_pinned",
                 "Backend connections kept for prepared XA branches' phase two.",
                 shared.xa_pinned.count() as u64,
+            ),
+            (
+                "rewind_proxy_kept_statements",
+                "Backend statements the client closed, kept for the next prepare of the same \
+                 text in the same session.",
+                self.kept_statements.load(Relaxed).max(0) as u64,
             ),
         ];
         for (name, help, v) in gauges {
@@ -248,6 +276,12 @@ impl Metrics {
                 "rewind_proxy_tls_sessions_total",
                 "Client sessions opened over TLS since start.",
                 self.tls_sessions_total.load(Relaxed),
+            ),
+            (
+                "rewind_proxy_prepares_reused_total",
+                "Client prepares answered from a kept backend statement (no backend round \
+                 trip).",
+                self.reused_prepares.load(Relaxed),
             ),
             (
                 "rewind_proxy_outbox_published_total",

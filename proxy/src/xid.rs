@@ -13,6 +13,35 @@ pub fn leading_xid(sql: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Hints the proxy reads in a statement's leading comment.
+const HINTS: [&[u8]; 6] = [b"XID", b"XA", b"BARRIER", b"TCC", b"MSG", b"TRACEPARENT"];
+
+/// The text the backend prepares for a client's statement: without its leading comment
+/// when that comment carries a hint the proxy reads (the proxy acts on it; the server
+/// would only skip it), so the same statement under another XID or message id is the same
+/// text to the backend (see `session::reuse`). Any other text, including a leading
+/// executable comment (`/*!…*/`, `/*M!…*/`), is unchanged.
+pub fn backend_text(sql: &[u8]) -> &[u8] {
+    let Some(start) = sql.iter().position(|b| !b.is_ascii_whitespace()) else {
+        return sql;
+    };
+    let rest = &sql[start..];
+    if !rest.starts_with(b"/*") || rest[2..].starts_with(b"!") || rest[2..].starts_with(b"M!") {
+        return sql;
+    }
+    if !HINTS.iter().any(|h| leading_hint(rest, h).is_some()) {
+        return sql;
+    }
+    match rest[2..].windows(2).position(|w| w == b"*/") {
+        Some(end) => {
+            let after = &rest[2 + end + 2..];
+            let body = after.iter().position(|b| !b.is_ascii_whitespace());
+            body.map_or(sql, |b| &after[b..])
+        }
+        None => sql,
+    }
+}
+
 /// The W3C `traceparent` a statement carries, read only while traces are on (the caller
 /// checks): a `TRACEPARENT('00-…-…-01')` hint in the leading comment (beside `XID(…)`), or
 /// the sqlcommenter form `traceparent='00-…-…-01'` in any comment of the statement (as
@@ -131,7 +160,32 @@ fn arguments(mut args: &[u8]) -> Option<Vec<HintArg<'_>>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{leading_hint, leading_xid, traceparent, HintArg, Malformed};
+    use super::{backend_text, leading_hint, leading_xid, traceparent, HintArg, Malformed};
+
+    #[test]
+    fn the_backend_prepares_the_text_after_a_hint_comment() {
+        let b = |s: &str| String::from_utf8(backend_text(s.as_bytes()).to_vec()).unwrap();
+        assert_eq!(
+            b("/*+ XID('rw-1') */ UPDATE t SET a = ?"),
+            "UPDATE t SET a = ?"
+        );
+        assert_eq!(
+            b("  /*+ BARRIER('c', 'm1') */\n  INSERT INTO t VALUES (?)"),
+            "INSERT INTO t VALUES (?)"
+        );
+        // Not a hint the proxy reads, an executable comment, nothing after the hint:
+        // unchanged.
+        for same in [
+            "/* app */ UPDATE t SET a = ?",
+            "/*+ MAX_EXECUTION_TIME(1) */ SELECT 1",
+            "/*!40101 XID('x') */ SELECT 1",
+            "/*M!100100 XID('x') */ SELECT 1",
+            "/*+ XID('x') */",
+            "UPDATE t SET a = ? /*+ XID('x') */",
+        ] {
+            assert_eq!(b(same), same);
+        }
+    }
 
     #[test]
     fn traceparent_in_a_hint_or_a_sqlcommenter_comment() {

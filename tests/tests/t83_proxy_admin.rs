@@ -232,3 +232,137 @@ async fn admin_counts_what_clients_sent_and_reports_readiness() {
     let (code, _) = http(admin, "GET", "/healthz", None).await.unwrap();
     assert_eq!(code, 200);
 }
+
+/// Prepares `sql`, executes it once and closes it.
+async fn once(
+    c: &mut mysql_async::Conn,
+    sql: &str,
+    params: impl Into<mysql_async::Params> + Send,
+) -> mysql_async::Result<()> {
+    let st = c.prep(sql).await?;
+    c.exec_drop(&st, params).await?;
+    c.close(st).await
+}
+
+/// A client that prepares, executes and closes every statement (as Go's `database/sql`
+/// does, and as every XID-tagged statement is new text): the second prepare of the same
+/// write, under another XID, is answered from the backend statement the proxy kept, and
+/// the branch it runs in is still its own (its global rollback undoes it alone). What may
+/// change how text parses (sql_mode) or which table it names (the database) is never
+/// answered from a kept statement.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_write_is_prepared_again_without_the_backend() {
+    const OTHER: &str = "t83_proxy_admin_other";
+    let dir = TempDir::new("proxy-reuse");
+    let db = "t83_proxy_admin_reuse";
+    for name in [db, OTHER] {
+        fresh_db(name).await;
+        let mut c = direct(name).await;
+        c.query_drop("CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL, s VARCHAR(20))")
+            .await
+            .unwrap();
+        c.query_drop("INSERT INTO t VALUES (1, 0, NULL)")
+            .await
+            .unwrap();
+        c.disconnect().await.unwrap();
+    }
+    let coord = Coordinator::start(&dir, &[]).await;
+    let admin = free_addr();
+    let admin_arg = admin.to_string();
+    let proxy = Proxy::start(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--admin-addr", &admin_arg],
+    )
+    .await;
+    // No client-side statement cache: every statement is prepared, executed and closed.
+    let mut c = mysql_async::Conn::new(proxy.opts(db).stmt_cache_size(0))
+        .await
+        .unwrap();
+    let reused = |s: &Scrape| s.get("rewind_proxy_prepares_reused_total");
+    let v_of = |name: &'static str| async move {
+        let mut d = direct(name).await;
+        let v: Option<i64> = d.query_first("SELECT v FROM t WHERE id = 1").await.unwrap();
+        d.disconnect().await.unwrap();
+        v.unwrap()
+    };
+
+    // Two global transactions run the same tagged UPDATE.
+    let transfer = |xid: String, amount: i64| {
+        let sql = format!("/*+ XID('{xid}') */ UPDATE t SET v = v + ? WHERE id = ?");
+        (sql, amount)
+    };
+    let first = coord.begin(30_000).await;
+    let (sql, amount) = transfer(first.clone(), 5);
+    c.query_drop("BEGIN").await.unwrap();
+    once(&mut c, &sql, (amount, 1)).await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    let st = coord.commit(&first).await;
+    assert!(st == "committed" || st == "committing", "{st}");
+    let before = Scrape::take(admin).await;
+    assert_eq!(before.get("rewind_proxy_kept_statements"), 1.0);
+    let second = coord.begin(30_000).await;
+    let (sql, amount) = transfer(second.clone(), 10);
+    c.query_drop("BEGIN").await.unwrap();
+    once(&mut c, &sql, (amount, 1)).await.unwrap();
+    c.query_drop("COMMIT").await.unwrap();
+    let after = Scrape::take(admin).await;
+    assert_eq!(
+        reused(&after) - reused(&before),
+        1.0,
+        "the second prepare was reused"
+    );
+    assert_eq!(v_of(db).await, 15);
+    assert_eq!(coord.rollback(&second).await, "rolled_back");
+    assert_eq!(v_of(db).await, 5, "the second branch alone was undone");
+
+    // The same text means something else under ANSI_QUOTES: prepared afresh, it fails as
+    // the server says, whether it was kept before the change or closed after it.
+    let quoted = "UPDATE t SET s = \"lit\" WHERE id = ?";
+    let ansi = "SET sql_mode = CONCAT(@@sql_mode, ',ANSI_QUOTES')";
+    let refused = |e: mysql_async::Error| {
+        assert!(
+            matches!(&e, mysql_async::Error::Server(s) if s.code == 1054),
+            "{e}"
+        )
+    };
+    once(&mut c, quoted, (1,)).await.unwrap();
+    c.query_drop(ansi).await.unwrap();
+    refused(once(&mut c, quoted, (1,)).await.unwrap_err());
+    c.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+    let st = c.prep(quoted).await.unwrap();
+    c.exec_drop(&st, (1,)).await.unwrap();
+    c.query_drop(ansi).await.unwrap();
+    c.close(st).await.unwrap();
+    refused(once(&mut c, quoted, (1,)).await.unwrap_err());
+    c.query_drop("SET sql_mode = DEFAULT").await.unwrap();
+
+    // Another database: the same INSERT goes to its own table.
+    let insert = "INSERT INTO t (id, v) VALUES (?, 0)";
+    once(&mut c, insert, (2,)).await.unwrap();
+    c.query_drop(format!("USE {OTHER}")).await.unwrap();
+    once(&mut c, insert, (3,)).await.unwrap();
+    let ids = |name: &'static str| async move {
+        let mut d = direct(name).await;
+        let ids: Vec<i64> = d.query("SELECT id FROM t ORDER BY id").await.unwrap();
+        d.disconnect().await.unwrap();
+        ids
+    };
+    assert_eq!(ids(db).await, vec![1, 2]);
+    assert_eq!(ids(OTHER).await, vec![1, 3]);
+
+    // The session's kept statements go with it.
+    c.disconnect().await.unwrap();
+    eventually(
+        "no statement kept once the session ended",
+        Duration::from_secs(10),
+        || async {
+            Scrape::take(admin)
+                .await
+                .get("rewind_proxy_kept_statements")
+                == 0.0
+        },
+    )
+    .await;
+}

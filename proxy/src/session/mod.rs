@@ -5,8 +5,11 @@
 //!
 //! - [`guarded`]: a statement behind rows a mode writes first (the barrier, the TCC fence,
 //!   a half message's check row).
+//! - [`reuse`]: backend statements kept after the client closed them, for the next prepare
+//!   of the same text.
 
 pub(crate) mod guarded;
+pub(crate) mod reuse;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -83,8 +86,17 @@ pub(crate) struct Prepared {
     pub(crate) outbox: bool,
     /// The statement's XA tag (`XA('…')`, or `XID('…')` with `branch_mode = "xa"`).
     pub(crate) xa_tag: Option<Result<String, &'static str>>,
-    /// The text as the client sent it: to prepare it again on another backend connection.
+    /// The text as the client sent it.
     pub(crate) raw: Arc<[u8]>,
+    /// The text the backend prepared ([`xid::backend_text`]): to prepare it again on
+    /// another backend connection, and the key under which it may be kept ([`reuse`]).
+    pub(crate) backend_text: Arc<[u8]>,
+    /// The session's database when it was prepared, if the proxy knew it, and the
+    /// [`reuse::Reuse::generation`] it was prepared in.
+    pub(crate) prepared_in: Option<String>,
+    pub(crate) generation: u64,
+    /// Executing it may change how later text parses ([`reuse::may_change_parsing`]).
+    pub(crate) changes_parsing: bool,
 }
 
 pub(crate) struct Session {
@@ -143,6 +155,8 @@ pub(crate) struct Session {
     /// The next statement id given to the client: the proxy's own numbering, so a
     /// session moved to another backend connection keeps its statements' ids.
     pub(crate) next_stmt_id: u32,
+    /// Backend statements the client closed, kept for the next prepare of the same text.
+    pub(crate) reuse: reuse::Reuse,
 }
 
 /// Serves one accepted TCP connection to completion. Never panics on client bytes.
@@ -241,6 +255,7 @@ pub async fn serve(
         temp_tables: false,
         msg: Default::default(),
         next_stmt_id: 1,
+        reuse: reuse::Reuse::new(shared.clone()),
     };
     // Open from here: the session serves commands until it ends.
     let _open = shared.metrics.session_opened(s.ps.is_tls());
@@ -494,6 +509,9 @@ impl Session {
     }
 
     async fn command(&mut self, cmd: u8, body: &[u8]) -> Result<(), ProxyError> {
+        if self.may_change_parsing(cmd, body) {
+            self.reuse.close_all(&mut self.conn).await;
+        }
         match cmd {
             COM_QUERY => self.query(body).await,
             COM_INIT_DB => {
@@ -521,6 +539,7 @@ impl Session {
                 self.xa_reset().await?;
                 self.temp_tables = false;
                 self.stmts.clear();
+                self.reuse.forget();
                 self.internal.clear();
                 self.branch = None;
                 self.db = None;
@@ -561,9 +580,16 @@ impl Session {
                     if let Some(p) = self.stmts.remove(&id) {
                         // Never answered, even on failure; a lost backend shows on the
                         // next command.
-                        if let Err(e) = self.conn.close(p.stmt).await {
-                            debug!(error = %e, "closing a statement failed");
-                        }
+                        self.reuse
+                            .closed(
+                                &mut self.conn,
+                                p.backend_text,
+                                p.stmt,
+                                p.plan,
+                                p.prepared_in,
+                                p.generation,
+                            )
+                            .await;
                     }
                 }
                 Ok(())
@@ -585,6 +611,24 @@ impl Session {
     /// COM_CHANGE_USER: re-authenticate (always through an AuthSwitch with a fresh
     /// scramble), then give the backend session a clean slate like MySQL does (reset,
     /// then the requested database and charset).
+    /// Whether command `cmd` may change how the backend would prepare a text (see
+    /// [`reuse`]); only asked while the session has statements open or kept.
+    fn may_change_parsing(&self, cmd: u8, body: &[u8]) -> bool {
+        if self.stmts.is_empty() && self.reuse.is_empty() {
+            return false;
+        }
+        match cmd {
+            COM_QUERY => reuse::may_change_parsing(&classify::classify(body), body),
+            COM_STMT_EXECUTE => Cursor::new(body)
+                .u32()
+                .ok()
+                .and_then(|id| self.stmts.get(&id))
+                .is_some_and(|p| p.changes_parsing),
+            COM_INIT_DB | COM_SET_OPTION => true,
+            _ => false,
+        }
+    }
+
     async fn change_user(&mut self, body: &[u8]) -> Result<(), ProxyError> {
         let mut c = Cursor::new(body);
         let user = String::from_utf8_lossy(c.nul_str()).into_owned();
@@ -609,6 +653,7 @@ impl Session {
         self.xa_reset().await?;
         self.temp_tables = false;
         self.stmts.clear();
+        self.reuse.forget();
         self.internal.clear();
         self.branch = None;
         self.db = None;
@@ -781,7 +826,16 @@ impl Session {
     }
 
     async fn prepare(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
-        let stmt = self.conn.prep(sql).await?;
+        let text = xid::backend_text(sql);
+        let prepared_in = match &self.db {
+            Some(Some(db)) => Some(db.clone()),
+            _ => None,
+        };
+        let (stmt, plan) = match self.reuse.take(prepared_in.as_deref(), text) {
+            Some(kept) => (kept.stmt, kept.plan),
+            None => (self.conn.prep(text).await?, None),
+        };
+        let kind = classify::classify(sql);
         let id = self.next_stmt_id;
         self.next_stmt_id = self.next_stmt_id.checked_add(1).unwrap_or(1);
         let params = stmt.params().to_vec();
@@ -813,15 +867,19 @@ impl Session {
                 stmt,
                 long_data: HashMap::new(),
                 tag: xid::leading_xid(sql).map(|t| String::from_utf8_lossy(t).into_owned()),
-                kind: classify::classify(sql),
+                changes_parsing: reuse::may_change_parsing(&kind, sql),
+                kind,
                 sql: std::str::from_utf8(sql).ok().map(Arc::from),
-                plan: None,
+                plan,
                 barrier: Barrier::of(sql),
                 tcc: Tcc::of(sql),
                 msg: Msg::of(sql),
                 outbox: crate::outbox::mentions_outbox(sql),
                 xa_tag: crate::xa::tag_of(sql, self.shared.config.branch_mode),
                 raw: Arc::from(sql),
+                backend_text: Arc::from(text),
+                prepared_in,
+                generation: self.reuse.generation(),
             },
         );
         Ok(())

@@ -293,7 +293,7 @@ impl Session {
             // The session's flags as they are now (statement preparation reports none).
             let status = wire::Ok::from_backend(&fresh).status;
             for (&client_id, p) in &self.stmts {
-                statements.push((client_id, fresh.prep(&*p.raw).await?));
+                statements.push((client_id, fresh.prep(&*p.backend_text).await?));
             }
             Ok::<_, mysql_async::Error>(status)
         }
@@ -388,6 +388,8 @@ impl Session {
         pin: Option<XaId>,
     ) {
         let old = std::mem::replace(&mut self.conn, fresh);
+        // Statements kept for reuse stay with the old connection.
+        self.reuse.forget();
         for (client_id, stmt) in statements {
             if let Some(p) = self.stmts.get_mut(&client_id) {
                 p.stmt = stmt;
