@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -67,7 +67,21 @@ pub struct Coordinators {
     retry_for: Duration,
     /// TLS on every channel (`https://` URLs), leader hints' included.
     tls: Option<ClientTlsConfig>,
+    /// Phase-one reports waiting for the call in flight (see [`Self::report_later`]).
+    reports: Mutex<Reports>,
 }
+
+#[derive(Default)]
+struct Reports {
+    queued: Vec<v1::ReportBranchRequest>,
+    /// A task is sending (it takes whatever is queued when its call returns).
+    sending: bool,
+}
+
+/// Reports sent in one call at most.
+const REPORTS_PER_CALL: usize = 256;
+/// Reports kept queued at most (only reached while the coordinator is unreachable).
+const REPORTS_QUEUED: usize = 16 * 1024;
 
 impl Coordinators {
     /// `list`: comma-separated gRPC URLs (`http://host:port`, or `https://` with `tls`).
@@ -100,6 +114,7 @@ impl Coordinators {
             call_timeout,
             retry_for,
             tls,
+            reports: Mutex::new(Reports::default()),
         })
     }
 
@@ -298,22 +313,59 @@ impl Coordinators {
         .await
     }
 
-    pub async fn report(
-        &self,
-        xid: &str,
-        branch_id: u64,
-        committed: bool,
-    ) -> Result<(), CallError> {
-        self.call("report branch", |ch| {
-            let req = v1::ReportBranchRequest {
+    /// Tells the coordinator how a branch's phase one ended, off the caller's path. One
+    /// call at a time: the reports that queue while it is on its way go together in the
+    /// next (`ReportBranchRequest.more`), so a busy proxy sends a fraction of the calls.
+    /// A report is information (a branch without one goes through phase two like any
+    /// other), so one not delivered within the usual retries is only logged.
+    pub fn report_later(self: &Arc<Self>, xid: &str, branch_id: u64, committed: bool) {
+        {
+            let mut r = lock(&self.reports);
+            if r.queued.len() >= REPORTS_QUEUED {
+                // Only while the coordinator is unreachable for long; the oldest goes.
+                r.queued.remove(0);
+                tracing::debug!("phase-one report queue full; the oldest report dropped");
+            }
+            r.queued.push(v1::ReportBranchRequest {
                 xid: xid.to_string(),
                 branch_id,
                 committed,
+                more: Vec::new(),
+            });
+            if r.sending {
+                return;
+            }
+            r.sending = true;
+        }
+        let me = self.clone();
+        tokio::spawn(async move { me.send_reports().await });
+    }
+
+    /// Sends queued reports, a call per batch, until none is left.
+    async fn send_reports(&self) {
+        loop {
+            let mut batch: Vec<v1::ReportBranchRequest> = {
+                let mut r = lock(&self.reports);
+                if r.queued.is_empty() {
+                    r.sending = false;
+                    return;
+                }
+                let n = r.queued.len().min(REPORTS_PER_CALL);
+                r.queued.drain(..n).collect()
             };
-            async move { ResourceManagerClient::new(ch).report_branch(req).await }
-        })
-        .await
-        .map(|_| ())
+            let mut first = batch.remove(0);
+            first.more = batch;
+            let n = 1 + first.more.len();
+            let sent = self
+                .call("report branches", |ch| {
+                    let req = first.clone();
+                    async move { ResourceManagerClient::new(ch).report_branch(req).await }
+                })
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!(reports = n, error = %e, "phase-one reports not delivered");
+            }
+        }
     }
 
     /// A half message's local transaction runs on `resource_id` (see BindMessage):

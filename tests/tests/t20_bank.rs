@@ -392,3 +392,56 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
         .unwrap_or(0.0)
 }
+
+/// Twelve branches through one proxy finish phase one at once: the proxy sends their
+/// phase-one reports together (the ones queued while a call is on its way go in the next),
+/// and the coordinator applies every one of them, so each branch shows `phase_one_done`
+/// before any decision. Rolled back afterwards, every row is as it was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_every_phase_one_report_arrives() {
+    let dir = TempDir::new("bank-reports");
+    let db = "rwt_bank_reports";
+    setup(db).await;
+    let coord = Arc::new(Coordinator::start(&dir, &[]).await);
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let opening = balances(db).await;
+    let mut sessions = Vec::new();
+    for id in 1..=ACCOUNTS {
+        let (coord, opts) = (coord.clone(), proxy.opts(db));
+        sessions.push(tokio::spawn(async move {
+            let xid = coord.begin(60_000).await;
+            let mut c = mysql_async::Conn::new(opts).await.unwrap();
+            c.query_drop("BEGIN").await.unwrap();
+            c.query_drop(format!(
+                "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {id}"
+            ))
+            .await
+            .unwrap();
+            c.query_drop("COMMIT").await.unwrap();
+            c.disconnect().await.unwrap();
+            xid
+        }));
+    }
+    let mut xids = Vec::new();
+    for s in sessions {
+        xids.push(s.await.unwrap());
+    }
+    eventually(
+        "every branch reported phase_one_done",
+        Duration::from_secs(20),
+        || async {
+            for xid in &xids {
+                let tx = coord.transaction(xid).await;
+                if tx["branches"][0]["status"] != "phase_one_done" {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    for xid in &xids {
+        assert_eq!(coord.rollback(xid).await, "rolled_back");
+    }
+    assert_eq!(balances(db).await, opening);
+}

@@ -232,13 +232,7 @@ fn ended<T, E: std::fmt::Display>(span: Option<trace::Context>, r: &Result<T, E>
 
 /// Tells the coordinator how phase one ended, off the client's path.
 pub(super) fn report(shared: &Shared, xid: &str, branch_id: u64, committed: bool) {
-    let coordinator = shared.coordinator.clone();
-    let xid = xid.to_string();
-    tokio::spawn(async move {
-        if let Err(e) = coordinator.report(&xid, branch_id, committed).await {
-            tracing::debug!(%xid, branch_id, error = %e, "phase-one report not delivered");
-        }
-    });
+    shared.coordinator.report_later(xid, branch_id, committed);
 }
 
 /// Rolls the local transaction back and returns the error that says so.
