@@ -9,7 +9,7 @@
 //! deduplicates by, and ReportBranch, BindMessage and DecideMessage are idempotent by
 //! nature.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -73,7 +73,7 @@ pub struct Coordinators {
 
 #[derive(Default)]
 struct Reports {
-    queued: Vec<v1::ReportBranchRequest>,
+    queued: VecDeque<v1::ReportBranchRequest>,
     /// A task is sending (it takes whatever is queued when its call returns).
     sending: bool,
 }
@@ -323,10 +323,10 @@ impl Coordinators {
             let mut r = lock(&self.reports);
             if r.queued.len() >= REPORTS_QUEUED {
                 // Only while the coordinator is unreachable for long; the oldest goes.
-                r.queued.remove(0);
+                r.queued.pop_front();
                 tracing::debug!("phase-one report queue full; the oldest report dropped");
             }
-            r.queued.push(v1::ReportBranchRequest {
+            r.queued.push_back(v1::ReportBranchRequest {
                 xid: xid.to_string(),
                 branch_id,
                 committed,

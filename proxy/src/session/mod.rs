@@ -86,17 +86,22 @@ pub(crate) struct Prepared {
     pub(crate) outbox: bool,
     /// The statement's XA tag (`XA('…')`, or `XID('…')` with `branch_mode = "xa"`).
     pub(crate) xa_tag: Option<Result<String, &'static str>>,
-    /// The text as the client sent it.
+    /// The text as the client sent it (the backend prepared [`Prepared::backend_text`]).
     pub(crate) raw: Arc<[u8]>,
-    /// The text the backend prepared ([`xid::backend_text`]): to prepare it again on
-    /// another backend connection, and the key under which it may be kept ([`reuse`]).
-    pub(crate) backend_text: Arc<[u8]>,
     /// The session's database when it was prepared, if the proxy knew it, and the
     /// [`reuse::Reuse::generation`] it was prepared in.
     pub(crate) prepared_in: Option<String>,
     pub(crate) generation: u64,
     /// Executing it may change how later text parses ([`reuse::may_change_parsing`]).
     pub(crate) changes_parsing: bool,
+}
+
+impl Prepared {
+    /// The text the backend prepared ([`xid::backend_text`]): to prepare it again on
+    /// another backend connection, and the key under which it may be kept ([`reuse`]).
+    pub(crate) fn backend_text(&self) -> &[u8] {
+        xid::backend_text(&self.raw)
+    }
 }
 
 pub(crate) struct Session {
@@ -583,7 +588,7 @@ impl Session {
                         self.reuse
                             .closed(
                                 &mut self.conn,
-                                p.backend_text,
+                                p.raw,
                                 p.stmt,
                                 p.plan,
                                 p.prepared_in,
@@ -877,7 +882,6 @@ impl Session {
                 outbox: crate::outbox::mentions_outbox(sql),
                 xa_tag: crate::xa::tag_of(sql, self.shared.config.branch_mode),
                 raw: Arc::from(sql),
-                backend_text: Arc::from(text),
                 prepared_in,
                 generation: self.reuse.generation(),
             },

@@ -41,7 +41,8 @@ pub(crate) const PER_PROCESS: i64 = 1024;
 
 struct Kept {
     db: String,
-    text: Arc<[u8]>,
+    /// The client's text; the backend prepared its [`crate::xid::backend_text`].
+    raw: Arc<[u8]>,
     stmt: Statement,
     plan: Option<Arc<Dml>>,
 }
@@ -81,7 +82,7 @@ impl Reuse {
         let at = self
             .kept
             .iter()
-            .position(|k| &*k.text == text && k.db == db)?;
+            .position(|k| crate::xid::backend_text(&k.raw) == text && k.db == db)?;
         let k = self.kept.remove(at)?;
         self.shared.metrics.statement_released(true);
         Some(Taken {
@@ -90,13 +91,13 @@ impl Reuse {
         })
     }
 
-    /// The client closed a statement prepared (as `text`, in [`Self::generation`]
-    /// `generation`) while the session's database was `prepared_in` (`None`: not known to
+    /// The client closed a statement (its text `raw`) prepared in [`Self::generation`]
+    /// `generation` while the session's database was `prepared_in` (`None`: not known to
     /// the proxy): kept when it may be (see the module's docs), else closed on the backend.
     pub(crate) async fn closed(
         &mut self,
         conn: &mut Conn,
-        text: Arc<[u8]>,
+        raw: Arc<[u8]>,
         stmt: Statement,
         plan: Option<Arc<Dml>>,
         prepared_in: Option<String>,
@@ -110,7 +111,7 @@ impl Reuse {
         }
         self.kept.push_back(Kept {
             db: prepared_in.unwrap_or_default(),
-            text,
+            raw,
             stmt,
             plan,
         });

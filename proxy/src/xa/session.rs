@@ -293,7 +293,7 @@ impl Session {
             // The session's flags as they are now (statement preparation reports none).
             let status = wire::Ok::from_backend(&fresh).status;
             for (&client_id, p) in &self.stmts {
-                statements.push((client_id, fresh.prep(&*p.backend_text).await?));
+                statements.push((client_id, fresh.prep(p.backend_text()).await?));
             }
             Ok::<_, mysql_async::Error>(status)
         }
