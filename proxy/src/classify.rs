@@ -111,6 +111,74 @@ pub fn classify(sql: &[u8]) -> Kind {
     }
 }
 
+/// Whether a SET statement only sets session variables that cannot change how later text
+/// parses or which database it names: `autocommit`, the transaction's isolation level and
+/// access mode, and lock and statement timeouts (what JDBC, ORMs and pools send around
+/// transactions). Everything else, and anything this scan cannot read with certainty,
+/// answers false: every word must be one of a fixed list, and no quote of any kind may
+/// appear (a quoted string could hide text from this scan, and the server would still
+/// read it). `sql` must hold one statement (the caller rejects any `;`).
+pub fn set_leaves_parsing_alone(sql: &[u8]) -> bool {
+    const WORDS: &[&str] = &[
+        // Scopes and values.
+        "GLOBAL",
+        "SESSION",
+        "LOCAL",
+        "ON",
+        "OFF",
+        "TRUE",
+        "FALSE",
+        "DEFAULT",
+        // SET [scope] TRANSACTION ISOLATION LEVEL … | READ ONLY | READ WRITE
+        "TRANSACTION",
+        "ISOLATION",
+        "LEVEL",
+        "READ",
+        "WRITE",
+        "ONLY",
+        "UNCOMMITTED",
+        "COMMITTED",
+        "REPEATABLE",
+        "SERIALIZABLE",
+        // Variables.
+        "AUTOCOMMIT",
+        "TRANSACTION_READ_ONLY",
+        "TX_READ_ONLY",
+        "INNODB_LOCK_WAIT_TIMEOUT",
+        "LOCK_WAIT_TIMEOUT",
+        "MAX_STATEMENT_TIME",
+        "WAIT_TIMEOUT",
+        "INTERACTIVE_TIMEOUT",
+        "NET_READ_TIMEOUT",
+        "NET_WRITE_TIMEOUT",
+    ];
+    if sql.iter().any(|b| matches!(b, b'\'' | b'"' | b'`' | b';')) {
+        return false;
+    }
+    let mut words = Words { s: sql, at: 0 };
+    if !words
+        .next_word()
+        .is_some_and(|w| w.eq_ignore_ascii_case("SET"))
+    {
+        return false;
+    }
+    let mut any = false;
+    while let Some(w) = words.next_word() {
+        any = true;
+        let first = w.as_bytes()[0];
+        let fits = if first.is_ascii_alphabetic() || first == b'_' {
+            WORDS.iter().any(|k| k.eq_ignore_ascii_case(&w))
+        } else {
+            // Numbers arrive a digit at a time; `@@session.x`, `:=`, lists, `-1`.
+            first.is_ascii_digit() || matches!(first, b'@' | b'.' | b'=' | b':' | b',' | b'-')
+        };
+        if !fits {
+            return false;
+        }
+    }
+    any
+}
+
 /// Whether a SET statement touches `autocommit` (which commits an open transaction when
 /// switched on). A byte search: a false positive only refuses a harmless SET inside a
 /// global transaction, never lets a commit slip by.

@@ -302,11 +302,17 @@ async fn a_closed_write_is_prepared_again_without_the_backend() {
     assert!(st == "committed" || st == "committing", "{st}");
     let before = Scrape::take(admin).await;
     assert_eq!(before.get("rewind_proxy_kept_statements"), 1.0);
+    // What JDBC and pools send around a transaction changes nothing about parsing.
+    c.query_drop("SET autocommit = 0").await.unwrap();
+    c.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        .await
+        .unwrap();
     let second = coord.begin(30_000).await;
     let (sql, amount) = transfer(second.clone(), 10);
     c.query_drop("BEGIN").await.unwrap();
     once(&mut c, &sql, (amount, 1)).await.unwrap();
     c.query_drop("COMMIT").await.unwrap();
+    c.query_drop("SET autocommit = 1").await.unwrap();
     let after = Scrape::take(admin).await;
     assert_eq!(
         reused(&after) - reused(&before),

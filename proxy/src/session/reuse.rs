@@ -15,7 +15,9 @@
 //! current database is part of the key (and nothing is kept while the proxy does not know
 //! it); anything that may change how text parses (SET, USE, any other statement outside
 //! plain reads, writes and transaction control, a text with a `;`, COM_INIT_DB,
-//! COM_SET_OPTION) closes every kept statement first; a reset or change of user makes the
+//! COM_SET_OPTION) closes every kept statement first, except the SETs of `autocommit`,
+//! isolation level, access mode and timeouts that drivers and pools send around every
+//! transaction; a reset or change of user makes the
 //! backend forget them. Table definitions may change under a kept statement as under any
 //! prepared statement: the server prepares it again by itself. Only statements without
 //! result columns are kept, so the column definitions the client is sent at prepare
@@ -164,8 +166,10 @@ async fn close(conn: &mut Conn, stmt: Statement) {
 }
 
 /// Whether a statement may change how later text is prepared (the session's sql_mode,
-/// character set, database, …): anything but plain reads, writes and transaction
-/// control, and any text that may hold a second statement.
+/// character set, database, …): anything but plain reads, writes, transaction control
+/// and the SETs drivers send around transactions
+/// ([`crate::classify::set_leaves_parsing_alone`]), and any text that may hold a second
+/// statement.
 pub(crate) fn may_change_parsing(kind: &Kind, sql: &[u8]) -> bool {
     let plain = matches!(
         kind,
@@ -176,7 +180,8 @@ pub(crate) fn may_change_parsing(kind: &Kind, sql: &[u8]) -> bool {
             | Kind::Delete
             | Kind::Replace
             | Kind::ReadOnly
-    ) || kind.is_transaction_control();
+    ) || kind.is_transaction_control()
+        || (*kind == Kind::Set && crate::classify::set_leaves_parsing_alone(sql));
     !plain || sql.contains(&b';')
 }
 
@@ -195,6 +200,12 @@ mod tests {
             "BEGIN",
             "COMMIT",
             "SHOW TABLES",
+            "SET autocommit = 0",
+            "set @@session.autocommit=1",
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
+            "SET TRANSACTION READ ONLY",
+            "SET innodb_lock_wait_timeout = 50, @@max_statement_time = 1.5",
+            "SET /* pool */ autocommit = DEFAULT",
         ] {
             assert!(!changes(plain), "{plain}");
         }
@@ -205,6 +216,16 @@ mod tests {
             "CALL p()",
             "SELECT 1; SET sql_mode = ''",
             "SET STATEMENT sql_mode = '' FOR UPDATE t SET a = 1",
+            "SET autocommit = 0, sql_mode = ''",
+            "SET autocommit = 0; SET NAMES latin1",
+            "SET autocommit = '/*', sql_mode = '', @x = '*/'",
+            "SET autocommit = 0 /*!50000 , sql_mode = '' */",
+            "SET CHARACTER SET latin1",
+            "SET character_set_client = latin1",
+            "SET @@session.sql_mode = DEFAULT",
+            "SET `sql_mode` = DEFAULT",
+            "SET @x = 1",
+            "SET",
         ] {
             assert!(changes(changing), "{changing}");
         }
