@@ -172,6 +172,8 @@ pub struct Shared {
     pub metas: rewind_undo_log::MetaCache,
     /// Which transactions hold which table definitions confirmed (see `at::definitions`).
     pub definitions: Arc<at::definitions::Witness>,
+    /// Per busy table, a transaction holding its definition confirmed for every session.
+    pub sentinels: at::sentinel::Sentinels,
     /// Statements on the undo_log table.
     pub undo: at::undo_table::UndoTable,
     /// Statements on the consumer barrier's table.
@@ -253,6 +255,7 @@ pub async fn run(
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
         definitions: Arc::default(),
+        sentinels: Default::default(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
         barrier: barrier::BarrierTable::new(&config.undo_schema),
         msg_check: msg::CheckTable::new(&config.undo_schema),
@@ -268,6 +271,7 @@ pub async fn run(
         config,
         collations: Default::default(),
     });
+    shared.sentinels.attach(Arc::downgrade(&shared));
     // Phase two (undo on rollback, record deletes on commit) and undo housekeeping run
     // beside the sessions and stop with them.
     let phase_two = tokio::spawn(attach::run(shared.clone(), shutdown.clone()));
@@ -359,6 +363,7 @@ pub async fn run(
         warn!("shutdown grace period over; closing remaining connections");
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), phase_two).await;
+    shared.sentinels.stop();
     admin_stop.cancel();
     if let Some(admin) = admin {
         let _ = tokio::time::timeout(Duration::from_secs(5), admin).await;

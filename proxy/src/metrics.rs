@@ -399,17 +399,22 @@ impl Metrics {
             "Table definitions confirmed before AT writes, by how: read before the write \
              (query), skipped while another transaction held it confirmed (skipped), then \
              settled at commit by that holder's answer (proven) or read at commit \
-             (query_at_commit).",
+             (query_at_commit); read by a busy table's sentinel for every session \
+             (sentinel).",
             "how",
-            DEFINITION_CHECKS
-                .iter()
-                .zip([&d.queried, &d.skipped, &d.proven, &d.queried_at_commit]),
+            DEFINITION_CHECKS.iter().zip([
+                &d.queried,
+                &d.skipped,
+                &d.proven,
+                &d.queried_at_commit,
+                &d.sentinel,
+            ]),
         );
         out
     }
 }
 
-const DEFINITION_CHECKS: [&str; 4] = ["query", "skipped", "proven", "query_at_commit"];
+const DEFINITION_CHECKS: [&str; 5] = ["query", "skipped", "proven", "query_at_commit", "sentinel"];
 
 const DECISIONS: [&str; 3] = ["commit", "rollback", "unsure"];
 const CHECKS: [&str; 4] = ["committed", "rolled_back", "running", "failure"];

@@ -739,3 +739,104 @@ async fn t15_definition_changed_behind_a_dead_holder_rolls_back_at_commit() {
     let _ = coord.rollback(&x1).await;
     let _ = coord.rollback(&x2).await;
 }
+
+/// The tagged write of [`one_after_another`].
+fn bump(xid: &str) -> String {
+    format!("/*+ XID('{xid}') */ UPDATE acc SET n = n + 1 WHERE id = 1")
+}
+
+/// `n` global transactions on `c`, one after another, each one write of acc, committed.
+async fn one_after_another(coord: &Coordinator, c: &mut mysql_async::Conn, n: usize) {
+    for _ in 0..n {
+        let xid = coord.begin(60_000).await;
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(bump(&xid)).await.unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+        let st = coord.commit(&xid).await;
+        assert!(st == "committed" || st == "committing", "{st}");
+    }
+}
+
+/// A busy table gets a sentinel: a transaction of the proxy's own that holds the table's
+/// definition confirmed and proves it on demand, so a lone client's writes skip the
+/// definition query and are settled by the sentinel's answers. DDL still goes through
+/// (the sentinel ends its transaction every 50 ms), and the next global write sees it:
+/// refused for the new trigger, nothing applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
+    let dir = TempDir::new("schema-sentinel");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let admin = free_addr();
+    let admin_arg = admin.to_string();
+    let proxy = Proxy::start(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--admin-addr", &admin_arg],
+    )
+    .await;
+    let db = "rwt_schema_sentinel";
+    base(db).await;
+    direct_exec(
+        db,
+        "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
+    )
+    .await;
+    let series = |how: &str| format!("rewind_proxy_definition_checks_total{{how=\"{how}\"}}");
+    let mut c = proxy.conn(db).await;
+    // One client, one global transaction after another: no other holder ever exists.
+    let mut writes = 0;
+    while metric(admin, &series("sentinel")).await < 1.0 {
+        assert!(writes < 200, "no sentinel started after {writes} writes");
+        one_after_another(&coord, &mut c, 5).await;
+        writes += 5;
+    }
+    let (skipped, proven) = (
+        metric(admin, &series("skipped")).await,
+        metric(admin, &series("proven")).await,
+    );
+    one_after_another(&coord, &mut c, 10).await;
+    writes += 10;
+    assert!(
+        metric(admin, &series("skipped")).await > skipped,
+        "writes skip the definition query while the sentinel holds it"
+    );
+    assert!(
+        metric(admin, &series("proven")).await > proven,
+        "the sentinel's answers settle those writes at commit"
+    );
+    let n: Option<i64> = c
+        .query_first("SELECT n FROM acc WHERE id = 1")
+        .await
+        .unwrap();
+    assert_eq!(n, Some(1 + writes), "every write applied once");
+    let before = checksums(db, &["acc", "audit_log"]).await;
+
+    // DDL waits at most one sentinel cycle (50 ms) for its metadata lock, well before the
+    // idle sentinel would stop (a second after the last write).
+    let started = std::time::Instant::now();
+    direct_exec(
+        db,
+        "SET STATEMENT lock_wait_timeout = 10 FOR CREATE TRIGGER t_upd BEFORE UPDATE ON acc \
+         FOR EACH ROW INSERT INTO audit_log (what) VALUES (NEW.id)",
+    )
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_millis(700),
+        "CREATE TRIGGER waited {:?} for the sentinel",
+        started.elapsed()
+    );
+    let xid = coord.begin(60_000).await;
+    c.query_drop("BEGIN").await.unwrap();
+    let (code, _, msg) = server_error(c.query_drop(bump(&xid)).await).unwrap();
+    assert_eq!(code, 1235, "{msg}");
+    assert!(msg.contains("trigger"), "{msg}");
+    c.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(
+        checksums(db, &["acc", "audit_log"]).await,
+        before,
+        "nothing applied"
+    );
+    let _ = coord.rollback(&xid).await;
+    c.disconnect().await.unwrap();
+}

@@ -34,7 +34,9 @@
 //!   where the query before the write would have planned the statement again.
 //!
 //! The stamps come from one counter ([`Witness::stamp`]); holders publish a proof after
-//! every answered request of the AT path (images, writes, the undo insert).
+//! every answered request of the AT path (images, writes, the undo insert). A busy table
+//! also has a holder that does nothing else, the [`super::sentinel`], which answers
+//! whenever a commit waits for a proof.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -54,6 +56,10 @@ pub struct Witness {
     tables: Mutex<HashMap<TableName, Vec<Entry>>>,
     /// Woken whenever a proof is published (see [`Checks::settle`]).
     proofs: tokio::sync::Notify,
+    /// The newest stamp a commit waits for a proof after (see [`super::sentinel`]).
+    wanted: AtomicU64,
+    /// Woken whenever a commit starts waiting for a proof.
+    pub(crate) proof_wanted: tokio::sync::Notify,
     /// How confirmations went: by the query, skipped for a holder, settled by a proof,
     /// settled by the query at commit.
     pub counts: Counts,
@@ -65,6 +71,8 @@ pub struct Counts {
     pub skipped: AtomicU64,
     pub proven: AtomicU64,
     pub queried_at_commit: AtomicU64,
+    /// Read by a sentinel for every session (see [`super::sentinel`]).
+    pub sentinel: AtomicU64,
 }
 
 /// One definition of a table: how many transactions hold it confirmed, and the latest
@@ -123,6 +131,10 @@ impl Witness {
     /// transaction holds it confirmed (only a holder's answer can prove it).
     async fn proof_after(&self, name: &TableName, definition: &str, stamp: u64) -> bool {
         let deadline = tokio::time::Instant::now() + PROOF_WAIT;
+        if !self.proven_after(name, definition, stamp) {
+            self.wanted.fetch_max(stamp, Ordering::SeqCst);
+            self.proof_wanted.notify_waiters();
+        }
         loop {
             let published = self.proofs.notified();
             if self.proven_after(name, definition, stamp) {
@@ -146,8 +158,13 @@ impl Witness {
         })
     }
 
+    /// The newest stamp a commit waited (or waits) for a proof after.
+    pub(crate) fn wanted_after(&self) -> u64 {
+        self.wanted.load(Ordering::SeqCst)
+    }
+
     /// Holders answered inside their transaction for a request sent after `stamp`.
-    fn publish(&self, held: &[Holding], stamp: u64) {
+    pub(crate) fn publish(&self, held: &[Holding], stamp: u64) {
         {
             let mut tables = self.tables();
             for h in held {

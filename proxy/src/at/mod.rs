@@ -9,6 +9,8 @@
 //!   [`delete`] and [`insert`].
 //! - [`locks`]: waiting for global locks (locking reads, polling the coordinator).
 //! - [`isolated`]: write isolation's slow path for writes without an XID.
+//! - [`definitions`] and [`sentinel`]: confirming table definitions without a query per
+//!   write (metadata locks held by other transactions, or by a sentinel per busy table).
 //! - [`commit`]: the branch's commit protocol (register → undo record → COMMIT).
 //! - [`refusals`]: what AT refuses, in one place.
 //! - [`session`]: the AT path of a client session: binding a local transaction to a
@@ -25,6 +27,7 @@ pub(crate) mod isolation;
 pub(crate) mod locks;
 pub(crate) mod refusals;
 pub(crate) mod rollback;
+pub(crate) mod sentinel;
 pub(crate) mod session;
 pub mod sql;
 pub(crate) mod statement;

@@ -377,6 +377,7 @@ impl StatementRun<'_> {
                 if checks.confirmed(meta) {
                     continue;
                 }
+                self.shared.sentinels.write_on(&meta.name);
                 if witness.held(meta) {
                     checks.defer(meta);
                     witness.counts.skipped.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,249 @@
+//! Sentinels: one internal transaction per busy table that holds its definition confirmed
+//! on behalf of every session, so that AT writes on it need no definition query at all.
+//!
+//! The [`definitions`](super::definitions) witness lets a write skip the definition query
+//! while another transaction holds the same definition confirmed, and settles it at commit
+//! by a proof: a holder's request, sent after the write, answered inside its transaction.
+//! Business transactions are holders only while they run, so under concurrency about half
+//! of all writes still read the definition (the query costs about 0.3 ms of MariaDB CPU,
+//! most of it in information_schema.TRIGGERS, which builds an on-disk temporary table
+//! every time), and a commit that finds no proof in time reads it again.
+//!
+//! A sentinel is a holder that is always there while a table is busy: on a pooled backend
+//! connection of its own it opens a read-only transaction, reads the definition (which
+//! takes the table's metadata lock, MDL, until the transaction ends) and registers as a
+//! holder of it. Whenever a commit waits for a proof, it sends `DO 0` and, answered still
+//! inside its transaction, publishes a proof for everything stamped before it; one answer
+//! serves every commit waiting at the time.
+//!
+//! DDL on the table needs the exclusive MDL, so a sentinel ends its transaction every
+//! [`CYCLE`] (deregistering first) and starts the next one: DDL waits at most that long
+//! for it, and the next cycle, queued behind the DDL, reads the new definition. Writes
+//! planned on the old metadata then find no holder of it and read the definition as
+//! before. A sentinel that loses its connection or is answered outside its transaction
+//! simply stops: nothing is proven by it any more, and commits fall back to the query.
+//!
+//! Sentinels start for a table after [`START_AFTER`] AT writes on it within a second and
+//! stop once a second passes without one; at most [`MAX_SENTINELS`] run at once.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
+
+use mysql_async::consts::StatusFlags;
+use mysql_async::prelude::Queryable;
+use rewind_undo_log::TableName;
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+
+/// How long a sentinel holds the table's MDL at a time: the longest DDL waits for it.
+pub(crate) const CYCLE: Duration = Duration::from_millis(50);
+/// AT writes on a table within [`WINDOW`] that start a sentinel for it.
+pub(crate) const START_AFTER: u32 = 20;
+const WINDOW: Duration = Duration::from_secs(1);
+/// A sentinel stops after this long without an AT write on its table.
+const IDLE: Duration = Duration::from_secs(1);
+/// Sentinels running at once, each with a backend connection.
+pub(crate) const MAX_SENTINELS: usize = 32;
+/// Tables whose writes are counted before the quiet ones are forgotten.
+const MAX_TABLES: usize = 1024;
+
+/// The sentinels of one proxy process.
+#[derive(Default)]
+pub struct Sentinels {
+    /// Set once the process's [`Shared`] exists (unset: no sentinel ever starts).
+    shared: OnceLock<(Weak<Shared>, tokio::runtime::Handle)>,
+    tables: Mutex<HashMap<TableName, Demand>>,
+    stop: CancellationToken,
+}
+
+impl std::fmt::Debug for Sentinels {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sentinels").finish_non_exhaustive()
+    }
+}
+
+/// AT writes seen on one table.
+struct Demand {
+    window: Instant,
+    writes: u32,
+    last: Instant,
+    running: bool,
+}
+
+impl Sentinels {
+    /// Lets sentinels start, on the runtime this is called on (the process's, whose
+    /// pools `shared.pools` are).
+    pub(crate) fn attach(&self, shared: Weak<Shared>) {
+        let _ = self.shared.set((shared, tokio::runtime::Handle::current()));
+    }
+
+    /// Stops every sentinel (at shutdown, before the pools are closed).
+    pub(crate) fn stop(&self) {
+        self.stop.cancel();
+    }
+
+    fn demand(&self) -> std::sync::MutexGuard<'_, HashMap<TableName, Demand>> {
+        self.tables.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// An AT write on `name` is about to confirm its definition: counts towards starting a
+    /// sentinel for it and keeps a running one going.
+    pub(crate) fn write_on(&self, name: &TableName) {
+        let Some((shared, handle)) = self.shared.get() else {
+            return;
+        };
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let now = Instant::now();
+        let mut tables = self.demand();
+        if tables.len() >= MAX_TABLES && !tables.contains_key(name) {
+            tables.retain(|_, d| d.running || now.duration_since(d.last) < WINDOW);
+        }
+        let d = tables.entry(name.clone()).or_insert(Demand {
+            window: now,
+            writes: 0,
+            last: now,
+            running: false,
+        });
+        d.last = now;
+        if now.duration_since(d.window) > WINDOW {
+            d.window = now;
+            d.writes = 0;
+        }
+        d.writes += 1;
+        if d.running || d.writes < START_AFTER {
+            return;
+        }
+        if tables.values().filter(|d| d.running).count() >= MAX_SENTINELS {
+            return;
+        }
+        let Some(d) = tables.get_mut(name) else {
+            return;
+        };
+        d.running = true;
+        let (shared, name) = (shared.clone(), name.clone());
+        handle.spawn(async move {
+            let reason = watch(&shared, &name).await;
+            tracing::debug!(table = %name, reason, "sentinel stopped");
+            if let Some(s) = shared.upgrade() {
+                let mut tables = s.sentinels.demand();
+                if let Some(d) = tables.get_mut(&name) {
+                    d.running = false;
+                    d.writes = 0;
+                    d.window = Instant::now();
+                }
+                // Tables nobody wrote for a while are forgotten.
+                tables.retain(|_, d| d.running || d.last.elapsed() < WINDOW);
+            }
+        });
+    }
+
+    /// Whether the table saw an AT write lately (else its sentinel stops).
+    fn busy(&self, name: &TableName) -> bool {
+        !self.stop.is_cancelled()
+            && self
+                .demand()
+                .get(name)
+                .is_some_and(|d| d.last.elapsed() < IDLE)
+    }
+}
+
+/// Runs the sentinel of `name` until its table goes idle, the proxy stops or something
+/// fails; returns why it stopped.
+async fn watch(shared: &Weak<Shared>, name: &TableName) -> &'static str {
+    let (pool, stop) = match shared.upgrade() {
+        Some(s) => (s.pools[0].clone(), s.sentinels.stop.clone()),
+        None => return "stopping",
+    };
+    let mut conn = match tokio::time::timeout(Duration::from_secs(5), pool.get_conn()).await {
+        Ok(Ok(c)) => c,
+        _ => return "no backend connection",
+    };
+    loop {
+        let Some(s) = shared.upgrade() else {
+            return "stopping";
+        };
+        if !s.sentinels.busy(name) {
+            return "idle";
+        }
+        if let Err(why) = cycle(&s, &mut conn, name, &stop).await {
+            // The connection goes back to its pool, which resets it (ending any transaction).
+            return why;
+        }
+    }
+}
+
+/// One transaction: confirm the definition, prove it on demand for [`CYCLE`], end.
+async fn cycle(
+    shared: &Shared,
+    conn: &mut mysql_async::Conn,
+    name: &TableName,
+    stop: &CancellationToken,
+) -> Result<(), &'static str> {
+    let witness = &shared.definitions;
+    conn.query_drop("START TRANSACTION READ ONLY")
+        .await
+        .map_err(|_| "START TRANSACTION failed")?;
+    // Takes the table's MDL for the rest of the transaction (see `definition_query`).
+    let definition = match shared
+        .metas
+        .definition(conn, &name.schema, &name.table)
+        .await
+    {
+        Ok(d) => d,
+        Err(_) => {
+            let _ = conn.query_drop("ROLLBACK").await;
+            return Err("the definition could not be read");
+        }
+    };
+    if !in_transaction(conn) {
+        return Err("answered outside its transaction");
+    }
+    witness.counts.sentinel.fetch_add(1, Ordering::Relaxed);
+    let holding = [witness.hold(name, &definition)];
+    let end = tokio::time::Instant::now() + CYCLE;
+    // The newest stamp a proof was published for.
+    let mut proven = 0;
+    let outcome = loop {
+        let asked = witness.proof_wanted.notified();
+        if witness.wanted_after() >= proven {
+            let stamp = witness.stamp();
+            if conn.query_drop("DO 0").await.is_err() {
+                break Err("a proof request failed");
+            }
+            if !in_transaction(conn) {
+                break Err("answered outside its transaction");
+            }
+            witness.publish(&holding, stamp);
+            proven = stamp;
+            if tokio::time::Instant::now() >= end {
+                break Ok(());
+            }
+            continue;
+        }
+        tokio::select! {
+            _ = asked => {}
+            _ = tokio::time::sleep_until(end) => break Ok(()),
+            _ = stop.cancelled() => break Ok(()),
+        }
+    };
+    // Deregistered before the MDL goes.
+    drop(holding);
+    if outcome.is_ok() {
+        conn.query_drop("ROLLBACK")
+            .await
+            .map_err(|_| "ROLLBACK failed")?;
+    }
+    outcome
+}
+
+fn in_transaction(conn: &mysql_async::Conn) -> bool {
+    conn.last_ok_packet().is_some_and(|ok| {
+        ok.status_flags()
+            .contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+    })
+}
