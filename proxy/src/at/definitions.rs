@@ -56,8 +56,6 @@ pub struct Witness {
     tables: Mutex<HashMap<TableName, Vec<Entry>>>,
     /// Woken whenever a proof is published (see [`Checks::settle`]).
     proofs: tokio::sync::Notify,
-    /// The newest stamp a commit waits for a proof after (see [`super::sentinel`]).
-    wanted: AtomicU64,
     /// Woken whenever a commit starts waiting for a proof.
     pub(crate) proof_wanted: tokio::sync::Notify,
     /// How confirmations went: by the query, skipped for a holder, settled by a proof,
@@ -82,6 +80,8 @@ struct Entry {
     definition: String,
     holders: usize,
     proof: u64,
+    /// The newest stamp a commit waited (or waits) for a proof after.
+    wanted: u64,
 }
 
 impl Witness {
@@ -105,6 +105,7 @@ impl Witness {
                 definition: definition.to_string(),
                 holders: 1,
                 proof: 0,
+                wanted: 0,
             }),
         }
         Holding {
@@ -131,8 +132,15 @@ impl Witness {
     /// transaction holds it confirmed (only a holder's answer can prove it).
     async fn proof_after(&self, name: &TableName, definition: &str, stamp: u64) -> bool {
         let deadline = tokio::time::Instant::now() + PROOF_WAIT;
-        if !self.proven_after(name, definition, stamp) {
-            self.wanted.fetch_max(stamp, Ordering::SeqCst);
+        let asked = self
+            .tables()
+            .get_mut(name)
+            .and_then(|entries| entries.iter_mut().find(|e| e.definition == definition))
+            .is_some_and(|e| {
+                e.wanted = e.wanted.max(stamp);
+                e.proof <= stamp
+            });
+        if asked {
             self.proof_wanted.notify_waiters();
         }
         loop {
@@ -158,9 +166,13 @@ impl Witness {
         })
     }
 
-    /// The newest stamp a commit waited (or waits) for a proof after.
-    pub(crate) fn wanted_after(&self) -> u64 {
-        self.wanted.load(Ordering::SeqCst)
+    /// Whether a commit waits for a proof of `definition` after a stamp no proof covers yet.
+    pub(crate) fn proof_awaited(&self, name: &TableName, definition: &str) -> bool {
+        self.tables().get(name).is_some_and(|entries| {
+            entries
+                .iter()
+                .any(|e| e.definition == definition && e.wanted >= e.proof)
+        })
     }
 
     /// Holders answered inside their transaction for a request sent after `stamp`.
@@ -384,6 +396,39 @@ mod tests {
             checks.before_request(&w).is_none(),
             "nothing held: nothing to prove"
         );
+    }
+
+    /// A commit waiting for a proof asks for one on its own table and definition only,
+    /// and a proof published after its stamp answers it.
+    #[tokio::test(start_paused = true)]
+    async fn a_waiting_commit_asks_its_definition_for_a_proof() {
+        let w = Arc::new(Witness::default());
+        let (d1, d2) = (meta("one"), meta("two"));
+        let holder = [w.hold(&d1.name, &d1.definition)];
+        let other = w.hold(&d2.name, &d2.definition);
+        w.publish(&holder, w.stamp());
+        w.publish(std::slice::from_ref(&other), w.stamp());
+        assert!(!w.proof_awaited(&d1.name, &d1.definition));
+        let pending = w.stamp();
+        let waiting = {
+            let w = w.clone();
+            let d = d1.definition.clone();
+            tokio::spawn(
+                async move { w.proof_after(&TableName::new("db", "t"), &d, pending).await },
+            )
+        };
+        tokio::task::yield_now().await;
+        assert!(w.proof_awaited(&d1.name, &d1.definition));
+        assert!(
+            !w.proof_awaited(&d2.name, &d2.definition),
+            "not another definition's"
+        );
+        w.publish(&holder, w.stamp());
+        assert!(
+            waiting.await.unwrap(),
+            "proven by the answer after the stamp"
+        );
+        assert!(!w.proof_awaited(&d1.name, &d1.definition), "answered");
     }
 
     #[test]

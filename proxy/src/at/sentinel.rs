@@ -206,11 +206,9 @@ async fn cycle(
     witness.counts.sentinel.fetch_add(1, Ordering::Relaxed);
     let holding = [witness.hold(name, &definition)];
     let end = tokio::time::Instant::now() + CYCLE;
-    // The newest stamp a proof was published for.
-    let mut proven = 0;
     let outcome = loop {
         let asked = witness.proof_wanted.notified();
-        if witness.wanted_after() >= proven {
+        if witness.proof_awaited(name, &definition) {
             let stamp = witness.stamp();
             if conn.query_drop("DO 0").await.is_err() {
                 break Err("a proof request failed");
@@ -219,7 +217,6 @@ async fn cycle(
                 break Err("answered outside its transaction");
             }
             witness.publish(&holding, stamp);
-            proven = stamp;
             if tokio::time::Instant::now() >= end {
                 break Ok(());
             }
