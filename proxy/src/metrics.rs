@@ -260,6 +260,12 @@ impl Metrics {
                  text in the same session.",
                 self.kept_statements.load(Relaxed).max(0) as u64,
             ),
+            (
+                "rewind_proxy_definition_sentinels",
+                "Busy tables whose definition a transaction of the proxy's own holds \
+                 confirmed for every session (one backend connection each).",
+                shared.sentinels.running() as u64,
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -805,6 +805,11 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
         metric(admin, &series("proven")).await > proven,
         "the sentinel's answers settle those writes at commit"
     );
+    assert_eq!(
+        metric(admin, "rewind_proxy_definition_sentinels").await,
+        1.0,
+        "one table, one sentinel"
+    );
     let n: Option<i64> = c
         .query_first("SELECT n FROM acc WHERE id = 1")
         .await
@@ -839,4 +844,11 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
     );
     let _ = coord.rollback(&xid).await;
     c.disconnect().await.unwrap();
+    // Idle, the sentinel ends and its backend connection goes back to the pool.
+    eventually(
+        "the idle table's sentinel stopped",
+        Duration::from_secs(10),
+        || async { metric(admin, "rewind_proxy_definition_sentinels").await == 0.0 },
+    )
+    .await;
 }

@@ -142,6 +142,11 @@ impl Sentinels {
         });
     }
 
+    /// Sentinels running now.
+    pub(crate) fn running(&self) -> usize {
+        self.demand().values().filter(|d| d.running).count()
+    }
+
     /// Whether the table saw an AT write lately (else its sentinel stops).
     fn busy(&self, name: &TableName) -> bool {
         !self.stop.is_cancelled()
