@@ -35,6 +35,15 @@ impl Ok {
     }
 }
 
+/// Whether the backend's last answer left its session inside a transaction (no OK packet
+/// read yet: not).
+pub fn in_transaction(conn: &mysql_async::Conn) -> bool {
+    conn.last_ok_packet().is_some_and(|ok| {
+        ok.status_flags()
+            .contains(StatusFlags::SERVER_STATUS_IN_TRANS)
+    })
+}
+
 pub fn ok_packet(ok: &Ok) -> Vec<u8> {
     let mut b = Vec::with_capacity(16 + ok.info.len());
     b.push(0x00);

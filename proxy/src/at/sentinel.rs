@@ -31,11 +31,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use mysql_async::consts::StatusFlags;
 use mysql_async::prelude::Queryable;
 use rewind_undo_log::TableName;
 use tokio_util::sync::CancellationToken;
 
+use crate::wire::in_transaction;
 use crate::Shared;
 
 /// How long a sentinel holds the table's MDL at a time: the longest DDL waits for it.
@@ -241,11 +241,4 @@ async fn cycle(
             .map_err(|_| "ROLLBACK failed")?;
     }
     outcome
-}
-
-fn in_transaction(conn: &mysql_async::Conn) -> bool {
-    conn.last_ok_packet().is_some_and(|ok| {
-        ok.status_flags()
-            .contains(StatusFlags::SERVER_STATUS_IN_TRANS)
-    })
 }

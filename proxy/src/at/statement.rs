@@ -176,9 +176,7 @@ impl StatementRun<'_> {
 
     /// The request stamped `stamp` was answered (`ok`) or failed.
     fn answered(&mut self, stamp: Option<u64>, ok: bool) {
-        let in_trans = wire::Ok::from_backend(self.conn).status
-            & mysql_async::consts::StatusFlags::SERVER_STATUS_IN_TRANS.bits()
-            != 0;
+        let in_trans = wire::in_transaction(self.conn);
         if let Some(checks) = self.checks.as_deref_mut() {
             if ok && in_trans {
                 checks.answered(&self.shared.definitions, stamp);
