@@ -26,6 +26,19 @@ impl Proxy {
         Self::start_with(dir, name, coordinators, extra, "").await
     }
 
+    /// As [`Proxy::start`], with its admin listener (`/metrics`, `/readyz`) on a free port:
+    /// the proxy and that address.
+    pub async fn start_with_admin(
+        dir: &TempDir,
+        name: &str,
+        coordinators: &str,
+    ) -> (Proxy, SocketAddr) {
+        let admin = free_addr();
+        let arg = admin.to_string();
+        let proxy = Self::start(dir, name, coordinators, &["--admin-addr", &arg]).await;
+        (proxy, admin)
+    }
+
     /// As [`Proxy::start`], with `REWIND_FAILPOINTS` set to `failpoints`.
     pub async fn start_with(
         dir: &TempDir,

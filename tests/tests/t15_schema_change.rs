@@ -633,15 +633,7 @@ async fn first_writer_holds(
 async fn t15_concurrent_writers_share_one_definition_check() {
     let dir = TempDir::new("schema-shared-check");
     let coord = Coordinator::start(&dir, &[]).await;
-    let admin = free_addr();
-    let admin_arg = admin.to_string();
-    let proxy = Proxy::start(
-        &dir,
-        "proxy",
-        &coord.grpc_url(),
-        &["--admin-addr", &admin_arg],
-    )
-    .await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
     let db = "rwt_schema_shared_check";
     base(db).await;
     let before = checksums(db, &["acc"]).await;
@@ -766,15 +758,7 @@ async fn one_after_another(coord: &Coordinator, c: &mut mysql_async::Conn, n: us
 async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
     let dir = TempDir::new("schema-sentinel");
     let coord = Coordinator::start(&dir, &[]).await;
-    let admin = free_addr();
-    let admin_arg = admin.to_string();
-    let proxy = Proxy::start(
-        &dir,
-        "proxy",
-        &coord.grpc_url(),
-        &["--admin-addr", &admin_arg],
-    )
-    .await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
     let db = "rwt_schema_sentinel";
     base(db).await;
     direct_exec(

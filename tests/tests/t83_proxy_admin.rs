@@ -77,15 +77,7 @@ async fn admin_counts_what_clients_sent_and_reports_readiness() {
     let dir = TempDir::new("proxy-admin");
     setup().await;
     let mut coord = Coordinator::start(&dir, &[]).await;
-    let admin = free_addr();
-    let admin_arg = admin.to_string();
-    let proxy = Proxy::start(
-        &dir,
-        "proxy",
-        &coord.grpc_url(),
-        &["--admin-addr", &admin_arg],
-    )
-    .await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
 
     // Phase 1: alive and ready.
     let (code, body) = http(admin, "GET", "/healthz", None).await.unwrap();
@@ -267,15 +259,7 @@ async fn a_closed_write_is_prepared_again_without_the_backend() {
         c.disconnect().await.unwrap();
     }
     let coord = Coordinator::start(&dir, &[]).await;
-    let admin = free_addr();
-    let admin_arg = admin.to_string();
-    let proxy = Proxy::start(
-        &dir,
-        "proxy",
-        &coord.grpc_url(),
-        &["--admin-addr", &admin_arg],
-    )
-    .await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
     // No client-side statement cache: every statement is prepared, executed and closed.
     let mut c = mysql_async::Conn::new(proxy.opts(db).stmt_cache_size(0))
         .await
