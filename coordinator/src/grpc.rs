@@ -342,17 +342,13 @@ impl ResourceManager for GrpcServices {
         // The reports sent along are applied together with this one (one batch of the
         // sequencer), each on its own: a late or unknown one changes nothing for the rest.
         let more = std::mem::take(&mut r.more);
-        let along = futures::future::join_all(more.into_iter().map(|m| async move {
+        let apply = |m: v1::ReportBranchRequest| async move {
             let xid = parse_xid(&m.xid)?;
             self.0.report(xid, m.branch_id, m.committed).await?;
             Ok::<_, GrpcStatus>(())
-        }));
-        let first = async {
-            let xid = parse_xid(&r.xid)?;
-            self.0.report(xid, r.branch_id, r.committed).await?;
-            Ok::<_, GrpcStatus>(())
         };
-        let (first, along) = tokio::join!(first, along);
+        let along = futures::future::join_all(more.into_iter().map(apply));
+        let (first, along) = tokio::join!(apply(r), along);
         for e in along.into_iter().filter_map(Result::err) {
             tracing::debug!(error = %e.message(), "a report sent along was not applied");
         }

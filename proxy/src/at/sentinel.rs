@@ -118,7 +118,7 @@ impl Sentinels {
         if d.running || d.writes < START_AFTER {
             return;
         }
-        if tables.values().filter(|d| d.running).count() >= MAX_SENTINELS {
+        if running(&tables) >= MAX_SENTINELS {
             return;
         }
         let Some(d) = tables.get_mut(name) else {
@@ -144,7 +144,7 @@ impl Sentinels {
 
     /// Sentinels running now.
     pub(crate) fn running(&self) -> usize {
-        self.demand().values().filter(|d| d.running).count()
+        running(&self.demand())
     }
 
     /// Whether the table saw an AT write lately (else its sentinel stops).
@@ -155,6 +155,10 @@ impl Sentinels {
                 .get(name)
                 .is_some_and(|d| d.last.elapsed() < IDLE)
     }
+}
+
+fn running(tables: &HashMap<TableName, Demand>) -> usize {
+    tables.values().filter(|d| d.running).count()
 }
 
 /// Runs the sentinel of `name` until its table goes idle, the proxy stops or something
