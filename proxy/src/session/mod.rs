@@ -399,6 +399,11 @@ impl Session {
                 };
                 let read = self.ps.read_packet();
                 tokio::pin!(read);
+                // The exact moment wait_timeout runs out, armed once the session is within
+                // one tick of it: the server ends an idle connection at wait_timeout to the
+                // millisecond, and a driver that sleeps just past it (go-sql-driver's stale
+                // connection check) must find it closed, not closed up to a tick later.
+                let mut expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
                 loop {
                     tokio::select! {
                         biased;
@@ -407,12 +412,21 @@ impl Session {
                             return;
                         }
                         r = &mut read => break r,
+                        _ = async { expiry.as_mut().unwrap().await }, if expiry.is_some() => {
+                            debug!("client idle past wait_timeout; closing");
+                            return;
+                        }
                         _ = ticker.tick() => {
                             let idle = since.elapsed();
                             if limit.is_some_and(|l| idle >= l) {
                                 // wait_timeout: the server closes such a connection silently.
                                 debug!("client idle past wait_timeout; closing");
                                 return;
+                            }
+                            if let Some(left) = limit.map(|l| l - idle) {
+                                if expiry.is_none() && left <= ticker.period() {
+                                    expiry = Some(Box::pin(tokio::time::sleep(left)));
+                                }
                             }
                             if ping_after.is_some_and(|p| idle >= p) {
                                 if let Err(e) = conn.ping().await {
