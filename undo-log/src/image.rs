@@ -474,7 +474,7 @@ impl MetaCache {
     /// against 1.2 ms). Names travel as hex literals: no quoting depends on the session.
     pub fn definition_query(&self, name: &TableName) -> String {
         let lit = |s: &str| {
-            let hex: String = s.bytes().map(|b| format!("{b:02X}")).collect();
+            let hex = crate::undo_sql::hex_digits(s.as_bytes());
             if hex.is_empty() {
                 "''".to_string()
             } else {

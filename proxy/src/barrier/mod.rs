@@ -108,7 +108,7 @@ impl BarrierTable {
     /// The insert with its values inline, for a multi-statement query: hex literals, so no
     /// quoting or SQL mode can change them.
     pub fn insert_literal(&self, consumer: &str, message_id: &str) -> String {
-        let hex = |s: &str| s.bytes().map(|b| format!("{b:02X}")).collect::<String>();
+        let hex = |s: &str| rewind_undo_log::undo_sql::hex_digits(s.as_bytes());
         format!(
             "INSERT INTO {} (consumer, message_id, created) VALUES \
              (_utf8mb4 X'{}', _utf8mb4 X'{}', UTC_TIMESTAMP(6))",

@@ -34,7 +34,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use mysql_async::Conn;
-use rewind_undo_log::undo_sql::quote_ident;
+use rewind_undo_log::undo_sql::{hex_digits as hex, quote_ident};
 
 use crate::config::BranchMode;
 
@@ -114,10 +114,6 @@ impl XaId {
             bqual: std::str::from_utf8(bqual).ok()?.to_string(),
         })
     }
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Statements on `<schema>.xa_branch`, the proof rows.

@@ -115,7 +115,7 @@ fn is_number(s: &str) -> bool {
 }
 
 fn hex_string(s: &[u8], charset: &str) -> String {
-    let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+    let hex = rewind_undo_log::undo_sql::hex_digits(s);
     format!("_{charset} X'{hex}'")
 }
 
@@ -161,7 +161,7 @@ mod tests {
     fn literals() {
         let b = |s: &str| Value::Bytes(s.as_bytes().to_vec());
         assert_eq!(system_literal(&b("100"), "BIGINT UNSIGNED"), "100");
-        assert_eq!(system_literal(&b("ANSI"), "SET"), "_utf8mb4 X'414e5349'");
+        assert_eq!(system_literal(&b("ANSI"), "SET"), "_utf8mb4 X'414E5349'");
         assert_eq!(system_literal(&Value::NULL, "ENUM"), "NULL");
         assert_eq!(user_literal(&b("-3"), "INT", Some("latin1")), "-3");
         assert_eq!(user_literal(&b("1.50"), "DECIMAL", None), "1.50");
@@ -176,7 +176,7 @@ mod tests {
         // Not a number after all: a string, never bare text.
         assert_eq!(
             user_literal(&b("1; DROP"), "INT", None),
-            "_binary X'313b2044524f50'"
+            "_binary X'313B2044524F50'"
         );
     }
 }
