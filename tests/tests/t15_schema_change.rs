@@ -624,6 +624,11 @@ async fn first_writer_holds(
     (x1, x2, a, b)
 }
 
+/// The proxy's counter of definition checks done `how` (query, skipped, proven, …).
+fn checks_series(how: &str) -> String {
+    format!("rewind_proxy_definition_checks_total{{how=\"{how}\"}}")
+}
+
 /// Two global transactions write the same table at once: the first reads the table's
 /// definition before its write and holds it confirmed (its metadata lock) until its
 /// COMMIT; the second, while that holder is registered, writes without the query, and its
@@ -637,9 +642,8 @@ async fn t15_concurrent_writers_share_one_definition_check() {
     let db = "rwt_schema_shared_check";
     base(db).await;
     let before = checksums(db, &["acc"]).await;
-    let series = |how: &str| format!("rewind_proxy_definition_checks_total{{how=\"{how}\"}}");
     let (x1, x2, mut a, mut b) = first_writer_holds(&coord, &proxy, db).await;
-    let skipped = metric(admin, &series("skipped")).await;
+    let skipped = metric(admin, &checks_series("skipped")).await;
     b.query_drop("BEGIN").await.unwrap();
     b.query_drop(format!(
         "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
@@ -647,19 +651,22 @@ async fn t15_concurrent_writers_share_one_definition_check() {
     .await
     .unwrap();
     assert_eq!(
-        metric(admin, &series("skipped")).await,
+        metric(admin, &checks_series("skipped")).await,
         skipped + 1.0,
         "the second writer skips the query while the first holds the definition"
     );
     // The holder answers again (its undo insert) after the second writer's write: proof.
     let (proven, at_commit) = (
-        metric(admin, &series("proven")).await,
-        metric(admin, &series("query_at_commit")).await,
+        metric(admin, &checks_series("proven")).await,
+        metric(admin, &checks_series("query_at_commit")).await,
     );
     a.query_drop("COMMIT").await.unwrap();
     b.query_drop("COMMIT").await.unwrap();
-    assert_eq!(metric(admin, &series("proven")).await, proven + 1.0);
-    assert_eq!(metric(admin, &series("query_at_commit")).await, at_commit);
+    assert_eq!(metric(admin, &checks_series("proven")).await, proven + 1.0);
+    assert_eq!(
+        metric(admin, &checks_series("query_at_commit")).await,
+        at_commit
+    );
     assert_eq!(coord.rollback(&x2).await, "rolled_back");
     assert_eq!(coord.rollback(&x1).await, "rolled_back");
     assert_eq!(checksums(db, &["acc"]).await, before);
@@ -766,27 +773,26 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
         "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
     )
     .await;
-    let series = |how: &str| format!("rewind_proxy_definition_checks_total{{how=\"{how}\"}}");
     let mut c = proxy.conn(db).await;
     // One client, one global transaction after another: no other holder ever exists.
     let mut writes = 0;
-    while metric(admin, &series("sentinel")).await < 1.0 {
+    while metric(admin, &checks_series("sentinel")).await < 1.0 {
         assert!(writes < 200, "no sentinel started after {writes} writes");
         one_after_another(&coord, &mut c, 5).await;
         writes += 5;
     }
     let (skipped, proven) = (
-        metric(admin, &series("skipped")).await,
-        metric(admin, &series("proven")).await,
+        metric(admin, &checks_series("skipped")).await,
+        metric(admin, &checks_series("proven")).await,
     );
     one_after_another(&coord, &mut c, 10).await;
     writes += 10;
     assert!(
-        metric(admin, &series("skipped")).await > skipped,
+        metric(admin, &checks_series("skipped")).await > skipped,
         "writes skip the definition query while the sentinel holds it"
     );
     assert!(
-        metric(admin, &series("proven")).await > proven,
+        metric(admin, &checks_series("proven")).await > proven,
         "the sentinel's answers settle those writes at commit"
     );
     assert_eq!(
