@@ -1,8 +1,9 @@
-//! Encoding of the server's response packets: OK, EOF, ERR, column definitions and rows in
-//! text and binary form, honouring the client's CLIENT_DEPRECATE_EOF.
+//! Encoding of the server's response packets: OK, EOF, ERR and column definitions,
+//! honouring the client's CLIENT_DEPRECATE_EOF. Rows are relayed as the backend sent them
+//! (`Session::relay`).
 
-use mysql_async::consts::{CapabilityFlags, ColumnType, StatusFlags};
-use mysql_async::{Column, Value};
+use mysql_async::consts::{CapabilityFlags, StatusFlags};
+use mysql_async::Column;
 
 use crate::error::ProxyError;
 use crate::packet::{put_lenenc_bytes, put_lenenc_int};
@@ -119,64 +120,6 @@ pub fn column_def(c: &Column) -> Vec<u8> {
     b.push(c.decimals());
     b.extend_from_slice(&[0, 0]);
     b
-}
-
-/// A text-protocol row: the backend's bytes, untouched.
-pub fn text_row(row: &mysql_async::Row, out: &mut Vec<u8>) {
-    for i in 0..row.len() {
-        match row.as_ref(i) {
-            None | Some(Value::NULL) => out.push(0xFB),
-            Some(Value::Bytes(b)) => put_lenenc_bytes(out, b),
-            // The text protocol yields only bytes; anything else is re-rendered as MySQL would.
-            Some(v) => put_lenenc_bytes(out, v.as_sql(true).trim_matches('\'').as_bytes()),
-        }
-    }
-}
-
-/// A binary-protocol row: mysql_async's typed values re-encoded by column type, losslessly.
-pub fn binary_row(row: &mysql_async::Row, columns: &[Column], out: &mut Vec<u8>) {
-    let n = row.len();
-    out.push(0x00);
-    let bitmap_at = out.len();
-    out.resize(bitmap_at + (n + 7 + 2) / 8, 0);
-    for i in 0..n {
-        let v = row.as_ref(i);
-        let ty = columns.get(i).map(|c| c.column_type());
-        match v {
-            None | Some(Value::NULL) => {
-                let bit = i + 2;
-                out[bitmap_at + bit / 8] |= 1 << (bit % 8);
-            }
-            Some(Value::Int(x)) => put_int(out, ty, *x as u64),
-            Some(Value::UInt(x)) => put_int(out, ty, *x),
-            Some(Value::Float(f)) => out.extend_from_slice(&f.to_le_bytes()),
-            Some(Value::Double(d)) => {
-                if ty == Some(ColumnType::MYSQL_TYPE_FLOAT) {
-                    out.extend_from_slice(&(*d as f32).to_le_bytes())
-                } else {
-                    out.extend_from_slice(&d.to_le_bytes())
-                }
-            }
-            Some(v) => {
-                use mysql_common::proto::MySerialize;
-                v.serialize(out)
-            }
-        }
-    }
-}
-
-fn put_int(out: &mut Vec<u8>, ty: Option<ColumnType>, x: u64) {
-    use ColumnType::*;
-    match ty {
-        Some(MYSQL_TYPE_TINY) => out.push(x as u8),
-        Some(MYSQL_TYPE_SHORT) | Some(MYSQL_TYPE_YEAR) => {
-            out.extend_from_slice(&(x as u16).to_le_bytes())
-        }
-        Some(MYSQL_TYPE_LONG) | Some(MYSQL_TYPE_INT24) => {
-            out.extend_from_slice(&(x as u32).to_le_bytes())
-        }
-        _ => out.extend_from_slice(&x.to_le_bytes()),
-    }
 }
 
 #[cfg(test)]

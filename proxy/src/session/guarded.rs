@@ -304,7 +304,7 @@ impl Session {
             self.status = wire::Ok::from_backend(&self.conn).status;
             return Pipelined::Ran(Err(e.into()));
         }
-        Pipelined::Ran(self.relay::<mysql_async::TextProtocol>(false).await)
+        Pipelined::Ran(self.relay::<mysql_async::TextProtocol>().await)
     }
 
     /// Ends the proxy's (or the client's) transaction and takes the status flags it left;

@@ -828,7 +828,7 @@ impl Session {
         } else {
             drop(self.conn.query_iter(sql).await?)
         }
-        let r = self.relay::<TextProtocol>(false).await;
+        let r = self.relay::<TextProtocol>().await;
         drop(ticket);
         if !was_in_trans && self.status & StatusFlags::SERVER_STATUS_IN_TRANS.bits() != 0 {
             self.fresh_tx = classify::classify(sql) == Kind::Begin;
@@ -1044,7 +1044,7 @@ impl Session {
             Params::Positional(values)
         };
         drop(self.conn.exec_iter(&stmt, params).await?);
-        let r = self.relay::<BinaryProtocol>(true).await;
+        let r = self.relay::<BinaryProtocol>().await;
         drop(ticket);
         self.fresh_tx = begins && r.is_ok();
         if matches!(
@@ -1059,10 +1059,9 @@ impl Session {
 
     /// Relays every result set of the pending result, row by row, then its final OK/EOF.
     /// Backend errors in later result sets end the response as MySQL would (ERR packet).
-    pub(crate) async fn relay<P: Protocol>(&mut self, binary: bool) -> Result<(), ProxyError> {
+    pub(crate) async fn relay<P: Protocol>(&mut self) -> Result<(), ProxyError> {
         let deprecate_eof = self.caps.contains(CapabilityFlags::CLIENT_DEPRECATE_EOF);
         let more_flag = StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
-        let mut row_buf = Vec::with_capacity(256);
         loop {
             let Some(columns) = QueryResult::<P>::new(&mut self.conn).columns() else {
                 // Nothing pending, or a pending error from a later statement.
@@ -1083,17 +1082,14 @@ impl Session {
             if !deprecate_eof {
                 self.ps.push(&wire::legacy_eof(self.status, 0));
             }
-            loop {
-                let row = QueryResult::<P>::new(&mut self.conn).next().await?;
-                let Some(row) = row else { break };
-                row_buf.clear();
-                if binary {
-                    wire::binary_row(&row, &columns, &mut row_buf);
-                } else {
-                    wire::text_row(&row, &mut row_buf);
-                }
-                self.ps.push(&row_buf);
-                self.ps.maybe_flush().await?;
+            // Rows go to the client as the backend sent them (text or binary alike): the
+            // column definitions above are the backend's, so its row bytes fit them.
+            let ps = &mut self.ps;
+            while QueryResult::<P>::new(&mut self.conn)
+                .next_raw(|row| ps.push(row))
+                .await?
+            {
+                ps.maybe_flush().await?;
             }
             // `next` has already read the following result's header, if any: a next set
             // is pending, or an error is (which clears the last OK).
@@ -1198,7 +1194,7 @@ impl Session {
         match stmt {
             Stmt::Text(sql) => {
                 drop(self.conn.query_iter(sql).await?);
-                self.relay::<TextProtocol>(false).await
+                self.relay::<TextProtocol>().await
             }
             Stmt::Prepared { stmt, .. } => {
                 let params = if params.is_empty() {
@@ -1207,7 +1203,7 @@ impl Session {
                     Params::Positional(params)
                 };
                 drop(self.conn.exec_iter(&stmt, params).await?);
-                self.relay::<BinaryProtocol>(true).await
+                self.relay::<BinaryProtocol>().await
             }
         }
     }

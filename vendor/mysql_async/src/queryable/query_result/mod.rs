@@ -201,6 +201,41 @@ where
         }
     }
 
+    /// Rewind patch: [`QueryResult::next`] without decoding the row. The row packet's
+    /// payload, as the server sent it, is handed to `f`; `Ok(false)` where `next` answers
+    /// `Ok(None)` (the set is over and the next set's header, if any, has been read).
+    /// A proxy relays a row's bytes to its own client untouched, so decoding each value
+    /// into a `Row` only to encode it again is wasted work.
+    #[doc(hidden)]
+    pub async fn next_raw<F: FnOnce(&[u8])>(&mut self, f: F) -> Result<bool> {
+        loop {
+            match self.conn.as_mut().use_pending_result()?.cloned() {
+                Some(PendingResult::Pending(meta)) => {
+                    if meta.columns().is_empty() {
+                        self.conn.as_mut().set_pending_result(None)?;
+                    } else {
+                        let packet = match self.conn.as_mut().read_packet().await {
+                            Ok(packet) => packet,
+                            Err(err) => {
+                                self.conn.as_mut().set_pending_result(None)?;
+                                return Err(err);
+                            }
+                        };
+                        if !P::is_last_result_set_packet(self.conn.capabilities(), &packet) {
+                            f(&packet);
+                            return Ok(true);
+                        }
+                        self.conn.as_mut().set_pending_result(None)?;
+                    }
+                    self.next_set().await?;
+                    return Ok(false);
+                }
+                Some(PendingResult::Taken(meta)) => self.skip_taken(meta).await?,
+                None => return Ok(false),
+            }
+        }
+    }
+
     /// Last insert id, if any.
     pub fn last_insert_id(&self) -> Option<u64> {
         self.conn.last_insert_id()
