@@ -8,9 +8,16 @@
 //! and lock queries are reads, RegisterBranch carries a request id the coordinator
 //! deduplicates by, and ReportBranch, BindMessage and DecideMessage are idempotent by
 //! nature.
+//!
+//! A session thread ([`crate::shards`]) calls through channels of its own, made on its
+//! runtime ([`use_thread_channels`]): a channel's request queue and HTTP/2 connection are
+//! tasks of the runtime that made it, so a session thread calling through the process's
+//! channels handed every status, register and report call to another thread and back.
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -54,7 +61,24 @@ pub enum Registration {
     },
 }
 
+thread_local! {
+    /// On a session thread: its own channels, by client ([`Coordinators::id`]) and URL.
+    /// `None` on every other thread (they share the client's channels).
+    static THREAD_CHANNELS: RefCell<Option<HashMap<u64, HashMap<String, Channel>>>> =
+        const { RefCell::new(None) };
+}
+
+/// Called once on a session thread, before it runs sessions: the coordinator calls made
+/// on this thread go through channels made here (see the module doc).
+pub(crate) fn use_thread_channels() {
+    THREAD_CHANNELS.with(|c| *c.borrow_mut() = Some(HashMap::new()));
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+
 pub struct Coordinators {
+    /// Tells this client's channels apart from another's on a session thread.
+    id: u64,
     /// Configured gRPC URLs, in order of preference.
     urls: Vec<String>,
     /// Channels by URL, leader hints included; a std Mutex, never held across `.await`.
@@ -108,6 +132,7 @@ impl Coordinators {
             channels.insert(u.clone(), channel(u, call_timeout, &tls)?);
         }
         Ok(Coordinators {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             current: Mutex::new(urls[0].clone()),
             urls,
             channels: Mutex::new(channels),
@@ -121,6 +146,9 @@ impl Coordinators {
     /// The leader's channel as far as we know, and its URL.
     pub fn current(&self) -> (String, Channel) {
         let url = lock(&self.current).clone();
+        if let Some(ch) = self.thread_channel(&url) {
+            return (url, ch);
+        }
         let mut channels = lock(&self.channels);
         if let Some(ch) = channels.get(&url) {
             return (url, ch.clone());
@@ -136,6 +164,21 @@ impl Coordinators {
         });
         channels.insert(url.clone(), ch.clone());
         (url, ch)
+    }
+
+    /// On a session thread, this thread's channel to `url`, made on first use (`None`
+    /// elsewhere, or if the URL does not parse: the shared map answers then).
+    fn thread_channel(&self, url: &str) -> Option<Channel> {
+        THREAD_CHANNELS.with(|c| {
+            let mut c = c.borrow_mut();
+            let mine = c.as_mut()?.entry(self.id).or_default();
+            if let Some(ch) = mine.get(url) {
+                return Some(ch.clone());
+            }
+            let ch = channel(url, self.call_timeout, &self.tls).ok()?;
+            mine.insert(url.to_string(), ch.clone());
+            Some(ch)
+        })
     }
 
     /// After a failure on `failed`: follow the leader hint in `status`, or move to the next
@@ -514,5 +557,53 @@ mod tests {
             .insert(LEADER_METADATA, "127.0.0.1:3".parse().unwrap());
         c.fail_over("https://127.0.0.1:1", Some(&s));
         assert_eq!(c.current().0, "https://127.0.0.1:3");
+    }
+
+    /// Each session thread calls over a connection of its own, made once; other threads
+    /// share the client's. Counted at a listener that accepts and never answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_session_thread_calls_over_its_own_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicU64::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((sock, _)) = listener.accept().await {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(sock);
+            }
+        });
+        let ms = Duration::from_millis(150);
+        let c = Arc::new(Coordinators::new(&url, ms, ms, None).unwrap());
+        let connections = || accepted.load(Ordering::SeqCst);
+        // Two calls from a thread like a session thread: one connection of its own.
+        let on_session_thread = |c: Arc<Coordinators>| {
+            std::thread::spawn(move || {
+                use_thread_channels();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    assert!(c.status("x").await.is_err());
+                    assert!(c.status("x").await.is_err());
+                });
+            })
+            .join()
+            .unwrap()
+        };
+        on_session_thread(c.clone());
+        assert_eq!(
+            connections(),
+            1,
+            "a session thread's two calls share one connection"
+        );
+        on_session_thread(c.clone());
+        assert_eq!(connections(), 2, "another session thread has its own");
+        // Called from the process's runtime: the shared channel, made once.
+        assert!(c.status("x").await.is_err());
+        assert!(c.status("x").await.is_err());
+        assert_eq!(connections(), 3, "other threads share the client's channel");
     }
 }

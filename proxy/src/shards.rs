@@ -20,9 +20,12 @@
 //! all live on one thread: a query's round trip wakes only that thread. Sessions are
 //! spread by count (fewest open first), so every core serves clients.
 //!
-//! What sessions share (the coordinator client, the isolation registry, metrics) stays
-//! thread-safe and is reached across threads as before; phase two, the Attach stream, the
-//! outbox relay and the admin listener keep running on the process's runtime.
+//! What sessions share (the isolation registry, metrics, the coordinator client's leader
+//! and queued reports) stays thread-safe and is reached across threads as before; but each
+//! thread makes its own channels to the coordinator, so a session's status, register and
+//! report calls stay on its thread (`coordinator::use_thread_channels`). Phase two, the
+//! Attach stream, the outbox relay and the admin listener keep running on the process's
+//! runtime.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -86,6 +89,7 @@ impl Shards {
             let thread = std::thread::Builder::new()
                 .name(format!("rewind-session-{i}"))
                 .spawn(move || {
+                    crate::coordinator::use_thread_channels();
                     // Runs the thread's sessions until told to stop (or the sender is gone).
                     let _ = rt.block_on(stopped);
                     // Whatever a session left running (a decision being sent) gets a moment.
