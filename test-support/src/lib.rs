@@ -48,7 +48,7 @@ pub use mariadb::{
     checksums, delete_shared_rows, direct, direct_exec, direct_opts, dump, fresh_db, root_opts,
     server_error, undo_rows, xa_prepared, BACKEND,
 };
-pub use process::{binary, free_addr, Process};
+pub use process::{binary, free_addr, threads_named, Process};
 pub use proxy::Proxy;
 pub use relay::TcpRelay;
 pub use tls::{TestCerts, TlsMariaDb};

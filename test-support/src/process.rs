@@ -36,6 +36,16 @@ pub fn free_addr() -> SocketAddr {
     l.local_addr().expect("local addr")
 }
 
+/// How many threads of process `pid` ("self" for this one) have a name starting with
+/// `prefix` (Linux: `/proc/<pid>/task/*/comm`).
+pub fn threads_named(pid: &str, prefix: &str) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|n| n.starts_with(prefix))
+        .count()
+}
+
 /// A binary of this workspace, built by `cargo build --workspace` into the target
 /// directory the test itself runs from (`target/<profile>/deps/<test>` →
 /// `target/<profile>/<name>`).

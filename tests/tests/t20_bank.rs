@@ -399,7 +399,7 @@ async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
 /// before any decision. Rolled back afterwards, every row is as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t20_every_phase_one_report_arrives() {
-    reports_arrive("bank-reports", "rwt_bank_reports", "").await;
+    reports_arrive("bank-reports", "rwt_bank_reports", 0).await;
 }
 
 /// The same with `session_threads`: each session thread makes its own channels to the
@@ -407,20 +407,20 @@ async fn t20_every_phase_one_report_arrives() {
 /// all arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t20_every_phase_one_report_arrives_from_session_threads() {
-    reports_arrive(
-        "bank-reports-threads",
-        "rwt_bank_reports_threads",
-        "session_threads = 2\n",
-    )
-    .await;
+    reports_arrive("bank-reports-threads", "rwt_bank_reports_threads", 2).await;
 }
 
-async fn reports_arrive(name: &str, db: &str, config: &str) {
+/// `session_threads`: the proxy's (0: the default shape, none).
+async fn reports_arrive(name: &str, db: &str, session_threads: usize) {
     let dir = TempDir::new(name);
     setup(db).await;
     let coord = Arc::new(Coordinator::start(&dir, &[]).await);
     let config_file = dir.0.join("proxy.toml");
-    std::fs::write(&config_file, config).unwrap();
+    std::fs::write(
+        &config_file,
+        format!("session_threads = {session_threads}\n"),
+    )
+    .unwrap();
     let config_arg = config_file.to_str().unwrap();
     let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &["--config", config_arg]).await;
     let opening = balances(db).await;
@@ -446,18 +446,12 @@ async fn reports_arrive(name: &str, db: &str, config: &str) {
         xids.push(s.await.unwrap());
     }
     // The proxy ran the shape asked for: as many session threads as configured.
-    let pid = proxy.process.pid().unwrap();
-    let threads = std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .filter(|n| n.starts_with("rewind-session-"))
-        .count();
-    let wanted = if config.contains("session_threads = 2") {
-        2
-    } else {
-        0
-    };
-    assert_eq!(threads, wanted, "session threads in the proxy");
+    let pid = proxy.process.pid().unwrap().to_string();
+    assert_eq!(
+        threads_named(&pid, "rewind-session-"),
+        session_threads,
+        "session threads in the proxy"
+    );
     eventually(
         "every branch reported phase_one_done",
         Duration::from_secs(20),

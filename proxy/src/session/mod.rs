@@ -1091,7 +1091,7 @@ impl Session {
             {
                 ps.maybe_flush().await?;
             }
-            // `next` has already read the following result's header, if any: a next set
+            // `next_raw` has already read the following result's header, if any: a next set
             // is pending, or an error is (which clears the last OK).
             let more = QueryResult::<P>::new(&mut self.conn).columns().is_some()
                 || self.conn.last_ok_packet().is_none();

@@ -3,7 +3,7 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use rewind_proxy::Config;
-use rewind_test_support::{direct, fresh_db, server_error, BACKEND};
+use rewind_test_support::{direct, fresh_db, server_error, threads_named, BACKEND};
 
 use crate::Proxy;
 
@@ -314,18 +314,10 @@ async fn session_threads_serve_sessions_with_their_own_pools() {
         c.await.unwrap();
     }
     // Both session threads exist (their names say which runtime served the sessions).
-    let names: Vec<String> = std::fs::read_dir("/proc/self/task")
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|n| n.trim().to_string())
-        .collect();
     assert_eq!(
-        names
-            .iter()
-            .filter(|n| n.starts_with("rewind-session-"))
-            .count(),
+        threads_named("self", "rewind-session-"),
         2,
-        "{names:?}"
+        "session threads in this process"
     );
     // The next sessions reuse the threads' pooled connections, reset.
     for _ in 0..4 {
