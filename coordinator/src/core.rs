@@ -132,6 +132,15 @@ impl Coordinator {
         self.seq.leader_only()
     }
 
+    /// In cluster mode, returns once this node does not lead; a single node always leads,
+    /// so it never returns there.
+    pub async fn lost_leadership(&self) {
+        match self.cluster() {
+            Some(c) => c.lost_leadership().await,
+            None => std::future::pending().await,
+        }
+    }
+
     // ---- decisions ---------------------------------------------------------------------
 
     pub async fn begin(&self, name: String, timeout_ms: u64) -> Result<XidNum, CoordinatorError> {

@@ -395,10 +395,25 @@ impl ResourceManager for GrpcServices {
         let conn = core.new_proxy_conn();
         tokio::spawn(
             async move {
+                // Phase two is sent only by the leader, so a stream on a node that stops
+                // leading (stepped down, or a restarted node that led a moment on its old
+                // term) is closed: its proxy attaches again, following the leader hint.
+                // Kept open, the leader would find no proxy for the resource and the
+                // transactions' phase two would wait until the stream broke by itself.
+                let lost = core.lost_leadership();
+                tokio::pin!(lost);
                 loop {
                     let msg = tokio::select! {
                         m = inbound.next() => m,
                         _ = core.shutdown().cancelled() => None,
+                        _ = &mut lost => {
+                            tracing::info!("no longer the leader: closing the proxy's stream");
+                            // With the leader's address when known, for the proxy to follow.
+                            if let Err(e) = core.leader_only() {
+                                let _ = tx.send(Err(GrpcStatus::from(e))).await;
+                            }
+                            None
+                        }
                     };
                     let Some(Ok(msg)) = msg else { break };
                     match msg.kind {

@@ -122,6 +122,28 @@ impl CoordinatorCluster {
         self.procs.lock().unwrap()[i] = Some(c);
     }
 
+    /// Member `i`'s process, stopped (`pause`: SIGSTOP) or let run again (SIGCONT): alive,
+    /// its connections open, but silent meanwhile.
+    pub fn pause(&self, i: usize, pause: bool) {
+        let pid = self.procs.lock().unwrap()[i]
+            .as_ref()
+            .and_then(|c| c.process.pid())
+            .expect("member running");
+        let sig = if pause { "-STOP" } else { "-CONT" };
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// How many lines of member `i`'s log contain `needle`.
+    pub fn log_count(&self, i: usize, needle: &str) -> usize {
+        self.procs.lock().unwrap()[i]
+            .as_ref()
+            .map_or(0, |c| c.process.log_count(needle))
+    }
+
     /// kill -9 of member `i`.
     pub fn kill(&self, i: usize) {
         if let Some(mut c) = self.procs.lock().unwrap()[i].take() {

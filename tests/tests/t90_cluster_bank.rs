@@ -318,3 +318,85 @@ async fn t90_tcc_branches_survive_leader_kills() {
     .unwrap();
     assert_eq!(code, 409);
 }
+
+/// A leader that steps down while alive (stopped past an election, then let run again)
+/// closes the proxies' phase-two streams, and its proxy attaches to the new leader: a
+/// transaction committed after the change finishes its phase two. (Seen in CI: a member
+/// restarted after a kill led for a moment on its old term, a proxy attached to it, and
+/// phase two of that proxy's resource waited with no proxy at the real leader.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
+    let dir = TempDir::new("cluster-step-down");
+    let db = "rwt_cluster_step_down";
+    let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
+    let (old, _) = members.leader(Duration::from_secs(20)).await;
+    let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "cstep-a"]).await;
+    setup(db).await;
+    eventually(
+        "the proxy is attached to the leader",
+        Duration::from_secs(20),
+        || async { members.log_count(old, "proxy attached") > 0 },
+    )
+    .await;
+
+    // Stop the leader until another member leads (its /healthz says so), then let it run:
+    // it finds the higher term and steps down, its TCP connections never broken.
+    members.pause(old, true);
+    let start = Instant::now();
+    let new = 'elected: loop {
+        for i in (0..3).filter(|&i| i != old) {
+            let h = members.addrs[i].1;
+            let answer =
+                tokio::time::timeout(Duration::from_secs(1), http(h, "GET", "/healthz", None))
+                    .await;
+            if let Ok(Ok((200, v))) = answer {
+                if v["role"] == "leader" {
+                    break 'elected i;
+                }
+            }
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no new leader while the old one was stopped"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    members.pause(old, false);
+    eventually(
+        "the old leader steps down",
+        Duration::from_secs(20),
+        || async { members.log_count(old, "role: follower") > 0 },
+    )
+    .await;
+
+    // A global transaction on the new leader, its branch through the proxy, committed.
+    let xid = members
+        .call(
+            "POST",
+            "/api/v1/transactions",
+            Some(&serde_json::json!({"timeout_ms": 120_000})),
+        )
+        .await["xid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
+    branch(&mut c, &xid, 1, -5)
+        .await
+        .expect("the branch commits");
+    c.disconnect().await.unwrap();
+    members
+        .call("POST", &format!("/api/v1/transactions/{xid}/commit"), None)
+        .await;
+    eventually(
+        "phase two reaches the proxy through the new leader",
+        Duration::from_secs(30),
+        || async { members.status(&xid).await == "committed" },
+    )
+    .await;
+    assert!(
+        members.log_count(new, "proxy attached") > 0,
+        "the proxy attached to the new leader"
+    );
+    assert_eq!(balances(db).await[&1], OPENING - 5);
+}

@@ -306,6 +306,20 @@ impl Cluster {
         self.leader.load(Ordering::Acquire)
     }
 
+    /// Returns once this node does not lead (at once if it does not now): from Raft's
+    /// own view, not the role flag, which another task updates a moment later.
+    pub async fn lost_leadership(&self) {
+        let mut m = self.raft.metrics();
+        loop {
+            if m.borrow_and_update().state != ServerState::Leader {
+                return;
+            }
+            if m.changed().await.is_err() {
+                return; // Raft stopped: nothing leads here any more
+            }
+        }
+    }
+
     /// The error a non-leader answers, with the leader's addresses when known.
     pub fn not_leader(&self) -> CoordinatorError {
         let metrics = self.raft.metrics();
