@@ -90,6 +90,21 @@ impl CoordinatorCluster {
         }
     }
 
+    /// Begins a global transaction at the leader (followed across elections; a begin
+    /// whose answer was lost is repeated, which only leaves an unused XID to time out):
+    /// its XID.
+    pub async fn begin(&self, timeout_ms: u64) -> String {
+        self.call(
+            "POST",
+            "/api/v1/transactions",
+            Some(&serde_json::json!({ "timeout_ms": timeout_ms })),
+        )
+        .await["xid"]
+            .as_str()
+            .expect("xid")
+            .to_string()
+    }
+
     /// A global transaction's status, at the leader.
     pub async fn status(&self, xid: &str) -> String {
         self.call("GET", &format!("/api/v1/transactions/{xid}"), None)

@@ -86,16 +86,7 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
                 // 60 % commit, 25 % roll back, 15 % left to time out.
                 let (commit, time_out) = (roll < 60, roll >= 85);
                 let timeout_ms: u64 = if time_out { 1_500 } else { 60_000 };
-                let xid = m
-                    .call(
-                        "POST",
-                        "/api/v1/transactions",
-                        Some(&serde_json::json!({ "timeout_ms": timeout_ms })),
-                    )
-                    .await["xid"]
-                    .as_str()
-                    .unwrap()
-                    .to_string();
+                let xid = m.begin(timeout_ms).await;
                 let a_to_b = (w + i) % 2 == 0;
                 let (first, second) = if a_to_b {
                     (
@@ -246,18 +237,7 @@ async fn t90_tcc_branches_survive_leader_kills() {
             b
         }
     };
-    let begin = || async {
-        members
-            .call(
-                "POST",
-                "/api/v1/transactions",
-                Some(&serde_json::json!({"timeout_ms": 120_000})),
-            )
-            .await["xid"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
+    let begin = || members.begin(120_000);
     let wait = |xid: String, status: &'static str| {
         let m = members.clone();
         async move {
@@ -370,16 +350,7 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
     .await;
 
     // A global transaction on the new leader, its branch through the proxy, committed.
-    let xid = members
-        .call(
-            "POST",
-            "/api/v1/transactions",
-            Some(&serde_json::json!({"timeout_ms": 120_000})),
-        )
-        .await["xid"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let xid = members.begin(120_000).await;
     let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
     branch(&mut c, &xid, 1, -5)
         .await

@@ -91,11 +91,7 @@ async fn t92_raft_port_refuses_non_members() {
         "refusals are logged"
     );
     // The cluster still works.
-    let body = serde_json::json!({"timeout_ms": 10000});
-    let t = cluster
-        .call("POST", "/api/v1/transactions", Some(&body))
-        .await;
-    let xid = t["xid"].as_str().unwrap().to_string();
+    let xid = cluster.begin(10_000).await;
     cluster
         .call("POST", &format!("/api/v1/transactions/{xid}/commit"), None)
         .await;
