@@ -211,9 +211,11 @@ async fn leader_gate(
 
 // ---- input ---------------------------------------------------------------------------
 
-/// A JSON object body (empty or blank: `T::default()`), refused with the API's error
-/// body. Only an object: serde would also fill a struct from an array of its fields in
-/// order (`[null, null]`), which no client means.
+/// A JSON object body (empty or only JSON whitespace: `T::default()`), refused with the
+/// API's error body. Only an object: serde would also fill a struct from an array of its
+/// fields in order (`[null, null]`), which no client means. Blank means JSON's four
+/// whitespace bytes (RFC 8259), not `is_ascii_whitespace`, which also counts form feed:
+/// a body of one `\x0c` is not JSON and is refused.
 fn parse_body<T: DeserializeOwned + Default>(
     app: &App,
     body: Result<Bytes, BytesRejection>,
@@ -225,7 +227,7 @@ fn parse_body<T: DeserializeOwned + Default>(
             CoordinatorError::InvalidArgument(r.body_text())
         }
     })?;
-    if body.iter().all(|b| b.is_ascii_whitespace()) {
+    if json_blank(&body) {
         return Ok(T::default());
     }
     let malformed = |e: serde_json::Error| {
@@ -238,6 +240,12 @@ fn parse_body<T: DeserializeOwned + Default>(
         ));
     }
     serde_json::from_value(v).map_err(malformed)
+}
+
+/// Empty or only JSON whitespace (space, tab, line feed, carriage return).
+fn json_blank(body: &[u8]) -> bool {
+    body.iter()
+        .all(|b| matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
 }
 
 /// axum's `Query`, refused with the API's error body (400 `invalid_argument`) instead
