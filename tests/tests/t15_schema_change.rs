@@ -739,17 +739,89 @@ async fn t15_definition_changed_behind_a_dead_holder_rolls_back_at_commit() {
     let _ = coord.rollback(&x2).await;
 }
 
-/// The tagged write of [`one_after_another`].
-fn bump(xid: &str) -> String {
-    format!("/*+ XID('{xid}') */ UPDATE acc SET n = n + 1 WHERE id = 1")
+/// A foreign key created in another database, on tables of its own, leaves acc's
+/// definition alone: a writer that skipped the definition read (a holder was registered)
+/// reads it at COMMIT, finds it unchanged and commits. A cascading foreign key from
+/// another database that references acc changes it: the same COMMIT rolls back with 1402.
+/// (Fingerprinted server-wide, the first case rolled back too: any migration anywhere
+/// on the server failed the busy tables' global transactions.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t15_a_foreign_key_elsewhere_leaves_the_definition_alone() {
+    let dir = TempDir::new("schema-fk-elsewhere");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
+    let (db, other) = ("rwt_schema_fk_elsewhere", "rwt_schema_fk_elsewhere_other");
+    // The other database first: a child there from an earlier run blocks dropping acc.
+    fresh_db(other).await;
+    base(db).await;
+    direct_exec(other, "CREATE TABLE parent (id INT PRIMARY KEY)").await;
+    // A writer that skipped the read, and a holder that can no longer prove anything.
+    let skipped_writer = |change: &'static str| {
+        let (coord, proxy, admin) = (&coord, &proxy, admin);
+        async move {
+            let (x1, x2, mut a, mut b) = first_writer_holds(coord, proxy, db).await;
+            b.query_drop("BEGIN").await.unwrap();
+            let skipped = metric(admin, &checks_series("skipped")).await;
+            b.query_drop(format!(
+                "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
+            ))
+            .await
+            .unwrap();
+            assert!(metric(admin, &checks_series("skipped")).await > skipped);
+            let holder: Option<u64> = a.query_first("SELECT CONNECTION_ID()").await.unwrap();
+            direct_exec(db, &format!("KILL CONNECTION {}", holder.unwrap())).await;
+            drop(a);
+            direct_exec(other, change).await;
+            let at_commit = metric(admin, &checks_series("query_at_commit")).await;
+            let committed = b.query_drop("COMMIT").await;
+            assert!(
+                metric(admin, &checks_series("query_at_commit")).await > at_commit,
+                "COMMIT read the definition"
+            );
+            let _ = coord.rollback(&x1).await;
+            (x2, committed)
+        }
+    };
+    let before = checksums(db, &["acc"]).await;
+    let (x2, committed) = skipped_writer(
+        "CREATE TABLE child (id INT PRIMARY KEY, p INT, \
+         FOREIGN KEY (p) REFERENCES parent (id) ON DELETE CASCADE)",
+    )
+    .await;
+    committed.expect("a foreign key between other tables changes nothing of acc");
+    let st = coord.commit(&x2).await;
+    assert!(st == "committed" || st == "committing", "{st}");
+    let after = checksums(db, &["acc"]).await;
+    assert_ne!(after, before, "row 2 written");
+
+    let (x2, committed) = skipped_writer(
+        "CREATE TABLE acc_child (id INT PRIMARY KEY, a INT, \
+         FOREIGN KEY (a) REFERENCES rwt_schema_fk_elsewhere.acc (id) ON DELETE CASCADE)",
+    )
+    .await;
+    let (code, _, msg) = server_error(committed).unwrap();
+    assert_eq!(code, 1402, "{msg}");
+    assert!(
+        msg.contains("definition") && msg.contains("rolled back"),
+        "{msg}"
+    );
+    assert_eq!(checksums(db, &["acc"]).await, after, "nothing applied");
+    let _ = coord.rollback(&x2).await;
+    fresh_db(other).await;
 }
 
-/// `n` global transactions on `c`, one after another, each one write of acc, committed.
-async fn one_after_another(coord: &Coordinator, c: &mut mysql_async::Conn, n: usize) {
+/// The tagged write of [`one_after_another`]: row `id` of acc.
+fn bump(xid: &str, id: u32) -> String {
+    format!("/*+ XID('{xid}') */ UPDATE acc SET n = n + 1 WHERE id = {id}")
+}
+
+/// `n` global transactions on `c`, one after another, each one write of acc's row `id`,
+/// committed.
+async fn one_after_another(coord: &Coordinator, c: &mut mysql_async::Conn, n: usize, id: u32) {
     for _ in 0..n {
         let xid = coord.begin(60_000).await;
         c.query_drop("BEGIN").await.unwrap();
-        c.query_drop(bump(&xid)).await.unwrap();
+        c.query_drop(bump(&xid, id)).await.unwrap();
         c.query_drop("COMMIT").await.unwrap();
         let st = coord.commit(&xid).await;
         assert!(st == "committed" || st == "committing", "{st}");
@@ -773,20 +845,39 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
         "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
     )
     .await;
-    let mut c = proxy.conn(db).await;
-    // One client, one global transaction after another: no other holder ever exists.
-    let mut writes = 0;
+    // Four clients on rows 2-5 make the table busy: a sentinel starts after 20 writes
+    // within a second, which one client of a debug build on a loaded machine may not
+    // reach (a CI run saw 200 writes without a start).
+    let mut busy = [
+        proxy.conn(db).await,
+        proxy.conn(db).await,
+        proxy.conn(db).await,
+        proxy.conn(db).await,
+    ];
+    let mut warm_up = 0;
     while metric(admin, &checks_series("sentinel")).await < 1.0 {
-        assert!(writes < 200, "no sentinel started after {writes} writes");
-        one_after_another(&coord, &mut c, 5).await;
-        writes += 5;
+        assert!(warm_up < 400, "no sentinel started after {warm_up} writes");
+        let [b2, b3, b4, b5] = &mut busy;
+        tokio::join!(
+            one_after_another(&coord, b2, 5, 2),
+            one_after_another(&coord, b3, 5, 3),
+            one_after_another(&coord, b4, 5, 4),
+            one_after_another(&coord, b5, 5, 5),
+        );
+        warm_up += 20;
     }
+    for b in busy {
+        b.disconnect().await.unwrap();
+    }
+    // Then one client, one global transaction after another: no other holder exists,
+    // so only the sentinel can settle its skipped writes.
+    let mut c = proxy.conn(db).await;
     let (skipped, proven) = (
         metric(admin, &checks_series("skipped")).await,
         metric(admin, &checks_series("proven")).await,
     );
-    one_after_another(&coord, &mut c, 10).await;
-    writes += 10;
+    let writes = 10;
+    one_after_another(&coord, &mut c, writes as usize, 1).await;
     assert!(
         metric(admin, &checks_series("skipped")).await > skipped,
         "writes skip the definition query while the sentinel holds it"
@@ -805,6 +896,15 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
         .await
         .unwrap();
     assert_eq!(n, Some(1 + writes), "every write applied once");
+    let others: Option<i64> = c
+        .query_first("SELECT SUM(n) FROM acc WHERE id BETWEEN 2 AND 5")
+        .await
+        .unwrap();
+    assert_eq!(
+        others,
+        Some(2 + 3 + 4 + 5 + warm_up),
+        "every warm-up write applied once"
+    );
     let before = checksums(db, &["acc", "audit_log"]).await;
 
     // DDL waits at most one sentinel cycle (50 ms) for its metadata lock, well before the
@@ -823,7 +923,7 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
     );
     let xid = coord.begin(60_000).await;
     c.query_drop("BEGIN").await.unwrap();
-    let (code, _, msg) = server_error(c.query_drop(bump(&xid)).await).unwrap();
+    let (code, _, msg) = server_error(c.query_drop(bump(&xid, 1)).await).unwrap();
     assert_eq!(code, 1235, "{msg}");
     assert!(msg.contains("trigger"), "{msg}");
     c.query_drop("ROLLBACK").await.unwrap();

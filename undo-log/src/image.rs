@@ -389,10 +389,10 @@ fn column_type_from_schema(
 pub struct MetaCache {
     // A std Mutex is enough: it is never held across the `.await` of a load.
     tables: Mutex<HashMap<TableName, Arc<TableMeta>>>,
-    /// Foreign keys referencing a table are fingerprinted server-wide through
-    /// `information_schema.INNODB_SYS_FOREIGN` (cheap, any schema) while the backend user
-    /// may read it (it needs PROCESS); otherwise from REFERENTIAL_CONSTRAINTS of the
-    /// table's own schema. Set once the first read was refused.
+    /// Foreign keys referencing a table are fingerprinted from any schema through
+    /// `information_schema.INNODB_SYS_FOREIGN` (cheap) while the backend user may read it
+    /// (it needs PROCESS); otherwise from REFERENTIAL_CONSTRAINTS of the table's own
+    /// schema. Set once the first read was refused.
     schema_only_foreign_keys: std::sync::atomic::AtomicBool,
 }
 
@@ -494,10 +494,19 @@ impl MetaCache {
                  WHERE CONSTRAINT_SCHEMA = {schema} AND REFERENCED_TABLE_NAME = {table}"
             )
         } else {
-            // Server-wide: any new, dropped or changed foreign key anywhere changes it.
-            "SELECT CONCAT(COUNT(*), ':', IFNULL(SUM(CRC32(CONCAT_WS(' ', ID, FOR_NAME, \
-             REF_NAME, TYPE))), 0)) FROM information_schema.INNODB_SYS_FOREIGN"
-                .to_string()
+            let fingerprint = "SELECT CONCAT(COUNT(*), ':', IFNULL(SUM(CRC32(CONCAT_WS(' ', \
+                               ID, FOR_NAME, REF_NAME, TYPE))), 0)) \
+                               FROM information_schema.INNODB_SYS_FOREIGN";
+            match innodb_name(name) {
+                // The foreign keys that reference this table, from any schema: what
+                // `TableMeta::cascades` describes. The column's collation compares
+                // without case, so with lower_case_table_names InnoDB's lowercase copy
+                // still matches (and without it, a twin differing in case only adds
+                // its keys: a change there reloads this table needlessly, never misses).
+                Some(referenced) => format!("{fingerprint} WHERE REF_NAME = {}", lit(&referenced)),
+                // Server-wide: any new, dropped or changed foreign key anywhere changes it.
+                None => fingerprint.to_string(),
+            }
         };
         let quoted = crate::undo_sql::quote_table(name);
         format!(
@@ -531,6 +540,19 @@ impl MetaCache {
         // insert/remove calls), so a poisoned lock is still usable.
         self.tables.lock().unwrap_or_else(|e| e.into_inner())
     }
+}
+
+/// `schema/table` as InnoDB's dictionary (INNODB_SYS_FOREIGN's REF_NAME) spells it, when
+/// that is certain: its file-name encoding leaves `[A-Za-z0-9_]` as they are and turns
+/// anything else into `@` codes (`my-db` is `my@002ddb`). `None` for other names, which
+/// keep the server-wide fingerprint. Filtering by table matters: fingerprinted
+/// server-wide, a foreign key created or dropped in any other database (another
+/// service's migration) made every busy table look changed, and the global
+/// transactions that had skipped its definition read rolled back at commit (1402).
+fn innodb_name(name: &TableName) -> Option<String> {
+    let plain =
+        |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    (plain(&name.schema) && plain(&name.table)).then(|| format!("{}/{}", name.schema, name.table))
 }
 
 /// Runs [`MetaCache::definition_query`] and joins what it read into one fingerprint. The
@@ -707,6 +729,33 @@ mod tests {
 
     fn tv(kind: TypeKind, v: Value) -> TypedValue {
         TypedValue::new(ColumnType::new(kind), v)
+    }
+
+    #[test]
+    fn innodb_spells_only_plain_names_as_they_are() {
+        let name = |s: &str, t: &str| innodb_name(&TableName::new(s, t));
+        assert_eq!(
+            name("Shop_2", "order_items"),
+            Some("Shop_2/order_items".into())
+        );
+        // InnoDB writes these with `@` codes (`my@002ddb`): fingerprinted server-wide.
+        for (s, t) in [
+            ("my-db", "t"),
+            ("db", "a b"),
+            ("db", "ä"),
+            ("db", "t$"),
+            ("", "t"),
+        ] {
+            assert_eq!(name(s, t), None, "{s}.{t}");
+        }
+        let cache = MetaCache::new();
+        let q = cache.definition_query(&TableName::new("db", "t"));
+        assert!(
+            q.contains("INNODB_SYS_FOREIGN WHERE REF_NAME = _utf8mb4 X'64622F74'"),
+            "{q}"
+        );
+        let q = cache.definition_query(&TableName::new("my-db", "t"));
+        assert!(q.contains("INNODB_SYS_FOREIGN)"), "{q}");
     }
 
     #[test]
