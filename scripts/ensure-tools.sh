@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the client tools Rewind's scripts drive when they are missing: sysbench,
-# HAProxy (bench/passthrough's byte-relay reference) and the mariadb command-line client; with --browser also Node.js, Chromium and the
+# HAProxy (bench/passthrough's byte-relay reference), the mariadb command-line client, and
+# gcc and make for the C parts of the build; with --browser also Node.js, Chromium and the
 # admin console test's npm package (playwright-core, pinned by
 # tests/console/package-lock.json), Go with go-sql-driver/mysql (Debian's packages:
 # the Go driver tests run its own suite through the proxy), and schemathesis (PyPI,
@@ -26,6 +27,9 @@ command -v sysbench >/dev/null 2>&1 || missing+=(sysbench)
 command -v mariadb >/dev/null 2>&1 || missing+=(mariadb-client)
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || missing+=(haproxy)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
+# The build compiles C: ring's, and jemalloc (the coordinator's allocator) with make.
+command -v cc >/dev/null 2>&1 || missing+=(gcc)
+command -v make >/dev/null 2>&1 || missing+=(make)
 if [ $browser = 1 ]; then
     command -v node >/dev/null 2>&1 || missing+=(nodejs)
     command -v npm >/dev/null 2>&1 || missing+=(npm)
