@@ -845,6 +845,9 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
         "CREATE TABLE audit_log (id INT AUTO_INCREMENT PRIMARY KEY, what INT)",
     )
     .await;
+    // Opened first, so nothing delays its writes once the sentinel runs (it stops a
+    // second after the table's last write).
+    let mut c = proxy.conn(db).await;
     // Four clients on rows 2-5 make the table busy: a sentinel starts after 20 writes
     // within a second, which one client of a debug build on a loaded machine may not
     // reach (a CI run saw 200 writes without a start).
@@ -871,7 +874,6 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
     }
     // Then one client, one global transaction after another: no other holder exists,
     // so only the sentinel can settle its skipped writes.
-    let mut c = proxy.conn(db).await;
     let (skipped, proven) = (
         metric(admin, &checks_series("skipped")).await,
         metric(admin, &checks_series("proven")).await,
