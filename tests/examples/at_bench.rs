@@ -35,21 +35,27 @@ struct Run {
     transfers: usize,
     errors: usize,
     latencies: Vec<Duration>,
+    /// Global modes: each transfer's begin, branch a, branch b and commit, in that order.
+    phases: Vec<[Duration; 4]>,
     elapsed: Duration,
     /// CPU time (user + system) each watched process spent during the run.
     cpu: Vec<Duration>,
 }
 
 /// Processes whose CPU time is reported per transfer: `BENCH_PIDS="proxy:123 mariadbd:45"`.
+/// The load generator itself is always watched (`load`): its share bounds what the
+/// other processes can have of the machine's cores.
 fn watched() -> Vec<(String, u32)> {
-    std::env::var("BENCH_PIDS")
+    let mut w: Vec<(String, u32)> = std::env::var("BENCH_PIDS")
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|w| {
             let (name, pid) = w.rsplit_once(':')?;
             Some((name.to_string(), pid.parse().ok()?))
         })
-        .collect()
+        .collect();
+    w.push(("load".to_string(), std::process::id()));
+    w
 }
 
 /// Clock ticks per second of `/proc` times (`getconf CLK_TCK`; 100 on Linux).
@@ -146,13 +152,21 @@ async fn local_text(
     c.query_drop("COMMIT").await
 }
 
+/// Whether `r` succeeded; a failure is printed to stderr (`bench/at` shows it).
+fn failed<T, E: std::fmt::Display>(r: Result<T, E>) -> bool {
+    if let Err(e) = &r {
+        eprintln!("transfer failed: {e}");
+    }
+    r.is_ok()
+}
+
 async fn client(
     mode: Mode,
     target: String,
     grpc: String,
     accounts: i64,
     stop: Arc<AtomicBool>,
-) -> (usize, usize, Vec<Duration>) {
+) -> (usize, usize, Vec<Duration>, Vec<[Duration; 4]>) {
     let mut a = Conn::new(opts(&target, "rwb_at_a"))
         .await
         .expect("connect a");
@@ -162,7 +176,7 @@ async fn client(
     let mut tm = TransactionManagerClient::connect(grpc)
         .await
         .expect("coordinator");
-    let (mut done, mut errors, mut lat) = (0, 0, Vec::new());
+    let (mut done, mut errors, mut lat, mut phases) = (0, 0, Vec::new(), Vec::new());
     while !stop.load(Ordering::Relaxed) {
         let (from, to, cents) = {
             let mut r = rand::rng();
@@ -188,6 +202,12 @@ async fn client(
             }
             Mode::Global | Mode::GlobalXa => {
                 let hint = if mode == Mode::GlobalXa { "XA" } else { "XID" };
+                let mut marks = [Duration::ZERO; 4];
+                let mut lap = Instant::now();
+                let mut mark = |i: usize| {
+                    marks[i] = lap.elapsed();
+                    lap = Instant::now();
+                };
                 let xid = tm
                     .begin(BeginRequest {
                         name: "bench".into(),
@@ -197,13 +217,20 @@ async fn client(
                     .expect("begin")
                     .into_inner()
                     .xid;
-                let ok = local(&mut a, Some((hint, &xid)), from, -cents)
-                    .await
-                    .is_ok()
-                    && local(&mut b, Some((hint, &xid)), to, cents).await.is_ok();
+                mark(0);
+                let ok = failed(local(&mut a, Some((hint, &xid)), from, -cents).await) && {
+                    mark(1);
+                    failed(local(&mut b, Some((hint, &xid)), to, cents).await)
+                };
                 let req = GlobalRequest { xid };
                 if ok {
-                    tm.commit(req).await.is_ok()
+                    mark(2);
+                    let ok = failed(tm.commit(req).await);
+                    mark(3);
+                    if ok {
+                        phases.push(marks);
+                    }
+                    ok
                 } else {
                     let _ = tm.rollback(req).await;
                     false
@@ -217,7 +244,7 @@ async fn client(
             errors += 1;
         }
     }
-    (done, errors, lat)
+    (done, errors, lat, phases)
 }
 
 async fn run(
@@ -248,14 +275,16 @@ async fn run(
         transfers: 0,
         errors: 0,
         latencies: Vec::new(),
+        phases: Vec::new(),
         elapsed: Duration::ZERO,
         cpu: Vec::new(),
     };
     for t in tasks {
-        let (d, e, l) = t.await.expect("client");
+        let (d, e, l, p) = t.await.expect("client");
         r.transfers += d;
         r.errors += e;
         r.latencies.extend(l);
+        r.phases.extend(p);
     }
     r.elapsed = started.elapsed();
     r.cpu = pids
@@ -326,6 +355,21 @@ async fn main() {
                 })
                 .collect();
             println!("{:<24} CPU µs per transfer: {}", "", per.join(", "));
+        }
+        if !r.phases.is_empty() {
+            let p50 = |i: usize| {
+                let mut l: Vec<Duration> = r.phases.iter().map(|p| p[i]).collect();
+                l.sort();
+                pct(&l, 0.50)
+            };
+            println!(
+                "{:<24} p50 ms of each step: begin {:.2}, branch a {:.2}, branch b {:.2}, commit {:.2}",
+                "",
+                p50(0),
+                p50(1),
+                p50(2),
+                p50(3)
+            );
         }
         results[i] = tps;
     }
