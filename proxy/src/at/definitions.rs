@@ -46,8 +46,11 @@ use rewind_undo_log::{TableMeta, TableName};
 
 /// How long a commit waits for another holder's answer to prove a definition before it
 /// reads the definition itself. Under concurrency (when it matters) holders answer every
-/// few hundred microseconds; alone, no holder is registered and nothing waits.
-const PROOF_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+/// few hundred microseconds; alone, no holder is registered and nothing waits. On a loaded
+/// machine a sentinel's proof takes two round trips of a few milliseconds: under `bench/at`
+/// (8 s) 2 ms let 118 commits read the definition (about 0.5 ms of MariaDB CPU each),
+/// 5 ms 40.
+const PROOF_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// What all sessions know of the holders of table definitions.
 #[derive(Debug, Default)]
