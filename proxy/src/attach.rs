@@ -548,6 +548,7 @@ pub(crate) async fn committer(
             params.push(mysql_async::Value::from(*branch_id));
         }
         let sql = shared.undo.delete_many(size);
+        crate::failpoint::hit("before-undo-delete").await;
         let r = async {
             let mut conn = pool.get_conn().await?;
             conn.exec_drop(sql, Params::Positional(params)).await

@@ -2,7 +2,8 @@
 //! an XID that touches a row held by an unfinished global transaction waits for the lock
 //! and fails with 1205 instead of creating a dirty write; it succeeds once the holder
 //! commits; it gives way at once to a holder rolling back; and statements on tables
-//! without global locks never ask the coordinator.
+//! without global locks never ask the coordinator. Slow phase two holds up no proxy's
+//! confirmation that it checks a newly locked table.
 
 use std::time::{Duration, Instant};
 
@@ -319,4 +320,91 @@ async fn t61_locking_read_under_an_xid_waits_for_other_global_transactions() {
     coord.commit(&holder).await;
     assert_eq!(waiting.await.unwrap().unwrap(), Some(11));
     coord.rollback(&reader).await;
+}
+
+/// Phase two's AT commits only queue for the committer, which has a backend connection of
+/// its own: they take no phase-two worker, so slow undo-record deletes hold up neither the
+/// Attach stream nor write isolation. (When each took a worker until its batch was
+/// deleted, every worker waited on a slow delete, the stream stopped at the next phase-two
+/// command, the proxy's ack of a newly locked table came after the coordinator's wait, and
+/// the branch's registration failed with 1205.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t62_slow_undo_deletes_hold_up_no_registration() {
+    const DB2: &str = "rwt_isolation_phase_two";
+    fresh_db(DB2).await;
+    let mut d = direct(DB2).await;
+    for s in [
+        "CREATE TABLE a (id INT PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO a VALUES (1, 0), (2, 0)",
+        "CREATE TABLE b (id INT PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO b VALUES (1, 0)",
+    ] {
+        d.query_drop(s).await.unwrap();
+    }
+    let dir = TempDir::new("isolation-phase-two");
+    let config = dir.0.join("proxy.toml");
+    std::fs::write(&config, "phase_two_connections = 1\n").unwrap();
+    let config = config.display().to_string();
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start_with(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--config", &config],
+        "before-undo-delete=sleep(5000)",
+    )
+    .await;
+    let mut c = proxy.conn(DB2).await;
+    // Two committed global transactions: their undo records' delete takes 5 s.
+    let mut committed = Vec::new();
+    for id in [1, 2] {
+        let xid = coord.begin(60_000).await;
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE a SET v = v + 1 WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+        coord.commit(&xid).await;
+        committed.push(xid);
+    }
+    // Both phase-two commands are at the proxy now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // A branch on another table: its registration waits for the proxy's ack of the grown
+    // set of locked tables (at most the coordinator's 1 s).
+    let xid = coord.begin(60_000).await;
+    let started = Instant::now();
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE b SET v = v + 1 WHERE id = 1"
+    ))
+    .await
+    .unwrap();
+    let r = c.query_drop("COMMIT").await;
+    assert!(r.is_ok(), "the branch on b registered: {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the branch on b waited {:?}",
+        started.elapsed()
+    );
+    coord.commit(&xid).await;
+    // The slow deletes finish; every transaction ends committed, each write applied once.
+    for x in committed.iter().chain([&xid]) {
+        coord
+            .wait_status(x, "committed", Duration::from_secs(20))
+            .await;
+    }
+    let mut d = direct(DB2).await;
+    let sums: Option<(i64, i64)> = d
+        .query_first("SELECT (SELECT SUM(v) FROM a), (SELECT SUM(v) FROM b)")
+        .await
+        .unwrap();
+    assert_eq!(sums, Some((2, 1)));
+    let undo: Option<i64> = d
+        .query_first(format!(
+            "SELECT COUNT(*) FROM rewind.undo_log WHERE xid IN ('{}', '{}', '{xid}')",
+            committed[0], committed[1]
+        ))
+        .await
+        .unwrap();
+    assert_eq!(undo, Some(0), "the undo records are deleted");
 }

@@ -104,8 +104,10 @@ async fn phase_one(
                 if holder_rolling_back || attempt >= shared.config.lock_retry_count {
                     let why = if holder.is_empty() {
                         format!(
-                            "writes without an XID to {} were still running through a \
-                             proxy (possibly waiting for this transaction's own rows)",
+                            "a proxy of this database did not confirm in time that it \
+                             checks writes to {} (writes without an XID to it still running, \
+                             possibly waiting for this transaction's own rows, or the proxy \
+                             slow to answer)",
                             describe_key(Some(&key))
                         )
                     } else {
