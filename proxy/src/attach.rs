@@ -519,10 +519,10 @@ const COMMIT_LINGER: Duration = Duration::from_millis(5);
 
 /// Deletes undo records of committed branches in batches: whatever arrived while the
 /// previous batch ran, and within [`COMMIT_LINGER`] of a batch's first record, goes in
-/// the next (up to 256 records, one statement). Batch sizes
-/// are rounded up to a power of two by repeating the last record, so nine statements
-/// cover every batch and stay in each pooled connection's statement cache (a batch of a
-/// size not seen before cost a prepare, and an eviction a close, per batch).
+/// the next (up to 256 records, one statement). Batch sizes are rounded up to a power of
+/// two by repeating the last record, so nine statements cover every batch and stay in each
+/// pooled connection's statement cache (a batch of a size not seen before cost a prepare,
+/// and an eviction a close, per batch).
 pub(crate) async fn committer(
     shared: Arc<Shared>,
     pool: Pool,

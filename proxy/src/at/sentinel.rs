@@ -21,8 +21,9 @@
 //! connection [`OVERLAP`] before that, so the definition stays held across the change: DDL
 //! still waits at most one cycle, and a transaction opened after the DDL arrived queues
 //! behind it and reads the new definition. Writes planned on the old metadata then find no
-//! holder of it and read the definition as before. A sentinel that loses its connection or is answered outside its transaction
-//! simply stops: nothing is proven by it any more, and commits fall back to the query.
+//! holder of it and read the definition as before. A sentinel that loses its connection
+//! or is answered outside its transaction simply stops: nothing is proven by it any more,
+//! and commits fall back to the query.
 //!
 //! Sentinels start for a table after [`START_AFTER`] AT writes on it within a second and
 //! stop once a second passes without one; at most [`MAX_SENTINELS`] run at once.
