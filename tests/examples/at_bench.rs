@@ -153,7 +153,7 @@ async fn local_text(
 }
 
 /// Whether `r` succeeded; a failure is printed to stderr (`bench/at` shows it).
-fn failed<T, E: std::fmt::Display>(r: Result<T, E>) -> bool {
+fn succeeded<T, E: std::fmt::Display>(r: Result<T, E>) -> bool {
     if let Err(e) = &r {
         eprintln!("transfer failed: {e}");
     }
@@ -218,14 +218,14 @@ async fn client(
                     .into_inner()
                     .xid;
                 mark(0);
-                let ok = failed(local(&mut a, Some((hint, &xid)), from, -cents).await) && {
+                let ok = succeeded(local(&mut a, Some((hint, &xid)), from, -cents).await) && {
                     mark(1);
-                    failed(local(&mut b, Some((hint, &xid)), to, cents).await)
+                    succeeded(local(&mut b, Some((hint, &xid)), to, cents).await)
                 };
                 let req = GlobalRequest { xid };
                 if ok {
                     mark(2);
-                    let ok = failed(tm.commit(req).await);
+                    let ok = succeeded(tm.commit(req).await);
                     mark(3);
                     if ok {
                         phases.push(marks);
