@@ -371,3 +371,53 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
     );
     assert_eq!(balances(db).await[&1], OPENING - 5);
 }
+
+/// A follower that fell behind on large log entries catches up once the leader is gone.
+/// openraft gives each AppendEntries call 100 ms (the heartbeat interval) and sends a call
+/// that timed out again unchanged; with its default payload (up to 300 entries, no size
+/// limit) the new leader sent the lagging member more than it could append in time, over
+/// and over, and had no quorum until the old leader came back. Now a call carries at most
+/// 32 entries and 256 KiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t90_a_lagging_follower_catches_up_after_the_leader_dies() {
+    let dir = TempDir::new("cluster-lagging");
+    let (members, _) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
+    let (old, _) = members.leader(Duration::from_secs(20)).await;
+    let lagging = (old + 1) % 3;
+    // About 6 MB of log the stopped member does not get: TCC branches whose payloads are
+    // 200 KB each (the leader and the third member are a quorum meanwhile).
+    members.pause(lagging, true);
+    let xid = members.begin(600_000).await;
+    let blob = "x".repeat(200_000);
+    for i in 0..30 {
+        let body = serde_json::json!({
+            "type": "tcc",
+            "name": format!("participant-{i}"),
+            "confirm_url": "http://127.0.0.1:9/confirm",
+            "cancel_url": "http://127.0.0.1:9/cancel",
+            "payload": {"blob": blob},
+        });
+        let path = format!("/api/v1/transactions/{xid}/branches");
+        let (code, answer) = members.try_call("POST", &path, Some(&body)).await;
+        assert_eq!(code, 200, "{answer}");
+    }
+    members.pause(lagging, false);
+    members.kill(old);
+    // The third member leads; every write now needs the lagging one.
+    let started = Instant::now();
+    let began = tokio::time::timeout(Duration::from_secs(30), members.begin(60_000)).await;
+    assert!(
+        began.is_ok(),
+        "no write committed within 30 s of the leader's kill -9: the lagging member never \
+         caught up"
+    );
+    let (code, answer) = members
+        .try_call(
+            "POST",
+            &format!("/api/v1/transactions/{xid}/rollback"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 200, "{answer}");
+    eprintln!("first write after the kill: {:?}", started.elapsed());
+}

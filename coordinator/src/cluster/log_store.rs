@@ -405,6 +405,58 @@ impl RaftLogReader<TypeConfig> for LogStore {
         );
         Ok(out)
     }
+
+    /// What one AppendEntries call to a follower carries: at most [`PAYLOAD_BYTES`] of
+    /// entries (always at least one). openraft allows each call `heartbeat_interval`
+    /// (100 ms) whatever its size and sends a call that timed out again unchanged, so a
+    /// follower catching up on large entries must get them in parts it can take in time.
+    async fn limited_get_log_entries(&mut self, start: u64, end: u64) -> Result<Vec<Ent>> {
+        let entries = self.try_get_log_entries(start..end).await?;
+        // A follower in step gets the few entries made since its last call: no sizing.
+        if entries.len() <= 4 {
+            return Ok(entries);
+        }
+        Ok(within_bytes(entries, PAYLOAD_BYTES))
+    }
+}
+
+/// Bytes of entries (as JSON, as they travel) one AppendEntries call carries at most.
+/// With openraft's default (up to 300 entries a call, no size limit) a follower that had
+/// fallen behind under `bench/coordinator-cluster` was sent more than it could append in
+/// 100 ms, again and again: after a kill -9 of the leader, the new one never reached a
+/// quorum until the old one came back.
+const PAYLOAD_BYTES: usize = 256 << 10;
+
+/// The longest prefix of `entries` within `budget` bytes, and never less than one entry.
+fn within_bytes(mut entries: Vec<Ent>, budget: usize) -> Vec<Ent> {
+    let mut total = 0;
+    let mut keep = 0;
+    for e in &entries {
+        let mut size = ByteCount(0);
+        // An entry that does not serialize is sent anyway; the network layer reports it.
+        let _ = serde_json::to_writer(&mut size, e);
+        total += size.0;
+        if keep > 0 && total > budget {
+            break;
+        }
+        keep += 1;
+    }
+    entries.truncate(keep);
+    entries
+}
+
+/// Counts what is written to it.
+struct ByteCount(usize);
+
+impl std::io::Write for ByteCount {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl RaftLogStorage<TypeConfig> for LogStore {
@@ -518,6 +570,21 @@ mod tests {
         let op = encode_append(&es).unwrap();
         lock(&s.tail).append(es);
         s.submit_and_wait(op).await.unwrap();
+    }
+
+    #[test]
+    fn a_payload_stops_at_its_byte_budget_but_carries_one_entry() {
+        let one = serde_json::to_vec(&entry(1, 10)).unwrap().len();
+        let es: Vec<Ent> = (10..20).map(|i| entry(1, i)).collect();
+        let kept = within_bytes(es.clone(), one * 3 + one / 2);
+        let idx: Vec<u64> = kept.iter().map(|e| e.log_id.index).collect();
+        assert_eq!(idx, vec![10, 11, 12], "the prefix that fits");
+        assert_eq!(
+            within_bytes(es.clone(), 1).len(),
+            1,
+            "one entry however large"
+        );
+        assert_eq!(within_bytes(es, usize::MAX).len(), 10, "all when they fit");
     }
 
     async fn indexes(s: &mut LogStore, range: std::ops::Range<u64>) -> Vec<(u64, u64)> {

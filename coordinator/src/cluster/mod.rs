@@ -144,6 +144,10 @@ const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// How long a read waits for a quorum to confirm this node still leads.
 const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Log entries per AppendEntries call to one follower (openraft's default: 300). Only a
+/// follower catching up gets full calls; one in step gets what arrived since the last.
+const MAX_PAYLOAD_ENTRIES: u64 = 32;
+
 /// This node's view of the cluster.
 pub struct Cluster {
     pub raft: Raft,
@@ -220,6 +224,14 @@ pub async fn open(
         // Keep some entries behind the snapshot so a briefly lagging follower catches
         // up from the log rather than by a whole snapshot.
         max_in_snapshot_log_to_keep: cfg.snapshot_every_entries / 10,
+        // openraft gives every AppendEntries call `heartbeat_interval` (100 ms) to be
+        // answered, whatever it carries. Its default of 300 entries per call (each entry a
+        // batch of requests) took longer than that for a follower that had fallen behind
+        // under load, so the same call timed out and was sent again forever: after a
+        // kill -9 of the leader, the new leader had no quorum until the old one came back
+        // (bench/coordinator-cluster on 2 cores: no commit within 30 s in five of six
+        // failovers). The log store also bounds a call's bytes (`PAYLOAD_BYTES`).
+        max_payload_entries: MAX_PAYLOAD_ENTRIES,
         ..Default::default()
     }
     .validate()
