@@ -51,8 +51,8 @@ pub async fn request(
     body: Option<&[u8]>,
     headers: &[(&str, &str)],
 ) -> Result<Answer> {
-    // The workspace builds reqwest with rustls for the coordinator's TCC calls (cargo
-    // unifies features), so a client needs a crypto provider even for plain http://.
+    // reqwest is built with rustls (as the coordinator needs it for its TCC calls), so a
+    // client needs a crypto provider even for plain http://.
     let _ = rustls::crypto::ring::default_provider().install_default();
     // Plain http only, so no root certificates: loading the system's (reqwest's default,
     // through the platform verifier) took about 20 ms of CPU per request in a debug build,
