@@ -610,6 +610,15 @@ async fn t26_a_broker_outage_leaves_the_backlog_waiting_refusals_go_dead_and_red
         .unwrap();
     let m = q.next(Duration::from_secs(10)).await.expect("broker up");
     m.ack().await;
+    // The queue can hold the message before the broker's confirm has reached the
+    // relay; cut the link only once the relay has marked it published, or that
+    // message rightly waits out the outage with the rest.
+    eventually(
+        "the first message is marked published",
+        Duration::from_secs(10),
+        || async { rig.count("NEW").await == 0 },
+    )
+    .await;
     broker.set_down(true);
     for i in 0..30 {
         c.query_drop(rig.insert("t26.down.ev", Some("k"), &format!("{i}")))
