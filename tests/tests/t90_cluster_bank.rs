@@ -414,3 +414,71 @@ async fn t90_a_lagging_follower_catches_up_after_the_leader_dies() {
     members.call("POST", &path, None).await;
     eprintln!("first write after the kill: {:?}", started.elapsed());
 }
+
+/// A member that fell so far behind that the leader compacted the log it needs is sent a
+/// snapshot, and catches up from it even when the snapshot is several megabytes: after
+/// the leader's kill -9 the other two are a quorum again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t90_a_member_behind_the_snapshot_catches_up_from_it() {
+    let dir = TempDir::new("cluster-snapshot");
+    let config = format!("{MEMBER_CONFIG}[cluster]\nsnapshot_every_entries = 100\n");
+    let (members, _) = CoordinatorCluster::start(&dir, &config).await;
+    let (old, _) = members.leader(Duration::from_secs(20)).await;
+    let lagging = (old + 1) % 3;
+    members.pause(lagging, true);
+    // About 6 MB of state the stopped member does not have (TCC branches with 200 KB
+    // payloads, kept open), then enough small writes that the leader takes a snapshot
+    // and purges the log the stopped member would need.
+    let xid = members.begin(600_000).await;
+    let blob = "x".repeat(200_000);
+    for i in 0..30 {
+        let body = serde_json::json!({
+            "type": "tcc",
+            "name": format!("participant-{i}"),
+            "confirm_url": "http://127.0.0.1:9/confirm",
+            "cancel_url": "http://127.0.0.1:9/cancel",
+            "payload": {"blob": blob},
+        });
+        let path = format!("/api/v1/transactions/{xid}/branches");
+        members.call("POST", &path, Some(&body)).await;
+    }
+    let mut writes = 0;
+    loop {
+        let status = members.call("GET", "/api/v1/cluster", None).await;
+        let first_kept = status["last_log_index"].as_u64().unwrap() + 1
+            - status["log_entries"].as_u64().unwrap();
+        if status["snapshot"].as_u64().is_some() && first_kept > 40 {
+            break;
+        }
+        let short = members.begin(60_000).await;
+        members
+            .call(
+                "POST",
+                &format!("/api/v1/transactions/{short}/rollback"),
+                None,
+            )
+            .await;
+        writes += 1;
+        assert!(
+            writes < 2_000,
+            "no snapshot after {writes} writes: {status}"
+        );
+    }
+    members.pause(lagging, false);
+    members.kill(old);
+    let started = Instant::now();
+    let began = tokio::time::timeout(Duration::from_secs(30), members.begin(60_000)).await;
+    assert!(
+        began.is_ok(),
+        "no write committed within 30 s of the leader's kill -9: the member behind the \
+         snapshot never caught up"
+    );
+    eprintln!("first write after the kill: {:?}", started.elapsed());
+    // The state came across whole: the open transaction still has its 30 branches.
+    let tx = members
+        .call("GET", &format!("/api/v1/transactions/{xid}"), None)
+        .await;
+    assert_eq!(tx["branches"].as_array().map(Vec::len), Some(30), "{tx}");
+    let path = format!("/api/v1/transactions/{xid}/rollback");
+    members.call("POST", &path, None).await;
+}

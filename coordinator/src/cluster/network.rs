@@ -20,14 +20,18 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+
 use openraft::error::{
-    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+    Fatal, InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, ReplicationClosed,
+    StreamingError, Unreachable,
 };
-use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::network::{RPCOption, RPCTypes, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
-    VoteRequest, VoteResponse,
+    SnapshotResponse, VoteRequest, VoteResponse,
 };
+use openraft::{OptionalSend, Snapshot, Vote};
 use rewind_protocol::v1::raft_client::RaftClient;
 use rewind_protocol::v1::raft_server;
 use rewind_protocol::v1::RaftPayload;
@@ -342,6 +346,127 @@ impl RaftNetwork<TypeConfig> for Peer {
     ) -> Result<VoteResponse<NodeId>, RpcErr> {
         self.call(Call::Vote, &req, option.hard_ttl()).await
     }
+
+    /// A whole snapshot to a member that fell behind the leader's log: calls of
+    /// [`SNAPSHOT_CHUNK_BYTES`], each given [`snapshot_call_ttl`] for what it carries.
+    ///
+    /// Written here rather than left to openraft's default sender because that one
+    /// gives every call `install_snapshot_timeout` (200 ms) whatever it carries, gives
+    /// up the whole transfer on the first call that takes longer, and starts again
+    /// from the first byte. Its last call includes the member installing the whole
+    /// snapshot, so a snapshot that took a member longer than that to take in was
+    /// never taken in: on this machine a 20 MB snapshot (open TCC branches with large
+    /// payloads) was sent 240 times in 30 s and never installed, and with the leader
+    /// then lost the other two members had no quorum (test
+    /// `t90_a_member_behind_the_snapshot_catches_up_from_it`). A call that fails is
+    /// sent again from where it stood, up to [`SNAPSHOT_CALL_TRIES`] times.
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote<NodeId>,
+        snapshot: Snapshot<TypeConfig>,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse<NodeId>, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let started = Instant::now();
+        let meta = snapshot.meta;
+        let data = snapshot.snapshot.into_inner();
+        let total = data.len();
+        let mut cancel = std::pin::pin!(cancel);
+        let mut offset = 0;
+        let mut failures = 0;
+        loop {
+            let end = total.min(offset + SNAPSHOT_CHUNK_BYTES);
+            let done = end == total;
+            let req = InstallSnapshotRequest::<TypeConfig> {
+                vote,
+                meta: meta.clone(),
+                offset: offset as u64,
+                data: data[offset..end].to_vec(),
+                done,
+            };
+            // The last call is answered once the member has installed all of it.
+            let ttl = snapshot_call_ttl(option.hard_ttl(), if done { total } else { end - offset });
+            let sent = tokio::select! {
+                closed = &mut cancel => return Err(closed.into()),
+                sent = tokio::time::timeout(ttl, self.call::<_, InstallSnapshotResponse<NodeId>, InstallSnapshotError>(Call::Snapshot, &req, ttl)) => sent,
+            };
+            let err: StreamingError<TypeConfig, Fatal<NodeId>> = match sent {
+                Ok(Ok(resp)) => {
+                    failures = 0;
+                    if resp.vote > vote {
+                        return Ok(SnapshotResponse::new(resp.vote));
+                    }
+                    if done {
+                        tracing::info!(target = self.target, bytes = total, ms = started.elapsed().as_millis() as u64,
+                            snapshot = %meta.snapshot_id, "snapshot sent and installed");
+                        return Ok(SnapshotResponse::new(resp.vote));
+                    }
+                    offset = end;
+                    continue;
+                }
+                Ok(Err(RPCError::RemoteError(RemoteError {
+                    source: RaftError::APIError(InstallSnapshotError::SnapshotMismatch(m)),
+                    ..
+                }))) => {
+                    // The member lost the transfer (restarted, or installed it while
+                    // this side timed out): from the start, as a new transfer.
+                    tracing::warn!(target = self.target, mismatch = %m, "snapshot transfer sent again from the start");
+                    offset = 0;
+                    failures = 0;
+                    continue;
+                }
+                Ok(Err(RPCError::RemoteError(RemoteError {
+                    target,
+                    target_node,
+                    source: RaftError::Fatal(fatal),
+                }))) => {
+                    return Err(RemoteError {
+                        target,
+                        target_node,
+                        source: fatal,
+                    }
+                    .into())
+                }
+                Ok(Err(RPCError::PayloadTooLarge(p))) => NetworkError::new(&Transport(format!(
+                    "snapshot call refused as too large: {p}"
+                )))
+                .into(),
+                Ok(Err(RPCError::Timeout(e))) => e.into(),
+                Ok(Err(RPCError::Unreachable(e))) => e.into(),
+                Ok(Err(RPCError::Network(e))) => e.into(),
+                Err(_) => openraft::error::Timeout {
+                    action: RPCTypes::InstallSnapshot,
+                    id: self.auth.node_id,
+                    target: self.target,
+                    timeout: ttl,
+                }
+                .into(),
+            };
+            failures += 1;
+            tracing::warn!(target = self.target, offset, bytes = total, failures, error = %err, "a snapshot call failed");
+            if failures >= SNAPSHOT_CALL_TRIES {
+                return Err(err);
+            }
+            tokio::time::sleep(Duration::from_millis(100 << failures)).await;
+        }
+    }
+}
+
+/// Bytes of snapshot per InstallSnapshot call (openraft's default is 3 MiB). Each byte
+/// travels as a JSON number, about 3.6 bytes on the wire.
+const SNAPSHOT_CHUNK_BYTES: usize = 1 << 20;
+
+/// Tries per snapshot call before the transfer is given up (openraft then starts a new
+/// one after its back-off).
+const SNAPSHOT_CALL_TRIES: u32 = 3;
+
+/// Time given to a snapshot call that carries, or (the last call) installs, `bytes`:
+/// 2 s plus 1 s per MiB, and never less than openraft's `install_snapshot_timeout`.
+/// Generous on purpose: it only bounds how long a member that stopped answering holds
+/// up its own catch-up; a tight figure turns a large snapshot into one never installed.
+fn snapshot_call_ttl(floor: Duration, bytes: usize) -> Duration {
+    let per_mib = Duration::from_secs(1).mul_f64(bytes as f64 / (1 << 20) as f64);
+    floor.max(Duration::from_secs(2) + per_mib)
 }
 
 /// The server side: the local Raft answers its peers (members only, see [`RaftAuth`]).
