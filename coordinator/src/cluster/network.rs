@@ -355,9 +355,9 @@ impl RaftNetwork<TypeConfig> for Peer {
     /// up the whole transfer on the first call that takes longer, and starts again
     /// from the first byte. Its last call includes the member installing the whole
     /// snapshot, so a snapshot that took a member longer than that to take in was
-    /// never taken in: on this machine a 4.6 MB snapshot (about 18 MB as JSON; open TCC branches with large
-    /// payloads) was sent 240 times in 30 s and never installed, and with the leader
-    /// then lost the other two members had no quorum (test
+    /// never taken in: on this machine a 4.6 MB snapshot (about 18 MB as JSON; open TCC
+    /// branches with large payloads) was sent 240 times in 30 s and never installed, and
+    /// with the leader then lost the other two members had no quorum (test
     /// `t90_a_member_behind_the_snapshot_catches_up_from_it`). A call that fails is
     /// sent again from where it stood, up to [`SNAPSHOT_CALL_TRIES`] times.
     async fn full_snapshot(
