@@ -4,7 +4,9 @@
 //! its own local transaction) in AT mode and in XA mode (the same tag spelled `XA`), and
 //! for reference the same local transactions straight against MariaDB. Then the idempotent-consumer barrier's cost: the same local
 //! transactions in the text protocol, without and with a `BARRIER` hint (a fresh message
-//! id each) on their statement. Prints throughput, p50 and p99 of each and the ratios.
+//! id each) on their statement. Last, global transactions in AT mode in the text protocol
+//! (values written into the SQL, as most drivers send them). Prints throughput, p50 and
+//! p99 of each and the ratios.
 //!
 //! usage: at_bench <proxy host:port> <mariadb host:port> <coordinator grpc URL> <clients> <seconds> <accounts>
 
@@ -29,6 +31,9 @@ enum Mode {
     LocalText,
     /// The same, each statement behind a BARRIER with a new message id.
     Barrier,
+    /// Global transactions (AT) in the text protocol, values written into the SQL as
+    /// most drivers send them by default (JDBC, PyMySQL, mysql2, Go's interpolateParams).
+    GlobalText,
 }
 
 struct Run {
@@ -126,22 +131,30 @@ async fn local(
     c.query_drop("COMMIT").await
 }
 
-/// One local transaction updating one account, in the text protocol, behind a barrier for
-/// consumer `barrier` (a fresh message id) when given.
+/// What leads a text statement: nothing, a BARRIER for a consumer (a fresh message id),
+/// or an XID.
+enum TextHint<'a> {
+    None,
+    Barrier(&'a str),
+    Xid(&'a str),
+}
+
+/// One local transaction updating one account, in the text protocol, under `hint`.
 async fn local_text(
     c: &mut Conn,
-    barrier: Option<&str>,
+    hint: TextHint<'_>,
     id: i64,
     cents: i64,
 ) -> mysql_async::Result<()> {
     let sign = if cents < 0 { "-" } else { "" };
     let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
-    let hint = match barrier {
-        Some(consumer) => format!(
+    let hint = match hint {
+        TextHint::Barrier(consumer) => format!(
             "/*+ BARRIER('{consumer}', '{:032x}') */ ",
             rand::random::<u128>()
         ),
-        None => String::new(),
+        TextHint::Xid(xid) => format!("/*+ XID('{xid}') */ "),
+        TextHint::None => String::new(),
     };
     c.query_drop("BEGIN").await?;
     let sql = format!("{hint}UPDATE account SET balance = balance + {amount} WHERE id = {id}");
@@ -194,13 +207,13 @@ async fn client(
             }
             Mode::LocalText | Mode::Barrier => {
                 let (ca, cb) = match mode {
-                    Mode::Barrier => (Some("bench-a"), Some("bench-b")),
-                    _ => (None, None),
+                    Mode::Barrier => (TextHint::Barrier("bench-a"), TextHint::Barrier("bench-b")),
+                    _ => (TextHint::None, TextHint::None),
                 };
                 local_text(&mut a, ca, from, -cents).await.is_ok()
                     && local_text(&mut b, cb, to, cents).await.is_ok()
             }
-            Mode::Global | Mode::GlobalXa => {
+            Mode::Global | Mode::GlobalXa | Mode::GlobalText => {
                 let hint = if mode == Mode::GlobalXa { "XA" } else { "XID" };
                 let mut marks = [Duration::ZERO; 4];
                 let mut lap = Instant::now();
@@ -218,9 +231,18 @@ async fn client(
                     .into_inner()
                     .xid;
                 mark(0);
-                let ok = succeeded(local(&mut a, Some((hint, &xid)), from, -cents).await) && {
+                let text = mode == Mode::GlobalText;
+                let ok = succeeded(if text {
+                    local_text(&mut a, TextHint::Xid(&xid), from, -cents).await
+                } else {
+                    local(&mut a, Some((hint, &xid)), from, -cents).await
+                }) && {
                     mark(1);
-                    succeeded(local(&mut b, Some((hint, &xid)), to, cents).await)
+                    succeeded(if text {
+                        local_text(&mut b, TextHint::Xid(&xid), to, cents).await
+                    } else {
+                        local(&mut b, Some((hint, &xid)), to, cents).await
+                    })
                 };
                 let req = GlobalRequest { xid };
                 if ok {
@@ -321,7 +343,7 @@ async fn main() {
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    let mut results = [f64::NAN; 6];
+    let mut results = [f64::NAN; 7];
     for (i, (name, mode, target)) in [
         ("direct MariaDB, local", Mode::Direct, direct),
         ("proxy, local (no XID)", Mode::Local, proxy),
@@ -329,6 +351,7 @@ async fn main() {
         ("proxy, global (XA)", Mode::GlobalXa, proxy),
         ("proxy, local, text", Mode::LocalText, proxy),
         ("proxy, local + BARRIER", Mode::Barrier, proxy),
+        ("proxy, global (AT), text", Mode::GlobalText, proxy),
     ]
     .into_iter()
     .enumerate()
@@ -385,4 +408,6 @@ async fn main() {
     ratio("global/direct MariaDB:", 2, 0, "");
     ratio("local through proxy/direct:", 1, 0, "");
     ratio("with BARRIER/without (text):", 5, 4, "(goal: cost <= 10 %)");
+    ratio("global/local, text protocol:", 6, 4, "");
+    ratio("AT text/AT binary protocol:", 6, 2, "");
 }

@@ -140,3 +140,117 @@ async fn t50_rollback_restores_every_type_exactly() {
         assert_eq!(dump(db, "t").await, rows_before);
     }
 }
+
+/// The same rows in a table without FLOAT or DOUBLE columns, written in the text protocol
+/// with values in the statements: the proxy reads such a table's images in the text
+/// protocol (no backend prepare for a statement text it will not see again), and a
+/// rollback restores every other type exactly, whatever the client's time zone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_text_images_of_a_table_without_floats_restore_exactly() {
+    let dir = TempDir::new("types-text");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_types_text";
+    setup(db).await;
+    let columns = "id, code, c_tiny, c_utiny, c_medium, c_big, c_ubig, c_dec, c_dt, c_ts, c_ts0, \
+                   c_date, c_time, c_year, c_char, c_varchar, c_text, c_binary, c_varbinary, \
+                   c_blob, c_json, c_bit, c_enum, c_set, c_null, c_hidden";
+    let mut d = direct(db).await;
+    d.query_drop("CREATE TABLE u LIKE t").await.unwrap();
+    d.query_drop("ALTER TABLE u DROP COLUMN c_float, DROP COLUMN c_double")
+        .await
+        .unwrap();
+    d.query_drop(format!("INSERT INTO u ({columns}) SELECT {columns} FROM t"))
+        .await
+        .unwrap();
+    d.disconnect().await.unwrap();
+    let original = checksums(db, &["u"]).await;
+    let rows_before = dump(db, "u").await;
+    for zone in ["+05:30", "-11:00", "SYSTEM"] {
+        let xid = coord.begin(60_000).await;
+        let mut c = proxy.conn(db).await;
+        c.query_drop(format!("SET time_zone = '{zone}'"))
+            .await
+            .unwrap();
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE u SET c_tiny = 1, c_utiny = 0, c_medium = 1, c_big = 1, \
+             c_ubig = 0, c_dec = 1, c_dt = NOW(6), c_ts = NOW(6), c_ts0 = '2030-06-01 12:00:00', \
+             c_date = CURDATE(), c_time = '00:00:01', c_year = 2000, c_char = 'z', \
+             c_varchar = 'v', c_text = 't', c_binary = X'01', c_varbinary = X'02', \
+             c_blob = X'03', c_json = '[]', c_bit = b'1', c_enum = 'a', c_set = '', \
+             c_null = 5, c_hidden = 1 WHERE id >= 0 AND code <> X'FFFF'"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ DELETE FROM u WHERE id = 2 AND code = 'k2'"
+        ))
+        .await
+        .unwrap();
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ INSERT INTO u (id, code, c_ts) VALUES (5, X'05', '2001-02-03 04:05:06.7')"
+        ))
+        .await
+        .unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+        c.disconnect().await.unwrap();
+        assert_ne!(checksums(db, &["u"]).await, original);
+        assert_eq!(coord.rollback(&xid).await, "rolled_back");
+        assert_eq!(checksums(db, &["u"]).await, original, "zone {zone}");
+        assert_eq!(dump(db, "u").await, rows_before, "zone {zone}");
+    }
+}
+
+/// A text UPDATE on a table whose primary key is all integers is narrowed to the locked
+/// keys written in as literals: the extreme keys (unsigned maximum, signed minimum) are
+/// written exactly once each, and a rollback restores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_a_text_update_by_integer_keys_writes_exactly_the_locked_rows() {
+    let dir = TempDir::new("types-int-keys");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_types_int_keys";
+    fresh_db(db).await;
+    let mut d = direct(db).await;
+    d.query_drop(
+        "CREATE TABLE w (a BIGINT UNSIGNED NOT NULL, b INT NOT NULL, n BIGINT NOT NULL, \
+         v VARCHAR(20) NOT NULL, PRIMARY KEY (a, b))",
+    )
+    .await
+    .unwrap();
+    d.query_drop(
+        "INSERT INTO w VALUES (18446744073709551615, -2147483648, 1, 'max?'), \
+         (18446744073709551614, -2147483648, 2, 'near'), (0, 0, 3, 'zero'), (0, 1, 4, 'one')",
+    )
+    .await
+    .unwrap();
+    let original = checksums(db, &["w"]).await;
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(db).await;
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE w SET n = n * 10, v = CONCAT(v, '?') \
+         WHERE a >= 18446744073709551614 OR (a = 0 AND b = 1)"
+    ))
+    .await
+    .unwrap();
+    assert_eq!(c.affected_rows(), 3);
+    c.query_drop("COMMIT").await.unwrap();
+    c.disconnect().await.unwrap();
+    let rows: Vec<(u64, i32, i64, String)> = d
+        .query("SELECT a, b, n, v FROM w ORDER BY a, b")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows,
+        vec![
+            (0, 0, 3, "zero".to_string()),
+            (0, 1, 40, "one?".to_string()),
+            (18446744073709551614, -2147483648, 20, "near?".to_string()),
+            (18446744073709551615, -2147483648, 10, "max??".to_string()),
+        ]
+    );
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(checksums(db, &["w"]).await, original);
+}

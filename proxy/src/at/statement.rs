@@ -80,6 +80,11 @@ impl StmtCache {
         Ok(stmt)
     }
 
+    /// Whether `sql` is prepared on this connection.
+    pub fn contains(&self, sql: &str) -> bool {
+        self.map.contains_key(sql)
+    }
+
     /// The backend forgot every statement (COM_RESET_CONNECTION, COM_CHANGE_USER).
     pub fn clear(&mut self) {
         self.map.clear();
@@ -148,6 +153,38 @@ impl StatementRun<'_> {
         self.answered(stamp, r.is_ok());
         r
     }
+}
+
+impl StatementRun<'_> {
+    /// [`Self::rows`] in the text protocol.
+    pub(super) async fn text_rows(
+        &mut self,
+        sql: &str,
+    ) -> Result<Vec<mysql_async::Row>, mysql_async::Error> {
+        let stamp = self.before_request();
+        let r = self.conn.query(sql).await;
+        self.answered(stamp, r.is_ok());
+        r
+    }
+
+    /// [`Self::write`] in the text protocol, for a statement without parameters.
+    pub(super) async fn write_text(&mut self, sql: &str) -> Result<wire::Ok, mysql_async::Error> {
+        let stamp = self.before_request();
+        let r = self.conn.query_drop(sql).await;
+        self.answered(stamp, r.is_ok());
+        r?;
+        Ok(wire::Ok::from_backend(self.conn))
+    }
+}
+
+/// Whether the text protocol reads every column of `meta` exactly as the binary one does.
+fn text_is_exact(meta: &TableMeta) -> bool {
+    !meta.columns.iter().any(|c| {
+        matches!(
+            c.ty.kind,
+            rewind_undo_log::TypeKind::Float | rewind_undo_log::TypeKind::Double
+        )
+    })
 }
 
 impl StatementRun<'_> {
@@ -436,7 +473,19 @@ impl StatementRun<'_> {
         sql: &str,
         params: Vec<Value>,
     ) -> Result<Vec<mysql_async::Row>, Failure> {
-        match self.rows(sql, params).await {
+        // A text without parameters that is not already prepared is, in all likelihood,
+        // a client's statement with its values written in: read it as text rather than
+        // prepare a statement used once. Only where the text protocol is exact for every
+        // column (FLOAT prints inexactly, DOUBLE loses the sign of zero).
+        let as_text = params.is_empty()
+            && !self.stmts.contains(sql)
+            && metas.iter().all(|m| text_is_exact(m));
+        let read = if as_text {
+            self.text_rows(sql).await
+        } else {
+            self.rows(sql, params).await
+        };
+        match read {
             Ok(r) => Ok(r),
             Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
                 let f = Failure::Clean(mysql_async::Error::Server(e).into());

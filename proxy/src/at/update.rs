@@ -132,6 +132,9 @@ impl StatementRun<'_> {
         }
         let where_params = params.split_off(plan.set_params);
         let set_params = params;
+        // Sent as text, the statement's values are in its SQL: its image read and its
+        // narrowed write are texts no prepared statement would be reused for.
+        let text = set_params.is_empty() && where_params.is_empty();
         let before_sql = plan
             .before_image_sql(&meta)
             .map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -172,9 +175,21 @@ impl StatementRun<'_> {
         let per = ((MAX_STATEMENT_PARAMS - set_params.len().min(MAX_STATEMENT_PARAMS - 1))
             / meta.primary_key.len().max(1))
         .max(1);
-        let ok = self
-            .write_in_chunks(&keys, per, |n| plan.by_keys_sql(&meta, n), &set_params)
-            .await?;
+        let literal = if text && keys.len() <= per {
+            plan.by_literal_keys_sql(&meta, &keys)
+        } else {
+            None
+        };
+        let ok = match literal {
+            Some(sql) => self
+                .write_text(&sql)
+                .await
+                .map_err(|e| Failure::Clean(e.into()))?,
+            None => {
+                self.write_in_chunks(&keys, per, |n| plan.by_keys_sql(&meta, n), &set_params)
+                    .await?
+            }
+        };
         let after = self
             .image_by_keys(&meta, new_keys.as_deref().unwrap_or(&keys))
             .await

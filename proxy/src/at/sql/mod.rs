@@ -275,6 +275,46 @@ pub fn rows_by_keys_sql(meta: &TableMeta, rows: usize) -> String {
 
 /// `(pk1 = ? AND pk2 = ?) OR …` for `rows` keys; `FALSE` for none, so an empty lock set
 /// writes nothing rather than everything.
+/// [`keys_predicate`] with the keys written in as literals, when every primary-key column
+/// is an integer (whose literal is exact); `None` otherwise. A statement the client sent
+/// as text carries its values in its SQL, so its narrowed write is a text no prepared
+/// statement will be reused for: this lets it run as text, without a backend prepare.
+pub(crate) fn literal_keys_predicate(
+    meta: &TableMeta,
+    keys: &[Vec<mysql_async::Value>],
+) -> Option<String> {
+    if keys.is_empty() {
+        return Some("FALSE".into());
+    }
+    let columns = meta
+        .primary_key
+        .iter()
+        .map(|pk| {
+            meta.column(pk)
+                .filter(|c| c.ty.kind == rewind_undo_log::TypeKind::Int)
+                .map(|_| quote_ident(pk))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        if key.len() != columns.len() {
+            return None;
+        }
+        let one = columns
+            .iter()
+            .zip(key)
+            .map(|(c, v)| match v {
+                mysql_async::Value::Int(i) => Some(format!("{c} = {i}")),
+                mysql_async::Value::UInt(u) => Some(format!("{c} = {u}")),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()?
+            .join(" AND ");
+        out.push(format!("({one})"));
+    }
+    Some(out.join(" OR "))
+}
+
 fn keys_predicate(meta: &TableMeta, rows: usize) -> String {
     if rows == 0 {
         return "FALSE".into();

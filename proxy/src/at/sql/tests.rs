@@ -519,3 +519,46 @@ fn replace_ignore_and_insert_select_are_planned() {
     );
     assert_eq!(i.statement(), "INSERT … SELECT");
 }
+
+#[test]
+fn integer_keys_are_written_in_as_literals_and_nothing_else_is() {
+    use mysql_async::Value as V;
+    let m = meta();
+    let plan = update("UPDATE account SET balance = balance - 1, a = 'why?' WHERE id > 3");
+    assert_eq!(
+        plan.by_literal_keys_sql(
+            &m,
+            &[
+                vec![V::Int(-7), V::UInt(u64::MAX)],
+                vec![V::Int(2), V::Int(i64::MIN)]
+            ]
+        )
+        .as_deref(),
+        Some(
+            "UPDATE account SET balance = balance - 1, a = 'why?' WHERE \
+             (`region` = -7 AND `id` = 18446744073709551615) OR \
+             (`region` = 2 AND `id` = -9223372036854775808)"
+        )
+    );
+    assert_eq!(
+        plan.by_literal_keys_sql(&m, &[]).as_deref(),
+        Some("UPDATE account SET balance = balance - 1, a = 'why?' WHERE FALSE")
+    );
+    // A key that is not an integer value, a key column that is not an integer type, or a
+    // statement with parameters: the prepared form.
+    assert_eq!(
+        plan.by_literal_keys_sql(&m, &[vec![V::Int(1), V::Bytes(b"1".to_vec())]]),
+        None
+    );
+    let mut text_key = meta();
+    text_key.columns[3].ty = ColumnType::new(TypeKind::Text);
+    assert_eq!(
+        plan.by_literal_keys_sql(&text_key, &[vec![V::Int(1), V::Int(1)]]),
+        None
+    );
+    let prepared = update("UPDATE account SET balance = balance - ? WHERE id > 3");
+    assert_eq!(
+        prepared.by_literal_keys_sql(&m, &[vec![V::Int(1), V::Int(1)]]),
+        None
+    );
+}

@@ -338,6 +338,25 @@ impl UpdatePlan {
             self.order
         )
     }
+
+    /// The same UPDATE narrowed to `keys` written in as literals, for a statement without
+    /// parameters on a table with an integer primary key (see [`literal_keys_predicate`]).
+    pub fn by_literal_keys_sql(
+        &self,
+        meta: &TableMeta,
+        keys: &[Vec<mysql_async::Value>],
+    ) -> Option<String> {
+        if self.set_params > 0 {
+            return None;
+        }
+        Some(format!(
+            "UPDATE {} SET {} WHERE {}{}",
+            self.relation,
+            self.assignments,
+            literal_keys_predicate(meta, keys)?,
+            self.order
+        ))
+    }
 }
 
 /// The table's spelling of a column a multi-table UPDATE assigns. Refuses a primary-key
