@@ -27,7 +27,10 @@ impl StatementRun<'_> {
         for (table, _) in &select.tables {
             metas.push(self.meta(table).await?);
         }
-        let found = self.rows(&select.keys_sql(&metas), params).await?;
+        let tables: Vec<&rewind_undo_log::TableMeta> = metas.iter().map(|m| &**m).collect();
+        let found = self
+            .rows_of(&tables, &select.keys_sql(&metas), params)
+            .await?;
         let keys = select
             .keys(&metas, &found)
             .map_err(|e| refused(e, "SELECT … FOR UPDATE"))?;

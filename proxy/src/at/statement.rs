@@ -156,6 +156,26 @@ impl StatementRun<'_> {
 }
 
 impl StatementRun<'_> {
+    /// [`Self::rows`] of `metas`' tables, read as text where that costs less and is exact.
+    ///
+    /// A text without parameters that is not already prepared is, in all likelihood, a
+    /// client's statement with its values written in: it is read as text rather than
+    /// prepared for one use. Only where the text protocol reads every column exactly
+    /// (FLOAT prints inexactly, DOUBLE loses the sign of zero).
+    pub(super) async fn rows_of(
+        &mut self,
+        metas: &[&TableMeta],
+        sql: &str,
+        params: Vec<Value>,
+    ) -> Result<Vec<mysql_async::Row>, mysql_async::Error> {
+        if params.is_empty() && !self.stmts.contains(sql) && metas.iter().all(|m| text_is_exact(m))
+        {
+            self.text_rows(sql).await
+        } else {
+            self.rows(sql, params).await
+        }
+    }
+
     /// [`Self::rows`] in the text protocol.
     pub(super) async fn text_rows(
         &mut self,
@@ -473,19 +493,7 @@ impl StatementRun<'_> {
         sql: &str,
         params: Vec<Value>,
     ) -> Result<Vec<mysql_async::Row>, Failure> {
-        // A text without parameters that is not already prepared is, in all likelihood,
-        // a client's statement with its values written in: read it as text rather than
-        // prepare a statement used once. Only where the text protocol is exact for every
-        // column (FLOAT prints inexactly, DOUBLE loses the sign of zero).
-        let as_text = params.is_empty()
-            && !self.stmts.contains(sql)
-            && metas.iter().all(|m| text_is_exact(m));
-        let read = if as_text {
-            self.text_rows(sql).await
-        } else {
-            self.rows(sql, params).await
-        };
-        match read {
+        match self.rows_of(metas, sql, params).await {
             Ok(r) => Ok(r),
             Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
                 let f = Failure::Clean(mysql_async::Error::Server(e).into());
