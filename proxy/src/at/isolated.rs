@@ -156,35 +156,10 @@ impl StatementRun<'_> {
         };
         match dml {
             Dml::Update(plan) => {
-                let meta = &metas[0];
-                let per = ((MAX_STATEMENT_PARAMS
-                    - write_params_lead.len().min(MAX_STATEMENT_PARAMS - 1))
-                    / meta.primary_key.len().max(1))
-                .max(1);
-                // Sent as text: the keys written in, run as text (see `StatementRun::update`).
-                let keys = &keys_by_table[0];
-                let literal =
-                    if image_params.is_empty() && write_params_lead.is_empty() && keys.len() <= per
-                    {
-                        plan.by_literal_keys_sql(meta, keys)
-                    } else {
-                        None
-                    };
-                match literal {
-                    Some(sql) => self
-                        .write_text(&sql)
-                        .await
-                        .map_err(|e| Failure::Clean(e.into())),
-                    None => {
-                        self.write_in_chunks(
-                            keys,
-                            per,
-                            |n| plan.by_keys_sql(meta, n),
-                            &write_params_lead,
-                        )
-                        .await
-                    }
-                }
+                // Sent as text: no parameters at all.
+                let text = image_params.is_empty() && write_params_lead.is_empty();
+                self.update_by_keys(plan, &metas[0], &keys_by_table[0], &write_params_lead, text)
+                    .await
             }
             Dml::Delete(plan) => {
                 let meta = &metas[0];

@@ -108,6 +108,40 @@ impl StatementRun<'_> {
 }
 
 impl StatementRun<'_> {
+    /// `plan`'s UPDATE restricted to the locked `keys`, the SET clause's parameters
+    /// `set_params` first. A statement the client sent as `text` (no parameters at all)
+    /// carries its values in its SQL, so this is a text no prepared statement would be
+    /// reused for: on a table with an integer primary key the keys are written in and it
+    /// runs as text, without a backend prepare. Otherwise prepared, in chunks of at most
+    /// [`MAX_STATEMENT_PARAMS`] parameters.
+    pub(super) async fn update_by_keys(
+        &mut self,
+        plan: &UpdatePlan,
+        meta: &TableMeta,
+        keys: &[Vec<Value>],
+        set_params: &[Value],
+        text: bool,
+    ) -> Result<wire::Ok, Failure> {
+        let per = ((MAX_STATEMENT_PARAMS - set_params.len().min(MAX_STATEMENT_PARAMS - 1))
+            / meta.primary_key.len().max(1))
+        .max(1);
+        let literal = if text && keys.len() <= per {
+            plan.by_literal_keys_sql(meta, keys)
+        } else {
+            None
+        };
+        match literal {
+            Some(sql) => self
+                .write_text(&sql)
+                .await
+                .map_err(|e| Failure::Clean(e.into())),
+            None => {
+                self.write_in_chunks(keys, per, |n| plan.by_keys_sql(meta, n), set_params)
+                    .await
+            }
+        }
+    }
+
     pub(super) async fn update(
         &mut self,
         plan: &UpdatePlan,
@@ -172,24 +206,9 @@ impl StatementRun<'_> {
             None
         };
 
-        let per = ((MAX_STATEMENT_PARAMS - set_params.len().min(MAX_STATEMENT_PARAMS - 1))
-            / meta.primary_key.len().max(1))
-        .max(1);
-        let literal = if text && keys.len() <= per {
-            plan.by_literal_keys_sql(&meta, &keys)
-        } else {
-            None
-        };
-        let ok = match literal {
-            Some(sql) => self
-                .write_text(&sql)
-                .await
-                .map_err(|e| Failure::Clean(e.into()))?,
-            None => {
-                self.write_in_chunks(&keys, per, |n| plan.by_keys_sql(&meta, n), &set_params)
-                    .await?
-            }
-        };
+        let ok = self
+            .update_by_keys(plan, &meta, &keys, &set_params, text)
+            .await?;
         let after = self
             .image_by_keys(&meta, new_keys.as_deref().unwrap_or(&keys))
             .await
