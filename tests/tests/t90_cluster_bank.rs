@@ -372,6 +372,25 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
     assert_eq!(balances(db).await[&1], OPENING - 5);
 }
 
+/// A global transaction begun at the leader with 30 TCC branches whose payloads are 200 KB
+/// each: about 6 MB of Raft log, and of state while it stays open.
+async fn begin_with_large_branches(members: &CoordinatorCluster) -> String {
+    let xid = members.begin(600_000).await;
+    let blob = "x".repeat(200_000);
+    for i in 0..30 {
+        let body = serde_json::json!({
+            "type": "tcc",
+            "name": format!("participant-{i}"),
+            "confirm_url": "http://127.0.0.1:9/confirm",
+            "cancel_url": "http://127.0.0.1:9/cancel",
+            "payload": {"blob": blob},
+        });
+        let path = format!("/api/v1/transactions/{xid}/branches");
+        members.call("POST", &path, Some(&body)).await;
+    }
+    xid
+}
+
 /// A follower that fell behind on large log entries catches up once the leader is gone.
 /// openraft gives each AppendEntries call 100 ms (the heartbeat interval) and sends a call
 /// that timed out again unchanged; with its default payload (up to 300 entries, no size
@@ -387,19 +406,7 @@ async fn t90_a_lagging_follower_catches_up_after_the_leader_dies() {
     // About 6 MB of log the stopped member does not get: TCC branches whose payloads are
     // 200 KB each (the leader and the third member are a quorum meanwhile).
     members.pause(lagging, true);
-    let xid = members.begin(600_000).await;
-    let blob = "x".repeat(200_000);
-    for i in 0..30 {
-        let body = serde_json::json!({
-            "type": "tcc",
-            "name": format!("participant-{i}"),
-            "confirm_url": "http://127.0.0.1:9/confirm",
-            "cancel_url": "http://127.0.0.1:9/cancel",
-            "payload": {"blob": blob},
-        });
-        let path = format!("/api/v1/transactions/{xid}/branches");
-        members.call("POST", &path, Some(&body)).await;
-    }
+    let xid = begin_with_large_branches(&members).await;
     members.pause(lagging, false);
     members.kill(old);
     // The third member leads; every write now needs the lagging one.
@@ -429,19 +436,7 @@ async fn t90_a_member_behind_the_snapshot_catches_up_from_it() {
     // About 6 MB of state the stopped member does not have (TCC branches with 200 KB
     // payloads, kept open), then enough small writes that the leader takes a snapshot
     // and purges the log the stopped member would need.
-    let xid = members.begin(600_000).await;
-    let blob = "x".repeat(200_000);
-    for i in 0..30 {
-        let body = serde_json::json!({
-            "type": "tcc",
-            "name": format!("participant-{i}"),
-            "confirm_url": "http://127.0.0.1:9/confirm",
-            "cancel_url": "http://127.0.0.1:9/cancel",
-            "payload": {"blob": blob},
-        });
-        let path = format!("/api/v1/transactions/{xid}/branches");
-        members.call("POST", &path, Some(&body)).await;
-    }
+    let xid = begin_with_large_branches(&members).await;
     let mut writes = 0;
     loop {
         let status = members.call("GET", "/api/v1/cluster", None).await;
