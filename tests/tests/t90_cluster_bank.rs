@@ -391,6 +391,25 @@ async fn begin_with_large_branches(members: &CoordinatorCluster) -> String {
     xid
 }
 
+/// Lets the stopped member `lagging` run again and kills the leader `old` (kill -9): a
+/// write must then commit within 30 s, which needs `lagging` (`who`) to have caught up.
+async fn let_run_and_kill_the_leader(
+    members: &CoordinatorCluster,
+    lagging: usize,
+    old: usize,
+    who: &str,
+) {
+    members.pause(lagging, false);
+    members.kill(old);
+    let started = Instant::now();
+    let began = tokio::time::timeout(Duration::from_secs(30), members.begin(60_000)).await;
+    assert!(
+        began.is_ok(),
+        "no write committed within 30 s of the leader's kill -9: {who} never caught up"
+    );
+    eprintln!("first write after the kill: {:?}", started.elapsed());
+}
+
 /// A follower that fell behind on large log entries catches up once the leader is gone.
 /// openraft gives each AppendEntries call 100 ms (the heartbeat interval) and sends a call
 /// that timed out again unchanged; with its default payload (up to 300 entries, no size
@@ -407,19 +426,10 @@ async fn t90_a_lagging_follower_catches_up_after_the_leader_dies() {
     // 200 KB each (the leader and the third member are a quorum meanwhile).
     members.pause(lagging, true);
     let xid = begin_with_large_branches(&members).await;
-    members.pause(lagging, false);
-    members.kill(old);
     // The third member leads; every write now needs the lagging one.
-    let started = Instant::now();
-    let began = tokio::time::timeout(Duration::from_secs(30), members.begin(60_000)).await;
-    assert!(
-        began.is_ok(),
-        "no write committed within 30 s of the leader's kill -9: the lagging member never \
-         caught up"
-    );
+    let_run_and_kill_the_leader(&members, lagging, old, "the lagging member").await;
     let path = format!("/api/v1/transactions/{xid}/rollback");
     members.call("POST", &path, None).await;
-    eprintln!("first write after the kill: {:?}", started.elapsed());
 }
 
 /// A member that fell so far behind that the leader compacted the log it needs is sent a
@@ -459,16 +469,7 @@ async fn t90_a_member_behind_the_snapshot_catches_up_from_it() {
             "no snapshot after {writes} writes: {status}"
         );
     }
-    members.pause(lagging, false);
-    members.kill(old);
-    let started = Instant::now();
-    let began = tokio::time::timeout(Duration::from_secs(30), members.begin(60_000)).await;
-    assert!(
-        began.is_ok(),
-        "no write committed within 30 s of the leader's kill -9: the member behind the \
-         snapshot never caught up"
-    );
-    eprintln!("first write after the kill: {:?}", started.elapsed());
+    let_run_and_kill_the_leader(&members, lagging, old, "the member behind the snapshot").await;
     // The state came across whole: the open transaction still has its 30 branches.
     let tx = members
         .call("GET", &format!("/api/v1/transactions/{xid}"), None)
