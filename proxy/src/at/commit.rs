@@ -78,6 +78,8 @@ async fn phase_one(
     let request_id = format!("{:032x}", rand::random::<u128>());
     let interval = Duration::from_millis(shared.config.lock_retry_interval_ms);
     let mut attempt = 0;
+    let committing = shared.definitions.commit_begins();
+    checks.want_proofs(&shared.definitions, &committing);
     let registering_span = child(
         "at.register",
         vec![KeyValue::new("locks", keys.len() as i64)],
