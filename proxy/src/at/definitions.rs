@@ -337,9 +337,10 @@ impl Checks {
     /// client, a sentinel round trip less on every commit: branch p50 2.59 / 2.47 / 2.62
     /// ms against 2.84 / 2.61 / 2.77 under `bench/at 1`). Any request sent from now on is
     /// after every pending stamp, so its answer proves them all. Only for a commit that
-    /// began `alone`: with others in their phase one, asks at settle time, which group
-    /// commit lines up, share one sentinel answer, while early asks at scattered times
-    /// cost one each (about +35 µs of MariaDB CPU per transfer at 16 clients, measured).
+    /// began `alone`: beside others it asks when it settles, where the registrations'
+    /// group commit lines the asks up and one sentinel answer serves them all; early asks
+    /// come at scattered times and cost an answer each (about +35 µs of MariaDB CPU per
+    /// transfer at 16 clients, measured).
     pub fn want_proofs(&self, witness: &Witness, commit: &Committing<'_>) {
         if !commit.alone {
             return;
