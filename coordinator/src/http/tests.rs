@@ -540,15 +540,22 @@ fn the_description_is_whole() {
     );
 }
 
-/// A body of JSON whitespace is an absent body; any other byte must parse. Form feed is
-/// ASCII whitespace but not JSON's: schemathesis sent `\x0c` to POST /transactions and a
-/// transaction began.
+/// Only an absent (empty) body counts as no body: whitespace alone is not JSON. ASCII
+/// whitespace JSON does not know (`\x0c`) and JSON's own (`\n`) both began a transaction
+/// on POST /transactions where the description says 400 (schemathesis, ST201).
 #[test]
-fn only_json_whitespace_counts_as_no_body() {
-    for blank in [&b""[..], b" ", b"\r\n\t ", b"\n"] {
-        assert!(super::json_blank(blank), "{blank:?}");
-    }
-    for not_blank in [&b"\x0c"[..], b" \x0b", b"\x00", b"{}", b" \x0c\n"] {
+fn only_an_empty_body_counts_as_no_body() {
+    assert!(super::json_blank(b""));
+    for not_blank in [
+        &b"\x0c"[..],
+        b" \x0b",
+        b"\x00",
+        b"{}",
+        b" \x0c\n",
+        b" ",
+        b"\r\n\t ",
+        b"\n",
+    ] {
         assert!(!super::json_blank(not_blank), "{not_blank:?}");
     }
 }
