@@ -357,7 +357,7 @@ async fn t27_cancel_racing_its_try_is_run_again() {
         "proxy",
         &coord.grpc_url(),
         &[],
-        "guard-before-own-transaction=sleep(1500)",
+        "guard-before-own-transaction=sleep(3000)",
     )
     .await;
     let db = "rwt_fence_race";
@@ -383,7 +383,9 @@ async fn t27_cancel_racing_its_try_is_run_again() {
     eventually(
         "the Cancel rolled the client's work back",
         Duration::from_secs(20),
-        || async { proxy.process.log_count("guard-before-own-transaction") > 0 },
+        // The failpoint's own line when hit: the armed spec logged at start names it too,
+        // and a Try sent before the rollback would deadlock with the client's write.
+        || async { proxy.process.log_count("failpoint: sleeping") > 0 },
     )
     .await;
     let mut t = proxy.conn(db).await;
