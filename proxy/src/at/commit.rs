@@ -22,8 +22,10 @@ use super::Branch;
 /// Commits a branch that has undo items: register with the coordinator (retrying lock
 /// conflicts), insert the undo record, commit with the client's own COMMIT statement.
 /// On any failure before the COMMIT the local transaction is rolled back and the error
-/// says so. Returns the COMMIT's OK. The undo insert is prepared once per session, in
-/// `stmts` (a prepare and a close per branch were two round trips of eleven).
+/// says so. Returns the COMMIT's OK. The undo insert goes in one query with the COMMIT
+/// (see [`super::undo_table::UndoTable::insert_then`]); a record too large for that is
+/// inserted by a statement prepared once per session, in `stmts` (a prepare and a close per
+/// branch were two round trips of eleven), and then the COMMIT runs.
 pub async fn commit(
     conn: &mut Conn,
     stmts: &mut StmtCache,
@@ -179,6 +181,39 @@ async fn phase_one(
         report(shared, &xid, branch_id, false);
         return Err(err);
     }
+    if let Some(query) = shared.undo.insert_then(branch_id, &xid, &info, commit_sql) {
+        crate::failpoint::hit("before-local-commit").await;
+        let span = child("at.undo_insert_commit");
+        let stamp = checks.before_request(&shared.definitions);
+        let inserted = conn.query_iter(query).await.map(drop);
+        if inserted.is_ok() {
+            // The insert's answer was made inside the transaction, before the COMMIT ran.
+            checks.answered(&shared.definitions, stamp);
+        }
+        drop(checks);
+        let r = match inserted {
+            Ok(()) => mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *conn)
+                .drop_result()
+                .await
+                .map_err(Step::Commit),
+            Err(e) => Err(Step::Insert(e)),
+        };
+        ended(span, &r);
+        return match r {
+            Ok(()) => {
+                crate::failpoint::hit("after-local-commit").await;
+                report(shared, &xid, branch_id, true);
+                Ok(wire::Ok::from_backend(conn))
+            }
+            // The server refused the insert: nothing after it ran.
+            Err(Step::Insert(mysql_async::Error::Server(e))) => {
+                Err(insert_failed(conn, shared, &xid, branch_id, e).await)
+            }
+            // Lost on the way, the COMMIT sent with it: unknown, as below.
+            Err(Step::Insert(e)) => Err(e.into()),
+            Err(Step::Commit(e)) => Err(commit_failed(shared, &xid, branch_id, e)),
+        };
+    }
     let inserting = child("at.undo_insert");
     let inserted = match stmts.get(conn, &shared.undo.insert()).await {
         Ok(stmt) => {
@@ -195,14 +230,14 @@ async fn phase_one(
     drop(checks);
     ended(inserting, &inserted);
     if let Err(e) = inserted {
-        let why = match &e {
-            mysql_async::Error::Server(s) if s.code == 1062 => {
-                "the global transaction was already rolled back".to_string()
+        let err = match e {
+            mysql_async::Error::Server(e) => insert_failed(conn, shared, &xid, branch_id, e).await,
+            other => {
+                let err = abort(conn, format!("writing the undo record failed: {other}")).await;
+                report(shared, &xid, branch_id, false);
+                err
             }
-            other => format!("writing the undo record failed: {other}"),
         };
-        let err = abort(conn, why).await;
-        report(shared, &xid, branch_id, false);
         return Err(err);
     }
     crate::failpoint::hit("before-local-commit").await;
@@ -210,16 +245,56 @@ async fn phase_one(
     let committed = conn.query_drop(commit_sql).await;
     ended(committing, &committed);
     if let Err(e) = committed {
-        // A server error means the COMMIT did not happen; a lost connection leaves it
-        // unknown, and the coordinator's rollback finds the record or leaves a marker.
-        if matches!(e, mysql_async::Error::Server(_)) {
-            report(shared, &xid, branch_id, false);
-        }
-        return Err(e.into());
+        return Err(commit_failed(shared, &xid, branch_id, e));
     }
     crate::failpoint::hit("after-local-commit").await;
     report(shared, &xid, branch_id, true);
     Ok(wire::Ok::from_backend(conn))
+}
+
+/// Which statement of the undo insert and COMMIT sent together failed.
+enum Step {
+    Insert(mysql_async::Error),
+    Commit(mysql_async::Error),
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::Insert(e) => write!(f, "undo insert: {e}"),
+            Step::Commit(e) => write!(f, "commit: {e}"),
+        }
+    }
+}
+
+/// The server refused the undo record (the COMMIT has not run): roll back, report.
+async fn insert_failed(
+    conn: &mut Conn,
+    shared: &Shared,
+    xid: &str,
+    branch_id: u64,
+    e: mysql_async::ServerError,
+) -> ProxyError {
+    let why = if e.code == 1062 {
+        "the global transaction was already rolled back".to_string()
+    } else {
+        format!(
+            "writing the undo record failed: {}",
+            mysql_async::Error::Server(e)
+        )
+    };
+    let err = abort(conn, why).await;
+    report(shared, xid, branch_id, false);
+    err
+}
+
+/// The COMMIT failed. A server error means it did not happen; a lost connection leaves it
+/// unknown, and the coordinator's rollback finds the record or leaves a marker.
+fn commit_failed(shared: &Shared, xid: &str, branch_id: u64, e: mysql_async::Error) -> ProxyError {
+    if matches!(e, mysql_async::Error::Server(_)) {
+        report(shared, xid, branch_id, false);
+    }
+    e.into()
 }
 
 /// Ends a child span with its step's outcome.

@@ -12,6 +12,11 @@ pub const STATUS_NORMAL: i32 = 0;
 pub const STATUS_MARKER: i32 = 1;
 /// `context` of records this version writes: the codec of `rollback_info`.
 pub const CONTEXT: &str = "rewind/1";
+/// The largest undo record sent in one query with the client's COMMIT
+/// ([`UndoTable::insert_then`]): its hex literal is twice as long, so the query stays far
+/// below the smallest `max_allowed_packet` in use (1 MiB). Larger records take the
+/// prepared insert, which sends long data in chunks, and a round trip of their own.
+pub const WITH_COMMIT_MAX: usize = 64 * 1024;
 
 /// Statements on `<schema>.undo_log`.
 #[derive(Debug, Clone)]
@@ -57,6 +62,34 @@ impl UndoTable {
              UTC_TIMESTAMP(6))",
             self.table
         )
+    }
+
+    /// Phase one's record and the client's own `commit` statement in one multi-statement
+    /// query: a round trip less per branch. The server stops a multi-statement query at
+    /// the first statement that fails, so the COMMIT never runs without the record. The
+    /// values are written in (the record as a hex literal, so no quoting or SQL mode can
+    /// change it); `None` for a record over [`WITH_COMMIT_MAX`] bytes, or an XID that is not
+    /// one the coordinator issues (only those are written into SQL text).
+    pub fn insert_then(
+        &self,
+        branch_id: u64,
+        xid: &str,
+        info: &[u8],
+        commit: &[u8],
+    ) -> Option<Vec<u8>> {
+        if info.len() > WITH_COMMIT_MAX || rewind_protocol::xid::parse(xid).is_none() {
+            return None;
+        }
+        let mut q = format!(
+            "INSERT INTO {} (branch_id, xid, context, rollback_info, log_status, log_created, \
+             log_modified) VALUES ({branch_id}, '{xid}', '{CONTEXT}', X'{}', {STATUS_NORMAL}, \
+             UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));\n",
+            self.table,
+            rewind_undo_log::undo_sql::hex_digits(info)
+        )
+        .into_bytes();
+        q.extend_from_slice(commit);
+        Some(q)
     }
 
     /// Rollback without a record: the anti-suspension marker (params: branch_id, xid).
@@ -134,5 +167,21 @@ mod tests {
             "DELETE FROM `re``wind`.`undo_log` WHERE log_status = 0 AND \
              ((xid = ? AND branch_id = ?) OR (xid = ? AND branch_id = ?))"
         );
+    }
+
+    #[test]
+    fn the_record_goes_with_the_commit_only_when_small_and_issued() {
+        let t = super::UndoTable::new("rewind");
+        let q = t.insert_then(7, "rw-42", b"\x00'\\", b"COMMIT").unwrap();
+        assert_eq!(
+            String::from_utf8(q).unwrap(),
+            "INSERT INTO `rewind`.`undo_log` (branch_id, xid, context, rollback_info, \
+             log_status, log_created, log_modified) VALUES (7, 'rw-42', 'rewind/1', \
+             X'00275C', 0, UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));\nCOMMIT"
+        );
+        assert!(t.insert_then(7, "rw-4'2", b"x", b"COMMIT").is_none());
+        let big = vec![0u8; super::WITH_COMMIT_MAX + 1];
+        assert!(t.insert_then(7, "rw-42", &big, b"COMMIT").is_none());
+        assert!(t.insert_then(7, "rw-42", &big[1..], b"COMMIT").is_some());
     }
 }

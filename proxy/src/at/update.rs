@@ -206,13 +206,38 @@ impl StatementRun<'_> {
             None
         };
 
-        let ok = self
-            .update_by_keys(plan, &meta, &keys, &set_params, text)
-            .await?;
-        let after = self
-            .image_by_keys(&meta, new_keys.as_deref().unwrap_or(&keys))
-            .await
-            .map_err(Failure::Poisoned)?;
+        // Sent as text, with its keys written in and every column read exactly as text: the
+        // write and its after image go in one query.
+        let together = (text
+            && new_keys.is_none()
+            && keys.len() <= MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)
+            && text_is_exact(&meta))
+        .then(|| {
+            plan.by_literal_keys_sql(&meta, &keys)
+                .zip(crate::at::sql::rows_by_literal_keys_sql(&meta, &keys))
+        })
+        .flatten();
+        let (ok, after) = match together {
+            Some((write, read)) => {
+                let (ok, found) = self.write_then_read_text(&write, &read).await?;
+                let after = RowImage::from_image(&meta, &found).map_err(|e| {
+                    Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+                        "after image of {name}: {e}"
+                    )))
+                })?;
+                (ok, after)
+            }
+            None => {
+                let ok = self
+                    .update_by_keys(plan, &meta, &keys, &set_params, text)
+                    .await?;
+                let after = self
+                    .image_by_keys(&meta, new_keys.as_deref().unwrap_or(&keys))
+                    .await
+                    .map_err(Failure::Poisoned)?;
+                (ok, after)
+            }
+        };
         if after.rows.len() != before.rows.len() {
             return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
                 "UPDATE on {name}: {} rows locked but {} found after the write",

@@ -273,8 +273,20 @@ pub fn rows_by_keys_sql(meta: &TableMeta, rows: usize) -> String {
     )
 }
 
-/// `(pk1 = ? AND pk2 = ?) OR …` for `rows` keys; `FALSE` for none, so an empty lock set
-/// writes nothing rather than everything.
+/// [`rows_by_keys_sql`] with the keys written in ([`literal_keys_predicate`]), to be sent as
+/// text; `None` where the keys cannot be written in.
+pub(crate) fn rows_by_literal_keys_sql(
+    meta: &TableMeta,
+    keys: &[Vec<mysql_async::Value>],
+) -> Option<String> {
+    Some(format!(
+        "SELECT {} FROM {} WHERE {}",
+        meta.image_columns(None),
+        rewind_undo_log::undo_sql::quote_table(&meta.name),
+        literal_keys_predicate(meta, keys)?
+    ))
+}
+
 /// [`keys_predicate`] with the keys written in as literals, when every primary-key column
 /// is an integer (whose literal is exact); `None` otherwise. A statement the client sent
 /// as text carries its values in its SQL, so its narrowed write is a text no prepared
@@ -315,6 +327,8 @@ pub(crate) fn literal_keys_predicate(
     Some(out.join(" OR "))
 }
 
+/// `(pk1 = ? AND pk2 = ?) OR …` for `rows` keys; `FALSE` for none, so an empty lock set
+/// writes nothing rather than everything.
 fn keys_predicate(meta: &TableMeta, rows: usize) -> String {
     if rows == 0 {
         return "FALSE".into();

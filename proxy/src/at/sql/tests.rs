@@ -562,3 +562,22 @@ fn integer_keys_are_written_in_as_literals_and_nothing_else_is() {
         None
     );
 }
+
+#[test]
+fn an_after_image_by_literal_keys_reads_the_image_columns() {
+    use mysql_async::Value as V;
+    let m = meta();
+    let sql = super::rows_by_literal_keys_sql(&m, &[vec![V::Int(-7), V::UInt(9)]]).unwrap();
+    assert_eq!(
+        sql,
+        format!(
+            "SELECT {} FROM {} WHERE (`region` = -7 AND `id` = 9)",
+            m.image_columns(None),
+            rewind_undo_log::undo_sql::quote_table(&m.name)
+        )
+    );
+    assert_eq!(
+        super::rows_by_literal_keys_sql(&m, &[vec![V::Int(1), V::Bytes(b"1".to_vec())]]),
+        None
+    );
+}
