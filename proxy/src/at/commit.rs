@@ -183,7 +183,9 @@ async fn phase_one(
     }
     if let Some(query) = shared.undo.insert_then(branch_id, &xid, &info, commit_sql) {
         crate::failpoint::hit("before-local-commit").await;
-        let span = child("at.undo_insert_commit");
+        // The spans are those of the two statements sent one at a time: the insert's ends
+        // with its answer, the COMMIT's runs from there to the COMMIT's answer.
+        let inserting = child("at.undo_insert");
         let stamp = checks.before_request(&shared.definitions);
         let inserted = conn.query_iter(query).await.map(drop);
         if inserted.is_ok() {
@@ -191,14 +193,19 @@ async fn phase_one(
             checks.answered(&shared.definitions, stamp);
         }
         drop(checks);
+        ended(inserting, &inserted);
         let r = match inserted {
-            Ok(()) => mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *conn)
-                .drop_result()
-                .await
-                .map_err(Step::Commit),
+            Ok(()) => {
+                let committing = child("at.commit");
+                let committed =
+                    mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *conn)
+                        .drop_result()
+                        .await;
+                ended(committing, &committed);
+                committed.map_err(Step::Commit)
+            }
             Err(e) => Err(Step::Insert(e)),
         };
-        ended(span, &r);
         return match r {
             Ok(()) => {
                 crate::failpoint::hit("after-local-commit").await;
@@ -256,15 +263,6 @@ async fn phase_one(
 enum Step {
     Insert(mysql_async::Error),
     Commit(mysql_async::Error),
-}
-
-impl std::fmt::Display for Step {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Step::Insert(e) => write!(f, "undo insert: {e}"),
-            Step::Commit(e) => write!(f, "commit: {e}"),
-        }
-    }
 }
 
 /// The server refused the undo record (the COMMIT has not run): roll back, report.
