@@ -181,88 +181,81 @@ async fn phase_one(
         report(shared, &xid, branch_id, false);
         return Err(err);
     }
-    if let Some(query) = shared.undo.insert_then(branch_id, &xid, &info, commit_sql) {
-        crate::failpoint::hit("before-local-commit").await;
-        // The spans are those of the two statements sent one at a time: the insert's ends
-        // with its answer, the COMMIT's runs from there to the COMMIT's answer.
-        let inserting = child("at.undo_insert");
-        let stamp = checks.before_request(&shared.definitions);
-        let inserted = conn.query_iter(query).await.map(drop);
-        if inserted.is_ok() {
-            // The insert's answer was made inside the transaction, before the COMMIT ran.
-            checks.answered(&shared.definitions, stamp);
-        }
-        drop(checks);
-        ended(inserting, &inserted);
-        let r = match inserted {
-            Ok(()) => {
-                let committing = child("at.commit");
-                let committed =
-                    mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *conn)
-                        .drop_result()
-                        .await;
-                ended(committing, &committed);
-                committed.map_err(Step::Commit)
-            }
-            Err(e) => Err(Step::Insert(e)),
-        };
-        return match r {
-            Ok(()) => {
-                crate::failpoint::hit("after-local-commit").await;
-                report(shared, &xid, branch_id, true);
-                Ok(wire::Ok::from_backend(conn))
-            }
-            // The server refused the insert: nothing after it ran.
-            Err(Step::Insert(mysql_async::Error::Server(e))) => {
-                Err(insert_failed(conn, shared, &xid, branch_id, e).await)
-            }
-            // Lost on the way, the COMMIT sent with it: unknown, as below.
-            Err(Step::Insert(e)) => Err(e.into()),
-            Err(Step::Commit(e)) => Err(commit_failed(shared, &xid, branch_id, e)),
-        };
-    }
-    let inserting = child("at.undo_insert");
-    let inserted = match stmts.get(conn, &shared.undo.insert()).await {
-        Ok(stmt) => {
+    let committed = match shared.undo.insert_then(branch_id, &xid, &info, commit_sql) {
+        Some(query) => {
+            crate::failpoint::hit("before-local-commit").await;
+            // The spans are those of the two statements sent one at a time: the insert's
+            // ends with its answer, the COMMIT's runs from there to the COMMIT's answer.
+            let inserting = child("at.undo_insert");
             let stamp = checks.before_request(&shared.definitions);
-            let r = conn.exec_drop(&stmt, (branch_id, xid.as_str(), info)).await;
-            if r.is_ok() {
+            let inserted = conn.query_iter(query).await.map(drop);
+            if inserted.is_ok() {
+                // The insert's answer was made inside the transaction, before the COMMIT ran.
                 checks.answered(&shared.definitions, stamp);
             }
-            r
-        }
-        Err(e) => Err(e),
-    };
-    // COMMIT or ROLLBACK comes next: this transaction's metadata locks go with it.
-    drop(checks);
-    ended(inserting, &inserted);
-    if let Err(e) = inserted {
-        let err = match e {
-            mysql_async::Error::Server(e) => insert_failed(conn, shared, &xid, branch_id, e).await,
-            other => {
-                let err = abort(conn, format!("writing the undo record failed: {other}")).await;
-                report(shared, &xid, branch_id, false);
-                err
+            drop(checks);
+            ended(inserting, &inserted);
+            match inserted {
+                Ok(()) => {}
+                // The server refused the insert: nothing after it ran.
+                Err(mysql_async::Error::Server(e)) => {
+                    return Err(insert_failed(conn, shared, &xid, branch_id, e).await)
+                }
+                // Lost on the way, the COMMIT sent with it: unknown, as a lost COMMIT is.
+                Err(e) => return Err(e.into()),
             }
-        };
-        return Err(err);
-    }
-    crate::failpoint::hit("before-local-commit").await;
-    let committing = child("at.commit");
-    let committed = conn.query_drop(commit_sql).await;
-    ended(committing, &committed);
+            let committing = child("at.commit");
+            let committed = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *conn)
+                .drop_result()
+                .await;
+            ended(committing, &committed);
+            committed
+        }
+        None => {
+            let inserting = child("at.undo_insert");
+            let inserted = match stmts.get(conn, &shared.undo.insert()).await {
+                Ok(stmt) => {
+                    let stamp = checks.before_request(&shared.definitions);
+                    let r = conn.exec_drop(&stmt, (branch_id, xid.as_str(), info)).await;
+                    if r.is_ok() {
+                        checks.answered(&shared.definitions, stamp);
+                    }
+                    r
+                }
+                Err(e) => Err(e),
+            };
+            // COMMIT or ROLLBACK comes next: this transaction's metadata locks go with it.
+            drop(checks);
+            ended(inserting, &inserted);
+            match inserted {
+                Ok(()) => {}
+                Err(mysql_async::Error::Server(e)) => {
+                    return Err(insert_failed(conn, shared, &xid, branch_id, e).await)
+                }
+                Err(other) => {
+                    let err = abort(conn, format!("writing the undo record failed: {other}")).await;
+                    report(shared, &xid, branch_id, false);
+                    return Err(err);
+                }
+            }
+            crate::failpoint::hit("before-local-commit").await;
+            let committing = child("at.commit");
+            let committed = conn.query_drop(commit_sql).await;
+            ended(committing, &committed);
+            committed
+        }
+    };
     if let Err(e) = committed {
-        return Err(commit_failed(shared, &xid, branch_id, e));
+        // A server error means the COMMIT did not happen; a lost connection leaves it
+        // unknown, and the coordinator's rollback finds the record or leaves a marker.
+        if matches!(e, mysql_async::Error::Server(_)) {
+            report(shared, &xid, branch_id, false);
+        }
+        return Err(e.into());
     }
     crate::failpoint::hit("after-local-commit").await;
     report(shared, &xid, branch_id, true);
     Ok(wire::Ok::from_backend(conn))
-}
-
-/// Which statement of the undo insert and COMMIT sent together failed.
-enum Step {
-    Insert(mysql_async::Error),
-    Commit(mysql_async::Error),
 }
 
 /// The server refused the undo record (the COMMIT has not run): roll back, report.
@@ -284,15 +277,6 @@ async fn insert_failed(
     let err = abort(conn, why).await;
     report(shared, xid, branch_id, false);
     err
-}
-
-/// The COMMIT failed. A server error means it did not happen; a lost connection leaves it
-/// unknown, and the coordinator's rollback finds the record or leaves a marker.
-fn commit_failed(shared: &Shared, xid: &str, branch_id: u64, e: mysql_async::Error) -> ProxyError {
-    if matches!(e, mysql_async::Error::Server(_)) {
-        report(shared, xid, branch_id, false);
-    }
-    e.into()
 }
 
 /// Ends a child span with its step's outcome.
