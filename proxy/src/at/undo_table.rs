@@ -56,10 +56,16 @@ impl UndoTable {
 
     /// Phase one: the branch's record (params: branch_id, xid, rollback_info).
     pub fn insert(&self) -> String {
+        self.insert_of("?", "?", "?")
+    }
+
+    /// The record's insert with these SQL expressions for its branch_id, xid and
+    /// rollback_info: placeholders ([`Self::insert`]) or values ([`Self::insert_then`]).
+    fn insert_of(&self, branch_id: &str, xid: &str, info: &str) -> String {
         format!(
             "INSERT INTO {} (branch_id, xid, context, rollback_info, log_status, log_created, \
-             log_modified) VALUES (?, ?, '{CONTEXT}', ?, {STATUS_NORMAL}, UTC_TIMESTAMP(6), \
-             UTC_TIMESTAMP(6))",
+             log_modified) VALUES ({branch_id}, {xid}, '{CONTEXT}', {info}, {STATUS_NORMAL}, \
+             UTC_TIMESTAMP(6), UTC_TIMESTAMP(6))",
             self.table
         )
     }
@@ -80,14 +86,11 @@ impl UndoTable {
         if info.len() > WITH_COMMIT_MAX || rewind_protocol::xid::parse(xid).is_none() {
             return None;
         }
-        let mut q = format!(
-            "INSERT INTO {} (branch_id, xid, context, rollback_info, log_status, log_created, \
-             log_modified) VALUES ({branch_id}, '{xid}', '{CONTEXT}', X'{}', {STATUS_NORMAL}, \
-             UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));\n",
-            self.table,
-            rewind_undo_log::undo_sql::hex_digits(info)
-        )
-        .into_bytes();
+        let info = format!("X'{}'", rewind_undo_log::undo_sql::hex_digits(info));
+        let mut q = self
+            .insert_of(&branch_id.to_string(), &format!("'{xid}'"), &info)
+            .into_bytes();
+        q.extend_from_slice(b";\n");
         q.extend_from_slice(commit);
         Some(q)
     }
