@@ -206,6 +206,11 @@ pub(crate) async fn attach(
         }
     };
     info!(%url, resource = %shared.resource_id, "attached to the coordinator");
+    // Phase-two commands arrive from here on: XIDs registered now can be known to run
+    // until a command for them arrives (see `at::begun`); whatever ends this stream
+    // forgets them.
+    shared.begun.attached();
+    let _forget = Detached(shared.as_ref());
     // The console's figures go out on this stream while it lasts.
     let _reporter = AbortOnDrop(tokio::spawn(crate::outbox::report::report_loop(
         shared.clone(),
@@ -241,6 +246,13 @@ pub(crate) async fn attach(
                 return true;
             }
         };
+        // A command says its transaction is decided: no more checks answered here for
+        // its XID (see `at::begun`), even while the command waits for a worker.
+        match &msg.kind {
+            Some(coordinator_message::Kind::BranchCommand(cmd)) => shared.begun.decided(&cmd.xid),
+            Some(coordinator_message::Kind::ResolveCommand(cmd)) => shared.begun.decided(&cmd.xid),
+            _ => {}
+        }
         // Table-lock sets are applied at once, in stream order; phase-two work waits for
         // a worker. A check-back probe waits for no worker: it holds its connection at
         // most about a second, and the stream must never wait behind phase two for it.
@@ -393,6 +405,15 @@ pub(crate) async fn attach(
             }
             None => {}
         }
+    }
+}
+
+/// Forgets the XIDs known to be running when the stream that would say otherwise ends.
+struct Detached<'a>(&'a Shared);
+
+impl Drop for Detached<'_> {
+    fn drop(&mut self) {
+        self.0.begun.detached();
     }
 }
 

@@ -172,6 +172,8 @@ pub struct Shared {
     pub metas: rewind_undo_log::MetaCache,
     /// Which transactions hold which table definitions confirmed (see `at::definitions`).
     pub definitions: Arc<at::definitions::Witness>,
+    /// XIDs known to be running from this proxy's own registrations.
+    pub begun: at::begun::Begun,
     /// Per busy table, a transaction holding its definition confirmed for every session.
     pub sentinels: at::sentinel::Sentinels,
     /// Statements on the undo_log table.
@@ -255,6 +257,7 @@ pub async fn run(
         resource_id: config.resource(),
         metas: rewind_undo_log::MetaCache::new(),
         definitions: Arc::default(),
+        begun: Default::default(),
         sentinels: Default::default(),
         undo: at::undo_table::UndoTable::new(&config.undo_schema),
         barrier: barrier::BarrierTable::new(&config.undo_schema),

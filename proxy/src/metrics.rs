@@ -416,11 +416,23 @@ impl Metrics {
                 &d.sentinel,
             ]),
         );
+        let b = &shared.begun;
+        labelled(
+            &mut out,
+            "rewind_proxy_xid_checks_total",
+            "XID checks of tagged statements that start a branch, by who answered: the \
+             coordinator (a status call), or this proxy, which registered a branch of the \
+             XID and has had no command for it since (known).",
+            "answer",
+            XID_CHECKS.iter().zip([&b.asked, &b.known]),
+        );
         out
     }
 }
 
 const DEFINITION_CHECKS: [&str; 5] = ["query", "skipped", "proven", "query_at_commit", "sentinel"];
+
+const XID_CHECKS: [&str; 2] = ["coordinator", "known"];
 
 const DECISIONS: [&str; 3] = ["commit", "rollback", "unsure"];
 const CHECKS: [&str; 4] = ["committed", "rolled_back", "running", "failure"];

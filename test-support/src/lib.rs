@@ -49,7 +49,7 @@ pub use mariadb::{
     server_error, undo_rows, xa_prepared, BACKEND,
 };
 pub use process::{binary, free_addr, threads_named, Process};
-pub use proxy::Proxy;
+pub use proxy::{proxy_metric, Proxy};
 pub use relay::TcpRelay;
 pub use tls::{TestCerts, TlsMariaDb};
 pub use wait::eventually;

@@ -147,3 +147,18 @@ impl Proxy {
             .expect("connect through the proxy")
     }
 }
+
+/// One sample of the `/metrics` of the proxy whose admin listener is `admin` (see
+/// [`Proxy::start_with_admin`]): the value of the line that starts with `series` (name and
+/// labels), 0 when there is none.
+pub async fn proxy_metric(admin: SocketAddr, series: &str) -> f64 {
+    let a = crate::http::request(admin, "GET", "/metrics", None, &[])
+        .await
+        .expect("GET /metrics");
+    assert_eq!(a.status, 200);
+    String::from_utf8(a.body)
+        .expect("UTF-8 metrics")
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}

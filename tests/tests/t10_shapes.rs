@@ -484,6 +484,70 @@ async fn t13_xid_errors() {
     assert_eq!(checksums(db, TABLES).await, before);
 }
 
+/// The XID check answered by the proxy itself (`at::begun`): once this proxy registered a
+/// branch of an XID, the next branch of it needs no status call. Once the transaction is
+/// decided (the rollback's commands reached the proxy), or the coordinator is gone (no
+/// stream would bring its decision), a tagged statement is refused at once again, before
+/// it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t13_known_xids_are_refused_once_decided() {
+    let dir = TempDir::new("known-xids");
+    let mut coord = Coordinator::start(&dir, &[]).await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
+    let db = "rwt_known_xids";
+    setup(db).await;
+    let before = checksums(db, TABLES).await;
+    let known = "rewind_proxy_xid_checks_total{answer=\"known\"}";
+    let asked = "rewind_proxy_xid_checks_total{answer=\"coordinator\"}";
+    let update = |xid: &str, id: u32| {
+        format!("/*+ XID('{xid}') */ UPDATE acc SET bal = bal + 1 WHERE id = {id}")
+    };
+    let mut c = proxy.conn(db).await;
+    let xid = coord.begin(60_000).await;
+    c.query_drop(update(&xid, 1)).await.unwrap();
+    assert_eq!(proxy_metric(admin, asked).await, 1.0);
+    c.query_drop(update(&xid, 2)).await.unwrap();
+    assert_eq!(
+        proxy_metric(admin, known).await,
+        1.0,
+        "no status call for the second branch"
+    );
+    assert_eq!(proxy_metric(admin, asked).await, 1.0);
+    // The rollback answers once its undo ran: the proxy has had its commands.
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    c.query_drop("BEGIN").await.unwrap();
+    let (code, _, msg) = server_error(c.query_drop(update(&xid, 3)).await).unwrap();
+    assert_eq!(code, 1397, "refused at the statement: {msg}");
+    assert!(msg.contains("rolled_back"), "{msg}");
+    c.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(proxy_metric(admin, asked).await, 2.0);
+    assert_eq!(checksums(db, TABLES).await, before);
+    // Known again for the next transaction; then its coordinator is killed. With the
+    // stream gone nothing is known: the check asks, and no coordinator answers.
+    let five = bal(&mut c, 5).await;
+    let xid = coord.begin(60_000).await;
+    c.query_drop(update(&xid, 4)).await.unwrap();
+    coord.kill();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    c.query_drop("BEGIN").await.unwrap();
+    let (code, _, msg) = server_error(c.query_drop(update(&xid, 5)).await).unwrap();
+    assert_eq!(code, 1429, "{msg}");
+    c.query_drop("ROLLBACK").await.unwrap();
+    assert_eq!(proxy_metric(admin, known).await, 1.0);
+    assert_eq!(
+        bal(&mut c, 5).await,
+        five,
+        "the refused statement changed nothing"
+    );
+}
+
+/// Row `id`'s balance in `acc`, as text.
+async fn bal(c: &mut Conn, id: u32) -> Option<String> {
+    c.query_first(format!("SELECT CAST(bal AS CHAR) FROM acc WHERE id = {id}"))
+        .await
+        .unwrap()
+}
+
 /// A long-lived connection running one global transaction after another leaves no
 /// prepared statements behind on its backend connection: the proxy's own statements
 /// (images, the undo insert) are prepared once per session. Before, every branch

@@ -595,16 +595,6 @@ async fn t15_trigger_added_before_the_rollback_holds_the_undo() {
     assert!(coord.locks().await.is_empty());
 }
 
-/// A sample of the proxy's `/metrics` (0 when absent).
-async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let answer = request(admin, "GET", "/metrics", None, &[]).await.unwrap();
-    assert_eq!(answer.status, 200);
-    let text = String::from_utf8_lossy(&answer.body).to_string();
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Two global transactions on two proxy connections; the first has written acc (row 1)
 /// in its open local transaction, so it holds acc's definition confirmed. The XIDs and the
 /// connections, the first writer's first.
@@ -643,7 +633,7 @@ async fn t15_concurrent_writers_share_one_definition_check() {
     base(db).await;
     let before = checksums(db, &["acc"]).await;
     let (x1, x2, mut a, mut b) = first_writer_holds(&coord, &proxy, db).await;
-    let skipped = metric(admin, &checks_series("skipped")).await;
+    let skipped = proxy_metric(admin, &checks_series("skipped")).await;
     b.query_drop("BEGIN").await.unwrap();
     b.query_drop(format!(
         "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
@@ -651,20 +641,23 @@ async fn t15_concurrent_writers_share_one_definition_check() {
     .await
     .unwrap();
     assert_eq!(
-        metric(admin, &checks_series("skipped")).await,
+        proxy_metric(admin, &checks_series("skipped")).await,
         skipped + 1.0,
         "the second writer skips the query while the first holds the definition"
     );
     // The holder answers again (its undo insert) after the second writer's write: proof.
     let (proven, at_commit) = (
-        metric(admin, &checks_series("proven")).await,
-        metric(admin, &checks_series("query_at_commit")).await,
+        proxy_metric(admin, &checks_series("proven")).await,
+        proxy_metric(admin, &checks_series("query_at_commit")).await,
     );
     a.query_drop("COMMIT").await.unwrap();
     b.query_drop("COMMIT").await.unwrap();
-    assert_eq!(metric(admin, &checks_series("proven")).await, proven + 1.0);
     assert_eq!(
-        metric(admin, &checks_series("query_at_commit")).await,
+        proxy_metric(admin, &checks_series("proven")).await,
+        proven + 1.0
+    );
+    assert_eq!(
+        proxy_metric(admin, &checks_series("query_at_commit")).await,
         at_commit
     );
     assert_eq!(coord.rollback(&x2).await, "rolled_back");
@@ -761,21 +754,21 @@ async fn t15_a_foreign_key_elsewhere_leaves_the_definition_alone() {
         async move {
             let (x1, x2, mut a, mut b) = first_writer_holds(coord, proxy, db).await;
             b.query_drop("BEGIN").await.unwrap();
-            let skipped = metric(admin, &checks_series("skipped")).await;
+            let skipped = proxy_metric(admin, &checks_series("skipped")).await;
             b.query_drop(format!(
                 "/*+ XID('{x2}') */ UPDATE acc SET bal = bal + 2 WHERE id = 2"
             ))
             .await
             .unwrap();
-            assert!(metric(admin, &checks_series("skipped")).await > skipped);
+            assert!(proxy_metric(admin, &checks_series("skipped")).await > skipped);
             let holder: Option<u64> = a.query_first("SELECT CONNECTION_ID()").await.unwrap();
             direct_exec(db, &format!("KILL CONNECTION {}", holder.unwrap())).await;
             drop(a);
             direct_exec(other, change).await;
-            let at_commit = metric(admin, &checks_series("query_at_commit")).await;
+            let at_commit = proxy_metric(admin, &checks_series("query_at_commit")).await;
             let committed = b.query_drop("COMMIT").await;
             assert!(
-                metric(admin, &checks_series("query_at_commit")).await > at_commit,
+                proxy_metric(admin, &checks_series("query_at_commit")).await > at_commit,
                 "COMMIT read the definition"
             );
             let _ = coord.rollback(&x1).await;
@@ -858,7 +851,7 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
         proxy.conn(db).await,
     ];
     let mut warm_up = 0;
-    while metric(admin, &checks_series("sentinel")).await < 1.0 {
+    while proxy_metric(admin, &checks_series("sentinel")).await < 1.0 {
         assert!(warm_up < 400, "no sentinel started after {warm_up} writes");
         let [b2, b3, b4, b5] = &mut busy;
         tokio::join!(
@@ -875,21 +868,21 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
     // Then one client, one global transaction after another: no other holder exists,
     // so only the sentinel can settle its skipped writes.
     let (skipped, proven) = (
-        metric(admin, &checks_series("skipped")).await,
-        metric(admin, &checks_series("proven")).await,
+        proxy_metric(admin, &checks_series("skipped")).await,
+        proxy_metric(admin, &checks_series("proven")).await,
     );
     let writes = 10;
     one_after_another(&coord, &mut c, writes as usize, 1).await;
     assert!(
-        metric(admin, &checks_series("skipped")).await > skipped,
+        proxy_metric(admin, &checks_series("skipped")).await > skipped,
         "writes skip the definition query while the sentinel holds it"
     );
     assert!(
-        metric(admin, &checks_series("proven")).await > proven,
+        proxy_metric(admin, &checks_series("proven")).await > proven,
         "the sentinel's answers settle those writes at commit"
     );
     assert_eq!(
-        metric(admin, "rewind_proxy_definition_sentinels").await,
+        proxy_metric(admin, "rewind_proxy_definition_sentinels").await,
         1.0,
         "one table, one sentinel"
     );
@@ -940,7 +933,7 @@ async fn t15_busy_table_sentinel_proves_writes_and_lets_ddl_through() {
     eventually(
         "the idle table's sentinel stopped",
         Duration::from_secs(10),
-        || async { metric(admin, "rewind_proxy_definition_sentinels").await == 0.0 },
+        || async { proxy_metric(admin, "rewind_proxy_definition_sentinels").await == 0.0 },
     )
     .await;
 }

@@ -263,7 +263,8 @@ async fn bank(xa: bool) {
         tokio::spawn(async move {
             let (mut scrapes, mut most_sessions) = (0, 0.0f64);
             while scraping.load(std::sync::atomic::Ordering::Relaxed) {
-                most_sessions = most_sessions.max(metric(admin, "rewind_proxy_sessions").await);
+                most_sessions =
+                    most_sessions.max(proxy_metric(admin, "rewind_proxy_sessions").await);
                 scrapes += 1;
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -321,7 +322,7 @@ async fn bank(xa: bool) {
     }
     assert!(committed > 0, "some transfers must commit");
     // Every committed transfer had a branch through proxy a whose phase one committed.
-    let branches = metric(
+    let branches = proxy_metric(
         admin,
         &format!("rewind_proxy_branches_total{{mode=\"{tag}\",outcome=\"committed\"}}"),
     )
@@ -378,19 +379,6 @@ fn write_config(dir: &TempDir) -> String {
     let path = dir.0.join("coordinator.toml");
     std::fs::write(&path, "tick_ms = 50\nphase_two_backoff_base_ms = 20\n").unwrap();
     path.display().to_string()
-}
-
-/// One sample of proxy `admin`'s `/metrics` (0 when the series is not there).
-async fn metric(admin: std::net::SocketAddr, series: &str) -> f64 {
-    let a = request(admin, "GET", "/metrics", None, &[])
-        .await
-        .expect("GET /metrics");
-    assert_eq!(a.status, 200);
-    String::from_utf8(a.body)
-        .expect("UTF-8 metrics")
-        .lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Twelve branches through one proxy finish phase one at once: the proxy sends their

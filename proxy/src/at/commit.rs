@@ -86,6 +86,9 @@ async fn phase_one(
         "at.register",
         vec![KeyValue::new("locks", keys.len() as i64)],
     );
+    // Taken before the call: a registration answered after the stream broke proves
+    // nothing about commands sent meanwhile (see `at::begun`).
+    let epoch = shared.begun.epoch();
     let (branch_id, registered_at) = loop {
         let registering = std::time::Instant::now();
         let r = shared
@@ -148,6 +151,7 @@ async fn phase_one(
         }
     };
     tracing::debug!(%xid, branch_id, locks = keys.len(), "branch registered");
+    shared.begun.registered(&xid, epoch);
     if let Some(cx) = &registering_span {
         trace::set(cx, "branch_id", branch_id as i64);
         trace::set(cx, "attempts", i64::from(attempt) + 1);
@@ -293,6 +297,10 @@ fn ended<T, E: std::fmt::Display>(span: Option<trace::Context>, r: &Result<T, E>
 
 /// Tells the coordinator how phase one ended, off the client's path.
 pub(super) fn report(shared: &Shared, xid: &str, branch_id: u64, committed: bool) {
+    if !committed {
+        // The coordinator may send this branch no command: its XID is asked about again.
+        shared.begun.forget(xid);
+    }
     shared.coordinator.report_later(xid, branch_id, committed);
 }
 

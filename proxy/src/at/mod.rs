@@ -3,6 +3,7 @@
 //!
 //! - [`sql`]: from a DML statement's text to its plan (table, images to read, the write
 //!   narrowed to the locked keys); refuses shapes AT cannot undo.
+//! - [`begun`]: the XIDs this proxy knows to be running (the XID check without a call).
 //! - [`branch`]: the branch a local transaction is bound to (its undo items, savepoints).
 //! - [`statement`]: the context a statement runs in ([`StatementRun`]), the definition
 //!   check against stale table metadata, and dispatch by statement kind to [`update`],
@@ -16,6 +17,7 @@
 //! - [`session`]: the AT path of a client session: binding a local transaction to a
 //!   global one, what runs inside it and what is refused, write isolation's routing.
 
+pub(crate) mod begun;
 pub(crate) mod branch;
 pub(crate) mod commit;
 pub(crate) mod definitions;

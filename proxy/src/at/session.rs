@@ -314,6 +314,11 @@ impl Session {
                  POST /api/v1/transactions)"
             )));
         }
+        // Running as far as a status call could tell: this proxy registered a branch of it
+        // and no command for it has come (see `at::begun`).
+        if self.shared.begun.is_running(xid) {
+            return Ok(());
+        }
         match self.shared.coordinator.status(xid).await {
             Ok(GlobalStatus::Begin) => Ok(()),
             Ok(st) => Err(ProxyError::UnknownXid(format!(
