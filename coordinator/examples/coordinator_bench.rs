@@ -312,9 +312,10 @@ async fn main() {
         (cpu1.1 - cpu0.1) * 1e6 / n.max(1) as f64
     );
     let batches = metric(&http, "rewind_write_batches_total").await;
+    let syncs = metric(&http, "rewind_write_syncs_total").await;
     let reqs = metric(&http, "rewind_write_batch_requests_total").await;
     println!(
-        "durable batches: {batches:.0}, acknowledged requests per batch: {:.1}",
+        "write batches: {batches:.0} ({syncs:.0} with a sync of their own), acknowledged requests per batch: {:.1}",
         reqs / batches.max(1.0)
     );
 

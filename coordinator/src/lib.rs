@@ -139,6 +139,9 @@ pub async fn run(
                 // them (a new branch failing on an old marker). A random base keeps XIDs
                 // unique in practice; the counter is persisted with the first transaction.
                 counters.next_xid = engine::random_xid_base();
+            } else {
+                // Past any XID a begin lost with the log's unsynced tail had issued.
+                counters.after_restart();
             }
             let mut engine =
                 engine::Engine::restore(config.engine(), counters, loaded.active, loaded.conflicts);

@@ -63,6 +63,9 @@ pub struct Metrics {
     rpc: [Histogram; 6],
     pub batch_fsync: Histogram,
     batches: AtomicU64,
+    /// Of those, on a single node, the ones synced by their own `fdatasync` (the rest
+    /// become durable with the next one: see `Command::needs_sync`).
+    pub synced_batches: AtomicU64,
     batched_requests: AtomicU64,
     phase_two_retries: AtomicU64,
     branches_registered: AtomicU64,
@@ -97,6 +100,7 @@ impl Default for Metrics {
             rpc: [const { Histogram::new() }; 6],
             batch_fsync: Histogram::new(),
             batches: AtomicU64::new(0),
+            synced_batches: AtomicU64::new(0),
             batched_requests: AtomicU64::new(0),
             phase_two_retries: AtomicU64::new(0),
             branches_registered: AtomicU64::new(0),
@@ -203,8 +207,15 @@ impl Metrics {
             ),
             (
                 "rewind_write_batches_total",
-                "Durable write batches (fsyncs).",
+                "Write batches (one log record, or one Raft entry, each).",
                 &self.batches,
+            ),
+            (
+                "rewind_write_syncs_total",
+                "Single node: write batches synced by their own fdatasync; a batch of only \
+                 begins, phase-one reports and phase-two answers becomes durable with the \
+                 next synced one.",
+                &self.synced_batches,
             ),
             (
                 "rewind_write_batch_requests_total",

@@ -4,9 +4,10 @@
 //! [`crate::store`]), and only then answers the callers and hands the effects
 //! (phase-two sends) to the dispatcher. A command is therefore acknowledged only once
 //! durable, and many callers share one sync. The exception is a batch holding only
-//! phase-one reports and proxies' phase-two answers ([`Command::needs_sync`]): it is
-//! written without a sync of its own and made durable by the next batch's (measured
-//! under `bench/coordinator`: 4,472–5,166 → 5,610–5,883 tx/s, alternated runs).
+//! phase-one reports, proxies' phase-two answers and begins ([`Command::needs_sync`]):
+//! it is written without a sync of its own and made durable by the next batch's
+//! (measured under `bench/coordinator`: reports and answers, 4,472–5,166 → 5,610–5,883
+//! tx/s; begins, see the issue note of that change; alternated runs).
 //!
 //! Readers take the engine mutex briefly and may see state a few microseconds before it
 //! is durable; that is conservative for locks and harmless for statuses.
@@ -21,7 +22,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::cluster::Cluster;
-use crate::engine::{Batch, BatchOutput, Command, Effect, Engine, Reply, Request};
+use crate::engine::{
+    Batch, BatchOutput, Command, Effect, Engine, Reply, Request, BEGINS_WITHOUT_SYNC,
+};
 use crate::error::CoordinatorError;
 use crate::metrics::Metrics;
 use crate::store::Store;
@@ -224,6 +227,8 @@ fn writer_loop(
 ) {
     let mut batch = Vec::with_capacity(max_batch);
     let mut seq = 0u64;
+    // Begins answered since the last synced batch (see `Command::needs_sync`).
+    let mut unsynced_begins = 0u64;
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
         while batch.len() < max_batch {
@@ -234,7 +239,18 @@ fn writer_loop(
         }
         let (commands, waiting): (Vec<Command>, Vec<Option<ReplyTx>>) =
             batch.drain(..).map(|r| (r.cmd, r.reply)).unzip();
-        let sync = commands.iter().any(Command::needs_sync);
+        let begins = commands
+            .iter()
+            .filter(|c| matches!(c, Command::Begin(_)))
+            .count() as u64;
+        let sync = commands.iter().any(Command::needs_sync)
+            || unsynced_begins + begins >= BEGINS_WITHOUT_SYNC;
+        unsynced_begins = if sync { 0 } else { unsynced_begins + begins };
+        if sync {
+            metrics
+                .synced_batches
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let batch = Batch {
             now_ms: now_ms(),
             xid_base: 0,
@@ -351,5 +367,60 @@ fn copy_error(e: &CoordinatorError) -> CoordinatorError {
         },
         CoordinatorError::Undetermined(m) => CoordinatorError::Undetermined(m.clone()),
         other => CoordinatorError::Undetermined(other.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use super::*;
+    use crate::engine::{Begin, Register};
+    use crate::locks::RowKey;
+
+    fn begin() -> Begin {
+        Begin {
+            name: "t".into(),
+            timeout_ms: 600_000,
+        }
+    }
+
+    /// Begins ride on the next synced batch, but never more than BEGINS_WITHOUT_SYNC of
+    /// them (the most XIDs a crash can take, and how far a restart moves the counter).
+    #[tokio::test]
+    async fn begins_are_synced_at_least_every_so_many() {
+        let dir = crate::wal::test_dir("begins-sync");
+        let (store, _) = Store::open(&dir, 1 << 20).unwrap();
+        let engine = Engine::new(crate::config::Config::default().engine());
+        let (effects, _rx) = mpsc::unbounded_channel();
+        let metrics = Arc::new(Metrics::default());
+        let seq = Sequencer::start(engine, store, 4096, effects, metrics.clone());
+        let syncs = || metrics.synced_batches.load(Relaxed);
+        let xid = seq.ask(begin()).await.unwrap();
+        assert_eq!(syncs(), 0, "a begin alone is not synced");
+        let register = Register {
+            xid,
+            resource_id: "db".into(),
+            keys: vec![RowKey {
+                table: "t".into(),
+                pk: vec![b"1".to_vec()],
+            }],
+            request_id: "r".into(),
+            xa: false,
+            owner: String::new(),
+        };
+        seq.ask(register).await.unwrap();
+        assert_eq!(syncs(), 1, "a registration is (and the begin with it)");
+        for _ in 1..BEGINS_WITHOUT_SYNC {
+            seq.ask(begin()).await.unwrap();
+        }
+        assert_eq!(syncs(), 1);
+        seq.ask(begin()).await.unwrap();
+        assert_eq!(
+            syncs(),
+            2,
+            "the {BEGINS_WITHOUT_SYNC}th begin since a sync is synced"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

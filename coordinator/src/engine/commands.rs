@@ -13,6 +13,11 @@ use super::{Engine, AUDIT_IN_MEMORY};
 use crate::error::CoordinatorError;
 use crate::locks::{InternedKey, RowKey};
 
+/// Begins a single node answers at most before a synced batch: how many XIDs a crash can
+/// take with the log's unsynced tail, and so how far a restart moves the XID counter (see
+/// [`Command::needs_sync`]).
+pub const BEGINS_WITHOUT_SYNC: u64 = 4096;
+
 /// With the `failpoints` feature, a transaction begun with this name panics in the state
 /// machine (see the coordinator's crash tests).
 #[cfg(feature = "failpoints")]
@@ -157,14 +162,28 @@ pub enum Command {
 
 impl Command {
     /// Whether a batch holding this command must be durable before anyone hears of its
-    /// results. Not for two: a phase-one report (informational: a branch without one is
-    /// driven through phase two like any other) and a proxy's phase-two answer (losing
+    /// results. Not for three: a phase-one report (informational: a branch without one is
+    /// driven through phase two like any other), a proxy's phase-two answer (losing
     /// one is the lost-answer path phase two already takes: the command is sent again
-    /// and every phase-two action is idempotent). Such a batch is written without a sync
-    /// of its own; the next synced batch makes it durable, and a crash before that loses
-    /// it together with everything after it, nothing that depended on it being durable.
+    /// and every phase-two action is idempotent), and a begin on a single node (see
+    /// below). Such a batch is written without a sync of its own; the next synced batch
+    /// makes it durable, and a crash before that loses it together with everything after
+    /// it, nothing that depended on it being durable.
+    ///
+    /// A begin lost that way was answered, but nothing durable names its XID: every
+    /// registration, decision or message that would is itself a synced batch, written
+    /// after it in the same log. So the application learns of the loss as an unknown XID
+    /// (1397 from a proxy, 404 from the API), with nothing of it to undo. What must not
+    /// happen is the XID being issued again to another transaction after the restart: the
+    /// single node's writer syncs at least every [`BEGINS_WITHOUT_SYNC`] begins, and a
+    /// restart moves the XID counter that far past what it recovered
+    /// ([`crate::engine::Counters::after_restart`]). Under Raft a begin is an entry like
+    /// any other (the cluster's log decides durability), so this is not used there.
     pub fn needs_sync(&self) -> bool {
-        !matches!(self, Command::Report(_) | Command::BranchResult(_))
+        !matches!(
+            self,
+            Command::Report(_) | Command::BranchResult(_) | Command::Begin(_)
+        )
     }
 }
 

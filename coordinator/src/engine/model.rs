@@ -553,6 +553,15 @@ pub struct Counters {
     pub next_audit: u64,
 }
 
+impl Counters {
+    /// A single node reopening its data: XIDs issued by begins lost with the log's
+    /// unsynced tail (fewer than [`super::BEGINS_WITHOUT_SYNC`] past the recovered
+    /// counter) are never issued again.
+    pub fn after_restart(&mut self) {
+        self.next_xid = self.next_xid.saturating_add(super::BEGINS_WITHOUT_SYNC);
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EngineConfig {
     pub default_timeout_ms: u64,

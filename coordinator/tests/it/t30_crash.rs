@@ -12,7 +12,7 @@ use rewind_protocol::{GlobalStatus, LockKey};
 use rewind_test_support::{eventually, Coordinator, TempDir};
 
 use crate::fake_proxy::FakeProxy;
-use crate::{key, register};
+use crate::{begin, key, register};
 
 #[derive(Default)]
 struct Ledger {
@@ -269,4 +269,67 @@ async fn t30_a_panic_in_the_state_machine_stops_the_process() {
     );
     let after = c.begin(600_000).await;
     assert_ne!(after, before);
+}
+
+/// End offset of the intact records at the start of write-ahead log `wal` (see the
+/// coordinator's `wal.rs`: `len: u32 | lsn: u64 | check: u64 | payload`, from offset 0).
+fn log_end(wal: &std::path::Path) -> usize {
+    let bytes = std::fs::read(wal).unwrap();
+    let mut off = 0;
+    while off + 20 <= bytes.len() {
+        let n = u32::from_le_bytes(bytes[off..off + 4].try_into().unwrap()) as usize;
+        if n == 0 || off + 20 + n > bytes.len() {
+            break;
+        }
+        off += 20 + n;
+    }
+    off
+}
+
+fn xid_number(xid: &str) -> u64 {
+    xid.strip_prefix("rw-").unwrap().parse().unwrap()
+}
+
+/// A begin is answered without a sync of its own: a machine crash can take it with the
+/// log's unsynced tail. Simulated here by cutting the log where the last synced batch
+/// ended (a kill -9 alone keeps the page cache). The lost XID is then unknown, an XID
+/// registered before it is not, and the restarted coordinator never issues the lost XID
+/// to another transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t30_a_begin_lost_with_the_unsynced_log_is_never_issued_again() {
+    let dir = TempDir::new("lost-begin");
+    let cfg = dir.0.join("slow-ticks.toml");
+    // No tick (a synced batch while a transaction is open) between the begin and the kill.
+    std::fs::write(&cfg, "tick_ms = 10000\n").unwrap();
+    let mut c = Coordinator::start(&dir, &["--config", cfg.to_str().unwrap()]).await;
+    let (mut tm, mut rm) = (c.tm().await, c.rm().await);
+    let kept = begin(&mut tm).await;
+    register(&mut rm, &kept, "db1", vec![key("t", &[b"1"])])
+        .await
+        .unwrap()
+        .unwrap();
+    let wal = c.data.join("coordinator.wal");
+    let synced = log_end(&wal);
+    let lost = begin(&mut tm).await;
+    assert!(
+        log_end(&wal) > synced,
+        "the begin is written (unsynced) after it"
+    );
+    c.kill();
+    // What the disk held had the machine gone down: nothing after the last sync.
+    let file = std::fs::OpenOptions::new().write(true).open(&wal).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &[0u8; 20], synced as u64).unwrap();
+    drop(file);
+    c.restart().await;
+    assert_eq!(status_of(&c, &kept).await.unwrap(), GlobalStatus::Begin);
+    let err = status_of(&c, &lost).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{lost}: {err}");
+    let mut tm = c.tm().await;
+    for _ in 0..3 {
+        let next = begin(&mut tm).await;
+        assert!(
+            xid_number(&next) > xid_number(&lost),
+            "{next} issued after {lost} was lost"
+        );
+    }
 }
