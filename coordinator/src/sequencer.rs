@@ -6,8 +6,10 @@
 //! durable, and many callers share one sync. The exception is a batch holding only
 //! phase-one reports, proxies' phase-two answers and begins ([`Command::needs_sync`]):
 //! it is written without a sync of its own and made durable by the next batch's
-//! (measured under `bench/coordinator`: reports and answers, 4,472–5,166 → 5,610–5,883
-//! tx/s; begins, see the issue note of that change; alternated runs).
+//! (measured under `bench/coordinator`, alternated runs: reports and answers, 4,472–5,166
+//! → 5,610–5,883 tx/s. Begins: no change there, the benchmark being CPU-bound by then;
+//! under `bench/at` at one client the begin took 0.24 ms instead of 0.13–0.14, and a global
+//! transfer 2.77–2.87 ms instead of 2.48–2.56).
 //!
 //! Readers take the engine mutex briefly and may see state a few microseconds before it
 //! is durable; that is conservative for locks and harmless for statuses.
