@@ -37,9 +37,9 @@ use std::time::{Duration, Instant};
 /// How long after a registration its XID stays known without a command for it.
 pub const KNOWN_FOR: Duration = Duration::from_secs(2);
 
-/// Entries kept at most; beyond it the expired go, and if none has, all of them (a
-/// forgotten XID only costs a status call).
-const MAX_ENTRIES: usize = 64 * 1024;
+/// Entries kept at most (about 1.5 MB); beyond it the expired go, and if that is not
+/// enough, all of them (a forgotten XID only costs a status call).
+const MAX_ENTRIES: usize = 16 * 1024;
 
 #[derive(Default)]
 pub struct Begun {
@@ -151,9 +151,11 @@ impl Inner {
         if self.entries.len() < MAX_ENTRIES {
             return;
         }
-        // A decided mark outlives a registration's answer by far: calls time out sooner.
+        // Expired: a known XID after KNOWN_FOR, and a decided mark too (the answer it keeps
+        // out was already on its way when the command was sent: it arrives within
+        // milliseconds, not seconds).
         self.entries
-            .retain(|_, (at, _)| now.duration_since(*at) < KNOWN_FOR * 4);
+            .retain(|_, (at, _)| now.duration_since(*at) < KNOWN_FOR);
         if self.entries.len() >= MAX_ENTRIES {
             self.entries.clear();
         }
