@@ -42,6 +42,9 @@ struct Run {
     latencies: Vec<Duration>,
     /// Global modes: each transfer's begin, branch a, branch b and commit, in that order.
     phases: Vec<[Duration; 4]>,
+    /// Every mode: each successful branch's BEGIN, statement and COMMIT, as its client
+    /// waited for them.
+    inside: Vec<[Duration; 3]>,
     elapsed: Duration,
     /// CPU time (user + system) each watched process spent during the run.
     cpu: Vec<Duration>,
@@ -112,6 +115,7 @@ async fn local(
     xid: Option<(&str, &str)>,
     id: i64,
     cents: i64,
+    inside: &mut Vec<[Duration; 3]>,
 ) -> mysql_async::Result<()> {
     let sql = match xid {
         Some((hint, x)) => {
@@ -121,14 +125,40 @@ async fn local(
     };
     let sign = if cents < 0 { "-" } else { "" };
     let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
+    let mut steps = Steps::new();
     c.query_drop("BEGIN").await?;
+    steps.mark(0);
     if let Err(e) = c.exec_drop(sql, (amount, id)).await {
         // As an application would: end the local transaction, so a failed transfer
         // neither keeps its row locks nor leaves the connection bound to its XID.
         let _ = c.query_drop("ROLLBACK").await;
         return Err(e);
     }
-    c.query_drop("COMMIT").await
+    steps.mark(1);
+    c.query_drop("COMMIT").await?;
+    steps.mark(2);
+    inside.push(steps.marks);
+    Ok(())
+}
+
+/// The times a branch's client waited for its BEGIN, its statement and its COMMIT.
+struct Steps {
+    marks: [Duration; 3],
+    lap: Instant,
+}
+
+impl Steps {
+    fn new() -> Self {
+        Steps {
+            marks: [Duration::ZERO; 3],
+            lap: Instant::now(),
+        }
+    }
+
+    fn mark(&mut self, i: usize) {
+        self.marks[i] = self.lap.elapsed();
+        self.lap = Instant::now();
+    }
 }
 
 /// What leads a text statement: nothing, a BARRIER for a consumer (a fresh message id),
@@ -145,6 +175,7 @@ async fn local_text(
     hint: TextHint<'_>,
     id: i64,
     cents: i64,
+    inside: &mut Vec<[Duration; 3]>,
 ) -> mysql_async::Result<()> {
     let sign = if cents < 0 { "-" } else { "" };
     let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
@@ -156,13 +187,19 @@ async fn local_text(
         TextHint::Xid(xid) => format!("/*+ XID('{xid}') */ "),
         TextHint::None => String::new(),
     };
-    c.query_drop("BEGIN").await?;
     let sql = format!("{hint}UPDATE account SET balance = balance + {amount} WHERE id = {id}");
+    let mut steps = Steps::new();
+    c.query_drop("BEGIN").await?;
+    steps.mark(0);
     if let Err(e) = c.query_drop(sql).await {
         let _ = c.query_drop("ROLLBACK").await;
         return Err(e);
     }
-    c.query_drop("COMMIT").await
+    steps.mark(1);
+    c.query_drop("COMMIT").await?;
+    steps.mark(2);
+    inside.push(steps.marks);
+    Ok(())
 }
 
 /// Whether `r` succeeded; a failure is printed to stderr (`bench/at` shows it).
@@ -179,7 +216,13 @@ async fn client(
     grpc: String,
     accounts: i64,
     stop: Arc<AtomicBool>,
-) -> (usize, usize, Vec<Duration>, Vec<[Duration; 4]>) {
+) -> (
+    usize,
+    usize,
+    Vec<Duration>,
+    Vec<[Duration; 4]>,
+    Vec<[Duration; 3]>,
+) {
     let mut a = Conn::new(opts(&target, "rwb_at_a"))
         .await
         .expect("connect a");
@@ -190,6 +233,7 @@ async fn client(
         .await
         .expect("coordinator");
     let (mut done, mut errors, mut lat, mut phases) = (0, 0, Vec::new(), Vec::new());
+    let mut inside = Vec::new();
     while !stop.load(Ordering::Relaxed) {
         let (from, to, cents) = {
             let mut r = rand::rng();
@@ -202,16 +246,18 @@ async fn client(
         let t = Instant::now();
         let ok = match mode {
             Mode::Direct | Mode::Local => {
-                local(&mut a, None, from, -cents).await.is_ok()
-                    && local(&mut b, None, to, cents).await.is_ok()
+                local(&mut a, None, from, -cents, &mut inside).await.is_ok()
+                    && local(&mut b, None, to, cents, &mut inside).await.is_ok()
             }
             Mode::LocalText | Mode::Barrier => {
                 let (ca, cb) = match mode {
                     Mode::Barrier => (TextHint::Barrier("bench-a"), TextHint::Barrier("bench-b")),
                     _ => (TextHint::None, TextHint::None),
                 };
-                local_text(&mut a, ca, from, -cents).await.is_ok()
-                    && local_text(&mut b, cb, to, cents).await.is_ok()
+                local_text(&mut a, ca, from, -cents, &mut inside)
+                    .await
+                    .is_ok()
+                    && local_text(&mut b, cb, to, cents, &mut inside).await.is_ok()
             }
             Mode::Global | Mode::GlobalXa | Mode::GlobalText => {
                 let hint = if mode == Mode::GlobalXa { "XA" } else { "XID" };
@@ -233,15 +279,15 @@ async fn client(
                 mark(0);
                 let text = mode == Mode::GlobalText;
                 let ok = succeeded(if text {
-                    local_text(&mut a, TextHint::Xid(&xid), from, -cents).await
+                    local_text(&mut a, TextHint::Xid(&xid), from, -cents, &mut inside).await
                 } else {
-                    local(&mut a, Some((hint, &xid)), from, -cents).await
+                    local(&mut a, Some((hint, &xid)), from, -cents, &mut inside).await
                 }) && {
                     mark(1);
                     succeeded(if text {
-                        local_text(&mut b, TextHint::Xid(&xid), to, cents).await
+                        local_text(&mut b, TextHint::Xid(&xid), to, cents, &mut inside).await
                     } else {
-                        local(&mut b, Some((hint, &xid)), to, cents).await
+                        local(&mut b, Some((hint, &xid)), to, cents, &mut inside).await
                     })
                 };
                 let req = GlobalRequest { xid };
@@ -266,7 +312,7 @@ async fn client(
             errors += 1;
         }
     }
-    (done, errors, lat, phases)
+    (done, errors, lat, phases, inside)
 }
 
 async fn run(
@@ -298,15 +344,17 @@ async fn run(
         errors: 0,
         latencies: Vec::new(),
         phases: Vec::new(),
+        inside: Vec::new(),
         elapsed: Duration::ZERO,
         cpu: Vec::new(),
     };
     for t in tasks {
-        let (d, e, l, p) = t.await.expect("client");
+        let (d, e, l, p, b) = t.await.expect("client");
         r.transfers += d;
         r.errors += e;
         r.latencies.extend(l);
         r.phases.extend(p);
+        r.inside.extend(b);
     }
     r.elapsed = started.elapsed();
     r.cpu = pids
@@ -378,6 +426,20 @@ async fn main() {
                 })
                 .collect();
             println!("{:<24} CPU µs per transfer: {}", "", per.join(", "));
+        }
+        if !r.inside.is_empty() {
+            let p50 = |i: usize| {
+                let mut l: Vec<Duration> = r.inside.iter().map(|p| p[i]).collect();
+                l.sort();
+                pct(&l, 0.50)
+            };
+            println!(
+                "{:<24} p50 ms inside a branch: BEGIN {:.2}, statement {:.2}, COMMIT {:.2}",
+                "",
+                p50(0),
+                p50(1),
+                p50(2)
+            );
         }
         if !r.phases.is_empty() {
             let p50 = |i: usize| {
