@@ -100,6 +100,8 @@ fn shapes() -> Vec<Shape> {
         s("prepared insert on duplicate key update", vec![P("INSERT INTO counter (name, hits) VALUES (?, ?) ON DUPLICATE KEY UPDATE hits = hits + ?", vec![Value::from("about"), Value::from(3), Value::from(3)])]),
         s("prepared update join with parameters in ON, SET and WHERE", vec![P("UPDATE acc AS a JOIN seq s ON s.id = a.id + ? SET a.note = CONCAT(s.v, ?) WHERE a.bal > ?", vec![Value::from(0), Value::from("-j"), Value::from(5)])]),
         s("prepared update", vec![P("UPDATE acc SET bal = bal + ?, note = ? WHERE id BETWEEN ? AND ?", vec![Value::from("1.50"), Value::from("p"), Value::from(2), Value::from(4)])]),
+        s("prepared update with negative, NULL and padded values", vec![P("UPDATE acc SET bal = bal - ?, n = n -?, note = ? WHERE note = ? OR id = ?", vec![Value::from("-1.25"), Value::from(-2), Value::NULL, Value::from("n1 "), Value::from(3)])]),
+        s("prepared update with quote and backslash", vec![P("UPDATE acc SET note = ? WHERE id = ? OR note = ?", vec![Value::from("it's\\"), Value::from(2), Value::from("x4")])]),
         s("prepared delete", vec![P("DELETE FROM acc WHERE note = ? OR id = ?", vec![Value::from("n1"), Value::from(4)])]),
         s("prepared insert multi-row", vec![P("INSERT INTO acc (id, bal, note) VALUES (?, ?, ?), (?, ?, NULL)", vec![Value::from(20), Value::from("7.25"), Value::NULL, Value::from(21), Value::from(8)])]),
         s("prepared insert auto-increment", vec![P("INSERT INTO seq (id, v) VALUES (?, ?), (?, ?)", vec![Value::NULL, Value::from("p"), Value::NULL, Value::from("q")])]),
