@@ -373,6 +373,13 @@ fn pct(l: &[Duration], p: f64) -> f64 {
     l[((l.len() as f64 * p) as usize).min(l.len() - 1)].as_secs_f64() * 1e3
 }
 
+/// The median of column `i` of `rows` (one row of step times per transfer or branch), in ms.
+fn column_p50<const N: usize>(rows: &[[Duration; N]], i: usize) -> f64 {
+    let mut l: Vec<Duration> = rows.iter().map(|p| p[i]).collect();
+    l.sort();
+    pct(&l, 0.50)
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -428,11 +435,7 @@ async fn main() {
             println!("{:<24} CPU µs per transfer: {}", "", per.join(", "));
         }
         if !r.inside.is_empty() {
-            let p50 = |i: usize| {
-                let mut l: Vec<Duration> = r.inside.iter().map(|p| p[i]).collect();
-                l.sort();
-                pct(&l, 0.50)
-            };
+            let p50 = |i| column_p50(&r.inside, i);
             println!(
                 "{:<24} p50 ms inside a branch: BEGIN {:.2}, statement {:.2}, COMMIT {:.2}",
                 "",
@@ -442,11 +445,7 @@ async fn main() {
             );
         }
         if !r.phases.is_empty() {
-            let p50 = |i: usize| {
-                let mut l: Vec<Duration> = r.phases.iter().map(|p| p[i]).collect();
-                l.sort();
-                pct(&l, 0.50)
-            };
+            let p50 = |i| column_p50(&r.phases, i);
             println!(
                 "{:<24} p50 ms of each step: begin {:.2}, branch a {:.2}, branch b {:.2}, commit {:.2}",
                 "",
