@@ -125,7 +125,7 @@ async fn local(
     };
     let sign = if cents < 0 { "-" } else { "" };
     let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
-    let mut steps = Steps::new();
+    let mut steps = Steps::<3>::new();
     c.query_drop("BEGIN").await?;
     steps.mark(0);
     if let Err(e) = c.exec_drop(sql, (amount, id)).await {
@@ -141,16 +141,18 @@ async fn local(
     Ok(())
 }
 
-/// The times a branch's client waited for its BEGIN, its statement and its COMMIT.
-struct Steps {
-    marks: [Duration; 3],
+/// The time each of `N` consecutive steps took: step `i` ends at `mark(i)`, the first
+/// starts at `new()`. A branch's BEGIN, statement and COMMIT; a global transfer's begin,
+/// branches and commit.
+struct Steps<const N: usize> {
+    marks: [Duration; N],
     lap: Instant,
 }
 
-impl Steps {
+impl<const N: usize> Steps<N> {
     fn new() -> Self {
         Steps {
-            marks: [Duration::ZERO; 3],
+            marks: [Duration::ZERO; N],
             lap: Instant::now(),
         }
     }
@@ -188,7 +190,7 @@ async fn local_text(
         TextHint::None => String::new(),
     };
     let sql = format!("{hint}UPDATE account SET balance = balance + {amount} WHERE id = {id}");
-    let mut steps = Steps::new();
+    let mut steps = Steps::<3>::new();
     c.query_drop("BEGIN").await?;
     steps.mark(0);
     if let Err(e) = c.query_drop(sql).await {
@@ -261,12 +263,7 @@ async fn client(
             }
             Mode::Global | Mode::GlobalXa | Mode::GlobalText => {
                 let hint = if mode == Mode::GlobalXa { "XA" } else { "XID" };
-                let mut marks = [Duration::ZERO; 4];
-                let mut lap = Instant::now();
-                let mut mark = |i: usize| {
-                    marks[i] = lap.elapsed();
-                    lap = Instant::now();
-                };
+                let mut steps = Steps::<4>::new();
                 let xid = tm
                     .begin(BeginRequest {
                         name: "bench".into(),
@@ -276,14 +273,14 @@ async fn client(
                     .expect("begin")
                     .into_inner()
                     .xid;
-                mark(0);
+                steps.mark(0);
                 let text = mode == Mode::GlobalText;
                 let ok = succeeded(if text {
                     local_text(&mut a, TextHint::Xid(&xid), from, -cents, &mut inside).await
                 } else {
                     local(&mut a, Some((hint, &xid)), from, -cents, &mut inside).await
                 }) && {
-                    mark(1);
+                    steps.mark(1);
                     succeeded(if text {
                         local_text(&mut b, TextHint::Xid(&xid), to, cents, &mut inside).await
                     } else {
@@ -292,11 +289,11 @@ async fn client(
                 };
                 let req = GlobalRequest { xid };
                 if ok {
-                    mark(2);
+                    steps.mark(2);
                     let ok = succeeded(tm.commit(req).await);
-                    mark(3);
+                    steps.mark(3);
                     if ok {
-                        phases.push(marks);
+                        phases.push(steps.marks);
                     }
                     ok
                 } else {
