@@ -6,7 +6,8 @@
 //! transactions in the text protocol, without and with a `BARRIER` hint (a fresh message
 //! id each) on their statement. Last, global transactions in AT mode in the text protocol
 //! (values written into the SQL, as most drivers send them). Prints throughput, p50 and
-//! p99 of each and the ratios.
+//! p99 of each and the ratios, and per mode the CPU each process spent, what MariaDB ran
+//! (its own counters) per transfer and the median time of each step.
 //!
 //! usage: at_bench <proxy host:port> <mariadb host:port> <coordinator grpc URL> <clients> <seconds> <accounts>
 
@@ -48,6 +49,8 @@ struct Run {
     elapsed: Duration,
     /// CPU time (user + system) each watched process spent during the run.
     cpu: Vec<Duration>,
+    /// How much each of [`SERVER_COUNTERS`] grew during the run (empty: not read).
+    server: Vec<u64>,
 }
 
 /// Processes whose CPU time is reported per transfer: `BENCH_PIDS="proxy:123 mariadbd:45"`.
@@ -95,6 +98,51 @@ fn cpu_of(pid: u32) -> Duration {
         .filter_map(|x| x.parse().ok())
         .collect();
     Duration::from_micros(f.iter().sum::<u64>() * 1_000_000 / clock_ticks())
+}
+
+/// MariaDB's own counters read around each run (`SHOW GLOBAL STATUS`), printed per transfer:
+/// what the server ran for the mode, whoever sent it (the clients, the proxy's phase one,
+/// its phase-two deletes, sentinel and housekeeping). `Com_*` counts each statement of a
+/// multi-statement query; `Com_stmt_execute` counts binary-protocol executions, which are
+/// counted under their statement too.
+const SERVER_COUNTERS: [(&str, &str, bool); 15] = [
+    ("Com_begin", "BEGIN", true),
+    ("Com_select", "SELECT", true),
+    ("Com_update", "UPDATE", true),
+    ("Com_insert", "INSERT", true),
+    ("Com_delete", "DELETE", true),
+    ("Com_commit", "COMMIT", true),
+    ("Com_rollback", "ROLLBACK", true),
+    ("Com_do", "DO", true),
+    ("Com_xa_start", "XA START", true),
+    ("Com_xa_end", "XA END", true),
+    ("Com_xa_prepare", "XA PREPARE", true),
+    ("Com_xa_commit", "XA COMMIT", true),
+    ("Com_xa_rollback", "XA ROLLBACK", true),
+    // Not statements of their own: the binary-protocol share of the above, and the
+    // server's durable writes.
+    ("Com_stmt_execute", "of them binary executes", false),
+    ("Innodb_data_fsyncs", "InnoDB fsyncs", false),
+];
+
+/// The current values of [`SERVER_COUNTERS`], `None` when the server cannot be asked.
+async fn server_counters(direct: &str) -> Option<Vec<u64>> {
+    let mut c = Conn::new(opts(direct, "rwb_at_a")).await.ok()?;
+    // Some status values are NULL (`Max_memory_used`), hence the `Option`.
+    let rows: Vec<(String, Option<String>)> = c.query("SHOW GLOBAL STATUS").await.ok()?;
+    let _ = c.disconnect().await;
+    let get = |name: &str| {
+        rows.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .and_then(|(_, v)| v.as_deref()?.parse().ok())
+    };
+    // A counter this server does not have reads 0 (and is left out of the line).
+    Some(
+        SERVER_COUNTERS
+            .iter()
+            .map(|(n, _, _)| get(n).unwrap_or(0))
+            .collect(),
+    )
 }
 
 fn opts(addr: &str, db: &str) -> OptsBuilder {
@@ -315,6 +363,7 @@ async fn client(
 async fn run(
     mode: Mode,
     target: &str,
+    direct: &str,
     grpc: &str,
     clients: usize,
     secs: u64,
@@ -333,6 +382,7 @@ async fn run(
     }
     let pids = watched();
     let cpu_before: Vec<Duration> = pids.iter().map(|(_, p)| cpu_of(*p)).collect();
+    let server_before = server_counters(direct).await;
     let started = Instant::now();
     tokio::time::sleep(Duration::from_secs(secs)).await;
     stop.store(true, Ordering::Relaxed);
@@ -344,6 +394,7 @@ async fn run(
         inside: Vec::new(),
         elapsed: Duration::ZERO,
         cpu: Vec::new(),
+        server: Vec::new(),
     };
     for t in tasks {
         let (d, e, l, p, b) = t.await.expect("client");
@@ -359,6 +410,9 @@ async fn run(
         .zip(cpu_before)
         .map(|((_, p), b)| cpu_of(*p).saturating_sub(b))
         .collect();
+    if let (Some(b), Some(a)) = (server_before, server_counters(direct).await) {
+        r.server = a.iter().zip(b).map(|(a, b)| a.saturating_sub(b)).collect();
+    }
     r.latencies.sort();
     r
 }
@@ -412,8 +466,8 @@ async fn main() {
             continue;
         }
         // A short warm-up per mode (connections, prepared statements, table metadata).
-        run(mode, target, grpc, clients, 2, accounts).await;
-        let r = run(mode, target, grpc, clients, secs, accounts).await;
+        run(mode, target, direct, grpc, clients, 2, accounts).await;
+        let r = run(mode, target, direct, grpc, clients, secs, accounts).await;
         let tps = r.transfers as f64 / r.elapsed.as_secs_f64();
         println!(
             "{name:<24} transfers/s {tps:>8.1}   p50 {:>7.2} ms   p99 {:>7.2} ms   errors {}",
@@ -430,6 +484,27 @@ async fn main() {
                 })
                 .collect();
             println!("{:<24} CPU µs per transfer: {}", "", per.join(", "));
+        }
+        if !r.server.is_empty() && r.transfers > 0 {
+            let per = |n: u64| n as f64 / r.transfers as f64;
+            let statements: u64 = SERVER_COUNTERS
+                .iter()
+                .zip(&r.server)
+                .filter(|((_, _, statement), _)| *statement)
+                .map(|(_, &n)| n)
+                .sum();
+            let each: Vec<String> = SERVER_COUNTERS
+                .iter()
+                .zip(&r.server)
+                .filter(|(_, &n)| per(n) >= 0.005)
+                .map(|((_, label, _), &n)| format!("{label} {:.2}", per(n)))
+                .collect();
+            println!(
+                "{:<24} MariaDB per transfer: {:.2} statements; {}",
+                "",
+                per(statements),
+                each.join(", ")
+            );
         }
         if !r.inside.is_empty() {
             let p50 = |i| column_p50(&r.inside, i);
