@@ -442,6 +442,27 @@ fn pool(
     Ok(mysql_async::Pool::new(opts))
 }
 
+/// A backend connection for a client session to start on, or for a session moving to
+/// another connection (XA, `xa::state`): reset first, so that it holds the server's
+/// global values of now, as a connection made now would.
+///
+/// A pooled connection holds the values of when it was last reset, on its return to the
+/// pool. Without this reset, a `SET GLOBAL` (say a stricter `sql_mode`) made while a
+/// connection sat idle did not reach the session that got it next, for that session's
+/// whole life; and a session moving to such a connection kept none of its values that
+/// equal the new globals (`xa::state` carries only those that differ from them). The
+/// cost is one round trip when a session starts (and for each XA branch).
+pub(crate) async fn session_conn(
+    pool: &mysql_async::Pool,
+) -> Result<mysql_async::Conn, mysql_async::Error> {
+    let mut conn = pool.get_conn().await?;
+    if !conn.reset().await? {
+        // No COM_RESET_CONNECTION (MariaDB before 10.2.4): the older form.
+        conn.change_user(Default::default()).await?;
+    }
+    Ok(conn)
+}
+
 /// The backend's own version string, as its handshake would show it (MariaDB 10+ prefixes
 /// "5.5.5-" so that MySQL drivers do not take it for MySQL 10), so drivers that pick
 /// features by version (Connector/J, PDO) behave as they would direct.

@@ -296,6 +296,61 @@ async fn t29_a_session_goes_on_after_its_xa_commit() {
     assert_eq!(code(&e), 1397, "{e}");
 }
 
+/// A session that set a variable to what a `SET GLOBAL` since made the default keeps it
+/// across its XA commit, though the connection it moves to sat idle in the pool from
+/// before the change (the state read carries only values that differ from the globals).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t29_a_session_keeps_its_values_across_a_set_global() {
+    let dir = TempDir::new("xa-set-global");
+    let db = "rwt_xa_set_global";
+    setup(db).await;
+    let coord = Coordinator::start(&dir, &["--config", &coordinator_config(&dir)]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let mut c = proxy.conn(db).await;
+    // A second backend connection, idle in the pool (and reset there) before the change.
+    let mut other = proxy.conn(db).await;
+    other.query_drop("DO 1").await.unwrap();
+    other.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A variable that changes nothing any other test could see: how long DDL waits for a
+    // metadata lock (one second more than it is).
+    let mut d = direct(db).await;
+    let before: u64 = d
+        .query_first("SELECT @@GLOBAL.lock_wait_timeout")
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = before + 1;
+    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {changed}"))
+        .await
+        .unwrap();
+    c.query_drop(format!("SET SESSION lock_wait_timeout = {changed}"))
+        .await
+        .unwrap();
+    let xid = coord.begin(60_000).await;
+    c.query_drop(format!("/*+ XA('{xid}') */ BEGIN"))
+        .await
+        .unwrap();
+    c.query_drop("UPDATE item SET qty = qty + 1 WHERE id = 1")
+        .await
+        .unwrap();
+    let committed = c.query_drop("COMMIT").await;
+    let after: Result<Option<u64>, _> = c.query_first("SELECT @@SESSION.lock_wait_timeout").await;
+    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {before}"))
+        .await
+        .unwrap();
+    committed.unwrap();
+    assert_eq!(branch_types(&coord, &xid).await, ["xa"]);
+    // Decided before anything else is asserted: a failed assertion leaves no prepared
+    // branch behind to hold this database's locks in the next run.
+    coord.commit(&xid).await;
+    coord
+        .wait_status(&xid, "committed", Duration::from_secs(10))
+        .await;
+    assert_eq!(after.unwrap(), Some(changed), "the session's own value");
+    assert_eq!(count(db, "SELECT qty FROM item WHERE id = 1").await, 11);
+}
+
 /// A client that disconnects in the middle of its branch: the branch is rolled back, its
 /// row locks go, and nothing stays prepared.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

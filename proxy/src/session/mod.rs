@@ -208,7 +208,7 @@ pub async fn serve(
 
     let found_rows = hello.caps.contains(CapabilityFlags::CLIENT_FOUND_ROWS);
     let pool = &pools[usize::from(found_rows)];
-    let conn = match tokio::time::timeout(timeout, pool.get_conn()).await {
+    let conn = match tokio::time::timeout(timeout, crate::session_conn(pool)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => {
             let e = match ProxyError::from(e) {

@@ -270,7 +270,7 @@ impl Session {
         let found_rows = self.caps.contains(CapabilityFlags::CLIENT_FOUND_ROWS);
         let pool = &self.pools[usize::from(found_rows)];
         let timeout = std::time::Duration::from_secs(self.shared.config.connect_timeout_secs);
-        let mut fresh = match tokio::time::timeout(timeout, pool.get_conn()).await {
+        let mut fresh = match tokio::time::timeout(timeout, crate::session_conn(pool)).await {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => {
                 self.xa_rollback_on_conn(&id).await;

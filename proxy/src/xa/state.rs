@@ -7,6 +7,12 @@
 //!
 //! One query reads it all (MariaDB's `information_schema.SYSTEM_VARIABLES` and
 //! `USER_VARIABLES`), one `SET` writes it all.
+//!
+//! Carrying only what differs from the globals is exact because the new connection is
+//! reset when taken ([`crate::session_conn`]): it holds the globals of now, the ones the
+//! read compared with. (A pooled connection unreset would hold those of its last return,
+//! older than a `SET GLOBAL` since.) Left open: a `SET GLOBAL` in the moment between the
+//! read and that reset.
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Row, Value};

@@ -184,6 +184,67 @@ async fn session_state_is_the_backends_and_is_reset_on_quit() {
     proxy.stop().await;
 }
 
+/// A `SET GLOBAL` reaches every session that starts after it, as it does directly, also
+/// one that gets a pooled backend connection last reset before the change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_set_global_reaches_sessions_started_after_it() {
+    let db = "rwp_set_global";
+    fresh_db(db).await;
+    let proxy = Proxy::with(Config {
+        backend: BACKEND.into(),
+        max_connections: 4,
+        ..Config::default()
+    })
+    .await;
+    let mut a = proxy.conn(db).await;
+    let a_id: u64 = a
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    a.disconnect().await.unwrap();
+    // Back in the pool, and reset there, before the change.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A variable that changes nothing any other test could see: how long DDL waits for a
+    // metadata lock (one second more than it is).
+    let mut d = direct(db).await;
+    let before: u64 = d
+        .query_first("SELECT @@GLOBAL.lock_wait_timeout")
+        .await
+        .unwrap()
+        .unwrap();
+    let changed = before + 1;
+    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {changed}"))
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut reused = false;
+    for _ in 0..20 {
+        let mut b = proxy.conn(db).await;
+        let (id, v): (u64, u64) = b
+            .query_first("SELECT CONNECTION_ID(), @@SESSION.lock_wait_timeout")
+            .await
+            .unwrap()
+            .unwrap();
+        b.disconnect().await.unwrap();
+        seen.push(v);
+        if id == a_id {
+            reused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {before}"))
+        .await
+        .unwrap();
+    assert!(reused, "the pool handed the old backend connection on");
+    assert!(
+        seen.iter().all(|&v| v == changed),
+        "every session started after SET GLOBAL has the new value {changed}: {seen:?}"
+    );
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn found_rows_flag_reaches_the_backend() {
     let db = "rwp_found";
