@@ -46,7 +46,7 @@ pub use go::{build_go, go, TccParticipant, GOPATH, GO_DRIVER};
 pub use http::{http, http_as, keep_alive_client, request, Answer};
 pub use mariadb::{
     checksums, delete_shared_rows, direct, direct_exec, direct_opts, dump, fresh_db, root_opts,
-    server_error, undo_rows, xa_prepared, BACKEND,
+    server_error, undo_rows, xa_prepared, ChangedGlobal, BACKEND,
 };
 pub use process::{binary, free_addr, threads_named, Process};
 pub use proxy::{proxy_metric, Proxy};

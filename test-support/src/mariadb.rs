@@ -30,6 +30,44 @@ pub async fn direct(db: &str) -> Conn {
         .expect("MariaDB at 127.0.0.1:3306 (scripts/ensure-mariadb.sh)")
 }
 
+/// A `SET GLOBAL` for tests of what sessions started after it see: `lock_wait_timeout`
+/// one second longer than it is, a change no other test could see (it is how long DDL
+/// waits for a metadata lock). [`ChangedGlobal::restore`] puts the old value back.
+pub struct ChangedGlobal {
+    conn: Conn,
+    before: u64,
+    /// The new global value.
+    pub changed: u64,
+}
+
+impl ChangedGlobal {
+    pub async fn lock_wait_timeout() -> ChangedGlobal {
+        let mut conn = direct("mysql").await;
+        let before: u64 = conn
+            .query_first("SELECT @@GLOBAL.lock_wait_timeout")
+            .await
+            .unwrap()
+            .unwrap();
+        let changed = before + 1;
+        conn.query_drop(format!("SET GLOBAL lock_wait_timeout = {changed}"))
+            .await
+            .unwrap();
+        ChangedGlobal {
+            conn,
+            before,
+            changed,
+        }
+    }
+
+    pub async fn restore(mut self) {
+        self.conn
+            .query_drop(format!("SET GLOBAL lock_wait_timeout = {}", self.before))
+            .await
+            .unwrap();
+        self.conn.disconnect().await.ok();
+    }
+}
+
 /// Runs `sql` straight on MariaDB in `db` (the "other writer" of dirty-write tests).
 pub async fn direct_exec(db: &str, sql: &str) {
     let mut c = direct(db).await;

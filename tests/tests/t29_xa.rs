@@ -312,18 +312,8 @@ async fn t29_a_session_keeps_its_values_across_a_set_global() {
     other.query_drop("DO 1").await.unwrap();
     other.disconnect().await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // A variable that changes nothing any other test could see: how long DDL waits for a
-    // metadata lock (one second more than it is).
-    let mut d = direct(db).await;
-    let before: u64 = d
-        .query_first("SELECT @@GLOBAL.lock_wait_timeout")
-        .await
-        .unwrap()
-        .unwrap();
-    let changed = before + 1;
-    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {changed}"))
-        .await
-        .unwrap();
+    let global = ChangedGlobal::lock_wait_timeout().await;
+    let changed = global.changed;
     c.query_drop(format!("SET SESSION lock_wait_timeout = {changed}"))
         .await
         .unwrap();
@@ -336,9 +326,7 @@ async fn t29_a_session_keeps_its_values_across_a_set_global() {
         .unwrap();
     let committed = c.query_drop("COMMIT").await;
     let after: Result<Option<u64>, _> = c.query_first("SELECT @@SESSION.lock_wait_timeout").await;
-    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {before}"))
-        .await
-        .unwrap();
+    global.restore().await;
     committed.unwrap();
     assert_eq!(branch_types(&coord, &xid).await, ["xa"]);
     // Decided before anything else is asserted: a failed assertion leaves no prepared

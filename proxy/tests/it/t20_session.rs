@@ -3,7 +3,7 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::Conn;
 use rewind_proxy::Config;
-use rewind_test_support::{direct, fresh_db, server_error, threads_named, BACKEND};
+use rewind_test_support::{direct, fresh_db, server_error, threads_named, ChangedGlobal, BACKEND};
 
 use crate::Proxy;
 
@@ -205,18 +205,8 @@ async fn a_set_global_reaches_sessions_started_after_it() {
     a.disconnect().await.unwrap();
     // Back in the pool, and reset there, before the change.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // A variable that changes nothing any other test could see: how long DDL waits for a
-    // metadata lock (one second more than it is).
-    let mut d = direct(db).await;
-    let before: u64 = d
-        .query_first("SELECT @@GLOBAL.lock_wait_timeout")
-        .await
-        .unwrap()
-        .unwrap();
-    let changed = before + 1;
-    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {changed}"))
-        .await
-        .unwrap();
+    let global = ChangedGlobal::lock_wait_timeout().await;
+    let changed = global.changed;
     let mut seen = Vec::new();
     let mut reused = false;
     for _ in 0..20 {
@@ -234,9 +224,7 @@ async fn a_set_global_reaches_sessions_started_after_it() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    d.query_drop(format!("SET GLOBAL lock_wait_timeout = {before}"))
-        .await
-        .unwrap();
+    global.restore().await;
     assert!(reused, "the pool handed the old backend connection on");
     assert!(
         seen.iter().all(|&v| v == changed),
