@@ -64,7 +64,8 @@
 //!
 //! - The connection id in our handshake is the proxy's session number (from 2^31 up, so it
 //!   never names a backend thread), not the backend thread id: the backend connection is
-//!   chosen after the client's CLIENT_FOUND_ROWS is known. `KILL` needs `CONNECTION_ID()`.
+//!   chosen after the client's CLIENT_FOUND_ROWS is known. A `KILL` of that id is sent
+//!   with the session's backend thread id instead (`session/kill.rs`).
 //! - mysql_async always opens backend connections with CLIENT_MULTI_STATEMENTS; for a client
 //!   without multi-statements, [`stacked`] refuses a second statement with 1064 itself
 //!   (its message differs from the server's; under ANSI_QUOTES a backslash inside a
@@ -136,7 +137,7 @@ pub use config::Config;
 pub use error::ProxyError;
 
 /// First session id announced in handshakes (see `run`).
-const SESSION_ID_BASE: u32 = 0x8000_0000;
+pub(crate) const SESSION_ID_BASE: u32 = 0x8000_0000;
 
 /// What every session reads; built once by [`run`].
 pub struct Shared {
@@ -195,6 +196,8 @@ pub struct Shared {
     /// branches kept for their phase two.
     pub xa_proof: xa::ProofTable,
     pub xa_pinned: xa::Pinned,
+    /// Each session's backend thread id by its handshake id, for `KILL <handshake id>`.
+    pub session_ids: Arc<session::kill::BackendIds>,
     /// What `/metrics` shows (see [`admin`]).
     pub metrics: metrics::Metrics,
 }
@@ -270,6 +273,7 @@ pub async fn run(
         isolation: Arc::default(),
         xa_proof: xa::ProofTable::new(&config.undo_schema),
         xa_pinned: xa::Pinned::default(),
+        session_ids: Default::default(),
         metrics: metrics::Metrics::default(),
         config,
         collations: Default::default(),
@@ -292,9 +296,10 @@ pub async fn run(
     // Taken before serving: the (max_connections + 1)th client gets error 1040.
     let limit = Arc::new(Semaphore::new(shared.config.max_connections));
     let tracker = TaskTracker::new();
-    // Session ids live far above the backend's thread ids: a client that sends
-    // `KILL QUERY <handshake id>` (the mariadb CLI on Ctrl-C) gets "Unknown thread id"
-    // instead of killing someone else's statement on the backend.
+    // Session ids live far above the backend's thread ids, so `KILL QUERY <handshake id>`
+    // (the mariadb CLI on Ctrl-C, Connector/J's cancel) is told from a backend id: it is
+    // sent with that session's backend thread id instead (`session/kill.rs`), never
+    // killing someone else's statement.
     let next_id = AtomicU32::new(SESSION_ID_BASE);
     info!(addr = ?listener.local_addr().ok(), "rewind-proxy accepting");
     loop {

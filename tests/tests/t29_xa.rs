@@ -294,6 +294,21 @@ async fn t29_a_session_goes_on_after_its_xa_commit() {
         .await
         .unwrap_err();
     assert_eq!(code(&e), 1397, "{e}");
+
+    // A KILL QUERY of the session's handshake id reaches the connection it moved to.
+    let c_id = c.id();
+    let sleeping = tokio::spawn(async move {
+        let r = c.query_first::<i64, _>("SELECT SLEEP(20)").await;
+        r.map_err(|e| code(&e))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut other = proxy.conn(db).await;
+    other
+        .query_drop(format!("KILL QUERY {c_id}"))
+        .await
+        .unwrap();
+    let slept = tokio::time::timeout(Duration::from_secs(10), sleeping).await;
+    assert_eq!(slept.expect("cut short").unwrap(), Err(1317));
 }
 
 /// A session that set a variable to what a `SET GLOBAL` since made the default keeps it

@@ -9,6 +9,7 @@
 //!   of the same text.
 
 pub(crate) mod guarded;
+pub(crate) mod kill;
 pub(crate) mod reuse;
 
 use std::collections::HashMap;
@@ -107,6 +108,8 @@ impl Prepared {
 pub(crate) struct Session {
     pub(crate) ps: PacketStream,
     pub(crate) conn: Conn,
+    /// `conn`'s thread id under the session's handshake id, for a `KILL` of that id.
+    pub(crate) backend_id: kill::Registered,
     /// Its session thread's backend pools (by CLIENT_FOUND_ROWS): where a replacement
     /// connection comes from.
     pub(crate) pools: [mysql_async::Pool; 2],
@@ -228,6 +231,7 @@ pub async fn serve(
     };
     let mut s = Session {
         ps,
+        backend_id: shared.session_ids.register(conn_id, conn.id()),
         conn,
         pools,
         caps: hello.caps,
@@ -730,6 +734,15 @@ impl Session {
     }
 
     async fn query(&mut self, sql: &[u8]) -> Result<(), ProxyError> {
+        let translated;
+        let sql = match kill::translate(sql, crate::SESSION_ID_BASE, &self.shared.session_ids) {
+            None => sql,
+            Some(Ok(kill)) => {
+                translated = kill;
+                translated.as_bytes()
+            }
+            Some(Err(e)) => return Err(e),
+        };
         if self.shared.outbox.enabled && crate::outbox::mentions_outbox(sql) {
             self.outbox_written = true;
         }

@@ -388,6 +388,7 @@ impl Session {
         pin: Option<XaId>,
     ) {
         let old = std::mem::replace(&mut self.conn, fresh);
+        self.backend_id.moved(self.conn.id());
         // Statements kept for reuse stay with the old connection.
         self.reuse.forget();
         for (client_id, stmt) in statements {

@@ -233,6 +233,49 @@ async fn a_set_global_reaches_sessions_started_after_it() {
     proxy.stop().await;
 }
 
+/// `KILL QUERY <id>` and `KILL <id>` with the id a session's handshake announced (how the
+/// mariadb CLI on Ctrl-C and Connector/J's cancel do it) act on that session, as they do
+/// directly; an id of the proxy's range that names no session gets the server's 1094.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_by_the_handshake_id_acts_on_that_session_as_directly() {
+    let db = "rwp_kill";
+    fresh_db(db).await;
+    let proxy = Proxy::start().await;
+    let mut seen = Vec::new();
+    for through_proxy in [false, true] {
+        let (mut a, mut b) = if through_proxy {
+            (proxy.conn(db).await, proxy.conn(db).await)
+        } else {
+            (direct(db).await, direct(db).await)
+        };
+        let a_id = a.id();
+        let started = std::time::Instant::now();
+        let sleeping = tokio::spawn(async move {
+            let r = server_error(a.query_first::<i64, _>("SELECT SLEEP(20)").await);
+            (r.map(|(code, state, _)| (code, state)).ok(), a)
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        b.query_drop(format!("KILL QUERY {a_id}")).await.unwrap();
+        let (slept, mut a) = sleeping.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "SLEEP cut short"
+        );
+        // The session goes on after its statement is killed; KILL CONNECTION ends it.
+        let one: i64 = a.query_first("SELECT 1").await.unwrap().unwrap();
+        b.query_drop(format!("KILL {a_id}")).await.unwrap();
+        let gone = a.query_drop("SELECT 1").await.is_err();
+        seen.push((slept, one, gone));
+    }
+    assert_eq!(seen[0], seen[1], "directly, then through the proxy");
+    // Interrupted (1317), as the server tells it.
+    assert_eq!(seen[1], (Some((1317, "70100".to_string())), 1, true));
+    let mut c = proxy.conn(db).await;
+    let e = server_error(c.query_drop(format!("KILL QUERY {}", u32::MAX)).await).unwrap();
+    assert_eq!(e.0, 1094);
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn found_rows_flag_reaches_the_backend() {
     let db = "rwp_found";
