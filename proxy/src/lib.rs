@@ -71,7 +71,7 @@
 //!   (its message differs from the server's; under ANSI_QUOTES a backslash inside a
 //!   double-quoted identifier is taken as an escape).
 //! - Cursor requests in COM_STMT_EXECUTE get a plain result set; COM_STMT_FETCH,
-//!   COM_FIELD_LIST, COM_PROCESS_KILL, COM_BINLOG_DUMP and other rare commands get 1047.
+//!   COM_FIELD_LIST, COM_BINLOG_DUMP and other rare commands get 1047.
 //! - Execute parameters reach the backend re-typed by mysql_async (integers as LONGLONG,
 //!   strings as VAR_STRING): same values, the prepare's warning count is reported as 0.
 //! - For clients without CLIENT_DEPRECATE_EOF, the EOF after column definitions carries the

@@ -6,7 +6,8 @@
 //! with the backend thread id of that session's connection in their place. An id in the
 //! proxy's range that names no session of this process gets the server's own answer to an
 //! unknown id (1094). Ids below the range (the backend's own, as `CONNECTION_ID()` shows
-//! them) and every other form of KILL go to the backend unchanged.
+//! them) and every other form of KILL go to the backend unchanged. The older command for
+//! it, COM_PROCESS_KILL (`mysql_kill()`), is run as the `KILL CONNECTION` it stands for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

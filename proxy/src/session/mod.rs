@@ -45,6 +45,7 @@ const COM_QUIT: u8 = 0x01;
 const COM_INIT_DB: u8 = 0x02;
 pub(crate) const COM_QUERY: u8 = 0x03;
 const COM_STATISTICS: u8 = 0x09;
+const COM_PROCESS_KILL: u8 = 0x0c;
 pub(crate) const COM_CHANGE_USER: u8 = 0x11;
 const COM_PING: u8 = 0x0e;
 const COM_STMT_PREPARE: u8 = 0x16;
@@ -550,6 +551,12 @@ impl Session {
                 Ok(())
             }
             COM_CHANGE_USER => self.change_user(body).await,
+            // `mysql_kill()`: the statement it stands for, so the id is translated as a
+            // KILL statement's would be (`kill`).
+            COM_PROCESS_KILL => {
+                let id = Cursor::new(body).u32()?;
+                self.query(format!("KILL CONNECTION {id}").as_bytes()).await
+            }
             COM_STATISTICS => {
                 // The reply is a bare string, as mysqladmin status / the CLI's `status` expect.
                 let text = self.statistics().await?;

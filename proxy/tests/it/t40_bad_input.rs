@@ -35,11 +35,46 @@ async fn handshake_id_never_names_a_backend_thread() {
     let mut a = proxy.conn("test").await;
     let announced = a.id();
     assert!(announced >= 0x8000_0000, "{announced:#x}");
+    let backend: u64 = a
+        .query_first("SELECT CONNECTION_ID()")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(u64::from(announced), backend);
+    // A KILL QUERY of the announced id is that session's (see t20's kill test), here idle:
+    // nothing to cut, and it goes on.
     let mut b = proxy.conn("test").await;
-    let e = server_error(b.query_drop(format!("KILL QUERY {announced}")).await).unwrap();
-    assert_eq!(e.0, 1094, "unknown thread id: {e:?}");
+    b.query_drop(format!("KILL QUERY {announced}"))
+        .await
+        .unwrap();
     let one: i64 = a.query_first("SELECT 1").await.unwrap().unwrap();
     assert_eq!(one, 1);
+    // Once the session is gone its id names nobody: the server's "unknown thread id".
+    a.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let e = server_error(b.query_drop(format!("KILL QUERY {announced}")).await).unwrap();
+    assert_eq!(e.0, 1094, "unknown thread id: {e:?}");
+    proxy.stop().await;
+}
+
+/// `mysql_kill()` (COM_PROCESS_KILL) of a session's announced id ends that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn com_process_kill_ends_the_session_it_names() {
+    let proxy = Proxy::start().await;
+    let mut a = proxy.conn("test").await;
+    let mut payload = vec![0x0c];
+    payload.extend_from_slice(&a.id().to_le_bytes());
+    let mut s = raw_login(proxy.addr).await;
+    s.write_all(&frame(0, &payload)).await.unwrap();
+    assert_eq!(read_packet(&mut s).await.unwrap()[0], 0x00, "OK");
+    assert!(a.query_drop("SELECT 1").await.is_err(), "a's session ended");
+    // An id naming nobody: the server's 1094; the killer's session goes on.
+    s.write_all(&frame(0, &[0x0c, 0xff, 0xff, 0xff, 0xff]))
+        .await
+        .unwrap();
+    assert_eq!(expect_err_or_close(&mut s).await, Some(1094));
+    s.write_all(&frame(0, b"\x03SELECT 1")).await.unwrap();
+    assert_eq!(read_packet(&mut s).await.unwrap(), vec![1], "one column");
     proxy.stop().await;
 }
 
