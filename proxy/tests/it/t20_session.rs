@@ -190,12 +190,7 @@ async fn session_state_is_the_backends_and_is_reset_on_quit() {
 async fn a_set_global_reaches_sessions_started_after_it() {
     let db = "rwp_set_global";
     fresh_db(db).await;
-    let proxy = Proxy::with(Config {
-        backend: BACKEND.into(),
-        max_connections: 4,
-        ..Config::default()
-    })
-    .await;
+    let proxy = Proxy::start().await;
     let mut a = proxy.conn(db).await;
     let a_id: u64 = a
         .query_first("SELECT CONNECTION_ID()")
