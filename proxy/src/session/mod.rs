@@ -936,10 +936,9 @@ impl Session {
             self.outbox_written = true;
         }
         let n = p.types.len();
-        let mut values = Vec::with_capacity(n);
-        let mut too_long = false;
+        let mut bitmap: &[u8] = &[];
         if n > 0 {
-            let bitmap = c.take(n.div_ceil(8))?;
+            bitmap = c.take(n.div_ceil(8))?;
             if c.u8()? == 1 {
                 for t in p.types.iter_mut() {
                     let ty = ColumnType::try_from(c.u8()?)
@@ -952,6 +951,27 @@ impl Session {
                     *t = (ty, fl);
                 }
             }
+        }
+        let plain = p.msg.is_none()
+            && p.tcc.is_none()
+            && p.barrier.is_none()
+            && p.xa_tag.is_none()
+            && p.tag.is_none()
+            && p.long_data.is_empty()
+            && self.xa.is_none()
+            && self.branch.is_none()
+            // Write isolation looks into the writes it checks (`route_untagged`).
+            && (self.shared.config.write_isolation != WriteIsolation::All
+                || !matches!(p.kind, Kind::Update | Kind::Delete | Kind::With));
+        if plain {
+            // Nothing here needs the values: the client's bytes go to the backend as they
+            // came (see `execute_raw`).
+            let body = raw_execute_body(p.stmt.id(), bitmap, &p.types, c.remaining());
+            return self.execute_raw(id, &body).await;
+        }
+        let mut values = Vec::with_capacity(n);
+        let mut too_long = false;
+        if n > 0 {
             let mut rest = ParseBuf(c.remaining());
             for (i, &(ty, fl)) in p.types.iter().enumerate() {
                 let null = bitmap[i / 8] & (1 << (i % 8)) != 0;
@@ -1077,6 +1097,29 @@ impl Session {
         r
     }
 
+    /// An execute no mode takes and no AT, XA or isolation path needs to see into: sent
+    /// with the client's parameter bytes as they came (`body`, from [`raw_execute_body`]),
+    /// not decoded into values that mysql_async would encode again. What the backend
+    /// would refuse (a malformed value, a packet over its max_allowed_packet) it refuses
+    /// with its own error, as it would directly.
+    async fn execute_raw(&mut self, id: u32, body: &[u8]) -> Result<(), ProxyError> {
+        let p = self
+            .stmts
+            .get(&id)
+            .ok_or(ProxyError::UnknownStatement(id))?;
+        let begins = p.kind == Kind::Begin;
+        let ddl = matches!(p.kind, classify::Kind::Other(_));
+        self.fresh_tx = false;
+        self.conn.exec_raw(&p.stmt, body).await?;
+        let r = self.relay::<BinaryProtocol>().await;
+        self.fresh_tx = begins && r.is_ok();
+        if ddl {
+            // A prepared DDL statement (see `query`).
+            self.shared.metas.clear();
+        }
+        r
+    }
+
     /// Relays every result set of the pending result, row by row, then its final OK/EOF.
     /// Backend errors in later result sets end the response as MySQL would (ERR packet).
     pub(crate) async fn relay<P: Protocol>(&mut self) -> Result<(), ProxyError> {
@@ -1132,6 +1175,38 @@ impl Session {
             self.ps.push(&wire::eof_packet(self.caps, status, warnings));
         }
     }
+}
+
+/// The COM_STMT_EXECUTE body (after the command byte) for the backend's statement
+/// `backend_id`, from a client's execute: its NULL bitmap and parameter bytes as they came,
+/// with no cursor (answered as a plain result set, see `execute`), one iteration, and the
+/// parameter types always bound (the client may have bound them on an earlier execute, and
+/// the backend statement may since have run with other types: an AT or mode path encodes
+/// its own).
+fn raw_execute_body(
+    backend_id: u32,
+    bitmap: &[u8],
+    types: &[(ColumnType, ColumnFlags)],
+    values: &[u8],
+) -> Vec<u8> {
+    let mut b = Vec::with_capacity(10 + bitmap.len() + 2 * types.len() + values.len());
+    b.extend_from_slice(&backend_id.to_le_bytes());
+    b.push(0); // CURSOR_TYPE_NO_CURSOR
+    b.extend_from_slice(&1u32.to_le_bytes());
+    if !types.is_empty() {
+        b.extend_from_slice(bitmap);
+        b.push(1);
+        for &(ty, fl) in types {
+            let unsigned = if fl.contains(ColumnFlags::UNSIGNED_FLAG) {
+                0x80
+            } else {
+                0
+            };
+            b.extend_from_slice(&[ty as u8, unsigned]);
+        }
+        b.extend_from_slice(values);
+    }
+    b
 }
 
 /// Whether a LOAD statement is `LOAD DATA|XML [LOW_PRIORITY|CONCURRENT] LOCAL INFILE`: the

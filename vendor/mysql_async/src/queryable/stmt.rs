@@ -17,7 +17,7 @@ use mysql_common::{
 use std::{borrow::Cow, fmt, sync::Arc};
 
 use crate::{
-    conn::routines::{ExecBulkRoutine, ExecRoutine, PrepareRoutine},
+    conn::routines::{ExecBulkRoutine, ExecRawRoutine, ExecRoutine, PrepareRoutine},
     consts::CapabilityFlags,
     error::*,
     Column, Params,
@@ -373,6 +373,13 @@ impl crate::Conn {
         self.routine(ExecRoutine::new(statement, params.into()))
             .await?;
         Ok(())
+    }
+
+    /// Rewind patch: executes `statement` with a `COM_STMT_EXECUTE` body the caller
+    /// encoded (see [`ExecRawRoutine`]); its result is then read as after `exec_iter`
+    /// (`QueryResult::new(conn)`).
+    pub async fn exec_raw(&mut self, statement: &Statement, body: &[u8]) -> Result<()> {
+        self.routine(ExecRawRoutine::new(statement, body)).await
     }
 
     /// Helper, that executes the given statement as a bulk operation

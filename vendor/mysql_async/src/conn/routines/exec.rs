@@ -95,6 +95,38 @@ impl Routine<()> for ExecRoutine<'_> {
     }
 }
 
+/// Rewind patch: a routine that sends a `COM_STMT_EXECUTE` whose body the caller encoded
+/// (everything after the command byte, the statement id `stmt`'s), then reads its result
+/// as [`ExecRoutine`] does. A proxy relaying a client's execute sends the client's
+/// parameter bytes as they came instead of decoding them into `Value`s to encode again.
+#[derive(Debug, Clone)]
+pub struct ExecRawRoutine<'a> {
+    stmt: &'a Statement,
+    body: &'a [u8],
+}
+
+impl<'a> ExecRawRoutine<'a> {
+    pub fn new(stmt: &'a Statement, body: &'a [u8]) -> Self {
+        Self { stmt, body }
+    }
+}
+
+impl Routine<()> for ExecRawRoutine<'_> {
+    fn call<'a>(self, conn: &'a mut Conn) -> BoxFuture<'a, crate::Result<()>>
+    where
+        Self: 'a,
+    {
+        async move {
+            conn.write_command_data(mysql_common::constants::Command::COM_STMT_EXECUTE, self.body)
+                .await?;
+            conn.read_result_set::<BinaryProtocol>(true, Some(self.stmt))
+                .await?;
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
 /// A routine that executes `COM_STMT_BULK_EXECUTE` (MariaDb feature).
 #[derive(Debug, Clone)]
 pub struct ExecBulkRoutine<'a, I> {
