@@ -99,6 +99,45 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// An execute's parameter values (after its NULL bitmap and any types bound), with
+    /// the long data sent for it, which they consume. A long-data parameter over
+    /// `max_allowed_packet` gets the server's own error (the session goes on).
+    pub(crate) fn decode_params(
+        &mut self,
+        bitmap: &[u8],
+        values: &[u8],
+        max_allowed_packet: Option<usize>,
+    ) -> Result<Vec<Value>, ProxyError> {
+        let mut out = Vec::with_capacity(self.types.len());
+        let mut too_long = false;
+        let mut rest = ParseBuf(values);
+        for (i, &(ty, fl)) in self.types.iter().enumerate() {
+            let null = bitmap[i / 8] & (1 << (i % 8)) != 0;
+            if let Some(data) = self.long_data.remove(&(i as u16)) {
+                too_long |= max_allowed_packet.is_some_and(|max| data.len() > max);
+                out.push(Value::Bytes(data));
+            } else if null || ty == ColumnType::MYSQL_TYPE_NULL {
+                out.push(Value::NULL);
+            } else {
+                let v: ValueDeserializer<BinValue> = rest
+                    .parse((ty, fl))
+                    .map_err(|_| ProxyError::Malformed("bad parameter value"))?;
+                out.push(v.0);
+            }
+        }
+        self.long_data.clear();
+        if too_long {
+            return Err(ProxyError::Backend {
+                code: 1105,
+                state: "HY000".into(),
+                message: "Parameter of prepared statement which is set through \
+                          mysql_send_long_data() is longer than 'max_allowed_packet' bytes"
+                    .into(),
+            });
+        }
+        Ok(out)
+    }
+
     /// The text the backend prepared ([`xid::backend_text`]): to prepare it again on
     /// another backend connection, and the key under which it may be kept ([`reuse`]).
     pub(crate) fn backend_text(&self) -> &[u8] {
@@ -959,52 +998,44 @@ impl Session {
             && p.tag.is_none()
             && p.long_data.is_empty()
             && self.xa.is_none()
-            && self.branch.is_none()
-            // Write isolation looks into the writes it checks (`route_untagged`).
-            && (self.shared.config.write_isolation != WriteIsolation::All
-                || !matches!(p.kind, Kind::Update | Kind::Delete | Kind::With));
+            && self.branch.is_none();
         if plain {
             // Nothing here needs the values: the client's bytes go to the backend as they
-            // came (see `execute_raw`).
-            let body = raw_execute_body(p.stmt.id(), bitmap, &p.types, c.remaining());
-            return self.execute_raw(id, &body).await;
-        }
-        let mut values = Vec::with_capacity(n);
-        let mut too_long = false;
-        if n > 0 {
-            let mut rest = ParseBuf(c.remaining());
-            for (i, &(ty, fl)) in p.types.iter().enumerate() {
-                let null = bitmap[i / 8] & (1 << (i % 8)) != 0;
-                if let Some(data) = p.long_data.remove(&(i as u16)) {
-                    if self
-                        .shared
-                        .max_allowed_packet
-                        .is_some_and(|max| data.len() > max)
-                    {
-                        too_long = true;
+            // came (see `execute_raw`), unless write isolation must look into this write.
+            self.fresh_tx = false;
+            let checked = self.shared.config.write_isolation == WriteIsolation::All
+                && matches!(p.kind, Kind::Update | Kind::Delete | Kind::With);
+            let ticket = if checked {
+                let kind = p.kind.clone();
+                let st = at::Stmt::Prepared {
+                    id,
+                    stmt: p.stmt.clone(),
+                    sql: p.sql.clone(),
+                };
+                match self.route_untagged(&st, &kind, false).await? {
+                    at::Route::Fast(t) => t,
+                    at::Route::Isolated => {
+                        let p = self
+                            .stmts
+                            .get_mut(&id)
+                            .ok_or(ProxyError::UnknownStatement(id))?;
+                        let values = p.decode_params(bitmap, c.remaining(), None)?;
+                        return self.isolated(st, values).await;
                     }
-                    values.push(Value::Bytes(data));
-                } else if null || ty == ColumnType::MYSQL_TYPE_NULL {
-                    values.push(Value::NULL);
-                } else {
-                    let v: ValueDeserializer<BinValue> = rest
-                        .parse((ty, fl))
-                        .map_err(|_| ProxyError::Malformed("bad parameter value"))?;
-                    values.push(v.0);
                 }
-            }
+            } else {
+                None
+            };
+            let p = self
+                .stmts
+                .get(&id)
+                .ok_or(ProxyError::UnknownStatement(id))?;
+            let body = raw_execute_body(p.stmt.id(), bitmap, &p.types, c.remaining());
+            let r = self.execute_raw(id, &body).await;
+            drop(ticket);
+            return r;
         }
-        if too_long {
-            // The server's own answer; the session goes on (the parameters are consumed).
-            return Err(ProxyError::Backend {
-                code: 1105,
-                state: "HY000".into(),
-                message: "Parameter of prepared statement which is set through \
-                          mysql_send_long_data() is longer than 'max_allowed_packet' bytes"
-                    .into(),
-            });
-        }
-        p.long_data.clear();
+        let values = p.decode_params(bitmap, c.remaining(), self.shared.max_allowed_packet)?;
         if let Some(msg) = p.msg.clone() {
             let kind = p.kind.clone();
             let st = at::Stmt::Prepared {

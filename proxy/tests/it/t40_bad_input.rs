@@ -299,6 +299,50 @@ async fn execute_params_keep_their_wire_types() {
     proxy.stop().await;
 }
 
+/// `UPDATE {table} SET vc = ? WHERE id = ?` by hand through `addr`, the value a DATE.
+async fn update_with_a_date_by_hand(addr: std::net::SocketAddr, table: &str, id: i32) {
+    let mut s = raw_login(addr).await;
+    let mut prep = vec![0x16];
+    prep.extend_from_slice(format!("UPDATE {table} SET vc = ? WHERE id = ?").as_bytes());
+    s.write_all(&frame(0, &prep)).await.unwrap();
+    let head = read_packet(&mut s).await.unwrap();
+    assert_eq!(head[0], 0, "prepare OK: {}", String::from_utf8_lossy(&head));
+    let stmt = [head[1], head[2], head[3], head[4]];
+    for _ in 0..3 {
+        read_packet(&mut s).await.unwrap(); // 2 params + EOF
+    }
+    let mut ex = vec![0x17];
+    ex.extend_from_slice(&stmt);
+    ex.push(0);
+    ex.extend_from_slice(&1u32.to_le_bytes());
+    ex.extend_from_slice(&[0, 1, 0x0a, 0, 0x03, 0]); // no NULLs; DATE, LONG
+    ex.extend_from_slice(&[4, 0xE8, 0x07, 2, 29]);
+    ex.extend_from_slice(&id.to_le_bytes());
+    s.write_all(&frame(0, &ex)).await.unwrap();
+    let ok = read_packet(&mut s).await.unwrap();
+    assert_eq!(ok[..2], [0, 1], "one row: {}", String::from_utf8_lossy(&ok));
+}
+
+/// An untagged UPDATE passes write isolation's check (its table holds no global locks),
+/// then runs with the client's parameters as they came: a DATE written into a string
+/// column is the date, as directly, not a DATETIME's text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checked_write_keeps_its_parameter_types() {
+    let db = "rwp_wire_date";
+    fresh_db(db).await;
+    let mut d = direct(db).await;
+    d.query_drop("CREATE TABLE t (id INT PRIMARY KEY, vc VARCHAR(40)); INSERT INTO t VALUES (1, ''), (2, '')")
+        .await
+        .unwrap();
+    let proxy = Proxy::start().await;
+    let table = format!("{db}.t");
+    update_with_a_date_by_hand(proxy.addr, &table, 1).await;
+    update_with_a_date_by_hand("127.0.0.1:3306".parse().unwrap(), &table, 2).await;
+    let got: Vec<(i32, String)> = d.query("SELECT id, vc FROM t ORDER BY id").await.unwrap();
+    assert_eq!(got, [(1, "2024-02-29".into()), (2, "2024-02-29".into())]);
+    proxy.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn long_data_and_split_packets_by_hand() {
     let proxy = Proxy::start().await;
