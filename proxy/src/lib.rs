@@ -113,6 +113,7 @@ mod metrics;
 mod msg;
 mod outbox;
 mod packet;
+mod params;
 mod session;
 mod shards;
 mod stacked;

@@ -22,6 +22,8 @@
 //! - [`mariadb`]: connections straight to MariaDB, fresh databases, checksums, dumps,
 //!   undo records, server errors.
 //! - [`tls`]: certificates made at test time, and a throwaway MariaDB serving TLS.
+//! - [`wire`]: the MySQL protocol by hand (a login, prepares and executes with any
+//!   parameter type).
 
 pub mod brokers;
 pub mod browser;
@@ -36,6 +38,7 @@ pub mod proxy;
 pub mod relay;
 pub mod tls;
 pub mod wait;
+pub mod wire;
 
 pub use brokers::{amqp_addr, amqp_url, nats_addr, nats_url, AmqpQueue, JetStream};
 pub use browser::{chromium, run_console_driver};

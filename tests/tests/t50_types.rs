@@ -254,3 +254,72 @@ async fn t50_a_text_update_by_integer_keys_writes_exactly_the_locked_rows() {
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
     assert_eq!(checksums(db, &["w"]).await, original);
 }
+
+/// Parameters typed as the client typed them, which no Rust driver can send (so by hand),
+/// in a tagged UPDATE and DELETE: the proxy reads their values for the images and the
+/// write narrowed to the locked keys, and sends them on with the client's types. A DECIMAL
+/// computes exactly (as a string, `bal - ?` computes in DOUBLE and the 20-digit balance
+/// loses its fraction: `12345678901234567000.0000000000`), and a DELETE by a value off in
+/// its last digit finds nothing; a DATE written into a string column reads as a date (as a
+/// DATETIME it gains ` 00:00:00`). Each row ends as the same statements leave its twin
+/// directly, and the global rollback restores the proxy's row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_parameter_types_keep_their_meaning_in_global_writes() {
+    use rewind_test_support::wire::{execute, prepare, raw_login};
+    let dir = TempDir::new("types-params");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_types_params";
+    fresh_db(db).await;
+    let mut d = direct(db).await;
+    d.query_drop(
+        "CREATE TABLE acc (id INT PRIMARY KEY, bal DECIMAL(30,10), note VARCHAR(40)); \
+         INSERT INTO acc VALUES \
+         (1, 12345678901234567890.1234567890, ''), (2, 12345678901234567890.1234567890, '')",
+    )
+    .await
+    .unwrap();
+    let original = dump(db, "acc").await;
+    let update = format!("UPDATE {db}.acc SET bal = bal - ?, note = ? WHERE id = ?");
+    let delete = format!("DELETE FROM {db}.acc WHERE id = ? AND bal = ?");
+    let amount: &[u8] = b"\x0c0.0000000001";
+    let date: &[u8] = &[4, 0xE8, 0x07, 2, 29];
+    let near: &[u8] = b"\x1f12345678901234567890.1234567888";
+    // Row 1 directly; row 2 through the proxy in a global transaction.
+    let run = |addr, tag: String, id: i32| {
+        let (update, delete) = (update.clone(), delete.clone());
+        async move {
+            let mut s = raw_login(addr).await;
+            let key = id.to_le_bytes();
+            let u = prepare(&mut s, &format!("{tag}{update}")).await;
+            let ok = execute(&mut s, u, &[(0xf6, amount), (0x0a, date), (0x03, &key)]).await;
+            assert_eq!(ok[..2], [0, 1], "UPDATE: {}", String::from_utf8_lossy(&ok));
+            let del = prepare(&mut s, &format!("{tag}{delete}")).await;
+            let ok = execute(&mut s, del, &[(0x03, &key), (0xf6, near)]).await;
+            assert_eq!(ok[..2], [0, 0], "DELETE: {}", String::from_utf8_lossy(&ok));
+        }
+    };
+    run("127.0.0.1:3306".parse().unwrap(), String::new(), 1).await;
+    let xid = coord.begin(60_000).await;
+    run(proxy.addr, format!("/*+ XID('{xid}') */ "), 2).await;
+    let rows: Vec<(i32, String, String)> = d
+        .query("SELECT id, CAST(bal AS CHAR), note FROM acc ORDER BY id")
+        .await
+        .unwrap();
+    assert_eq!(
+        rows[0],
+        (
+            1,
+            "12345678901234567890.1234567889".into(),
+            "2024-02-29".into()
+        ),
+        "directly"
+    );
+    assert_eq!(
+        (&rows[1].1, &rows[1].2),
+        (&rows[0].1, &rows[0].2),
+        "through the proxy as directly"
+    );
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(dump(db, "acc").await[1], original[1], "row 2 restored");
+}

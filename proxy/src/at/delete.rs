@@ -41,7 +41,9 @@ impl StatementRun<'_> {
         for (t, meta) in plan.targets.iter().zip(&targets) {
             let name = meta.name.to_string();
             let sql = plan.before_image_sql(*t, meta);
-            let found = self.image_rows(&targets, &sql, params.clone()).await?;
+            let found = self
+                .image_rows(&targets, &sql, params.clone(), self.types)
+                .await?;
             let mut image = RowImage::from_image(meta, &found)
                 .map_err(|e| Failure::Clean(refused(e, &name)))?;
             dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -64,7 +66,9 @@ impl StatementRun<'_> {
                     .into(),
             )));
         }
-        let ok = self.write(&plan.by_keys_sql(&keyed), write_params).await?;
+        let ok = self
+            .write(&plan.by_keys_sql(&keyed), write_params, self.types)
+            .await?;
         if ok.affected_rows != total {
             return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
                 "multi-table DELETE: {total} rows locked but {} deleted",
@@ -102,14 +106,14 @@ impl StatementRun<'_> {
             return Err(Failure::Clean(e));
         }
         let sql = plan.before_image_sql(&meta);
-        let found = self.image_rows(&[&meta], &sql, params).await?;
+        let found = self.image_rows(&[&meta], &sql, params, self.types).await?;
         let before =
             RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
         let keys = keys_of(&meta, &before).map_err(|e| Failure::Clean(refused(e, &name)))?;
         self.confirm(&[&meta]).await?;
         let per = (MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)).max(1);
         let ok = self
-            .write_in_chunks(&keys, per, |n| plan.by_keys_sql(&meta, n), &[])
+            .write_in_chunks(&keys, per, |n| plan.by_keys_sql(&meta, n), &[], &[])
             .await?;
         if ok.affected_rows != keys.len() as u64 {
             return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(

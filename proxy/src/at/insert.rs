@@ -48,7 +48,7 @@ impl StatementRun<'_> {
         // `Some(keys)`: every key comes from the SELECT; `None`: the server generates them.
         let mut supplied: Option<Vec<Vec<Value>>> = None;
         if positions.iter().all(Option::is_some) {
-            let found = self.rows(select, params.clone()).await?;
+            let found = self.rows(select, params.clone(), self.types).await?;
             let (mut given, mut generated) = (Vec::with_capacity(found.len()), 0usize);
             for row in &found {
                 let mut key = Vec::with_capacity(positions.len());
@@ -234,7 +234,7 @@ impl StatementRun<'_> {
             .conflict_image_sql(&meta, &keys, true)
             .map_err(|e| Failure::Clean(refused(e, &name)))?;
         let found = self
-            .image_rows(&[&meta], &locking, key_params.clone())
+            .image_rows(&[&meta], &locking, key_params.clone(), &[])
             .await?;
         let before =
             RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -247,7 +247,7 @@ impl StatementRun<'_> {
             )))
         };
         let found = self
-            .rows(&locking, key_params)
+            .rows(&locking, key_params, &[])
             .await
             .map_err(|e| poisoned(e.to_string()))?;
         let after = RowImage::from_image(&meta, &found).map_err(|e| poisoned(e.to_string()))?;

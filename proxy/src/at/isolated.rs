@@ -11,6 +11,7 @@ use crate::wire;
 
 use super::locks::*;
 use super::statement::*;
+use crate::params::slice;
 
 impl StatementRun<'_> {
     /// Write isolation's slow path: an UPDATE or DELETE without an XID on a table holding
@@ -112,12 +113,30 @@ impl StatementRun<'_> {
             }
             Dml::Insert(_) => unreachable!("refused above"),
         };
+        // The client's types of those parameters (see `crate::params`).
+        let all = self.types;
+        let (image_types, lead_types): (Vec<ParamType>, &[ParamType]) = match dml {
+            Dml::Update(plan) => (
+                slice(all, plan.set_params..).to_vec(),
+                slice(all, ..plan.set_params),
+            ),
+            Dml::Delete(_) => (all.to_vec(), &[]),
+            Dml::UpdateJoin(plan) => {
+                let mut t = slice(all, ..plan.from_params).to_vec();
+                t.extend_from_slice(slice(all, plan.from_params + plan.set_params..));
+                (t, all)
+            }
+            Dml::DeleteJoin(_) => (all.to_vec(), all),
+            Dml::Insert(_) => unreachable!("refused above"),
+        };
         let checked: Vec<&TableMeta> = written.iter().map(|t| &*metas[*t]).collect();
         let mut keys_by_table = Vec::with_capacity(written.len());
         let mut lock_keys = Vec::new();
         for (meta, sql) in checked.iter().zip(&image_sqls) {
             let name = meta.name.to_string();
-            let found = self.image_rows(&checked, sql, image_params.clone()).await?;
+            let found = self
+                .image_rows(&checked, sql, image_params.clone(), &image_types)
+                .await?;
             let mut image = RowImage::from_image(meta, &found)
                 .map_err(|e| Failure::Clean(refused(e, &name)))?;
             dedup_by_key(meta, &mut image).map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -158,26 +177,39 @@ impl StatementRun<'_> {
             Dml::Update(plan) => {
                 // Sent as text: no parameters at all.
                 let text = image_params.is_empty() && write_params_lead.is_empty();
-                self.update_by_keys(plan, &metas[0], &keys_by_table[0], &write_params_lead, text)
-                    .await
+                self.update_by_keys(
+                    plan,
+                    &metas[0],
+                    &keys_by_table[0],
+                    &write_params_lead,
+                    lead_types,
+                    text,
+                )
+                .await
             }
             Dml::Delete(plan) => {
                 let meta = &metas[0];
                 let per = (MAX_STATEMENT_PARAMS / meta.primary_key.len().max(1)).max(1);
-                self.write_in_chunks(&keys_by_table[0], per, |n| plan.by_keys_sql(meta, n), &[])
-                    .await
+                self.write_in_chunks(
+                    &keys_by_table[0],
+                    per,
+                    |n| plan.by_keys_sql(meta, n),
+                    &[],
+                    &[],
+                )
+                .await
             }
             Dml::UpdateJoin(plan) => {
                 let (sql, p) =
                     join_write(plan.by_keys_sql(&keyed(&keys_by_table)), write_params_lead)?;
-                self.write(&sql, p)
+                self.write(&sql, p, lead_types)
                     .await
                     .map_err(|e| Failure::Clean(e.into()))
             }
             Dml::DeleteJoin(plan) => {
                 let (sql, p) =
                     join_write(plan.by_keys_sql(&keyed(&keys_by_table)), write_params_lead)?;
-                self.write(&sql, p)
+                self.write(&sql, p, lead_types)
                     .await
                     .map_err(|e| Failure::Clean(e.into()))
             }

@@ -29,7 +29,7 @@ impl StatementRun<'_> {
         }
         let tables: Vec<&rewind_undo_log::TableMeta> = metas.iter().map(|m| &**m).collect();
         let found = self
-            .rows_of(&tables, &select.keys_sql(&metas), params)
+            .rows_of(&tables, &select.keys_sql(&metas), params, self.types)
             .await?;
         let keys = select
             .keys(&metas, &found)

@@ -345,6 +345,7 @@ impl Session {
             db,
             xid,
             checks,
+            types: &self.exec_types,
         }
     }
 

@@ -24,12 +24,13 @@ use std::sync::atomic::Ordering;
 
 use crate::at::sql::{self as analyze, Dml};
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Params, Statement, Value};
+use mysql_async::{Conn, Statement, Value};
 use rewind_undo_log::undo_sql::MAX_STATEMENT_PARAMS;
 use rewind_undo_log::{Error as UndoError, RowImage, TableMeta, TableName, UndoItem};
 
 use super::definitions::Checks;
 use crate::error::ProxyError;
+pub(crate) use crate::params::ParamType;
 use crate::wire;
 use crate::Shared;
 
@@ -47,6 +48,9 @@ pub struct StatementRun<'a> {
     /// The bound transaction's table-definition checks (`None` for an isolated write,
     /// which confirms every definition before it writes).
     pub checks: Option<&'a mut Checks>,
+    /// The client's parameter types, when the statement came as an execute: the values
+    /// it sent go on with them ([`crate::params`]); empty for a text statement.
+    pub types: &'a [crate::params::ParamType],
 }
 
 /// Statements the proxy itself prepared on a session's backend connection. The pool's
@@ -144,14 +148,17 @@ impl StatementRun<'_> {
 }
 
 impl StatementRun<'_> {
+    /// Rows of `sql` with `params`, the first `types.len()` of them the client's (sent
+    /// with its types, [`crate::params`]).
     pub(super) async fn rows(
         &mut self,
         sql: &str,
         params: Vec<Value>,
+        types: &[ParamType],
     ) -> Result<Vec<mysql_async::Row>, mysql_async::Error> {
         let stmt = self.stmts.get(self.conn, sql).await?;
         let stamp = self.before_request();
-        let r = self.conn.exec(&stmt, params_of(params)).await;
+        let r = crate::params::exec_rows(self.conn, &stmt, params, types).await;
         self.answered(stamp, r.is_ok());
         r
     }
@@ -169,12 +176,13 @@ impl StatementRun<'_> {
         metas: &[&TableMeta],
         sql: &str,
         params: Vec<Value>,
+        types: &[ParamType],
     ) -> Result<Vec<mysql_async::Row>, mysql_async::Error> {
         if params.is_empty() && !self.stmts.contains(sql) && metas.iter().all(|m| text_is_exact(m))
         {
             self.text_rows(sql).await
         } else {
-            self.rows(sql, params).await
+            self.rows(sql, params, types).await
         }
     }
 
@@ -242,14 +250,16 @@ pub(super) fn text_is_exact(meta: &TableMeta) -> bool {
 }
 
 impl StatementRun<'_> {
+    /// Runs the write `sql` with `params`, the first `types.len()` of them the client's.
     pub(super) async fn write(
         &mut self,
         sql: &str,
         params: Vec<Value>,
+        types: &[ParamType],
     ) -> Result<wire::Ok, mysql_async::Error> {
         let stmt = self.stmts.get(self.conn, sql).await?;
         let stamp = self.before_request();
-        let r = self.conn.exec_drop(&stmt, params_of(params)).await;
+        let r = crate::params::exec_drop(self.conn, &stmt, params, types).await;
         self.answered(stamp, r.is_ok());
         r?;
         Ok(wire::Ok::from_backend(self.conn))
@@ -275,14 +285,6 @@ impl StatementRun<'_> {
                 checks.lost();
             }
         }
-    }
-}
-
-pub(super) fn params_of(v: Vec<Value>) -> Params {
-    if v.is_empty() {
-        Params::Empty
-    } else {
-        Params::Positional(v)
     }
 }
 
@@ -312,7 +314,7 @@ impl StatementRun<'_> {
             if lock {
                 sql.push_str(" FOR UPDATE");
             }
-            let found = self.rows(&sql, chunk.concat()).await?;
+            let found = self.rows(&sql, chunk.concat(), &[]).await?;
             let part = RowImage::from_image(meta, &found).map_err(|e| {
                 ProxyError::BranchRolledBack(format!("after image of {}: {e}", meta.name))
             })?;
@@ -526,8 +528,9 @@ impl StatementRun<'_> {
         metas: &[&TableMeta],
         sql: &str,
         params: Vec<Value>,
+        types: &[ParamType],
     ) -> Result<Vec<mysql_async::Row>, Failure> {
-        match self.rows_of(metas, sql, params).await {
+        match self.rows_of(metas, sql, params, types).await {
             Ok(r) => Ok(r),
             Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
                 let f = Failure::Clean(mysql_async::Error::Server(e).into());
@@ -562,7 +565,9 @@ impl StatementRun<'_> {
         let stamp = self.before_request();
         let r = match original {
             Original::Text(sql) => self.conn.query_drop(sql).await,
-            Original::Prepared(stmt) => self.conn.exec_drop(stmt, params_of(params.to_vec())).await,
+            Original::Prepared(stmt) => {
+                crate::params::exec_drop(self.conn, stmt, params.to_vec(), self.types).await
+            }
         };
         self.answered(stamp, r.is_ok());
         r?;
@@ -580,6 +585,7 @@ impl StatementRun<'_> {
         per: usize,
         sql_for: impl Fn(usize) -> String,
         lead_params: &[Value],
+        lead_types: &[ParamType],
     ) -> Result<wire::Ok, Failure> {
         let chunks: Vec<&[Vec<Value>]> = if keys.is_empty() {
             vec![&[]]
@@ -591,7 +597,7 @@ impl StatementRun<'_> {
         for (i, chunk) in chunks.iter().enumerate() {
             let mut params = lead_params.to_vec();
             params.extend(chunk.concat());
-            let ok = match self.write(&sql_for(chunk.len()), params).await {
+            let ok = match self.write(&sql_for(chunk.len()), params, lead_types).await {
                 Ok(ok) => ok,
                 Err(e) if i == 0 => return Err(Failure::Clean(e.into())),
                 Err(e) => {

@@ -6,6 +6,7 @@ use rewind_undo_log::undo_sql::MAX_STATEMENT_PARAMS;
 use rewind_undo_log::{RowImage, SqlKind, TableMeta, TableSummary, UndoItem};
 
 use crate::error::ProxyError;
+use crate::params::slice;
 use crate::wire;
 
 use super::statement::*;
@@ -46,6 +47,8 @@ impl StatementRun<'_> {
         // The SELECT has the ON and WHERE parameters, not the SET clause's.
         let mut image_params = params[..plan.from_params].to_vec();
         image_params.extend_from_slice(&params[plan.from_params + plan.set_params..]);
+        let mut image_types = slice(self.types, ..plan.from_params).to_vec();
+        image_types.extend_from_slice(slice(self.types, plan.from_params + plan.set_params..));
         let written_metas: Vec<&TableMeta> = written.iter().map(|(t, _)| &*metas[*t]).collect();
         let mut befores = Vec::with_capacity(written.len());
         for (t, _) in &written {
@@ -53,7 +56,7 @@ impl StatementRun<'_> {
             let name = meta.name.to_string();
             let sql = plan.before_image_sql(*t, meta);
             let found = self
-                .image_rows(&written_metas, &sql, image_params.clone())
+                .image_rows(&written_metas, &sql, image_params.clone(), &image_types)
                 .await?;
             let mut image = RowImage::from_image(meta, &found)
                 .map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -75,7 +78,9 @@ impl StatementRun<'_> {
                     .into(),
             )));
         }
-        let ok = self.write(&plan.by_keys_sql(&keyed), write_params).await?;
+        let ok = self
+            .write(&plan.by_keys_sql(&keyed), write_params, self.types)
+            .await?;
         let mut items = Vec::with_capacity(written.len());
         for ((t, set_columns), before) in written.into_iter().zip(befores) {
             let meta = &metas[t];
@@ -120,6 +125,7 @@ impl StatementRun<'_> {
         meta: &TableMeta,
         keys: &[Vec<Value>],
         set_params: &[Value],
+        set_types: &[ParamType],
         text: bool,
     ) -> Result<wire::Ok, Failure> {
         let per = ((MAX_STATEMENT_PARAMS - set_params.len().min(MAX_STATEMENT_PARAMS - 1))
@@ -136,8 +142,14 @@ impl StatementRun<'_> {
                 .await
                 .map_err(|e| Failure::Clean(e.into())),
             None => {
-                self.write_in_chunks(keys, per, |n| plan.by_keys_sql(meta, n), set_params)
-                    .await
+                self.write_in_chunks(
+                    keys,
+                    per,
+                    |n| plan.by_keys_sql(meta, n),
+                    set_params,
+                    set_types,
+                )
+                .await
             }
         }
     }
@@ -172,7 +184,15 @@ impl StatementRun<'_> {
         let before_sql = plan
             .before_image_sql(&meta)
             .map_err(|e| Failure::Clean(refused(e, &name)))?;
-        let found = self.image_rows(&[&meta], &before_sql, where_params).await?;
+        let types = self.types;
+        let found = self
+            .image_rows(
+                &[&meta],
+                &before_sql,
+                where_params,
+                slice(types, plan.set_params..),
+            )
+            .await?;
         let before =
             RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
         let keys = keys_of(&meta, &before).map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -195,7 +215,7 @@ impl StatementRun<'_> {
                 )));
             }
             let width = meta.primary_key.len();
-            let found = self.rows(&sql, key_params).await?;
+            let found = self.rows(&sql, key_params, &[]).await?;
             let mut out = Vec::with_capacity(found.len());
             for row in found {
                 let mut values = row.unwrap();
@@ -229,7 +249,14 @@ impl StatementRun<'_> {
             }
             None => {
                 let ok = self
-                    .update_by_keys(plan, &meta, &keys, &set_params, text)
+                    .update_by_keys(
+                        plan,
+                        &meta,
+                        &keys,
+                        &set_params,
+                        slice(types, ..plan.set_params),
+                        text,
+                    )
                     .await?;
                 let after = self
                     .image_by_keys(&meta, new_keys.as_deref().unwrap_or(&keys))

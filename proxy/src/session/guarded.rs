@@ -207,12 +207,7 @@ impl Session {
         let ran = match stmt {
             Stmt::Text(sql) => self.conn.query_drop(sql).await,
             Stmt::Prepared { stmt, .. } => {
-                let params = if params.is_empty() {
-                    Params::Empty
-                } else {
-                    Params::Positional(params)
-                };
-                self.conn.exec_drop(&stmt, params).await
+                crate::params::exec_drop(&mut self.conn, &stmt, params, &self.exec_types).await
             }
         };
         match ran {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use mysql_async::consts::{CapabilityFlags, ColumnFlags, ColumnType, StatusFlags};
 use mysql_async::prelude::{Protocol, Queryable};
-use mysql_async::{BinaryProtocol, Conn, Params, QueryResult, Statement, TextProtocol, Value};
+use mysql_async::{BinaryProtocol, Conn, QueryResult, Statement, TextProtocol, Value};
 use mysql_common::io::ParseBuf;
 use mysql_common::value::{BinValue, ValueDeserializer};
 use tokio::net::TcpStream;
@@ -179,6 +179,10 @@ pub(crate) struct Session {
     /// nothing ran in it since: a barrier insert that InnoDB rolls back as a deadlock
     /// victim may then be retried without losing anything of the client's.
     pub(crate) fresh_tx: bool,
+    /// The parameter types of the client's execute being run on a path that decoded its
+    /// values (empty while a text statement runs): what its values are sent on as
+    /// ([`crate::params`]).
+    pub(crate) exec_types: Vec<crate::params::ParamType>,
     /// A statement mentioning the outbox ran since the last transaction ended: when the
     /// next one ends (COMMIT, or the statement itself in autocommit), the relay is kicked,
     /// so committed messages leave at once instead of at the next sweep.
@@ -288,6 +292,7 @@ pub async fn serve(
         hide_in_trans: false,
         client_span: None,
         fresh_tx: false,
+        exec_types: Vec::new(),
         outbox_written: false,
         idle_limit: None,
         ticker: {
@@ -572,6 +577,7 @@ impl Session {
     }
 
     async fn command(&mut self, cmd: u8, body: &[u8]) -> Result<(), ProxyError> {
+        self.exec_types.clear();
         if self.may_change_parsing(cmd, body) {
             self.reuse.close_all(&mut self.conn).await;
         }
@@ -1020,6 +1026,7 @@ impl Session {
                             .get_mut(&id)
                             .ok_or(ProxyError::UnknownStatement(id))?;
                         let values = p.decode_params(bitmap, c.remaining(), None)?;
+                        self.exec_types.clone_from(&p.types);
                         return self.isolated(st, values).await;
                     }
                 }
@@ -1036,6 +1043,7 @@ impl Session {
             return r;
         }
         let values = p.decode_params(bitmap, c.remaining(), self.shared.max_allowed_packet)?;
+        self.exec_types.clone_from(&p.types);
         if let Some(msg) = p.msg.clone() {
             let kind = p.kind.clone();
             let st = at::Stmt::Prepared {
@@ -1109,12 +1117,7 @@ impl Session {
         } else {
             None
         };
-        let params = if values.is_empty() {
-            Params::Empty
-        } else {
-            Params::Positional(values)
-        };
-        drop(self.conn.exec_iter(&stmt, params).await?);
+        crate::params::exec_pending(&mut self.conn, &stmt, values, &self.exec_types).await?;
         let r = self.relay::<BinaryProtocol>().await;
         drop(ticket);
         self.fresh_tx = begins && r.is_ok();
@@ -1323,12 +1326,8 @@ impl Session {
                 self.relay::<TextProtocol>().await
             }
             Stmt::Prepared { stmt, .. } => {
-                let params = if params.is_empty() {
-                    Params::Empty
-                } else {
-                    Params::Positional(params)
-                };
-                drop(self.conn.exec_iter(&stmt, params).await?);
+                crate::params::exec_pending(&mut self.conn, &stmt, params, &self.exec_types)
+                    .await?;
                 self.relay::<BinaryProtocol>().await
             }
         }

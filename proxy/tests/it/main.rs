@@ -21,7 +21,6 @@ mod t40_bad_input;
 mod t50_real_clients;
 mod t60_binary;
 mod t70_images;
-mod wire;
 
 use std::net::SocketAddr;
 use std::time::Duration;

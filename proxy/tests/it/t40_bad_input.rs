@@ -6,8 +6,8 @@ use rewind_test_support::{direct, fresh_db, server_error};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::wire::{frame, raw_login, read_packet};
 use crate::Proxy;
+use rewind_test_support::wire::{execute, frame, prepare, raw_login, read_packet};
 
 /// Reads until an ERR packet; returns its code, or None if the connection closed.
 async fn expect_err_or_close(s: &mut TcpStream) -> Option<u16> {
@@ -239,34 +239,19 @@ async fn execute_params_of_every_wire_type_by_hand() {
 /// wire types, every packet: the result's column types follow the parameters' types.
 async fn select_params_by_hand(addr: std::net::SocketAddr) -> Vec<Vec<u8>> {
     let mut s = raw_login(addr).await;
-    let mut prep = vec![0x16];
-    prep.extend_from_slice(b"SELECT ?, ?, ?, ?, ?, ?");
-    s.write_all(&frame(0, &prep)).await.unwrap();
-    let head = read_packet(&mut s).await.unwrap();
-    assert_eq!(head[0], 0, "prepare OK: {}", String::from_utf8_lossy(&head));
-    let id = [head[1], head[2], head[3], head[4]];
-    let columns = u16::from_le_bytes([head[5], head[6]]);
-    for _ in 0..(6 + 1 + columns + 1) {
-        read_packet(&mut s).await.unwrap(); // params, EOF, columns, EOF
-    }
-    let mut ex = vec![0x17];
-    ex.extend_from_slice(&id);
-    ex.push(0);
-    ex.extend_from_slice(&1u32.to_le_bytes());
-    ex.push(0); // no NULLs
-    ex.push(1);
-    for ty in [0x0a, 0x01, 0xf6, 0x04, 0x0d, 0xfc] {
-        // DATE, TINY, NEWDECIMAL, FLOAT, YEAR, BLOB
-        ex.extend_from_slice(&[ty, 0]);
-    }
-    ex.extend_from_slice(&[4, 0xE8, 0x07, 2, 29]);
-    ex.push(100);
-    ex.extend_from_slice(b"\x05-1.50");
-    ex.extend_from_slice(&1.5f32.to_le_bytes());
-    ex.extend_from_slice(&2024u16.to_le_bytes());
-    ex.extend_from_slice(&[2, 0xC3, 0xA9]);
-    s.write_all(&frame(0, &ex)).await.unwrap();
-    let mut answer = Vec::new();
+    let id = prepare(&mut s, "SELECT ?, ?, ?, ?, ?, ?").await;
+    let decimal = b"\x05-1.50";
+    let float = 1.5f32.to_le_bytes();
+    let year = 2024u16.to_le_bytes();
+    let params: [(u8, &[u8]); 6] = [
+        (0x0a, &[4, 0xE8, 0x07, 2, 29]), // DATE
+        (0x01, &[100]),                  // TINY
+        (0xf6, decimal),                 // NEWDECIMAL
+        (0x04, &float),                  // FLOAT
+        (0x0d, &year),                   // YEAR
+        (0xfc, &[2, 0xC3, 0xA9]),        // BLOB
+    ];
+    let mut answer = vec![execute(&mut s, id, &params).await];
     loop {
         let p = read_packet(&mut s).await.unwrap();
         let last = p[0] == 0xFE && p.len() < 9 && answer.len() > 1 + 6;
@@ -302,24 +287,10 @@ async fn execute_params_keep_their_wire_types() {
 /// `UPDATE {table} SET vc = ? WHERE id = ?` by hand through `addr`, the value a DATE.
 async fn update_with_a_date_by_hand(addr: std::net::SocketAddr, table: &str, id: i32) {
     let mut s = raw_login(addr).await;
-    let mut prep = vec![0x16];
-    prep.extend_from_slice(format!("UPDATE {table} SET vc = ? WHERE id = ?").as_bytes());
-    s.write_all(&frame(0, &prep)).await.unwrap();
-    let head = read_packet(&mut s).await.unwrap();
-    assert_eq!(head[0], 0, "prepare OK: {}", String::from_utf8_lossy(&head));
-    let stmt = [head[1], head[2], head[3], head[4]];
-    for _ in 0..3 {
-        read_packet(&mut s).await.unwrap(); // 2 params + EOF
-    }
-    let mut ex = vec![0x17];
-    ex.extend_from_slice(&stmt);
-    ex.push(0);
-    ex.extend_from_slice(&1u32.to_le_bytes());
-    ex.extend_from_slice(&[0, 1, 0x0a, 0, 0x03, 0]); // no NULLs; DATE, LONG
-    ex.extend_from_slice(&[4, 0xE8, 0x07, 2, 29]);
-    ex.extend_from_slice(&id.to_le_bytes());
-    s.write_all(&frame(0, &ex)).await.unwrap();
-    let ok = read_packet(&mut s).await.unwrap();
+    let stmt = prepare(&mut s, &format!("UPDATE {table} SET vc = ? WHERE id = ?")).await;
+    let key = id.to_le_bytes();
+    let date: &[u8] = &[4, 0xE8, 0x07, 2, 29];
+    let ok = execute(&mut s, stmt, &[(0x0a, date), (0x03, &key)]).await;
     assert_eq!(ok[..2], [0, 1], "one row: {}", String::from_utf8_lossy(&ok));
 }
 

@@ -9,7 +9,7 @@ use rewind_test_support::{eventually, free_addr, Process, TempDir};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::wire::{frame, raw_login, read_packet};
+use rewind_test_support::wire::{frame, raw_login, read_packet};
 
 const BIN: &str = env!("CARGO_BIN_EXE_rewind-proxy");
 
