@@ -72,8 +72,13 @@
 //!   double-quoted identifier is taken as an escape).
 //! - Cursor requests in COM_STMT_EXECUTE get a plain result set; COM_STMT_FETCH,
 //!   COM_FIELD_LIST, COM_BINLOG_DUMP and other rare commands get 1047.
-//! - Execute parameters reach the backend re-typed by mysql_async (integers as LONGLONG,
-//!   strings as VAR_STRING): same values, the prepare's warning count is reported as 0.
+//! - An execute no mode looks into reaches the backend with the client's parameter bytes
+//!   as sent. Where the proxy decodes them (AT, XA, the guarded modes, long data, a write
+//!   waiting for a global lock), decimals, strings, BLOBs and dates keep the client's type
+//!   ([`params`]), but integers go as LONGLONG (a YEAR as its number, which MariaDB stores
+//!   as NULL directly) and JSON, ENUM, SET, BIT and GEOMETRY as VAR_STRING: the same values,
+//!   while a bare `SELECT ?` reports its column as the wider type. The prepare's warning
+//!   count is reported as 0.
 //! - For clients without CLIENT_DEPRECATE_EOF, the EOF after column definitions carries the
 //!   previous statement's status flags; a result set followed by more results reports 0
 //!   warnings in its terminator.
