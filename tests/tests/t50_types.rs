@@ -261,11 +261,12 @@ async fn t50_a_text_update_by_integer_keys_writes_exactly_the_locked_rows() {
 /// computes exactly (as a string, `bal - ?` computes in DOUBLE and the 20-digit balance
 /// loses its fraction: `12345678901234567000.0000000000`), and a DELETE by a value off in
 /// its last digit finds nothing; a DATE written into a string column reads as a date (as a
-/// DATETIME it gains ` 00:00:00`). Each row ends as the same statements leave its twin
-/// directly, and the global rollback restores the proxy's row.
+/// DATETIME it gains ` 00:00:00`), and `SELECT ?` of it answers a DATE column. Each row
+/// ends as the same statements leave its twin directly, and the global rollback restores
+/// the proxy's row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t50_parameter_types_keep_their_meaning_in_global_writes() {
-    use rewind_test_support::wire::{execute, prepare, raw_login};
+    use rewind_test_support::wire::{execute, prepare, raw_login, read_packet};
     let dir = TempDir::new("types-params");
     let coord = Coordinator::start(&dir, &[]).await;
     let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
@@ -297,11 +298,19 @@ async fn t50_parameter_types_keep_their_meaning_in_global_writes() {
             let del = prepare(&mut s, &format!("{tag}{delete}")).await;
             let ok = execute(&mut s, del, &[(0x03, &key), (0xf6, near)]).await;
             assert_eq!(ok[..2], [0, 0], "DELETE: {}", String::from_utf8_lossy(&ok));
+            // A read passes the statement on as it is: the column it answers is a DATE.
+            let sel = prepare(&mut s, &format!("{tag}SELECT ?")).await;
+            let mut answer = vec![execute(&mut s, sel, &[(0x0a, date)]).await];
+            for _ in 0..4 {
+                answer.push(read_packet(&mut s).await.unwrap()); // column, EOF, row, EOF
+            }
+            answer
         }
     };
-    run("127.0.0.1:3306".parse().unwrap(), String::new(), 1).await;
+    let directly = run("127.0.0.1:3306".parse().unwrap(), String::new(), 1).await;
     let xid = coord.begin(60_000).await;
-    run(proxy.addr, format!("/*+ XID('{xid}') */ "), 2).await;
+    let through = run(proxy.addr, format!("/*+ XID('{xid}') */ "), 2).await;
+    assert_eq!(through, directly, "SELECT ? of a DATE: every packet");
     let rows: Vec<(i32, String, String)> = d
         .query("SELECT id, CAST(bal AS CHAR), note FROM acc ORDER BY id")
         .await
