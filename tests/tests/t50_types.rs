@@ -332,3 +332,66 @@ async fn t50_parameter_types_keep_their_meaning_in_global_writes() {
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
     assert_eq!(dump(db, "acc").await[1], original[1], "row 2 restored");
 }
+
+/// An UPDATE of a DECIMAL primary key by a DECIMAL parameter under an XID: the proxy
+/// computes the rows' new keys with the SET clause's own expression before the write, and
+/// the parameter keeps its type there too. As a string, `id + ?` computed in DOUBLE, named
+/// keys the UPDATE does not write, and the branch was refused ("rows locked but 0 found
+/// after"); directly the UPDATE succeeds. Here it succeeds as directly, the key moves by
+/// exactly one unit of the last digit, and the global rollback moves it back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t50_a_key_moved_by_a_decimal_parameter_is_found_at_its_new_key() {
+    use rewind_test_support::wire::{execute, prepare, raw_login};
+    let dir = TempDir::new("types-key-params");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &[]).await;
+    let db = "rwt_types_key_params";
+    fresh_db(db).await;
+    let mut d = direct(db).await;
+    d.query_drop(
+        "CREATE TABLE k (id DECIMAL(30,10) PRIMARY KEY, v INT); \
+         INSERT INTO k VALUES (12345678901234567890.1234567890, 1), \
+         (22345678901234567890.1234567890, 2)",
+    )
+    .await
+    .unwrap();
+    let original = dump(db, "k").await;
+    let update = format!("UPDATE {db}.k SET id = id + ? WHERE v = ?");
+    let amount: &[u8] = b"\x0c0.0000000001";
+    let run = |addr, tag: String, v: i32| {
+        let update = update.clone();
+        async move {
+            let mut s = raw_login(addr).await;
+            let u = prepare(&mut s, &format!("{tag}{update}")).await;
+            execute(&mut s, u, &[(0xf6, amount), (0x03, &v.to_le_bytes())]).await
+        }
+    };
+    let ok = run("127.0.0.1:3306".parse().unwrap(), String::new(), 1).await;
+    assert_eq!(
+        ok[..2],
+        [0, 1],
+        "directly: {}",
+        String::from_utf8_lossy(&ok)
+    );
+    let xid = coord.begin(60_000).await;
+    let ok = run(proxy.addr, format!("/*+ XID('{xid}') */ "), 2).await;
+    assert_eq!(
+        ok[..2],
+        [0, 1],
+        "through the proxy: {}",
+        String::from_utf8_lossy(&ok)
+    );
+    let keys: Vec<String> = d
+        .query("SELECT CAST(id AS CHAR) FROM k ORDER BY v")
+        .await
+        .unwrap();
+    assert_eq!(
+        keys,
+        [
+            "12345678901234567890.1234567891",
+            "22345678901234567890.1234567891"
+        ]
+    );
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(dump(db, "k").await[1], original[1], "row 2's key restored");
+}

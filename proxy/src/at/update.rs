@@ -204,8 +204,8 @@ impl StatementRun<'_> {
                 .new_keys_sql(&meta, keys.len())
                 .map_err(|e| Failure::Clean(refused(e, &name)))?
                 .expect("a key column is assigned");
-            let key_params = plan
-                .new_keys_params(&meta, &set_params, &keys)
+            let (key_params, key_types) = plan
+                .new_keys_params(&meta, &set_params, slice(types, ..plan.set_params), &keys)
                 .map_err(|e| Failure::Clean(refused(e, &name)))?;
             if key_params.len() > MAX_STATEMENT_PARAMS {
                 return Err(Failure::Clean(ProxyError::AtRefused(
@@ -215,7 +215,7 @@ impl StatementRun<'_> {
                 )));
             }
             let width = meta.primary_key.len();
-            let found = self.rows(&sql, key_params, &[]).await?;
+            let found = self.rows(&sql, key_params, &key_types).await?;
             let mut out = Vec::with_capacity(found.len());
             for row in found {
                 let mut values = row.unwrap();

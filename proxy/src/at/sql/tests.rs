@@ -120,14 +120,20 @@ fn primary_key_update_finds_rows_by_their_new_keys() {
         "SELECT `region`, `id`, `region`, (id + ?) FROM account \
          WHERE (`region` = ? AND `id` = ?) OR (`region` = ? AND `id` = ?)"
     );
-    let p = u
-        .new_keys_params(
-            &m,
-            &[mysql_async::Value::from(9), mysql_async::Value::from(100)],
-            &[vec!["eu".into(), 1.into()]],
-        )
-        .unwrap();
+    let set = [mysql_async::Value::from(9), mysql_async::Value::from(100)];
+    let keys = [vec!["eu".into(), 1.into()]];
+    let (p, t) = u.new_keys_params(&m, &set, &[], &keys).unwrap();
     assert_eq!(p, [100.into(), "eu".into(), 1.into()].to_vec());
+    assert!(t.is_empty(), "a text statement has no types");
+    // The expression's parameter keeps the client's type (the keys are the proxy's).
+    use mysql_async::consts::{ColumnFlags, ColumnType};
+    let types = [
+        (ColumnType::MYSQL_TYPE_LONG, ColumnFlags::empty()),
+        (ColumnType::MYSQL_TYPE_NEWDECIMAL, ColumnFlags::empty()),
+    ];
+    let (p, t) = u.new_keys_params(&m, &set, &types, &keys).unwrap();
+    assert_eq!(p, [100.into(), "eu".into(), 1.into()].to_vec());
+    assert_eq!(t, [types[1]]);
     // A key computed from a column assigned before it: the locked row cannot say it.
     let u = update("UPDATE account SET balance = 1, id = balance + 1 WHERE id = 4");
     assert!(matches!(

@@ -291,23 +291,28 @@ impl UpdatePlan {
     }
 
     /// Parameters of [`Self::new_keys_sql`]: the key expressions' own parameters (out of
-    /// the statement's SET-clause parameters `set_params`), then each row's key.
+    /// the statement's SET-clause parameters `set_params`), then each row's key. With
+    /// them, the client's types of the expressions' parameters (out of `set_types`, the
+    /// SET clause's; none when it has none): `id = id + ?` with a DECIMAL amount computes
+    /// exactly, as the UPDATE itself will, where a string would compute in DOUBLE and
+    /// name keys the UPDATE does not write. The keys are the proxy's own values.
     pub fn new_keys_params(
         &self,
         meta: &TableMeta,
         set_params: &[mysql_async::Value],
+        set_types: &[crate::params::ParamType],
         keys: &[Vec<mysql_async::Value>],
-    ) -> Result<Vec<mysql_async::Value>> {
-        let mut out = Vec::new();
+    ) -> Result<(Vec<mysql_async::Value>, Vec<crate::params::ParamType>)> {
+        let missing = || Error::Refused("missing parameters in the SET clause".into());
+        let (mut out, mut types) = (Vec::new(), Vec::new());
         for (_, range) in self.key_assignments(meta)?.into_iter().flatten() {
-            out.extend_from_slice(
-                set_params
-                    .get(range)
-                    .ok_or_else(|| Error::Refused("missing parameters in the SET clause".into()))?,
-            );
+            out.extend_from_slice(set_params.get(range.clone()).ok_or_else(missing)?);
+            if !set_types.is_empty() {
+                types.extend_from_slice(set_types.get(range).ok_or_else(missing)?);
+            }
         }
         out.extend(keys.concat());
-        Ok(out)
+        Ok((out, types))
     }
 
     /// `SELECT <pk>, <all other columns> FROM <table> <same WHERE/ORDER BY/LIMIT> FOR UPDATE`.
