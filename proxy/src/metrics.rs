@@ -142,6 +142,8 @@ pub struct Metrics {
     /// and the prepares answered from one.
     kept_statements: AtomicI64,
     reused_prepares: AtomicU64,
+    /// AT UPDATEs and DELETEs run with their images as one query (`at::sql::pinned_key`).
+    pub one_query_writes: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -156,6 +158,7 @@ impl Default for Metrics {
             phase_two: [const { [const { AtomicU64::new(0) }; 3] }; 2],
             kept_statements: AtomicI64::new(0),
             reused_prepares: AtomicU64::new(0),
+            one_query_writes: AtomicU64::new(0),
         }
     }
 }
@@ -288,6 +291,13 @@ impl Metrics {
                 "Client prepares answered from a kept backend statement (no backend round \
                  trip).",
                 self.reused_prepares.load(Relaxed),
+            ),
+            (
+                "rewind_proxy_at_one_query_writes_total",
+                "AT UPDATEs and DELETEs sent as text whose condition pins one primary key, \
+                 run with their before and after images as one query (the others take a \
+                 round trip more).",
+                self.one_query_writes.load(Relaxed),
             ),
             (
                 "rewind_proxy_outbox_published_total",

@@ -58,6 +58,19 @@ fn shapes() -> Vec<Shape> {
         s("update varchar key, case-insensitive match", vec![Q("UPDATE named SET label = 'b' WHERE code = 'BETA'")]),
         s("update binary(16) key", vec![Q("UPDATE blobs SET body = X'DEADBEEF' WHERE uuid = UNHEX('00112233445566778899AABBCCDDEEFF')")]),
         s("delete by pk", vec![Q("DELETE FROM acc WHERE id = 2")]),
+        // After the first statement on a table, a text statement whose condition pins its
+        // whole integer key runs with its images as one query (t17 counts them).
+        s("pinned by key, again on the same table", vec![
+            Q("UPDATE acc SET bal = bal + 1 WHERE id = 1"),
+            Q("UPDATE acc SET bal = bal + 2, note = 'p' WHERE id = 2"),
+            Q("UPDATE acc SET n = n WHERE id = 3"),
+            Q("UPDATE acc SET n = 0 WHERE id = 99"),
+            Q("DELETE FROM acc WHERE id = 4"),
+            Q("DELETE FROM acc WHERE id = 98"),
+            Q("UPDATE seq SET v = 'x' WHERE id = 1"),
+            Q("UPDATE seq SET v = 'y' WHERE `DB`.seq.id = 1"),
+            Q("DELETE FROM seq WHERE 1 = id"),
+        ]),
         s("delete range", vec![Q("DELETE FROM acc WHERE id >= 4")]),
         s("delete IN", vec![Q("DELETE FROM acc WHERE id IN (1, 5)")]),
         s("delete non-key", vec![Q("DELETE FROM acc WHERE note IS NULL OR bal > 45")]),
@@ -654,4 +667,123 @@ async fn t14_coordinator_down_at_commit_rolls_back() {
     c.query_drop("UPDATE acc SET n = n + 1 WHERE id = 1")
         .await
         .unwrap();
+}
+
+/// A text UPDATE or DELETE whose condition pins the table's whole integer primary key
+/// (`id = 7`, `a = 1 AND b = -2`), on a table whose definition the transaction has
+/// confirmed, runs its before image, its write and its after image as one query: counted by
+/// `rewind_proxy_at_one_query_writes_total`. Its client sees the same OK as directly
+/// (affected rows, `Rows matched` info), and a global rollback restores every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t17_statements_pinned_by_key_run_with_their_images_in_one_query() {
+    const DB: &str = "rwt_pinned";
+    const TWIN: &str = "rwt_pinned_direct";
+    let dir = TempDir::new("pinned");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
+    for db in [DB, TWIN] {
+        setup(db).await;
+        direct_exec(
+            db,
+            "CREATE TABLE k (a INT UNSIGNED, b BIGINT, v VARCHAR(10), PRIMARY KEY (a, b))",
+        )
+        .await;
+        direct_exec(
+            db,
+            "INSERT INTO k VALUES (4000000000, -5, 'a'), (1, 1, 'b')",
+        )
+        .await;
+    }
+    let mut tables = TABLES.to_vec();
+    tables.push("k");
+    let original = checksums(DB, &tables).await;
+    let count = || async {
+        let (_, body) = http(admin, "GET", "/metrics", None).await.unwrap();
+        body.as_str()
+            .expect("metrics as text")
+            .lines()
+            .find_map(|l| l.strip_prefix("rewind_proxy_at_one_query_writes_total "))
+            .expect("the one-query counter")
+            .parse::<u64>()
+            .unwrap()
+    };
+    // (statement, whether it runs as one query)
+    let steps = [
+        // The first on each table reads its definition: apart.
+        ("UPDATE acc SET bal = bal + 1 WHERE id = 1", false),
+        (
+            "UPDATE acc SET bal = bal + 2, note = 'p' WHERE id = 2",
+            true,
+        ),
+        ("UPDATE acc SET n = n WHERE id = 3", true),
+        ("UPDATE acc SET n = 0 WHERE id = 99", true),
+        ("DELETE FROM acc WHERE id = 4", true),
+        ("DELETE FROM acc WHERE id = 98", true),
+        ("UPDATE acc SET n = 1 WHERE id = 5 OR id = 1", false),
+        ("UPDATE acc SET n = 2 WHERE id = 5 LIMIT 1", false),
+        (
+            "UPDATE k SET v = 'y' WHERE a = 4000000000 AND b = -5",
+            false,
+        ),
+        (
+            "UPDATE k SET v = 'z' WHERE (b = -5) AND k.a = 4000000000",
+            true,
+        ),
+        ("UPDATE k SET v = 'w' WHERE a = 1", false),
+        ("DELETE FROM k WHERE a = 1 AND b = 1", true),
+    ];
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(DB).await;
+    let mut d = direct(TWIN).await;
+    c.query_drop("BEGIN").await.unwrap();
+    d.query_drop("BEGIN").await.unwrap();
+    for (i, (sql, one_query)) in steps.iter().enumerate() {
+        let before = count().await;
+        let tag = if i == 0 {
+            format!("/*+ XID('{xid}') */ ")
+        } else {
+            String::new()
+        };
+        c.query_drop(format!("{tag}{sql}"))
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        d.query_drop(*sql).await.unwrap();
+        assert_eq!(
+            (c.affected_rows(), c.info().to_string(), c.get_warnings()),
+            (d.affected_rows(), d.info().to_string(), d.get_warnings()),
+            "{sql}: the OK differs from direct's"
+        );
+        assert_eq!(
+            count().await - before,
+            u64::from(*one_query),
+            "{sql}: one query = {one_query}"
+        );
+    }
+    c.query_drop("COMMIT").await.unwrap();
+    d.query_drop("COMMIT").await.unwrap();
+    c.disconnect().await.unwrap();
+    d.disconnect().await.unwrap();
+    assert_eq!(
+        checksums(DB, &tables)
+            .await
+            .iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>(),
+        checksums(TWIN, &tables)
+            .await
+            .iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>(),
+        "the branch wrote what the statements write directly"
+    );
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(
+        checksums(DB, &tables).await,
+        original,
+        "rollback is not byte-identical"
+    );
+    assert!(coord.locks().await.is_empty());
+    for db in [DB, TWIN] {
+        direct_exec("mysql", &format!("DROP DATABASE `{db}`")).await;
+    }
 }

@@ -106,6 +106,40 @@ impl StatementRun<'_> {
             return Err(Failure::Clean(e));
         }
         let sql = plan.before_image_sql(&meta);
+        // Sent as text with a condition that pins the whole (integer) primary key: image
+        // and write in one query (see `update`).
+        let pinned = (params.is_empty() && text_is_exact(&meta))
+            .then(|| plan.pinned_key(&meta))
+            .flatten()
+            .filter(|_| self.definition_held(&meta))
+            .and_then(|key| {
+                plan.by_literal_keys_sql(&meta, std::slice::from_ref(&key))
+                    .zip(Some(key))
+            });
+        if let Some((write, key)) = pinned {
+            let (found, ok, _) = self
+                .image_write_image_text(&[&meta], &sql, &write, None)
+                .await?;
+            let poisoned = |why: String| Failure::Poisoned(ProxyError::BranchRolledBack(why));
+            let before = RowImage::from_image(&meta, &found)
+                .map_err(|e| poisoned(format!("before image of {name}: {e}")))?;
+            let locked = keys_of(&meta, &before).map_err(|e| poisoned(e.to_string()))?;
+            if locked.iter().any(|k| !crate::at::sql::same_key(k, &key))
+                || ok.affected_rows != locked.len() as u64
+            {
+                return Err(poisoned(format!(
+                    "DELETE on {name}: {} rows locked but {} deleted",
+                    locked.len(),
+                    ok.affected_rows
+                )));
+            }
+            self.confirm_written(&meta).await?;
+            self.shared
+                .metrics
+                .one_query_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok((item(&meta, before), ok));
+        }
         let found = self.image_rows(&[&meta], &sql, params, self.types).await?;
         let before =
             RowImage::from_image(&meta, &found).map_err(|e| Failure::Clean(refused(e, &name)))?;
@@ -122,13 +156,17 @@ impl StatementRun<'_> {
                 ok.affected_rows
             ))));
         }
-        let item = (!before.is_empty()).then(|| UndoItem {
-            kind: SqlKind::Delete,
-            table: TableSummary::from(&*meta),
-            set_columns: Vec::new(),
-            after: RowImage::empty(meta.name.clone()),
-            before,
-        });
-        Ok((item, ok))
+        Ok((item(&meta, before), ok))
     }
+}
+
+/// The undo item of a single-table DELETE: none when no row went.
+fn item(meta: &TableMeta, before: RowImage) -> Option<UndoItem> {
+    (!before.is_empty()).then(|| UndoItem {
+        kind: SqlKind::Delete,
+        table: TableSummary::from(meta),
+        set_columns: Vec::new(),
+        after: RowImage::empty(meta.name.clone()),
+        before,
+    })
 }

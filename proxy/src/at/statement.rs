@@ -5,7 +5,9 @@
 //! `FOR UPDATE`, run the write restricted to exactly the locked primary keys (so a row that
 //! appears between image and write under READ COMMITTED is never changed without a
 //! record), then read the after image by key (in the same query as the write where both
-//! are texts, [`StatementRun::write_then_read_text`]). INSERTs run as written and their rows are
+//! are texts, [`StatementRun::write_then_read_text`]; a text statement whose condition
+//! pins one integer primary key sends all three as one query,
+//! [`StatementRun::image_write_image_text`]). INSERTs run as written and their rows are
 //! found again by the keys the statement gave or the server generated. At the client's
 //! COMMIT: register the branch and its global locks with the coordinator, insert the undo
 //! record, and only then commit (one query, which the server stops at a failed insert);
@@ -236,6 +238,87 @@ impl StatementRun<'_> {
         };
         let rows = rows.map_err(|e| Failure::Poisoned(e.into()))?;
         Ok((ok, rows))
+    }
+}
+
+impl StatementRun<'_> {
+    /// A statement that touches one known row at most ([`crate::at::sql::pinned_key`]) as one
+    /// text query: its before image (`image`, under `FOR UPDATE`), its write narrowed to that
+    /// key, and (`after`) its after image by key; two round trips less than image, write and
+    /// after image apart. Only where [`Self::definition_held`]: the definition is confirmed
+    /// after the write, and a change found then can no longer be planned again.
+    ///
+    /// The server stops a multi-statement query at the first statement that fails, and a
+    /// failed statement writes nothing: a failure up to the write's answer is
+    /// [`Failure::Clean`] (an unknown column in the image is checked against the table's
+    /// definition as in [`Self::image_rows`]), a failed after image [`Failure::Poisoned`].
+    /// Returns the image's rows, the write's OK (as its client gets it) and the after
+    /// image's rows.
+    pub(super) async fn image_write_image_text(
+        &mut self,
+        metas: &[&TableMeta],
+        image: &str,
+        write: &str,
+        after: Option<&str>,
+    ) -> Result<(Vec<mysql_async::Row>, wire::Ok, Vec<mysql_async::Row>), Failure> {
+        let sql = match after {
+            Some(after) => format!("{image};\n{write};\n{after}"),
+            None => format!("{image};\n{write}"),
+        };
+        let stamp = self.before_request();
+        let r = self.conn.query_iter(sql).await.map(drop);
+        self.answered(stamp, r.is_ok());
+        match r {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if e.code == 1054 => {
+                let f = Failure::Clean(mysql_async::Error::Server(e).into());
+                return Err(self.stale_or(metas, f).await);
+            }
+            Err(e) => return Err(Failure::Clean(e.into())),
+        }
+        // Collecting the image's rows also reads the write's answer: its error, or its OK.
+        let mut rest = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *self.conn);
+        let before = rest
+            .collect::<mysql_async::Row>()
+            .await
+            .map_err(|e| Failure::Clean(e.into()))?;
+        let mut ok = wire::Ok::from_backend(self.conn);
+        ok.status &= !mysql_async::consts::StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
+        if after.is_none() {
+            return Ok((before, ok, Vec::new()));
+        }
+        // The write's set holds no row: reading it moves on to the after image's.
+        let mut rest = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *self.conn);
+        let rows = match rest.next().await {
+            Ok(_) => rest.collect::<mysql_async::Row>().await,
+            Err(e) => Err(e),
+        };
+        let rows = rows.map_err(|e| Failure::Poisoned(e.into()))?;
+        Ok((before, ok, rows))
+    }
+
+    /// Whether [`Self::confirm`] would let a write to `meta`'s table go without reading its
+    /// definition: this global transaction confirmed it already, or another holder holds the
+    /// same definition confirmed (then settled at commit).
+    pub(super) fn definition_held(&self, meta: &TableMeta) -> bool {
+        self.checks
+            .as_deref()
+            .is_some_and(|c| c.confirmed(meta) || self.shared.definitions.held(meta))
+    }
+
+    /// [`Self::confirm`] after a write that already happened: any failure, a changed
+    /// definition included, leaves a write without a trustworthy undo, so it poisons.
+    pub(super) async fn confirm_written(&mut self, meta: &TableMeta) -> Result<(), Failure> {
+        match self.confirm(&[meta]).await {
+            Ok(()) => Ok(()),
+            Err(Failure::Stale(_)) => {
+                Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+                    "the definition of {} changed under a write planned on the old one",
+                    meta.name
+                ))))
+            }
+            Err(Failure::Clean(e) | Failure::Poisoned(e)) => Err(Failure::Poisoned(e)),
+        }
     }
 }
 

@@ -185,6 +185,56 @@ impl StatementRun<'_> {
             .before_image_sql(&meta)
             .map_err(|e| Failure::Clean(refused(e, &name)))?;
         let types = self.types;
+        // Sent as text with a condition that pins the whole (integer) primary key: at most
+        // that one row, so image, write and after image go in one query.
+        let pinned = (text && text_is_exact(&meta) && !plan.changes_key(&meta))
+            .then(|| plan.pinned_key(&meta))
+            .flatten()
+            .filter(|_| self.definition_held(&meta))
+            .and_then(|key| {
+                let keys = [key];
+                Some((
+                    plan.by_literal_keys_sql(&meta, &keys)?,
+                    crate::at::sql::rows_by_literal_keys_sql(&meta, &keys)?,
+                    keys,
+                ))
+            });
+        if let Some((write, read, keys)) = pinned {
+            let (found, ok, found_after) = self
+                .image_write_image_text(&[&meta], &before_sql, &write, Some(&read))
+                .await?;
+            let poisoned = |why: String| Failure::Poisoned(ProxyError::BranchRolledBack(why));
+            let before = RowImage::from_image(&meta, &found)
+                .map_err(|e| poisoned(format!("before image of {name}: {e}")))?;
+            // The image names the pinned row or nothing; the write must have matched the
+            // same (a row inserted under that key in between, under READ COMMITTED, would
+            // be written without an image).
+            let locked = keys_of(&meta, &before).map_err(|e| poisoned(e.to_string()))?;
+            let matched = parse_update_info(&ok.info).map(|(m, _, _)| m);
+            if locked
+                .iter()
+                .any(|k| !crate::at::sql::same_key(k, &keys[0]))
+                || matched != Some(locked.len() as u64)
+            {
+                return Err(poisoned(format!(
+                    "UPDATE on {name}: {} rows locked but {} matched by the write",
+                    locked.len(),
+                    matched.map_or("an unknown number of".to_string(), |m| m.to_string())
+                )));
+            }
+            let after = if before.is_empty() {
+                RowImage::empty(meta.name.clone())
+            } else {
+                RowImage::from_image(&meta, &found_after)
+                    .map_err(|e| poisoned(format!("after image of {name}: {e}")))?
+            };
+            self.confirm_written(&meta).await?;
+            self.shared
+                .metrics
+                .one_query_writes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return items(&meta, set_columns, before, after, false, ok);
+        }
         let found = self
             .image_rows(
                 &[&meta],
@@ -265,46 +315,60 @@ impl StatementRun<'_> {
                 (ok, after)
             }
         };
-        if after.rows.len() != before.rows.len() {
-            return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
-                "UPDATE on {name}: {} rows locked but {} found after the write",
-                before.rows.len(),
-                after.rows.len()
-            ))));
-        }
-        if before.is_empty() {
-            return Ok((Vec::new(), ok));
-        }
-        let table = TableSummary::from(&*meta);
-        let items = if new_keys.is_some() {
-            // Rows that moved to new keys: undone by deleting them under the new keys and
-            // putting the before image back under the old ones (in that order, so keys that
-            // shifted onto each other never collide).
-            vec![
-                UndoItem {
-                    kind: SqlKind::Delete,
-                    table: table.clone(),
-                    set_columns: Vec::new(),
-                    before,
-                    after: RowImage::empty(meta.name.clone()),
-                },
-                UndoItem {
-                    kind: SqlKind::Insert,
-                    table,
-                    set_columns: Vec::new(),
-                    before: RowImage::empty(meta.name.clone()),
-                    after,
-                },
-            ]
-        } else {
-            vec![UndoItem {
-                kind: SqlKind::Update,
-                table,
-                set_columns,
-                before,
-                after,
-            }]
-        };
-        Ok((items, ok))
+        items(&meta, set_columns, before, after, new_keys.is_some(), ok)
     }
+}
+
+/// The undo items of a single-table UPDATE from its images (`moved`: rows found afterwards
+/// by new keys); refused (poisoned) unless the after image holds every locked row.
+fn items(
+    meta: &TableMeta,
+    set_columns: Vec<String>,
+    before: RowImage,
+    after: RowImage,
+    moved: bool,
+    ok: wire::Ok,
+) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
+    if after.rows.len() != before.rows.len() {
+        return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+            "UPDATE on {}: {} rows locked but {} found after the write",
+            meta.name,
+            before.rows.len(),
+            after.rows.len()
+        ))));
+    }
+    if before.is_empty() {
+        return Ok((Vec::new(), ok));
+    }
+    let table = TableSummary::from(meta);
+    let items = if moved {
+        // Rows that moved to new keys: undone by deleting them under the new keys and
+        // putting the before image back under the old ones (in that order, so keys that
+        // shifted onto each other never collide).
+        vec![
+            UndoItem {
+                kind: SqlKind::Delete,
+                table: table.clone(),
+                set_columns: Vec::new(),
+                before,
+                after: RowImage::empty(meta.name.clone()),
+            },
+            UndoItem {
+                kind: SqlKind::Insert,
+                table,
+                set_columns: Vec::new(),
+                before: RowImage::empty(meta.name.clone()),
+                after,
+            },
+        ]
+    } else {
+        vec![UndoItem {
+            kind: SqlKind::Update,
+            table,
+            set_columns,
+            before,
+            after,
+        }]
+    };
+    Ok((items, ok))
 }

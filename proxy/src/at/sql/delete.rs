@@ -25,6 +25,8 @@ pub struct DeletePlan {
     pub(super) filter: String,
     /// See [`UpdatePlan`]'s `order`.
     pub(super) order: String,
+    /// See [`UpdatePlan`]'s `pinned`.
+    pub(super) pinned: Option<Vec<(String, mysql_async::Value)>>,
 }
 
 pub(super) fn analyze_delete(d: ast::Delete) -> Result<Dml> {
@@ -42,6 +44,7 @@ pub(super) fn analyze_delete(d: ast::Delete) -> Result<Dml> {
         relation: from[0].relation.to_string(),
         filter: filter(d.selection.as_ref(), &d.order_by, d.limit.as_ref()),
         order: filter(None, &d.order_by, None),
+        pinned: pinned(d.selection.as_ref(), &d.order_by, d.limit.as_ref()),
     }))
 }
 
@@ -161,5 +164,25 @@ impl DeletePlan {
             keys_predicate(meta, rows),
             self.order
         )
+    }
+
+    /// See [`UpdatePlan::pinned_key`].
+    pub fn pinned_key(&self, meta: &TableMeta) -> Option<Vec<mysql_async::Value>> {
+        pinned_key(self.pinned.as_deref(), meta)
+    }
+
+    /// [`Self::by_keys_sql`] with the keys written in ([`literal_keys_predicate`]), to be
+    /// sent as text; `None` where they cannot be.
+    pub fn by_literal_keys_sql(
+        &self,
+        meta: &TableMeta,
+        keys: &[Vec<mysql_async::Value>],
+    ) -> Option<String> {
+        Some(format!(
+            "DELETE FROM {} WHERE {}{}",
+            self.relation,
+            literal_keys_predicate(meta, keys)?,
+            self.order
+        ))
     }
 }

@@ -342,6 +342,119 @@ fn keys_predicate(meta: &TableMeta, rows: usize) -> String {
     vec![format!("({one})"); rows].join(" OR ")
 }
 
+/// The columns a condition pins to integer literals: `col = 7 [AND other = -2 …]`, each term
+/// a column (bare or qualified) equal to an integer literal, either way round, and nothing
+/// else: no other operator, no ORDER BY, no LIMIT. `None` for any other condition. A
+/// statement whose condition pins the table's whole primary key this way touches that one
+/// row or none ([`pinned_key`]).
+fn pinned(
+    selection: Option<&ast::Expr>,
+    order_by: &[ast::OrderByExpr],
+    limit: Option<&ast::Expr>,
+) -> Option<Vec<(String, mysql_async::Value)>> {
+    if !order_by.is_empty() || limit.is_some() {
+        return None;
+    }
+    let mut out = Vec::new();
+    equalities(selection?, &mut out)?;
+    Some(out)
+}
+
+fn equalities(e: &ast::Expr, out: &mut Vec<(String, mysql_async::Value)>) -> Option<()> {
+    use ast::{BinaryOperator as Op, Expr, UnaryOperator, Value as V};
+    let column = |e: &Expr| match e {
+        Expr::Identifier(id) => Some(ident_name(id)),
+        Expr::CompoundIdentifier(parts) => parts.last().map(ident_name),
+        _ => None,
+    };
+    let integer = |e: &Expr| {
+        let (v, sign) = match e {
+            Expr::Value(v) => (&v.value, ""),
+            Expr::UnaryOp {
+                op: UnaryOperator::Minus,
+                expr,
+            } => match expr.as_ref() {
+                Expr::Value(v) => (&v.value, "-"),
+                _ => return None,
+            },
+            _ => return None,
+        };
+        match v {
+            V::Number(n, false) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                let n = format!("{sign}{n}");
+                match n.parse::<i64>() {
+                    Ok(i) => Some(mysql_async::Value::Int(i)),
+                    Err(_) => n.parse::<u64>().ok().map(mysql_async::Value::UInt),
+                }
+            }
+            _ => None,
+        }
+    };
+    match e {
+        Expr::Nested(inner) => equalities(inner, out),
+        Expr::BinaryOp {
+            left,
+            op: Op::And,
+            right,
+        } => {
+            equalities(left, out)?;
+            equalities(right, out)
+        }
+        Expr::BinaryOp {
+            left,
+            op: Op::Eq,
+            right,
+        } => {
+            let term = match (column(left), integer(right)) {
+                (Some(c), Some(v)) => (c, v),
+                _ => (column(right)?, integer(left)?),
+            };
+            out.push(term);
+            Some(())
+        }
+        _ => None,
+    }
+}
+
+/// The one primary key `pinned` ([`pinned`]) names: when it pins exactly the table's
+/// primary-key columns, each once, and every one of them is an integer column (whose
+/// literal compares exactly and can be written in, [`literal_keys_predicate`]).
+pub(crate) fn pinned_key(
+    pinned: Option<&[(String, mysql_async::Value)]>,
+    meta: &TableMeta,
+) -> Option<Vec<mysql_async::Value>> {
+    let pinned = pinned?;
+    if pinned.len() != meta.primary_key.len() {
+        return None;
+    }
+    meta.primary_key
+        .iter()
+        .map(|pk| {
+            meta.column(pk)
+                .filter(|c| c.ty.kind == rewind_undo_log::TypeKind::Int)?;
+            let mut terms = pinned.iter().filter(|(c, _)| same_name(c, pk));
+            let (_, v) = terms.next()?;
+            terms.next().is_none().then(|| v.clone())
+        })
+        .collect()
+}
+
+/// Whether two integer keys are the same: a literal reads as signed where it fits, an
+/// image of an unsigned column as unsigned.
+pub(crate) fn same_key(a: &[mysql_async::Value], b: &[mysql_async::Value]) -> bool {
+    use mysql_async::Value as V;
+    let int = |v: &V| match v {
+        V::Int(i) => Some(i128::from(*i)),
+        V::UInt(u) => Some(i128::from(*u)),
+        _ => None,
+    };
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| match (int(x), int(y)) {
+            (Some(x), Some(y)) => x == y,
+            _ => x == y,
+        })
+}
+
 fn filter(
     selection: Option<&ast::Expr>,
     order_by: &[ast::OrderByExpr],

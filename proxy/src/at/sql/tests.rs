@@ -587,3 +587,64 @@ fn an_after_image_by_literal_keys_reads_the_image_columns() {
         None
     );
 }
+
+#[test]
+fn a_condition_pinning_the_whole_integer_key_names_that_one_row() {
+    use mysql_async::Value::{Int, UInt};
+    // meta(): primary key (region, id), both INT.
+    let key = |sql: &str| update(sql).pinned_key(&meta());
+    assert_eq!(
+        key("UPDATE shop.account SET balance = balance + 1 WHERE id = 7 AND region = -2"),
+        Some(vec![Int(-2), Int(7)])
+    );
+    assert_eq!(
+        key(
+            "UPDATE account a SET balance = 0 WHERE (a.`region` = 3) AND 18446744073709551615 = ID"
+        ),
+        Some(vec![Int(3), UInt(u64::MAX)])
+    );
+    for sql in [
+        // Part of the key, or more than the key.
+        "UPDATE account SET balance = 0 WHERE id = 7",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = 1 AND balance = 0",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND id = 7 AND region = 1",
+        // Anything but AND of column = integer literal.
+        "UPDATE account SET balance = 0 WHERE id = 7 OR region = 1",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = '1'",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = 1.0",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = 1e0",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = 1 + 0",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = ?",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region IN (1)",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND NOT region <> 1",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = a",
+        // ORDER BY or LIMIT (LIMIT 0 writes nothing).
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = 1 LIMIT 0",
+        "UPDATE account SET balance = 0 WHERE id = 7 AND region = 1 ORDER BY id",
+        // A SET parameter: not a statement sent as text.
+        "UPDATE account SET balance = ? WHERE id = 7 AND region = 1",
+        "UPDATE account SET balance = 0",
+    ] {
+        assert_eq!(key(sql), None, "{sql}");
+    }
+    // A key column that is not an integer has no exact literal here.
+    let mut m = meta();
+    m.columns[3].ty = ColumnType::new(TypeKind::Decimal);
+    assert_eq!(
+        update("UPDATE account SET balance = 0 WHERE id = 7 AND region = 1").pinned_key(&m),
+        None
+    );
+
+    let d = match analyze("DELETE FROM shop.account WHERE region = 1 AND id = 2").unwrap() {
+        Dml::Delete(d) => d,
+        other => panic!("{other:?}"),
+    };
+    let k = d.pinned_key(&meta()).unwrap();
+    assert_eq!(k, vec![Int(1), Int(2)]);
+    assert_eq!(
+        d.by_literal_keys_sql(&meta(), &[k]).unwrap(),
+        "DELETE FROM shop.account WHERE (`region` = 1 AND `id` = 2)"
+    );
+    assert!(same_key(&[Int(5)], &[UInt(5)]));
+    assert!(!same_key(&[Int(-1)], &[UInt(u64::MAX)]));
+}

@@ -40,6 +40,8 @@ pub struct UpdatePlan {
     /// placeholders before that expression (an UPDATE of a primary-key column evaluates
     /// the new key in the before-image SELECT).
     pub(super) assigned: Vec<(String, String, usize)>,
+    /// What the condition pins to integer literals, if that is all it does ([`pinned`]).
+    pub(super) pinned: Option<Vec<(String, mysql_async::Value)>>,
 }
 
 /// A primary-key column's new value in an UPDATE: its expression as written and the range
@@ -92,6 +94,7 @@ pub(super) fn analyze_update(u: ast::Update) -> Result<Dml> {
         filter: filter(u.selection.as_ref(), &u.order_by, u.limit.as_ref()),
         order: filter(None, &u.order_by, None),
         assigned,
+        pinned: pinned(u.selection.as_ref(), &u.order_by, u.limit.as_ref()),
     }))
 }
 
@@ -342,6 +345,15 @@ impl UpdatePlan {
             keys_predicate(meta, rows),
             self.order
         )
+    }
+
+    /// The one row a statement without parameters can write, when its condition pins the
+    /// whole (integer) primary key and nothing else ([`pinned_key`]).
+    pub fn pinned_key(&self, meta: &TableMeta) -> Option<Vec<mysql_async::Value>> {
+        if self.set_params > 0 {
+            return None;
+        }
+        pinned_key(self.pinned.as_deref(), meta)
     }
 
     /// The same UPDATE narrowed to `keys` written in as literals, for a statement without
