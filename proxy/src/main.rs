@@ -40,10 +40,12 @@ struct Cli {
     /// Broker the outbox relay publishes to (amqp://… or nats://…); none by default
     #[arg(long, value_name = "URL")]
     outbox_broker: Option<String>,
+    /// Worker threads of the runtime; 0 = one per CPU core [default: 0]
+    #[arg(long, value_name = "N")]
+    worker_threads: Option<usize>,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -88,7 +90,23 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = cli.otlp_endpoint {
         config.otlp_endpoint = v;
     }
+    if let Some(v) = cli.worker_threads {
+        config.worker_threads = v;
+    }
     config.validate().map_err(anyhow::Error::msg)?;
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if config.worker_threads > 0 {
+        runtime.worker_threads(config.worker_threads);
+    }
+    runtime
+        .enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(serve(config))
+}
+
+/// Serves with `config` until SIGTERM or Ctrl-C.
+async fn serve(config: Config) -> anyhow::Result<()> {
     let traces = rewind_protocol::trace::init(
         "rewind-proxy",
         &config.otlp_endpoint,

@@ -269,6 +269,13 @@ impl Metrics {
                  confirmed for every session (one backend connection each).",
                 shared.sentinels.running() as u64,
             ),
+            (
+                "rewind_proxy_runtime_workers",
+                "Worker threads of the runtime serving the admin listener and, without \
+                 session_threads, every session (worker_threads, or one per CPU core).",
+                tokio::runtime::Handle::try_current()
+                    .map_or(0, |h| h.metrics().num_workers() as u64),
+            ),
         ];
         for (name, help, v) in gauges {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");

@@ -387,7 +387,7 @@ fn write_config(dir: &TempDir) -> String {
 /// before any decision. Rolled back afterwards, every row is as it was.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t20_every_phase_one_report_arrives() {
-    reports_arrive("bank-reports", "rwt_bank_reports", 0).await;
+    reports_arrive("bank-reports", "rwt_bank_reports", 0, 0).await;
 }
 
 /// The same with `session_threads`: each session thread makes its own channels to the
@@ -395,22 +395,57 @@ async fn t20_every_phase_one_report_arrives() {
 /// all arrive.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t20_every_phase_one_report_arrives_from_session_threads() {
-    reports_arrive("bank-reports-threads", "rwt_bank_reports_threads", 2).await;
+    reports_arrive("bank-reports-threads", "rwt_bank_reports_threads", 2, 0).await;
 }
 
-/// `session_threads`: the proxy's (0: the default shape, none).
-async fn reports_arrive(name: &str, db: &str, session_threads: usize) {
+/// The same on a runtime of one worker thread (`worker_threads = 1`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t20_every_phase_one_report_arrives_on_one_worker_thread() {
+    reports_arrive("bank-reports-worker", "rwt_bank_reports_worker", 0, 1).await;
+}
+
+/// `session_threads`, `worker_threads`: the proxy's (0: the default shape).
+async fn reports_arrive(name: &str, db: &str, session_threads: usize, worker_threads: usize) {
     let dir = TempDir::new(name);
     setup(db).await;
     let coord = Arc::new(Coordinator::start(&dir, &[]).await);
     let config_file = dir.0.join("proxy.toml");
     std::fs::write(
         &config_file,
-        format!("session_threads = {session_threads}\n"),
+        format!("session_threads = {session_threads}\nworker_threads = {worker_threads}\n"),
     )
     .unwrap();
     let config_arg = config_file.to_str().unwrap();
-    let proxy = Proxy::start(&dir, "proxy", &coord.grpc_url(), &["--config", config_arg]).await;
+    let admin = free_addr().to_string();
+    let proxy = Proxy::start(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &["--config", config_arg, "--admin-addr", &admin],
+    )
+    .await;
+    // The runtime the proxy was asked for: one worker per core unless set.
+    let (_, metrics) = http(admin.parse().unwrap(), "GET", "/metrics", None)
+        .await
+        .unwrap();
+    let workers = metrics
+        .as_str()
+        .expect("metrics as text")
+        .lines()
+        .find_map(|l| l.strip_prefix("rewind_proxy_runtime_workers "))
+        .expect("the runtime's worker count")
+        .parse::<usize>()
+        .unwrap();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(
+        workers,
+        if worker_threads > 0 {
+            worker_threads
+        } else {
+            cores
+        },
+        "worker threads of the proxy's runtime"
+    );
     let opening = balances(db).await;
     let mut sessions = Vec::new();
     for id in 1..=ACCOUNTS {
