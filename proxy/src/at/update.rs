@@ -90,14 +90,7 @@ impl StatementRun<'_> {
                 .image_by_keys(meta, &keys)
                 .await
                 .map_err(Failure::Poisoned)?;
-            if after.rows.len() != before.rows.len() {
-                return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
-                    "UPDATE on {}: {} rows locked but {} found after the write",
-                    meta.name,
-                    before.rows.len(),
-                    after.rows.len()
-                ))));
-            }
+            after_holds_every_row(meta, &before, &after)?;
             if !before.is_empty() {
                 items.push(UndoItem {
                     kind: SqlKind::Update,
@@ -329,14 +322,7 @@ fn items(
     moved: bool,
     ok: wire::Ok,
 ) -> Result<(Vec<UndoItem>, wire::Ok), Failure> {
-    if after.rows.len() != before.rows.len() {
-        return Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
-            "UPDATE on {}: {} rows locked but {} found after the write",
-            meta.name,
-            before.rows.len(),
-            after.rows.len()
-        ))));
-    }
+    after_holds_every_row(meta, &before, &after)?;
     if before.is_empty() {
         return Ok((Vec::new(), ok));
     }
@@ -371,4 +357,22 @@ fn items(
         }]
     };
     Ok((items, ok))
+}
+
+/// An UPDATE's after image must hold every row its before image locked; otherwise the
+/// write is not what the undo would record, and the branch is poisoned.
+fn after_holds_every_row(
+    meta: &TableMeta,
+    before: &RowImage,
+    after: &RowImage,
+) -> Result<(), Failure> {
+    if after.rows.len() == before.rows.len() {
+        return Ok(());
+    }
+    Err(Failure::Poisoned(ProxyError::BranchRolledBack(format!(
+        "UPDATE on {}: {} rows locked but {} found after the write",
+        meta.name,
+        before.rows.len(),
+        after.rows.len()
+    ))))
 }
