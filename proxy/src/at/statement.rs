@@ -228,16 +228,27 @@ impl StatementRun<'_> {
             .map(drop);
         self.answered(stamp, r.is_ok());
         r.map_err(|e| Failure::Clean(e.into()))?;
+        let ok = self.write_ok();
+        Ok((ok, self.rows_after_write().await?))
+    }
+
+    /// The OK of a write answered inside a multi-statement query, as its client gets it.
+    fn write_ok(&self) -> wire::Ok {
         let mut ok = wire::Ok::from_backend(self.conn);
         ok.status &= !mysql_async::consts::StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
+        ok
+    }
+
+    /// The rows of the read that follows a write in one query ([`Failure::Poisoned`] when
+    /// it fails: the write is done).
+    async fn rows_after_write(&mut self) -> Result<Vec<mysql_async::Row>, Failure> {
         // The write's set holds no row: reading it moves on to the read's.
         let mut rest = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *self.conn);
         let rows = match rest.next().await {
             Ok(_) => rest.collect::<mysql_async::Row>().await,
             Err(e) => Err(e),
         };
-        let rows = rows.map_err(|e| Failure::Poisoned(e.into()))?;
-        Ok((ok, rows))
+        rows.map_err(|e| Failure::Poisoned(e.into()))
     }
 }
 
@@ -282,19 +293,11 @@ impl StatementRun<'_> {
             .collect::<mysql_async::Row>()
             .await
             .map_err(|e| Failure::Clean(e.into()))?;
-        let mut ok = wire::Ok::from_backend(self.conn);
-        ok.status &= !mysql_async::consts::StatusFlags::SERVER_MORE_RESULTS_EXISTS.bits();
+        let ok = self.write_ok();
         if after.is_none() {
             return Ok((before, ok, Vec::new()));
         }
-        // The write's set holds no row: reading it moves on to the after image's.
-        let mut rest = mysql_async::QueryResult::<mysql_async::TextProtocol>::new(&mut *self.conn);
-        let rows = match rest.next().await {
-            Ok(_) => rest.collect::<mysql_async::Row>().await,
-            Err(e) => Err(e),
-        };
-        let rows = rows.map_err(|e| Failure::Poisoned(e.into()))?;
-        Ok((before, ok, rows))
+        Ok((before, ok, self.rows_after_write().await?))
     }
 
     /// Whether [`Self::confirm`] would let a write to `meta`'s table go without reading its
