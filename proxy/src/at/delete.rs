@@ -117,27 +117,7 @@ impl StatementRun<'_> {
                     .zip(Some(key))
             });
         if let Some((write, key)) = pinned {
-            let (found, ok, _) = self
-                .image_write_image_text(&[&meta], &sql, &write, None)
-                .await?;
-            let poisoned = |why: String| Failure::Poisoned(ProxyError::BranchRolledBack(why));
-            let before = RowImage::from_image(&meta, &found)
-                .map_err(|e| poisoned(format!("before image of {name}: {e}")))?;
-            let locked = keys_of(&meta, &before).map_err(|e| poisoned(e.to_string()))?;
-            if locked.iter().any(|k| !crate::at::sql::same_key(k, &key))
-                || ok.affected_rows != locked.len() as u64
-            {
-                return Err(poisoned(format!(
-                    "DELETE on {name}: {} rows locked but {} deleted",
-                    locked.len(),
-                    ok.affected_rows
-                )));
-            }
-            self.confirm_written(&meta).await?;
-            self.shared
-                .metrics
-                .one_query_writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (before, ok, _) = self.pinned_write(&meta, &key, &sql, &write, None).await?;
             return Ok((item(&meta, before), ok));
         }
         let found = self.image_rows(&[&meta], &sql, params, self.types).await?;

@@ -300,6 +300,66 @@ impl StatementRun<'_> {
         Ok((before, ok, self.rows_after_write().await?))
     }
 
+    /// An UPDATE (`after`: its after image by key) or DELETE (`after`: `None`) pinned to
+    /// `key` ([`crate::at::sql::pinned_key`]), run with its images as one query
+    /// ([`Self::image_write_image_text`]), then the table's definition confirmed
+    /// ([`Self::confirm_written`]). The image names the pinned row or nothing, and the write
+    /// must have reached as many rows as it locked (an UPDATE's `Rows matched`, a DELETE's
+    /// affected rows): a row inserted under that key in between, under READ COMMITTED,
+    /// would be written without an image. Anything else poisons. Returns the before image,
+    /// the write's OK and the after image (empty for a DELETE or when no row was locked).
+    pub(super) async fn pinned_write(
+        &mut self,
+        meta: &TableMeta,
+        key: &[Value],
+        image: &str,
+        write: &str,
+        after: Option<&str>,
+    ) -> Result<(RowImage, wire::Ok, RowImage), Failure> {
+        let name = &meta.name;
+        let (found, ok, found_after) = self
+            .image_write_image_text(&[meta], image, write, after)
+            .await?;
+        let poisoned = |why: String| Failure::Poisoned(ProxyError::BranchRolledBack(why));
+        let before = RowImage::from_image(meta, &found)
+            .map_err(|e| poisoned(format!("before image of {name}: {e}")))?;
+        let locked = keys_of(meta, &before).map_err(|e| poisoned(e.to_string()))?;
+        let other_key = locked.iter().any(|k| !analyze::same_key(k, key));
+        match after {
+            Some(_) => {
+                let matched = parse_update_info(&ok.info).map(|(m, _, _)| m);
+                if other_key || matched != Some(locked.len() as u64) {
+                    return Err(poisoned(format!(
+                        "UPDATE on {name}: {} rows locked but {} matched by the write",
+                        locked.len(),
+                        matched.map_or("an unknown number of".to_string(), |m| m.to_string())
+                    )));
+                }
+            }
+            None => {
+                if other_key || ok.affected_rows != locked.len() as u64 {
+                    return Err(poisoned(format!(
+                        "DELETE on {name}: {} rows locked but {} deleted",
+                        locked.len(),
+                        ok.affected_rows
+                    )));
+                }
+            }
+        }
+        let after = if after.is_none() || before.is_empty() {
+            RowImage::empty(meta.name.clone())
+        } else {
+            RowImage::from_image(meta, &found_after)
+                .map_err(|e| poisoned(format!("after image of {name}: {e}")))?
+        };
+        self.confirm_written(meta).await?;
+        self.shared
+            .metrics
+            .one_query_writes
+            .fetch_add(1, Ordering::Relaxed);
+        Ok((before, ok, after))
+    }
+
     /// Whether [`Self::confirm`] would let a write to `meta`'s table go without reading its
     /// definition: this global transaction confirmed it already, or another holder holds the
     /// same definition confirmed (then settled at commit).

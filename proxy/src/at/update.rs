@@ -193,39 +193,9 @@ impl StatementRun<'_> {
                 ))
             });
         if let Some((write, read, keys)) = pinned {
-            let (found, ok, found_after) = self
-                .image_write_image_text(&[&meta], &before_sql, &write, Some(&read))
+            let (before, ok, after) = self
+                .pinned_write(&meta, &keys[0], &before_sql, &write, Some(&read))
                 .await?;
-            let poisoned = |why: String| Failure::Poisoned(ProxyError::BranchRolledBack(why));
-            let before = RowImage::from_image(&meta, &found)
-                .map_err(|e| poisoned(format!("before image of {name}: {e}")))?;
-            // The image names the pinned row or nothing; the write must have matched the
-            // same (a row inserted under that key in between, under READ COMMITTED, would
-            // be written without an image).
-            let locked = keys_of(&meta, &before).map_err(|e| poisoned(e.to_string()))?;
-            let matched = parse_update_info(&ok.info).map(|(m, _, _)| m);
-            if locked
-                .iter()
-                .any(|k| !crate::at::sql::same_key(k, &keys[0]))
-                || matched != Some(locked.len() as u64)
-            {
-                return Err(poisoned(format!(
-                    "UPDATE on {name}: {} rows locked but {} matched by the write",
-                    locked.len(),
-                    matched.map_or("an unknown number of".to_string(), |m| m.to_string())
-                )));
-            }
-            let after = if before.is_empty() {
-                RowImage::empty(meta.name.clone())
-            } else {
-                RowImage::from_image(&meta, &found_after)
-                    .map_err(|e| poisoned(format!("after image of {name}: {e}")))?
-            };
-            self.confirm_written(&meta).await?;
-            self.shared
-                .metrics
-                .one_query_writes
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return items(&meta, set_columns, before, after, false, ok);
         }
         let found = self
