@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 /// transaction 135-163 µs against 150-177 (1.36-1.41 times the load generator's own CPU
 /// against 1.49-1.50), 5,871-7,072 against 5,633-6,534 transactions/s, and 169-177
 /// bytes of RSS per held lock against 194-213. mimalloc saved about as much CPU but grew
-/// the process by 255-388 bytes per held lock. The proxy stays on glibc: jemalloc under
-/// it (preloaded) made bench/at's AT mode slower (581-584 against 648-674 transfers/s).
+/// the process by 255-388 bytes per held lock. The proxy uses jemalloc too (see its
+/// `main.rs` for its own measurement).
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
