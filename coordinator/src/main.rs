@@ -16,8 +16,14 @@ use tokio_util::sync::CancellationToken;
 /// transaction 135-163 µs against 150-177 (1.36-1.41 times the load generator's own CPU
 /// against 1.49-1.50), 5,871-7,072 against 5,633-6,534 transactions/s, and 169-177
 /// bytes of RSS per held lock against 194-213. mimalloc saved about as much CPU but grew
-/// the process by 255-388 bytes per held lock. The proxy uses jemalloc too (see its
-/// `main.rs` for its own measurement).
+/// the process by 255-388 bytes per held lock. The proxy stays on glibc. Tried twice:
+/// preloaded, jemalloc made bench/at's AT mode slower (581-584 against 648-674
+/// transfers/s, a noisy machine); built in, it cut the proxy's CPU per AT transfer by
+/// about 6 % (0.677-0.693 of MariaDB's in the same run against 0.731-0.751, four
+/// alternated pairs) but cost plain pass-through more: bench/passthrough at 8 threads,
+/// six alternated pairs, proxy/HAProxy median 0.891 against 0.935 for point selects and
+/// 0.884 against 0.929 for read/write (three pairs). Pass-through is most of what a
+/// proxy serves.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

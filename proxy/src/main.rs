@@ -5,19 +5,6 @@ use clap::Parser;
 use rewind_proxy::Config;
 use tokio_util::sync::CancellationToken;
 
-/// jemalloc instead of glibc's malloc, as in the coordinator. A profile of the proxy under
-/// bench/at (16 clients, AT in the text protocol) put glibc's malloc, free,
-/// `malloc_consolidate` and `unlink_chunk` at about a tenth of the process: a branch
-/// allocates its parse tree, images, undo record and the gRPC calls' buffers and frees
-/// them at commit. Four alternated pairs on the same fat-LTO build, same coordinator:
-/// proxy CPU per AT transfer 0.677-0.693 of MariaDB's in the same run, against
-/// 0.731-0.751 on glibc (about 6 % less); plain local transfers unchanged (0.596-0.616
-/// against 0.601-0.631); RSS with 1,000 idle client connections 42.7 MB against 44.3.
-/// (An earlier trial that preloaded jemalloc, on a noisier machine and judged by
-/// throughput alone, could not show it paying.)
-#[global_allocator]
-static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 /// Rewind's MySQL-protocol proxy. Flags override the config file, which overrides defaults.
 #[derive(Parser, Debug)]
 #[command(name = "rewind-proxy", version, about, args_override_self = true)]
