@@ -20,6 +20,13 @@ const OPENING: i64 = 100_000;
 /// Every member's configuration: quick ticks and retries.
 const MEMBER_CONFIG: &str = "tick_ms = 50\nphase_two_backoff_base_ms = 20\n";
 
+/// The tests of this file run one at a time. Each starts a three-member cluster (and two of
+/// them push about 6 MB of Raft log through it); run four at once on a 2-core machine with
+/// one member of each cluster stopped, the two left starved for CPU, and one cluster went
+/// 30 s without a leader (`no leader within 30s`, two runs in three of this file on a
+/// slow day). What each test asserts is unchanged.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 async fn setup(db: &str) {
     fresh_db(db).await;
     let mut c = direct(db).await;
@@ -58,6 +65,7 @@ async fn branch(conn: &mut mysql_async::Conn, xid: &str, id: i64, delta: i64) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_bank_on_a_cluster_survives_leader_kills() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-bank");
     let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
     let a = Proxy::start(&dir, "proxy-a", &urls, &["--resource-id", "cbank-a"]).await;
@@ -201,6 +209,7 @@ async fn t90_bank_on_a_cluster_survives_leader_kills() {
 /// fence keeps it once). No effect lost, none doubled, no decision flipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_tcc_branches_survive_leader_kills() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-tcc");
     let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
     let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "ctcc"]).await;
@@ -306,6 +315,7 @@ async fn t90_tcc_branches_survive_leader_kills() {
 /// phase two of that proxy's resource waited with no proxy at the real leader.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-step-down");
     let db = "rwt_cluster_step_down";
     let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
@@ -418,6 +428,7 @@ async fn let_run_and_kill_the_leader(
 /// 32 entries and 256 KiB.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn t90_a_lagging_follower_catches_up_after_the_leader_dies() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-lagging");
     let (members, _) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
     let (old, _) = members.leader(Duration::from_secs(20)).await;
@@ -437,6 +448,7 @@ async fn t90_a_lagging_follower_catches_up_after_the_leader_dies() {
 /// the leader's kill -9 the other two are a quorum again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t90_a_member_behind_the_snapshot_catches_up_from_it() {
+    let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-snapshot");
     let config = format!("{MEMBER_CONFIG}[cluster]\nsnapshot_every_entries = 100\n");
     let (members, _) = CoordinatorCluster::start(&dir, &config).await;
