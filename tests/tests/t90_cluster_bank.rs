@@ -20,10 +20,10 @@ const OPENING: i64 = 100_000;
 /// Every member's configuration: quick ticks and retries.
 const MEMBER_CONFIG: &str = "tick_ms = 50\nphase_two_backoff_base_ms = 20\n";
 
-/// The tests of this file run one at a time. Each starts a three-member cluster (and two of
-/// them push about 6 MB of Raft log through it); run four at once on a 2-core machine with
-/// one member of each cluster stopped, the two left starved for CPU, and one cluster went
-/// 30 s without a leader (`no leader within 30s`, two runs in three of this file on a
+/// The tests of this file run one at a time. Each starts a three-member cluster, and two of
+/// them stop one member and push about 6 MB of Raft log through the other two. Run four at
+/// once on a 2-core machine, those two members were starved for CPU and one cluster went
+/// 30 s without a leader (`no leader within 30s`, in two runs of this file in three on a
 /// slow day). What each test asserts is unchanged.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
