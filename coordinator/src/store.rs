@@ -269,15 +269,26 @@ impl Store {
         self.in_flight.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    /// Makes a batch durable (returns after its log record is on disk). Ends an
-    /// [`Store::announce`]d batch, failed or not.
+    /// [`Store::write_with`] synced (tests).
+    #[cfg(test)]
     pub fn write(&self, w: &Writes) -> Result<(), CoordinatorError> {
         self.write_with(w, true)
     }
 
-    /// [`Store::write`], or (`sync` false) a batch whose loss in a crash is harmless: it
-    /// becomes durable with the next synced batch, and a crash before that loses it with
-    /// nothing after it. See [`crate::engine::Command::needs_sync`].
+    /// Makes every batch written so far durable, those written without a sync included.
+    pub fn sync(&self) -> Result<(), CoordinatorError> {
+        let mut log = self.log.lock().expect("log lock");
+        log.wal.sync().map_err(|e| {
+            CoordinatorError::Storage(format!("syncing {}: {e}", log.wal.path().display()))
+        })
+    }
+
+    /// Makes a batch durable (returns after its log record is on disk), or (`sync`
+    /// false) writes a batch whose loss in a crash is harmless: it becomes durable with
+    /// the next synced batch or [`Store::sync`], and a crash before that loses it with
+    /// nothing after it (see [`crate::engine::Command::needs_sync`], and the cluster's
+    /// state machine, whose Raft log holds what its batches reflect). Ends an
+    /// [`Store::announce`]d batch, failed or not.
     pub fn write_with(&self, w: &Writes, sync: bool) -> Result<(), CoordinatorError> {
         let r = self.write_inner(w, sync);
         // Saturating: writes made without an announcement (tests) do not wrap it.

@@ -170,6 +170,11 @@ impl Wal {
         Ok(())
     }
 
+    /// Makes every record appended so far durable (those appended without `sync`).
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
     /// After a checkpoint: everything in the log is in redb, write from the start.
     pub fn restart(&mut self) {
         self.offset = 0;

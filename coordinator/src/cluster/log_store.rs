@@ -58,7 +58,12 @@ pub struct LogStore {
     tail: Arc<Mutex<Tail>>,
     /// Records for the writer thread, with what to do once they are durable.
     jobs: mpsc::Sender<Job>,
+    /// Run before entries are purged (see [`LogStore::sync_before_purge`]).
+    before_purge: Option<BeforePurge>,
 }
+
+/// Makes the state machine's writes durable; an error stops the purge.
+pub type BeforePurge = Arc<dyn Fn() -> std::result::Result<(), String> + Send + Sync>;
 
 /// Told whether a queued record is durable.
 type Done = Box<dyn FnOnce(std::io::Result<()>) + Send>;
@@ -241,7 +246,28 @@ impl LogStore {
             .name("rewind-raft-log".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| format!("starting the raft log writer: {e}"))?;
-        Ok(LogStore { db, tail, jobs })
+        Ok(LogStore {
+            db,
+            tail,
+            jobs,
+            before_purge: None,
+        })
+    }
+
+    /// `sync` runs before every purge and must make every state-machine write made so
+    /// far durable. The state machine writes without syncing because the Raft log holds
+    /// what those writes reflect; a purged entry is no longer in the log, so what it did
+    /// must be durable in the store first. openraft purges only applied entries (behind
+    /// a snapshot), whose writes were made before their apply returned.
+    ///
+    /// Measured (`bench/coordinator-cluster` without its failovers, 64 clients, 2 cores,
+    /// fat-LTO builds alike but for this, three alternated pairs of 10 s): synced
+    /// applies 2,305 / 2,248 / 2,129 global tx/s (p99 75 / 71 / 72 ms, leader CPU 290 /
+    /// 291 / 297 µs per tx), unsynced 2,632 / 2,645 / 2,410 (p99 67 / 61 / 72 ms, 257 /
+    /// 243 / 278 µs): about 15 % more. A follower spent a fifth of its CPU in the
+    /// store's write and its `fdatasync` before.
+    pub fn sync_before_purge(&mut self, sync: BeforePurge) {
+        self.before_purge = Some(sync);
     }
 
     /// Queues one operation (its effect already in the tail); `done` hears when it is
@@ -530,6 +556,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // the log file are skipped if it is ever replayed (they are at or below it).
         // The tail's lock is held throughout, as a checkpoint holds it, so a checkpoint
         // cannot put purged entries back.
+        if let Some(sync) = &self.before_purge {
+            sync().map_err(|e| io_err(std::io::Error::other(e)))?;
+        }
         let bytes = serde_json::to_vec(&log_id).map_err(io_err)?;
         let mut tail = lock(&self.tail);
         let txn = self.db.begin_write().map_err(io_err)?;

@@ -209,7 +209,13 @@ pub async fn open(
         metrics,
         data_dir,
     );
-    let log = log_store::LogStore::open(data_dir, wal_bytes).map_err(CoordinatorError::Storage)?;
+    let mut log =
+        log_store::LogStore::open(data_dir, wal_bytes).map_err(CoordinatorError::Storage)?;
+    {
+        // The state machine's writes are not synced (see `state_machine`'s doc).
+        let store = store.clone();
+        log.sync_before_purge(Arc::new(move || store.sync().map_err(|e| e.to_string())));
+    }
     let auth = Arc::new(network::RaftAuth::new(
         cfg.node_id,
         &cfg.secret,
