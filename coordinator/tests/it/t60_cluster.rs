@@ -168,6 +168,18 @@ async fn status_on(c: &Coordinator, xid: &str) -> (u16, String) {
 }
 
 impl Cluster {
+    /// A new global transaction on member `i`, and what registering a branch of it that
+    /// locks row `pk` of `acct` in `db1` got: the branch, or the holder of the lock.
+    async fn lock_row_on(&self, i: usize, pk: &[u8]) -> (String, Result<u64, String>) {
+        let mut tm = self.node(i).tm().await;
+        let mut rm = self.node(i).rm().await;
+        let x = crate::begin(&mut tm).await;
+        let r = register(&mut rm, &x, "db1", vec![key("acct", &[pk])])
+            .await
+            .unwrap();
+        (x, r)
+    }
+
     /// The transaction's status as the cluster's leader answers it. A member that cannot
     /// confirm it still leads (it lost an election, or no quorum answered its read in
     /// time, as on a starved machine) answers 503 rather than something stale; then ask
@@ -228,16 +240,8 @@ async fn t60_three_nodes_survive_leader_kills_and_full_restart() {
     );
 
     // A transaction holding a lock, and acknowledged commits.
-    let holder = {
-        let mut tm = cl.node(l).tm().await;
-        let mut rm = cl.node(l).rm().await;
-        let x = crate::begin(&mut tm).await;
-        register(&mut rm, &x, "db1", vec![key("acct", &[b"7"])])
-            .await
-            .unwrap()
-            .expect("lock granted");
-        x
-    };
+    let (holder, r) = cl.lock_row_on(l, b"7").await;
+    r.expect("lock granted");
     let mut committed: Vec<String> = Vec::new();
 
     for round in 0..2 {
@@ -305,12 +309,7 @@ async fn t60_three_nodes_survive_leader_kills_and_full_restart() {
         // Whoever leads now (on a starved machine the two members left may have held
         // another election meanwhile).
         let nl = cl.leader(Duration::from_secs(15)).await;
-        let mut tm = cl.node(nl).tm().await;
-        let mut rm = cl.node(nl).rm().await;
-        let other = crate::begin(&mut tm).await;
-        let r = register(&mut rm, &other, "db1", vec![key("acct", &[b"7"])])
-            .await
-            .unwrap();
+        let (_, r) = cl.lock_row_on(nl, b"7").await;
         assert_eq!(
             r,
             Err(holder.clone()),
@@ -606,16 +605,8 @@ async fn t63_members_are_added_and_removed_through_the_admin_api() {
 async fn t64_state_machine_writes_lost_in_a_power_cut_are_replayed_from_the_raft_log() {
     let mut cl = Cluster::start(TempDir::new("powercut")).await;
     let l = cl.leader(Duration::from_secs(15)).await;
-    let holder = {
-        let mut tm = cl.node(l).tm().await;
-        let mut rm = cl.node(l).rm().await;
-        let x = crate::begin(&mut tm).await;
-        register(&mut rm, &x, "db1", vec![key("acct", &[b"9"])])
-            .await
-            .unwrap()
-            .expect("lock granted");
-        x
-    };
+    let (holder, r) = cl.lock_row_on(l, b"9").await;
+    r.expect("lock granted");
     let mut committed = Vec::new();
     let mut rolled_back = Vec::new();
     for i in 0..40 {
@@ -676,12 +667,7 @@ async fn t64_state_machine_writes_lost_in_a_power_cut_are_replayed_from_the_raft
     }
     assert_eq!(cl.status(&holder).await, "begin");
     let l = cl.leader(Duration::from_secs(15)).await;
-    let mut tm = cl.node(l).tm().await;
-    let mut rm = cl.node(l).rm().await;
-    let other = crate::begin(&mut tm).await;
-    let r = register(&mut rm, &other, "db1", vec![key("acct", &[b"9"])])
-        .await
-        .unwrap();
+    let (_, r) = cl.lock_row_on(l, b"9").await;
     assert_eq!(r, Err(holder.clone()), "the lock is not granted twice");
     // New transactions get new XIDs: none issued before the cut comes back.
     let fresh = cl.node(l).begin(60_000).await;
