@@ -139,6 +139,7 @@ impl Wal {
             self.file = zero_fill(&self.path, self.size)?;
         }
         self.offset = 0;
+        self.mark_durable();
         Ok(())
     }
 
@@ -167,17 +168,37 @@ impl Wal {
             self.file.sync_data()?;
         }
         self.offset += buf.len() as u64;
+        if sync {
+            self.mark_durable();
+        }
         Ok(())
     }
 
     /// Makes every record appended so far durable (those appended without `sync`).
     pub fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
+        self.file.sync_data()?;
+        self.mark_durable();
+        Ok(())
     }
 
     /// After a checkpoint: everything in the log is in redb, write from the start.
     pub fn restart(&mut self) {
         self.offset = 0;
+        self.mark_durable();
+    }
+
+    /// Test hook (`failpoints` feature): writes the offset up to which the log is
+    /// durable to `<log>.durable`, so that a test can model a power cut by zeroing the
+    /// log from there (everything after it was written without a sync). Without the
+    /// feature it does nothing.
+    fn mark_durable(&self) {
+        #[cfg(feature = "failpoints")]
+        {
+            let mark = format!("{}.durable", self.path.display());
+            if let Err(e) = std::fs::write(&mark, self.offset.to_string()) {
+                tracing::error!(error = %e, "failpoint: writing {mark}");
+            }
+        }
     }
 
     pub fn path(&self) -> &Path {

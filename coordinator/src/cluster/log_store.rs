@@ -14,7 +14,11 @@
 //! record each, synced), every vote and purge (a redb commit each; both are rare). The
 //! committed position is kept in memory and written at checkpoints only: openraft allows
 //! it to be stale (it only re-applies entries to a state machine that is behind, and
-//! ours persists its own position with every applied batch).
+//! ours writes its own position with every applied batch). A stale one would let a
+//! leader restarted in its own term serve reads before it applied entries it had
+//! acknowledged (after a machine crash, which can take the state machine's unsynced
+//! writes): [`super::Cluster::linearizable`] has the first read after a start wait for
+//! a fresh commit instead.
 //!
 //! Group commit: `append` returns once the entries are queued, and a writer thread
 //! makes everything queued meanwhile durable as one record with one sync before it

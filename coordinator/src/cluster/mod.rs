@@ -157,6 +157,12 @@ pub struct Cluster {
     pub log: log_store::LogStore,
     /// Who may talk Raft to this member (the server side of [`network`] checks it).
     pub auth: Arc<network::RaftAuth>,
+    /// Set once a batch this process proposed has been applied here: everything
+    /// acknowledged before the process started is applied by then (see
+    /// [`Cluster::linearizable`]).
+    caught_up: AtomicBool,
+    /// Serializes the first reads' catch-up write.
+    catching_up: tokio::sync::Mutex<()>,
 }
 
 /// What [`open`] hands the rest of the coordinator.
@@ -312,6 +318,8 @@ pub async fn open(
             leader,
             log,
             auth,
+            caught_up: AtomicBool::new(false),
+            catching_up: tokio::sync::Mutex::new(()),
         }),
         engine,
         store,
@@ -353,7 +361,41 @@ impl Cluster {
 
     /// Ok when this node leads now (confirmed by a quorum) and has applied everything
     /// committed before this call: reads after it are linearizable.
+    ///
+    /// openraft's read index is the later of the commit position it knows and the first
+    /// entry of the leader's term. A leader restarted with its vote still standing keeps
+    /// its term, so that first entry may be long applied, and the commit position it
+    /// restarts with may be stale (the log store writes it at checkpoints only); after a
+    /// machine crash its state machine may also stand behind entries it acknowledged
+    /// (its writes of applied entries are unsynced; the Raft log replays them once they
+    /// are known committed again). Reads would then miss acknowledged decisions until
+    /// the next commit. So until a batch this process proposed has been applied here
+    /// (which implies every earlier entry applied), the first read proposes an empty one
+    /// and waits for it: what Raft asks of a new leader before it serves reads.
     pub async fn linearizable(&self) -> Result<(), CoordinatorError> {
+        if !self.caught_up.load(Ordering::Acquire) {
+            let _one = self.catching_up.lock().await;
+            if !self.caught_up.load(Ordering::Acquire) {
+                if !self.is_leader() {
+                    return Err(self.not_leader());
+                }
+                let empty = crate::engine::Batch {
+                    now_ms: crate::sequencer::now_ms(),
+                    xid_base: crate::engine::random_xid_base(),
+                    commands: Vec::new(),
+                };
+                match tokio::time::timeout(READ_TIMEOUT, self.write(empty)).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e @ CoordinatorError::NotLeader { .. })) => return Err(e),
+                    // Not applied in time: answer nothing rather than something stale.
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "catching up before the first read");
+                        return Err(self.not_leader());
+                    }
+                    Err(_) => return Err(self.not_leader()),
+                }
+            }
+        }
         match tokio::time::timeout(READ_TIMEOUT, self.raft.ensure_linearizable()).await {
             Ok(Ok(_)) => Ok(()),
             // No quorum confirmed us in time (a partitioned or deposed leader): answer
@@ -376,7 +418,10 @@ impl Cluster {
             }
         };
         match r {
-            Ok(r) => Ok(r.data),
+            Ok(r) => {
+                self.caught_up.store(true, Ordering::Release);
+                Ok(r.data)
+            }
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => {
                 Err(self.not_leader())
             }

@@ -676,3 +676,127 @@ async fn t64_state_machine_writes_lost_in_a_power_cut_are_replayed_from_the_raft
         "{fresh} was issued before the cut"
     );
 }
+
+/// The store is synced before the Raft log drops entries behind a snapshot, and only
+/// then. Model a power cut after purges on every member: kill -9 all three, then zero
+/// each member's store log from the offset its last sync covered (a `failpoints` build
+/// records it beside the log, in `coordinator.wal.durable`): everything written after
+/// it is lost, as unsynced writes are. Each member restarts from its store as of its
+/// last purge and replays the rest from its Raft log: every decision, the held lock and
+/// the XID counter come back. Had the purge not synced the store first, the store
+/// would stand before entries the log no longer holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
+    let dir = TempDir::new("powercut-purged");
+    let cfg = dir.0.join("c.toml");
+    std::fs::write(&cfg, "[cluster]\nsnapshot_every_entries = 100\n").unwrap();
+    let cfg = cfg.display().to_string();
+    let mut cl = Cluster::start_with(dir, &["--config", &cfg]).await;
+    let l = cl.leader(Duration::from_secs(15)).await;
+    let (holder, r) = cl.lock_row_on(l, b"9").await;
+    r.expect("lock granted");
+    let mut decided: Vec<(String, &str)> = Vec::new();
+    // Decisions until every member has taken a snapshot and purged its log behind it
+    // (each decision is two entries: the begin and the decision).
+    let purged = |h: &serde_json::Value| {
+        h["snapshot"].as_u64().unwrap_or(0) >= 100
+            && h["log_entries"].as_u64().unwrap_or(u64::MAX) + 50
+                < h["last_log_index"].as_u64().unwrap_or(0)
+    };
+    let mut rounds = 0;
+    loop {
+        for i in 0..10 {
+            let x = cl.node(l).begin(60_000).await;
+            let what = if i % 4 == 3 { "rollback" } else { "commit" };
+            let (st, v) = cl.node(l).decide(&x, what).await;
+            assert_eq!(st, 200, "{what} {x}: {v}");
+            decided.push((x, what));
+        }
+        rounds += 1;
+        let mut all = true;
+        for n in &cl.nodes {
+            all &= Cluster::health(n.http).await.is_some_and(|h| purged(&h));
+        }
+        if all {
+            break;
+        }
+        assert!(
+            rounds < 30,
+            "no member purged its log after {} decisions",
+            decided.len()
+        );
+    }
+    // Then more, applied after the purges' syncs: their writes to each store go
+    // unsynced (fewer than the 100 entries to the next snapshot).
+    for i in 0..15 {
+        let x = cl.node(l).begin(60_000).await;
+        let what = if i % 4 == 3 { "rollback" } else { "commit" };
+        let (st, v) = cl.node(l).decide(&x, what).await;
+        assert_eq!(st, 200, "{what} {x}: {v}");
+        decided.push((x, what));
+    }
+    let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
+    eventually(
+        "every member applied everything",
+        Duration::from_secs(15),
+        || async {
+            let mut all = true;
+            for n in &cl.nodes {
+                all &= Cluster::health(n.http)
+                    .await
+                    .is_some_and(|h| h["last_applied"].as_u64() >= target);
+            }
+            all
+        },
+    )
+    .await;
+
+    for i in 0..3 {
+        cl.kill(i);
+    }
+    for n in &cl.nodes {
+        let node = cl.dir.0.join(format!("node{}", n.id));
+        let wal = node.join("coordinator.wal");
+        let mut bytes = std::fs::read(&wal).expect("the store's log");
+        let mark = node.join("coordinator.wal.durable");
+        let durable: usize = std::fs::read_to_string(&mark)
+            .unwrap_or_else(|e| panic!("{}: {e} (built without failpoints?)", mark.display()))
+            .trim()
+            .parse()
+            .expect("an offset");
+        assert!(
+            durable <= bytes.len(),
+            "{durable} past the end of {}",
+            wal.display()
+        );
+        // Something is lost: the batches applied since the last sync were written there.
+        assert!(
+            bytes[durable..].iter().any(|b| *b != 0),
+            "nothing written to {} after its last sync at {durable}",
+            wal.display()
+        );
+        bytes[durable..].fill(0);
+        std::fs::write(&wal, bytes).unwrap();
+    }
+    for i in 0..3 {
+        cl.up(i).await;
+    }
+    cl.leader(Duration::from_secs(20)).await;
+    for (x, what) in &decided {
+        let want = if *what == "commit" {
+            "committed"
+        } else {
+            "rolled_back"
+        };
+        assert_eq!(cl.status(x).await, want, "after the cut: {x}");
+    }
+    assert_eq!(cl.status(&holder).await, "begin");
+    let l = cl.leader(Duration::from_secs(15)).await;
+    let (_, r) = cl.lock_row_on(l, b"9").await;
+    assert_eq!(r, Err(holder.clone()), "the lock is not granted twice");
+    let fresh = cl.node(l).begin(60_000).await;
+    assert!(
+        decided.iter().all(|(x, _)| *x != fresh) && fresh != holder,
+        "{fresh} was issued before the cut"
+    );
+}
