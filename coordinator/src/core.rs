@@ -409,13 +409,19 @@ impl Coordinator {
 
     /// A proxy announced the resources it serves: phase two for them may go to it now,
     /// and it learns which of their tables hold global locks.
+    /// A proxy announced the resources it fronts. The write-isolation sets it is sent
+    /// come from the engine, so in a cluster this first catches up with everything
+    /// committed (a new or restarted leader may not have applied every lock it granted
+    /// yet, and a table missing from the set would let writes without an XID through
+    /// to rows under a global lock); a member that cannot confirm it leads refuses.
     pub async fn proxy_attached(
         &self,
         conn: u64,
         tx: &StreamTx,
         proxy_id: String,
         resources: Vec<String>,
-    ) {
+    ) -> Result<(), CoordinatorError> {
+        self.seq.linearizable().await?;
         self.proxies.announce(conn, tx, proxy_id, &resources);
         let locked = crate::sequencer::lock_engine(&self.seq.engine).locked_tables();
         self.locked_tables.attach(conn, tx, &resources, |r| {
@@ -424,6 +430,7 @@ impl Coordinator {
         for resource_id in resources {
             self.seq.post(ResourceAvailable { resource_id }).await;
         }
+        Ok(())
     }
 
     pub fn proxy_detached(&self, conn: u64) {

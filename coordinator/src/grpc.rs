@@ -419,7 +419,11 @@ impl ResourceManager for GrpcServices {
                     match msg.kind {
                         Some(proxy_message::Kind::Announce(a)) => {
                             tracing::info!(proxy = %a.proxy_id, resources = ?a.resource_ids, "proxy attached");
-                            core.proxy_attached(conn, &tx, a.proxy_id, a.resource_ids).await;
+                            if let Err(e) = core.proxy_attached(conn, &tx, a.proxy_id, a.resource_ids).await {
+                                tracing::info!(error = %e, "proxy not attached");
+                                let _ = tx.send(Err(GrpcStatus::from(e))).await;
+                                break;
+                            }
                         }
                         Some(proxy_message::Kind::BranchResult(r)) => {
                             let Ok(xid) = parse_xid(&r.xid) else { continue };

@@ -6,8 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use rewind_protocol::v1::BeginRequest;
+use rewind_protocol::v1::{coordinator_message, BeginRequest};
 
+use crate::fake_proxy::FakeProxy;
 use crate::{key, register};
 use rewind_test_support::{eventually, free_addr, http, peers, Coordinator, TempDir};
 
@@ -727,7 +728,16 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
         );
     }
     // Then more, applied after the purges' syncs: their writes to each store go
-    // unsynced (fewer than the 100 entries to the next snapshot).
+    // unsynced (fewer than the 100 entries to the next snapshot). One holds a lock on a
+    // table no other lock is on.
+    let ledger_holder = {
+        let mut tm = cl.node(l).tm().await;
+        let mut rm = cl.node(l).rm().await;
+        let x = crate::begin(&mut tm).await;
+        let r = register(&mut rm, &x, "db1", vec![key("ledger", &[b"1"])]).await;
+        r.unwrap().expect("ledger lock granted");
+        x
+    };
     for i in 0..15 {
         let x = cl.node(l).begin(60_000).await;
         let what = if i % 4 == 3 { "rollback" } else { "commit" };
@@ -781,7 +791,27 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
     for i in 0..3 {
         cl.up(i).await;
     }
-    cl.leader(Duration::from_secs(20)).await;
+    let l = cl.leader(Duration::from_secs(20)).await;
+    // A proxy attaching to the restarted leader learns every table locked (write
+    // isolation), those whose locks it has yet to replay included.
+    let proxy = FakeProxy::attach(cl.node(l), &["db1"]).await;
+    let first: Vec<String> = proxy
+        .seen
+        .lock()
+        .unwrap()
+        .iter()
+        .find_map(|m| match &m.kind {
+            Some(coordinator_message::Kind::TableLocks(t)) if t.resource_id == "db1" => {
+                Some(t.tables.clone())
+            }
+            _ => None,
+        })
+        .expect("a write-isolation set for db1");
+    assert!(
+        first.contains(&"acct".to_string()) && first.contains(&"ledger".to_string()),
+        "tables locked on db1 as the restarted leader told a proxy: {first:?}"
+    );
+    drop(proxy);
     for (x, what) in &decided {
         let want = if *what == "commit" {
             "committed"
@@ -791,12 +821,13 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
         assert_eq!(cl.status(x).await, want, "after the cut: {x}");
     }
     assert_eq!(cl.status(&holder).await, "begin");
+    assert_eq!(cl.status(&ledger_holder).await, "begin");
     let l = cl.leader(Duration::from_secs(15)).await;
     let (_, r) = cl.lock_row_on(l, b"9").await;
     assert_eq!(r, Err(holder.clone()), "the lock is not granted twice");
     let fresh = cl.node(l).begin(60_000).await;
     assert!(
-        decided.iter().all(|(x, _)| *x != fresh) && fresh != holder,
+        decided.iter().all(|(x, _)| *x != fresh) && fresh != holder && fresh != ledger_holder,
         "{fresh} was issued before the cut"
     );
 }
