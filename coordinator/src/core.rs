@@ -408,12 +408,11 @@ impl Coordinator {
     }
 
     /// A proxy announced the resources it serves: phase two for them may go to it now,
-    /// and it learns which of their tables hold global locks.
-    /// A proxy announced the resources it fronts. The write-isolation sets it is sent
-    /// come from the engine, so in a cluster this first catches up with everything
-    /// committed (a new or restarted leader may not have applied every lock it granted
-    /// yet, and a table missing from the set would let writes without an XID through
-    /// to rows under a global lock); a member that cannot confirm it leads refuses.
+    /// and it learns which of their tables hold global locks. Those sets come from the
+    /// engine, so in a cluster this first catches up with everything committed (a new
+    /// or restarted leader may not have applied every lock it granted yet, and a table
+    /// missing from a set would let writes without an XID through to rows under a
+    /// global lock); a member that cannot confirm it leads refuses.
     pub async fn proxy_attached(
         &self,
         conn: u64,

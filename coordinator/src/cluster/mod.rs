@@ -376,9 +376,6 @@ impl Cluster {
         if !self.caught_up.load(Ordering::Acquire) {
             let _one = self.catching_up.lock().await;
             if !self.caught_up.load(Ordering::Acquire) {
-                if !self.is_leader() {
-                    return Err(self.not_leader());
-                }
                 let empty = crate::engine::Batch {
                     now_ms: crate::sequencer::now_ms(),
                     xid_base: crate::engine::random_xid_base(),
