@@ -374,23 +374,29 @@ impl Cluster {
     /// and waits for it: what Raft asks of a new leader before it serves reads.
     pub async fn linearizable(&self) -> Result<(), CoordinatorError> {
         if !self.caught_up.load(Ordering::Acquire) {
-            let _one = self.catching_up.lock().await;
-            if !self.caught_up.load(Ordering::Acquire) {
+            // One write for all the reads waiting meanwhile; each read waits at most
+            // READ_TIMEOUT for it, queueing included (the guard goes with a timed-out wait).
+            let catch_up = async {
+                let _one = self.catching_up.lock().await;
+                if self.caught_up.load(Ordering::Acquire) {
+                    return Ok(());
+                }
                 let empty = crate::engine::Batch {
                     now_ms: crate::sequencer::now_ms(),
                     xid_base: crate::engine::random_xid_base(),
                     commands: Vec::new(),
                 };
-                match tokio::time::timeout(READ_TIMEOUT, self.write(empty)).await {
-                    Ok(Ok(_)) => {}
-                    Ok(Err(e @ CoordinatorError::NotLeader { .. })) => return Err(e),
-                    // Not applied in time: answer nothing rather than something stale.
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "catching up before the first read");
-                        return Err(self.not_leader());
-                    }
-                    Err(_) => return Err(self.not_leader()),
+                self.write(empty).await.map(drop)
+            };
+            match tokio::time::timeout(READ_TIMEOUT, catch_up).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e @ CoordinatorError::NotLeader { .. })) => return Err(e),
+                // Not applied in time: answer nothing rather than something stale.
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "catching up before the first read");
+                    return Err(self.not_leader());
                 }
+                Err(_) => return Err(self.not_leader()),
             }
         }
         match tokio::time::timeout(READ_TIMEOUT, self.raft.ensure_linearizable()).await {
