@@ -15,8 +15,10 @@
 //! each record carries the position it reflects. The one thing that would break this is
 //! the Raft log dropping entries the store has not made durable: the log store syncs the
 //! store before every purge ([`super::log_store::LogStore::sync_before_purge`]), and
-//! openraft purges only entries already applied. About 15 % more throughput under
-//! `bench/coordinator-cluster` (the figures are with `sync_before_purge`).
+//! openraft purges only entries already applied. Until the replay has caught up, a
+//! restarted leader answers no read ([`super::Cluster::linearizable`]). About 15 % more
+//! throughput under `bench/coordinator-cluster` (the figures are with
+//! `sync_before_purge`).
 //!
 //! Only the leader acts on the engine's effects (phase-two sends); followers drop them.
 //! A new leader resumes phase two from the replicated in-flight deadlines (its ticks

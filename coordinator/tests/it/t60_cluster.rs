@@ -172,13 +172,68 @@ impl Cluster {
     /// A new global transaction on member `i`, and what registering a branch of it that
     /// locks row `pk` of `acct` in `db1` got: the branch, or the holder of the lock.
     async fn lock_row_on(&self, i: usize, pk: &[u8]) -> (String, Result<u64, String>) {
+        self.lock_table_row_on(i, "acct", pk).await
+    }
+
+    /// [`Cluster::lock_row_on`] for row `pk` of `table`.
+    async fn lock_table_row_on(
+        &self,
+        i: usize,
+        table: &str,
+        pk: &[u8],
+    ) -> (String, Result<u64, String>) {
         let mut tm = self.node(i).tm().await;
         let mut rm = self.node(i).rm().await;
         let x = crate::begin(&mut tm).await;
-        let r = register(&mut rm, &x, "db1", vec![key("acct", &[pk])])
+        let r = register(&mut rm, &x, "db1", vec![key(table, &[pk])])
             .await
             .unwrap();
         (x, r)
+    }
+
+    /// `n` transactions begun and decided at member `i`, every fourth rolled back:
+    /// (xid, "commit" or "rollback").
+    async fn decide_some(&self, i: usize, n: usize) -> Vec<(String, &'static str)> {
+        let mut decided = Vec::new();
+        for k in 0..n {
+            let x = self.node(i).begin(60_000).await;
+            let what = if k % 4 == 3 { "rollback" } else { "commit" };
+            let (st, v) = self.node(i).decide(&x, what).await;
+            assert_eq!(st, 200, "{what} {x}: {v}");
+            decided.push((x, what));
+        }
+        decided
+    }
+
+    /// Waits until every member has applied what member `i` has applied now.
+    async fn all_applied(&self, i: usize) {
+        let target = Cluster::health(self.node(i).http).await.unwrap()["last_applied"].as_u64();
+        eventually(
+            "every member applied everything",
+            Duration::from_secs(15),
+            || async {
+                let mut all = true;
+                for n in &self.nodes {
+                    all &= Cluster::health(n.http)
+                        .await
+                        .is_some_and(|h| h["last_applied"].as_u64() >= target);
+                }
+                all
+            },
+        )
+        .await;
+    }
+
+    /// Each transaction of [`Cluster::decide_some`] reads as it was decided.
+    async fn assert_decided(&self, decided: &[(String, &str)]) {
+        for (x, what) in decided {
+            let want = if *what == "commit" {
+                "committed"
+            } else {
+                "rolled_back"
+            };
+            assert_eq!(self.status(x).await, want, "after the cut: {x}");
+        }
     }
 
     /// The transaction's status as the cluster's leader answers it. A member that cannot
@@ -608,35 +663,9 @@ async fn t64_state_machine_writes_lost_in_a_power_cut_are_replayed_from_the_raft
     let l = cl.leader(Duration::from_secs(15)).await;
     let (holder, r) = cl.lock_row_on(l, b"9").await;
     r.expect("lock granted");
-    let mut committed = Vec::new();
-    let mut rolled_back = Vec::new();
-    for i in 0..40 {
-        let x = cl.node(l).begin(60_000).await;
-        let what = if i % 4 == 3 { "rollback" } else { "commit" };
-        let (st, v) = cl.node(l).decide(&x, what).await;
-        assert_eq!(st, 200, "{what} {x}: {v}");
-        if what == "commit" {
-            committed.push(x);
-        } else {
-            rolled_back.push(x);
-        }
-    }
+    let decided = cl.decide_some(l, 40).await;
     // Every member has applied everything before the cut.
-    let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
-    eventually(
-        "every member applied everything",
-        Duration::from_secs(15),
-        || async {
-            let mut all = true;
-            for n in &cl.nodes {
-                all &= Cluster::health(n.http)
-                    .await
-                    .is_some_and(|h| h["last_applied"].as_u64() >= target);
-            }
-            all
-        },
-    )
-    .await;
+    cl.all_applied(l).await;
 
     for i in 0..3 {
         cl.kill(i);
@@ -660,12 +689,7 @@ async fn t64_state_machine_writes_lost_in_a_power_cut_are_replayed_from_the_raft
         cl.up(i).await;
     }
     cl.leader(Duration::from_secs(20)).await;
-    for x in &committed {
-        assert_eq!(cl.status(x).await, "committed", "after the cut: {x}");
-    }
-    for x in &rolled_back {
-        assert_eq!(cl.status(x).await, "rolled_back", "after the cut: {x}");
-    }
+    cl.assert_decided(&decided).await;
     assert_eq!(cl.status(&holder).await, "begin");
     let l = cl.leader(Duration::from_secs(15)).await;
     let (_, r) = cl.lock_row_on(l, b"9").await;
@@ -673,7 +697,7 @@ async fn t64_state_machine_writes_lost_in_a_power_cut_are_replayed_from_the_raft
     // New transactions get new XIDs: none issued before the cut comes back.
     let fresh = cl.node(l).begin(60_000).await;
     assert!(
-        !committed.contains(&fresh) && !rolled_back.contains(&fresh) && fresh != holder,
+        decided.iter().all(|(x, _)| *x != fresh) && fresh != holder,
         "{fresh} was issued before the cut"
     );
 }
@@ -696,7 +720,7 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
     let l = cl.leader(Duration::from_secs(15)).await;
     let (holder, r) = cl.lock_row_on(l, b"9").await;
     r.expect("lock granted");
-    let mut decided: Vec<(String, &str)> = Vec::new();
+    let mut decided = Vec::new();
     // Decisions until every member has taken a snapshot and purged its log behind it
     // (each decision is two entries: the begin and the decision).
     let purged = |h: &serde_json::Value| {
@@ -706,13 +730,7 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
     };
     let mut rounds = 0;
     loop {
-        for i in 0..10 {
-            let x = cl.node(l).begin(60_000).await;
-            let what = if i % 4 == 3 { "rollback" } else { "commit" };
-            let (st, v) = cl.node(l).decide(&x, what).await;
-            assert_eq!(st, 200, "{what} {x}: {v}");
-            decided.push((x, what));
-        }
+        decided.extend(cl.decide_some(l, 10).await);
         rounds += 1;
         let mut all = true;
         for n in &cl.nodes {
@@ -730,36 +748,10 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
     // Then more, applied after the purges' syncs: their writes to each store go
     // unsynced (fewer than the 100 entries to the next snapshot). One holds a lock on a
     // table no other lock is on.
-    let ledger_holder = {
-        let mut tm = cl.node(l).tm().await;
-        let mut rm = cl.node(l).rm().await;
-        let x = crate::begin(&mut tm).await;
-        let r = register(&mut rm, &x, "db1", vec![key("ledger", &[b"1"])]).await;
-        r.unwrap().expect("ledger lock granted");
-        x
-    };
-    for i in 0..15 {
-        let x = cl.node(l).begin(60_000).await;
-        let what = if i % 4 == 3 { "rollback" } else { "commit" };
-        let (st, v) = cl.node(l).decide(&x, what).await;
-        assert_eq!(st, 200, "{what} {x}: {v}");
-        decided.push((x, what));
-    }
-    let target = Cluster::health(cl.node(l).http).await.unwrap()["last_applied"].as_u64();
-    eventually(
-        "every member applied everything",
-        Duration::from_secs(15),
-        || async {
-            let mut all = true;
-            for n in &cl.nodes {
-                all &= Cluster::health(n.http)
-                    .await
-                    .is_some_and(|h| h["last_applied"].as_u64() >= target);
-            }
-            all
-        },
-    )
-    .await;
+    let (ledger_holder, r) = cl.lock_table_row_on(l, "ledger", b"1").await;
+    r.expect("ledger lock granted");
+    decided.extend(cl.decide_some(l, 15).await);
+    cl.all_applied(l).await;
 
     for i in 0..3 {
         cl.kill(i);
@@ -812,14 +804,7 @@ async fn t65_a_power_cut_after_raft_log_purges_loses_no_decision() {
         "tables locked on db1 as the restarted leader told a proxy: {first:?}"
     );
     drop(proxy);
-    for (x, what) in &decided {
-        let want = if *what == "commit" {
-            "committed"
-        } else {
-            "rolled_back"
-        };
-        assert_eq!(cl.status(x).await, want, "after the cut: {x}");
-    }
+    cl.assert_decided(&decided).await;
     assert_eq!(cl.status(&holder).await, "begin");
     assert_eq!(cl.status(&ledger_holder).await, "begin");
     let l = cl.leader(Duration::from_secs(15)).await;
