@@ -90,7 +90,7 @@ pub async fn run(
     // rustls on ring everywhere (gRPC TLS, TCC calls); no aws-lc.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let grpc_tls = config.tls.as_ref().map(tls::load).transpose()?;
-    let mut grpc_server = tonic::transport::Server::builder();
+    let mut grpc_server = rewind_protocol::liveness::server(tonic::transport::Server::builder());
     if let Some(t) = &grpc_tls {
         grpc_server = grpc_server
             .tls_config(t.server.clone())

@@ -16,6 +16,9 @@
 //!
 //! Not covered: a proxy that is not attached at all (it cannot be told; it re-learns the
 //! sets when it attaches, and while the coordinator itself is down no lock can be taken).
+//! That includes a proxy gone silent, stopped or cut off: its stream is closed once it
+//! leaves a PING unanswered ([`rewind_protocol::liveness`], about six seconds), so that a
+//! silent proxy does not hold up every first lock on its resource's tables.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;

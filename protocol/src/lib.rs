@@ -8,6 +8,7 @@
 //!   committed).
 //! - [`xid`]: the one place that says what an XID string may look like, shared by the
 //!   proxy (parsing `/*+ XID('...') */` tags) and the coordinator.
+//! - [`liveness`]: how either end of a gRPC connection notices a peer gone silent.
 //! - [`trace`]: OpenTelemetry traces both processes export (OTLP pipeline, W3C
 //!   `traceparent` parse/format, gRPC metadata propagation).
 
@@ -17,6 +18,7 @@ pub mod v1 {
     tonic::include_proto!("rewind.v1");
 }
 
+pub mod liveness;
 pub mod trace;
 pub mod xid;
 

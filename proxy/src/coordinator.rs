@@ -498,7 +498,7 @@ fn channel(url: &str, timeout: Duration, tls: &Option<ClientTlsConfig>) -> Resul
             .tls_config(tls.clone())
             .map_err(|e| format!("coordinator URL {url:?}: TLS: {e}"))?;
     }
-    Ok(endpoint
+    Ok(rewind_protocol::liveness::client(endpoint)
         .connect_timeout(timeout)
         .tcp_nodelay(true)
         .connect_lazy())

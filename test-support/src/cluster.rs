@@ -46,12 +46,16 @@ impl CoordinatorCluster {
         (cluster, urls)
     }
 
-    /// The member index and HTTP address of the node that says it leads.
+    /// The member index and HTTP address of the node that says it leads. A member that
+    /// does not answer within a second (stopped, see [`CoordinatorCluster::pause`]) is
+    /// passed over.
     pub async fn leader(&self, within: Duration) -> (usize, SocketAddr) {
         let start = Instant::now();
         loop {
             for (i, (_, h)) in self.addrs.iter().enumerate() {
-                if let Ok((200, v)) = http(*h, "GET", "/healthz", None).await {
+                let health = http(*h, "GET", "/healthz", None);
+                if let Ok(Ok((200, v))) = tokio::time::timeout(Duration::from_secs(1), health).await
+                {
                     if v["role"] == "leader" {
                         return (i, *h);
                     }
@@ -137,19 +141,14 @@ impl CoordinatorCluster {
         self.procs.lock().unwrap()[i] = Some(c);
     }
 
-    /// Member `i`'s process, stopped (`pause`: SIGSTOP) or let run again (SIGCONT): alive,
-    /// its connections open, but silent meanwhile.
+    /// Member `i`'s process, stopped (`pause`: SIGSTOP) or let run again (SIGCONT): see
+    /// [`Process::pause`](crate::process::Process::pause).
     pub fn pause(&self, i: usize, pause: bool) {
-        let pid = self.procs.lock().unwrap()[i]
+        self.procs.lock().unwrap()[i]
             .as_ref()
-            .and_then(|c| c.process.pid())
-            .expect("member running");
-        let sig = if pause { "-STOP" } else { "-CONT" };
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid.to_string()])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "kill {sig} {pid}");
+            .expect("member running")
+            .process
+            .pause(pause);
     }
 
     /// How many lines of member `i`'s log contain `needle`.

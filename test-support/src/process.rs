@@ -123,11 +123,23 @@ impl Process {
 
     /// Sends SIGTERM (a graceful stop); whether the signal was delivered.
     pub fn sigterm(&self) -> bool {
+        self.signal("-TERM")
+    }
+
+    /// Stops the process (`pause`: SIGSTOP) or lets it run again (SIGCONT): alive, its
+    /// connections open, but silent meanwhile, as a hung machine or one cut off without its
+    /// connections being reset looks to its peers.
+    pub fn pause(&self, pause: bool) {
+        let sig = if pause { "-STOP" } else { "-CONT" };
+        assert!(self.signal(sig), "kill {sig} {:?}", self.pid());
+    }
+
+    fn signal(&self, sig: &str) -> bool {
         let Some(pid) = self.pid() else {
             return false;
         };
         Command::new("kill")
-            .args(["-TERM", &pid.to_string()])
+            .args([sig, &pid.to_string()])
             .status()
             .is_ok_and(|s| s.success())
     }

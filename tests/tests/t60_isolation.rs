@@ -29,10 +29,7 @@ async fn setup() {
 }
 
 async fn value(sql: &str) -> i64 {
-    let mut c = direct(DB).await;
-    let v: Option<i64> = c.query_first(sql).await.unwrap();
-    c.disconnect().await.unwrap();
-    v.unwrap()
+    value_in(DB, sql).await
 }
 
 async fn query_locks_calls(coord: &Coordinator) -> u64 {
@@ -407,4 +404,97 @@ async fn t62_slow_undo_deletes_hold_up_no_registration() {
         .await
         .unwrap();
     assert_eq!(undo, Some(0), "the undo records are deleted");
+}
+
+/// A proxy that stops answering (stopped: a hung machine, or one cut off without its
+/// connections being reset) holds up no registration for long: the coordinator notices the
+/// silent Attach stream (HTTP/2 keep-alive), stops waiting for that proxy's confirmation of
+/// a newly locked table, and a branch on such a table through another proxy of the same
+/// resource commits. Before, every first lock on a table of that resource failed with 1205
+/// for as long as the proxy stayed silent. Let run again, the proxy attaches anew and
+/// checks its untagged writes against the locks taken meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t63_a_silent_proxy_holds_up_no_registration() {
+    const DB3: &str = "rwt_isolation_silent";
+    fresh_db(DB3).await;
+    let mut d = direct(DB3).await;
+    for s in [
+        "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)",
+        "INSERT INTO t VALUES (1, 0)",
+    ] {
+        d.query_drop(s).await.unwrap();
+    }
+    let dir = TempDir::new("isolation-silent");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let args = ["--resource-id", "silent-a"];
+    let live = Proxy::start(&dir, "live", &coord.grpc_url(), &args).await;
+    let silent = Proxy::start(&dir, "silent", &coord.grpc_url(), &args).await;
+    let attached = |p: &Proxy| {
+        std::fs::read_to_string(&p.process.log)
+            .unwrap_or_default()
+            .matches("attached to the coordinator")
+            .count()
+    };
+    eventually("both proxies attached", Duration::from_secs(20), || async {
+        attached(&live) > 0 && attached(&silent) > 0
+    })
+    .await;
+    silent.process.pause(true);
+
+    // A branch on t, the first lock on that table: it needs every attached proxy of the
+    // resource to confirm it checks t. Retried while it is refused.
+    let mut c = live.conn(DB3).await;
+    let started = Instant::now();
+    let xid = loop {
+        let xid = coord.begin(120_000).await;
+        c.query_drop("BEGIN").await.unwrap();
+        let r = c
+            .query_drop(format!(
+                "/*+ XID('{xid}') */ UPDATE t SET v = v + 1 WHERE id = 1"
+            ))
+            .await;
+        let r = match r {
+            Ok(()) => c.query_drop("COMMIT").await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(()) => break xid,
+            Err(e) => {
+                let _ = c.query_drop("ROLLBACK").await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(30),
+                    "no branch on a newly locked table while a proxy is silent: {e}"
+                );
+            }
+        }
+    };
+
+    // Let run again, the silent proxy attaches anew and learns that t is locked: its
+    // untagged write to the locked row waits for the lock and fails.
+    silent.process.pause(false);
+    eventually(
+        "the silent proxy attached again",
+        Duration::from_secs(20),
+        || async { attached(&silent) > 1 },
+    )
+    .await;
+    let mut s = silent.conn(DB3).await;
+    let r = s.query_drop("UPDATE t SET v = 100 WHERE id = 1").await;
+    assert!(
+        matches!(&r, Err(mysql_async::Error::Server(e)) if e.code == 1205),
+        "an untagged write to a row under a global lock: {r:?}"
+    );
+    coord.commit(&xid).await;
+    coord
+        .wait_status(&xid, "committed", Duration::from_secs(20))
+        .await;
+    assert_eq!(value_in(DB3, "SELECT v FROM t WHERE id = 1").await, 1);
+}
+
+/// One integer a query answers, read directly from `db`.
+async fn value_in(db: &str, sql: &str) -> i64 {
+    let mut c = direct(db).await;
+    let v: Option<i64> = c.query_first(sql).await.unwrap();
+    c.disconnect().await.unwrap();
+    v.unwrap()
 }

@@ -332,25 +332,7 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
     // Stop the leader until another member leads (its /healthz says so), then let it run:
     // it finds the higher term and steps down, its TCP connections never broken.
     members.pause(old, true);
-    let start = Instant::now();
-    let new = 'elected: loop {
-        for i in (0..3).filter(|&i| i != old) {
-            let h = members.addrs[i].1;
-            let answer =
-                tokio::time::timeout(Duration::from_secs(1), http(h, "GET", "/healthz", None))
-                    .await;
-            if let Ok(Ok((200, v))) = answer {
-                if v["role"] == "leader" {
-                    break 'elected i;
-                }
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "no new leader while the old one was stopped"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let (new, _) = members.leader(Duration::from_secs(30)).await;
     members.pause(old, false);
     eventually(
         "the old leader steps down",
@@ -380,6 +362,52 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
         "the proxy attached to the new leader"
     );
     assert_eq!(balances(db).await[&1], OPENING - 5);
+}
+
+/// A leader that stops answering and never comes back (stopped for good: a hung machine,
+/// or one cut off without its connections being reset) loses its proxies anyway: the
+/// proxy's phase-two stream notices the silence (HTTP/2 keep-alive) and the proxy attaches
+/// to the new leader, so a transaction committed there finishes its phase two. Before,
+/// the proxy waited on the silent stream forever and phase two of its resource with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn t90_a_proxy_leaves_a_leader_that_went_silent() {
+    let _alone = ONE_AT_A_TIME.lock().await;
+    let dir = TempDir::new("cluster-silent");
+    let db = "rwt_cluster_silent";
+    let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
+    let (old, _) = members.leader(Duration::from_secs(20)).await;
+    let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "csilent-a"]).await;
+    setup(db).await;
+    eventually(
+        "the proxy is attached to the leader",
+        Duration::from_secs(20),
+        || async { members.log_count(old, "proxy attached") > 0 },
+    )
+    .await;
+
+    members.pause(old, true);
+    let (new, _) = members.leader(Duration::from_secs(30)).await;
+    let xid = members.begin(120_000).await;
+    let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
+    branch(&mut c, &xid, 1, -5)
+        .await
+        .expect("the branch commits");
+    c.disconnect().await.unwrap();
+    members
+        .call("POST", &format!("/api/v1/transactions/{xid}/commit"), None)
+        .await;
+    eventually(
+        "phase two reaches the proxy through the new leader",
+        Duration::from_secs(30),
+        || async { members.status(&xid).await == "committed" },
+    )
+    .await;
+    assert!(
+        members.log_count(new, "proxy attached") > 0,
+        "the proxy attached to the new leader"
+    );
+    assert_eq!(balances(db).await[&1], OPENING - 5);
+    members.pause(old, false);
 }
 
 /// A global transaction begun at the leader with 30 TCC branches whose payloads are 200 KB

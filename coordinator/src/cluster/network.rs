@@ -270,8 +270,9 @@ impl Peer {
         }
         let json = serde_json::to_vec(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         if self.client.is_none() {
-            let mut ep = Endpoint::from_shared(self.url.clone())
-                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?
+            let ep = Endpoint::from_shared(self.url.clone())
+                .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+            let mut ep = rewind_protocol::liveness::client(ep)
                 .connect_timeout(Duration::from_millis(500))
                 .tcp_nodelay(true);
             if let Some(tls) = &self.tls {
