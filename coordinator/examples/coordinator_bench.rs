@@ -3,7 +3,7 @@
 //! running coordinator (durability on), with a fake proxy answering phase two. Then
 //! holds many locks and reports memory per held lock.
 //!
-//! usage: coordinator_bench <grpc addr> <http addr> <coordinator pid> [clients] [seconds]
+//! usage: [BENCH_FOLLOWER_PIDS=pid,pid] coordinator_bench <grpc addr> <http addr> <coordinator pid> [clients] [seconds]
 //!        coordinator_bench failover <grpc addr,grpc addr,...> <leader pid>
 //!
 //! `failover` (for `bench/coordinator-cluster`): commits small global transactions in a
@@ -275,10 +275,19 @@ async fn main() {
             lat
         }));
     }
+    // In a cluster, the other members' CPU too (`BENCH_FOLLOWER_PIDS`, comma-separated):
+    // they run on the same cores.
+    let followers: Vec<String> = std::env::var("BENCH_FOLLOWER_PIDS")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    let followers_cpu = || followers.iter().map(|p| cpu_secs(p)).sum::<f64>();
     tokio::time::sleep(warmup).await;
-    let cpu0 = (cpu_secs(&pid), cpu_secs("self"));
+    let cpu0 = (cpu_secs(&pid), cpu_secs("self"), followers_cpu());
     tokio::time::sleep(Duration::from_secs(secs)).await;
-    let cpu1 = (cpu_secs(&pid), cpu_secs("self"));
+    let cpu1 = (cpu_secs(&pid), cpu_secs("self"), followers_cpu());
     stop.store(true, Ordering::Relaxed);
     let mut lat = Vec::new();
     for t in tasks {
@@ -306,11 +315,23 @@ async fn main() {
         pct(1.0) as f64 / 1e3
     );
     println!("errors: {}", errors.load(Ordering::Relaxed));
-    println!(
-        "CPU per global tx: coordinator {:.0} us, load generator {:.0} us (2 cores shared by both)",
-        (cpu1.0 - cpu0.0) * 1e6 / n.max(1) as f64,
-        (cpu1.1 - cpu0.1) * 1e6 / n.max(1) as f64
-    );
+    let per_tx = |secs: f64| secs * 1e6 / n.max(1) as f64;
+    if followers.is_empty() {
+        println!(
+            "CPU per global tx: coordinator {:.0} us, load generator {:.0} us (2 cores shared by both)",
+            per_tx(cpu1.0 - cpu0.0),
+            per_tx(cpu1.1 - cpu0.1)
+        );
+    } else {
+        println!(
+            "CPU per global tx: leader {:.0} us, the {} other members {:.0} us, load generator {:.0} us (cores: {}, shared by all)",
+            per_tx(cpu1.0 - cpu0.0),
+            followers.len(),
+            per_tx(cpu1.2 - cpu0.2),
+            per_tx(cpu1.1 - cpu0.1),
+            std::thread::available_parallelism().map_or(0, |n| n.get())
+        );
+    }
     let batches = metric(&http, "rewind_write_batches_total").await;
     let syncs = metric(&http, "rewind_write_syncs_total").await;
     let reqs = metric(&http, "rewind_write_batch_requests_total").await;
