@@ -318,16 +318,7 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-step-down");
     let db = "rwt_cluster_step_down";
-    let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
-    let (old, _) = members.leader(Duration::from_secs(20)).await;
-    let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "cstep-a"]).await;
-    setup(db).await;
-    eventually(
-        "the proxy is attached to the leader",
-        Duration::from_secs(20),
-        || async { members.log_count(old, "proxy attached") > 0 },
-    )
-    .await;
+    let (members, old, proxy) = attached_proxy(&dir, db, "cstep-a").await;
 
     // Stop the leader until another member leads (its /healthz says so), then let it run:
     // it finds the higher term and steps down, its TCP connections never broken.
@@ -340,28 +331,7 @@ async fn t90_a_proxy_follows_the_leader_when_the_old_one_steps_down() {
         || async { members.log_count(old, "role: follower") > 0 },
     )
     .await;
-
-    // A global transaction on the new leader, its branch through the proxy, committed.
-    let xid = members.begin(120_000).await;
-    let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
-    branch(&mut c, &xid, 1, -5)
-        .await
-        .expect("the branch commits");
-    c.disconnect().await.unwrap();
-    members
-        .call("POST", &format!("/api/v1/transactions/{xid}/commit"), None)
-        .await;
-    eventually(
-        "phase two reaches the proxy through the new leader",
-        Duration::from_secs(30),
-        || async { members.status(&xid).await == "committed" },
-    )
-    .await;
-    assert!(
-        members.log_count(new, "proxy attached") > 0,
-        "the proxy attached to the new leader"
-    );
-    assert_eq!(balances(db).await[&1], OPENING - 5);
+    commit_at_the_new_leader(&members, new, &proxy, db).await;
 }
 
 /// A leader that stops answering and never comes back (stopped for good: a hung machine,
@@ -374,19 +344,42 @@ async fn t90_a_proxy_leaves_a_leader_that_went_silent() {
     let _alone = ONE_AT_A_TIME.lock().await;
     let dir = TempDir::new("cluster-silent");
     let db = "rwt_cluster_silent";
-    let (members, urls) = CoordinatorCluster::start(&dir, MEMBER_CONFIG).await;
-    let (old, _) = members.leader(Duration::from_secs(20)).await;
-    let proxy = Proxy::start(&dir, "proxy", &urls, &["--resource-id", "csilent-a"]).await;
+    let (members, old, proxy) = attached_proxy(&dir, db, "csilent-a").await;
+
+    members.pause(old, true);
+    let (new, _) = members.leader(Duration::from_secs(30)).await;
+    commit_at_the_new_leader(&members, new, &proxy, db).await;
+    members.pause(old, false);
+}
+
+/// A cluster and a proxy (of `resource`, given every member) attached to its leader: the
+/// members, the leader's index and the proxy. `db` holds the accounts.
+async fn attached_proxy(
+    dir: &TempDir,
+    db: &str,
+    resource: &str,
+) -> (std::sync::Arc<CoordinatorCluster>, usize, Proxy) {
+    let (members, urls) = CoordinatorCluster::start(dir, MEMBER_CONFIG).await;
+    let (leader, _) = members.leader(Duration::from_secs(20)).await;
+    let proxy = Proxy::start(dir, "proxy", &urls, &["--resource-id", resource]).await;
     setup(db).await;
     eventually(
         "the proxy is attached to the leader",
         Duration::from_secs(20),
-        || async { members.log_count(old, "proxy attached") > 0 },
+        || async { members.log_count(leader, "proxy attached") > 0 },
     )
     .await;
+    (members, leader, proxy)
+}
 
-    members.pause(old, true);
-    let (new, _) = members.leader(Duration::from_secs(30)).await;
+/// A global transaction on the new leader `new`, its branch through `proxy` committed:
+/// phase two reaches the proxy, attached to `new` by then, and the branch's write stays.
+async fn commit_at_the_new_leader(
+    members: &CoordinatorCluster,
+    new: usize,
+    proxy: &Proxy,
+    db: &str,
+) {
     let xid = members.begin(120_000).await;
     let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
     branch(&mut c, &xid, 1, -5)
@@ -407,7 +400,6 @@ async fn t90_a_proxy_leaves_a_leader_that_went_silent() {
         "the proxy attached to the new leader"
     );
     assert_eq!(balances(db).await[&1], OPENING - 5);
-    members.pause(old, false);
 }
 
 /// A global transaction begun at the leader with 30 TCC branches whose payloads are 200 KB
