@@ -417,28 +417,14 @@ async fn t62_slow_undo_deletes_hold_up_no_registration() {
 async fn t63_a_silent_proxy_holds_up_no_registration() {
     const DB3: &str = "rwt_isolation_silent";
     fresh_db(DB3).await;
-    let mut d = direct(DB3).await;
-    for s in [
-        "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)",
-        "INSERT INTO t VALUES (1, 0)",
-    ] {
-        d.query_drop(s).await.unwrap();
-    }
+    direct_exec(DB3, "CREATE TABLE t (id INT PRIMARY KEY, v INT NOT NULL)").await;
+    direct_exec(DB3, "INSERT INTO t VALUES (1, 0)").await;
     let dir = TempDir::new("isolation-silent");
     let coord = Coordinator::start(&dir, &[]).await;
+    // Each started once attached.
     let args = ["--resource-id", "silent-a"];
     let live = Proxy::start(&dir, "live", &coord.grpc_url(), &args).await;
     let silent = Proxy::start(&dir, "silent", &coord.grpc_url(), &args).await;
-    let attached = |p: &Proxy| {
-        std::fs::read_to_string(&p.process.log)
-            .unwrap_or_default()
-            .matches("attached to the coordinator")
-            .count()
-    };
-    eventually("both proxies attached", Duration::from_secs(20), || async {
-        attached(&live) > 0 && attached(&silent) > 0
-    })
-    .await;
     silent.process.pause(true);
 
     // A branch on t, the first lock on that table: it needs every attached proxy of the
@@ -475,7 +461,7 @@ async fn t63_a_silent_proxy_holds_up_no_registration() {
     eventually(
         "the silent proxy attached again",
         Duration::from_secs(20),
-        || async { attached(&silent) > 1 },
+        || async { silent.process.log_count("attached to the coordinator") > 1 },
     )
     .await;
     let mut s = silent.conn(DB3).await;
