@@ -53,6 +53,12 @@ pub struct Config {
     pub shutdown_grace_secs: u64,
     /// Seconds allowed for a client handshake and for getting a backend connection.
     pub connect_timeout_secs: u64,
+    /// TCP keep-alive on client and backend connections: after this many idle seconds the
+    /// kernel probes the peer, so a client host that vanished without closing its
+    /// connection (powered off, cut off) ends its session, rolling its open transaction
+    /// back, instead of holding the session, its backend connection and the transaction's
+    /// row locks until the backend's `wait_timeout`. 0: no keep-alive.
+    pub tcp_keepalive_secs: u64,
     /// Accepted client logins. Empty: exactly the backend URL's user and password.
     pub users: Vec<User>,
     /// Whether UPDATE and DELETE statements without an XID wait for the global locks of
@@ -225,6 +231,7 @@ impl Default for Config {
             worker_threads: 0,
             shutdown_grace_secs: 30,
             connect_timeout_secs: 10,
+            tcp_keepalive_secs: 60,
             users: Vec::new(),
             write_isolation: WriteIsolation::All,
             barrier_retention_secs: 7 * 24 * 3600,
@@ -258,6 +265,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), String> {
         if self.worker_threads > 1024 {
             return Err("worker_threads must be at most 1024 (0: one per CPU core)".into());
+        }
+        if self.tcp_keepalive_secs > crate::keepalive::MAX_IDLE_SECS {
+            return Err(format!(
+                "tcp_keepalive_secs must be at most {} (0: no keep-alive)",
+                crate::keepalive::MAX_IDLE_SECS
+            ));
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
@@ -449,6 +462,9 @@ mod tests {
         assert!(ok("worker_threads = 1").is_ok());
         assert!(ok("worker_threads = 1025").is_err());
         assert!(Config::from_toml("worker_threads = -1").is_err());
+        assert!(ok("tcp_keepalive_secs = 0").is_ok());
+        assert!(ok("tcp_keepalive_secs = 32767").is_ok());
+        assert!(ok("tcp_keepalive_secs = 32768").is_err());
     }
 
     #[test]

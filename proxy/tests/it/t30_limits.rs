@@ -3,7 +3,7 @@ use std::time::Duration;
 use mysql_async::prelude::*;
 use mysql_async::{Conn, OptsBuilder};
 use rewind_proxy::Config;
-use rewind_test_support::{free_addr, server_error, BACKEND};
+use rewind_test_support::{direct, free_addr, server_error, BACKEND};
 use tokio::net::TcpStream;
 
 use crate::Proxy;
@@ -52,6 +52,78 @@ async fn max_connections_gives_1040() {
     drop(a);
     drop(b);
     proxy.stop().await;
+}
+
+/// The kernel's timer on an established IPv4 socket whose local port is `local` (and remote
+/// port `remote`, if given), from `/proc/net/tcp`: (kind, clock ticks until it fires).
+/// Kind 2 is the keep-alive timer; 0 none.
+fn tcp_timer(local: u16, remote: Option<u16>) -> Option<(u8, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let established = f.get(3) == Some(&"01");
+        let matches = port(f[1]) == Some(local) && remote.is_none_or(|r| port(f[2]) == Some(r));
+        if !(established && matches) {
+            return None;
+        }
+        let (kind, when) = f[5].split_once(':')?;
+        Some((kind.parse().ok()?, u64::from_str_radix(when, 16).ok()?))
+    })
+}
+
+/// A client host that vanishes without closing its connection sends nothing, not even a
+/// FIN: without keep-alive its session, backend connection and open transaction (its row
+/// locks) would stay until the server's `wait_timeout`. With `tcp_keepalive_secs` the
+/// kernel probes both the client's connection and the backend's after that much silence
+/// (directly connected, MariaDB probes its clients after the kernel's two hours). The
+/// probes themselves are the kernel's; what this checks is that both sockets carry the
+/// proxy's keep-alive timer, and that 0 turns it off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_and_backend_connections_keep_alive() {
+    for secs in [25u64, 0] {
+        let proxy = Proxy::with(Config {
+            backend: BACKEND.into(),
+            tcp_keepalive_secs: secs,
+            ..Config::default()
+        })
+        .await;
+        let mut c = proxy.conn("test").await;
+        // The backend connection's port on this side, as the server sees its client.
+        let id: u64 = c
+            .query_first("SELECT CONNECTION_ID()")
+            .await
+            .unwrap()
+            .unwrap();
+        let host: String = direct("test")
+            .await
+            .exec_first(
+                "SELECT HOST FROM information_schema.PROCESSLIST WHERE ID = ?",
+                (id,),
+            )
+            .await
+            .unwrap()
+            .expect("the session's backend connection is in the process list");
+        let backend_port: u16 = host.rsplit(':').next().unwrap().parse().unwrap();
+        // Any ACK still due settles on loopback at once.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let client = tcp_timer(proxy.addr.port(), None).expect("the accepted client socket");
+        let backend = tcp_timer(backend_port, Some(3306)).expect("the backend socket");
+        for (side, (kind, ticks)) in [("client", client), ("backend", backend)] {
+            if secs == 0 {
+                assert_eq!(kind, 0, "{side} connection: no keep-alive with 0");
+            } else {
+                // Clock ticks of 1/100 s; the kernel's default would be 7,200 s.
+                assert_eq!(kind, 2, "{side} connection: keep-alive timer pending");
+                assert!(
+                    ticks <= secs * 100,
+                    "{side} connection: probes due in {ticks} ticks, after at most {secs} s"
+                );
+            }
+        }
+        drop(c);
+        proxy.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -367,8 +367,17 @@ impl Stream {
 
         #[cfg(any(unix, windows))]
         if let Some(duration) = keepalive {
-            socket2::SockRef::from(&tcp_stream)
-                .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(duration))?;
+            // Rewind patch: probes every 10 s, 6 of them, instead of the kernel's defaults
+            // (75 s, 9): a silent server is given up about a minute after `duration`, not
+            // eleven (the proxy's `tcp_keepalive_secs`, whose client side uses the same).
+            #[cfg(target_os = "linux")]
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(duration)
+                .with_interval(Duration::from_secs(10))
+                .with_retries(6);
+            #[cfg(not(target_os = "linux"))]
+            let keepalive = socket2::TcpKeepalive::new().with_time(duration);
+            socket2::SockRef::from(&tcp_stream).set_tcp_keepalive(&keepalive)?;
         }
 
         Ok(Stream {
