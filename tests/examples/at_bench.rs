@@ -35,6 +35,14 @@ enum Mode {
     /// Global transactions (AT) in the text protocol, values written into the SQL as
     /// most drivers send them by default (JDBC, PyMySQL, mysql2, Go's interpolateParams).
     GlobalText,
+    /// No proxy, no coordinator: the load sends MariaDB, directly, the statements AT's
+    /// phase one and phase two run there for a transfer (as the proxy batches them in the
+    /// text protocol): per branch BEGIN, then the before image `SELECT … FOR UPDATE`, the
+    /// UPDATE and the after image in one query, then the undo record's INSERT and the
+    /// COMMIT in one; every 6 transfers the DELETE of their 12 undo records. What the
+    /// database alone costs AT, whoever sends it: its ratio to `Direct` bounds any AT
+    /// implementation's where the database is the bottleneck.
+    DirectAt,
 }
 
 struct Run {
@@ -252,6 +260,58 @@ async fn local_text(
     Ok(())
 }
 
+/// The size of the undo records the proxy writes for one row of `account` (sampled from
+/// `rewind.undo_log` under `bench/at`: 518 bytes on average).
+const UNDO_RECORD_LEN: usize = 518;
+
+/// One branch of `Mode::DirectAt` on `c`: AT's statements for one account, the undo
+/// record into `undo` (`<schema>.undo_log`, the proxy's table's definition) under
+/// (`xid`, `branch`).
+#[allow(clippy::too_many_arguments)]
+async fn at_statements(
+    c: &mut Conn,
+    undo: &str,
+    xid: &str,
+    branch: u64,
+    id: i64,
+    cents: i64,
+    inside: &mut Vec<[Duration; 3]>,
+) -> mysql_async::Result<()> {
+    let sign = if cents < 0 { "-" } else { "" };
+    let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
+    let record = "7b".repeat(UNDO_RECORD_LEN);
+    let mut steps = Steps::<3>::new();
+    c.query_drop("BEGIN").await?;
+    steps.mark(0);
+    let images = format!(
+        "SELECT `id`, `balance` FROM `account` WHERE id = {id} FOR UPDATE;\n\
+         UPDATE `account` SET balance = balance + {amount} WHERE `id` = {id};\n\
+         SELECT `id`, `balance` FROM `account` WHERE `id` = {id}"
+    );
+    if let Err(e) = drain(c, images).await {
+        let _ = c.query_drop("ROLLBACK").await;
+        return Err(e);
+    }
+    steps.mark(1);
+    let commit = format!(
+        "INSERT INTO {undo} (branch_id, xid, context, rollback_info, log_status, \
+         log_created, log_modified) VALUES ({branch}, '{xid}', 'json', X'{record}', 0, \
+         UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));\nCOMMIT"
+    );
+    if let Err(e) = drain(c, commit).await {
+        let _ = c.query_drop("ROLLBACK").await;
+        return Err(e);
+    }
+    steps.mark(2);
+    inside.push(steps.marks);
+    Ok(())
+}
+
+/// Runs a multi-statement query, reading every result (the first error is returned).
+async fn drain(c: &mut Conn, sql: String) -> mysql_async::Result<()> {
+    c.query_drop(sql).await
+}
+
 /// Whether `r` succeeded; a failure is printed to stderr (`bench/at` shows it).
 fn succeeded<T, E: std::fmt::Display>(r: Result<T, E>) -> bool {
     if let Err(e) = &r {
@@ -284,6 +344,16 @@ async fn client(
         .expect("coordinator");
     let (mut done, mut errors, mut lat, mut phases) = (0, 0, Vec::new(), Vec::new());
     let mut inside = Vec::new();
+    // `Mode::DirectAt`: undo records written and not yet deleted.
+    let mut undone: Vec<(String, u64)> = Vec::new();
+    let undo = "`rwb_at_a`.`undo_log`";
+    if mode == Mode::DirectAt {
+        a.query_drop(format!(
+            "CREATE TABLE IF NOT EXISTS {undo} LIKE `rewind`.`undo_log`"
+        ))
+        .await
+        .expect("undo table");
+    }
     while !stop.load(Ordering::Relaxed) {
         let (from, to, cents) = {
             let mut r = rand::rng();
@@ -298,6 +368,32 @@ async fn client(
             Mode::Direct | Mode::Local => {
                 local(&mut a, None, from, -cents, &mut inside).await.is_ok()
                     && local(&mut b, None, to, cents, &mut inside).await.is_ok()
+            }
+            Mode::DirectAt => {
+                let xid = format!("rw-{}", rand::random::<u64>() >> 1);
+                let (ba, bb) = (rand::random::<u64>() >> 1, rand::random::<u64>() >> 1);
+                let ok = succeeded(
+                    at_statements(&mut a, undo, &xid, ba, from, -cents, &mut inside).await,
+                ) && succeeded(
+                    at_statements(&mut b, undo, &xid, bb, to, cents, &mut inside).await,
+                );
+                undone.push((xid.clone(), ba));
+                undone.push((xid, bb));
+                // Phase two: the records deleted in batches, off the transfer's path.
+                if undone.len() >= 12 {
+                    let keys: Vec<String> = undone
+                        .drain(..)
+                        .map(|(x, b)| format!("('{x}', {b})"))
+                        .collect();
+                    let _ = succeeded(
+                        a.query_drop(format!(
+                            "DELETE FROM {undo} WHERE (xid, branch_id) IN ({})",
+                            keys.join(", ")
+                        ))
+                        .await,
+                    );
+                }
+                ok
             }
             Mode::LocalText | Mode::Barrier => {
                 let (ca, cb) = match mode {
@@ -449,11 +545,7 @@ async fn main() {
         .split_whitespace()
         .map(str::to_string)
         .collect();
-    let mut results = [f64::NAN; 7];
-    // CPU µs per transfer of every watched process, and of those that are not Rewind's
-    // (MariaDB and the load), per mode: for the ceiling printed at the end.
-    let mut cpu_all = [f64::NAN; 7];
-    let mut cpu_not_ours = [f64::NAN; 7];
+    let mut results = [f64::NAN; 8];
     for (i, (name, mode, target)) in [
         ("direct MariaDB, local", Mode::Direct, direct),
         ("proxy, local (no XID)", Mode::Local, proxy),
@@ -462,6 +554,7 @@ async fn main() {
         ("proxy, local, text", Mode::LocalText, proxy),
         ("proxy, local + BARRIER", Mode::Barrier, proxy),
         ("proxy, global (AT), text", Mode::GlobalText, proxy),
+        ("direct MariaDB, AT's statements", Mode::DirectAt, direct),
     ]
     .into_iter()
     .enumerate()
@@ -488,18 +581,6 @@ async fn main() {
                 })
                 .collect();
             println!("{:<24} CPU µs per transfer: {}", "", per.join(", "));
-            let us = |keep: &dyn Fn(&str) -> bool| -> f64 {
-                watched()
-                    .iter()
-                    .zip(&r.cpu)
-                    .filter(|((name, _), _)| keep(name))
-                    .map(|(_, c)| c.as_secs_f64() * 1e6 / r.transfers as f64)
-                    .sum()
-            };
-            if watched().iter().any(|(name, _)| name == "mariadbd") {
-                cpu_all[i] = us(&|_| true);
-                cpu_not_ours[i] = us(&|n| n != "proxy" && n != "coordinator");
-            }
         }
         if !r.server.is_empty() && r.transfers > 0 {
             let per = |n: u64| n as f64 / r.transfers as f64;
@@ -559,19 +640,16 @@ async fn main() {
     ratio("with BARRIER/without (text):", 5, 4, "(goal: cost <= 10 %)");
     ratio("global/local, text protocol:", 6, 4, "");
     ratio("AT text/AT binary protocol:", 6, 2, "");
-    // On a host the run keeps busy, transfers/s go as the inverse of the CPU a transfer
-    // costs all processes together. The global mode's MariaDB and load CPU alone then bound
-    // its ratio to the local mode, however little the proxy and coordinator spend: this
-    // prints that bound, to read the goal against.
-    for (label, global, local) in [("global/local", 2, 1), ("global/local, text", 6, 4)] {
-        let ceiling = cpu_all[local] / cpu_not_ours[global];
-        if ceiling.is_finite() {
-            println!(
-                "ceiling of {label:<20} {ceiling:.3}   (were the proxy's and coordinator's CPU \
-                 in the global mode zero: MariaDB + load {:.0} µs a transfer against {:.0} \
-                 µs in all for a local one)",
-                cpu_not_ours[global], cpu_all[local]
-            );
-        }
-    }
+    ratio(
+        "AT's statements/local, direct:",
+        7,
+        0,
+        "(MariaDB and load only: no proxy, no coordinator)",
+    );
+    ratio(
+        "AT text via proxy/AT's statements:",
+        6,
+        7,
+        "(what the proxy and coordinator keep of it)",
+    );
 }
