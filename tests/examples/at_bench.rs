@@ -179,12 +179,10 @@ async fn local(
         }
         None => "UPDATE account SET balance = balance + ? WHERE id = ?".to_string(),
     };
-    let sign = if cents < 0 { "-" } else { "" };
-    let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
     let mut steps = Steps::<3>::new();
     c.query_drop("BEGIN").await?;
     steps.mark(0);
-    if let Err(e) = c.exec_drop(sql, (amount, id)).await {
+    if let Err(e) = c.exec_drop(sql, (amount(cents), id)).await {
         // As an application would: end the local transaction, so a failed transfer
         // neither keeps its row locks nor leaves the connection bound to its XID.
         let _ = c.query_drop("ROLLBACK").await;
@@ -227,6 +225,35 @@ enum TextHint<'a> {
     Xid(&'a str),
 }
 
+/// `cents` as a DECIMAL literal (`-12.34`).
+fn amount(cents: i64) -> String {
+    let sign = if cents < 0 { "-" } else { "" };
+    format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100)
+}
+
+/// One local transaction in the text protocol: BEGIN, `statement`, then `commit` (COMMIT,
+/// or statements ending with one), each a query; rolled back if either fails.
+async fn text_branch(
+    c: &mut Conn,
+    statement: String,
+    commit: String,
+    inside: &mut Vec<[Duration; 3]>,
+) -> mysql_async::Result<()> {
+    let mut steps = Steps::<3>::new();
+    c.query_drop("BEGIN").await?;
+    steps.mark(0);
+    for (i, sql) in [statement, commit].into_iter().enumerate() {
+        if let Err(e) = c.query_drop(sql).await {
+            // As an application would (after a failed COMMIT it is a no-op).
+            let _ = c.query_drop("ROLLBACK").await;
+            return Err(e);
+        }
+        steps.mark(i + 1);
+    }
+    inside.push(steps.marks);
+    Ok(())
+}
+
 /// One local transaction updating one account, in the text protocol, under `hint`.
 async fn local_text(
     c: &mut Conn,
@@ -235,8 +262,6 @@ async fn local_text(
     cents: i64,
     inside: &mut Vec<[Duration; 3]>,
 ) -> mysql_async::Result<()> {
-    let sign = if cents < 0 { "-" } else { "" };
-    let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
     let hint = match hint {
         TextHint::Barrier(consumer) => format!(
             "/*+ BARRIER('{consumer}', '{:032x}') */ ",
@@ -245,19 +270,9 @@ async fn local_text(
         TextHint::Xid(xid) => format!("/*+ XID('{xid}') */ "),
         TextHint::None => String::new(),
     };
+    let amount = amount(cents);
     let sql = format!("{hint}UPDATE account SET balance = balance + {amount} WHERE id = {id}");
-    let mut steps = Steps::<3>::new();
-    c.query_drop("BEGIN").await?;
-    steps.mark(0);
-    if let Err(e) = c.query_drop(sql).await {
-        let _ = c.query_drop("ROLLBACK").await;
-        return Err(e);
-    }
-    steps.mark(1);
-    c.query_drop("COMMIT").await?;
-    steps.mark(2);
-    inside.push(steps.marks);
-    Ok(())
+    text_branch(c, sql, "COMMIT".into(), inside).await
 }
 
 /// The size of the undo records the proxy writes for one row of `account` (sampled from
@@ -267,7 +282,6 @@ const UNDO_RECORD_LEN: usize = 518;
 /// One branch of `Mode::DirectAt` on `c`: AT's statements for one account, the undo
 /// record into `undo` (`<schema>.undo_log`, the proxy's table's definition) under
 /// (`xid`, `branch`).
-#[allow(clippy::too_many_arguments)]
 async fn at_statements(
     c: &mut Conn,
     undo: &str,
@@ -277,39 +291,19 @@ async fn at_statements(
     cents: i64,
     inside: &mut Vec<[Duration; 3]>,
 ) -> mysql_async::Result<()> {
-    let sign = if cents < 0 { "-" } else { "" };
-    let amount = format!("{sign}{}.{:02}", cents.abs() / 100, cents.abs() % 100);
+    let amount = amount(cents);
     let record = "7b".repeat(UNDO_RECORD_LEN);
-    let mut steps = Steps::<3>::new();
-    c.query_drop("BEGIN").await?;
-    steps.mark(0);
     let images = format!(
         "SELECT `id`, `balance` FROM `account` WHERE id = {id} FOR UPDATE;\n\
          UPDATE `account` SET balance = balance + {amount} WHERE `id` = {id};\n\
          SELECT `id`, `balance` FROM `account` WHERE `id` = {id}"
     );
-    if let Err(e) = drain(c, images).await {
-        let _ = c.query_drop("ROLLBACK").await;
-        return Err(e);
-    }
-    steps.mark(1);
     let commit = format!(
         "INSERT INTO {undo} (branch_id, xid, context, rollback_info, log_status, \
          log_created, log_modified) VALUES ({branch}, '{xid}', 'json', X'{record}', 0, \
          UTC_TIMESTAMP(6), UTC_TIMESTAMP(6));\nCOMMIT"
     );
-    if let Err(e) = drain(c, commit).await {
-        let _ = c.query_drop("ROLLBACK").await;
-        return Err(e);
-    }
-    steps.mark(2);
-    inside.push(steps.marks);
-    Ok(())
-}
-
-/// Runs a multi-statement query, reading every result (the first error is returned).
-async fn drain(c: &mut Conn, sql: String) -> mysql_async::Result<()> {
-    c.query_drop(sql).await
+    text_branch(c, images, commit, inside).await
 }
 
 /// Whether `r` succeeded; a failure is printed to stderr (`bench/at` shows it).
