@@ -104,35 +104,33 @@ pub(crate) fn phase_two_pool(shared: &Shared) -> Result<Pool, mysql_async::Error
 pub(crate) fn own_pool(shared: &Shared, max: usize) -> Result<Pool, mysql_async::Error> {
     let opts = mysql_async::Opts::from_url(&shared.config.backend)?;
     let constraints = mysql_async::PoolConstraints::new(0, max).expect("0 <= max");
-    let opts = crate::keepalive::backend(
-        mysql_async::OptsBuilder::from_opts(opts.clone()),
-        &opts,
-        shared.config.tcp_keepalive_secs,
-    )
-    // UTC for TIMESTAMP images; READ COMMITTED so a lookup of a missing undo record
-    // takes no gap lock that would deadlock with a phase one inserting it, and a relay
-    // sweep takes record locks only (never blocking an application's outbox insert).
-    .init(vec![
-        UNDO_SESSION_SETUP.to_string(),
-        "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
-    ])
-    .prefer_socket(false)
-    .ssl_opts(shared.backend_ssl.clone())
-    // An undo UPDATE must count the row it matched even when the row already holds
-    // those values (the statement left it unchanged): affected rows = found rows.
-    .client_found_rows(true)
-    .pool_opts(
-        mysql_async::PoolOpts::default()
-            .with_constraints(constraints)
-            // Keep the session setup: every use ends its own transaction.
-            .with_reset_connection(false)
-            // Keep idle connections for reuse (a minute). Without a TTL, mysql_async
-            // keeps only `min` (0) idle connections: every phase-two batch, rollback
-            // and relay sweep opened a new connection (measured: ~70 a second under
-            // bench/at, each a handshake, a login and the setup above).
-            .with_inactive_connection_ttl(Duration::from_secs(60))
-            .with_ttl_check_interval(Duration::from_secs(30)),
-    );
+    let keepalive_idle = crate::keepalive::backend(&opts, shared.config.tcp_keepalive_secs);
+    let opts = mysql_async::OptsBuilder::from_opts(opts)
+        .tcp_keepalive(keepalive_idle)
+        // UTC for TIMESTAMP images; READ COMMITTED so a lookup of a missing undo record
+        // takes no gap lock that would deadlock with a phase one inserting it, and a relay
+        // sweep takes record locks only (never blocking an application's outbox insert).
+        .init(vec![
+            UNDO_SESSION_SETUP.to_string(),
+            "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED".to_string(),
+        ])
+        .prefer_socket(false)
+        .ssl_opts(shared.backend_ssl.clone())
+        // An undo UPDATE must count the row it matched even when the row already holds
+        // those values (the statement left it unchanged): affected rows = found rows.
+        .client_found_rows(true)
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                // Keep the session setup: every use ends its own transaction.
+                .with_reset_connection(false)
+                // Keep idle connections for reuse (a minute). Without a TTL, mysql_async
+                // keeps only `min` (0) idle connections: every phase-two batch, rollback
+                // and relay sweep opened a new connection (measured: ~70 a second under
+                // bench/at, each a handshake, a login and the setup above).
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                .with_ttl_check_interval(Duration::from_secs(30)),
+        );
     Ok(Pool::new(opts))
 }
 

@@ -51,15 +51,10 @@ pub fn client(stream: &TcpStream, idle_secs: u64) {
     }
 }
 
-/// A backend pool's options with keep-alive, unless the backend URL sets its own
-/// (`?tcp_keepalive=<ms>`, mysql_async's parameter), which wins.
-pub fn backend(
-    opts: mysql_async::OptsBuilder,
-    url: &mysql_async::Opts,
-    idle_secs: u64,
-) -> mysql_async::OptsBuilder {
-    if url.tcp_keepalive().is_some() || idle_secs == 0 {
-        return opts;
-    }
-    opts.tcp_keepalive(Some(Duration::from_secs(idle_secs)))
+/// The keep-alive idle time for a backend pool: the backend URL's own
+/// (`?tcp_keepalive=<ms>`, mysql_async's parameter) if it sets one, else `idle_secs` (0:
+/// none).
+pub fn backend(url: &mysql_async::Opts, idle_secs: u64) -> Option<Duration> {
+    url.tcp_keepalive()
+        .or((idle_secs > 0).then(|| Duration::from_secs(idle_secs)))
 }

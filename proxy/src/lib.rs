@@ -114,7 +114,7 @@ pub mod failpoint;
 pub mod fuzzing;
 mod handshake;
 mod infile;
-pub mod keepalive;
+mod keepalive;
 mod metrics;
 mod msg;
 mod outbox;
@@ -429,33 +429,31 @@ fn pool(
         .map_err(|e| ProxyError::BackendUnavailable(e.to_string()))?;
     let constraints = mysql_async::PoolConstraints::new(0, config.max_connections.max(1))
         .ok_or_else(|| ProxyError::BackendUnavailable("bad pool size".into()))?;
-    let opts = keepalive::backend(
-        mysql_async::OptsBuilder::from_opts(opts.clone()),
-        &opts,
-        config.tcp_keepalive_secs,
-    )
-    .client_found_rows(found_rows)
-    // Statements are the client's: never cached, closed when the client closes them.
-    .stmt_cache_size(0)
-    // Leave the backend's session defaults alone.
-    .wait_timeout(None)
-    // LOAD DATA LOCAL INFILE: the file comes from the client (see `infile`).
-    .local_infile_handler(Some(infile::Relay))
-    // Read whatever the backend sends, as client libraries do: a row may be larger
-    // than max_allowed_packet (a LONGBLOB of exactly that size is); what the backend
-    // accepts is for it to say (its own error 1153).
-    .max_allowed_packet(Some(1 << 30))
-    .prefer_socket(false)
-    .ssl_opts(ssl.clone())
-    .pool_opts(
-        mysql_async::PoolOpts::default()
-            .with_constraints(constraints)
-            // COM_RESET_CONNECTION before a connection serves another client.
-            .with_reset_connection(true)
-            // Give idle backend connections back to the server after a minute.
-            .with_inactive_connection_ttl(Duration::from_secs(60))
-            .with_ttl_check_interval(Duration::from_secs(30)),
-    );
+    let keepalive_idle = keepalive::backend(&opts, config.tcp_keepalive_secs);
+    let opts = mysql_async::OptsBuilder::from_opts(opts)
+        .tcp_keepalive(keepalive_idle)
+        .client_found_rows(found_rows)
+        // Statements are the client's: never cached, closed when the client closes them.
+        .stmt_cache_size(0)
+        // Leave the backend's session defaults alone.
+        .wait_timeout(None)
+        // LOAD DATA LOCAL INFILE: the file comes from the client (see `infile`).
+        .local_infile_handler(Some(infile::Relay))
+        // Read whatever the backend sends, as client libraries do: a row may be larger
+        // than max_allowed_packet (a LONGBLOB of exactly that size is); what the backend
+        // accepts is for it to say (its own error 1153).
+        .max_allowed_packet(Some(1 << 30))
+        .prefer_socket(false)
+        .ssl_opts(ssl.clone())
+        .pool_opts(
+            mysql_async::PoolOpts::default()
+                .with_constraints(constraints)
+                // COM_RESET_CONNECTION before a connection serves another client.
+                .with_reset_connection(true)
+                // Give idle backend connections back to the server after a minute.
+                .with_inactive_connection_ttl(Duration::from_secs(60))
+                .with_ttl_check_interval(Duration::from_secs(30)),
+        );
     Ok(mysql_async::Pool::new(opts))
 }
 
