@@ -129,6 +129,91 @@ fn redrive_outcome(o: Option<outbox_redrive_result::Outcome>) -> RedriveOutcome 
     }
 }
 
+impl GrpcServices {
+    /// RegisterBranch without the reports riding on it.
+    async fn register(
+        &self,
+        caller: Option<trace::SpanContext>,
+        r: v1::RegisterBranchRequest,
+    ) -> Result<Response<v1::RegisterBranchResponse>, GrpcStatus> {
+        let xid = parse_xid(&r.xid)?;
+        let span = Call::register(xid, &r.resource_id, caller);
+        let xa = !r.xa_bqual.is_empty();
+        if xa && r.xa_bqual != r.request_id {
+            return Err(GrpcStatus::invalid_argument(
+                "an XA branch's xa_bqual must equal its request_id",
+            ));
+        }
+        let keys = r
+            .lock_keys
+            .into_iter()
+            .map(|k| key_from_proto(Some(&r.resource_id), k).map(|(_, k)| k))
+            .collect::<Result<Vec<_>, _>>()?;
+        let answer = self
+            .0
+            .register(xid, r.resource_id, keys, r.request_id, xa, r.proxy_id)
+            .instrument(tracing::debug_span!("register", xid = %r.xid))
+            .await;
+        if let Ok(RegisterAnswer::Registered(id)) = &answer {
+            span.set("branch_id", *id as i64);
+        }
+        span.end(&answer, |a| match a {
+            RegisterAnswer::Registered(_) => "registered".into(),
+            RegisterAnswer::LockConflict { .. } => "lock_conflict".into(),
+            RegisterAnswer::Unconfirmed { .. } => "unconfirmed".into(),
+        });
+        let answer = answer?;
+        let outcome = match answer {
+            RegisterAnswer::Registered(id) => {
+                register_branch_response::Outcome::Registered(v1::Registered { branch_id: id })
+            }
+            RegisterAnswer::LockConflict {
+                key,
+                holder,
+                holder_rolling_back,
+            } => register_branch_response::Outcome::Conflict(v1::LockConflict {
+                key: Some(key_to_proto(key.0, key.1)),
+                holder_xid: rewind_protocol::xid::format(holder),
+                holder_rolling_back,
+            }),
+            // No holder to name; "rolling back" makes the branch's proxy give way at once.
+            RegisterAnswer::Unconfirmed { key } => {
+                register_branch_response::Outcome::Conflict(v1::LockConflict {
+                    key: Some(key_to_proto(key.0, key.1)),
+                    holder_xid: String::new(),
+                    holder_rolling_back: true,
+                })
+            }
+        };
+        Ok(Response::new(v1::RegisterBranchResponse {
+            outcome: Some(outcome),
+        }))
+    }
+
+    /// Phase-one reports sent along another call: each applied on its own (their own
+    /// `more` too), so a late, unknown or refused one changes nothing for the rest or for
+    /// the call they came with.
+    async fn reports_along(&self, reports: Vec<v1::ReportBranchRequest>) {
+        if reports.is_empty() {
+            return;
+        }
+        let flat = reports.into_iter().flat_map(|mut m| {
+            let more = std::mem::take(&mut m.more);
+            std::iter::once(m).chain(more)
+        });
+        let applied = futures::future::join_all(flat.map(|m| self.apply_report(m))).await;
+        for e in applied.into_iter().filter_map(Result::err) {
+            tracing::debug!(error = %e.message(), "a report sent along was not applied");
+        }
+    }
+
+    async fn apply_report(&self, m: v1::ReportBranchRequest) -> Result<(), GrpcStatus> {
+        let xid = parse_xid(&m.xid)?;
+        self.0.report(xid, m.branch_id, m.committed).await?;
+        Ok(())
+    }
+}
+
 #[tonic::async_trait]
 impl TransactionManager for GrpcServices {
     async fn begin(
@@ -225,59 +310,12 @@ impl ResourceManager for GrpcServices {
         req: Request<v1::RegisterBranchRequest>,
     ) -> Result<Response<v1::RegisterBranchResponse>, GrpcStatus> {
         let caller = trace::extract(req.metadata());
-        let r = req.into_inner();
-        let xid = parse_xid(&r.xid)?;
-        let span = Call::register(xid, &r.resource_id, caller);
-        let xa = !r.xa_bqual.is_empty();
-        if xa && r.xa_bqual != r.request_id {
-            return Err(GrpcStatus::invalid_argument(
-                "an XA branch's xa_bqual must equal its request_id",
-            ));
-        }
-        let keys = r
-            .lock_keys
-            .into_iter()
-            .map(|k| key_from_proto(Some(&r.resource_id), k).map(|(_, k)| k))
-            .collect::<Result<Vec<_>, _>>()?;
-        let answer = self
-            .0
-            .register(xid, r.resource_id, keys, r.request_id, xa, r.proxy_id)
-            .instrument(tracing::debug_span!("register", xid = %r.xid))
-            .await;
-        if let Ok(RegisterAnswer::Registered(id)) = &answer {
-            span.set("branch_id", *id as i64);
-        }
-        span.end(&answer, |a| match a {
-            RegisterAnswer::Registered(_) => "registered".into(),
-            RegisterAnswer::LockConflict { .. } => "lock_conflict".into(),
-            RegisterAnswer::Unconfirmed { .. } => "unconfirmed".into(),
-        });
-        let answer = answer?;
-        let outcome = match answer {
-            RegisterAnswer::Registered(id) => {
-                register_branch_response::Outcome::Registered(v1::Registered { branch_id: id })
-            }
-            RegisterAnswer::LockConflict {
-                key,
-                holder,
-                holder_rolling_back,
-            } => register_branch_response::Outcome::Conflict(v1::LockConflict {
-                key: Some(key_to_proto(key.0, key.1)),
-                holder_xid: rewind_protocol::xid::format(holder),
-                holder_rolling_back,
-            }),
-            // No holder to name; "rolling back" makes the branch's proxy give way at once.
-            RegisterAnswer::Unconfirmed { key } => {
-                register_branch_response::Outcome::Conflict(v1::LockConflict {
-                    key: Some(key_to_proto(key.0, key.1)),
-                    holder_xid: String::new(),
-                    holder_rolling_back: true,
-                })
-            }
-        };
-        Ok(Response::new(v1::RegisterBranchResponse {
-            outcome: Some(outcome),
-        }))
+        let mut r = req.into_inner();
+        // Other branches' phase-one reports riding on this call: applied beside it (one
+        // batch of the sequencer with it), whatever its outcome.
+        let along = std::mem::take(&mut r.reports);
+        let (answer, ()) = tokio::join!(self.register(caller, r), self.reports_along(along));
+        answer
     }
 
     async fn xa_branch_state(
@@ -340,18 +378,9 @@ impl ResourceManager for GrpcServices {
     ) -> Result<Response<v1::ReportBranchResponse>, GrpcStatus> {
         let mut r = req.into_inner();
         // The reports sent along are applied together with this one (one batch of the
-        // sequencer), each on its own: a late or unknown one changes nothing for the rest.
+        // sequencer); the answer is this one's.
         let more = std::mem::take(&mut r.more);
-        let apply = |m: v1::ReportBranchRequest| async move {
-            let xid = parse_xid(&m.xid)?;
-            self.0.report(xid, m.branch_id, m.committed).await?;
-            Ok::<_, GrpcStatus>(())
-        };
-        let along = futures::future::join_all(more.into_iter().map(apply));
-        let (first, along) = tokio::join!(apply(r), along);
-        for e in along.into_iter().filter_map(Result::err) {
-            tracing::debug!(error = %e.message(), "a report sent along was not applied");
-        }
+        let (first, ()) = tokio::join!(self.apply_report(r), self.reports_along(more));
         first?;
         Ok(Response::new(v1::ReportBranchResponse {}))
     }

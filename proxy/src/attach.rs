@@ -249,9 +249,13 @@ pub(crate) async fn attach(
             }
         };
         // A command says its transaction is decided: no more checks answered here for
-        // its XID (see `at::begun`), even while the command waits for a worker.
+        // its XID (see `at::begun`), even while the command waits for a worker; and its
+        // branch's phase-one report, if still held, is moot.
         match &msg.kind {
-            Some(coordinator_message::Kind::BranchCommand(cmd)) => shared.begun.decided(&cmd.xid),
+            Some(coordinator_message::Kind::BranchCommand(cmd)) => {
+                shared.begun.decided(&cmd.xid);
+                shared.coordinator.moot_report(&cmd.xid, cmd.branch_id);
+            }
             Some(coordinator_message::Kind::ResolveCommand(cmd)) => shared.begun.decided(&cmd.xid),
             _ => {}
         }

@@ -31,6 +31,11 @@ pub struct Config {
     /// leader, skipping dead nodes) before the client gets an error.
     pub coordinator_timeout_ms: u64,
     pub coordinator_retry_ms: u64,
+    /// How long a branch's phase-one success report may wait to ride on another call
+    /// (the next registration through this proxy) or to be made moot by the branch's
+    /// phase-two command, before it goes in a call of its own; meanwhile the console shows
+    /// the branch `registered` rather than `phase_one_done`. 0: every report at once.
+    pub phase_one_report_hold_ms: u64,
     /// Backend connections the proxy keeps for phase two (undo, undo-record deletes).
     pub phase_two_connections: usize,
     /// Undo housekeeping: every this many seconds, look at undo records older than
@@ -223,6 +228,7 @@ impl Default for Config {
             lock_retry_count: 30,
             coordinator_timeout_ms: 2_000,
             coordinator_retry_ms: 5_000,
+            phase_one_report_hold_ms: 100,
             phase_two_connections: 8,
             undo_housekeeping_secs: 300,
             undo_retention_secs: 3_600,
@@ -271,6 +277,9 @@ impl Config {
                 "tcp_keepalive_secs must be at most {} (0: no keep-alive)",
                 crate::keepalive::MAX_IDLE_SECS
             ));
+        }
+        if self.phase_one_report_hold_ms > 60_000 {
+            return Err("phase_one_report_hold_ms must be at most 60000 (0: at once)".into());
         }
         if self.max_connections == 0 {
             return Err("max_connections must be at least 1".into());
@@ -465,6 +474,9 @@ mod tests {
         assert!(ok("tcp_keepalive_secs = 0").is_ok());
         assert!(ok("tcp_keepalive_secs = 32767").is_ok());
         assert!(ok("tcp_keepalive_secs = 32768").is_err());
+        assert!(ok("phase_one_report_hold_ms = 0").is_ok());
+        assert!(ok("phase_one_report_hold_ms = 60000").is_ok());
+        assert!(ok("phase_one_report_hold_ms = 60001").is_err());
     }
 
     #[test]

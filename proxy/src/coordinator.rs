@@ -93,6 +93,10 @@ pub struct Coordinators {
     tls: Option<ClientTlsConfig>,
     /// Phase-one reports waiting for the call in flight (see [`Self::report_later`]).
     reports: Mutex<Reports>,
+    /// How the reports left.
+    pub report_counts: ReportCounts,
+    /// How long a success report is held (see [`Self::report_later`]).
+    report_hold: Duration,
 }
 
 #[derive(Default)]
@@ -100,12 +104,48 @@ struct Reports {
     queued: VecDeque<v1::ReportBranchRequest>,
     /// A task is sending (it takes whatever is queued when its call returns).
     sending: bool,
+    /// Success reports held back, oldest first, with when each was held (see
+    /// [`Coordinators::report_later`]).
+    held: VecDeque<(Instant, v1::ReportBranchRequest)>,
+    /// A task waits to move the held reports that are due to `queued`.
+    timer: bool,
+}
+
+impl Reports {
+    /// Queues a report for the sender; true when no sender runs and one must start.
+    fn queue(&mut self, report: v1::ReportBranchRequest) -> bool {
+        if self.queued.len() >= REPORTS_QUEUED {
+            // Only while the coordinator is unreachable for long; the oldest goes.
+            self.queued.pop_front();
+            tracing::debug!("phase-one report queue full; the oldest report dropped");
+        }
+        self.queued.push_back(report);
+        !std::mem::replace(&mut self.sending, true)
+    }
+}
+
+/// How phase-one reports left, for the metrics.
+#[derive(Default)]
+pub struct ReportCounts {
+    /// In a ReportBranch call (alone or with others queued meanwhile).
+    pub call: AtomicU64,
+    /// Along a registration.
+    pub registration: AtomicU64,
+    /// Not at all: the branch's phase-two command came first.
+    pub moot: AtomicU64,
 }
 
 /// Reports sent in one call at most.
 const REPORTS_PER_CALL: usize = 256;
 /// Reports kept queued at most (only reached while the coordinator is unreachable).
 const REPORTS_QUEUED: usize = 16 * 1024;
+/// How long a success report waits for a registration to carry it, or for its branch's
+/// phase-two command to make it moot, before it goes in a call of its own, unless set
+/// (`phase_one_report_hold_ms`). The console shows the branch `registered` instead of
+/// `phase_one_done` that much longer.
+const DEFAULT_REPORT_HOLD: Duration = Duration::from_millis(100);
+/// Held reports one registration carries at most.
+const REPORTS_PER_REGISTRATION: usize = 64;
 
 impl Coordinators {
     /// `list`: comma-separated gRPC URLs (`http://host:port`, or `https://` with `tls`).
@@ -140,7 +180,16 @@ impl Coordinators {
             retry_for,
             tls,
             reports: Mutex::new(Reports::default()),
+            report_counts: ReportCounts::default(),
+            report_hold: DEFAULT_REPORT_HOLD,
         })
+    }
+
+    /// Holds success reports this long (zero: sends them at once; see
+    /// [`Self::report_later`]).
+    pub fn hold_reports(mut self, hold: Duration) -> Self {
+        self.report_hold = hold;
+        self
     }
 
     /// The leader's channel as far as we know, and its URL.
@@ -275,13 +324,15 @@ impl Coordinators {
     }
 
     pub async fn register(
-        &self,
+        self: &Arc<Self>,
         xid: &str,
         resource_id: &str,
         keys: &[v1::LockKey],
         request_id: &str,
         span: Option<&rewind_protocol::trace::Context>,
     ) -> Result<Registration, CallError> {
+        // Held success reports ride along (see `report_later`).
+        let reports = self.take_held();
         let r = self
             .call("register branch", |ch| {
                 let mut req = tonic::Request::new(v1::RegisterBranchRequest {
@@ -289,12 +340,35 @@ impl Coordinators {
                     resource_id: resource_id.to_string(),
                     lock_keys: keys.to_vec(),
                     request_id: request_id.to_string(),
+                    reports: reports.clone(),
                     ..Default::default()
                 });
                 rewind_protocol::trace::inject(&mut req, span);
                 async move { ResourceManagerClient::new(ch).register_branch(req).await }
             })
-            .await?;
+            .await;
+        let r = match r {
+            Ok(r) => {
+                let n = reports.len() as u64;
+                self.report_counts
+                    .registration
+                    .fetch_add(n, Ordering::Relaxed);
+                r
+            }
+            Err(e) => {
+                // An answer (unknown XID, refused) came with the reports applied; without
+                // one they go their own way.
+                if matches!(e, CallError::Unavailable(_)) {
+                    self.queue_reports(reports);
+                } else {
+                    let n = reports.len() as u64;
+                    self.report_counts
+                        .registration
+                        .fetch_add(n, Ordering::Relaxed);
+                }
+                return Err(e);
+            }
+        };
         match r.outcome {
             Some(register_branch_response::Outcome::Registered(b)) => {
                 Ok(Registration::Registered(b.branch_id))
@@ -328,6 +402,7 @@ impl Coordinators {
                     request_id: bqual.to_string(),
                     xa_bqual: bqual.to_string(),
                     proxy_id: proxy_id.to_string(),
+                    reports: Vec::new(),
                 };
                 async move { ResourceManagerClient::new(ch).register_branch(req).await }
             })
@@ -356,32 +431,110 @@ impl Coordinators {
         .await
     }
 
-    /// Tells the coordinator how a branch's phase one ended, off the caller's path. One
-    /// call at a time: the reports that queue while it is on its way go together in the
-    /// next (`ReportBranchRequest.more`), so a busy proxy sends a fraction of the calls.
+    /// Tells the coordinator how a branch's phase one ended, off the caller's path.
+    ///
     /// A report is information (a branch without one goes through phase two like any
-    /// other), so one not delivered within the usual retries is only logged.
+    /// other: what a report changes is the console's `phase_one_done`, and a failed branch
+    /// sent no phase-two command), so it costs as few calls as it can:
+    /// - A failure goes at once.
+    /// - A success is held for up to `phase_one_report_hold_ms`: the next registration through this
+    ///   proxy carries it (`RegisterBranchRequest.reports`), and once its branch's
+    ///   phase-two command has come it is moot and never sent ([`Self::moot_report`]). In a
+    ///   busy proxy registrations carry nearly all; a lone transaction's last branch is
+    ///   usually decided within the hold. Only the rest go in calls of their own.
+    /// - One call at a time: the reports that queue while it is on its way go together in
+    ///   the next (`ReportBranchRequest.more`).
+    ///
+    /// One not delivered within the usual retries is only logged.
     pub fn report_later(self: &Arc<Self>, xid: &str, branch_id: u64, committed: bool) {
+        let report = v1::ReportBranchRequest {
+            xid: xid.to_string(),
+            branch_id,
+            committed,
+            more: Vec::new(),
+        };
+        if !committed || self.report_hold.is_zero() {
+            return self.queue_reports(vec![report]);
+        }
         {
             let mut r = lock(&self.reports);
-            if r.queued.len() >= REPORTS_QUEUED {
-                // Only while the coordinator is unreachable for long; the oldest goes.
-                r.queued.pop_front();
-                tracing::debug!("phase-one report queue full; the oldest report dropped");
+            if r.held.len() >= REPORTS_QUEUED {
+                r.held.pop_front();
+                tracing::debug!("held phase-one reports full; the oldest report dropped");
             }
-            r.queued.push_back(v1::ReportBranchRequest {
-                xid: xid.to_string(),
-                branch_id,
-                committed,
-                more: Vec::new(),
-            });
-            if r.sending {
+            r.held.push_back((Instant::now(), report));
+            if std::mem::replace(&mut r.timer, true) {
                 return;
             }
-            r.sending = true;
         }
         let me = self.clone();
-        tokio::spawn(async move { me.send_reports().await });
+        tokio::spawn(async move { me.release_held().await });
+    }
+
+    /// Branch `branch_id` of `xid` got its phase-two command here: its held report, if
+    /// any, tells the coordinator nothing it acts on any more, and is dropped.
+    pub fn moot_report(&self, xid: &str, branch_id: u64) {
+        let mut r = lock(&self.reports);
+        let at = r
+            .held
+            .iter()
+            .position(|(_, h)| h.branch_id == branch_id && h.xid == xid);
+        if let Some(i) = at {
+            r.held.remove(i);
+            self.report_counts.moot.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The held reports a registration carries (the oldest first).
+    fn take_held(&self) -> Vec<v1::ReportBranchRequest> {
+        let mut r = lock(&self.reports);
+        let n = r.held.len().min(REPORTS_PER_REGISTRATION);
+        r.held.drain(..n).map(|(_, h)| h).collect()
+    }
+
+    /// Sends `reports` in calls of their own, starting a sender if none runs.
+    fn queue_reports(self: &Arc<Self>, reports: Vec<v1::ReportBranchRequest>) {
+        let mut start = false;
+        {
+            let mut r = lock(&self.reports);
+            for report in reports {
+                start |= r.queue(report);
+            }
+        }
+        if start {
+            let me = self.clone();
+            tokio::spawn(async move { me.send_reports().await });
+        }
+    }
+
+    /// Moves held reports to the sender as they come due, until none is held.
+    async fn release_held(self: Arc<Self>) {
+        loop {
+            let due = {
+                let mut r = lock(&self.reports);
+                match r.held.front() {
+                    Some((at, _)) => *at + self.report_hold,
+                    None => {
+                        r.timer = false;
+                        return;
+                    }
+                }
+            };
+            tokio::time::sleep_until(due.into()).await;
+            let now = Instant::now();
+            let due: Vec<_> = {
+                let mut r = lock(&self.reports);
+                let n = r
+                    .held
+                    .iter()
+                    .take_while(|(at, _)| *at + self.report_hold <= now)
+                    .count();
+                r.held.drain(..n).map(|(_, h)| h).collect()
+            };
+            if !due.is_empty() {
+                self.queue_reports(due);
+            }
+        }
     }
 
     /// Sends queued reports, a call per batch, until none is left.
@@ -399,6 +552,9 @@ impl Coordinators {
             let mut first = batch.remove(0);
             first.more = batch;
             let n = 1 + first.more.len();
+            self.report_counts
+                .call
+                .fetch_add(n as u64, Ordering::Relaxed);
             let sent = self
                 .call("report branches", |ch| {
                     let req = first.clone();

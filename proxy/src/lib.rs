@@ -248,7 +248,8 @@ pub async fn run(
         Duration::from_millis(config.coordinator_retry_ms),
         coordinator_tls,
     )
-    .map_err(ProxyError::Config)?;
+    .map_err(ProxyError::Config)?
+    .hold_reports(Duration::from_millis(config.phase_one_report_hold_ms));
     if client_tls.is_some() {
         info!(
             required = config.require_secure_transport,

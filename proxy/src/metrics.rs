@@ -443,6 +443,16 @@ impl Metrics {
             "answer",
             XID_CHECKS.iter().zip([&b.asked, &b.known]),
         );
+        let r = &shared.coordinator.report_counts;
+        labelled(
+            &mut out,
+            "rewind_proxy_phase_one_reports_total",
+            "Phase-one reports by how they reached the coordinator: in a report call, along \
+             a registration, or not at all because the branch's phase-two command came \
+             first (moot).",
+            "sent",
+            REPORTS.iter().zip([&r.call, &r.registration, &r.moot]),
+        );
         out
     }
 }
@@ -450,6 +460,8 @@ impl Metrics {
 const DEFINITION_CHECKS: [&str; 5] = ["query", "skipped", "proven", "query_at_commit", "sentinel"];
 
 const XID_CHECKS: [&str; 2] = ["coordinator", "known"];
+
+const REPORTS: [&str; 3] = ["call", "registration", "moot"];
 
 const DECISIONS: [&str; 3] = ["commit", "rollback", "unsure"];
 const CHECKS: [&str; 4] = ["committed", "rolled_back", "running", "failure"];

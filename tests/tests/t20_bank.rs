@@ -404,6 +404,103 @@ async fn t20_every_phase_one_report_arrives_on_one_worker_thread() {
     reports_arrive("bank-reports-worker", "rwt_bank_reports_worker", 0, 1).await;
 }
 
+/// A branch's success report waits for the proxy's next registration to carry it, and a
+/// report still waiting when its branch's phase-two command comes is dropped: a global
+/// transaction costs no report call of its own. The hold here is a minute, so nothing
+/// goes by the clock: the console shows the first branch `phase_one_done` exactly when
+/// the second has registered, and the second never reported, committed or rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t20_reports_ride_on_registrations_or_are_moot() {
+    let db = "rwt_bank_reports_ride";
+    let dir = TempDir::new("bank-reports-ride");
+    setup(db).await;
+    let coord = Coordinator::start(&dir, &[]).await;
+    let config_file = dir.0.join("proxy.toml");
+    std::fs::write(&config_file, "phase_one_report_hold_ms = 60000\n").unwrap();
+    let admin: std::net::SocketAddr = free_addr();
+    let proxy = Proxy::start(
+        &dir,
+        "proxy",
+        &coord.grpc_url(),
+        &[
+            "--config",
+            config_file.to_str().unwrap(),
+            "--admin-addr",
+            &admin.to_string(),
+        ],
+    )
+    .await;
+    // (in a call, along a registration, moot)
+    let sent = || async move {
+        let (_, metrics) = http(admin, "GET", "/metrics", None).await.unwrap();
+        let text = metrics.as_str().expect("metrics as text").to_string();
+        ["call", "registration", "moot"].map(|how| {
+            let series = format!("rewind_proxy_phase_one_reports_total{{sent=\"{how}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()))
+                .unwrap_or_else(|| panic!("no {series} in the proxy's metrics"))
+                .parse::<u64>()
+                .unwrap()
+        })
+    };
+    let statuses = |tx: serde_json::Value| {
+        tx["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b["status"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    let opening = balances(db).await;
+    let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
+    async fn branch(c: &mut mysql_async::Conn, xid: &str, id: i64) {
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop(format!(
+            "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {id}"
+        ))
+        .await
+        .unwrap();
+        c.query_drop("COMMIT").await.unwrap();
+    }
+
+    // Committed: two branches, one after the other.
+    let xid = coord.begin(60_000).await;
+    branch(&mut c, &xid, 1).await;
+    assert_eq!(sent().await, [0, 0, 0], "the first branch's report is held");
+    assert_eq!(statuses(coord.transaction(&xid).await), ["registered"]);
+    branch(&mut c, &xid, 2).await;
+    assert_eq!(
+        sent().await,
+        [0, 1, 0],
+        "the second branch's registration carried the first one's report"
+    );
+    assert_eq!(
+        statuses(coord.transaction(&xid).await),
+        ["phase_one_done", "registered"]
+    );
+    coord.commit(&xid).await;
+    eventually("the commit finished", Duration::from_secs(20), || async {
+        coord.transaction(&xid).await["status"] == "committed"
+    })
+    .await;
+    assert_eq!(
+        sent().await,
+        [0, 1, 1],
+        "the second branch's report was moot once its commit came"
+    );
+
+    // Rolled back: a lone branch's held report is moot too, and its row is as it was.
+    let xid = coord.begin(60_000).await;
+    branch(&mut c, &xid, 3).await;
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(sent().await, [0, 1, 2]);
+    c.disconnect().await.unwrap();
+    let mut expected = opening;
+    *expected.get_mut(&1).unwrap() += 100;
+    *expected.get_mut(&2).unwrap() += 100;
+    assert_eq!(balances(db).await, expected);
+}
+
 /// `session_threads`, `worker_threads`: the proxy's (0: the default shape).
 async fn reports_arrive(name: &str, db: &str, session_threads: usize, worker_threads: usize) {
     let dir = TempDir::new(name);
