@@ -669,6 +669,166 @@ async fn t14_coordinator_down_at_commit_rolls_back() {
         .unwrap();
 }
 
+/// The same for prepared statements: an execute whose parameters all have exact literals
+/// (integers, NULL, decimal strings, doubles, plain ASCII strings) runs as its text with
+/// them written in, so one pinned by its key takes one query too; one with a parameter
+/// that has none (a date, a string with a quote or beyond ASCII) stays an execute. Either
+/// way every row ends as the same statements leave it directly (and the OK is the same),
+/// and a global rollback restores every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t17_prepared_statements_pinned_by_key_run_as_one_query_too() {
+    const DB: &str = "rwt_pinned_prepared";
+    const TWIN: &str = "rwt_pinned_prepared_direct";
+    let dir = TempDir::new("pinned-prepared");
+    let coord = Coordinator::start(&dir, &[]).await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
+    for db in [DB, TWIN] {
+        setup(db).await;
+        direct_exec(
+            db,
+            "CREATE TABLE t (id BIGINT PRIMARY KEY, code VARCHAR(20), d DATE, \
+             amount DECIMAL(20,4))",
+        )
+        .await;
+        direct_exec(
+            db,
+            "INSERT INTO t VALUES (1, 'ABC', '2024-01-01', 1), (2, 'it''s', NULL, 2)",
+        )
+        .await;
+    }
+    let mut tables = TABLES.to_vec();
+    tables.push("t");
+    let original = checksums(DB, &tables).await;
+    let count = || async {
+        let (_, body) = http(admin, "GET", "/metrics", None).await.unwrap();
+        body.as_str()
+            .expect("metrics as text")
+            .lines()
+            .find_map(|l| l.strip_prefix("rewind_proxy_at_one_query_writes_total "))
+            .expect("the one-query counter")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let text = |s: &str| Value::Bytes(s.as_bytes().to_vec());
+    // (statement, parameters, whether it runs as one query)
+    let steps: Vec<(&str, Vec<Value>, bool)> = vec![
+        // The first on each table reads its definition: apart.
+        (
+            "UPDATE acc SET bal = bal + ? WHERE id = ?",
+            vec![text("1.25"), Value::Int(1)],
+            false,
+        ),
+        (
+            "UPDATE acc SET bal = bal - ?, note = ? WHERE id = ?",
+            vec![text("0.5"), text("p -- q /* r"), Value::Int(2)],
+            true,
+        ),
+        (
+            "UPDATE acc SET note = ? WHERE id = ?",
+            vec![Value::NULL, Value::Int(3)],
+            true,
+        ),
+        (
+            "UPDATE acc SET n = n + ? WHERE id=?",
+            vec![Value::Int(-7), Value::UInt(4)],
+            true,
+        ),
+        (
+            "UPDATE acc SET bal = ? WHERE id = ?",
+            vec![Value::Double(0.1), Value::Int(5)],
+            true,
+        ),
+        ("DELETE FROM acc WHERE id = ?", vec![Value::Int(98)], true),
+        // Apart: a quote, a character beyond ASCII, a date have no literal written in.
+        (
+            "UPDATE acc SET note = ? WHERE id = ?",
+            vec![text("it's"), Value::Int(1)],
+            false,
+        ),
+        (
+            "UPDATE acc SET note = ? WHERE id = ?",
+            vec![text("été"), Value::Int(2)],
+            false,
+        ),
+        (
+            "UPDATE t SET code = 'q' WHERE id = ?",
+            vec![Value::Int(2)],
+            false,
+        ),
+        (
+            "UPDATE t SET d = ? WHERE id = ?",
+            vec![Value::Date(2024, 2, 29, 0, 0, 0, 0), Value::Int(1)],
+            false,
+        ),
+        // A string compares in the column's collation, as the parameter did ('abc' = 'ABC').
+        // (Not one query: a condition beyond the key pins no single row.)
+        (
+            "UPDATE t SET amount = amount * ? WHERE id = ? AND code = ?",
+            vec![text("3"), Value::Int(1), text("abc")],
+            false,
+        ),
+        (
+            "DELETE FROM t WHERE id = ? AND code = ?",
+            vec![Value::Int(2), text("it's")],
+            false,
+        ),
+    ];
+    let xid = coord.begin(60_000).await;
+    let mut c = proxy.conn(DB).await;
+    let mut d = direct(TWIN).await;
+    c.query_drop("BEGIN").await.unwrap();
+    d.query_drop("BEGIN").await.unwrap();
+    for (i, (sql, params, one_query)) in steps.iter().enumerate() {
+        let before = count().await;
+        let tag = if i == 0 {
+            format!("/*+ XID('{xid}') */ ")
+        } else {
+            String::new()
+        };
+        c.exec_drop(format!("{tag}{sql}"), params.clone())
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        d.exec_drop(*sql, params.clone()).await.unwrap();
+        assert_eq!(
+            (c.affected_rows(), c.info().to_string(), c.get_warnings()),
+            (d.affected_rows(), d.info().to_string(), d.get_warnings()),
+            "{sql}: the OK differs from direct's"
+        );
+        assert_eq!(
+            count().await - before,
+            u64::from(*one_query),
+            "{sql} with {params:?}: one query = {one_query}"
+        );
+    }
+    c.query_drop("COMMIT").await.unwrap();
+    d.query_drop("COMMIT").await.unwrap();
+    c.disconnect().await.unwrap();
+    d.disconnect().await.unwrap();
+    assert_eq!(
+        checksums(DB, &tables)
+            .await
+            .iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>(),
+        checksums(TWIN, &tables)
+            .await
+            .iter()
+            .map(|c| c.1)
+            .collect::<Vec<_>>(),
+        "the branch wrote what the statements write directly"
+    );
+    assert_eq!(coord.rollback(&xid).await, "rolled_back");
+    assert_eq!(
+        checksums(DB, &tables).await,
+        original,
+        "rollback is not byte-identical"
+    );
+    assert!(coord.locks().await.is_empty());
+    for db in [DB, TWIN] {
+        direct_exec("mysql", &format!("DROP DATABASE `{db}`")).await;
+    }
+}
+
 /// A text UPDATE or DELETE whose condition pins the table's whole integer primary key
 /// (`id = 7`, `a = 1 AND b = -2`), on a table whose definition the transaction has
 /// confirmed, runs its before image, its write and its after image as one query: counted by

@@ -23,6 +23,7 @@ pub(crate) mod commit;
 pub(crate) mod definitions;
 pub(crate) mod delete;
 pub(crate) mod housekeeping;
+pub(crate) mod inline;
 pub(crate) mod insert;
 pub(crate) mod isolated;
 pub(crate) mod isolation;

@@ -386,6 +386,23 @@ impl Session {
     ) -> Result<(), ProxyError> {
         // Refusals of the statement's shape come first: nothing has started yet.
         let plan = self.plan(&stmt)?;
+        // A prepared UPDATE or DELETE whose parameters all have exact literals runs as its
+        // text with them written in: one query for its images and its write, not three
+        // executes (see `at::inline`).
+        let inlined = match (&stmt, &*plan) {
+            (
+                Stmt::Prepared { sql: Some(sql), .. },
+                analyze::Dml::Update(_) | analyze::Dml::Delete(_),
+            ) => super::inline::inline(sql, &params, &self.exec_types).and_then(|text| {
+                let plan = analyze::analyze(&text).ok()?;
+                Some((std::sync::Arc::new(plan), text))
+            }),
+            _ => None,
+        };
+        let (plan, params) = match &inlined {
+            Some((p, _)) => (p.clone(), Vec::new()),
+            None => (plan, params),
+        };
         if self.branch.is_none() {
             let xid = tag.expect("an unbound statement reaches the AT path only when tagged");
             self.check_xid(&xid).await?;
@@ -401,9 +418,10 @@ impl Session {
             Ok(db) => db,
             Err(e) => return Err(self.end_implicit(implicit, e).await),
         };
-        let original = match &stmt {
-            Stmt::Text(sql) => Original::Text(sql),
-            Stmt::Prepared { stmt, .. } => Original::Prepared(stmt),
+        let original = match (&stmt, &inlined) {
+            (_, Some((_, text))) => Original::Text(text.as_bytes()),
+            (Stmt::Text(sql), None) => Original::Text(sql),
+            (Stmt::Prepared { stmt, .. }, None) => Original::Prepared(stmt),
         };
         let run = self
             .statement(db.as_deref())
