@@ -2,10 +2,9 @@
 //!
 //! Sent as text, a tagged UPDATE or DELETE whose condition pins the primary key costs one
 //! backend query for its before image, its write and its after image (`update.rs`,
-//! `delete.rs`); its values are in its SQL. Prepared, the same statement took an execute
-//! for each, three round trips and three statements for the server to run: in
-//! `bench/at` the AT transfers of drivers that prepare (Go's database/sql, JDBC with
-//! server-side statements, mysql2's `execute`) ran at two thirds of the text ones' rate.
+//! `delete.rs`); its values are in its SQL. Prepared (Go's database/sql, JDBC with
+//! server-side statements, mysql2's `execute`), the same statement took an execute for
+//! each: three round trips where text takes one.
 //!
 //! So an execute whose every parameter has a literal the server reads back as the same
 //! value, of the same type, runs as that text instead:

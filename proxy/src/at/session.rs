@@ -400,7 +400,11 @@ impl Session {
             _ => None,
         };
         let (plan, params) = match &inlined {
-            Some((p, _)) => (p.clone(), Vec::new()),
+            Some((p, _)) => {
+                // A text has no parameter types: none may reach the proxy's own values.
+                self.exec_types.clear();
+                (p.clone(), Vec::new())
+            }
             None => (plan, params),
         };
         if self.branch.is_none() {
