@@ -677,28 +677,171 @@ async fn t14_coordinator_down_at_commit_rolls_back() {
 /// and a global rollback restores every row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t17_prepared_statements_pinned_by_key_run_as_one_query_too() {
-    const DB: &str = "rwt_pinned_prepared";
-    const TWIN: &str = "rwt_pinned_prepared_direct";
-    let dir = TempDir::new("pinned-prepared");
-    let coord = Coordinator::start(&dir, &[]).await;
-    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
-    for db in [DB, TWIN] {
-        setup(db).await;
-        direct_exec(
-            db,
+    use St::*;
+    let text = |s: &str| Value::Bytes(s.as_bytes().to_vec());
+    // (statement and parameters, whether it runs as one query)
+    let steps = vec![
+        // The first on each table reads its definition: apart.
+        (
+            P(
+                "UPDATE acc SET bal = bal + ? WHERE id = ?",
+                vec![text("1.25"), Value::Int(1)],
+            ),
+            false,
+        ),
+        (
+            P(
+                "UPDATE acc SET bal = bal - ?, note = ? WHERE id = ?",
+                vec![text("0.5"), text("p -- q /* r"), Value::Int(2)],
+            ),
+            true,
+        ),
+        (
+            P(
+                "UPDATE acc SET note = ? WHERE id = ?",
+                vec![Value::NULL, Value::Int(3)],
+            ),
+            true,
+        ),
+        (
+            P(
+                "UPDATE acc SET n = n + ? WHERE id=?",
+                vec![Value::Int(-7), Value::UInt(4)],
+            ),
+            true,
+        ),
+        (
+            P(
+                "UPDATE acc SET bal = ? WHERE id = ?",
+                vec![Value::Double(0.1), Value::Int(5)],
+            ),
+            true,
+        ),
+        (
+            P("DELETE FROM acc WHERE id = ?", vec![Value::Int(98)]),
+            true,
+        ),
+        // Apart: a quote, a character beyond ASCII, a date have no literal written in.
+        (
+            P(
+                "UPDATE acc SET note = ? WHERE id = ?",
+                vec![text("it's"), Value::Int(1)],
+            ),
+            false,
+        ),
+        (
+            P(
+                "UPDATE acc SET note = ? WHERE id = ?",
+                vec![text("été"), Value::Int(2)],
+            ),
+            false,
+        ),
+        (
+            P("UPDATE t SET code = 'q' WHERE id = ?", vec![Value::Int(2)]),
+            false,
+        ),
+        (
+            P(
+                "UPDATE t SET d = ? WHERE id = ?",
+                vec![Value::Date(2024, 2, 29, 0, 0, 0, 0), Value::Int(1)],
+            ),
+            false,
+        ),
+        // A string compares in the column's collation, as the parameter did ('abc' = 'ABC').
+        // (Not one query: a condition beyond the key pins no single row.)
+        (
+            P(
+                "UPDATE t SET amount = amount * ? WHERE id = ? AND code = ?",
+                vec![text("3"), Value::Int(1), text("abc")],
+            ),
+            false,
+        ),
+        (
+            P(
+                "DELETE FROM t WHERE id = ? AND code = ?",
+                vec![Value::Int(2), text("it's")],
+            ),
+            false,
+        ),
+    ];
+    one_query_twins(
+        "rwt_pinned_prepared",
+        [
             "CREATE TABLE t (id BIGINT PRIMARY KEY, code VARCHAR(20), d DATE, \
              amount DECIMAL(20,4))",
-        )
-        .await;
-        direct_exec(
-            db,
             "INSERT INTO t VALUES (1, 'ABC', '2024-01-01', 1), (2, 'it''s', NULL, 2)",
-        )
-        .await;
+        ],
+        "t",
+        &steps,
+    )
+    .await;
+}
+
+/// A text UPDATE or DELETE whose condition pins the table's whole integer primary key
+/// (`id = 7`, `a = 1 AND b = -2`), on a table whose definition the transaction has
+/// confirmed, runs its before image, its write and its after image as one query: counted by
+/// `rewind_proxy_at_one_query_writes_total`. Its client sees the same OK as directly
+/// (affected rows, `Rows matched` info), and a global rollback restores every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t17_statements_pinned_by_key_run_with_their_images_in_one_query() {
+    use St::*;
+    // (statement, whether it runs as one query)
+    let steps = vec![
+        // The first on each table reads its definition: apart.
+        (Q("UPDATE acc SET bal = bal + 1 WHERE id = 1"), false),
+        (
+            Q("UPDATE acc SET bal = bal + 2, note = 'p' WHERE id = 2"),
+            true,
+        ),
+        (Q("UPDATE acc SET n = n WHERE id = 3"), true),
+        (Q("UPDATE acc SET n = 0 WHERE id = 99"), true),
+        (Q("DELETE FROM acc WHERE id = 4"), true),
+        (Q("DELETE FROM acc WHERE id = 98"), true),
+        (Q("UPDATE acc SET n = 1 WHERE id = 5 OR id = 1"), false),
+        (Q("UPDATE acc SET n = 2 WHERE id = 5 LIMIT 1"), false),
+        (
+            Q("UPDATE k SET v = 'y' WHERE a = 4000000000 AND b = -5"),
+            false,
+        ),
+        (
+            Q("UPDATE k SET v = 'z' WHERE (b = -5) AND k.a = 4000000000"),
+            true,
+        ),
+        (Q("UPDATE k SET v = 'w' WHERE a = 1"), false),
+        (Q("DELETE FROM k WHERE a = 1 AND b = 1"), true),
+    ];
+    one_query_twins(
+        "rwt_pinned",
+        [
+            "CREATE TABLE k (a INT UNSIGNED, b BIGINT, v VARCHAR(10), PRIMARY KEY (a, b))",
+            "INSERT INTO k VALUES (4000000000, -5, 'a'), (1, 1, 'b')",
+        ],
+        "k",
+        &steps,
+    )
+    .await;
+}
+
+/// Runs `steps` (statement, whether it runs as one query) in one global transaction through
+/// a proxy on `db` and, untagged, directly on its twin `{db}_direct`, both set up with the
+/// shape tables and `table` (made and filled by `table_sql`). After each: the same OK
+/// (affected rows, `Rows matched` info, warnings) and the one-query counter moved by one
+/// exactly where expected. At the end: the branch wrote what the statements write
+/// directly, and a global rollback restores every row byte for byte.
+async fn one_query_twins(db: &str, table_sql: [&str; 2], table: &str, steps: &[(St, bool)]) {
+    let twin = format!("{db}_direct");
+    let dir = TempDir::new(db);
+    let coord = Coordinator::start(&dir, &[]).await;
+    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
+    for d in [db, twin.as_str()] {
+        setup(d).await;
+        for sql in table_sql {
+            direct_exec(d, sql).await;
+        }
     }
     let mut tables = TABLES.to_vec();
-    tables.push("t");
-    let original = checksums(DB, &tables).await;
+    tables.push(table);
+    let original = checksums(db, &tables).await;
     let count = || async {
         let (_, body) = http(admin, "GET", "/metrics", None).await.unwrap();
         body.as_str()
@@ -709,86 +852,30 @@ async fn t17_prepared_statements_pinned_by_key_run_as_one_query_too() {
             .parse::<u64>()
             .unwrap()
     };
-    let text = |s: &str| Value::Bytes(s.as_bytes().to_vec());
-    // (statement, parameters, whether it runs as one query)
-    let steps: Vec<(&str, Vec<Value>, bool)> = vec![
-        // The first on each table reads its definition: apart.
-        (
-            "UPDATE acc SET bal = bal + ? WHERE id = ?",
-            vec![text("1.25"), Value::Int(1)],
-            false,
-        ),
-        (
-            "UPDATE acc SET bal = bal - ?, note = ? WHERE id = ?",
-            vec![text("0.5"), text("p -- q /* r"), Value::Int(2)],
-            true,
-        ),
-        (
-            "UPDATE acc SET note = ? WHERE id = ?",
-            vec![Value::NULL, Value::Int(3)],
-            true,
-        ),
-        (
-            "UPDATE acc SET n = n + ? WHERE id=?",
-            vec![Value::Int(-7), Value::UInt(4)],
-            true,
-        ),
-        (
-            "UPDATE acc SET bal = ? WHERE id = ?",
-            vec![Value::Double(0.1), Value::Int(5)],
-            true,
-        ),
-        ("DELETE FROM acc WHERE id = ?", vec![Value::Int(98)], true),
-        // Apart: a quote, a character beyond ASCII, a date have no literal written in.
-        (
-            "UPDATE acc SET note = ? WHERE id = ?",
-            vec![text("it's"), Value::Int(1)],
-            false,
-        ),
-        (
-            "UPDATE acc SET note = ? WHERE id = ?",
-            vec![text("été"), Value::Int(2)],
-            false,
-        ),
-        (
-            "UPDATE t SET code = 'q' WHERE id = ?",
-            vec![Value::Int(2)],
-            false,
-        ),
-        (
-            "UPDATE t SET d = ? WHERE id = ?",
-            vec![Value::Date(2024, 2, 29, 0, 0, 0, 0), Value::Int(1)],
-            false,
-        ),
-        // A string compares in the column's collation, as the parameter did ('abc' = 'ABC').
-        // (Not one query: a condition beyond the key pins no single row.)
-        (
-            "UPDATE t SET amount = amount * ? WHERE id = ? AND code = ?",
-            vec![text("3"), Value::Int(1), text("abc")],
-            false,
-        ),
-        (
-            "DELETE FROM t WHERE id = ? AND code = ?",
-            vec![Value::Int(2), text("it's")],
-            false,
-        ),
-    ];
     let xid = coord.begin(60_000).await;
-    let mut c = proxy.conn(DB).await;
-    let mut d = direct(TWIN).await;
+    let mut c = proxy.conn(db).await;
+    let mut d = direct(&twin).await;
     c.query_drop("BEGIN").await.unwrap();
     d.query_drop("BEGIN").await.unwrap();
-    for (i, (sql, params, one_query)) in steps.iter().enumerate() {
+    for (i, (step, one_query)) in steps.iter().enumerate() {
         let before = count().await;
         let tag = if i == 0 {
             format!("/*+ XID('{xid}') */ ")
         } else {
             String::new()
         };
-        c.exec_drop(format!("{tag}{sql}"), params.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        d.exec_drop(*sql, params.clone()).await.unwrap();
+        let (sql, params) = match step {
+            St::Q(sql) => (*sql, None),
+            St::P(sql, params) => (*sql, Some(params)),
+        };
+        for (conn, tag) in [(&mut c, tag.as_str()), (&mut d, "")] {
+            let sent = format!("{tag}{sql}");
+            match params {
+                None => conn.query_drop(sent).await,
+                Some(p) => conn.exec_drop(sent, p.clone()).await,
+            }
+            .unwrap_or_else(|e| panic!("{sql} with {params:?}: {e}"));
+        }
         assert_eq!(
             (c.affected_rows(), c.info().to_string(), c.get_warnings()),
             (d.affected_rows(), d.info().to_string(), d.get_warnings()),
@@ -805,131 +892,12 @@ async fn t17_prepared_statements_pinned_by_key_run_as_one_query_too() {
     c.disconnect().await.unwrap();
     d.disconnect().await.unwrap();
     assert_eq!(
-        checksums(DB, &tables)
+        checksums(db, &tables)
             .await
             .iter()
             .map(|c| c.1)
             .collect::<Vec<_>>(),
-        checksums(TWIN, &tables)
-            .await
-            .iter()
-            .map(|c| c.1)
-            .collect::<Vec<_>>(),
-        "the branch wrote what the statements write directly"
-    );
-    assert_eq!(coord.rollback(&xid).await, "rolled_back");
-    assert_eq!(
-        checksums(DB, &tables).await,
-        original,
-        "rollback is not byte-identical"
-    );
-    assert!(coord.locks().await.is_empty());
-    for db in [DB, TWIN] {
-        direct_exec("mysql", &format!("DROP DATABASE `{db}`")).await;
-    }
-}
-
-/// A text UPDATE or DELETE whose condition pins the table's whole integer primary key
-/// (`id = 7`, `a = 1 AND b = -2`), on a table whose definition the transaction has
-/// confirmed, runs its before image, its write and its after image as one query: counted by
-/// `rewind_proxy_at_one_query_writes_total`. Its client sees the same OK as directly
-/// (affected rows, `Rows matched` info), and a global rollback restores every row.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t17_statements_pinned_by_key_run_with_their_images_in_one_query() {
-    const DB: &str = "rwt_pinned";
-    const TWIN: &str = "rwt_pinned_direct";
-    let dir = TempDir::new("pinned");
-    let coord = Coordinator::start(&dir, &[]).await;
-    let (proxy, admin) = Proxy::start_with_admin(&dir, "proxy", &coord.grpc_url()).await;
-    for db in [DB, TWIN] {
-        setup(db).await;
-        direct_exec(
-            db,
-            "CREATE TABLE k (a INT UNSIGNED, b BIGINT, v VARCHAR(10), PRIMARY KEY (a, b))",
-        )
-        .await;
-        direct_exec(
-            db,
-            "INSERT INTO k VALUES (4000000000, -5, 'a'), (1, 1, 'b')",
-        )
-        .await;
-    }
-    let mut tables = TABLES.to_vec();
-    tables.push("k");
-    let original = checksums(DB, &tables).await;
-    let count = || async {
-        let (_, body) = http(admin, "GET", "/metrics", None).await.unwrap();
-        body.as_str()
-            .expect("metrics as text")
-            .lines()
-            .find_map(|l| l.strip_prefix("rewind_proxy_at_one_query_writes_total "))
-            .expect("the one-query counter")
-            .parse::<u64>()
-            .unwrap()
-    };
-    // (statement, whether it runs as one query)
-    let steps = [
-        // The first on each table reads its definition: apart.
-        ("UPDATE acc SET bal = bal + 1 WHERE id = 1", false),
-        (
-            "UPDATE acc SET bal = bal + 2, note = 'p' WHERE id = 2",
-            true,
-        ),
-        ("UPDATE acc SET n = n WHERE id = 3", true),
-        ("UPDATE acc SET n = 0 WHERE id = 99", true),
-        ("DELETE FROM acc WHERE id = 4", true),
-        ("DELETE FROM acc WHERE id = 98", true),
-        ("UPDATE acc SET n = 1 WHERE id = 5 OR id = 1", false),
-        ("UPDATE acc SET n = 2 WHERE id = 5 LIMIT 1", false),
-        (
-            "UPDATE k SET v = 'y' WHERE a = 4000000000 AND b = -5",
-            false,
-        ),
-        (
-            "UPDATE k SET v = 'z' WHERE (b = -5) AND k.a = 4000000000",
-            true,
-        ),
-        ("UPDATE k SET v = 'w' WHERE a = 1", false),
-        ("DELETE FROM k WHERE a = 1 AND b = 1", true),
-    ];
-    let xid = coord.begin(60_000).await;
-    let mut c = proxy.conn(DB).await;
-    let mut d = direct(TWIN).await;
-    c.query_drop("BEGIN").await.unwrap();
-    d.query_drop("BEGIN").await.unwrap();
-    for (i, (sql, one_query)) in steps.iter().enumerate() {
-        let before = count().await;
-        let tag = if i == 0 {
-            format!("/*+ XID('{xid}') */ ")
-        } else {
-            String::new()
-        };
-        c.query_drop(format!("{tag}{sql}"))
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        d.query_drop(*sql).await.unwrap();
-        assert_eq!(
-            (c.affected_rows(), c.info().to_string(), c.get_warnings()),
-            (d.affected_rows(), d.info().to_string(), d.get_warnings()),
-            "{sql}: the OK differs from direct's"
-        );
-        assert_eq!(
-            count().await - before,
-            u64::from(*one_query),
-            "{sql}: one query = {one_query}"
-        );
-    }
-    c.query_drop("COMMIT").await.unwrap();
-    d.query_drop("COMMIT").await.unwrap();
-    c.disconnect().await.unwrap();
-    d.disconnect().await.unwrap();
-    assert_eq!(
-        checksums(DB, &tables)
-            .await
-            .iter()
-            .map(|c| c.1)
-            .collect::<Vec<_>>(),
-        checksums(TWIN, &tables)
+        checksums(&twin, &tables)
             .await
             .iter()
             .map(|c| c.1)
@@ -938,12 +906,12 @@ async fn t17_statements_pinned_by_key_run_with_their_images_in_one_query() {
     );
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
     assert_eq!(
-        checksums(DB, &tables).await,
+        checksums(db, &tables).await,
         original,
         "rollback is not byte-identical"
     );
     assert!(coord.locks().await.is_empty());
-    for db in [DB, TWIN] {
-        direct_exec("mysql", &format!("DROP DATABASE `{db}`")).await;
+    for d in [db, twin.as_str()] {
+        direct_exec("mysql", &format!("DROP DATABASE `{d}`")).await;
     }
 }

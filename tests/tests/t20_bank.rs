@@ -453,22 +453,13 @@ async fn t20_reports_ride_on_registrations_or_are_moot() {
     };
     let opening = balances(db).await;
     let mut c = mysql_async::Conn::new(proxy.opts(db)).await.unwrap();
-    async fn branch(c: &mut mysql_async::Conn, xid: &str, id: i64) {
-        c.query_drop("BEGIN").await.unwrap();
-        c.query_drop(format!(
-            "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {id}"
-        ))
-        .await
-        .unwrap();
-        c.query_drop("COMMIT").await.unwrap();
-    }
 
     // Committed: two branches, one after the other.
     let xid = coord.begin(60_000).await;
-    branch(&mut c, &xid, 1).await;
+    add_one(&mut c, &xid, 1).await;
     assert_eq!(sent().await, [0, 0, 0], "the first branch's report is held");
     assert_eq!(statuses(coord.transaction(&xid).await), ["registered"]);
-    branch(&mut c, &xid, 2).await;
+    add_one(&mut c, &xid, 2).await;
     assert_eq!(
         sent().await,
         [0, 1, 0],
@@ -491,7 +482,7 @@ async fn t20_reports_ride_on_registrations_or_are_moot() {
 
     // Rolled back: a lone branch's held report is moot too, and its row is as it was.
     let xid = coord.begin(60_000).await;
-    branch(&mut c, &xid, 3).await;
+    add_one(&mut c, &xid, 3).await;
     assert_eq!(coord.rollback(&xid).await, "rolled_back");
     assert_eq!(sent().await, [0, 1, 2]);
     c.disconnect().await.unwrap();
@@ -499,6 +490,17 @@ async fn t20_reports_ride_on_registrations_or_are_moot() {
     *expected.get_mut(&1).unwrap() += 100;
     *expected.get_mut(&2).unwrap() += 100;
     assert_eq!(balances(db).await, expected);
+}
+
+/// One branch of `xid` on `c`: account `id` gets 1 more, committed locally.
+async fn add_one(c: &mut mysql_async::Conn, xid: &str, id: i64) {
+    c.query_drop("BEGIN").await.unwrap();
+    c.query_drop(format!(
+        "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {id}"
+    ))
+    .await
+    .unwrap();
+    c.query_drop("COMMIT").await.unwrap();
 }
 
 /// `session_threads`, `worker_threads`: the proxy's (0: the default shape).
@@ -550,13 +552,7 @@ async fn reports_arrive(name: &str, db: &str, session_threads: usize, worker_thr
         sessions.push(tokio::spawn(async move {
             let xid = coord.begin(60_000).await;
             let mut c = mysql_async::Conn::new(opts).await.unwrap();
-            c.query_drop("BEGIN").await.unwrap();
-            c.query_drop(format!(
-                "/*+ XID('{xid}') */ UPDATE account SET balance = balance + 1 WHERE id = {id}"
-            ))
-            .await
-            .unwrap();
-            c.query_drop("COMMIT").await.unwrap();
+            add_one(&mut c, &xid, id).await;
             c.disconnect().await.unwrap();
             xid
         }));
