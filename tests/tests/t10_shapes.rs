@@ -445,8 +445,9 @@ async fn t12_refused_shapes_apply_nothing() {
     assert_eq!(checksums(db, &all).await, before);
 }
 
-/// XID errors: malformed, unknown and finished XIDs get 1397 with nothing applied; a
-/// second XID inside a bound transaction gets 1398.
+/// XID errors: malformed, unknown and finished XIDs get 1397 with nothing applied (in the
+/// client's own transaction, the whole of it rolled back); a second XID inside a bound
+/// transaction gets 1398.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn t13_xid_errors() {
     let dir = TempDir::new("xids");
@@ -467,6 +468,30 @@ async fn t13_xid_errors() {
         assert_eq!(code, 1397, "{xid}: {msg}");
     }
     assert_eq!(checksums(db, TABLES).await, before);
+    // In the client's own transaction, the check is answered while the statement runs:
+    // a refusal rolls the local transaction back, the work before the tag with it, and
+    // says so.
+    for xid in ["rw-999999", finished.as_str()] {
+        c.query_drop("BEGIN").await.unwrap();
+        c.query_drop("UPDATE acc SET bal = bal + 1 WHERE id = 3")
+            .await
+            .unwrap();
+        let (code, _, msg) = server_error(
+            c.query_drop(format!(
+                "/*+ XID('{xid}') */ UPDATE acc SET bal = 0 WHERE id = 1"
+            ))
+            .await,
+        )
+        .unwrap();
+        assert_eq!(code, 1397, "{xid}: {msg}");
+        assert!(
+            msg.contains("the local transaction was rolled back"),
+            "{msg}"
+        );
+        let open: Option<i64> = c.query_first("SELECT @@in_transaction").await.unwrap();
+        assert_eq!(open, Some(0), "{xid}");
+        assert_eq!(checksums(db, TABLES).await, before, "{xid}");
+    }
     let (a, b) = (coord.begin(60_000).await, coord.begin(60_000).await);
     c.query_drop("BEGIN").await.unwrap();
     c.query_drop(format!(

@@ -308,6 +308,23 @@ impl Session {
 
     /// Unknown, malformed or finished XIDs are refused before anything runs.
     pub(crate) async fn check_xid(&self, xid: &str) -> Result<(), ProxyError> {
+        match self.xid_check(xid)? {
+            Some(asking) => asking.await,
+            None => Ok(()),
+        }
+    }
+
+    /// The XID check without its wait: a malformed XID is refused at once, one this proxy
+    /// knows to be running needs nothing (`None`), any other is asked of the coordinator by
+    /// the returned call, which borrows nothing of the session (so a statement can run
+    /// meanwhile, see [`Self::dml`]).
+    fn xid_check(
+        &self,
+        xid: &str,
+    ) -> Result<
+        Option<impl std::future::Future<Output = Result<(), ProxyError>> + Send + 'static>,
+        ProxyError,
+    > {
         if rewind_protocol::xid::parse(xid).is_none() {
             return Err(ProxyError::UnknownXid(format!(
                 "{xid:?} is not a global transaction id (begin one with the coordinator's \
@@ -317,18 +334,45 @@ impl Session {
         // Running as far as a status call could tell: this proxy registered a branch of it
         // and no command for it has come (see `at::begun`).
         if self.shared.begun.is_running(xid) {
-            return Ok(());
+            return Ok(None);
         }
-        match self.shared.coordinator.status(xid).await {
-            Ok(GlobalStatus::Begin) => Ok(()),
-            Ok(st) => Err(ProxyError::UnknownXid(format!(
-                "global transaction {xid} is {}; it takes no more work",
-                st.api_name()
-            ))),
-            Err(CallError::NotFound(_)) => Err(ProxyError::UnknownXid(format!(
-                "global transaction {xid} does not exist"
-            ))),
-            Err(e) => Err(ProxyError::CoordinatorUnavailable(e.to_string())),
+        let (shared, xid) = (self.shared.clone(), xid.to_string());
+        Ok(Some(async move {
+            match shared.coordinator.status(&xid).await {
+                Ok(GlobalStatus::Begin) => Ok(()),
+                Ok(st) => Err(ProxyError::UnknownXid(format!(
+                    "global transaction {xid} is {}; it takes no more work",
+                    st.api_name()
+                ))),
+                Err(CallError::NotFound(_)) => Err(ProxyError::UnknownXid(format!(
+                    "global transaction {xid} does not exist"
+                ))),
+                Err(e) => Err(ProxyError::CoordinatorUnavailable(e.to_string())),
+            }
+        }))
+    }
+
+    /// The XID of a statement that ran beside its check ([`Self::dml`]) was refused: the
+    /// local transaction is rolled back, the statement's writes with it, and the binding
+    /// dropped. Returns the refusal, saying so when the transaction was the client's.
+    async fn refused_after_run(&mut self, implicit: bool, e: ProxyError) -> ProxyError {
+        // The branch's definition holdings end before its transaction does.
+        self.branch = None;
+        match self.conn.query_drop("ROLLBACK").await {
+            Ok(()) => self.status = wire::Ok::from_backend(&self.conn).status,
+            Err(r) => tracing::warn!(error = %r, "ROLLBACK after a refused XID failed"),
+        }
+        if implicit {
+            // The client sent the statement alone: to it, the statement never ran.
+            return e;
+        }
+        let rolled_back = "the local transaction was rolled back";
+        match e {
+            ProxyError::UnknownXid(m) => ProxyError::UnknownXid(format!("{m}; {rolled_back}")),
+            ProxyError::CoordinatorUnavailable(m) => {
+                ProxyError::CoordinatorUnavailable(format!("{m}; {rolled_back}"))
+            }
+            other => other,
         }
     }
 
@@ -407,9 +451,15 @@ impl Session {
             }
             None => (plan, params),
         };
+        // The statement that starts a branch: a malformed XID is refused before anything
+        // runs; one this proxy does not know to be running is asked about while the
+        // statement runs, so the status call's round trip is off the client's path. The
+        // statement's writes are in the local transaction, which nothing commits before the
+        // answer is in: a refusal rolls it back (`refused_after_run`).
+        let mut asking = None;
         if self.branch.is_none() {
             let xid = tag.expect("an unbound statement reaches the AT path only when tagged");
-            self.check_xid(&xid).await?;
+            asking = self.xid_check(&xid)?;
             let implicit = !self.in_transaction();
             if implicit {
                 self.conn.query_drop("START TRANSACTION").await?;
@@ -418,27 +468,33 @@ impl Session {
         }
         let implicit = self.branch.as_ref().is_some_and(|b| b.implicit);
         let span = trace::enabled().then(|| self.statement_span());
-        let db = match self.current_db().await {
-            Ok(db) => db,
-            Err(e) => return Err(self.end_implicit(implicit, e).await),
-        };
         let original = match (&stmt, &inlined) {
             (_, Some((_, text))) => Original::Text(text.as_bytes()),
             (Stmt::Text(sql), None) => Original::Text(sql),
             (Stmt::Prepared { stmt, .. }, None) => Original::Prepared(stmt),
         };
-        let run = self
-            .statement(db.as_deref())
-            .run_dml(&plan, original, params)
-            .await;
+        let work = async {
+            let db = self.current_db().await.map_err(Failure::Clean)?;
+            self.statement(db.as_deref())
+                .run_dml(&plan, original, params)
+                .await
+        };
+        let (answer, run) = match asking {
+            Some(asking) => tokio::join!(asking, work),
+            None => (Ok(()), work.await),
+        };
         if let Some(cx) = span {
-            let outcome = match &run {
-                Ok((items, _)) => format!("ok: {} rows recorded", items.len()),
-                Err(Failure::Clean(e) | Failure::Poisoned(e)) => format!("error: {e}"),
-                Err(Failure::Stale(_)) => "stale metadata".into(),
+            let outcome = match (&answer, &run) {
+                (Err(e), _) => format!("refused: {e}"),
+                (_, Ok((items, _))) => format!("ok: {} rows recorded", items.len()),
+                (_, Err(Failure::Clean(e) | Failure::Poisoned(e))) => format!("error: {e}"),
+                (_, Err(Failure::Stale(_))) => "stale metadata".into(),
             };
             trace::set(&cx, "outcome", outcome);
             trace::end(&cx);
+        }
+        if let Err(e) = answer {
+            return Err(self.refused_after_run(implicit, e).await);
         }
         match run {
             Ok((items, mut ok)) => {
