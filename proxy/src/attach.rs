@@ -544,7 +544,7 @@ async fn run_branch_command(
 /// three branches. At low concurrency the linger decides the batch: at one client (a
 /// transfer every 4–5 ms, two branches each) 5 ms ran 0.53–0.59 DELETEs per transfer, 25 ms
 /// 0.16–0.17, and the durable commits that went with them (each an fsync beside the next
-/// transfer's own) cost MariaDB 10–20 % of its CPU per global transfer and the transfer
+/// transfer's own) cost MariaDB 1–18 % of its CPU per global transfer and the transfer
 /// about 8 % of its latency (three alternated pairs). What waits longer: an outbox row
 /// written in a global transaction (relayed once its branch's record is gone) and the
 /// console's `committed` for the branch, up to 25 ms each.

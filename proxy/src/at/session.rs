@@ -455,7 +455,8 @@ impl Session {
         // runs; one this proxy does not know to be running is asked about while the
         // statement runs, so the status call's round trip is off the client's path. The
         // statement's writes are in the local transaction, which nothing commits before the
-        // answer is in: a refusal rolls it back (`refused_after_run`).
+        // answer is in: a refusal rolls it back (`refused_after_run`) once the statement is
+        // done (one waiting for a row lock is waited for).
         let mut asking = None;
         if self.branch.is_none() {
             let xid = tag.expect("an unbound statement reaches the AT path only when tagged");
